@@ -1,0 +1,32 @@
+// RunContext: the device, dtype, seed and thread count a command computes with, resolved
+// once from the command line (DESIGN.md section 4: cuda when present, bf16 on cuda, fp32 on cpu).
+#pragma once
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace kldq {
+
+struct RunContext {
+  c10::Device device{c10::kCPU};
+  c10::ScalarType dtype{c10::kFloat};
+  uint64_t seed{0};
+  int threads{0};  // 0: libtorch's default
+};
+
+// Parses "bf16" | "fp16" | "fp32" (ConfigError naming `option` otherwise).
+c10::ScalarType parse_dtype(std::string_view text, std::string_view option = "--dtype");
+// The lowercase name kldq uses for a compute dtype ("bf16", "fp16", "fp32").
+std::string dtype_name(c10::ScalarType dtype);
+// Parses "cuda" | "cuda:N" | "cpu"; "cuda" without a GPU is a ConfigError.
+c10::Device parse_device(std::string_view text, std::string_view option = "--device");
+
+// Resolves empty device/dtype strings to the defaults and applies the thread count.
+RunContext make_context(std::string_view device, std::string_view dtype, uint64_t seed,
+                        int threads);
+
+}  // namespace kldq

@@ -1,0 +1,42 @@
+// A Hugging Face checkpoint directory: its safetensors files (single, sharded through
+// model.safetensors.index.json, or several) and a name -> tensor lookup across them.
+// Pickle checkpoints (*.bin, *.pt, *.pth) are refused: unpickling can execute code.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kldq/io/safetensors.hpp"
+
+namespace kldq::io {
+
+class Checkpoint {
+ public:
+  // Opens `dir`, validating every safetensors header and the shard index.
+  static Checkpoint open(const std::filesystem::path& dir);
+
+  const std::filesystem::path& dir() const { return dir_; }
+  std::filesystem::path config_path() const { return dir_ / "config.json"; }
+  const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
+  // Every tensor name, sorted.
+  std::vector<std::string> names() const;
+  bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  // Header entry of `name` (IoError naming the checkpoint when absent).
+  const TensorInfo& info(const std::string& name) const;
+  // CPU tensor viewing the mapped file.
+  at::Tensor tensor(const std::string& name) const;
+  // Sum of the safetensors file sizes, headers included.
+  uint64_t file_bytes() const;
+
+ private:
+  std::filesystem::path dir_;
+  std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::map<std::string, size_t> where_;  // tensor name -> index into files_
+};
+
+}  // namespace kldq::io

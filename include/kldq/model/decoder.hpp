@@ -1,0 +1,83 @@
+// Decoder: the Qwen2 / Llama / Mistral forward pass in libtorch (pre-norm blocks: RMSNorm,
+// GQA attention with rotate-half RoPE through scaled_dot_product_attention, SwiGLU MLP; final
+// RMSNorm; tied or separate LM head), numerically as transformers computes it.
+//
+// The API exposes the pieces (embed, block i, a range of blocks, head) and every linear layer by
+// its HF name, because profiling re-runs the tail of the network from cached block inputs and
+// quantization swaps individual layers.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <filesystem>
+#include <vector>
+
+#include "kldq/model/config.hpp"
+#include "kldq/model/layer_id.hpp"
+#include "kldq/model/qlinear.hpp"
+
+namespace kldq::model {
+
+class Decoder {
+ public:
+  // Loads config.json and the safetensors weights of `dir` onto `device` in `dtype`.
+  static Decoder load(const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype);
+
+  const ModelConfig& config() const { return config_; }
+  c10::Device device() const { return device_; }
+  c10::ScalarType dtype() const { return dtype_; }
+  int num_blocks() const { return static_cast<int>(blocks_.size()); }
+
+  // ids: [B, T] int64 -> hidden [B, T, H] (compute dtype).
+  at::Tensor embed(const at::Tensor& ids) const;
+  // Block i on hidden [B, T, H] at positions 0..T-1 -> [B, T, H]. The input is not modified.
+  at::Tensor block(int i, const at::Tensor& hidden) const;
+  // Blocks [begin, end) in order.
+  at::Tensor run_blocks(int begin, int end, at::Tensor hidden) const;
+  // Final RMSNorm + LM head: hidden [B, T, H] -> logits [B, T, V] (compute dtype).
+  at::Tensor head(const at::Tensor& hidden) const;
+  // embed -> all blocks -> head.
+  at::Tensor forward(const at::Tensor& ids) const;
+
+  // Every decoder linear layer in model order (block, then q,k,v,o,gate,up,down).
+  std::vector<LayerId> linear_ids() const;
+  const QLinear& linear(LayerId id) const;
+  // Replaces one layer (same shape); its block then runs that group unfused.
+  void set_linear(LayerId id, QLinear layer);
+  // Exact bytes of every weight held (linears, norms, embeddings, untied head).
+  uint64_t weight_bytes() const;
+
+ private:
+  struct Block {
+    at::Tensor input_norm;           // [H]
+    at::Tensor post_norm;            // [H]
+    std::array<QLinear, 7> linears;  // indexed by Proj
+    // Fused GEMMs over the same input; the separate linears above are views into these.
+    // Undefined once a member of the group was replaced.
+    QLinear qkv;      // [q_dim + 2 kv_dim, H]
+    QLinear gate_up;  // [2 I, H]
+  };
+  struct RopeTable {
+    int64_t len = 0;
+    at::Tensor cos, sin;  // [len, 1, head_dim], compute dtype
+  };
+
+  Decoder() = default;
+  void check_layer(LayerId id) const;
+  const RopeTable& rope(int64_t len) const;
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+  at::Tensor attention(const Block& b, const at::Tensor& h) const;
+  at::Tensor mlp(const Block& b, const at::Tensor& h) const;
+
+  ModelConfig config_;
+  c10::Device device_{c10::kCPU};
+  c10::ScalarType dtype_{c10::kFloat};
+  at::Tensor embed_;       // [V, H]
+  at::Tensor final_norm_;  // [H]
+  at::Tensor lm_head_;     // [V, H]; the same tensor as embed_ when tied
+  std::vector<Block> blocks_;
+  mutable RopeTable rope_;  // grown on demand; the decoder is not shared across threads
+};
+
+}  // namespace kldq::model

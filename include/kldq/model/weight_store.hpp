@@ -1,0 +1,45 @@
+// WeightStore: hands out a checkpoint's tensors by HF name with the expected shape, converted to
+// the compute device and dtype, and fails when a tensor is missing, misshapen or left unused.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "kldq/io/checkpoint.hpp"
+#include "kldq/model/config.hpp"
+
+namespace kldq::model {
+
+class WeightStore {
+ public:
+  WeightStore(const io::Checkpoint& checkpoint, c10::Device device, c10::ScalarType dtype);
+
+  bool has(const std::string& name) const { return checkpoint_.contains(name); }
+  // The tensor as stored (CPU view of the file), after checking its shape and that it is floating
+  // point; marks it used.
+  at::Tensor take_raw(const std::string& name, const std::vector<int64_t>& shape);
+  // take_raw, converted to the store's device and dtype.
+  at::Tensor take(const std::string& name, const std::vector<int64_t>& shape);
+  // Copies `name` (converted) into `dst`, which has the expected shape: fills fused buffers.
+  void take_into(const std::string& name, const at::Tensor& dst);
+  // Accepts the tensors a checkpoint may carry that kldq derives instead: RoPE inv_freq buffers
+  // (older transformers saved them) and, under tie_word_embeddings, an lm_head.weight that must
+  // equal the embedding (a differing one means a broken conversion: IoError).
+  void accept_derived(const ModelConfig& config);
+  // Throws IoError naming the unused tensors, if any.
+  void finish() const;
+
+  c10::Device device() const { return device_; }
+  c10::ScalarType dtype() const { return dtype_; }
+
+ private:
+  const io::Checkpoint& checkpoint_;
+  c10::Device device_;
+  c10::ScalarType dtype_;
+  std::set<std::string> used_;
+};
+
+}  // namespace kldq::model

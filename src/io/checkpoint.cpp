@@ -1,0 +1,127 @@
+// Checkpoint directory resolution: model.safetensors.index.json (sharded), model.safetensors, or
+// all *.safetensors; shard paths may not escape the directory; pickle files are refused.
+#include "kldq/io/checkpoint.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <set>
+
+#include "kldq/core/error.hpp"
+#include "kldq/io/json_util.hpp"
+
+namespace kldq::io {
+namespace fs = std::filesystem;
+namespace {
+
+// A shard name from the index must be a plain relative path inside the checkpoint directory.
+fs::path safe_shard_path(const fs::path& dir, const std::string& name, const fs::path& index) {
+  const fs::path rel(name);
+  bool bad = name.empty() || rel.is_absolute() || rel.has_root_name();
+  for (const auto& part : rel)
+    if (part == "..") bad = true;
+  if (!bad) {
+    // Symbolic links inside the directory could still point outside it.
+    const fs::path root = fs::weakly_canonical(dir);
+    const fs::path full = fs::weakly_canonical(dir / rel);
+    auto [r, f] = std::mismatch(root.begin(), root.end(), full.begin(), full.end());
+    bad = r != root.end();
+  }
+  if (bad)
+    throw IoError(fmt::format("{}: shard path '{}' escapes the checkpoint directory", index.string(),
+                              name));
+  return dir / rel;
+}
+
+bool is_pickle(const fs::path& p) {
+  const auto ext = p.extension().string();
+  return ext == ".bin" || ext == ".pt" || ext == ".pth" || ext == ".ckpt";
+}
+
+}  // namespace
+
+Checkpoint Checkpoint::open(const fs::path& dir) {
+  if (!fs::is_directory(dir))
+    throw IoError(fmt::format("{}: not a checkpoint directory", dir.string()));
+  Checkpoint ck;
+  ck.dir_ = dir;
+  std::vector<fs::path> shards;
+  std::map<std::string, std::string> weight_map;
+  const fs::path index = dir / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    const auto j = read_json_file(index);
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      throw IoError(fmt::format("{}: missing object 'weight_map'", index.string()));
+    std::set<std::string> files;
+    for (const auto& [name, file] : j["weight_map"].items()) {
+      if (!file.is_string())
+        throw IoError(fmt::format("{}: weight_map.{} is not a string", index.string(), name));
+      weight_map[name] = file.get<std::string>();
+      files.insert(file.get<std::string>());
+    }
+    for (const auto& f : files) shards.push_back(safe_shard_path(dir, f, index));
+  } else if (fs::exists(dir / "model.safetensors")) {
+    shards.push_back(dir / "model.safetensors");
+  } else {
+    std::vector<fs::path> pickles;
+    for (const auto& e : fs::directory_iterator(dir)) {
+      if (e.path().extension() == ".safetensors") shards.push_back(e.path());
+      if (is_pickle(e.path())) pickles.push_back(e.path());
+    }
+    std::sort(shards.begin(), shards.end());
+    if (shards.empty() && !pickles.empty())
+      throw UnsupportedError(fmt::format(
+          "{}: only PyTorch pickle weights ({}) found; kldq refuses them because loading a pickle "
+          "can execute arbitrary code. Convert the checkpoint to safetensors "
+          "(save_pretrained(..., safe_serialization=True)).",
+          dir.string(), pickles.front().filename().string()));
+    if (shards.empty())
+      throw IoError(fmt::format("{}: no *.safetensors weights in this directory", dir.string()));
+  }
+  for (const auto& path : shards) {
+    auto file = SafetensorsFile::open(path);
+    const size_t idx = ck.files_.size();
+    for (const auto& t : file->tensors()) {
+      if (!weight_map.empty()) {
+        auto it = weight_map.find(t.name);
+        if (it == weight_map.end() || dir / it->second != path) continue;  // index is authoritative
+      }
+      if (!ck.where_.emplace(t.name, idx).second)
+        throw IoError(fmt::format("{}: tensor '{}' appears in more than one file", dir.string(), t.name));
+    }
+    ck.files_.push_back(std::move(file));
+  }
+  for (const auto& [name, file] : weight_map)
+    if (!ck.where_.count(name))
+      throw IoError(fmt::format("{}: tensor '{}' listed in the index is missing from {}",
+                                index.string(), name, file));
+  return ck;
+}
+
+std::vector<std::string> Checkpoint::names() const {
+  std::vector<std::string> out;
+  out.reserve(where_.size());
+  for (const auto& [name, _] : where_) out.push_back(name);
+  return out;
+}
+
+const TensorInfo& Checkpoint::info(const std::string& name) const {
+  auto it = where_.find(name);
+  if (it == where_.end())
+    throw IoError(fmt::format("{}: missing tensor '{}'", dir_.string(), name));
+  return *files_[it->second]->find(name);
+}
+
+at::Tensor Checkpoint::tensor(const std::string& name) const {
+  info(name);  // throws with the checkpoint's name when absent
+  return files_[where_.at(name)]->tensor(name);
+}
+
+uint64_t Checkpoint::file_bytes() const {
+  uint64_t n = 0;
+  for (const auto& f : files_) n += f->file_bytes();
+  return n;
+}
+
+}  // namespace kldq::io

@@ -1,0 +1,50 @@
+// JSON file reading and atomic text writing.
+#include "kldq/io/json_util.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "kldq/core/error.hpp"
+
+namespace kldq::io {
+
+nlohmann::json read_json_file(const std::filesystem::path& path, bool config) {
+  auto fail = [&](const std::string& msg) -> nlohmann::json {
+    if (config) throw ConfigError(msg);
+    throw IoError(msg);
+  };
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return fail(fmt::format("{}: cannot open", path.string()));
+  std::stringstream buf;
+  buf << in.rdbuf();
+  try {
+    return nlohmann::json::parse(buf.str());
+  } catch (const nlohmann::json::parse_error& e) {
+    return fail(fmt::format("{}: invalid JSON ({})", path.string(), e.what()));
+  }
+}
+
+void write_file_atomic(const std::filesystem::path& path, const std::string& text) {
+  std::filesystem::path tmp = path;
+  tmp += fmt::format(".tmp.{}", ::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.flush()) {
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+      throw IoError(fmt::format("{}: write failed", tmp.string()));
+    }
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    throw IoError(fmt::format("{}: cannot rename into place ({})", path.string(), ec.message()));
+  }
+}
+
+}  // namespace kldq::io

@@ -1,0 +1,109 @@
+// safetensors writer: streams tensors in a fixed order into a temporary file and renames it into
+// place on commit, so an interrupted write never leaves a partial checkpoint.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "kldq/core/error.hpp"
+#include "kldq/io/safetensors.hpp"
+
+namespace kldq::io {
+namespace {
+
+uint64_t spec_bytes(const TensorSpec& s) {
+  uint64_t n = c10::elementSize(s.dtype);
+  for (int64_t d : s.shape) n *= static_cast<uint64_t>(d);
+  return n;
+}
+
+void write_all(std::FILE* f, const void* data, size_t n, const std::filesystem::path& path) {
+  if (n != 0 && std::fwrite(data, 1, n, f) != n)
+    throw IoError(fmt::format("{}: write failed ({})", path.string(), std::strerror(errno)));
+}
+
+}  // namespace
+
+SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<TensorSpec> specs,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(std::move(path)), specs_(std::move(specs)) {
+  // ordered_json keeps the header in data order, which is how the reference writer lays it out.
+  nlohmann::ordered_json header;
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const auto& s : specs_) {
+    if (header.contains(s.name))
+      throw InternalError(fmt::format("{}: tensor '{}' written twice", path_.string(), s.name));
+    const uint64_t n = spec_bytes(s);
+    header[s.name] = {{"dtype", safetensors_dtype_name(s.dtype)},
+                      {"shape", s.shape},
+                      {"data_offsets", {offset, offset + n}}};
+    offset += n;
+  }
+  std::string text = header.dump();
+  // Pad the header with spaces to a multiple of 8 so every tensor starts 8-byte aligned.
+  text.append((8 - text.size() % 8) % 8, ' ');
+  tmp_path_ = path_;
+  tmp_path_ += fmt::format(".tmp.{}", ::getpid());
+  file_ = std::fopen(tmp_path_.c_str(), "wb");
+  if (!file_)
+    throw IoError(fmt::format("{}: cannot create ({})", tmp_path_.string(), std::strerror(errno)));
+  const uint64_t len = text.size();
+  write_all(file_, &len, 8, tmp_path_);
+  write_all(file_, text.data(), text.size(), tmp_path_);
+}
+
+SafetensorsWriter::~SafetensorsWriter() {
+  if (file_) {
+    std::fclose(file_);
+    std::error_code ec;
+    std::filesystem::remove(tmp_path_, ec);
+  }
+}
+
+void SafetensorsWriter::write(const std::string& name, const at::Tensor& tensor) {
+  if (next_ >= specs_.size() || specs_[next_].name != name)
+    throw InternalError(fmt::format("{}: tensor '{}' written out of order", path_.string(), name));
+  const TensorSpec& s = specs_[next_];
+  if (tensor.scalar_type() != s.dtype || tensor.sizes().vec() != s.shape)
+    throw InternalError(fmt::format("{}: tensor '{}' does not match its declared dtype/shape",
+                                    path_.string(), name));
+  const at::Tensor host = tensor.to(at::kCPU).contiguous();
+  write_all(file_, host.data_ptr(), host.nbytes(), tmp_path_);
+  ++next_;
+}
+
+void SafetensorsWriter::commit() {
+  if (next_ != specs_.size())
+    throw InternalError(fmt::format("{}: {} of {} tensors written before commit", path_.string(),
+                                    next_, specs_.size()));
+  const bool ok = std::fflush(file_) == 0 && ::fsync(::fileno(file_)) == 0;
+  std::fclose(file_);
+  file_ = nullptr;
+  std::error_code ec;
+  if (!ok) {
+    std::filesystem::remove(tmp_path_, ec);
+    throw IoError(fmt::format("{}: flush failed ({})", tmp_path_.string(), std::strerror(errno)));
+  }
+  std::filesystem::rename(tmp_path_, path_, ec);
+  if (ec) {
+    std::filesystem::remove(tmp_path_, ec);
+    throw IoError(fmt::format("{}: cannot rename into place ({})", path_.string(), ec.message()));
+  }
+}
+
+void write_safetensors(const std::filesystem::path& path,
+                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<TensorSpec> specs;
+  specs.reserve(tensors.size());
+  for (const auto& [name, t] : tensors) specs.push_back({name, t.scalar_type(), t.sizes().vec()});
+  SafetensorsWriter writer(path, std::move(specs), metadata);
+  for (const auto& [name, t] : tensors) writer.write(name, t);
+  writer.commit();
+}
+
+}  // namespace kldq::io

@@ -1,0 +1,162 @@
+// config.json parsing for qwen2 / llama / mistral, with the defaults transformers uses for
+// absent keys, and a ConfigError naming the file and key for anything wrong or unsupported.
+#include "kldq/model/config.hpp"
+
+#include <fmt/format.h>
+
+#include "kldq/core/error.hpp"
+#include "kldq/io/json_util.hpp"
+
+namespace kldq::model {
+namespace {
+
+using nlohmann::json;
+
+struct Reader {
+  const json& j;
+  const std::string& source;
+
+  [[noreturn]] void fail(const std::string& key, const std::string& msg) const {
+    throw ConfigError(fmt::format("{}: {}: {}", source, key, msg));
+  }
+  bool has(const std::string& key) const { return j.contains(key) && !j[key].is_null(); }
+  int64_t positive_int(const std::string& key) const {
+    if (!has(key)) fail(key, "missing required key");
+    const auto& v = j[key];
+    if (!v.is_number_integer() || v.get<int64_t>() <= 0)
+      fail(key, fmt::format("expected a positive integer, got {}", v.dump()));
+    return v.get<int64_t>();
+  }
+  int64_t positive_int_or(const std::string& key, int64_t fallback) const {
+    return has(key) ? positive_int(key) : fallback;
+  }
+  double positive_number_or(const json& obj, const std::string& key, double fallback) const {
+    if (!obj.contains(key) || obj[key].is_null()) return fallback;
+    if (!obj[key].is_number() || obj[key].get<double>() <= 0)
+      fail(key, fmt::format("expected a positive number, got {}", obj[key].dump()));
+    return obj[key].get<double>();
+  }
+  bool boolean_or(const std::string& key, bool fallback) const {
+    if (!has(key)) return fallback;
+    if (!j[key].is_boolean()) fail(key, fmt::format("expected true or false, got {}", j[key].dump()));
+    return j[key].get<bool>();
+  }
+  std::string string_or(const std::string& key, const std::string& fallback) const {
+    if (!has(key)) return fallback;
+    if (!j[key].is_string()) fail(key, fmt::format("expected a string, got {}", j[key].dump()));
+    return j[key].get<std::string>();
+  }
+};
+
+// RoPE: transformers 5 writes rope_parameters {rope_theta, rope_type}; older files write
+// rope_theta at the top level and an optional rope_scaling. Only unscaled RoPE is implemented;
+// any scaling type is refused rather than silently ignored.
+void parse_rope(const Reader& r, ModelConfig& c) {
+  c.rope_theta = r.positive_number_or(r.j, "rope_theta", 10000.0);
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!r.has(key)) continue;
+    const json& rp = r.j[key];
+    if (!rp.is_object()) r.fail(key, fmt::format("expected an object, got {}", rp.dump()));
+    c.rope_theta = r.positive_number_or(rp, "rope_theta", c.rope_theta);
+    std::string type = "default";
+    for (const char* tkey : {"rope_type", "type"})
+      if (rp.contains(tkey) && rp[tkey].is_string()) type = rp[tkey].get<std::string>();
+    if (type != "default")
+      throw UnsupportedError(fmt::format(
+          "{}: {}.rope_type: RoPE scaling '{}' is not supported (only unscaled 'default' RoPE)",
+          r.source, key, type));
+  }
+}
+
+}  // namespace
+
+ModelConfig parse_config(const json& j, const std::string& source) {
+  if (!j.is_object()) throw ConfigError(fmt::format("{}: expected a JSON object", source));
+  Reader r{j, source};
+  ModelConfig c;
+  c.model_type = r.string_or("model_type", "");
+  if (c.model_type == "qwen2") c.arch = Arch::QWEN2;
+  else if (c.model_type == "llama") c.arch = Arch::LLAMA;
+  else if (c.model_type == "mistral") c.arch = Arch::MISTRAL;
+  else if (c.model_type.empty()) r.fail("model_type", "missing required key");
+  else
+    throw UnsupportedError(fmt::format("{}: model_type: '{}' is not supported (qwen2, llama, mistral)",
+                                       source, c.model_type));
+  c.hidden_size = r.positive_int("hidden_size");
+  c.intermediate_size = r.positive_int("intermediate_size");
+  c.num_layers = r.positive_int("num_hidden_layers");
+  c.num_heads = r.positive_int("num_attention_heads");
+  c.num_kv_heads = r.positive_int_or("num_key_value_heads", c.num_heads);
+  c.vocab_size = r.positive_int("vocab_size");
+  c.max_position_embeddings = r.positive_int_or("max_position_embeddings", 2048);
+  if (c.hidden_size % c.num_heads != 0 && !r.has("head_dim"))
+    r.fail("head_dim", "missing, and hidden_size is not a multiple of num_attention_heads");
+  c.head_dim = r.positive_int_or("head_dim", c.hidden_size / c.num_heads);
+  if (c.head_dim % 2 != 0) r.fail("head_dim", fmt::format("must be even for RoPE, got {}", c.head_dim));
+  if (c.num_heads % c.num_kv_heads != 0)
+    r.fail("num_key_value_heads", fmt::format("{} does not divide num_attention_heads {}",
+                                              c.num_kv_heads, c.num_heads));
+  c.rms_norm_eps = r.positive_number_or(j, "rms_norm_eps", 1e-6);
+  parse_rope(r, c);
+  c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
+  if (c.arch == Arch::QWEN2) {
+    c.attention_bias = true;  // Qwen2 always has q/k/v biases and no o_proj bias
+  } else {
+    c.attention_bias = c.o_bias = r.boolean_or("attention_bias", false);
+    c.mlp_bias = r.boolean_or("mlp_bias", false);
+  }
+  const std::string act = r.string_or("hidden_act", "silu");
+  if (act != "silu")
+    throw UnsupportedError(fmt::format("{}: hidden_act: '{}' is not supported (silu)", source, act));
+  if (r.boolean_or("use_sliding_window", false) ||
+      (c.arch == Arch::MISTRAL && r.has("sliding_window") &&
+       r.positive_int("sliding_window") < c.max_position_embeddings))
+    throw UnsupportedError(fmt::format(
+        "{}: sliding-window attention is not supported (use_sliding_window/sliding_window)", source));
+  c.torch_dtype = r.string_or("torch_dtype", r.string_or("dtype", ""));
+  return c;
+}
+
+ModelConfig load_config(const std::filesystem::path& config_json) {
+  return parse_config(io::read_json_file(config_json, /*config=*/true), config_json.string());
+}
+
+int64_t ModelConfig::num_parameters() const {
+  const int64_t h = hidden_size;
+  int64_t attn = h * q_dim() + 2 * h * kv_dim() + q_dim() * h;
+  if (attention_bias) attn += q_dim() + 2 * kv_dim();
+  if (o_bias) attn += h;
+  int64_t mlp = 3 * h * intermediate_size;
+  if (mlp_bias) mlp += 2 * intermediate_size + h;
+  const int64_t block = attn + mlp + 2 * h;
+  const int64_t embed = vocab_size * h;
+  return embed + num_layers * block + h + (tie_word_embeddings ? 0 : embed);
+}
+
+nlohmann::json ModelConfig::to_json() const {
+  static const char* kArchNames[] = {"Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM"};
+  json j = {{"architectures", {kArchNames[static_cast<int>(arch)]}},
+            {"model_type", model_type},
+            {"hidden_size", hidden_size},
+            {"intermediate_size", intermediate_size},
+            {"num_hidden_layers", num_layers},
+            {"num_attention_heads", num_heads},
+            {"num_key_value_heads", num_kv_heads},
+            {"head_dim", head_dim},
+            {"vocab_size", vocab_size},
+            {"max_position_embeddings", max_position_embeddings},
+            {"rms_norm_eps", rms_norm_eps},
+            {"rope_theta", rope_theta},
+            {"hidden_act", "silu"},
+            {"tie_word_embeddings", tie_word_embeddings},
+            {"torch_dtype", torch_dtype}};
+  if (arch != Arch::QWEN2) {
+    j["attention_bias"] = attention_bias;
+    j["mlp_bias"] = mlp_bias;
+  } else {
+    j["use_sliding_window"] = false;
+  }
+  return j;
+}
+
+}  // namespace kldq::model

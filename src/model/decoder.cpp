@@ -1,0 +1,119 @@
+// Decoder forward pass, operation for operation as transformers' Qwen2/Llama modeling code, so
+// that logits agree to fp32 rounding on CPU and to bf16 rounding noise on GPUs.
+#include "kldq/model/decoder.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "kldq/core/error.hpp"
+
+namespace kldq::model {
+
+const Decoder::RopeTable& Decoder::rope(int64_t len) const {
+  if (rope_.len >= len) return rope_;
+  // As transformers' default RoPE: inv_freq = 1 / theta^(2i/d) and angles = pos * inv_freq in
+  // fp32; cos/sin of [angles, angles] (rotate-half layout) computed in fp32, then cast to the
+  // compute dtype. Positions beyond 2^24 would lose precision in fp32; contexts are far shorter.
+  const int64_t d = config_.head_dim;
+  auto f32 = at::TensorOptions().dtype(at::kFloat).device(device_);
+  at::Tensor exponent = at::arange(0, d, 2, f32.dtype(at::kLong)).to(at::kFloat) / static_cast<double>(d);
+  at::Tensor inv_freq = at::pow(config_.rope_theta, exponent).reciprocal();  // [d/2]
+  at::Tensor pos = at::arange(len, f32.dtype(at::kLong)).to(at::kFloat);     // [len]
+  at::Tensor angles = at::outer(pos, inv_freq);                              // [len, d/2]
+  at::Tensor emb = at::cat({angles, angles}, -1);                            // [len, d]
+  rope_.cos = emb.cos().to(dtype_).unsqueeze(1);                             // [len, 1, d]
+  rope_.sin = emb.sin().to(dtype_).unsqueeze(1);
+  rope_.len = len;
+  return rope_;
+}
+
+at::Tensor Decoder::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
+  // transformers: normalise in fp32, cast back to the compute dtype, then scale by the weight in
+  // the compute dtype (two roundings in bf16). Kept as is so bf16 results match the reference.
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  at::Tensor normed = (xf * at::rsqrt(var + config_.rms_norm_eps)).to(x.scalar_type());
+  return weight * normed;
+}
+
+namespace {
+
+// Rotate-half RoPE on x: [B, T, n, d] with cos/sin: [T, 1, d].
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+}  // namespace
+
+at::Tensor Decoder::attention(const Block& b, const at::Tensor& h) const {
+  const int64_t B = h.size(0), T = h.size(1), d = config_.head_dim;
+  const int64_t nq = config_.num_heads, nkv = config_.num_kv_heads;
+  at::Tensor q, k, v;  // [B, T, q_dim], [B, T, kv_dim], [B, T, kv_dim]
+  if (b.qkv.weight().defined()) {
+    auto parts = b.qkv.forward(h).split_with_sizes({nq * d, nkv * d, nkv * d}, -1);
+    q = parts[0], k = parts[1], v = parts[2];
+  } else {
+    q = b.linears[static_cast<int>(Proj::Q)].forward(h);
+    k = b.linears[static_cast<int>(Proj::K)].forward(h);
+    v = b.linears[static_cast<int>(Proj::V)].forward(h);
+  }
+  const RopeTable& r = rope(T);
+  const at::Tensor cos = r.cos.narrow(0, 0, T), sin = r.sin.narrow(0, 0, T);
+  // [B, T, n, d] -> rope -> [B, n, T, d] for SDPA
+  q = apply_rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);
+  k = apply_rope(k.view({B, T, nkv, d}), cos, sin).transpose(1, 2);
+  v = v.view({B, T, nkv, d}).transpose(1, 2);
+  // Causal attention; GQA handled inside SDPA (no repeated K/V copies). Scale 1/sqrt(d).
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
+                                                    /*is_causal=*/true, /*scale=*/std::nullopt,
+                                                    /*enable_gqa=*/nkv != nq);
+  out = out.transpose(1, 2).reshape({B, T, nq * d});  // [B, T, q_dim]
+  return b.linears[static_cast<int>(Proj::O)].forward(out);
+}
+
+at::Tensor Decoder::mlp(const Block& b, const at::Tensor& h) const {
+  at::Tensor act;  // [B, T, I]
+  if (b.gate_up.weight().defined()) {
+    auto gu = b.gate_up.forward(h).chunk(2, -1);
+    act = at::silu(gu[0]).mul_(gu[1]);
+  } else {
+    act = at::silu(b.linears[static_cast<int>(Proj::GATE)].forward(h))
+              .mul_(b.linears[static_cast<int>(Proj::UP)].forward(h));
+  }
+  return b.linears[static_cast<int>(Proj::DOWN)].forward(act);
+}
+
+at::Tensor Decoder::embed(const at::Tensor& ids) const {
+  if (ids.dim() != 2 || ids.scalar_type() != at::kLong)
+    throw InternalError("Decoder::embed expects int64 ids of shape [B, T]");
+  return at::embedding(embed_, ids.to(device_));
+}
+
+at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {
+  check(i >= 0 && i < num_blocks(), fmt::format("block index {} out of range", i));
+  const Block& b = blocks_[static_cast<size_t>(i)];
+  // Out of place first: callers cache block inputs and must get them back unchanged.
+  at::Tensor x = hidden + attention(b, rms_norm(hidden, b.input_norm));
+  return x.add_(mlp(b, rms_norm(x, b.post_norm)));
+}
+
+at::Tensor Decoder::run_blocks(int begin, int end, at::Tensor hidden) const {
+  check(0 <= begin && begin <= end && end <= num_blocks(), "block range out of bounds");
+  for (int i = begin; i < end; ++i) hidden = block(i, hidden);
+  return hidden;
+}
+
+at::Tensor Decoder::head(const at::Tensor& hidden) const {
+  return at::linear(rms_norm(hidden, final_norm_), lm_head_);
+}
+
+at::Tensor Decoder::forward(const at::Tensor& ids) const {
+  if (ids.size(1) > config_.max_position_embeddings)
+    throw ConfigError(fmt::format("sequence length {} exceeds max_position_embeddings {}",
+                                  ids.size(1), config_.max_position_embeddings));
+  return head(run_blocks(0, num_blocks(), embed(ids)));
+}
+
+}  // namespace kldq::model

@@ -1,0 +1,123 @@
+// Decoder construction from a checkpoint (fused q/k/v and gate/up buffers, tied embeddings),
+// layer access and replacement by LayerId, and weight accounting.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "kldq/core/error.hpp"
+#include "kldq/io/checkpoint.hpp"
+#include "kldq/model/decoder.hpp"
+#include "kldq/model/weight_store.hpp"
+
+namespace kldq::model {
+namespace {
+
+std::string lname(int block, Proj p) { return LayerId{block, p}.name(); }
+
+// Loads the projections `projs` of one block into a single [sum(out), in] buffer, so the block
+// runs one GEMM for them; each projection's QLinear is a row slice (a view) of that buffer, so
+// fusing costs no memory. Biases, when `with_bias`, are fused the same way.
+QLinear load_fused(WeightStore& ws, int block, std::initializer_list<Proj> projs,
+                   std::initializer_list<int64_t> outs, int64_t in, bool with_bias,
+                   std::array<QLinear, 7>& linears) {
+  const int64_t total = std::accumulate(outs.begin(), outs.end(), int64_t{0});
+  auto opts = at::TensorOptions().dtype(ws.dtype()).device(ws.device());
+  at::Tensor w = at::empty({total, in}, opts);  // [sum(out), in]
+  at::Tensor b = with_bias ? at::empty({total}, opts) : at::Tensor();
+  int64_t row = 0;
+  auto out_it = outs.begin();
+  for (Proj p : projs) {
+    const int64_t out = *out_it++;
+    at::Tensor wp = w.narrow(0, row, out);
+    ws.take_into(lname(block, p) + ".weight", wp);
+    at::Tensor bp;
+    if (with_bias) {
+      bp = b.narrow(0, row, out);
+      ws.take_into(lname(block, p) + ".bias", bp);
+    }
+    linears[static_cast<int>(p)] = QLinear(wp, bp);
+    row += out;
+  }
+  return QLinear(w, b);
+}
+
+QLinear load_linear(WeightStore& ws, int block, Proj p, int64_t out, int64_t in, bool with_bias) {
+  const std::string base = lname(block, p);
+  at::Tensor w = ws.take(base + ".weight", {out, in});
+  at::Tensor b = with_bias ? ws.take(base + ".bias", {out}) : at::Tensor();
+  return QLinear(w, b);
+}
+
+}  // namespace
+
+Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype) {
+  Decoder d;
+  d.config_ = load_config(dir / "config.json");
+  d.device_ = device;
+  d.dtype_ = dtype;
+  const ModelConfig& c = d.config_;
+  const io::Checkpoint ck = io::Checkpoint::open(dir);
+  WeightStore ws(ck, device, dtype);
+  const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
+  d.embed_ = ws.take("model.embed_tokens.weight", {V, H});
+  for (int i = 0; i < c.num_layers; ++i) {
+    Block b;
+    const std::string prefix = fmt::format("model.layers.{}.", i);
+    b.input_norm = ws.take(prefix + "input_layernorm.weight", {H});
+    b.post_norm = ws.take(prefix + "post_attention_layernorm.weight", {H});
+    b.qkv = load_fused(ws, i, {Proj::Q, Proj::K, Proj::V}, {c.q_dim(), c.kv_dim(), c.kv_dim()}, H,
+                       c.attention_bias, b.linears);
+    b.linears[static_cast<int>(Proj::O)] = load_linear(ws, i, Proj::O, H, c.q_dim(), c.o_bias);
+    b.gate_up = load_fused(ws, i, {Proj::GATE, Proj::UP}, {I, I}, H, c.mlp_bias, b.linears);
+    b.linears[static_cast<int>(Proj::DOWN)] = load_linear(ws, i, Proj::DOWN, H, I, c.mlp_bias);
+    d.blocks_.push_back(std::move(b));
+  }
+  d.final_norm_ = ws.take("model.norm.weight", {H});
+  d.lm_head_ = c.tie_word_embeddings ? d.embed_ : ws.take("lm_head.weight", {V, H});
+  ws.accept_derived(c);
+  ws.finish();
+  return d;
+}
+
+void Decoder::check_layer(LayerId id) const {
+  if (id.block < 0 || id.block >= num_blocks())
+    throw ConfigError(fmt::format("layer '{}': the model has {} blocks", id.name(), num_blocks()));
+}
+
+std::vector<LayerId> Decoder::linear_ids() const {
+  std::vector<LayerId> ids;
+  for (int i = 0; i < num_blocks(); ++i)
+    for (Proj p : kAllProjs) ids.push_back({i, p});
+  return ids;
+}
+
+const QLinear& Decoder::linear(LayerId id) const {
+  check_layer(id);
+  return blocks_[static_cast<size_t>(id.block)].linears[static_cast<int>(id.proj)];
+}
+
+void Decoder::set_linear(LayerId id, QLinear layer) {
+  check_layer(id);
+  Block& b = blocks_[static_cast<size_t>(id.block)];
+  QLinear& slot = b.linears[static_cast<int>(id.proj)];
+  if (layer.in_features() != slot.in_features() || layer.out_features() != slot.out_features() ||
+      layer.has_bias() != slot.has_bias())
+    throw InternalError(fmt::format("layer '{}': replacement has a different shape", id.name()));
+  // The group's other members keep viewing the fused buffer, so its memory stays referenced.
+  const bool attn = id.proj == Proj::Q || id.proj == Proj::K || id.proj == Proj::V;
+  const bool gate_up = id.proj == Proj::GATE || id.proj == Proj::UP;
+  if (attn) b.qkv = QLinear();
+  if (gate_up) b.gate_up = QLinear();
+  slot = std::move(layer);
+}
+
+uint64_t Decoder::weight_bytes() const {
+  uint64_t n = embed_.nbytes() + final_norm_.nbytes();
+  if (!lm_head_.is_same(embed_)) n += lm_head_.nbytes();
+  for (const Block& b : blocks_) {
+    n += b.input_norm.nbytes() + b.post_norm.nbytes();
+    for (const QLinear& l : b.linears) n += l.bytes();
+  }
+  return n;
+}
+
+}  // namespace kldq::model

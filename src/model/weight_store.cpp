@@ -1,0 +1,63 @@
+// WeightStore: checked, converted access to checkpoint tensors, with leftover detection.
+#include "kldq/model/weight_store.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "kldq/core/error.hpp"
+
+namespace kldq::model {
+
+WeightStore::WeightStore(const io::Checkpoint& checkpoint, c10::Device device, c10::ScalarType dtype)
+    : checkpoint_(checkpoint), device_(device), dtype_(dtype) {}
+
+at::Tensor WeightStore::take_raw(const std::string& name, const std::vector<int64_t>& shape) {
+  const io::TensorInfo& info = checkpoint_.info(name);  // IoError naming the tensor when missing
+  if (info.shape != shape)
+    throw IoError(fmt::format("{}: tensor '{}' has shape [{}], expected [{}] from config.json",
+                              checkpoint_.dir().string(), name, fmt::join(info.shape, ", "),
+                              fmt::join(shape, ", ")));
+  if (!c10::isFloatingType(info.scalar_type) || c10::isFloat8Type(info.scalar_type))
+    throw IoError(fmt::format("{}: tensor '{}' has dtype {}, expected BF16, F16 or F32",
+                              checkpoint_.dir().string(), name, info.dtype));
+  used_.insert(name);
+  return checkpoint_.tensor(name);
+}
+
+at::Tensor WeightStore::take(const std::string& name, const std::vector<int64_t>& shape) {
+  // copy=true: never alias the file mapping, even when device and dtype already match.
+  return take_raw(name, shape).to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+}
+
+void WeightStore::take_into(const std::string& name, const at::Tensor& dst) {
+  dst.copy_(take_raw(name, dst.sizes().vec()));
+}
+
+void WeightStore::accept_derived(const ModelConfig& config) {
+  for (const auto& name : checkpoint_.names())
+    if (name.ends_with(".rotary_emb.inv_freq")) used_.insert(name);
+  if (!config.tie_word_embeddings || !has("lm_head.weight")) return;
+  const std::vector<int64_t> shape{config.vocab_size, config.hidden_size};
+  const at::Tensor head = take_raw("lm_head.weight", shape);
+  const at::Tensor embed = checkpoint_.tensor("model.embed_tokens.weight");
+  if (embed.sizes() != head.sizes() || !at::equal(head, embed.to(head.scalar_type())))
+    throw IoError(fmt::format(
+        "{}: tie_word_embeddings is true but lm_head.weight differs from model.embed_tokens.weight",
+        checkpoint_.dir().string()));
+}
+
+void WeightStore::finish() const {
+  std::vector<std::string> left;
+  for (const auto& name : checkpoint_.names())
+    if (!used_.count(name)) left.push_back(name);
+  if (left.empty()) return;
+  const size_t shown = std::min<size_t>(left.size(), 5);
+  throw IoError(fmt::format(
+      "{}: {} tensor(s) not used by the architecture config.json describes: {}{}",
+      checkpoint_.dir().string(), left.size(),
+      fmt::join(left.begin(), left.begin() + static_cast<std::ptrdiff_t>(shown), ", "),
+      left.size() > shown ? ", ..." : ""));
+}
+
+}  // namespace kldq::model
