@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "kldq/core/error.hpp"
+#include "kldq/kernels/fused.hpp"
 
 namespace kldq::model {
 
@@ -21,31 +22,11 @@ const Decoder::RopeTable& Decoder::rope(int64_t len) const {
   at::Tensor pos = at::arange(len, f32.dtype(at::kLong)).to(at::kFloat);     // [len]
   at::Tensor angles = at::outer(pos, inv_freq);                              // [len, d/2]
   at::Tensor emb = at::cat({angles, angles}, -1);                            // [len, d]
-  rope_.cos = emb.cos().to(dtype_).unsqueeze(1);                             // [len, 1, d]
-  rope_.sin = emb.sin().to(dtype_).unsqueeze(1);
+  rope_.cos = emb.cos().to(dtype_);                                          // [len, d]
+  rope_.sin = emb.sin().to(dtype_);
   rope_.len = len;
   return rope_;
 }
-
-at::Tensor Decoder::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
-  // transformers: normalise in fp32, cast back to the compute dtype, then scale by the weight in
-  // the compute dtype (two roundings in bf16). Kept as is so bf16 results match the reference.
-  at::Tensor xf = x.to(at::kFloat);
-  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  at::Tensor normed = (xf * at::rsqrt(var + config_.rms_norm_eps)).to(x.scalar_type());
-  return weight * normed;
-}
-
-namespace {
-
-// Rotate-half RoPE on x: [B, T, n, d] with cos/sin: [T, 1, d].
-at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * cos + rotated * sin;
-}
-
-}  // namespace
 
 at::Tensor Decoder::attention(const Block& b, const at::Tensor& h) const {
   const int64_t B = h.size(0), T = h.size(1), d = config_.head_dim;
@@ -62,8 +43,8 @@ at::Tensor Decoder::attention(const Block& b, const at::Tensor& h) const {
   const RopeTable& r = rope(T);
   const at::Tensor cos = r.cos.narrow(0, 0, T), sin = r.sin.narrow(0, 0, T);
   // [B, T, n, d] -> rope -> [B, n, T, d] for SDPA
-  q = apply_rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);
-  k = apply_rope(k.view({B, T, nkv, d}), cos, sin).transpose(1, 2);
+  q = kernels::rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);
+  k = kernels::rope(k.view({B, T, nkv, d}), cos, sin).transpose(1, 2);
   v = v.view({B, T, nkv, d}).transpose(1, 2);
   // Causal attention; GQA handled inside SDPA (no repeated K/V copies). Scale 1/sqrt(d).
   at::Tensor out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
@@ -76,8 +57,7 @@ at::Tensor Decoder::attention(const Block& b, const at::Tensor& h) const {
 at::Tensor Decoder::mlp(const Block& b, const at::Tensor& h) const {
   at::Tensor act;  // [B, T, I]
   if (b.gate_up.weight().defined()) {
-    auto gu = b.gate_up.forward(h).chunk(2, -1);
-    act = at::silu(gu[0]).mul_(gu[1]);
+    act = kernels::silu_mul(b.gate_up.forward(h));
   } else {
     act = at::silu(b.linears[static_cast<int>(Proj::GATE)].forward(h))
               .mul_(b.linears[static_cast<int>(Proj::UP)].forward(h));
@@ -94,9 +74,11 @@ at::Tensor Decoder::embed(const at::Tensor& ids) const {
 at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {
   check(i >= 0 && i < num_blocks(), fmt::format("block index {} out of range", i));
   const Block& b = blocks_[static_cast<size_t>(i)];
+  const double eps = config_.rms_norm_eps;
   // Out of place first: callers cache block inputs and must get them back unchanged.
-  at::Tensor x = hidden + attention(b, rms_norm(hidden, b.input_norm));
-  return x.add_(mlp(b, rms_norm(x, b.post_norm)));
+  auto [x, h] = kernels::add_rms_norm(hidden, attention(b, kernels::rms_norm(hidden, b.input_norm, eps)),
+                                      b.post_norm, eps);
+  return x.add_(mlp(b, h));
 }
 
 at::Tensor Decoder::run_blocks(int begin, int end, at::Tensor hidden) const {
@@ -106,7 +88,7 @@ at::Tensor Decoder::run_blocks(int begin, int end, at::Tensor hidden) const {
 }
 
 at::Tensor Decoder::head(const at::Tensor& hidden) const {
-  return at::linear(rms_norm(hidden, final_norm_), lm_head_);
+  return at::linear(kernels::rms_norm(hidden, final_norm_, config_.rms_norm_eps), lm_head_);
 }
 
 at::Tensor Decoder::forward(const at::Tensor& ids) const {

@@ -60,13 +60,12 @@ class Decoder {
   };
   struct RopeTable {
     int64_t len = 0;
-    at::Tensor cos, sin;  // [len, 1, head_dim], compute dtype
+    at::Tensor cos, sin;  // [len, head_dim], compute dtype
   };
 
   Decoder() = default;
   void check_layer(LayerId id) const;
   const RopeTable& rope(int64_t len) const;
-  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
   at::Tensor attention(const Block& b, const at::Tensor& h) const;
   at::Tensor mlp(const Block& b, const at::Tensor& h) const;
 

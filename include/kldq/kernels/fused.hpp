@@ -1,0 +1,29 @@
+// Fused elementwise kernels of the decoder: RMSNorm (optionally with the residual add before
+// it), rotate-half RoPE, and SwiGLU. Device-agnostic entry points: CUDA tensors run the kernels
+// in src/kernels/fused_cuda.cu, everything else the libtorch reference composition (the exact
+// operation sequence of transformers, which the CUDA kernels reproduce rounding for rounding).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <utility>
+
+namespace kldq::kernels {
+
+// transformers' RMSNorm: normed = T(x * rsqrt(mean(x^2) + eps)) computed in fp32, then
+// T(weight * normed). x: [..., H] contiguous, weight: [H] -> [..., H] (dtype T of x).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// sum = T(residual + delta); returns {sum, rms_norm(sum, weight, eps)}. Shapes as rms_norm.
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const at::Tensor& delta,
+                                               const at::Tensor& weight, double eps);
+
+// Rotate-half RoPE: x: [B, T, n, d] (any strides, unit stride on d), cos/sin: [T, d] in x's
+// dtype -> contiguous [B, T, n, d]: T(T(x * cos) + T(rotate_half(x) * sin)).
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// SwiGLU on a fused gate|up projection: gate_up: [..., 2I] contiguous -> [..., I] =
+// T(T(silu(gate)) * up).
+at::Tensor silu_mul(const at::Tensor& gate_up);
+
+}  // namespace kldq::kernels

@@ -1,0 +1,132 @@
+// Fused decoder kernels: argument checks, the libtorch reference compositions (CPU and any
+// tensor the CUDA kernels do not take), and dispatch to the CUDA launchers.
+#include "kldq/kernels/fused.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "kldq/build_config.hpp"
+#include "kldq/core/error.hpp"
+
+#if KLDQ_WITH_CUDA_BUILD
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "fused_cuda.hpp"
+#endif
+
+namespace kldq::kernels {
+namespace {
+
+// Reference compositions: transformers' code, operation for operation.
+at::Tensor rms_norm_reference(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return weight * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+}
+
+at::Tensor rope_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);  // cos/sin [T, 1, d]
+}
+
+#if KLDQ_WITH_CUDA_BUILD
+// The CUDA kernels take contiguous rows of fp32/fp16/bf16 on one device.
+bool use_cuda(const at::Tensor& x) {
+  const auto t = x.scalar_type();
+  return x.is_cuda() && (t == at::kFloat || t == at::kHalf || t == at::kBFloat16);
+}
+
+cuda::Dtype cuda_dtype(at::ScalarType t) {
+  return t == at::kFloat ? cuda::Dtype::F32 : t == at::kHalf ? cuda::Dtype::F16 : cuda::Dtype::BF16;
+}
+
+void* stream_of(const at::Tensor& x) {
+  return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+}
+#endif
+
+void check_norm_args(const at::Tensor& x, const at::Tensor& weight) {
+  check(weight.dim() == 1 && x.size(-1) == weight.size(0), "rms_norm: weight must be [H]");
+  check(weight.scalar_type() == x.scalar_type(), "rms_norm: weight dtype must match x");
+}
+
+}  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_norm_args(x, weight);
+#if KLDQ_WITH_CUDA_BUILD
+  if (use_cuda(x)) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor xc = x.contiguous();
+    at::Tensor out = at::empty_like(xc);
+    const int64_t h = x.size(-1);
+    cuda::rms_norm(cuda_dtype(x.scalar_type()), xc.data_ptr(), nullptr, nullptr,
+                   weight.contiguous().data_ptr(), out.data_ptr(), xc.numel() / h, h,
+                   static_cast<float>(eps), stream_of(x));
+    return out;
+  }
+#endif
+  return rms_norm_reference(x, weight, eps);
+}
+
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const at::Tensor& delta,
+                                               const at::Tensor& weight, double eps) {
+  check_norm_args(residual, weight);
+  check(residual.sizes() == delta.sizes() && residual.scalar_type() == delta.scalar_type(),
+        "add_rms_norm: residual and delta must have the same shape and dtype");
+#if KLDQ_WITH_CUDA_BUILD
+  if (use_cuda(residual)) {
+    const c10::cuda::CUDAGuard guard(residual.device());
+    const at::Tensor rc = residual.contiguous(), dc = delta.contiguous();
+    at::Tensor sum = at::empty_like(rc), out = at::empty_like(rc);
+    const int64_t h = rc.size(-1);
+    cuda::rms_norm(cuda_dtype(rc.scalar_type()), rc.data_ptr(), dc.data_ptr(), sum.data_ptr(),
+                   weight.contiguous().data_ptr(), out.data_ptr(), rc.numel() / h, h,
+                   static_cast<float>(eps), stream_of(rc));
+    return {sum, out};
+  }
+#endif
+  at::Tensor sum = residual + delta;
+  return {sum, rms_norm_reference(sum, weight, eps)};
+}
+
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  check(x.dim() == 4 && x.size(-1) % 2 == 0, "rope: x must be [B, T, n, d] with even d");
+  check(cos.dim() == 2 && cos.size(0) == x.size(1) && cos.size(1) == x.size(3) &&
+            cos.sizes() == sin.sizes(),
+        "rope: cos/sin must be [T, d]");
+#if KLDQ_WITH_CUDA_BUILD
+  if (use_cuda(x) && x.stride(3) == 1 && cos.scalar_type() == x.scalar_type()) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const at::Tensor c = cos.contiguous(), s = sin.contiguous();
+    at::Tensor out = at::empty(x.sizes(), x.options());  // contiguous [B, T, n, d]
+    cuda::rope(cuda_dtype(x.scalar_type()), x.data_ptr(), c.data_ptr(), s.data_ptr(), out.data_ptr(),
+               x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1), x.stride(2),
+               stream_of(x));
+    return out;
+  }
+#endif
+  return rope_reference(x, cos, sin);
+}
+
+at::Tensor silu_mul(const at::Tensor& gate_up) {
+  check(gate_up.size(-1) % 2 == 0, "silu_mul: last dimension must be 2 I");
+  const int64_t i = gate_up.size(-1) / 2;
+#if KLDQ_WITH_CUDA_BUILD
+  if (use_cuda(gate_up)) {
+    const c10::cuda::CUDAGuard guard(gate_up.device());
+    const at::Tensor gu = gate_up.contiguous();
+    auto sizes = gu.sizes().vec();
+    sizes.back() = i;
+    at::Tensor out = at::empty(sizes, gu.options());
+    cuda::silu_mul(cuda_dtype(gu.scalar_type()), gu.data_ptr(), out.data_ptr(), gu.numel() / (2 * i),
+                   i, stream_of(gu));
+    return out;
+  }
+#endif
+  return at::silu(gate_up.narrow(-1, 0, i)) * gate_up.narrow(-1, i, i);
+}
+
+}  // namespace kldq::kernels

@@ -1,0 +1,82 @@
+// Fused CUDA kernels against transformers' formulas written out here with libtorch ops on the
+// same GPU (the oracle): RoPE and SwiGLU must be bit-identical, RMSNorm may differ only where
+// the fp32 reduction order moves a value across a rounding boundary.
+#include <ATen/ATen.h>
+
+#include "kldq/kernels/fused.hpp"
+#include "support/catch.hpp"
+
+namespace {
+
+at::Tensor hf_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  return w * (xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps)).to(x.scalar_type());
+}
+
+at::Tensor hf_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t h = x.size(-1) / 2;
+  at::Tensor rot = at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
+  return x * cos.unsqueeze(1) + rot * sin.unsqueeze(1);
+}
+
+// Largest difference in units of the dtype's epsilon at the value's magnitude.
+double max_ulps(const at::Tensor& a, const at::Tensor& b) {
+  const double eps = a.scalar_type() == at::kBFloat16 ? 1.0 / 128 : a.scalar_type() == at::kHalf ? 1.0 / 1024 : 1.2e-7;
+  at::Tensor af = a.to(at::kFloat), bf = b.to(at::kFloat);
+  return ((af - bf).abs() / (bf.abs().clamp_min(1e-3) * eps)).max().item<double>();
+}
+
+}  // namespace
+
+TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]") {
+  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  at::manual_seed(3);
+  for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
+    auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+    for (int64_t h : {64, 172, 1536}) {
+      INFO("dtype " << c10::toString(dtype) << " h " << h);
+      const at::Tensor x = at::randn({3, 37, h}, opts) * 2;
+      const at::Tensor d = at::randn({3, 37, h}, opts);
+      const at::Tensor w = 1 + at::randn({h}, opts) * 0.1;
+      const at::Tensor want = hf_rms_norm(x, w, 1e-6);
+      CHECK(max_ulps(kldq::kernels::rms_norm(x, w, 1e-6), want) <= 2.0);
+      auto [sum, normed] = kldq::kernels::add_rms_norm(x, d, w, 1e-6);
+      CHECK(at::equal(sum, x + d));
+      CHECK(max_ulps(normed, hf_rms_norm(x + d, w, 1e-6)) <= 2.0);
+      // Most elements are bit-identical; only rounding-boundary cases may move.
+      CHECK(at::ne(kldq::kernels::rms_norm(x, w, 1e-6), want).to(at::kFloat).mean().item<double>() < 0.02);
+    }
+    // RoPE on a strided view, as the decoder passes the q part of the fused qkv output.
+    const at::Tensor qkv = at::randn({2, 19, 4 * 16 + 2 * 2 * 16}, opts);
+    const at::Tensor q = qkv.narrow(-1, 0, 64).view({2, 19, 4, 16});
+    const at::Tensor ang = at::rand({19, 16}, opts.dtype(at::kFloat)) * 6;
+    const at::Tensor cos = ang.cos().to(dtype), sin = ang.sin().to(dtype);
+    const at::Tensor got = kldq::kernels::rope(q, cos, sin);
+    CHECK(got.is_contiguous());
+    CHECK(at::equal(got, hf_rope(q, cos, sin)));
+    // SwiGLU on a fused gate|up output with an odd width.
+    const at::Tensor gu = at::randn({5, 7, 2 * 172}, opts) * 3;
+    const at::Tensor want_act = at::silu(gu.narrow(-1, 0, 172)) * gu.narrow(-1, 172, 172);
+    CHECK(max_ulps(kldq::kernels::silu_mul(gu), want_act) <= (dtype == at::kFloat ? 4.0 : 0.0));
+  }
+}
+
+TEST_CASE("fused kernels fall back to the reference composition on CPU", "[kernels]") {
+  at::manual_seed(4);
+  const at::Tensor x = at::randn({2, 5, 3, 8}, at::kFloat);
+  const at::Tensor ang = at::rand({5, 8}, at::kFloat);
+  const at::Tensor cos = ang.cos(), sin = ang.sin();
+  // Hand-derived rotation for one pair: out[i] = x_i cos_i - x_{i+4} sin_i.
+  const at::Tensor out = kldq::kernels::rope(x, cos, sin);
+  const double want = x[1][2][0][1].item<double>() * cos[2][1].item<double>() -
+                      x[1][2][0][5].item<double>() * sin[2][1].item<double>();
+  CHECK(out[1][2][0][1].item<double>() == Approx(want).epsilon(1e-5));
+  const at::Tensor gu = at::randn({4, 6}, at::kFloat);
+  const double g = gu[2][1].item<double>(), u = gu[2][4].item<double>();
+  CHECK(kldq::kernels::silu_mul(gu)[2][1].item<double>() == Approx(g / (1 + std::exp(-g)) * u).epsilon(1e-5));
+  const at::Tensor w = at::rand({8}, at::kFloat);
+  const at::Tensor row = x[0][0][0];
+  const double rstd = 1.0 / std::sqrt(row.pow(2).mean().item<double>() + 1e-5);
+  CHECK(kldq::kernels::rms_norm(x, w, 1e-5)[0][0][0][3].item<double>() ==
+        Approx(row[3].item<double>() * rstd * w[3].item<double>()).epsilon(1e-5));
+}
