@@ -17,7 +17,9 @@ nlohmann::json read_json_file(const std::filesystem::path& path, bool config) {
     throw IoError(msg);
   };
   std::ifstream in(path, std::ios::binary);
-  if (!in) return fail(fmt::format("{}: cannot open", path.string()));
+  if (!in)
+    return fail(fmt::format("{}: cannot open ({})", path.string(),
+                            std::filesystem::exists(path) ? "permission denied" : "no such file"));
   std::stringstream buf;
   buf << in.rdbuf();
   try {

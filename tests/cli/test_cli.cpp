@@ -1,1 +1,65 @@
+// The kldq binary: help, exit codes, synth + inspect end to end, and error messages.
 #include "support/catch.hpp"
+
+using kldq::test::run_kldq;
+
+TEST_CASE("kldq --help lists the subcommands; unbuilt ones say so and exit 2", "[cli]") {
+  const auto help = run_kldq("--help");
+  CHECK(help.rc == 0);
+  for (const char* cmd : {"inspect", "synth", "profile", "plan", "quantize", "eval", "run", "report"})
+    CHECK_THAT(help.out, HasText(cmd));
+  const auto prof = run_kldq("profile m --base nf4");
+  CHECK(prof.rc == 2);
+  CHECK_THAT(prof.err, HasText("not built yet"));
+  CHECK(run_kldq("").rc == 2);
+  CHECK(run_kldq("inspect").rc == 2);  // missing MODEL
+  CHECK(run_kldq("frobnicate").rc == 2);
+}
+
+TEST_CASE("synth tiny then inspect --json reports hand-derived counts", "[cli]") {
+  kldq::test::TempDir dir("cli");
+  const auto model = (dir / "m").string();
+  const auto s = run_kldq("synth --shape tiny --seed 3 -o " + model);
+  REQUIRE(s.rc == 0);
+  const auto r = run_kldq("inspect --json " + model);
+  REQUIRE(r.rc == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  // embed 512x64 + 2 blocks x (q 64x64+64, k,v 32x64+32, o 64x64, mlp 3x64x172, norms 2x64)
+  // + final norm 64 (tied head).
+  const int64_t block = 64 * 64 + 64 + 2 * (32 * 64 + 32) + 64 * 64 + 3 * 64 * 172 + 2 * 64;
+  const int64_t params = 512 * 64 + 2 * block + 64;
+  CHECK(j["parameters"].get<int64_t>() == params);
+  CHECK(j["linear_layers"].size() == 14);
+  CHECK(j["linear_layers"][0]["id"] == "model.layers.0.self_attn.q_proj");
+  CHECK(j["tensor_bytes"].get<int64_t>() == 2 * params);  // bf16
+  CHECK(j["file_bytes"].get<int64_t>() > j["tensor_bytes"].get<int64_t>());
+  // Same seed, same bytes; refuses to overwrite without --force.
+  const auto again = run_kldq("synth --shape tiny --seed 3 -o " + model);
+  CHECK(again.rc == 2);
+  CHECK_THAT(again.err, HasText("already exists"));
+  REQUIRE(run_kldq("synth --shape tiny --seed 3 --force -o " + (dir / "m2").string()).rc == 0);
+  CHECK(kldq::test::read_text(dir / "m" / "model.safetensors") ==
+        kldq::test::read_text(dir / "m2" / "model.safetensors"));
+}
+
+TEST_CASE("CLI errors name what is wrong and leave no output", "[cli][errors]") {
+  kldq::test::TempDir dir("cli-err");
+  const auto missing = run_kldq("inspect " + (dir / "nothing").string());
+  CHECK(missing.rc == 2);  // a wrong path on the command line is a usage error
+  CHECK_THAT(missing.err, HasText("nothing/config.json: cannot open (no such file)"));
+  const auto shape = run_kldq("synth --shape qwen9 -o " + (dir / "x").string());
+  CHECK(shape.rc == 2);
+  CHECK_THAT(shape.err, HasText("qwen9") && HasText("qwen2.5-1.5b"));
+  CHECK_FALSE(kldq::test::fs::exists(dir / "x"));
+  kldq::test::fs::create_directories(dir / "bad");
+  kldq::test::write_text(dir / "bad" / "config.json", "{\"model_type\": \"qwen2\"}");
+  const auto cfg = run_kldq("inspect " + (dir / "bad").string());
+  CHECK(cfg.rc == 2);
+  CHECK_THAT(cfg.err, HasText("config.json") && HasText("hidden_size"));
+  kldq::test::fs::create_directories(dir / "pickle");
+  kldq::test::fs::copy_file(kldq::test::tiny_model() / "config.json", dir / "pickle" / "config.json");
+  kldq::test::write_text(dir / "pickle" / "pytorch_model.bin", "x");
+  const auto pk = run_kldq("inspect " + (dir / "pickle").string());
+  CHECK(pk.rc == 2);
+  CHECK_THAT(pk.err, HasText("pickle"));
+}
