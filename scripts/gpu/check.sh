@@ -4,7 +4,9 @@
 # with the Hugging Face peer. Everything is logged to $OUT (or ./gpu-out).
 #
 #   scripts/gpu/check.sh [--quick]      --quick: tests and parity only, no benchmarks
-# Needs ../shared/bench copied to .gpu/bench (the peer script), see docs/ARCHITECTURE.md.
+# Needs ../shared/bench copied to .gpu/bench (the peer script) and, optionally,
+# ../shared/data/models/stories260k-qwen2 to .gpu/data/ (a real trained model for the bf16
+# parity check); see docs/GPU.md.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -29,13 +31,21 @@ log "build ok"
 
 ctest --test-dir "$BUILD" --output-on-failure >"$OUT/ctest.log" 2>&1 || fail=1
 log "ctest (cpu + cuda): $(tail -3 "$OUT/ctest.log" | head -1)"
-[ $fail -ne 0 ] && tail -60 "$OUT/ctest.log"
+if [ $fail -ne 0 ]; then
+  grep -B3 -A12 "FAILED" "$OUT/ctest.log" | head -80
+  if grep -q SEGFAULT "$OUT/ctest.log" && command -v cuda-gdb >/dev/null; then
+    readelf -d "$BUILD/tests/kldq_tests" | grep NEEDED | head -4
+    cuda-gdb -batch -ex run -ex bt --args "$BUILD/tests/kldq_tests" 2>&1 | grep -E "^#" | head -15
+  fi
+fi
 
 K="$BUILD/kldq"
 mkdir -p "$MODELS"
 synth() { [ -f "$MODELS/$1/model.safetensors" ] || "$K" -q synth --shape "$1" -o "$MODELS/$1" --device cuda --force; }
 synth qwen2.5-1.5b || { log "synth failed"; exit 1; }
-"$PY" "$ROOT/scripts/gpu/hf_parity.py" --kldq "$K" --model "$MODELS/qwen2.5-1.5b" --out "$OUT/parity.json" \
+STORIES="$ROOT/.gpu/data/stories260k-qwen2"
+EXTRA=""; [ -d "$STORIES" ] && EXTRA="--model $STORIES"
+"$PY" "$ROOT/scripts/gpu/hf_parity.py" --kldq "$K" --model "$MODELS/qwen2.5-1.5b" $EXTRA --out "$OUT/parity.json" \
   2>>"$OUT/check.log" | tee -a "$OUT/check.log" || fail=1
 
 if [ $QUICK -eq 0 ]; then

@@ -24,16 +24,24 @@ def kl_top1(ref_logits, q_logits):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kldq", required=True)
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", required=True, action="append", help="checkpoint (repeatable)")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    results = [compare(a, m) for m in a.model]
+    with open(a.out, "w") as f:
+        json.dump(results, f, indent=2)
+    sys.exit(0 if all(r["pass"] for r in results) else 1)
+
+
+def compare(a, model_dir):
     torch.manual_seed(0)
     tmp = tempfile.mkdtemp()
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
     vocab = model.config.vocab_size
-    ids = torch.randint(0, min(vocab, 151000), (a.batch, a.seq_len))
+    seq_len = min(a.seq_len, model.config.max_position_embeddings)
+    ids = torch.randint(0, min(vocab, 151000), (a.batch, seq_len))
     ids_path = os.path.join(tmp, "ids.json")
     with open(ids_path, "w") as f:
         json.dump(ids.tolist(), f)
@@ -43,21 +51,23 @@ def main():
         hf_fp32 = model(ids.cuda()).logits.float()
     del model
     out_path = os.path.join(tmp, "kldq.safetensors")
-    subprocess.run([a.kldq, "-q", "logits", a.model, "--ids", ids_path, "-o", out_path,
+    subprocess.run([a.kldq, "-q", "logits", model_dir, "--ids", ids_path, "-o", out_path,
                     "--device", "cuda", "--dtype", "bf16"], check=True)
     kq = load_file(out_path)["logits"].cuda()
     kl, top1 = kl_top1(hf_bf16, kq)
     kl_hf32_hf16, top1_hf32_hf16 = kl_top1(hf_fp32, hf_bf16)
     kl_hf32_k16, top1_hf32_k16 = kl_top1(hf_fp32, kq)
-    res = {"what": "hf_parity_bf16", "model": a.model, "gpu": torch.cuda.get_device_name(),
-           "tokens": a.batch * a.seq_len, "kl_hf_bf16_vs_kldq_bf16": kl, "top1_agree": top1,
+    # Positions whose two best bf16 logits tie exactly: argmax there is decided by index order.
+    top2 = hf_bf16.topk(2, -1).values
+    ties = (top2[..., 0] == top2[..., 1]).float().mean().item()
+    res = {"what": "hf_parity_bf16", "model": model_dir, "gpu": torch.cuda.get_device_name(),
+           "tokens": a.batch * seq_len, "kl_hf_bf16_vs_kldq_bf16": kl, "top1_agree": top1,
+           "identical_logits": bool(torch.equal(hf_bf16, kq)), "top1_exact_ties_hf_bf16": ties,
            "kl_hf_fp32_vs_hf_bf16": kl_hf32_hf16, "top1_hf_fp32_vs_hf_bf16": top1_hf32_hf16,
            "kl_hf_fp32_vs_kldq_bf16": kl_hf32_k16, "top1_hf_fp32_vs_kldq_bf16": top1_hf32_k16}
     res["pass"] = kl < 1e-3 and top1 >= 0.99
     print(json.dumps(res), flush=True)
-    with open(a.out, "w") as f:
-        json.dump(res, f, indent=2)
-    sys.exit(0 if res["pass"] else 1)
+    return res
 
 
 if __name__ == "__main__":

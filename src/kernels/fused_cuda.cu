@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -39,46 +40,77 @@ __device__ float round_to(float v) {
   return Conv<T>::to_float(Conv<T>::from_float(v));
 }
 
-constexpr int kNormThreads = 256;
-
-// Block-wide sum of one float per thread (blockDim.x == kNormThreads).
-__device__ float block_sum(float v) {
-  __shared__ float warp_sums[kNormThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = v;
+// Sum of squares of one row in exactly the order PyTorch's CUDA reduction kernel
+// (ATen/native/cuda/Reduce.cuh, torch 2.11) sums x.float().pow(2) for mean(-1) over a contiguous
+// fp32 tensor with rows of h % 4 == 0 elements, 128 <= h < 8192: `width` threads share a row
+// (width = ReduceConfig::block_width, which depends on h and the number of rows); each keeps 4
+// accumulators fed by 16-byte vectors v = lane, lane + width, ..., combined ((a0+a1)+a2)+a3;
+// then a shared-memory tree down to 32 lanes and shfl_down with offsets 16, 8, 4, 2, 1.
+// Matching that order makes the norm bit-identical to transformers' on the GPU; other shapes
+// get the same arithmetic with a different summation order (an ulp of rstd at most).
+//
+//   row (fp32 view):  | v0: x0..x3 | v1: x4..x7 | ... |      lane l takes v_l, v_{l+width}, ...
+template <class T>
+__device__ float row_sum_squares(const T* xr, const T* delta, T* sum, int64_t h, int width,
+                                 float* shared) {
+  const int lane = threadIdx.x;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  auto square = [&](int64_t i) {
+    float v = Conv<T>::to_float(xr[i]);
+    if (delta) {
+      const T s = Conv<T>::from_float(__fadd_rn(v, Conv<T>::to_float(delta[i])));
+      sum[i] = s;
+      v = Conv<T>::to_float(s);
+    }
+    return __fmul_rn(v, v);
+  };
+  for (int64_t v = lane; v * 4 + 3 < h; v += width)
+    for (int k = 0; k < 4; ++k) acc[k] = __fadd_rn(acc[k], square(v * 4 + k));
+  const int64_t tail = h - h % 4 + lane;
+  if (tail < h) acc[0] = __fadd_rn(acc[0], square(tail));
+  float value = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[1]), acc[2]), acc[3]);
+  float* mine = shared + threadIdx.y * width;
+  if (width > 32) {
+    mine[lane] = value;
+    for (int offset = width / 2; offset >= 32; offset >>= 1) {
+      __syncthreads();
+      if (lane < offset) {
+        value = __fadd_rn(value, mine[lane + offset]);
+        mine[lane] = value;
+      }
+    }
+  }
   __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < kNormThreads / 32; ++w) total += warp_sums[w];
-  return total;
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value = __fadd_rn(value, __shfl_down_sync(0xffffffffu, value, offset));
+  if (lane == 0) mine[0] = value;
+  __syncthreads();
+  return mine[0];
 }
 
-// One block per row of h elements.
+// blockDim = (width, rows per block); one row per threadIdx.y.
 //   [delta != nullptr]  s = T(x + delta) is written to `sum` and normalised
-//   normed = T(s * rsqrt(mean(s^2) + eps)),  out = T(weight * normed)
+//   normed = T(s * rsqrt(sum(s^2) * factor + eps)),  out = T(weight * normed)
+// factor is PyTorch's mean factor, float(rows) / float(rows * h).
 template <class T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta,
                                 T* __restrict__ sum, const T* __restrict__ weight,
-                                T* __restrict__ out, int64_t h, float eps) {
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * h;
-  T* outr = out + row * h;
-  float sq = 0.f;
-  for (int64_t i = threadIdx.x; i < h; i += kNormThreads) {
-    float v = Conv<T>::to_float(xr[i]);
-    if (delta) {
-      const T s = Conv<T>::from_float(__fadd_rn(v, Conv<T>::to_float(delta[row * h + i])));
-      sum[row * h + i] = s;
-      v = Conv<T>::to_float(s);
-    }
-    sq = __fadd_rn(sq, __fmul_rn(v, v));
-  }
-  // mean as PyTorch computes it: the sum times 1/h.
-  const float mean = __fmul_rn(block_sum(sq), 1.f / static_cast<float>(h));
-  const float rstd = rsqrtf(__fadd_rn(mean, eps));
-  const T* src = delta ? sum + row * h : xr;  // each thread re-reads only what it wrote
-  for (int64_t i = threadIdx.x; i < h; i += kNormThreads) {
+                                T* __restrict__ out, int64_t rows, int64_t h, float factor,
+                                float eps) {
+  extern __shared__ float shared[];
+  const int width = blockDim.x;
+  const int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
+  const bool active = row < rows;
+  const int64_t r = active ? row : rows - 1;  // inactive rows redo the last row, writing nothing
+  const T* xr = x + r * h;
+  float total = row_sum_squares<T>(xr, delta && active ? delta + r * h : nullptr,
+                                   sum ? sum + r * h : nullptr, h, width, shared);
+  if (!active) return;
+  const float rstd = rsqrtf(__fadd_rn(__fmul_rn(total, factor), eps));
+  const T* src = delta ? sum + r * h : xr;  // each thread re-reads only what it wrote
+  for (int64_t i = threadIdx.x; i < h; i += width) {
     const float normed = round_to<T>(__fmul_rn(Conv<T>::to_float(src[i]), rstd));
-    outr[i] = Conv<T>::from_float(__fmul_rn(Conv<T>::to_float(weight[i]), normed));
+    out[r * h + i] = Conv<T>::from_float(__fmul_rn(Conv<T>::to_float(weight[i]), normed));
   }
 }
 
@@ -148,14 +180,35 @@ void dispatch(Dtype t, F&& f) {
 
 }  // namespace
 
+// ReduceConfig::set_block_dimension for a contiguous fp32 reduction of `rows` rows of h:
+// inputs are vectorised by 4 when h >= 128, and at most 512 threads run per block.
+int reduce_block_width(int64_t rows, int64_t h) {
+  auto last_pow2 = [](int64_t n) {
+    int64_t p = 1;
+    while (p * 2 <= n) p *= 2;
+    return p;
+  };
+  const int64_t dim0 = h >= 128 ? h / 4 : h;
+  const int64_t dim0_pow2 = dim0 < 512 ? last_pow2(dim0) : 512;
+  const int64_t dim1_pow2 = rows < 512 ? last_pow2(rows) : 512;
+  const int64_t height = std::min<int64_t>(dim1_pow2, 512 / std::min<int64_t>(dim0_pow2, 32));
+  return static_cast<int>(std::max<int64_t>(32, std::min<int64_t>(dim0_pow2, 512 / height)));
+}
+
 void rms_norm(Dtype t, const void* x, const void* delta, void* sum, const void* weight, void* out,
               int64_t rows, int64_t h, float eps, void* stream) {
   if (rows == 0) return;
+  const int width = reduce_block_width(rows, h);
+  const int per_block = std::max(1, 256 / width);
+  const dim3 block(width, per_block);
+  const unsigned grid = static_cast<unsigned>((rows + per_block - 1) / per_block);
+  const size_t shared = sizeof(float) * width * per_block;
+  const float factor = static_cast<float>(rows) / static_cast<float>(rows * h);
   dispatch(t, [&](auto tag) {
     using T = decltype(tag);
-    rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+    rms_norm_kernel<T><<<grid, block, shared, static_cast<cudaStream_t>(stream)>>>(
         static_cast<const T*>(x), static_cast<const T*>(delta), static_cast<T*>(sum),
-        static_cast<const T*>(weight), static_cast<T*>(out), h, eps);
+        static_cast<const T*>(weight), static_cast<T*>(out), rows, h, factor, eps);
   });
   check_launch("rms_norm");
 }

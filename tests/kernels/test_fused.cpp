@@ -33,18 +33,29 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
   at::manual_seed(3);
   for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
     auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
-    for (int64_t h : {64, 172, 1536}) {
+    for (int64_t h : {64, 172, 1536, 3584}) {
       INFO("dtype " << c10::toString(dtype) << " h " << h);
       const at::Tensor x = at::randn({3, 37, h}, opts) * 2;
       const at::Tensor d = at::randn({3, 37, h}, opts);
       const at::Tensor w = 1 + at::randn({h}, opts) * 0.1;
       const at::Tensor want = hf_rms_norm(x, w, 1e-6);
-      CHECK(max_ulps(kldq::kernels::rms_norm(x, w, 1e-6), want) <= 2.0);
+      // The only freedom is the fp32 summation order of mean(x^2), which moves rstd by about an
+      // ulp. In fp32 that shifts every output by up to ~3 ulps (rstd, then two products); in
+      // 16-bit types the intermediate rounding absorbs it except at rounding boundaries.
+      const bool wide = dtype == at::kFloat;
+      CHECK(max_ulps(kldq::kernels::rms_norm(x, w, 1e-6), want) <= (wide ? 4.0 : 2.0));
       auto [sum, normed] = kldq::kernels::add_rms_norm(x, d, w, 1e-6);
       CHECK(at::equal(sum, x + d));
-      CHECK(max_ulps(normed, hf_rms_norm(x + d, w, 1e-6)) <= 2.0);
-      // Most elements are bit-identical; only rounding-boundary cases may move.
-      CHECK(at::ne(kldq::kernels::rms_norm(x, w, 1e-6), want).to(at::kFloat).mean().item<double>() < 0.02);
+      CHECK(max_ulps(normed, hf_rms_norm(x + d, w, 1e-6)) <= (wide ? 4.0 : 2.0));
+      if (!wide)
+        CHECK(at::ne(kldq::kernels::rms_norm(x, w, 1e-6), want).to(at::kFloat).mean().item<double>() < 0.02);
+      // Real hidden sizes (multiples of 4 from 128 up) follow PyTorch's summation order exactly.
+      if (h >= 128 && h % 4 == 0) {
+        CHECK(at::equal(kldq::kernels::rms_norm(x, w, 1e-6), want));
+        CHECK(at::equal(normed, hf_rms_norm(x + d, w, 1e-6)));
+        const at::Tensor few = x.narrow(1, 0, 3);  // 9 rows: wider thread groups per row
+        CHECK(at::equal(kldq::kernels::rms_norm(few, w, 1e-6), hf_rms_norm(few, w, 1e-6)));
+      }
     }
     // RoPE on a strided view, as the decoder passes the q part of the fused qkv output.
     const at::Tensor qkv = at::randn({2, 19, 4 * 16 + 2 * 2 * 16}, opts);
