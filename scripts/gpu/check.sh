@@ -35,6 +35,7 @@ if [ $fail -ne 0 ]; then
   grep -B3 -A12 "FAILED" "$OUT/ctest.log" | head -80
   if grep -q SEGFAULT "$OUT/ctest.log" && command -v cuda-gdb >/dev/null; then
     readelf -d "$BUILD/tests/kldq_tests" | grep NEEDED | head -4
+    ninja -C "$BUILD" -t commands tests/kldq_tests | tail -1 | cut -c1-600
     cuda-gdb -batch -ex run -ex bt --args "$BUILD/tests/kldq_tests" 2>&1 | grep -E "^#" | head -15
   fi
 fi

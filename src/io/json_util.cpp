@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 
 namespace kldq::io {
 
@@ -36,15 +37,14 @@ void write_file_atomic(const std::filesystem::path& path, const std::string& tex
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out << text;
     if (!out.flush()) {
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
+      remove_tree(tmp);
       throw IoError(fmt::format("{}: write failed", tmp.string()));
     }
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   if (ec) {
-    std::filesystem::remove(tmp, ec);
+    remove_tree(tmp);
     throw IoError(fmt::format("{}: cannot rename into place ({})", path.string(), ec.message()));
   }
 }

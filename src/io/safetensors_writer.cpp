@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "kldq/io/safetensors.hpp"
 
 namespace kldq::io {
@@ -59,8 +60,7 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
 SafetensorsWriter::~SafetensorsWriter() {
   if (file_) {
     std::fclose(file_);
-    std::error_code ec;
-    std::filesystem::remove(tmp_path_, ec);
+    remove_tree(tmp_path_);
   }
 }
 
@@ -85,12 +85,12 @@ void SafetensorsWriter::commit() {
   file_ = nullptr;
   std::error_code ec;
   if (!ok) {
-    std::filesystem::remove(tmp_path_, ec);
+    remove_tree(tmp_path_);
     throw IoError(fmt::format("{}: flush failed ({})", tmp_path_.string(), std::strerror(errno)));
   }
   std::filesystem::rename(tmp_path_, path_, ec);
   if (ec) {
-    std::filesystem::remove(tmp_path_, ec);
+    remove_tree(tmp_path_);
     throw IoError(fmt::format("{}: cannot rename into place ({})", path_.string(), ec.message()));
   }
 }

@@ -8,6 +8,7 @@
 
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/safetensors.hpp"
 #include "kldq/model/layout.hpp"
@@ -69,7 +70,7 @@ void synth_checkpoint(const ModelConfig& config, const fs::path& out, const Synt
                                                   : "float32";
   fs::path tmp = out;
   tmp += fmt::format(".tmp.{}", ::getpid());
-  fs::remove_all(tmp);
+  remove_tree(tmp);
   fs::create_directories(tmp);
   try {
     io::write_file_atomic(tmp / "config.json", c.to_json().dump(2) + "\n");
@@ -86,11 +87,11 @@ void synth_checkpoint(const ModelConfig& config, const fs::path& out, const Synt
       writer.write(s.name, t);
     }
     writer.commit();
-    if (fs::exists(out)) fs::remove_all(out);
+    if (fs::exists(out) && !remove_tree(out))
+      throw IoError(fmt::format("-o: cannot remove the existing '{}'", out.string()));
     fs::rename(tmp, out);
   } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
+    remove_tree(tmp);
     throw;
   }
 }

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "kldq/core/fs.hpp"
 #include "kldq/model/synth.hpp"
 
 namespace kldq::test {
@@ -18,13 +19,12 @@ TempDir::TempDir(const std::string& tag) {
   static std::atomic<int> counter{0};
   path_ = fs::temp_directory_path() /
           ("kldq-test-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-  fs::remove_all(path_);
+  remove_tree(path_);
   fs::create_directories(path_);
 }
 
 TempDir::~TempDir() {
-  std::error_code ec;
-  fs::remove_all(path_, ec);
+  remove_tree(path_);
 }
 
 std::optional<fs::path> shared_data(const std::string& rel) {
