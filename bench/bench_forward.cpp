@@ -35,26 +35,29 @@ int main(int argc, char** argv) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
     at::manual_seed(0);
     const int64_t vocab = std::min<int64_t>(dec.config().vocab_size, 151000);
-    const at::Tensor ids = at::randint(vocab, {seqs, seq_len}, at::TensorOptions().dtype(at::kLong).device(ctx.device));
+    const at::Tensor ids = at::randint(vocab, {seqs, seq_len},
+                                       at::TensorOptions().dtype(at::kLong).device(ctx.device));
     at::InferenceMode guard;
     for (int64_t i = 0; i < warmup; ++i) dec.forward(ids.narrow(0, 0, batch));
     kldq::device_synchronize(ctx.device);
     kldq::reset_peak_allocated_bytes(ctx.device);
     const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < seqs; i += batch) dec.forward(ids.narrow(0, i, std::min(batch, seqs - i)));
+    for (int64_t i = 0; i < seqs; i += batch)
+      dec.forward(ids.narrow(0, i, std::min(batch, seqs - i)));
     kldq::device_synchronize(ctx.device);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const int64_t tokens = seqs * seq_len;
-    nlohmann::json j = {{"what", "kldq_eval_forward"},
-                        {"device", kldq::device_description(ctx.device)},
-                        {"dtype", kldq::dtype_name(ctx.dtype)},
-                        {"batch", batch},
-                        {"seq_len", seq_len},
-                        {"tokens", tokens},
-                        {"s", s},
-                        {"tok_per_s", tokens / s},
-                        {"load_s", load_s},
-                        {"peak_mem_gib", kldq::peak_allocated_bytes(ctx.device) / double(1ull << 30)}};
+    nlohmann::json j = {
+        {"what", "kldq_eval_forward"},
+        {"device", kldq::device_description(ctx.device)},
+        {"dtype", kldq::dtype_name(ctx.dtype)},
+        {"batch", batch},
+        {"seq_len", seq_len},
+        {"tokens", tokens},
+        {"s", s},
+        {"tok_per_s", tokens / s},
+        {"load_s", load_s},
+        {"peak_mem_gib", kldq::peak_allocated_bytes(ctx.device) / double(1ull << 30)}};
     std::cout << j.dump() << std::endl;
     return 0;
   } catch (const kldq::Error& e) {

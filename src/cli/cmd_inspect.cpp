@@ -29,9 +29,12 @@ struct LayerRow {
 
 const char* arch_name(model::Arch a) {
   switch (a) {
-    case model::Arch::QWEN2: return "Qwen2ForCausalLM";
-    case model::Arch::LLAMA: return "LlamaForCausalLM";
-    case model::Arch::MISTRAL: return "MistralForCausalLM";
+    case model::Arch::QWEN2:
+      return "Qwen2ForCausalLM";
+    case model::Arch::LLAMA:
+      return "LlamaForCausalLM";
+    case model::Arch::MISTRAL:
+      return "MistralForCausalLM";
   }
   return "?";
 }
@@ -65,39 +68,41 @@ int run_inspect(const InspectOptions& o) {
   if (o.json) {
     nlohmann::json layers = nlohmann::json::array();
     for (const auto& r : rows)
-      layers.push_back({{"id", r.id}, {"shape", r.shape}, {"format", r.dtype},
-                        {"weight_bytes", r.weight_bytes}, {"bias_bytes", r.bias_bytes},
+      layers.push_back({{"id", r.id},
+                        {"shape", r.shape},
+                        {"format", r.dtype},
+                        {"weight_bytes", r.weight_bytes},
+                        {"bias_bytes", r.bias_bytes},
                         {"bits_per_weight", 8.0 * r.weight_bytes / (r.shape[0] * r.shape[1])}});
-    nlohmann::json j = {{"model", dir.string()},
-                        {"architecture", arch_name(c.arch)},
-                        {"config", c.to_json()},
-                        {"parameters", params},
-                        {"linear_layers", layers},
-                        {"linear_bytes", linear_bytes},
-                        {"other_bytes", other_bytes},
-                        {"tensor_bytes", linear_bytes + other_bytes},
-                        {"file_bytes", ck.file_bytes()}};
+    nlohmann::json j = {
+        {"model", dir.string()},        {"architecture", arch_name(c.arch)},
+        {"config", c.to_json()},        {"parameters", params},
+        {"linear_layers", layers},      {"linear_bytes", linear_bytes},
+        {"other_bytes", other_bytes},   {"tensor_bytes", linear_bytes + other_bytes},
+        {"file_bytes", ck.file_bytes()}};
     std::cout << j.dump(2) << "\n";
     return 0;
   }
   std::cout << fmt::format("model        {}\n", dir.string());
   std::cout << fmt::format(
-      "architecture {} ({}): {} blocks, hidden {}, heads {} / kv {} (head_dim {}), ffn {}, vocab {}, "
+      "architecture {} ({}): {} blocks, hidden {}, heads {} / kv {} (head_dim {}), ffn {}, vocab "
+      "{}, "
       "{} embeddings, rope theta {:g}\n",
       arch_name(c.arch), c.model_type, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
       c.head_dim, c.intermediate_size, c.vocab_size, c.tie_word_embeddings ? "tied" : "separate",
       c.rope_theta);
   std::cout << fmt::format("parameters   {}\n\n", params);
-  std::cout << fmt::format("{:<40} {:>13} {:>6} {:>14} {:>8}\n", "layer", "shape", "format", "bytes",
-                           "bits/w");
+  std::cout << fmt::format("{:<40} {:>13} {:>6} {:>14} {:>8}\n", "layer", "shape", "format",
+                           "bytes", "bits/w");
   for (const auto& r : rows)
-    std::cout << fmt::format("{:<40} {:>13} {:>6} {:>14} {:>8.3f}\n", r.id,
-                             fmt::format("{}x{}", r.shape[0], r.shape[1]), r.dtype,
-                             r.weight_bytes + r.bias_bytes,
-                             8.0 * r.weight_bytes / (r.shape[0] * r.shape[1]));
+    std::cout << fmt::format(
+        "{:<40} {:>13} {:>6} {:>14} {:>8.3f}\n", r.id, fmt::format("{}x{}", r.shape[0], r.shape[1]),
+        r.dtype, r.weight_bytes + r.bias_bytes, 8.0 * r.weight_bytes / (r.shape[0] * r.shape[1]));
   std::cout << fmt::format("\nlinear layers {:>5} {:>34} bytes\n", rows.size(), linear_bytes);
-  std::cout << fmt::format("other tensors       {:>34} bytes (embeddings, norms, head)\n", other_bytes);
-  std::cout << fmt::format("all tensors         {:>34} bytes ({:.3f} GiB)\n", linear_bytes + other_bytes,
+  std::cout << fmt::format("other tensors       {:>34} bytes (embeddings, norms, head)\n",
+                           other_bytes);
+  std::cout << fmt::format("all tensors         {:>34} bytes ({:.3f} GiB)\n",
+                           linear_bytes + other_bytes,
                            (linear_bytes + other_bytes) / double(1ull << 30));
   std::cout << fmt::format("files on disk       {:>34} bytes\n", ck.file_bytes());
   return 0;
@@ -107,7 +112,8 @@ int run_inspect(const InspectOptions& o) {
 
 void register_inspect(CLI::App& app, Action& action) {
   auto opts = std::make_shared<InspectOptions>();
-  auto* sub = app.add_subcommand("inspect", "architecture, layers, formats and exact bytes of a checkpoint");
+  auto* sub = app.add_subcommand("inspect",
+                                 "architecture, layers, formats and exact bytes of a checkpoint");
   sub->add_option("MODEL", opts->model, "checkpoint directory")->required();
   sub->add_flag("--json", opts->json, "machine-readable output on stdout");
   sub->callback([&action, opts] { action = [opts] { return run_inspect(*opts); }; });

@@ -5,8 +5,8 @@
 #include <fmt/ranges.h>
 
 #include "common.hpp"
-#include "kldq/core/log.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/log.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/safetensors.hpp"
 #include "kldq/model/decoder.hpp"
@@ -35,7 +35,8 @@ at::Tensor read_ids(const std::string& path, int64_t vocab) {
     for (int64_t t = 0; t < T; ++t) {
       const auto& v = j[b][t];
       if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= vocab)
-        throw ConfigError(fmt::format("{}: [{}][{}]: expected a token id in [0, {})", path, b, t, vocab));
+        throw ConfigError(
+            fmt::format("{}: [{}][{}]: expected a token id in [0, {})", path, b, t, vocab));
       acc[b][t] = v.get<int64_t>();
     }
   }
@@ -60,7 +61,8 @@ void register_logits(CLI::App& app, Action& action) {
   auto opts = std::make_shared<LogitsOptions>();
   auto* sub = app.add_subcommand("logits", "dump the logits of token ids (for parity checks)");
   sub->add_option("MODEL", opts->model, "checkpoint directory")->required();
-  sub->add_option("--ids", opts->ids, "JSON file: array of equal-length token-id arrays")->required();
+  sub->add_option("--ids", opts->ids, "JSON file: array of equal-length token-id arrays")
+      ->required();
   sub->add_option("-o,--output", opts->out, "output safetensors file (logits fp32 [B, T, V])")
       ->required();
   add_compute_options(*sub, opts->compute);

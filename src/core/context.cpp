@@ -13,15 +13,20 @@ c10::ScalarType parse_dtype(std::string_view text, std::string_view option) {
   if (text == "bf16" || text == "bfloat16") return c10::kBFloat16;
   if (text == "fp16" || text == "float16") return c10::kHalf;
   if (text == "fp32" || text == "float32") return c10::kFloat;
-  throw ConfigError(fmt::format("{}: unknown dtype '{}' (expected bf16, fp16 or fp32)", option, text));
+  throw ConfigError(
+      fmt::format("{}: unknown dtype '{}' (expected bf16, fp16 or fp32)", option, text));
 }
 
 std::string dtype_name(c10::ScalarType dtype) {
   switch (dtype) {
-    case c10::kBFloat16: return "bf16";
-    case c10::kHalf: return "fp16";
-    case c10::kFloat: return "fp32";
-    default: return std::string(c10::toString(dtype));
+    case c10::kBFloat16:
+      return "bf16";
+    case c10::kHalf:
+      return "fp16";
+    case c10::kFloat:
+      return "fp32";
+    default:
+      return std::string(c10::toString(dtype));
   }
 }
 
@@ -30,23 +35,27 @@ c10::Device parse_device(std::string_view text, std::string_view option) {
   try {
     device = c10::Device(std::string(text));
   } catch (const std::exception&) {
-    throw ConfigError(fmt::format("{}: unknown device '{}' (expected cpu or cuda[:N])", option, text));
+    throw ConfigError(
+        fmt::format("{}: unknown device '{}' (expected cpu or cuda[:N])", option, text));
   }
   if (!device.is_cpu() && !device.is_cuda())
-    throw ConfigError(fmt::format("{}: unsupported device '{}' (expected cpu or cuda[:N])", option, text));
+    throw ConfigError(
+        fmt::format("{}: unsupported device '{}' (expected cpu or cuda[:N])", option, text));
   if (device.is_cuda() && !at::hasCUDA())
-    throw ConfigError(fmt::format("{}: '{}' requested but no CUDA device is available", option, text));
+    throw ConfigError(
+        fmt::format("{}: '{}' requested but no CUDA device is available", option, text));
   return device;
 }
 
 RunContext make_context(std::string_view device, std::string_view dtype, uint64_t seed,
                         int threads) {
   RunContext ctx;
-  ctx.device = device.empty() ? (at::hasCUDA() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU))
-                              : parse_device(device);
+  ctx.device = device.empty()
+                   ? (at::hasCUDA() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU))
+                   : parse_device(device);
   // bf16 on GPUs (Qwen overflows in fp16); fp32 on CPU, where bf16 matmuls are slow and inexact.
-  ctx.dtype = dtype.empty() ? (ctx.device.is_cuda() ? c10::kBFloat16 : c10::kFloat)
-                            : parse_dtype(dtype);
+  ctx.dtype =
+      dtype.empty() ? (ctx.device.is_cuda() ? c10::kBFloat16 : c10::kFloat) : parse_dtype(dtype);
   ctx.seed = seed;
   ctx.threads = threads;
   if (threads > 0) at::set_num_threads(threads);

@@ -20,9 +20,11 @@ void device_synchronize(c10::Device device) {
 uint64_t peak_allocated_bytes(c10::Device device) {
 #if KLDQ_WITH_CUDA_BUILD
   if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    const auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
     return static_cast<uint64_t>(
-        stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak);
+        stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+            .peak);
   }
 #endif
   return 0;

@@ -11,9 +11,13 @@ namespace {
 std::atomic<Level> g_level{Level::NORMAL};
 }  // namespace
 
-void init(Level level) { g_level = level; }
+void init(Level level) {
+  g_level = level;
+}
 
-bool enabled(Level level) { return static_cast<int>(g_level.load()) >= static_cast<int>(level); }
+bool enabled(Level level) {
+  return static_cast<int>(g_level.load()) >= static_cast<int>(level);
+}
 
 void write(std::string_view tag, std::string_view message) {
   std::string line = fmt::format("kldq {}: {}\n", tag, message);

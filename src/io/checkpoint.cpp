@@ -29,8 +29,8 @@ fs::path safe_shard_path(const fs::path& dir, const std::string& name, const fs:
     bad = r != root.end();
   }
   if (bad)
-    throw IoError(fmt::format("{}: shard path '{}' escapes the checkpoint directory", index.string(),
-                              name));
+    throw IoError(
+        fmt::format("{}: shard path '{}' escapes the checkpoint directory", index.string(), name));
   return dir / rel;
 }
 
@@ -88,7 +88,8 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
         if (it == weight_map.end() || dir / it->second != path) continue;  // index is authoritative
       }
       if (!ck.where_.emplace(t.name, idx).second)
-        throw IoError(fmt::format("{}: tensor '{}' appears in more than one file", dir.string(), t.name));
+        throw IoError(
+            fmt::format("{}: tensor '{}' appears in more than one file", dir.string(), t.name));
     }
     ck.files_.push_back(std::move(file));
   }

@@ -29,10 +29,17 @@ struct DtypeRow {
   c10::ScalarType type;
 };
 constexpr DtypeRow kDtypes[] = {
-    {"BF16", c10::kBFloat16}, {"F16", c10::kHalf},  {"F32", c10::kFloat},
-    {"F64", c10::kDouble},    {"I8", c10::kChar},   {"U8", c10::kByte},
-    {"I16", c10::kShort},     {"I32", c10::kInt},   {"I64", c10::kLong},
-    {"BOOL", c10::kBool},     {"F8_E4M3", c10::kFloat8_e4m3fn},
+    {"BF16", c10::kBFloat16},
+    {"F16", c10::kHalf},
+    {"F32", c10::kFloat},
+    {"F64", c10::kDouble},
+    {"I8", c10::kChar},
+    {"U8", c10::kByte},
+    {"I16", c10::kShort},
+    {"I32", c10::kInt},
+    {"I64", c10::kLong},
+    {"BOOL", c10::kBool},
+    {"F8_E4M3", c10::kFloat8_e4m3fn},
     {"F8_E5M2", c10::kFloat8_e5m2},
 };
 
@@ -41,7 +48,8 @@ uint64_t span_bytes(const std::vector<int64_t>& shape, size_t itemsize, bool& ov
   uint64_t n = itemsize;
   overflow = false;
   for (int64_t d : shape) {
-    if (d != 0 && n > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d)) overflow = true;
+    if (d != 0 && n > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d))
+      overflow = true;
     n *= static_cast<uint64_t>(d);
   }
   return n;
@@ -112,8 +120,9 @@ void parse_safetensors_header(std::string_view header_json, uint64_t data_bytes,
     info.begin = off[0].get<uint64_t>();
     info.end = off[1].get<uint64_t>();
     if (info.begin > info.end || info.end > data_bytes)
-      throw IoError(fmt::format("{}: data_offsets [{}, {}] out of bounds (data section has {} bytes)",
-                                what, info.begin, info.end, data_bytes));
+      throw IoError(
+          fmt::format("{}: data_offsets [{}, {}] out of bounds (data section has {} bytes)", what,
+                      info.begin, info.end, data_bytes));
     bool overflow = false;
     const uint64_t want = span_bytes(info.shape, c10::elementSize(info.scalar_type), overflow);
     if (overflow || want != info.nbytes())
@@ -150,13 +159,15 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
   // without ever touching the file (copy-on-write).
   void* map = ::mmap(nullptr, file->file_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   ::close(fd);
-  if (map == MAP_FAILED) throw IoError(fmt::format("{}: mmap failed ({})", p, std::strerror(errno)));
+  if (map == MAP_FAILED)
+    throw IoError(fmt::format("{}: mmap failed ({})", p, std::strerror(errno)));
   file->map_ = map;
   uint64_t len = 0;
   std::memcpy(&len, map, 8);  // little-endian on every platform kldq builds for
   if (len > kMaxHeaderBytes || len > file->file_bytes_ - 8)
-    throw IoError(fmt::format("{}: safetensors header length {} runs past the end of the file ({} bytes)",
-                              p, len, file->file_bytes_));
+    throw IoError(
+        fmt::format("{}: safetensors header length {} runs past the end of the file ({} bytes)", p,
+                    len, file->file_bytes_));
   file->header_len_ = len;
   const char* base = static_cast<const char*>(map);
   parse_safetensors_header(std::string_view(base + 8, len), file->file_bytes_ - 8 - len, p,
@@ -180,7 +191,8 @@ at::Tensor SafetensorsFile::tensor(std::string_view name) const {
   char* data = static_cast<char*>(map_) + 8 + header_len_ + info->begin;
   auto self = shared_from_this();
   auto opts = at::TensorOptions().dtype(info->scalar_type).device(at::kCPU);
-  at::Tensor view = at::from_blob(data, info->shape, [self](void*) {}, opts);
+  at::Tensor view = at::from_blob(
+      data, info->shape, [self](void*) {}, opts);
   const auto align = c10::elementSize(info->scalar_type);
   if (reinterpret_cast<uintptr_t>(data) % align != 0) return view.clone();
   return view;

@@ -102,9 +102,9 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
     const c10::cuda::CUDAGuard guard(x.device());
     const at::Tensor c = cos.contiguous(), s = sin.contiguous();
     at::Tensor out = at::empty(x.sizes(), x.options());  // contiguous [B, T, n, d]
-    cuda::rope(cuda_dtype(x.scalar_type()), x.data_ptr(), c.data_ptr(), s.data_ptr(), out.data_ptr(),
-               x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1), x.stride(2),
-               stream_of(x));
+    cuda::rope(cuda_dtype(x.scalar_type()), x.data_ptr(), c.data_ptr(), s.data_ptr(),
+               out.data_ptr(), x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1),
+               x.stride(2), stream_of(x));
     return out;
   }
 #endif
@@ -121,8 +121,8 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
     auto sizes = gu.sizes().vec();
     sizes.back() = i;
     at::Tensor out = at::empty(sizes, gu.options());
-    cuda::silu_mul(cuda_dtype(gu.scalar_type()), gu.data_ptr(), out.data_ptr(), gu.numel() / (2 * i),
-                   i, stream_of(gu));
+    cuda::silu_mul(cuda_dtype(gu.scalar_type()), gu.data_ptr(), out.data_ptr(),
+                   gu.numel() / (2 * i), i, stream_of(gu));
     return out;
   }
 #endif

@@ -132,8 +132,10 @@ __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cos,
     const T* xr = x + b * sb + t * st + head * sn;
     T* outr = out + ((b * T_ + t) * n + head) * d;
     const float lo = Conv<T>::to_float(xr[i]), hi = Conv<T>::to_float(xr[i + half]);
-    const float c_lo = Conv<T>::to_float(cos[t * d + i]), c_hi = Conv<T>::to_float(cos[t * d + i + half]);
-    const float s_lo = Conv<T>::to_float(sin[t * d + i]), s_hi = Conv<T>::to_float(sin[t * d + i + half]);
+    const float c_lo = Conv<T>::to_float(cos[t * d + i]),
+                c_hi = Conv<T>::to_float(cos[t * d + i + half]);
+    const float s_lo = Conv<T>::to_float(sin[t * d + i]),
+                s_hi = Conv<T>::to_float(sin[t * d + i + half]);
     outr[i] = Conv<T>::from_float(
         __fadd_rn(round_to<T>(__fmul_rn(lo, c_lo)), round_to<T>(__fmul_rn(-hi, s_lo))));
     outr[i + half] = Conv<T>::from_float(
@@ -160,7 +162,8 @@ __global__ void silu_mul_kernel(const T* __restrict__ gu, T* __restrict__ out, i
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
-    throw std::runtime_error(std::string(what) + ": CUDA launch failed: " + cudaGetErrorString(err));
+    throw std::runtime_error(std::string(what) +
+                             ": CUDA launch failed: " + cudaGetErrorString(err));
 }
 
 // Enough blocks to fill the GPU several times over; the kernels loop over the rest.
@@ -172,9 +175,15 @@ unsigned grid_for(int64_t total, int threads) {
 template <class F>
 void dispatch(Dtype t, F&& f) {
   switch (t) {
-    case Dtype::F32: f(float{}); break;
-    case Dtype::F16: f(__half{}); break;
-    case Dtype::BF16: f(__nv_bfloat16{}); break;
+    case Dtype::F32:
+      f(float{});
+      break;
+    case Dtype::F16:
+      f(__half{});
+      break;
+    case Dtype::BF16:
+      f(__nv_bfloat16{});
+      break;
   }
 }
 

@@ -38,7 +38,8 @@ struct Reader {
   }
   bool boolean_or(const std::string& key, bool fallback) const {
     if (!has(key)) return fallback;
-    if (!j[key].is_boolean()) fail(key, fmt::format("expected true or false, got {}", j[key].dump()));
+    if (!j[key].is_boolean())
+      fail(key, fmt::format("expected true or false, got {}", j[key].dump()));
     return j[key].get<bool>();
   }
   std::string string_or(const std::string& key, const std::string& fallback) const {
@@ -75,13 +76,17 @@ ModelConfig parse_config(const json& j, const std::string& source) {
   Reader r{j, source};
   ModelConfig c;
   c.model_type = r.string_or("model_type", "");
-  if (c.model_type == "qwen2") c.arch = Arch::QWEN2;
-  else if (c.model_type == "llama") c.arch = Arch::LLAMA;
-  else if (c.model_type == "mistral") c.arch = Arch::MISTRAL;
-  else if (c.model_type.empty()) r.fail("model_type", "missing required key");
+  if (c.model_type == "qwen2")
+    c.arch = Arch::QWEN2;
+  else if (c.model_type == "llama")
+    c.arch = Arch::LLAMA;
+  else if (c.model_type == "mistral")
+    c.arch = Arch::MISTRAL;
+  else if (c.model_type.empty())
+    r.fail("model_type", "missing required key");
   else
-    throw UnsupportedError(fmt::format("{}: model_type: '{}' is not supported (qwen2, llama, mistral)",
-                                       source, c.model_type));
+    throw UnsupportedError(fmt::format(
+        "{}: model_type: '{}' is not supported (qwen2, llama, mistral)", source, c.model_type));
   c.hidden_size = r.positive_int("hidden_size");
   c.intermediate_size = r.positive_int("intermediate_size");
   c.num_layers = r.positive_int("num_hidden_layers");
@@ -92,10 +97,11 @@ ModelConfig parse_config(const json& j, const std::string& source) {
   if (c.hidden_size % c.num_heads != 0 && !r.has("head_dim"))
     r.fail("head_dim", "missing, and hidden_size is not a multiple of num_attention_heads");
   c.head_dim = r.positive_int_or("head_dim", c.hidden_size / c.num_heads);
-  if (c.head_dim % 2 != 0) r.fail("head_dim", fmt::format("must be even for RoPE, got {}", c.head_dim));
+  if (c.head_dim % 2 != 0)
+    r.fail("head_dim", fmt::format("must be even for RoPE, got {}", c.head_dim));
   if (c.num_heads % c.num_kv_heads != 0)
-    r.fail("num_key_value_heads", fmt::format("{} does not divide num_attention_heads {}",
-                                              c.num_kv_heads, c.num_heads));
+    r.fail("num_key_value_heads",
+           fmt::format("{} does not divide num_attention_heads {}", c.num_kv_heads, c.num_heads));
   c.rms_norm_eps = r.positive_number_or(j, "rms_norm_eps", 1e-6);
   parse_rope(r, c);
   c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
@@ -107,12 +113,14 @@ ModelConfig parse_config(const json& j, const std::string& source) {
   }
   const std::string act = r.string_or("hidden_act", "silu");
   if (act != "silu")
-    throw UnsupportedError(fmt::format("{}: hidden_act: '{}' is not supported (silu)", source, act));
+    throw UnsupportedError(
+        fmt::format("{}: hidden_act: '{}' is not supported (silu)", source, act));
   if (r.boolean_or("use_sliding_window", false) ||
       (c.arch == Arch::MISTRAL && r.has("sliding_window") &&
        r.positive_int("sliding_window") < c.max_position_embeddings))
     throw UnsupportedError(fmt::format(
-        "{}: sliding-window attention is not supported (use_sliding_window/sliding_window)", source));
+        "{}: sliding-window attention is not supported (use_sliding_window/sliding_window)",
+        source));
   c.torch_dtype = r.string_or("torch_dtype", r.string_or("dtype", ""));
   return c;
 }

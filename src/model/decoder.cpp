@@ -17,7 +17,8 @@ const Decoder::RopeTable& Decoder::rope(int64_t len) const {
   // compute dtype. Positions beyond 2^24 would lose precision in fp32; contexts are far shorter.
   const int64_t d = config_.head_dim;
   auto f32 = at::TensorOptions().dtype(at::kFloat).device(device_);
-  at::Tensor exponent = at::arange(0, d, 2, f32.dtype(at::kLong)).to(at::kFloat) / static_cast<double>(d);
+  at::Tensor exponent =
+      at::arange(0, d, 2, f32.dtype(at::kLong)).to(at::kFloat) / static_cast<double>(d);
   at::Tensor inv_freq = at::pow(config_.rope_theta, exponent).reciprocal();  // [d/2]
   at::Tensor pos = at::arange(len, f32.dtype(at::kLong)).to(at::kFloat);     // [len]
   at::Tensor angles = at::outer(pos, inv_freq);                              // [len, d/2]
@@ -76,8 +77,8 @@ at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {
   const Block& b = blocks_[static_cast<size_t>(i)];
   const double eps = config_.rms_norm_eps;
   // Out of place first: callers cache block inputs and must get them back unchanged.
-  auto [x, h] = kernels::add_rms_norm(hidden, attention(b, kernels::rms_norm(hidden, b.input_norm, eps)),
-                                      b.post_norm, eps);
+  auto [x, h] = kernels::add_rms_norm(
+      hidden, attention(b, kernels::rms_norm(hidden, b.input_norm, eps)), b.post_norm, eps);
   return x.add_(mlp(b, h));
 }
 

@@ -11,7 +11,9 @@
 namespace kldq::model {
 namespace {
 
-std::string lname(int block, Proj p) { return LayerId{block, p}.name(); }
+std::string lname(int block, Proj p) {
+  return LayerId{block, p}.name();
+}
 
 // Loads the projections `projs` of one block into a single [sum(out), in] buffer, so the block
 // runs one GEMM for them; each projection's QLinear is a row slice (a view) of that buffer, so

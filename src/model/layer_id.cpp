@@ -9,18 +9,27 @@ namespace kldq::model {
 
 std::string_view proj_path(Proj p) {
   switch (p) {
-    case Proj::Q: return "self_attn.q_proj";
-    case Proj::K: return "self_attn.k_proj";
-    case Proj::V: return "self_attn.v_proj";
-    case Proj::O: return "self_attn.o_proj";
-    case Proj::GATE: return "mlp.gate_proj";
-    case Proj::UP: return "mlp.up_proj";
-    case Proj::DOWN: return "mlp.down_proj";
+    case Proj::Q:
+      return "self_attn.q_proj";
+    case Proj::K:
+      return "self_attn.k_proj";
+    case Proj::V:
+      return "self_attn.v_proj";
+    case Proj::O:
+      return "self_attn.o_proj";
+    case Proj::GATE:
+      return "mlp.gate_proj";
+    case Proj::UP:
+      return "mlp.up_proj";
+    case Proj::DOWN:
+      return "mlp.down_proj";
   }
   return "";
 }
 
-std::string LayerId::name() const { return fmt::format("model.layers.{}.{}", block, proj_path(proj)); }
+std::string LayerId::name() const {
+  return fmt::format("model.layers.{}.{}", block, proj_path(proj));
+}
 
 std::optional<LayerId> LayerId::parse(std::string_view name) {
   constexpr std::string_view kPrefix = "model.layers.";

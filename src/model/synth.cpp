@@ -63,7 +63,8 @@ ModelConfig synth_config(std::string_view shape) {
 
 void synth_checkpoint(const ModelConfig& config, const fs::path& out, const SynthOptions& options) {
   if (fs::exists(out) && !options.force && !(fs::is_directory(out) && fs::is_empty(out)))
-    throw ConfigError(fmt::format("-o: '{}' already exists (pass --force to replace it)", out.string()));
+    throw ConfigError(
+        fmt::format("-o: '{}' already exists (pass --force to replace it)", out.string()));
   ModelConfig c = config;
   c.torch_dtype = options.dtype == c10::kBFloat16 ? "bfloat16"
                   : options.dtype == c10::kHalf   ? "float16"
@@ -77,8 +78,9 @@ void synth_checkpoint(const ModelConfig& config, const fs::path& out, const Synt
     const auto slots = expected_tensors(c);
     std::vector<io::TensorSpec> specs;
     for (const auto& s : slots) specs.push_back({s.name, options.dtype, s.shape});
-    io::SafetensorsWriter writer(tmp / "model.safetensors", specs,
-                                 {{"format", "pt"}, {"kldq_synth_seed", std::to_string(options.seed)}});
+    io::SafetensorsWriter writer(
+        tmp / "model.safetensors", specs,
+        {{"format", "pt"}, {"kldq_synth_seed", std::to_string(options.seed)}});
     at::manual_seed(options.seed);
     auto opts = at::TensorOptions().dtype(options.dtype).device(options.device);
     for (const auto& s : slots) {

@@ -9,7 +9,8 @@
 
 namespace kldq::model {
 
-WeightStore::WeightStore(const io::Checkpoint& checkpoint, c10::Device device, c10::ScalarType dtype)
+WeightStore::WeightStore(const io::Checkpoint& checkpoint, c10::Device device,
+                         c10::ScalarType dtype)
     : checkpoint_(checkpoint), device_(device), dtype_(dtype) {}
 
 at::Tensor WeightStore::take_raw(const std::string& name, const std::vector<int64_t>& shape) {
@@ -53,11 +54,11 @@ void WeightStore::finish() const {
     if (!used_.count(name)) left.push_back(name);
   if (left.empty()) return;
   const size_t shown = std::min<size_t>(left.size(), 5);
-  throw IoError(fmt::format(
-      "{}: {} tensor(s) not used by the architecture config.json describes: {}{}",
-      checkpoint_.dir().string(), left.size(),
-      fmt::join(left.begin(), left.begin() + static_cast<std::ptrdiff_t>(shown), ", "),
-      left.size() > shown ? ", ..." : ""));
+  throw IoError(
+      fmt::format("{}: {} tensor(s) not used by the architecture config.json describes: {}{}",
+                  checkpoint_.dir().string(), left.size(),
+                  fmt::join(left.begin(), left.begin() + static_cast<std::ptrdiff_t>(shown), ", "),
+                  left.size() > shown ? ", ..." : ""));
 }
 
 }  // namespace kldq::model

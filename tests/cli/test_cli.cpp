@@ -6,7 +6,8 @@ using kldq::test::run_kldq;
 TEST_CASE("kldq --help lists the subcommands; unbuilt ones say so and exit 2", "[cli]") {
   const auto help = run_kldq("--help");
   CHECK(help.rc == 0);
-  for (const char* cmd : {"inspect", "synth", "profile", "plan", "quantize", "eval", "run", "report"})
+  for (const char* cmd :
+       {"inspect", "synth", "profile", "plan", "quantize", "eval", "run", "report"})
     CHECK_THAT(help.out, HasText(cmd));
   const auto prof = run_kldq("profile m --base nf4");
   CHECK(prof.rc == 2);
@@ -57,7 +58,8 @@ TEST_CASE("CLI errors name what is wrong and leave no output", "[cli][errors]") 
   CHECK(cfg.rc == 2);
   CHECK_THAT(cfg.err, HasText("config.json") && HasText("hidden_size"));
   kldq::test::fs::create_directories(dir / "pickle");
-  kldq::test::fs::copy_file(kldq::test::tiny_model() / "config.json", dir / "pickle" / "config.json");
+  kldq::test::fs::copy_file(kldq::test::tiny_model() / "config.json",
+                            dir / "pickle" / "config.json");
   kldq::test::write_text(dir / "pickle" / "pytorch_model.bin", "x");
   const auto pk = run_kldq("inspect " + (dir / "pickle").string());
   CHECK(pk.rc == 2);

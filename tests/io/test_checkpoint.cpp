@@ -22,8 +22,9 @@ TEST_CASE("sharded checkpoints resolve every tensor through the index", "[io]") 
   kldq::test::TempDir dir("ck");
   kldq::io::write_safetensors(dir / "a.safetensors", {{"x", at::ones({2})}, {"y", at::zeros({3})}});
   kldq::io::write_safetensors(dir / "b.safetensors", {{"z", at::full({1}, 7.0)}});
-  kldq::test::write_text(dir / "model.safetensors.index.json",
-                         R"({"metadata":{},"weight_map":{"x":"a.safetensors","y":"a.safetensors","z":"b.safetensors"}})");
+  kldq::test::write_text(
+      dir / "model.safetensors.index.json",
+      R"({"metadata":{},"weight_map":{"x":"a.safetensors","y":"a.safetensors","z":"b.safetensors"}})");
   const auto ck = kldq::io::Checkpoint::open(dir.path());
   CHECK(ck.names() == std::vector<std::string>{"x", "y", "z"});
   CHECK(ck.tensor("z").item<float>() == 7.0f);
@@ -33,23 +34,27 @@ TEST_CASE("sharded checkpoints resolve every tensor through the index", "[io]") 
 TEST_CASE("bad checkpoint directories give clear errors", "[io][errors]") {
   kldq::test::TempDir dir("ck-bad");
   SECTION("index path with ..") {
-    kldq::test::write_text(dir / "model.safetensors.index.json", R"({"weight_map":{"x":"../evil.safetensors"}})");
+    kldq::test::write_text(dir / "model.safetensors.index.json",
+                           R"({"weight_map":{"x":"../evil.safetensors"}})");
     CHECK_THAT(open_error(dir.path()), HasText("escapes the checkpoint directory"));
   }
   SECTION("absolute index path") {
-    kldq::test::write_text(dir / "model.safetensors.index.json", R"({"weight_map":{"x":"/etc/passwd"}})");
+    kldq::test::write_text(dir / "model.safetensors.index.json",
+                           R"({"weight_map":{"x":"/etc/passwd"}})");
     CHECK_THAT(open_error(dir.path()), HasText("escapes"));
   }
   SECTION("symlinked shard pointing outside") {
     kldq::test::TempDir other("ck-other");
     kldq::io::write_safetensors(other / "o.safetensors", {{"x", at::ones({1})}});
     kldq::test::fs::create_symlink(other / "o.safetensors", dir / "s.safetensors");
-    kldq::test::write_text(dir / "model.safetensors.index.json", R"({"weight_map":{"x":"s.safetensors"}})");
+    kldq::test::write_text(dir / "model.safetensors.index.json",
+                           R"({"weight_map":{"x":"s.safetensors"}})");
     CHECK_THAT(open_error(dir.path()), HasText("escapes"));
   }
   SECTION("tensor listed in the index but absent from its shard") {
     kldq::io::write_safetensors(dir / "a.safetensors", {{"x", at::ones({1})}});
-    kldq::test::write_text(dir / "model.safetensors.index.json", R"({"weight_map":{"x":"a.safetensors","q":"a.safetensors"}})");
+    kldq::test::write_text(dir / "model.safetensors.index.json",
+                           R"({"weight_map":{"x":"a.safetensors","q":"a.safetensors"}})");
     CHECK_THAT(open_error(dir.path()), HasText("'q'"));
   }
   SECTION("pickle checkpoint") {
@@ -58,8 +63,7 @@ TEST_CASE("bad checkpoint directories give clear errors", "[io][errors]") {
       kldq::io::Checkpoint::open(dir.path());
       FAIL("expected an error");
     } catch (const kldq::UnsupportedError& e) {
-      CHECK_THAT(std::string(e.what()), HasText("pickle") &&
-                                            HasText("pytorch_model.bin"));
+      CHECK_THAT(std::string(e.what()), HasText("pickle") && HasText("pytorch_model.bin"));
       CHECK(e.exit_code() == 2);
     }
   }

@@ -65,10 +65,12 @@ TEST_CASE("safetensors files written by the reference library are read", "[io]")
   if (!py) KLDQ_SKIP("no Python with safetensors");
   kldq::test::TempDir dir("st-py");
   const auto p = dir / "ref.safetensors";
-  const auto r = kldq::test::run_command(
-      *py + " -c \"import numpy as np; from safetensors.numpy import save_file; "
-            "save_file({'w': np.arange(12, dtype=np.float32).reshape(3, 4), 'i': np.array([5, -7], dtype=np.int64)}, '" +
-      p.string() + "', metadata={'format': 'np'})\"");
+  const auto r =
+      kldq::test::run_command(*py +
+                              " -c \"import numpy as np; from safetensors.numpy import save_file; "
+                              "save_file({'w': np.arange(12, dtype=np.float32).reshape(3, 4), 'i': "
+                              "np.array([5, -7], dtype=np.int64)}, '" +
+                              p.string() + "', metadata={'format': 'np'})\"");
   REQUIRE(r.rc == 0);
   const auto f = SafetensorsFile::open(p);
   CHECK(at::equal(f->tensor("w"), at::arange(12, at::kFloat).view({3, 4})));

@@ -21,7 +21,9 @@ at::Tensor hf_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor&
 
 // Largest difference in units of the dtype's epsilon at the value's magnitude.
 double max_ulps(const at::Tensor& a, const at::Tensor& b) {
-  const double eps = a.scalar_type() == at::kBFloat16 ? 1.0 / 128 : a.scalar_type() == at::kHalf ? 1.0 / 1024 : 1.2e-7;
+  const double eps = a.scalar_type() == at::kBFloat16 ? 1.0 / 128
+                     : a.scalar_type() == at::kHalf   ? 1.0 / 1024
+                                                      : 1.2e-7;
   at::Tensor af = a.to(at::kFloat), bf = b.to(at::kFloat);
   return ((af - bf).abs() / (bf.abs().clamp_min(1e-3) * eps)).max().item<double>();
 }
@@ -48,7 +50,9 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
       CHECK(at::equal(sum, x + d));
       CHECK(max_ulps(normed, hf_rms_norm(x + d, w, 1e-6)) <= (wide ? 4.0 : 2.0));
       if (!wide)
-        CHECK(at::ne(kldq::kernels::rms_norm(x, w, 1e-6), want).to(at::kFloat).mean().item<double>() < 0.02);
+        CHECK(
+            at::ne(kldq::kernels::rms_norm(x, w, 1e-6), want).to(at::kFloat).mean().item<double>() <
+            0.02);
       // Real hidden sizes (multiples of 4 from 128 up) follow PyTorch's summation order exactly.
       if (h >= 128 && h % 4 == 0) {
         CHECK(at::equal(kldq::kernels::rms_norm(x, w, 1e-6), want));
@@ -84,7 +88,8 @@ TEST_CASE("fused kernels fall back to the reference composition on CPU", "[kerne
   CHECK(out[1][2][0][1].item<double>() == Approx(want).epsilon(1e-5));
   const at::Tensor gu = at::randn({4, 6}, at::kFloat);
   const double g = gu[2][1].item<double>(), u = gu[2][4].item<double>();
-  CHECK(kldq::kernels::silu_mul(gu)[2][1].item<double>() == Approx(g / (1 + std::exp(-g)) * u).epsilon(1e-5));
+  CHECK(kldq::kernels::silu_mul(gu)[2][1].item<double>() ==
+        Approx(g / (1 + std::exp(-g)) * u).epsilon(1e-5));
   const at::Tensor w = at::rand({8}, at::kFloat);
   const at::Tensor row = x[0][0][0];
   const double rstd = 1.0 / std::sqrt(row.pow(2).mean().item<double>() + 1e-5);

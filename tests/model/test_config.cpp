@@ -6,11 +6,11 @@
 
 namespace {
 
-using nlohmann::json;
 using kldq::model::parse_config;
+using nlohmann::json;
 
 json base() {
-  return {{"model_type", "llama"}, {"hidden_size", 64},        {"intermediate_size", 172},
+  return {{"model_type", "llama"},  {"hidden_size", 64},        {"intermediate_size", 172},
           {"num_hidden_layers", 2}, {"num_attention_heads", 8}, {"vocab_size", 100}};
 }
 

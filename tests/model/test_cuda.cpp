@@ -9,7 +9,8 @@ TEST_CASE("decoder on CUDA matches the CPU forward", "[cuda][model]") {
   if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
   const auto cpu = kldq::model::Decoder::load(kldq::test::tiny_model(), c10::kCPU, c10::kFloat);
   const auto gpu32 = kldq::model::Decoder::load(kldq::test::tiny_model(), c10::kCUDA, c10::kFloat);
-  const auto gpu16 = kldq::model::Decoder::load(kldq::test::tiny_model(), c10::kCUDA, c10::kBFloat16);
+  const auto gpu16 =
+      kldq::model::Decoder::load(kldq::test::tiny_model(), c10::kCUDA, c10::kBFloat16);
   at::InferenceMode guard;
   at::manual_seed(5);
   const at::Tensor ids = at::randint(512, {4, 96}, at::kLong);

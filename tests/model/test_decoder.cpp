@@ -40,7 +40,8 @@ TEST_CASE("decoder invariants", "[model]") {
   SECTION("replacing layers with equal separate copies (unfused path) keeps the logits") {
     for (const LayerId id : dec.linear_ids()) {
       const QLinear& l = dec.linear(id);
-      dec.set_linear(id, QLinear(l.weight().clone(), l.has_bias() ? l.bias().clone() : at::Tensor()));
+      dec.set_linear(id,
+                     QLinear(l.weight().clone(), l.has_bias() ? l.bias().clone() : at::Tensor()));
     }
     CHECK(at::allclose(dec.forward(ids), logits, 1e-5, 1e-5));
   }

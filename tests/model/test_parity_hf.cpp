@@ -22,9 +22,12 @@ const std::map<std::string, std::pair<path, path>>& oracle_cases() {
     const auto py = kldq::test::python_with("transformers safetensors torch");
     if (!py) return out;
     std::string args = " qwen2-random llama-random tiny=" + kldq::test::tiny_model().string();
-    if (auto d = kldq::test::shared_data("models/stories260k-qwen2")) args += " stories-qwen2=" + d->string();
-    if (auto d = kldq::test::shared_data("models/stories260k-llama")) args += " stories-llama=" + d->string();
-    const auto r = kldq::test::run_command(*py + " " + KLDQ_SOURCE_DIR "/tests/oracle/hf_oracle.py --workdir " +
+    if (auto d = kldq::test::shared_data("models/stories260k-qwen2"))
+      args += " stories-qwen2=" + d->string();
+    if (auto d = kldq::test::shared_data("models/stories260k-llama"))
+      args += " stories-llama=" + d->string();
+    const auto r = kldq::test::run_command(*py + " " +
+                                           KLDQ_SOURCE_DIR "/tests/oracle/hf_oracle.py --workdir " +
                                            work.path().string() + args);
     INFO(r.err);
     REQUIRE(r.rc == 0);
@@ -64,7 +67,8 @@ TEST_CASE("logits match transformers: random Qwen2 (tied, GQA, q/k/v bias)", "[m
   check_case("qwen2-random");
 }
 
-TEST_CASE("logits match transformers: random Llama (sharded, head_dim, all biases)", "[model][parity]") {
+TEST_CASE("logits match transformers: random Llama (sharded, head_dim, all biases)",
+          "[model][parity]") {
   check_case("llama-random");
 }
 

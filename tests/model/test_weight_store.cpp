@@ -41,7 +41,9 @@ TEST_CASE("checkpoint/config mismatches are reported by tensor name", "[model][e
       if (n == name) return v;
     throw std::runtime_error("no " + name);
   };
-  SECTION("unchanged copy loads") { CHECK(load_error(dir, t) == "(no error)"); }
+  SECTION("unchanged copy loads") {
+    CHECK(load_error(dir, t) == "(no error)");
+  }
   SECTION("missing tensor") {
     std::erase_if(t, [](const auto& p) { return p.first == "model.layers.1.mlp.up_proj.weight"; });
     CHECK_THAT(load_error(dir, t), HasText("missing tensor 'model.layers.1.mlp.up_proj.weight'"));
@@ -52,7 +54,9 @@ TEST_CASE("checkpoint/config mismatches are reported by tensor name", "[model][e
   }
   SECTION("wrong shape") {
     find("model.layers.0.self_attn.k_proj.weight") = at::zeros({31, 64});
-    CHECK_THAT(load_error(dir, t), HasText("'model.layers.0.self_attn.k_proj.weight' has shape [31, 64], expected [32, 64]"));
+    CHECK_THAT(
+        load_error(dir, t),
+        HasText("'model.layers.0.self_attn.k_proj.weight' has shape [31, 64], expected [32, 64]"));
   }
   SECTION("integer dtype where floats are needed") {
     find("model.norm.weight") = at::zeros({64}, at::kInt);

@@ -12,10 +12,14 @@ using Catch::Approx;
 // A skipped test is reported as skipped, not passed.
 #define KLDQ_SKIP(msg) SKIP(msg)
 // Substring matcher for CHECK_THAT on strings.
-inline auto HasText(const std::string& s) { return Catch::Matchers::ContainsSubstring(s); }
+inline auto HasText(const std::string& s) {
+  return Catch::Matchers::ContainsSubstring(s);
+}
 #else
 #include <catch2/catch.hpp>
-inline auto HasText(const std::string& s) { return Catch::Matchers::Contains(s); }
+inline auto HasText(const std::string& s) {
+  return Catch::Matchers::Contains(s);
+}
 // Catch2 2.x has no SKIP: the message is printed as a warning and the test returns.
 #define KLDQ_SKIP(msg) \
   do {                 \

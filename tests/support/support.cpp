@@ -29,8 +29,10 @@ TempDir::~TempDir() {
 
 std::optional<fs::path> shared_data(const std::string& rel) {
   fs::path root;
-  if (const char* env = std::getenv("KLDQ_SHARED_DATA")) root = env;
-  else root = fs::path(KLDQ_SOURCE_DIR).parent_path() / "shared" / "data";
+  if (const char* env = std::getenv("KLDQ_SHARED_DATA"))
+    root = env;
+  else
+    root = fs::path(KLDQ_SOURCE_DIR).parent_path() / "shared" / "data";
   const fs::path p = root / rel;
   if (fs::exists(p)) return p;
   return std::nullopt;

@@ -21,10 +21,10 @@ namespace kldq::io {
 
 struct TensorInfo {
   std::string name;
-  std::string dtype;           // safetensors spelling: "BF16", "F32", ...
+  std::string dtype;  // safetensors spelling: "BF16", "F32", ...
   c10::ScalarType scalar_type;
   std::vector<int64_t> shape;
-  uint64_t begin = 0;          // byte offsets relative to the start of the data section
+  uint64_t begin = 0;  // byte offsets relative to the start of the data section
   uint64_t end = 0;
   uint64_t nbytes() const { return end - begin; }
   int64_t numel() const;

@@ -27,7 +27,7 @@ struct ModelConfig {
   bool attention_bias = false;  // q/k/v biases (always on for qwen2)
   bool o_bias = false;          // o_proj bias (llama attention_bias applies to o_proj too)
   bool mlp_bias = false;
-  std::string torch_dtype;      // checkpoint dtype as declared ("bfloat16"), informative
+  std::string torch_dtype;  // checkpoint dtype as declared ("bfloat16"), informative
 
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
