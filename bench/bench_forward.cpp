@@ -18,10 +18,12 @@ int main(int argc, char** argv) {
   std::string model, device, dtype;
   int64_t seqs = 64, seq_len = 512, batch = 8, warmup = 2;
   app.add_option("--model", model, "checkpoint directory")->required();
-  app.add_option("--seqs", seqs, "windows timed (default 64)");
-  app.add_option("--seq-len", seq_len, "tokens per window (default 512)");
-  app.add_option("--batch", batch, "windows per forward (default 8)");
-  app.add_option("--warmup", warmup, "untimed forwards first (default 2)");
+  app.add_option("--seqs", seqs, "windows timed (default 64)")->check(CLI::PositiveNumber);
+  app.add_option("--seq-len", seq_len, "tokens per window (default 512)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "windows per forward (default 8)")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "untimed forwards first (default 2)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--device", device, "cpu or cuda");
   app.add_option("--dtype", dtype, "bf16, fp16 or fp32");
   CLI11_PARSE(app, argc, argv);
@@ -63,5 +65,11 @@ int main(int argc, char** argv) {
   } catch (const kldq::Error& e) {
     std::cerr << e.what() << "\n";
     return e.exit_code();
+  } catch (const c10::Error& e) {
+    std::cerr << "libtorch: " << e.what_without_backtrace() << "\n";
+    return kldq::kExitRuntime;
+  } catch (const std::exception& e) {
+    std::cerr << e.what() << "\n";
+    return kldq::kExitRuntime;
   }
 }

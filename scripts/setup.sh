@@ -6,8 +6,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${KLDQ_BUILD_DIR:-$ROOT/build}"
 VENV="$ROOT/.venv"
+# yaml-cpp and sentencepiece are for the experiment files and tokenizers of later issues; fmt
+# comes with libtorch's headers (docs/ARCHITECTURE.md explains why spdlog is not used).
 PKGS=(build-essential cmake ninja-build ccache python3-venv libcli11-dev nlohmann-json3-dev
-      libspdlog-dev libfmt-dev libyaml-cpp-dev libsentencepiece-dev catch2)
+      libyaml-cpp-dev libsentencepiece-dev catch2)
 
 say() { echo "setup: $*" >&2; }
 

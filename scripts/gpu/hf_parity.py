@@ -36,8 +36,12 @@ def main():
 
 
 def compare(a, model_dir):
+    with tempfile.TemporaryDirectory() as tmp:
+        return compare_in(a, model_dir, tmp)
+
+
+def compare_in(a, model_dir, tmp):
     torch.manual_seed(0)
-    tmp = tempfile.mkdtemp()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
     vocab = model.config.vocab_size
     seq_len = min(a.seq_len, model.config.max_position_embeddings)

@@ -27,18 +27,6 @@ struct LayerRow {
   uint64_t bias_bytes = 0;
 };
 
-const char* arch_name(model::Arch a) {
-  switch (a) {
-    case model::Arch::QWEN2:
-      return "Qwen2ForCausalLM";
-    case model::Arch::LLAMA:
-      return "LlamaForCausalLM";
-    case model::Arch::MISTRAL:
-      return "MistralForCausalLM";
-  }
-  return "?";
-}
-
 int run_inspect(const InspectOptions& o) {
   const std::filesystem::path dir(o.model);
   const model::ModelConfig c = model::load_config(dir / "config.json");
@@ -75,7 +63,7 @@ int run_inspect(const InspectOptions& o) {
                         {"bias_bytes", r.bias_bytes},
                         {"bits_per_weight", 8.0 * r.weight_bytes / (r.shape[0] * r.shape[1])}});
     nlohmann::json j = {
-        {"model", dir.string()},        {"architecture", arch_name(c.arch)},
+        {"model", dir.string()},        {"architecture", model::arch_class_name(c.arch)},
         {"config", c.to_json()},        {"parameters", params},
         {"linear_layers", layers},      {"linear_bytes", linear_bytes},
         {"other_bytes", other_bytes},   {"tensor_bytes", linear_bytes + other_bytes},
@@ -88,9 +76,9 @@ int run_inspect(const InspectOptions& o) {
       "architecture {} ({}): {} blocks, hidden {}, heads {} / kv {} (head_dim {}), ffn {}, vocab "
       "{}, "
       "{} embeddings, rope theta {:g}\n",
-      arch_name(c.arch), c.model_type, c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
-      c.head_dim, c.intermediate_size, c.vocab_size, c.tie_word_embeddings ? "tied" : "separate",
-      c.rope_theta);
+      model::arch_class_name(c.arch), c.model_type, c.num_layers, c.hidden_size, c.num_heads,
+      c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size,
+      c.tie_word_embeddings ? "tied" : "separate", c.rope_theta);
   std::cout << fmt::format("parameters   {}\n\n", params);
   std::cout << fmt::format("{:<40} {:>13} {:>6} {:>14} {:>8}\n", "layer", "shape", "format",
                            "bytes", "bits/w");

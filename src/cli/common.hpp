@@ -13,7 +13,6 @@ namespace kldq::cli {
 // A subcommand registers itself on `app` and, when selected, stores what to run in `action`
 // (executed by main after parsing, so errors map to exit codes in one place).
 using Action = std::function<int()>;
-using Register = void (*)(CLI::App& app, Action& action);
 
 void register_inspect(CLI::App& app, Action& action);
 void register_synth(CLI::App& app, Action& action);

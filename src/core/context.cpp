@@ -3,6 +3,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <fmt/format.h>
 
 #include "kldq/core/error.hpp"
@@ -44,6 +45,10 @@ c10::Device parse_device(std::string_view text, std::string_view option) {
   if (device.is_cuda() && !at::hasCUDA())
     throw ConfigError(
         fmt::format("{}: '{}' requested but no CUDA device is available", option, text));
+  if (device.is_cuda() && device.has_index() &&
+      device.index() >= at::detail::getCUDAHooks().deviceCount())
+    throw ConfigError(fmt::format("{}: '{}' requested but only {} CUDA device(s) exist", option,
+                                  text, at::detail::getCUDAHooks().deviceCount()));
   return device;
 }
 

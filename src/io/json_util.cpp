@@ -2,7 +2,6 @@
 #include "kldq/io/json_util.hpp"
 
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <fstream>
 #include <sstream>
@@ -31,22 +30,16 @@ nlohmann::json read_json_file(const std::filesystem::path& path, bool config) {
 }
 
 void write_file_atomic(const std::filesystem::path& path, const std::string& text) {
-  std::filesystem::path tmp = path;
-  tmp += fmt::format(".tmp.{}", ::getpid());
+  const std::filesystem::path tmp = temp_sibling(path);
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     out << text;
     if (!out.flush()) {
       remove_tree(tmp);
-      throw IoError(fmt::format("{}: write failed", tmp.string()));
+      throw IoError(fmt::format("{}: write failed", path.string()));
     }
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    remove_tree(tmp);
-    throw IoError(fmt::format("{}: cannot rename into place ({})", path.string(), ec.message()));
-  }
+  rename_into_place(tmp, path);
 }
 
 }  // namespace kldq::io

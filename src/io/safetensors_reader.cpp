@@ -43,19 +43,21 @@ constexpr DtypeRow kDtypes[] = {
     {"F8_E5M2", c10::kFloat8_e5m2},
 };
 
-// Overflow-checked product of the shape times the element size.
-uint64_t span_bytes(const std::vector<int64_t>& shape, size_t itemsize, bool& overflow) {
-  uint64_t n = itemsize;
-  overflow = false;
-  for (int64_t d : shape) {
-    if (d != 0 && n > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d))
-      overflow = true;
-    n *= static_cast<uint64_t>(d);
-  }
-  return n;
-}
-
 }  // namespace
+
+std::optional<uint64_t> tensor_bytes(const std::vector<int64_t>& shape, size_t itemsize) {
+  constexpr uint64_t kMax = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+  uint64_t bound = itemsize, bytes = itemsize;
+  for (int64_t d : shape) {
+    if (d < 0) return std::nullopt;
+    const uint64_t u = static_cast<uint64_t>(d);
+    const uint64_t nonzero = std::max<uint64_t>(u, 1);
+    if (bound > kMax / nonzero) return std::nullopt;
+    bound *= nonzero;
+    bytes *= u;
+  }
+  return bytes;
+}
 
 int64_t TensorInfo::numel() const {
   int64_t n = 1;
@@ -114,7 +116,7 @@ void parse_safetensors_header(std::string_view header_json, uint64_t data_bytes,
     info.scalar_type = scalar_type_from_safetensors(info.dtype, what);
     for (const auto& d : sh) {
       if (!d.is_number_unsigned() || d.get<uint64_t>() > (uint64_t{1} << 48))
-        throw IoError(fmt::format("{}: shape entries must be non-negative integers", what));
+        throw IoError(fmt::format("{}: shape entries must be integers in [0, 2^48]", what));
       info.shape.push_back(d.get<int64_t>());
     }
     info.begin = off[0].get<uint64_t>();
@@ -123,19 +125,27 @@ void parse_safetensors_header(std::string_view header_json, uint64_t data_bytes,
       throw IoError(
           fmt::format("{}: data_offsets [{}, {}] out of bounds (data section has {} bytes)", what,
                       info.begin, info.end, data_bytes));
-    bool overflow = false;
-    const uint64_t want = span_bytes(info.shape, c10::elementSize(info.scalar_type), overflow);
-    if (overflow || want != info.nbytes())
+    const auto want = tensor_bytes(info.shape, c10::elementSize(info.scalar_type));
+    if (!want)
+      throw IoError(fmt::format("{}: shape [{}] is too large", what, fmt::join(info.shape, ", ")));
+    if (*want != info.nbytes())
       throw IoError(fmt::format("{}: shape [{}] x {} needs {} bytes but data_offsets span {}", what,
-                                fmt::join(info.shape, ", "), info.dtype, want, info.nbytes()));
+                                fmt::join(info.shape, ", "), info.dtype, *want, info.nbytes()));
     tensors.push_back(std::move(info));
   }
-  std::sort(tensors.begin(), tensors.end(),
-            [](const TensorInfo& a, const TensorInfo& b) { return a.begin < b.begin; });
-  for (size_t i = 1; i < tensors.size(); ++i)
-    if (tensors[i].begin < tensors[i - 1].end)
+  std::sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  // Empty tensors occupy no bytes and may sit at any offset (the reference writer puts them
+  // where the next tensor starts); only non-empty spans can overlap.
+  const TensorInfo* prev = nullptr;
+  for (const TensorInfo& t : tensors) {
+    if (t.nbytes() == 0) continue;
+    if (prev && t.begin < prev->end)
       throw IoError(fmt::format("{}: tensors '{}' and '{}' overlap in the data section", path,
-                                tensors[i - 1].name, tensors[i].name));
+                                prev->name, t.name));
+    prev = &t;
+  }
 }
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {

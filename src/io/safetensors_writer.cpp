@@ -15,12 +15,6 @@
 namespace kldq::io {
 namespace {
 
-uint64_t spec_bytes(const TensorSpec& s) {
-  uint64_t n = c10::elementSize(s.dtype);
-  for (int64_t d : s.shape) n *= static_cast<uint64_t>(d);
-  return n;
-}
-
 void write_all(std::FILE* f, const void* data, size_t n, const std::filesystem::path& path) {
   if (n != 0 && std::fwrite(data, 1, n, f) != n)
     throw IoError(fmt::format("{}: write failed ({})", path.string(), std::strerror(errno)));
@@ -38,23 +32,32 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
   for (const auto& s : specs_) {
     if (header.contains(s.name))
       throw InternalError(fmt::format("{}: tensor '{}' written twice", path_.string(), s.name));
-    const uint64_t n = spec_bytes(s);
+    const auto n = tensor_bytes(s.shape, c10::elementSize(s.dtype));
+    if (!n)
+      throw InternalError(fmt::format("{}: tensor '{}' is too large", path_.string(), s.name));
     header[s.name] = {{"dtype", safetensors_dtype_name(s.dtype)},
                       {"shape", s.shape},
-                      {"data_offsets", {offset, offset + n}}};
-    offset += n;
+                      {"data_offsets", {offset, offset + *n}}};
+    offset += *n;
   }
   std::string text = header.dump();
   // Pad the header with spaces to a multiple of 8 so every tensor starts 8-byte aligned.
   text.append((8 - text.size() % 8) % 8, ' ');
-  tmp_path_ = path_;
-  tmp_path_ += fmt::format(".tmp.{}", ::getpid());
+  tmp_path_ = temp_sibling(path_);
   file_ = std::fopen(tmp_path_.c_str(), "wb");
   if (!file_)
     throw IoError(fmt::format("{}: cannot create ({})", tmp_path_.string(), std::strerror(errno)));
-  const uint64_t len = text.size();
-  write_all(file_, &len, 8, tmp_path_);
-  write_all(file_, text.data(), text.size(), tmp_path_);
+  try {
+    const uint64_t len = text.size();
+    write_all(file_, &len, 8, tmp_path_);
+    write_all(file_, text.data(), text.size(), tmp_path_);
+  } catch (...) {
+    // The destructor does not run for a constructor that throws: clean up here.
+    std::fclose(file_);
+    file_ = nullptr;
+    remove_tree(tmp_path_);
+    throw;
+  }
 }
 
 SafetensorsWriter::~SafetensorsWriter() {
@@ -83,16 +86,11 @@ void SafetensorsWriter::commit() {
   const bool ok = std::fflush(file_) == 0 && ::fsync(::fileno(file_)) == 0;
   std::fclose(file_);
   file_ = nullptr;
-  std::error_code ec;
   if (!ok) {
     remove_tree(tmp_path_);
     throw IoError(fmt::format("{}: flush failed ({})", tmp_path_.string(), std::strerror(errno)));
   }
-  std::filesystem::rename(tmp_path_, path_, ec);
-  if (ec) {
-    remove_tree(tmp_path_);
-    throw IoError(fmt::format("{}: cannot rename into place ({})", path_.string(), ec.message()));
-  }
+  rename_into_place(tmp_path_, path_);
 }
 
 void write_safetensors(const std::filesystem::path& path,

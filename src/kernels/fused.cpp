@@ -47,9 +47,16 @@ void* stream_of(const at::Tensor& x) {
 }
 #endif
 
+// Every operand on x's device with x's dtype (the kernels read them as one type).
+void check_like(const at::Tensor& x, const at::Tensor& other, const char* what) {
+  check(other.scalar_type() == x.scalar_type() && other.device() == x.device(),
+        fmt::format("{}: operands must share dtype and device", what));
+}
+
 void check_norm_args(const at::Tensor& x, const at::Tensor& weight) {
+  check(x.dim() >= 1 && x.size(-1) > 0, "rms_norm: x must be [..., H] with H > 0");
   check(weight.dim() == 1 && x.size(-1) == weight.size(0), "rms_norm: weight must be [H]");
-  check(weight.scalar_type() == x.scalar_type(), "rms_norm: weight dtype must match x");
+  check_like(x, weight, "rms_norm");
 }
 
 }  // namespace
@@ -74,8 +81,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const at::Tensor& delta,
                                                const at::Tensor& weight, double eps) {
   check_norm_args(residual, weight);
-  check(residual.sizes() == delta.sizes() && residual.scalar_type() == delta.scalar_type(),
-        "add_rms_norm: residual and delta must have the same shape and dtype");
+  check(residual.sizes() == delta.sizes(), "add_rms_norm: residual and delta shapes differ");
+  check_like(residual, delta, "add_rms_norm");
 #if KLDQ_WITH_CUDA_BUILD
   if (use_cuda(residual)) {
     const c10::cuda::CUDAGuard guard(residual.device());
@@ -93,12 +100,15 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const
 }
 
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  check(x.dim() == 4 && x.size(-1) % 2 == 0, "rope: x must be [B, T, n, d] with even d");
+  check(x.dim() == 4 && x.size(-1) > 0 && x.size(-1) % 2 == 0,
+        "rope: x must be [B, T, n, d] with even d > 0");
+  check_like(x, cos, "rope");
+  check_like(x, sin, "rope");
   check(cos.dim() == 2 && cos.size(0) == x.size(1) && cos.size(1) == x.size(3) &&
             cos.sizes() == sin.sizes(),
         "rope: cos/sin must be [T, d]");
 #if KLDQ_WITH_CUDA_BUILD
-  if (use_cuda(x) && x.stride(3) == 1 && cos.scalar_type() == x.scalar_type()) {
+  if (use_cuda(x) && x.stride(3) == 1) {
     const c10::cuda::CUDAGuard guard(x.device());
     const at::Tensor c = cos.contiguous(), s = sin.contiguous();
     at::Tensor out = at::empty(x.sizes(), x.options());  // contiguous [B, T, n, d]
@@ -112,7 +122,8 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 }
 
 at::Tensor silu_mul(const at::Tensor& gate_up) {
-  check(gate_up.size(-1) % 2 == 0, "silu_mul: last dimension must be 2 I");
+  check(gate_up.dim() >= 1 && gate_up.size(-1) > 0 && gate_up.size(-1) % 2 == 0,
+        "silu_mul: last dimension must be 2 I > 0");
   const int64_t i = gate_up.size(-1) / 2;
 #if KLDQ_WITH_CUDA_BUILD
   if (use_cuda(gate_up)) {

@@ -12,6 +12,13 @@ namespace {
 
 using nlohmann::json;
 
+constexpr int64_t kMaxWidth = int64_t{1} << 20;  // hidden and intermediate sizes
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxHeads = 4096;
+constexpr int64_t kMaxHeadDim = 4096;
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxPositions = int64_t{1} << 24;  // RoPE angles are exact in fp32 below this
+
 struct Reader {
   const json& j;
   const std::string& source;
@@ -20,15 +27,18 @@ struct Reader {
     throw ConfigError(fmt::format("{}: {}: {}", source, key, msg));
   }
   bool has(const std::string& key) const { return j.contains(key) && !j[key].is_null(); }
-  int64_t positive_int(const std::string& key) const {
+  // Upper bounds far above any real model keep every derived size (q_dim, parameter counts,
+  // buffer shapes) inside int64 and stop a hostile config.json from requesting huge buffers.
+  int64_t positive_int(const std::string& key, int64_t max) const {
     if (!has(key)) fail(key, "missing required key");
     const auto& v = j[key];
     if (!v.is_number_integer() || v.get<int64_t>() <= 0)
       fail(key, fmt::format("expected a positive integer, got {}", v.dump()));
+    if (v.get<int64_t>() > max) fail(key, fmt::format("{} is larger than {}", v.dump(), max));
     return v.get<int64_t>();
   }
-  int64_t positive_int_or(const std::string& key, int64_t fallback) const {
-    return has(key) ? positive_int(key) : fallback;
+  int64_t positive_int_or(const std::string& key, int64_t max, int64_t fallback) const {
+    return has(key) ? positive_int(key, max) : fallback;
   }
   double positive_number_or(const json& obj, const std::string& key, double fallback) const {
     if (!obj.contains(key) || obj[key].is_null()) return fallback;
@@ -87,16 +97,16 @@ ModelConfig parse_config(const json& j, const std::string& source) {
   else
     throw UnsupportedError(fmt::format(
         "{}: model_type: '{}' is not supported (qwen2, llama, mistral)", source, c.model_type));
-  c.hidden_size = r.positive_int("hidden_size");
-  c.intermediate_size = r.positive_int("intermediate_size");
-  c.num_layers = r.positive_int("num_hidden_layers");
-  c.num_heads = r.positive_int("num_attention_heads");
-  c.num_kv_heads = r.positive_int_or("num_key_value_heads", c.num_heads);
-  c.vocab_size = r.positive_int("vocab_size");
-  c.max_position_embeddings = r.positive_int_or("max_position_embeddings", 2048);
+  c.hidden_size = r.positive_int("hidden_size", kMaxWidth);
+  c.intermediate_size = r.positive_int("intermediate_size", kMaxWidth);
+  c.num_layers = r.positive_int("num_hidden_layers", kMaxLayers);
+  c.num_heads = r.positive_int("num_attention_heads", kMaxHeads);
+  c.num_kv_heads = r.positive_int_or("num_key_value_heads", kMaxHeads, c.num_heads);
+  c.vocab_size = r.positive_int("vocab_size", kMaxVocab);
+  c.max_position_embeddings = r.positive_int_or("max_position_embeddings", kMaxPositions, 2048);
   if (c.hidden_size % c.num_heads != 0 && !r.has("head_dim"))
     r.fail("head_dim", "missing, and hidden_size is not a multiple of num_attention_heads");
-  c.head_dim = r.positive_int_or("head_dim", c.hidden_size / c.num_heads);
+  c.head_dim = r.positive_int_or("head_dim", kMaxHeadDim, c.hidden_size / c.num_heads);
   if (c.head_dim % 2 != 0)
     r.fail("head_dim", fmt::format("must be even for RoPE, got {}", c.head_dim));
   if (c.num_heads % c.num_kv_heads != 0)
@@ -117,7 +127,7 @@ ModelConfig parse_config(const json& j, const std::string& source) {
         fmt::format("{}: hidden_act: '{}' is not supported (silu)", source, act));
   if (r.boolean_or("use_sliding_window", false) ||
       (c.arch == Arch::MISTRAL && r.has("sliding_window") &&
-       r.positive_int("sliding_window") < c.max_position_embeddings))
+       r.positive_int("sliding_window", kMaxPositions) < c.max_position_embeddings))
     throw UnsupportedError(fmt::format(
         "{}: sliding-window attention is not supported (use_sliding_window/sliding_window)",
         source));
@@ -127,6 +137,18 @@ ModelConfig parse_config(const json& j, const std::string& source) {
 
 ModelConfig load_config(const std::filesystem::path& config_json) {
   return parse_config(io::read_json_file(config_json, /*config=*/true), config_json.string());
+}
+
+const char* arch_class_name(Arch arch) {
+  switch (arch) {
+    case Arch::QWEN2:
+      return "Qwen2ForCausalLM";
+    case Arch::LLAMA:
+      return "LlamaForCausalLM";
+    case Arch::MISTRAL:
+      return "MistralForCausalLM";
+  }
+  return "?";
 }
 
 int64_t ModelConfig::num_parameters() const {
@@ -142,8 +164,7 @@ int64_t ModelConfig::num_parameters() const {
 }
 
 nlohmann::json ModelConfig::to_json() const {
-  static const char* kArchNames[] = {"Qwen2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM"};
-  json j = {{"architectures", {kArchNames[static_cast<int>(arch)]}},
+  json j = {{"architectures", {arch_class_name(arch)}},
             {"model_type", model_type},
             {"hidden_size", hidden_size},
             {"intermediate_size", intermediate_size},

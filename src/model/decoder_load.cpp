@@ -6,6 +6,7 @@
 #include "kldq/core/error.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/decoder.hpp"
+#include "kldq/model/layout.hpp"
 #include "kldq/model/weight_store.hpp"
 
 namespace kldq::model {
@@ -59,6 +60,7 @@ Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10:
   const ModelConfig& c = d.config_;
   const io::Checkpoint ck = io::Checkpoint::open(dir);
   WeightStore ws(ck, device, dtype);
+  ws.validate(expected_tensors(c));
   const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   d.embed_ = ws.take("model.embed_tokens.weight", {V, H});
   for (int i = 0; i < c.num_layers; ++i) {

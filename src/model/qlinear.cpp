@@ -3,7 +3,6 @@
 
 #include <ATen/ATen.h>
 
-#include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
 
 namespace kldq::model {
@@ -17,10 +16,6 @@ QLinear::QLinear(at::Tensor weight, at::Tensor bias)
 
 at::Tensor QLinear::forward(const at::Tensor& x) const {
   return bias_.defined() ? at::linear(x, weight_, bias_) : at::linear(x, weight_);
-}
-
-std::string QLinear::format_name() const {
-  return dtype_name(weight_.scalar_type());
 }
 
 uint64_t QLinear::bytes() const {

@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <unistd.h>
 
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
@@ -61,16 +60,23 @@ ModelConfig synth_config(std::string_view shape) {
                                 fmt::join(synth_shape_names(), ", ")));
 }
 
-void synth_checkpoint(const ModelConfig& config, const fs::path& out, const SynthOptions& options) {
-  if (fs::exists(out) && !options.force && !(fs::is_directory(out) && fs::is_empty(out)))
-    throw ConfigError(
-        fmt::format("-o: '{}' already exists (pass --force to replace it)", out.string()));
+void synth_checkpoint(const ModelConfig& config, const fs::path& out_arg,
+                      const SynthOptions& options) {
+  const fs::path out = output_path(out_arg, "-o");
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out))) {
+    if (!options.force)
+      throw ConfigError(
+          fmt::format("-o: '{}' already exists (pass --force to replace it)", out.string()));
+    // --force replaces checkpoints, never an arbitrary directory or file given by mistake.
+    if (!fs::is_directory(out) || !fs::exists(out / "config.json"))
+      throw ConfigError(fmt::format(
+          "-o: refusing to replace '{}': it is not a checkpoint directory", out.string()));
+  }
   ModelConfig c = config;
   c.torch_dtype = options.dtype == c10::kBFloat16 ? "bfloat16"
                   : options.dtype == c10::kHalf   ? "float16"
                                                   : "float32";
-  fs::path tmp = out;
-  tmp += fmt::format(".tmp.{}", ::getpid());
+  const fs::path tmp = temp_sibling(out);
   remove_tree(tmp);
   fs::create_directories(tmp);
   try {
@@ -89,13 +95,11 @@ void synth_checkpoint(const ModelConfig& config, const fs::path& out, const Synt
       writer.write(s.name, t);
     }
     writer.commit();
-    if (fs::exists(out) && !remove_tree(out))
-      throw IoError(fmt::format("-o: cannot remove the existing '{}'", out.string()));
-    fs::rename(tmp, out);
   } catch (...) {
     remove_tree(tmp);
     throw;
   }
+  rename_into_place(tmp, out);
 }
 
 }  // namespace kldq::model

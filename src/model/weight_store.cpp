@@ -13,15 +13,26 @@ WeightStore::WeightStore(const io::Checkpoint& checkpoint, c10::Device device,
                          c10::ScalarType dtype)
     : checkpoint_(checkpoint), device_(device), dtype_(dtype) {}
 
-at::Tensor WeightStore::take_raw(const std::string& name, const std::vector<int64_t>& shape) {
+const io::TensorInfo& WeightStore::checked(const std::string& name,
+                                           const std::vector<int64_t>& shape) const {
   const io::TensorInfo& info = checkpoint_.info(name);  // IoError naming the tensor when missing
   if (info.shape != shape)
     throw IoError(fmt::format("{}: tensor '{}' has shape [{}], expected [{}] from config.json",
                               checkpoint_.dir().string(), name, fmt::join(info.shape, ", "),
                               fmt::join(shape, ", ")));
-  if (!c10::isFloatingType(info.scalar_type) || c10::isFloat8Type(info.scalar_type))
+  const auto t = info.scalar_type;
+  if (t != c10::kBFloat16 && t != c10::kHalf && t != c10::kFloat)
     throw IoError(fmt::format("{}: tensor '{}' has dtype {}, expected BF16, F16 or F32",
                               checkpoint_.dir().string(), name, info.dtype));
+  return info;
+}
+
+void WeightStore::validate(const std::vector<TensorSlot>& slots) const {
+  for (const auto& slot : slots) checked(slot.name, slot.shape);
+}
+
+at::Tensor WeightStore::take_raw(const std::string& name, const std::vector<int64_t>& shape) {
+  checked(name, shape);
   used_.insert(name);
   return checkpoint_.tensor(name);
 }

@@ -52,6 +52,22 @@ TEST_CASE("CLI errors name what is wrong and leave no output", "[cli][errors]") 
   CHECK(shape.rc == 2);
   CHECK_THAT(shape.err, HasText("qwen9") && HasText("qwen2.5-1.5b"));
   CHECK_FALSE(kldq::test::fs::exists(dir / "x"));
+  // --force replaces checkpoints only, never "." or an unrelated directory.
+  kldq::test::fs::create_directories(dir / "notes");
+  kldq::test::write_text(dir / "notes" / "keep.txt", "keep");
+  const auto force = run_kldq("synth --shape tiny --force -o " + (dir / "notes").string());
+  CHECK(force.rc == 2);
+  CHECK_THAT(force.err, HasText("not a checkpoint directory"));
+  CHECK(kldq::test::read_text(dir / "notes" / "keep.txt") == "keep");
+  const auto dot = run_kldq("synth --shape tiny --force -o " + (dir / "notes").string() + "/..");
+  CHECK(dot.rc == 2);
+  CHECK(kldq::test::fs::exists(dir / "notes" / "keep.txt"));
+  // A trailing slash names the same directory; replacing a checkpoint leaves one clean copy.
+  const auto m = (dir / "m").string();
+  REQUIRE(run_kldq("synth --shape tiny -o " + m + "/").rc == 0);
+  REQUIRE(run_kldq("synth --shape tiny --seed 9 --force -o " + m + "/").rc == 0);
+  CHECK(std::distance(kldq::test::fs::directory_iterator(dir.path()),
+                      kldq::test::fs::directory_iterator()) == 2);  // notes, m
   kldq::test::fs::create_directories(dir / "bad");
   kldq::test::write_text(dir / "bad" / "config.json", "{\"model_type\": \"qwen2\"}");
   const auto cfg = run_kldq("inspect " + (dir / "bad").string());

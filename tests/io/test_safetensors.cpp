@@ -65,16 +65,21 @@ TEST_CASE("safetensors files written by the reference library are read", "[io]")
   if (!py) KLDQ_SKIP("no Python with safetensors");
   kldq::test::TempDir dir("st-py");
   const auto p = dir / "ref.safetensors";
-  const auto r =
-      kldq::test::run_command(*py +
-                              " -c \"import numpy as np; from safetensors.numpy import save_file; "
-                              "save_file({'w': np.arange(12, dtype=np.float32).reshape(3, 4), 'i': "
-                              "np.array([5, -7], dtype=np.int64)}, '" +
-                              p.string() + "', metadata={'format': 'np'})\"");
+  // Mixed dtypes and an empty tensor, which the reference writer places at the offset where the
+  // next tensor starts.
+  const std::string script =
+      "import numpy as np; from safetensors.numpy import save_file; "
+      "save_file({'w': np.arange(12, dtype=np.float32).reshape(3, 4), "
+      "'i': np.array([5, -7], dtype=np.int64), 'a_empty': np.zeros((0, 3), dtype=np.float32), "
+      "'h': np.array([1.5, -2.25, 65504.0], dtype=np.float16)}, '" +
+      p.string() + "', metadata={'format': 'np'})";
+  const auto r = kldq::test::run_command(*py + " -c \"" + script + "\"");
   REQUIRE(r.rc == 0);
   const auto f = SafetensorsFile::open(p);
   CHECK(at::equal(f->tensor("w"), at::arange(12, at::kFloat).view({3, 4})));
   CHECK(f->tensor("i")[1].item<int64_t>() == -7);
+  CHECK(f->tensor("a_empty").sizes() == std::vector<int64_t>{0, 3});
+  CHECK(at::equal(f->tensor("h").to(at::kFloat), at::tensor({1.5f, -2.25f, 65504.0f})));
 }
 
 TEST_CASE("malformed safetensors files are rejected with a clear error", "[io][errors]") {
@@ -116,7 +121,14 @@ TEST_CASE("malformed safetensors files are rejected with a clear error", "[io][e
   }
   SECTION("negative shape") {
     write_raw(p, R"({"w":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}})", 16);
-    CHECK_THAT(open_error(p), HasText("non-negative"));
+    CHECK_THAT(open_error(p), HasText("integers in [0, 2^48]"));
+  }
+  SECTION("zero-sized tensor whose strides would overflow") {
+    write_raw(
+        p,
+        R"({"w":{"dtype":"F32","shape":[0,281474976710656,281474976710656],"data_offsets":[0,0]}})",
+        0);
+    CHECK_THAT(open_error(p), HasText("too large"));
   }
   SECTION("every message names the file") {
     write_raw(p, "[]", 0);

@@ -48,6 +48,7 @@ void check_case(const std::string& name) {
   const auto dec = kldq::model::Decoder::load(model_dir, c10::kCPU, c10::kFloat);
   const auto ref = kldq::io::SafetensorsFile::open(ref_path);
   at::InferenceMode guard;
+  REQUIRE(ref->find("ids_0") != nullptr);
   for (int k = 0; ref->find("ids_" + std::to_string(k)); ++k) {
     const at::Tensor ids = ref->tensor("ids_" + std::to_string(k));
     const at::Tensor want = ref->tensor("logits_" + std::to_string(k));

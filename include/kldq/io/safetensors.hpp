@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +30,11 @@ struct TensorInfo {
   uint64_t nbytes() const { return end - begin; }
   int64_t numel() const;
 };
+
+// Bytes of a tensor of `shape` with elements of `itemsize` bytes; nullopt when the element
+// count or the byte count would not fit in int64 (zero-sized dimensions included, so
+// [0, 2^48, 2^48] is refused too: its strides would overflow).
+std::optional<uint64_t> tensor_bytes(const std::vector<int64_t>& shape, size_t itemsize);
 
 // safetensors dtype name <-> ScalarType; unknown names are an IoError naming `what`.
 c10::ScalarType scalar_type_from_safetensors(std::string_view dtype, const std::string& what);

@@ -36,6 +36,9 @@ struct ModelConfig {
   nlohmann::json to_json() const;  // HF config.json spelling, round-trips through from_json
 };
 
+// The transformers class name of an architecture ("Qwen2ForCausalLM").
+const char* arch_class_name(Arch arch);
+
 // Parses and validates; errors are ConfigError naming `source` and the key.
 ModelConfig parse_config(const nlohmann::json& j, const std::string& source);
 ModelConfig load_config(const std::filesystem::path& config_json);

@@ -25,8 +25,7 @@ class QLinear {
   const at::Tensor& weight() const { return weight_; }
   const at::Tensor& bias() const { return bias_; }
   bool has_bias() const { return bias_.defined(); }
-  // Storage format name ("bf16", "fp16", "fp32") and exact bytes held (weight + bias).
-  std::string format_name() const;
+  // Exact bytes held (weight + bias).
   uint64_t bytes() const;
 
  private:

@@ -10,6 +10,7 @@
 
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/config.hpp"
+#include "kldq/model/layout.hpp"
 
 namespace kldq::model {
 
@@ -18,6 +19,9 @@ class WeightStore {
   WeightStore(const io::Checkpoint& checkpoint, c10::Device device, c10::ScalarType dtype);
 
   bool has(const std::string& name) const { return checkpoint_.contains(name); }
+  // Checks that every slot exists with its shape and a float dtype, reading headers only, so a
+  // mismatched checkpoint fails before any buffer is allocated.
+  void validate(const std::vector<TensorSlot>& slots) const;
   // The tensor as stored (CPU view of the file), after checking its shape and that it is floating
   // point; marks it used.
   at::Tensor take_raw(const std::string& name, const std::vector<int64_t>& shape);
@@ -36,6 +40,8 @@ class WeightStore {
   c10::ScalarType dtype() const { return dtype_; }
 
  private:
+  const io::TensorInfo& checked(const std::string& name, const std::vector<int64_t>& shape) const;
+
   const io::Checkpoint& checkpoint_;
   c10::Device device_;
   c10::ScalarType dtype_;
