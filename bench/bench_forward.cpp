@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
         {"s", s},
         {"tok_per_s", tokens / s},
         {"load_s", load_s},
+        {"weight_gib", dec.weight_bytes() / double(1ull << 30)},
         {"peak_mem_gib", kldq::peak_allocated_bytes(ctx.device) / double(1ull << 30)}};
     std::cout << j.dump() << std::endl;
     return 0;
