@@ -1,0 +1,52 @@
+// Byte-pair-encoding model of Hugging Face tokenizers ("type": "BPE"): vocabulary, ranked
+// merges, ignore_merges, byte_fallback, unk_token/fuse_unk, continuing_subword_prefix and
+// end_of_word_suffix.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "json_path.hpp"
+
+namespace kldq::io {
+
+class Bpe {
+ public:
+  // Parses the "model" object (vocab and merges validated against each other).
+  explicit Bpe(const JsonPath& model);
+
+  // Appends the ids of one pre-tokenized word (UTF-8).
+  void encode_word(std::string_view word, std::vector<int32_t>& out) const;
+
+  const std::vector<std::string>& id_to_token() const { return id_to_token_; }
+  int32_t token_to_id(std::string_view token) const;  // -1 when absent
+
+ private:
+  struct Merge {
+    int32_t rank;
+    int32_t id;  // id of the merged token
+  };
+  static uint64_t pair_key(int32_t a, int32_t b) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+  }
+  void word_symbols(std::string_view word, std::vector<int32_t>& ids) const;
+  void merge_symbols(std::vector<int32_t>& ids) const;
+
+  std::unordered_map<std::string, int32_t> vocab_;
+  std::vector<std::string> id_to_token_;
+  std::unordered_map<uint64_t, Merge> merges_;
+  std::string prefix_, suffix_;  // continuing_subword_prefix, end_of_word_suffix
+  int32_t unk_ = -1;
+  bool fuse_unk_ = false;
+  bool byte_fallback_ = false;
+  bool ignore_merges_ = false;
+  int32_t byte_ids_[256];  // ids of "<0xXX>" tokens for byte_fallback (-1 when absent)
+  // Words repeat: most of a text's words are cached after the first few thousand. Not shared
+  // across threads (a Tokenizer is used by one thread).
+  mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
+};
+
+}  // namespace kldq::io

@@ -1,0 +1,68 @@
+// The text stages of a Hugging Face tokenizer.json around the model: normalizers, pre-tokenizers
+// and decoders, each parsed from its JSON object (unsupported types are errors naming the JSON
+// path) and applied as the tokenizers library applies them.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "json_path.hpp"
+#include "kldq/io/tokenizer/regex.hpp"
+
+namespace kldq::io {
+
+// A "pattern": {"String": "..."} (literal) or {"Regex": "..."}.
+struct Pattern {
+  std::u32string literal;
+  std::optional<Regex> regex;
+  static Pattern parse(const JsonPath& j);
+  // Non-overlapping matches [begin, end) left to right.
+  std::vector<std::pair<size_t, size_t>> find_all(std::u32string_view s) const;
+};
+
+struct Normalizer {
+  enum Kind { NFC, NFKC, PREPEND, REPLACE, SEQUENCE } kind;
+  std::u32string text;     // PREPEND: prefix; REPLACE: replacement
+  std::optional<Pattern> pattern;
+  std::vector<Normalizer> steps;
+  static Normalizer parse(const JsonPath& j);
+  void apply(std::u32string& s) const;
+};
+
+struct PreTokenizer {
+  enum Kind { SPLIT, BYTE_LEVEL, METASPACE, DIGITS, SEQUENCE } kind;
+  enum Behavior { REMOVED, ISOLATED, MERGED_WITH_PREVIOUS, MERGED_WITH_NEXT, CONTIGUOUS };
+  std::optional<Pattern> pattern;  // SPLIT (and BYTE_LEVEL with use_regex)
+  Behavior behavior = ISOLATED;
+  bool invert = false;
+  bool add_prefix_space = false;  // BYTE_LEVEL
+  char32_t replacement = 0x2581;  // METASPACE
+  enum Prepend { ALWAYS, FIRST, NEVER } prepend = ALWAYS;
+  bool split = true;              // METASPACE
+  bool individual_digits = false;  // DIGITS
+  std::vector<PreTokenizer> steps;
+  static PreTokenizer parse(const JsonPath& j);
+  // Splits every piece in place; BYTE_LEVEL also maps bytes to its printable alphabet.
+  // `at_start`: the pieces begin the input text (Metaspace prepend_scheme "first").
+  void apply(std::vector<std::u32string>& pieces, bool at_start) const;
+};
+
+struct Decoder {
+  enum Kind { BYTE_LEVEL, BYTE_FALLBACK, METASPACE, FUSE, STRIP, REPLACE, SEQUENCE } kind;
+  std::u32string content;  // STRIP: the character; REPLACE: replacement
+  std::optional<Pattern> pattern;
+  size_t start = 0, stop = 0;  // STRIP
+  char32_t replacement = 0x2581;
+  bool prepend = true;  // METASPACE: a leading space was added when encoding
+  std::vector<Decoder> steps;
+  static Decoder parse(const JsonPath& j);
+  void apply(std::vector<std::u32string>& tokens) const;
+};
+
+// GPT-2's byte <-> printable character table used by ByteLevel.
+char32_t byte_to_char(unsigned char b);
+int char_to_byte(char32_t c);  // -1 when c is not in the table
+
+}  // namespace kldq::io

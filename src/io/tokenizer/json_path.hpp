@@ -1,0 +1,69 @@
+// Typed access to a JSON document that remembers where it is, so every error about a malformed
+// tokenizer.json names the file and the JSON path ("model.merges[12]").
+#pragma once
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "kldq/core/error.hpp"
+
+namespace kldq::io {
+
+class JsonPath {
+ public:
+  JsonPath(const nlohmann::json& j, std::string file, std::string path = "")
+      : j_(&j), file_(std::move(file)), path_(std::move(path)) {}
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw IoError(fmt::format("{}: {}: {}", file_, path_.empty() ? "(root)" : path_, what));
+  }
+  const nlohmann::json& json() const { return *j_; }
+  const std::string& path() const { return path_; }
+  bool has(const std::string& key) const {
+    return j_->is_object() && j_->contains(key) && !(*j_)[key].is_null();
+  }
+  bool is_null() const { return j_->is_null(); }
+  JsonPath operator[](const std::string& key) const {
+    if (!j_->is_object()) fail("expected an object");
+    if (!j_->contains(key)) child(key).fail("missing");
+    return child(key);
+  }
+  JsonPath operator[](size_t i) const {
+    return JsonPath((*j_)[i], file_, fmt::format("{}[{}]", path_, i));
+  }
+  size_t size() const {
+    if (!j_->is_array()) fail("expected an array");
+    return j_->size();
+  }
+  std::string str() const {
+    if (!j_->is_string()) fail(fmt::format("expected a string, got {}", j_->type_name()));
+    return j_->get<std::string>();
+  }
+  bool boolean() const {
+    if (!j_->is_boolean()) fail(fmt::format("expected true or false, got {}", j_->type_name()));
+    return j_->get<bool>();
+  }
+  int64_t integer() const {
+    if (!j_->is_number_integer()) fail(fmt::format("expected an integer, got {}", j_->type_name()));
+    return j_->get<int64_t>();
+  }
+  // Optional members with defaults (null counts as absent).
+  std::string str_or(const std::string& key, const std::string& dflt) const {
+    return has(key) ? (*this)[key].str() : dflt;
+  }
+  bool bool_or(const std::string& key, bool dflt) const {
+    return has(key) ? (*this)[key].boolean() : dflt;
+  }
+
+ private:
+  JsonPath child(const std::string& key) const {
+    return JsonPath((*j_)[key], file_, path_.empty() ? key : path_ + "." + key);
+  }
+  const nlohmann::json* j_;
+  std::string file_;
+  std::string path_;
+};
+
+}  // namespace kldq::io
