@@ -1,0 +1,115 @@
+// Tokenizer building blocks against hand-derived expectations: UTF-8 replacement as Python's
+// errors="replace", regex semantics (leftmost-first, greedy with backtracking, lookahead,
+// case-insensitive groups), NFC, and malformed tokenizer.json files naming the JSON path.
+#include "kldq/core/error.hpp"
+#include "kldq/io/tokenizer/regex.hpp"
+#include "kldq/io/tokenizer/tokenizer.hpp"
+#include "kldq/io/tokenizer/unicode.hpp"
+#include "support/catch.hpp"
+
+namespace u = kldq::io::unicode;
+using kldq::io::Regex;
+
+namespace {
+
+// All matches of `re` in `s` as UTF-8 pieces.
+std::vector<std::string> pieces(const std::string& re, const std::string& s) {
+  const Regex r = Regex::compile(re);
+  const std::u32string t = u::decode_utf8(s);
+  std::vector<std::string> out;
+  for (size_t pos = 0; auto m = r.find(t, pos);) {
+    out.push_back(u::encode_utf8(t.substr(m->first, m->second - m->first)));
+    pos = m->second > m->first ? m->second : m->first + 1;
+  }
+  return out;
+}
+
+std::string load_error(const std::string& json) {
+  kldq::test::TempDir dir("tok-bad");
+  kldq::test::write_text(dir / "tokenizer.json", json);
+  try {
+    kldq::io::Tokenizer::load(dir.path());
+  } catch (const kldq::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+const std::string kModel = R"("model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})";
+
+}  // namespace
+
+TEST_CASE("invalid UTF-8 is replaced as Python's errors='replace' does", "[io][unicode]") {
+  // Expected values from CPython 3.11: bytes.decode("utf-8", "replace").
+  const std::pair<std::string, std::u32string> cases[] = {
+      {"a\xff" "b", U"a\uFFFDb"},
+      {"\xed\xa0\x80", U"\uFFFD\uFFFD\uFFFD"},    // an encoded surrogate: 3 maximal subparts
+      {"\xe2\x82", U"\uFFFD"},                    // truncated at the end: one
+      {"\xe2\x82" "a", U"\uFFFDa"},
+      {"\xc0\x80", U"\uFFFD\uFFFD"},              // overlong
+      {"\xf4\x90\x80\x80", U"\uFFFD\uFFFD\uFFFD\uFFFD"},  // above U+10FFFF
+      {"\xf0\x9f\x98\x80\x80", U"\U0001F600\uFFFD"},
+  };
+  for (const auto& [in, want] : cases) {
+    int64_t bad = -2;
+    CHECK(u::decode_utf8(in, &bad) == want);
+    CHECK(bad >= 0);
+  }
+  int64_t bad = -2;
+  CHECK(u::decode_utf8("ok \xc3\xa9 then \xff", &bad) == U"ok \u00e9 then \uFFFD");
+  CHECK(bad == 11);  // o k _ \xc3 \xa9 _ t h e n _ \xff
+}
+
+TEST_CASE("regex semantics follow Oniguruma for the tokenizer patterns", "[io][regex]") {
+  // Leftmost-first alternation: 's wins over the longer alternative that also matches.
+  CHECK(pieces("'s|'\\p{L}+", "'sun") == std::vector<std::string>{"'s"});
+  // \s+(?!\S) leaves the last space for the next word.
+  CHECK(pieces(" ?\\p{L}+|\\s+(?!\\S)|\\s+", "a   b") == std::vector<std::string>{"a", "  ", " b"});
+  // Case-insensitive group, including U+017F (long s), which case-folds to 's'.
+  CHECK(pieces("(?i:'s)", "'S 's '\u017F") == std::vector<std::string>{"'S", "'s", "'\u017F"});
+  // Bounded repeat: digits in groups of at most three.
+  CHECK(pieces("\\p{N}{1,3}", "12345") == std::vector<std::string>{"123", "45"});
+  // Negated class with properties and escapes.
+  // Negated class with properties and escapes; the optional prefix gives way when the letters
+  // after it fail (" " before "!ab" starts no match, "!" does).
+  CHECK(pieces("[^\\r\\n\\p{L}\\p{N}]?\\p{L}+", "\xc3\xa9t\xc3\xa9 !ab\n") ==
+        std::vector<std::string>{"\xc3\xa9t\xc3\xa9", "!ab"});
+  CHECK(pieces("[^\\r\\n\\p{L}\\p{N}]?\\p{L}+", "x !ab") == std::vector<std::string>{"x", "!ab"});
+  for (const char* bad : {"a(", "[abc", "\\p{Greek}", "a*?", "^a", "\\w", "a{3,1}"})
+    CHECK_THROWS_AS(Regex::compile(bad), kldq::io::RegexError);
+}
+
+TEST_CASE("NFC composes, reorders and handles Hangul", "[io][unicode]") {
+  CHECK(u::nfc(U"e\u0301") == U"\u00e9");
+  CHECK(u::nfc(U"a\u0323\u0302") == U"\u1EAD");           // reordering: dot below first
+  CHECK(u::nfc(U"\u1100\u1161\u11A8") == U"\uAC01");      // L V T -> syllable
+  CHECK(u::nfc(U"\u212B") == U"\u00C5");                  // singleton decomposition
+  CHECK(u::nfkc(U"\uFB01") == U"fi");                     // compatibility ligature
+  CHECK(u::nfc(U"\uFB01") == U"\uFB01");
+}
+
+TEST_CASE("malformed tokenizer.json names the JSON path", "[io][tokenizer][errors]") {
+  CHECK_THAT(load_error("{}"), HasText("model: missing"));
+  CHECK_THAT(load_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a zz"]}})"),
+             HasText("model.merges[0]") && HasText("zz"));
+  CHECK_THAT(load_error(R"({"model": {"type": "BPE", "vocab": [], "merges": []}})"), HasText("model.vocab"));
+  CHECK_THAT(load_error("{" + kModel + R"(, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"},
+             "behavior": "Isolated", "invert": false}})"),
+             HasText("pre_tokenizer.pattern.Regex"));
+  CHECK_THAT(load_error("{" + kModel + R"(, "normalizer": {"type": "Lowercase"}})"),
+             HasText("normalizer.type") && HasText("Lowercase"));
+  CHECK_THAT(load_error("{" + kModel + R"(, "decoder": {"type": "Strip", "content": " ", "start": "one", "stop": 0}})"),
+             HasText("decoder.start"));
+  CHECK_THAT(load_error(R"({"model": {"type": "Unigram", "vocab": []}})"), HasText("model.type") && HasText("Unigram"));
+  CHECK_THAT(load_error("{" + kModel + R"(, "added_tokens": [{"id": 5}]})"), HasText("added_tokens[0].content"));
+  CHECK_THAT(load_error("{\"model\": "), HasText("invalid JSON"));
+}
+
+TEST_CASE("a minimal tokenizer.json encodes with merges and decodes", "[io][tokenizer]") {
+  kldq::test::TempDir dir("tok-min");
+  kldq::test::write_text(dir / "tokenizer.json", "{" + kModel + "}");
+  const auto tok = kldq::io::Tokenizer::load(dir.path());
+  CHECK(tok->encode("abab") == std::vector<int32_t>{2, 2});
+  CHECK(tok->encode("aba") == std::vector<int32_t>{2, 0});
+  CHECK(tok->decode({2, 0}) == "ab a");  // no decoder: tokens joined with spaces
+}
