@@ -48,10 +48,12 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
   } catch (const nlohmann::json::parse_error&) {
     throw ConfigError(fmt::format("{}: expected a JSON array of token ids", where));
   }
-  if (!j.is_array()) throw ConfigError(fmt::format("{}: expected a JSON array of token ids", where));
+  if (!j.is_array())
+    throw ConfigError(fmt::format("{}: expected a JSON array of token ids", where));
   std::vector<int32_t> ids;
   for (const auto& v : j) {
-    if (!v.is_number_integer()) throw ConfigError(fmt::format("{}: token ids must be integers", where));
+    if (!v.is_number_integer())
+      throw ConfigError(fmt::format("{}: token ids must be integers", where));
     ids.push_back(v.get<int32_t>());
   }
   return ids;
@@ -64,10 +66,14 @@ int run_tokenize(const TokenizeOptions& o) {
   const std::string name = o.input == "-" ? "stdin" : o.input;
   // JSON escapes invalid UTF-8 nowhere: token strings of byte-level vocabularies are valid UTF-8,
   // decoded text is sanitised by the decoders.
-  auto dump = [](const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); };
+  auto dump = [](const nlohmann::json& j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  };
   if (!o.jsonl) {
-    if (o.decode) std::cout << tok->decode(parse_ids(input, name));
-    else std::cout << dump(describe(*tok, o, input)) << "\n";
+    if (o.decode)
+      std::cout << tok->decode(parse_ids(input, name));
+    else
+      std::cout << dump(describe(*tok, o, input)) << "\n";
     return 0;
   }
   std::istringstream lines(input);
@@ -97,12 +103,15 @@ int run_tokenize(const TokenizeOptions& o) {
 void register_tokenize(CLI::App& app, Action& action) {
   auto opts = std::make_shared<TokenizeOptions>();
   auto* sub = app.add_subcommand("tokenize", "token ids of text with a checkpoint's tokenizer");
-  sub->add_option("--model", opts->model, "directory with tokenizer.json or tokenizer.model")->required();
+  sub->add_option("--model", opts->model, "directory with tokenizer.json or tokenizer.model")
+      ->required();
   sub->add_option("INPUT", opts->input, "text file, or - for stdin (default)");
   sub->add_flag("--tokens", opts->tokens, "print token strings instead of ids");
   sub->add_flag("--count", opts->count, "print the number of tokens");
-  sub->add_flag("--jsonl", opts->jsonl, "input lines are {\"text\": ...} objects; one result per line");
-  sub->add_flag("--decode", opts->decode, "input is a JSON array of ids (per line with --jsonl); print text");
+  sub->add_flag("--jsonl", opts->jsonl,
+                "input lines are {\"text\": ...} objects; one result per line");
+  sub->add_flag("--decode", opts->decode,
+                "input is a JSON array of ids (per line with --jsonl); print text");
   sub->add_flag("--no-special", opts->no_special, "do not add BOS/EOS or template tokens");
   sub->callback([&action, opts] { action = [opts] { return run_tokenize(*opts); }; });
 }

@@ -81,3 +81,31 @@ TEST_CASE("CLI errors name what is wrong and leave no output", "[cli][errors]") 
   CHECK(pk.rc == 2);
   CHECK_THAT(pk.err, HasText("pickle"));
 }
+
+TEST_CASE("kldq tokenize: ids, tokens, counts, JSONL, decode, errors", "[cli][tokenizer]") {
+  const auto qwen = kldq::test::shared_data("qwen-tokenizer");
+  if (!qwen) KLDQ_SKIP("needs ../shared/data/qwen-tokenizer");
+  kldq::test::TempDir dir("cli-tok");
+  const std::string m = " --model " + qwen->string() + " ";
+  kldq::test::write_text(dir / "in.txt", "Hello world<|im_end|>");
+  // Ids as the tokenizers library gives them (tests/io/test_tokenizer.cpp checks thousands).
+  CHECK(nlohmann::json::parse(run_kldq("tokenize" + m + (dir / "in.txt").string()).out) ==
+        nlohmann::json::parse("[9707, 1879, 151645]"));
+  CHECK(run_kldq("tokenize --count" + m + (dir / "in.txt").string()).out == "3\n");
+  CHECK(nlohmann::json::parse(run_kldq("tokenize --tokens" + m + (dir / "in.txt").string()).out) ==
+        nlohmann::json::parse(R"(["Hello", "Ġworld", "<|im_end|>"])"));
+  kldq::test::write_text(dir / "ids.json", "[9707, 1879, 151645]");
+  CHECK(run_kldq("tokenize --decode" + m + (dir / "ids.json").string()).out ==
+        "Hello world<|im_end|>");
+  kldq::test::write_text(dir / "in.jsonl", "{\"text\": \"Hello\"}\n{\"text\": \" world\"}\n");
+  CHECK(run_kldq("tokenize --jsonl" + m + (dir / "in.jsonl").string()).out == "[9707]\n[1879]\n");
+  kldq::test::write_text(dir / "bad.jsonl", "{\"text\": \"Hello\"}\n{\"txt\": 1}\n");
+  const auto bad = run_kldq("tokenize --jsonl" + m + (dir / "bad.jsonl").string());
+  CHECK(bad.rc == 2);
+  CHECK_THAT(bad.err, HasText("bad.jsonl:2"));
+  kldq::test::write_text(dir / "latin1.txt", "caf\xe9!");
+  const auto lat = run_kldq("tokenize --tokens" + m + (dir / "latin1.txt").string());
+  CHECK(lat.rc == 0);
+  CHECK_THAT(lat.err, HasText("offset 3"));
+  CHECK(run_kldq("tokenize --model " + (dir / "nothing").string() + " x").rc == 2);
+}

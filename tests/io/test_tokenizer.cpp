@@ -19,8 +19,9 @@ const path* oracle_dir() {
     const auto data = kldq::test::shared_data("");
     const auto py = kldq::test::python_with("tokenizers sentencepiece");
     if (!data || !py) return false;
-    const auto r = kldq::test::run_command(*py + " " KLDQ_SOURCE_DIR "/tests/oracle/tok_oracle.py --data " +
-                                           data->string() + " --workdir " + work.path().string());
+    const auto r =
+        kldq::test::run_command(*py + " " KLDQ_SOURCE_DIR "/tests/oracle/tok_oracle.py --data " +
+                                data->string() + " --workdir " + work.path().string());
     INFO(r.err);
     REQUIRE(r.rc == 0);
     return true;
@@ -48,7 +49,8 @@ void check_case(const std::string& name, bool check_roundtrip) {
     const std::string text = texts[i]["text"];
     const std::vector<int32_t> ids = tok->encode(text);
     if (ids != ref[i]["ids"].get<std::vector<int32_t>>()) {
-      if (mismatches++ < 3) UNSCOPED_INFO(name << " differs on string " << i << ": " << text.substr(0, 80));
+      if (mismatches++ < 3)
+        UNSCOPED_INFO(name << " differs on string " << i << ": " << text.substr(0, 80));
     }
     // The decoded text is what the reference decodes (and, for byte-level BPE, the normalized
     // input: nothing is lost).
@@ -63,9 +65,22 @@ void check_case(const std::string& name, bool check_roundtrip) {
 
 }  // namespace
 
-TEST_CASE("Qwen tokenizer.json matches tokenizers", "[io][tokenizer]") { check_case("qwen", true); }
-TEST_CASE("Llama-3 style split regex matches tokenizers", "[io][tokenizer]") { check_case("llama3", true); }
-TEST_CASE("GPT-2 style ByteLevel regex matches tokenizers", "[io][tokenizer]") { check_case("gpt2", true); }
+TEST_CASE("Qwen tokenizer.json matches tokenizers", "[io][tokenizer]") {
+  check_case("qwen", true);
+}
+TEST_CASE("Llama-3 style split regex matches tokenizers", "[io][tokenizer]") {
+  check_case("llama3", true);
+}
+TEST_CASE("GPT-2 style ByteLevel regex matches tokenizers", "[io][tokenizer]") {
+  check_case("gpt2", true);
+}
+TEST_CASE("NFKC, regex Replace, literal Split, Digits, ByteLevel prefix space match tokenizers",
+          "[io][tokenizer]") {
+  check_case("misc", false);
+}
+TEST_CASE("Metaspace pre-tokenizer and decoder match tokenizers", "[io][tokenizer]") {
+  check_case("stories-meta", false);
+}
 TEST_CASE("byte-fallback BPE (stories260K) matches tokenizers", "[io][tokenizer]") {
   check_case("stories-bpe", false);
 }
@@ -80,9 +95,10 @@ TEST_CASE("NFKC matches the tokenizers library's normalizer", "[io][tokenizer]")
   const auto ref = read_jsonl(*dir / "qwen.jsonl");
   size_t bad = 0;
   for (size_t i = 0; i < texts.size(); ++i) {
-    const auto got = kldq::io::unicode::encode_utf8(
-        kldq::io::unicode::nfkc(kldq::io::unicode::decode_utf8(texts[i]["text"].get<std::string>())));
-    if (got != ref[i]["nfkc"].get<std::string>() && bad++ < 3) UNSCOPED_INFO("NFKC differs on string " << i);
+    const auto got = kldq::io::unicode::encode_utf8(kldq::io::unicode::nfkc(
+        kldq::io::unicode::decode_utf8(texts[i]["text"].get<std::string>())));
+    if (got != ref[i]["nfkc"].get<std::string>() && bad++ < 3)
+      UNSCOPED_INFO("NFKC differs on string " << i);
   }
   CHECK(bad == 0);
 }
@@ -90,9 +106,11 @@ TEST_CASE("NFKC matches the tokenizers library's normalizer", "[io][tokenizer]")
 TEST_CASE("WikiText-2 test tokenizes to the same ids as tokenizers", "[io][tokenizer]") {
   const path* dir = oracle_dir();
   if (!dir) KLDQ_SKIP("needs ../shared/data and a Python with tokenizers");
-  const auto want = nlohmann::json::parse(kldq::test::read_text(*dir / "wikitext_qwen.json")).get<std::vector<int32_t>>();
+  const auto want = nlohmann::json::parse(kldq::test::read_text(*dir / "wikitext_qwen.json"))
+                        .get<std::vector<int32_t>>();
   const auto tok = kldq::io::Tokenizer::load(*dir / "qwen");
-  const auto got = tok->encode(kldq::test::read_text(*kldq::test::shared_data("wikitext-2/wiki.test.raw")));
+  const auto got =
+      tok->encode(kldq::test::read_text(*kldq::test::shared_data("wikitext-2/wiki.test.raw")));
   CHECK(want.size() > 290000);
   CHECK(got.size() == want.size());
   CHECK(got == want);

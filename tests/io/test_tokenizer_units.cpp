@@ -35,18 +35,23 @@ std::string load_error(const std::string& json) {
   return "(no error)";
 }
 
-const std::string kModel = R"("model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})";
+const std::string kModel =
+    R"("model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": ["a b"]})";
 
 }  // namespace
 
 TEST_CASE("invalid UTF-8 is replaced as Python's errors='replace' does", "[io][unicode]") {
   // Expected values from CPython 3.11: bytes.decode("utf-8", "replace").
   const std::pair<std::string, std::u32string> cases[] = {
-      {"a\xff" "b", U"a\uFFFDb"},
-      {"\xed\xa0\x80", U"\uFFFD\uFFFD\uFFFD"},    // an encoded surrogate: 3 maximal subparts
-      {"\xe2\x82", U"\uFFFD"},                    // truncated at the end: one
-      {"\xe2\x82" "a", U"\uFFFDa"},
-      {"\xc0\x80", U"\uFFFD\uFFFD"},              // overlong
+      {"a\xff"
+       "b",
+       U"a\uFFFDb"},
+      {"\xed\xa0\x80", U"\uFFFD\uFFFD\uFFFD"},  // an encoded surrogate: 3 maximal subparts
+      {"\xe2\x82", U"\uFFFD"},                  // truncated at the end: one
+      {"\xe2\x82"
+       "a",
+       U"\uFFFDa"},
+      {"\xc0\x80", U"\uFFFD\uFFFD"},                      // overlong
       {"\xf4\x90\x80\x80", U"\uFFFD\uFFFD\uFFFD\uFFFD"},  // above U+10FFFF
       {"\xf0\x9f\x98\x80\x80", U"\U0001F600\uFFFD"},
   };
@@ -81,10 +86,10 @@ TEST_CASE("regex semantics follow Oniguruma for the tokenizer patterns", "[io][r
 
 TEST_CASE("NFC composes, reorders and handles Hangul", "[io][unicode]") {
   CHECK(u::nfc(U"e\u0301") == U"\u00e9");
-  CHECK(u::nfc(U"a\u0323\u0302") == U"\u1EAD");           // reordering: dot below first
-  CHECK(u::nfc(U"\u1100\u1161\u11A8") == U"\uAC01");      // L V T -> syllable
-  CHECK(u::nfc(U"\u212B") == U"\u00C5");                  // singleton decomposition
-  CHECK(u::nfkc(U"\uFB01") == U"fi");                     // compatibility ligature
+  CHECK(u::nfc(U"a\u0323\u0302") == U"\u1EAD");       // reordering: dot below first
+  CHECK(u::nfc(U"\u1100\u1161\u11A8") == U"\uAC01");  // L V T -> syllable
+  CHECK(u::nfc(U"\u212B") == U"\u00C5");              // singleton decomposition
+  CHECK(u::nfkc(U"\uFB01") == U"fi");                 // compatibility ligature
   CHECK(u::nfc(U"\uFB01") == U"\uFB01");
 }
 
@@ -92,16 +97,22 @@ TEST_CASE("malformed tokenizer.json names the JSON path", "[io][tokenizer][error
   CHECK_THAT(load_error("{}"), HasText("model: missing"));
   CHECK_THAT(load_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a zz"]}})"),
              HasText("model.merges[0]") && HasText("zz"));
-  CHECK_THAT(load_error(R"({"model": {"type": "BPE", "vocab": [], "merges": []}})"), HasText("model.vocab"));
-  CHECK_THAT(load_error("{" + kModel + R"(, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"},
+  CHECK_THAT(load_error(R"({"model": {"type": "BPE", "vocab": [], "merges": []}})"),
+             HasText("model.vocab"));
+  CHECK_THAT(
+      load_error("{" + kModel + R"(, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(a"},
              "behavior": "Isolated", "invert": false}})"),
-             HasText("pre_tokenizer.pattern.Regex"));
+      HasText("pre_tokenizer.pattern.Regex"));
   CHECK_THAT(load_error("{" + kModel + R"(, "normalizer": {"type": "Lowercase"}})"),
              HasText("normalizer.type") && HasText("Lowercase"));
-  CHECK_THAT(load_error("{" + kModel + R"(, "decoder": {"type": "Strip", "content": " ", "start": "one", "stop": 0}})"),
-             HasText("decoder.start"));
-  CHECK_THAT(load_error(R"({"model": {"type": "Unigram", "vocab": []}})"), HasText("model.type") && HasText("Unigram"));
-  CHECK_THAT(load_error("{" + kModel + R"(, "added_tokens": [{"id": 5}]})"), HasText("added_tokens[0].content"));
+  CHECK_THAT(
+      load_error("{" + kModel +
+                 R"(, "decoder": {"type": "Strip", "content": " ", "start": "one", "stop": 0}})"),
+      HasText("decoder.start"));
+  CHECK_THAT(load_error(R"({"model": {"type": "Unigram", "vocab": []}})"),
+             HasText("model.type") && HasText("Unigram"));
+  CHECK_THAT(load_error("{" + kModel + R"(, "added_tokens": [{"id": 5}]})"),
+             HasText("added_tokens[0].content"));
   CHECK_THAT(load_error("{\"model\": "), HasText("invalid JSON"));
 }
 

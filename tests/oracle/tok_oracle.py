@@ -8,9 +8,11 @@ Writes into W:
   <case>.jsonl                  per string: {"ids": [...], "decoded": ..., "normalized": ...}
   wikitext_qwen.json            ids of the whole WikiText-2 raw test file, Qwen tokenizer
 Cases: qwen (the real Qwen tokenizer.json), llama3 (the same vocabulary with the Llama-3 split
-regex and ignore_merges), gpt2 (the same vocabulary with ByteLevel's built-in GPT-2 regex),
-stories-bpe (stories260K's byte-fallback tokenizer.json), stories-sp (its sentencepiece
-tokenizer.model with tokenizer_config.json's add_bos_token).
+regex and ignore_merges), gpt2 (the same vocabulary with ByteLevel's built-in GPT-2 regex), misc
+(the same vocabulary behind NFKC, a regex Replace, a literal Split, Digits and ByteLevel with a
+prefix space), stories-bpe (stories260K's byte-fallback tokenizer.json), stories-meta (the same
+with Metaspace pre-tokenizer and decoder), stories-sp (its sentencepiece tokenizer.model with
+tokenizer_config.json's add_bos_token).
 """
 import argparse, json, os, random, shutil, unicodedata
 
@@ -103,8 +105,25 @@ def write_cases(data, work, texts):
     llama3["model"]["ignore_merges"] = True
     gpt2 = json.loads(json.dumps(base))
     gpt2["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    # Other components on the same vocabulary: NFKC, a regex Replace, a literal Split merged with
+    # the next piece, individual digits, ByteLevel with a prefix space and no regex.
+    misc = json.loads(json.dumps(base))
+    misc["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "NFKC"}, {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "}]}
+    misc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithNext", "invert": False},
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": False}]}
     stories = os.path.join(data, "models", "stories260k-llama")
-    for name, doc in [("qwen", base), ("llama3", llama3), ("gpt2", gpt2)]:
+    with open(os.path.join(stories, "tokenizer.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    # Llama-2 tokenizers in the non-legacy layout: Metaspace instead of Prepend/Replace.
+    meta["normalizer"] = None
+    meta["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}
+    meta["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False},
+        {"type": "ByteFallback"}, {"type": "Fuse"}]}
+    for name, doc in [("qwen", base), ("llama3", llama3), ("gpt2", gpt2), ("misc", misc), ("stories-meta", meta)]:
         os.makedirs(os.path.join(work, name), exist_ok=True)
         with open(os.path.join(work, name, "tokenizer.json"), "w", encoding="utf-8") as f:
             json.dump(doc, f, ensure_ascii=False)
@@ -114,7 +133,7 @@ def write_cases(data, work, texts):
     for f in ("tokenizer.model", "tokenizer_config.json"):
         shutil.copy(os.path.join(stories, f), os.path.join(work, "stories-sp"))
 
-    for name in ("qwen", "llama3", "gpt2", "stories-bpe"):
+    for name in ("qwen", "llama3", "gpt2", "misc", "stories-bpe", "stories-meta"):
         tok = Tokenizer.from_file(os.path.join(work, name, "tokenizer.json"))
         with open(os.path.join(work, name + ".jsonl"), "w", encoding="utf-8") as f:
             for t in texts:

@@ -14,7 +14,9 @@ namespace {
 constexpr size_t kCacheLimit = 200000;
 
 // Length of the UTF-8 sequence that starts with byte b (input is valid UTF-8 here).
-size_t utf8_len(unsigned char b) { return b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4; }
+size_t utf8_len(unsigned char b) {
+  return b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
+}
 
 }  // namespace
 
@@ -62,8 +64,10 @@ Bpe::Bpe(const JsonPath& model) {
     const std::string merged = a + (b.rfind(prefix_, 0) == 0 ? b.substr(prefix_.size()) : b);
     const int32_t im = token_to_id(merged);
     if (ia < 0 || ib < 0 || im < 0)
-      m.fail(fmt::format("merge names a token missing from the vocabulary ('{}')",
-                         ia < 0 ? a : ib < 0 ? b : merged));
+      m.fail(fmt::format("merge names a token missing from the vocabulary ('{}')", ia < 0 ? a
+                                                                                   : ib < 0
+                                                                                       ? b
+                                                                                       : merged));
     merges_.emplace(pair_key(ia, ib), Merge{static_cast<int32_t>(r), im});
   }
 }
@@ -84,10 +88,11 @@ void Bpe::word_symbols(std::string_view word, std::vector<int32_t>& ids) const {
     if (id >= 0) {
       ids.push_back(id);
       last_unk = false;
-    } else if (byte_fallback_ &&
-               std::all_of(word.begin() + i, word.begin() + i + len,
-                           [&](char c) { return byte_ids_[static_cast<unsigned char>(c)] >= 0; })) {
-      for (size_t k = i; k < i + len; ++k) ids.push_back(byte_ids_[static_cast<unsigned char>(word[k])]);
+    } else if (byte_fallback_ && std::all_of(word.begin() + i, word.begin() + i + len, [&](char c) {
+                 return byte_ids_[static_cast<unsigned char>(c)] >= 0;
+               })) {
+      for (size_t k = i; k < i + len; ++k)
+        ids.push_back(byte_ids_[static_cast<unsigned char>(word[k])]);
       last_unk = false;
     } else if (unk_ >= 0) {
       if (!(fuse_unk_ && last_unk)) ids.push_back(unk_);

@@ -22,9 +22,17 @@ struct Pattern {
   std::vector<std::pair<size_t, size_t>> find_all(std::u32string_view s) const;
 };
 
+// Metaspace's replacement character and prepend scheme (shared by the pre-tokenizer and the
+// decoder of that name).
+struct MetaspaceOptions {
+  char32_t replacement = 0x2581;  // '▁'
+  enum Prepend { ALWAYS, FIRST, NEVER } prepend = ALWAYS;
+  static MetaspaceOptions parse(const JsonPath& j);
+};
+
 struct Normalizer {
   enum Kind { NFC, NFKC, PREPEND, REPLACE, SEQUENCE } kind;
-  std::u32string text;     // PREPEND: prefix; REPLACE: replacement
+  std::u32string text;  // PREPEND: prefix; REPLACE: replacement
   std::optional<Pattern> pattern;
   std::vector<Normalizer> steps;
   static Normalizer parse(const JsonPath& j);
@@ -37,10 +45,9 @@ struct PreTokenizer {
   std::optional<Pattern> pattern;  // SPLIT (and BYTE_LEVEL with use_regex)
   Behavior behavior = ISOLATED;
   bool invert = false;
-  bool add_prefix_space = false;  // BYTE_LEVEL
-  char32_t replacement = 0x2581;  // METASPACE
-  enum Prepend { ALWAYS, FIRST, NEVER } prepend = ALWAYS;
-  bool split = true;              // METASPACE
+  bool add_prefix_space = false;   // BYTE_LEVEL
+  MetaspaceOptions metaspace;      // METASPACE
+  bool split = true;               // METASPACE
   bool individual_digits = false;  // DIGITS
   std::vector<PreTokenizer> steps;
   static PreTokenizer parse(const JsonPath& j);
@@ -54,12 +61,16 @@ struct Decoder {
   std::u32string content;  // STRIP: the character; REPLACE: replacement
   std::optional<Pattern> pattern;
   size_t start = 0, stop = 0;  // STRIP
-  char32_t replacement = 0x2581;
-  bool prepend = true;  // METASPACE: a leading space was added when encoding
+  MetaspaceOptions metaspace;  // METASPACE
   std::vector<Decoder> steps;
   static Decoder parse(const JsonPath& j);
   void apply(std::vector<std::u32string>& tokens) const;
 };
+
+// UTF-8 -> code points (the strings of tokenizer.json are valid UTF-8).
+std::u32string u32(const std::string& s);
+// `s` with every match of `p` replaced by `with`.
+std::u32string replace_all(const std::u32string& s, const Pattern& p, const std::u32string& with);
 
 // GPT-2's byte <-> printable character table used by ByteLevel.
 char32_t byte_to_char(unsigned char b);

@@ -30,7 +30,9 @@ struct Piece {
   int32_t id = -1;
 };
 
-bool word_char(char32_t c) { return unicode::is_letter(c) || unicode::is_number(c) || c == '_'; }
+bool word_char(char32_t c) {
+  return unicode::is_letter(c) || unicode::is_number(c) || c == '_';
+}
 
 class HfTokenizer final : public Tokenizer {
  public:
@@ -77,9 +79,13 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
       const JsonPath a = added[i];
       const int64_t id = a["id"].integer();
       if (id < 0 || id > (1 << 30)) a["id"].fail("invalid id");
-      AddedToken t{unicode::decode_utf8(a["content"].str()), static_cast<int32_t>(id),
-                   a.bool_or("special", false), a.bool_or("lstrip", false), a.bool_or("rstrip", false),
-                   a.bool_or("single_word", false), a.bool_or("normalized", false)};
+      AddedToken t{unicode::decode_utf8(a["content"].str()),
+                   static_cast<int32_t>(id),
+                   a.bool_or("special", false),
+                   a.bool_or("lstrip", false),
+                   a.bool_or("rstrip", false),
+                   a.bool_or("single_word", false),
+                   a.bool_or("normalized", false)};
       if (t.content.empty()) a["content"].fail("empty added token");
       if (id_to_token_.size() <= static_cast<size_t>(id)) id_to_token_.resize(id + 1);
       id_to_token_[id] = unicode::encode_utf8(t.content);
@@ -89,8 +95,9 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
   special_.assign(id_to_token_.size(), 0);
   for (const auto& t : added_) special_[t.id] = t.special;
   // Longest first, so the first token that matches at a position is the longest one.
-  std::stable_sort(added_.begin(), added_.end(),
-                   [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
+  std::stable_sort(added_.begin(), added_.end(), [](const AddedToken& a, const AddedToken& b) {
+    return a.content.size() > b.content.size();
+  });
   if (root.has("post_processor")) {
     const JsonPath pp = root["post_processor"];
     const std::string pt = pp["type"].str();
@@ -100,17 +107,20 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
       if (pp.has("special_tokens"))
         for (const auto& [name, v] : pp["special_tokens"].json().items()) {
           const JsonPath ids = pp["special_tokens"][name]["ids"];
-          for (size_t k = 0; k < ids.size(); ++k) specials[name].push_back(static_cast<int32_t>(ids[k].integer()));
+          for (size_t k = 0; k < ids.size(); ++k)
+            specials[name].push_back(static_cast<int32_t>(ids[k].integer()));
         }
       bool seen_sequence = false;
       for (size_t i = 0; i < single.size(); ++i) {
         const JsonPath item = single[i];
         if (item.has("Sequence")) {
-          if (item["Sequence"]["id"].str() != "A") item["Sequence"]["id"].fail("single template uses sequence A");
+          if (item["Sequence"]["id"].str() != "A")
+            item["Sequence"]["id"].fail("single template uses sequence A");
           seen_sequence = true;
         } else if (item.has("SpecialToken")) {
           const std::string name = item["SpecialToken"]["id"].str();
-          if (!specials.count(name)) item["SpecialToken"]["id"].fail(fmt::format("unknown special token '{}'", name));
+          if (!specials.count(name))
+            item["SpecialToken"]["id"].fail(fmt::format("unknown special token '{}'", name));
           auto& dst = seen_sequence ? suffix_ids_ : prefix_ids_;
           dst.insert(dst.end(), specials[name].begin(), specials[name].end());
         } else {
@@ -121,7 +131,8 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
       pp["type"].fail(fmt::format("unsupported post_processor type '{}'", pt));
     }
   }
-  description_ = fmt::format("tokenizer.json: BPE, {} tokens, {} added", bpe_->id_to_token().size(), added_.size());
+  description_ = fmt::format("tokenizer.json: BPE, {} tokens, {} added", bpe_->id_to_token().size(),
+                             added_.size());
 }
 
 void HfTokenizer::split_added(std::vector<Piece>& pieces, bool normalized) const {
@@ -136,9 +147,11 @@ void HfTokenizer::split_added(std::vector<Piece>& pieces, bool normalized) const
     while (pos < s.size()) {
       const AddedToken* hit = nullptr;
       for (const auto& t : added_) {
-        if (t.normalized != normalized || s.compare(pos, t.content.size(), t.content) != 0) continue;
+        if (t.normalized != normalized || s.compare(pos, t.content.size(), t.content) != 0)
+          continue;
         const size_t end = pos + t.content.size();
-        if (t.single_word && ((pos > 0 && word_char(s[pos - 1])) || (end < s.size() && word_char(s[end]))))
+        if (t.single_word &&
+            ((pos > 0 && word_char(s[pos - 1])) || (end < s.size() && word_char(s[end]))))
           continue;
         hit = &t;
         break;
@@ -171,7 +184,9 @@ std::vector<int32_t> HfTokenizer::encode(std::string_view text, bool add_special
   int64_t bad = -1;
   std::vector<Piece> pieces{{unicode::decode_utf8(text, &bad), -1}};
   if (bad >= 0)
-    log::warn("input is not valid UTF-8 (first bad byte at offset {}); invalid sequences become U+FFFD", bad);
+    log::warn(
+        "input is not valid UTF-8 (first bad byte at offset {}); invalid sequences become U+FFFD",
+        bad);
   split_added(pieces, /*normalized=*/false);
   if (normalizer_)
     for (auto& p : pieces)
@@ -180,15 +195,18 @@ std::vector<int32_t> HfTokenizer::encode(std::string_view text, bool add_special
   std::vector<int32_t> ids;
   if (add_special_tokens) ids = prefix_ids_;
   for (size_t i = 0; i < pieces.size(); ++i) {
-    if (pieces[i].id >= 0) ids.push_back(pieces[i].id);
-    else encode_text(std::move(pieces[i].text), i == 0, ids);
+    if (pieces[i].id >= 0)
+      ids.push_back(pieces[i].id);
+    else
+      encode_text(std::move(pieces[i].text), i == 0, ids);
   }
   if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
   return ids;
 }
 
 std::string HfTokenizer::token(int32_t id) const {
-  return id >= 0 && static_cast<size_t>(id) < id_to_token_.size() ? id_to_token_[id] : std::string();
+  return id >= 0 && static_cast<size_t>(id) < id_to_token_.size() ? id_to_token_[id]
+                                                                  : std::string();
 }
 
 std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {

@@ -27,12 +27,24 @@ Regex::Cont make_cont(const F& f) {
 bool item_matches(const Regex::CharSet::Item& it, char32_t c) {
   bool m = false;
   switch (it.kind) {
-    case Regex::CharSet::Item::RANGE: m = c >= it.lo && c <= it.hi; break;
-    case Regex::CharSet::Item::LETTER: m = unicode::is_letter(c); break;
-    case Regex::CharSet::Item::NUMBER: m = unicode::is_number(c); break;
-    case Regex::CharSet::Item::SPACE: m = unicode::is_space(c); break;
-    case Regex::CharSet::Item::FOLD: m = unicode::simple_fold(c) == it.lo; break;
-    case Regex::CharSet::Item::ANY_BUT_NEWLINE: m = c != '\n'; break;
+    case Regex::CharSet::Item::RANGE:
+      m = c >= it.lo && c <= it.hi;
+      break;
+    case Regex::CharSet::Item::LETTER:
+      m = unicode::is_letter(c);
+      break;
+    case Regex::CharSet::Item::NUMBER:
+      m = unicode::is_number(c);
+      break;
+    case Regex::CharSet::Item::SPACE:
+      m = unicode::is_space(c);
+      break;
+    case Regex::CharSet::Item::FOLD:
+      m = unicode::simple_fold(c) == it.lo;
+      break;
+    case Regex::CharSet::Item::ANY_BUT_NEWLINE:
+      m = c != '\n';
+      break;
   }
   return m != it.negated;
 }
@@ -91,8 +103,10 @@ class Regex::Parser {
     return add(std::move(n));
   }
   void add_literal(CharSet& cs, char32_t c, bool icase) {
-    if (icase) cs.items.push_back({CharSet::Item::FOLD, unicode::simple_fold(c), 0, false});
-    else cs.items.push_back({CharSet::Item::RANGE, c, c, false});
+    if (icase)
+      cs.items.push_back({CharSet::Item::FOLD, unicode::simple_fold(c), 0, false});
+    else
+      cs.items.push_back({CharSet::Item::RANGE, c, c, false});
   }
 
   int parse_alt(bool icase) {
@@ -124,9 +138,12 @@ class Regex::Parser {
     int atom = parse_atom(icase);
     while (i_ < p_.size()) {
       int lo = 0, hi = -1;
-      if (eat('*')) lo = 0;
-      else if (eat('+')) lo = 1;
-      else if (eat('?')) lo = 0, hi = 1;
+      if (eat('*'))
+        lo = 0;
+      else if (eat('+'))
+        lo = 1;
+      else if (eat('?'))
+        lo = 0, hi = 1;
       else if (at('{')) {
         ++i_;
         lo = hi = parse_int();
@@ -184,26 +201,39 @@ class Regex::Parser {
           name.push_back(p_[i_++]);
         }
         I::Kind kind;
-        if (name == U"L" || name == U"Letter") kind = I::LETTER;
-        else if (name == U"N" || name == U"Number") kind = I::NUMBER;
-        else fail(fmt::format("unsupported property \\p{{{}}}", unicode::encode_utf8(name)));
+        if (name == U"L" || name == U"Letter")
+          kind = I::LETTER;
+        else if (name == U"N" || name == U"Number")
+          kind = I::NUMBER;
+        else
+          fail(fmt::format("unsupported property \\p{{{}}}", unicode::encode_utf8(name)));
         cs.items.push_back({kind, 0, 0, c == 'P'});
         return std::nullopt;
       }
-      case 's': cs.items.push_back({I::SPACE, 0, 0, false}); return std::nullopt;
-      case 'S': cs.items.push_back({I::SPACE, 0, 0, true}); return std::nullopt;
-      case 'r': return U'\r';
-      case 'n': return U'\n';
-      case 't': return U'\t';
-      case 'f': return U'\f';
-      case 'v': return U'\v';
+      case 's':
+        cs.items.push_back({I::SPACE, 0, 0, false});
+        return std::nullopt;
+      case 'S':
+        cs.items.push_back({I::SPACE, 0, 0, true});
+        return std::nullopt;
+      case 'r':
+        return U'\r';
+      case 'n':
+        return U'\n';
+      case 't':
+        return U'\t';
+      case 'f':
+        return U'\f';
+      case 'v':
+        return U'\v';
       case 'x': {
         const bool braced = eat('{');
         char32_t v = 0;
         int digits = 0;
         auto hex = [](char32_t h) -> int {
           if (h >= '0' && h <= '9') return static_cast<int>(h - '0');
-          if ((h | 0x20) >= 'a' && (h | 0x20) <= 'f') return static_cast<int>((h | 0x20) - 'a' + 10);
+          if ((h | 0x20) >= 'a' && (h | 0x20) <= 'f')
+            return static_cast<int>((h | 0x20) - 'a' + 10);
           return -1;
         };
         while (i_ < p_.size() && hex(p_[i_]) >= 0 && (braced || digits < 2)) {
@@ -251,19 +281,27 @@ class Regex::Parser {
     const char32_t c = p_[i_++];
     CharSet cs;
     switch (c) {
-      case '(': return parse_group(icase);
-      case '[': return parse_class(icase);
+      case '(':
+        return parse_group(icase);
+      case '[':
+        return parse_class(icase);
       case '\\':
         if (auto single = parse_escape(cs)) add_literal(cs, *single, icase);
         return add_set(std::move(cs));
-      case '.': cs.items.push_back({CharSet::Item::ANY_BUT_NEWLINE, 0, 0, false}); return add_set(std::move(cs));
+      case '.':
+        cs.items.push_back({CharSet::Item::ANY_BUT_NEWLINE, 0, 0, false});
+        return add_set(std::move(cs));
       case '^':
-      case '$': fail("anchors are not supported");
+      case '$':
+        fail("anchors are not supported");
       case '*':
       case '+':
       case '?':
-      case '{': fail("quantifier without an expression");
-      default: add_literal(cs, c, icase); return add_set(std::move(cs));
+      case '{':
+        fail("quantifier without an expression");
+      default:
+        add_literal(cs, c, icase);
+        return add_set(std::move(cs));
     }
   }
 
@@ -302,7 +340,8 @@ bool Regex::match(std::u32string_view s, int node, size_t pos, const Cont& k) co
   switch (n.kind) {
     case Node::SET:
       return pos < s.size() && sets_[static_cast<size_t>(n.set)].contains(s[pos]) && k(pos + 1);
-    case Node::SEQ: return match_seq(s, n, 0, pos, k);
+    case Node::SEQ:
+      return match_seq(s, n, 0, pos, k);
     case Node::ALT:
       for (int kid : n.kids)
         if (match(s, kid, pos, k)) return true;
@@ -312,7 +351,8 @@ bool Regex::match(std::u32string_view s, int node, size_t pos, const Cont& k) co
       if (child.kind != Node::SET) return match_repeat(s, n, 0, pos, k);
       // Single-character body: take the longest run, then give back one at a time.
       const CharSet& cs = sets_[static_cast<size_t>(child.set)];
-      const size_t limit = n.max < 0 ? s.size() : std::min(s.size(), pos + static_cast<size_t>(n.max));
+      const size_t limit =
+          n.max < 0 ? s.size() : std::min(s.size(), pos + static_cast<size_t>(n.max));
       size_t end = pos;
       while (end < limit && cs.contains(s[end])) ++end;
       for (size_t e = end + 1; e-- > pos + static_cast<size_t>(n.min);)

@@ -37,7 +37,9 @@ class SentencePieceTokenizer final : public Tokenizer {
     int64_t bad = -1;
     const std::string clean = unicode::sanitize_utf8(text, &bad);
     if (bad >= 0)
-      log::warn("input is not valid UTF-8 (first bad byte at offset {}); invalid sequences become U+FFFD", bad);
+      log::warn(
+          "input is not valid UTF-8 (first bad byte at offset {}); invalid sequences become U+FFFD",
+          bad);
     std::vector<int> pieces;
     const auto status = sp_.Encode(clean, &pieces);
     if (!status.ok()) throw IoError(fmt::format("sentencepiece: {}", status.ToString()));
@@ -76,9 +78,11 @@ class SentencePieceTokenizer final : public Tokenizer {
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
   if (!std::filesystem::is_directory(dir))
     throw ConfigError(fmt::format("{}: not a directory", dir.string()));
-  if (std::filesystem::exists(dir / "tokenizer.json")) return from_json_file(dir / "tokenizer.json");
+  if (std::filesystem::exists(dir / "tokenizer.json"))
+    return from_json_file(dir / "tokenizer.json");
   if (std::filesystem::exists(dir / "tokenizer.model"))
-    return std::make_unique<SentencePieceTokenizer>(dir / "tokenizer.model", dir / "tokenizer_config.json");
+    return std::make_unique<SentencePieceTokenizer>(dir / "tokenizer.model",
+                                                    dir / "tokenizer_config.json");
   throw IoError(fmt::format("{}: no tokenizer.json or tokenizer.model", dir.string()));
 }
 

@@ -16,8 +16,8 @@ constexpr char32_t kReplacement = 0xFFFD;
 
 bool in_ranges(const t::CodeRange* r, size_t n, char32_t cp) {
   const t::CodeRange* end = r + n;
-  const t::CodeRange* it = std::upper_bound(
-      r, end, cp, [](char32_t c, const t::CodeRange& x) { return c < x.lo; });
+  const t::CodeRange* it =
+      std::upper_bound(r, end, cp, [](char32_t c, const t::CodeRange& x) { return c < x.lo; });
   return it != r && cp <= (it - 1)->hi;
 }
 
@@ -44,14 +44,22 @@ int decode_one(std::string_view s, size_t i, char32_t& cp, int& consumed) {
   }
   int need = 0;
   unsigned char lo = 0x80, hi = 0xBF;
-  if (b0 >= 0xC2 && b0 <= 0xDF) need = 1, cp = b0 & 0x1F;
-  else if (b0 == 0xE0) need = 2, lo = 0xA0, cp = b0 & 0x0F;
-  else if (b0 >= 0xE1 && b0 <= 0xEC) need = 2, cp = b0 & 0x0F;
-  else if (b0 == 0xED) need = 2, hi = 0x9F, cp = b0 & 0x0F;  // no surrogates
-  else if (b0 >= 0xEE && b0 <= 0xEF) need = 2, cp = b0 & 0x0F;
-  else if (b0 == 0xF0) need = 3, lo = 0x90, cp = b0 & 0x07;
-  else if (b0 >= 0xF1 && b0 <= 0xF3) need = 3, cp = b0 & 0x07;
-  else if (b0 == 0xF4) need = 3, hi = 0x8F, cp = b0 & 0x07;
+  if (b0 >= 0xC2 && b0 <= 0xDF)
+    need = 1, cp = b0 & 0x1F;
+  else if (b0 == 0xE0)
+    need = 2, lo = 0xA0, cp = b0 & 0x0F;
+  else if (b0 >= 0xE1 && b0 <= 0xEC)
+    need = 2, cp = b0 & 0x0F;
+  else if (b0 == 0xED)
+    need = 2, hi = 0x9F, cp = b0 & 0x0F;  // no surrogates
+  else if (b0 >= 0xEE && b0 <= 0xEF)
+    need = 2, cp = b0 & 0x0F;
+  else if (b0 == 0xF0)
+    need = 3, lo = 0x90, cp = b0 & 0x07;
+  else if (b0 >= 0xF1 && b0 <= 0xF3)
+    need = 3, cp = b0 & 0x07;
+  else if (b0 == 0xF4)
+    need = 3, hi = 0x8F, cp = b0 & 0x07;
   else {
     consumed = 1;
     return 0;
@@ -68,8 +76,8 @@ int decode_one(std::string_view s, size_t i, char32_t& cp, int& consumed) {
   return consumed;
 }
 
-void decompose(std::u32string_view s, const t::Decomposition* table, size_t n,
-               const uint32_t* pool, std::u32string& out) {
+void decompose(std::u32string_view s, const t::Decomposition* table, size_t n, const uint32_t* pool,
+               std::u32string& out) {
   for (char32_t cp : s) {
     if (cp >= kSBase && cp < kSBase + kSCount) {
       const int si = static_cast<int>(cp - kSBase);
@@ -94,9 +102,9 @@ void reorder(std::u32string& s) {
     }
     size_t j = i;
     while (j < s.size() && combining_class(s[j]) != 0) ++j;
-    std::stable_sort(s.begin() + static_cast<std::ptrdiff_t>(i),
-                     s.begin() + static_cast<std::ptrdiff_t>(j),
-                     [](char32_t a, char32_t b) { return combining_class(a) < combining_class(b); });
+    std::stable_sort(
+        s.begin() + static_cast<std::ptrdiff_t>(i), s.begin() + static_cast<std::ptrdiff_t>(j),
+        [](char32_t a, char32_t b) { return combining_class(a) < combining_class(b); });
     i = j;
   }
 }
@@ -108,10 +116,11 @@ char32_t compose_pair(char32_t a, char32_t b) {
       b < kTBase + kTCount)
     return a + (b - kTBase);
   const t::Composition* end = t::kCompose + t::kComposeSize;
-  const t::Composition* it = std::lower_bound(
-      t::kCompose, end, std::pair{a, b}, [](const t::Composition& x, std::pair<char32_t, char32_t> k) {
-        return x.first != k.first ? x.first < k.first : x.second < k.second;
-      });
+  const t::Composition* it =
+      std::lower_bound(t::kCompose, end, std::pair{a, b},
+                       [](const t::Composition& x, std::pair<char32_t, char32_t> k) {
+                         return x.first != k.first ? x.first < k.first : x.second < k.second;
+                       });
   return it != end && it->first == a && it->second == b ? it->composite : 0;
 }
 
@@ -141,8 +150,10 @@ std::u32string normalize(std::u32string_view s, char32_t stable_below, bool comp
     return std::u32string(s);
   std::u32string d;
   d.reserve(s.size() + 8);
-  if (compat) decompose(s, t::kCompat, t::kCompatSize, t::kCompatPool, d);
-  else decompose(s, t::kCanonical, t::kCanonicalSize, t::kCanonicalPool, d);
+  if (compat)
+    decompose(s, t::kCompat, t::kCompatSize, t::kCompatPool, d);
+  else
+    decompose(s, t::kCanonical, t::kCanonicalSize, t::kCanonicalPool, d);
   reorder(d);
   compose(d);
   return d;
@@ -150,7 +161,9 @@ std::u32string normalize(std::u32string_view s, char32_t stable_below, bool comp
 
 }  // namespace
 
-const char* version() { return t::kUnicodeVersion; }
+const char* version() {
+  return t::kUnicodeVersion;
+}
 
 std::u32string decode_utf8(std::string_view s, int64_t* first_invalid) {
   std::u32string out;
@@ -216,8 +229,8 @@ bool is_space(char32_t cp) {
 char32_t simple_fold(char32_t cp) {
   if (cp < 0x80) return (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp;
   const t::CaseFold* end = t::kFold + t::kFoldSize;
-  const t::CaseFold* it =
-      std::lower_bound(t::kFold, end, cp, [](const t::CaseFold& x, char32_t c) { return x.cp < c; });
+  const t::CaseFold* it = std::lower_bound(
+      t::kFold, end, cp, [](const t::CaseFold& x, char32_t c) { return x.cp < c; });
   return it != end && it->cp == cp ? it->fold : cp;
 }
 
@@ -229,7 +242,11 @@ uint8_t combining_class(char32_t cp) {
   return it != t::kCombining && cp <= (it - 1)->hi ? (it - 1)->ccc : 0;
 }
 
-std::u32string nfc(std::u32string_view s) { return normalize(s, 0x300, false); }
-std::u32string nfkc(std::u32string_view s) { return normalize(s, 0xA0, true); }
+std::u32string nfc(std::u32string_view s) {
+  return normalize(s, 0x300, false);
+}
+std::u32string nfkc(std::u32string_view s) {
+  return normalize(s, 0xA0, true);
+}
 
 }  // namespace kldq::io::unicode

@@ -49,10 +49,10 @@ class Regex {
  private:
   struct Node {
     enum Kind { SET, SEQ, ALT, REPEAT, LOOKAHEAD } kind;
-    int set = -1;            // SET: index into sets_
-    std::vector<int> kids;   // SEQ, ALT; REPEAT and LOOKAHEAD: one child
-    int min = 0, max = 0;    // REPEAT; max < 0: unbounded
-    bool negate = false;     // LOOKAHEAD
+    int set = -1;           // SET: index into sets_
+    std::vector<int> kids;  // SEQ, ALT; REPEAT and LOOKAHEAD: one child
+    int min = 0, max = 0;   // REPEAT; max < 0: unbounded
+    bool negate = false;    // LOOKAHEAD
   };
   class Parser;
   friend class Parser;

@@ -19,9 +19,11 @@ class Tokenizer {
   // Token ids of `text`. Invalid UTF-8 is replaced by U+FFFD (one warning naming the byte
   // offset of the first bad sequence). `add_special_tokens`: apply the post-processor / BOS-EOS
   // rules (as `encode(text)` of the reference libraries does by default).
-  virtual std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const = 0;
+  virtual std::vector<int32_t> encode(std::string_view text,
+                                      bool add_special_tokens = true) const = 0;
   // Text of `ids` (special tokens kept unless `skip_special_tokens`).
-  virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const = 0;
+  virtual std::string decode(const std::vector<int32_t>& ids,
+                             bool skip_special_tokens = false) const = 0;
   // The vocabulary entry of one id ("Ġthe", "<|im_start|>"); empty when out of range.
   virtual std::string token(int32_t id) const = 0;
   // Number of ids (vocabulary and added tokens).
