@@ -17,6 +17,7 @@ struct TokenizeOptions {
   std::string model;
   std::string input = "-";
   bool tokens = false, count = false, jsonl = false, decode = false, no_special = false;
+  bool keep_special = false;
 };
 
 std::string read_input(const std::string& path) {
@@ -41,7 +42,7 @@ nlohmann::json describe(const io::Tokenizer& tok, const TokenizeOptions& o, std:
   return out;
 }
 
-std::vector<int32_t> parse_ids(const std::string& text, const std::string& where) {
+std::vector<int32_t> parse_ids(const std::string& text, const std::string& where, int64_t size) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
@@ -51,10 +52,11 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
   if (!j.is_array())
     throw ConfigError(fmt::format("{}: expected a JSON array of token ids", where));
   std::vector<int32_t> ids;
-  for (const auto& v : j) {
-    if (!v.is_number_integer())
-      throw ConfigError(fmt::format("{}: token ids must be integers", where));
-    ids.push_back(v.get<int32_t>());
+  for (size_t i = 0; i < j.size(); ++i) {
+    const auto& v = j[i];
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= size)
+      throw ConfigError(fmt::format("{}: [{}]: expected a token id in [0, {})", where, i, size));
+    ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
   }
   return ids;
 }
@@ -71,7 +73,7 @@ int run_tokenize(const TokenizeOptions& o) {
   };
   if (!o.jsonl) {
     if (o.decode)
-      std::cout << tok->decode(parse_ids(input, name));
+      std::cout << tok->decode(parse_ids(input, name, tok->size()), !o.keep_special);
     else
       std::cout << dump(describe(*tok, o, input)) << "\n";
     return 0;
@@ -82,14 +84,14 @@ int run_tokenize(const TokenizeOptions& o) {
     if (line.empty()) continue;
     const std::string where = fmt::format("{}:{}", name, n);
     if (o.decode) {
-      std::cout << dump(tok->decode(parse_ids(line, where))) << "\n";
+      std::cout << dump(tok->decode(parse_ids(line, where, tok->size()), !o.keep_special)) << "\n";
       continue;
     }
     nlohmann::json row;
     try {
       row = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error&) {
-      throw ConfigError(fmt::format("{}: not a JSON object", where));
+    } catch (const nlohmann::json::parse_error& e) {
+      throw ConfigError(fmt::format("{}: not valid JSON ({})", where, e.what()));
     }
     if (!row.is_object() || !row.contains("text") || !row["text"].is_string())
       throw ConfigError(fmt::format("{}: expected an object with a string field \"text\"", where));
@@ -113,6 +115,8 @@ void register_tokenize(CLI::App& app, Action& action) {
   sub->add_flag("--decode", opts->decode,
                 "input is a JSON array of ids (per line with --jsonl); print text");
   sub->add_flag("--no-special", opts->no_special, "do not add BOS/EOS or template tokens");
+  sub->add_flag("--keep-special", opts->keep_special,
+                "with --decode: keep special tokens (skipped by default, as in tokenizers)");
   sub->callback([&action, opts] { action = [opts] { return run_tokenize(*opts); }; });
 }
 

@@ -95,8 +95,13 @@ TEST_CASE("kldq tokenize: ids, tokens, counts, JSONL, decode, errors", "[cli][to
   CHECK(nlohmann::json::parse(run_kldq("tokenize --tokens" + m + (dir / "in.txt").string()).out) ==
         nlohmann::json::parse(R"(["Hello", "Ġworld", "<|im_end|>"])"));
   kldq::test::write_text(dir / "ids.json", "[9707, 1879, 151645]");
-  CHECK(run_kldq("tokenize --decode" + m + (dir / "ids.json").string()).out ==
+  CHECK(run_kldq("tokenize --decode --keep-special" + m + (dir / "ids.json").string()).out ==
         "Hello world<|im_end|>");
+  CHECK(run_kldq("tokenize --decode" + m + (dir / "ids.json").string()).out == "Hello world");
+  kldq::test::write_text(dir / "big.json", "[9707, 4294967297]");
+  const auto big = run_kldq("tokenize --decode" + m + (dir / "big.json").string());
+  CHECK(big.rc == 2);
+  CHECK_THAT(big.err, HasText("[1]: expected a token id"));
   kldq::test::write_text(dir / "in.jsonl", "{\"text\": \"Hello\"}\n{\"text\": \" world\"}\n");
   CHECK(run_kldq("tokenize --jsonl" + m + (dir / "in.jsonl").string()).out == "[9707]\n[1879]\n");
   kldq::test::write_text(dir / "bad.jsonl", "{\"text\": \"Hello\"}\n{\"txt\": 1}\n");

@@ -8,10 +8,11 @@ Writes into W:
   <case>.jsonl                  per string: {"ids": [...], "decoded": ..., "normalized": ...}
   wikitext_qwen.json            ids of the whole WikiText-2 raw test file, Qwen tokenizer
 Cases: qwen (the real Qwen tokenizer.json), llama3 (the same vocabulary with the Llama-3 split
-regex and ignore_merges), gpt2 (the same vocabulary with ByteLevel's built-in GPT-2 regex), misc
+regex, ignore_merges, Llama-3's Sequence post-processor and added tokens that are normalized,
+single_word, or prefixes of each other), gpt2 (the same vocabulary with ByteLevel's built-in GPT-2 regex), misc
 (the same vocabulary behind NFKC, a regex Replace, a literal Split, Digits and ByteLevel with a
 prefix space), stories-bpe (stories260K's byte-fallback tokenizer.json), stories-meta (the same
-with Metaspace pre-tokenizer and decoder), stories-sp (its sentencepiece tokenizer.model with
+with Metaspace pre-tokenizer and decoder, and a normalized added token), stories-sp (its sentencepiece tokenizer.model with
 tokenizer_config.json's add_bos_token).
 """
 import argparse, json, os, random, shutil, unicodedata
@@ -91,6 +92,14 @@ def corpus(data, rng):
                             rng.randint(0xE000, 0xFFFD), rng.randint(0x10000, 0x1FAFF), rng.randint(0x20000, 0x2A6DF)])
             cps.append(chr(c))
         out.append("".join(cps))
+    # Normalization edge cases: marks and composition pairs newer than the Unicode 9.0 that the
+    # tokenizers library normalizes with; every mark up to U+2FFFF between two references.
+    out += ["\u0c3c\u0334", "\U00011935\U00011930", "\U00011382\U000113c9", "\u32ff", "\ua7f2 x"]
+    marks = [chr(c) for c in range(0x300, 0x30000) if unicodedata.combining(chr(c)) or unicodedata.decomposition(chr(c))]
+    out += ["a" + "".join(marks[i:i + 48]) + "\u0301\u0316e" for i in range(0, len(marks), 48)]
+    # Added tokens: normalized ones, single_word ones, one that is a prefix of another.
+    out += ["foo bar", "x foo bar", " Caf\u00e9 x", "e\u0301t\u00e9 z", "wqzx\u0301", "wqzx\u00b2", "qzvkd",
+            "a wqzx b", "qzvk", "<|im_start|>qzv", "wqzx_1", "(wqzx)", "e\u0301t\u00e9wqzx"]
     big_words = [rng.choice(lines[:2000]).strip() or "word" for _ in range(20000)]
     out.append(" ".join(big_words)[:100_000].replace("\n", " "))  # a 100 KB single line
     return out
@@ -103,6 +112,20 @@ def write_cases(data, work, texts):
     llama3 = json.loads(json.dumps(base))
     llama3["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = LLAMA3_REGEX
     llama3["model"]["ignore_merges"] = True
+    # Llama-3's post-processor: ByteLevel then a BOS template, as a Sequence.
+    llama3["post_processor"] = {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+                                                   {"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [], "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [151643],
+                                                         "tokens": ["<|endoftext|>"]}}}]}
+    # Added tokens with every matching rule on top of the real Qwen tokens.
+    next_id = max(t["id"] for t in base["added_tokens"]) + 1
+    for content, normalized, single in [("e\u0301t\u00e9", True, False), ("wqzx", False, True),
+                                        ("qzv", False, False), ("qzvk", False, True)]:
+        llama3["added_tokens"].append({"id": next_id, "content": content, "single_word": single, "lstrip": False,
+                                       "rstrip": False, "normalized": normalized, "special": False})
+        next_id += 1
     gpt2 = json.loads(json.dumps(base))
     gpt2["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     # Other components on the same vocabulary: NFKC, a regex Replace, a literal Split merged with
@@ -118,6 +141,8 @@ def write_cases(data, work, texts):
     with open(os.path.join(stories, "tokenizer.json"), encoding="utf-8") as f:
         meta = json.load(f)
     # Llama-2 tokenizers in the non-legacy layout: Metaspace instead of Prepend/Replace.
+    meta["added_tokens"].append({"id": 512, "content": "foo bar", "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": True, "special": False})
     meta["normalizer"] = None
     meta["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}
     meta["decoder"] = {"type": "Sequence", "decoders": [

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <unordered_map>
 
 #include "bpe.hpp"
 #include "hf_pipeline.hpp"
@@ -30,10 +31,6 @@ struct Piece {
   int32_t id = -1;
 };
 
-bool word_char(char32_t c) {
-  return unicode::is_letter(c) || unicode::is_number(c) || c == '_';
-}
-
 class HfTokenizer final : public Tokenizer {
  public:
   HfTokenizer(const nlohmann::json& doc, const std::string& file);
@@ -47,13 +44,18 @@ class HfTokenizer final : public Tokenizer {
  private:
   // Splits text pieces around the added tokens whose `normalized` flag equals `normalized`.
   void split_added(std::vector<Piece>& pieces, bool normalized) const;
+  // The longest added token (of the given kind) at s[pos], or nullptr.
+  const AddedToken* added_at(const std::u32string& s, size_t pos, bool normalized) const;
+  void parse_post_processor(const JsonPath& pp);
   void encode_text(std::u32string text, bool at_start, std::vector<int32_t>& out) const;
 
   std::unique_ptr<Bpe> bpe_;
   std::optional<Normalizer> normalizer_;
   std::optional<PreTokenizer> pre_tokenizer_;
   std::optional<Decoder> decoder_;
-  std::vector<AddedToken> added_;
+  std::vector<AddedToken> added_;  // `normalized` ones hold their normalized text
+  // Indices into added_ by first character, longest token first; [0]: raw, [1]: normalized.
+  std::unordered_map<char32_t, std::vector<size_t>> by_first_[2];
   std::vector<int32_t> prefix_ids_, suffix_ids_;  // post-processor template around the text
   std::vector<std::string> id_to_token_;
   std::vector<char> special_;  // by id
@@ -87,6 +89,9 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
                    a.bool_or("single_word", false),
                    a.bool_or("normalized", false)};
       if (t.content.empty()) a["content"].fail("empty added token");
+      // tokenizers matches (and decodes) a `normalized` token by its normalized text.
+      if (t.normalized && normalizer_) normalizer_->apply(t.content);
+      if (t.content.empty()) a["content"].fail("added token normalizes to nothing");
       if (id_to_token_.size() <= static_cast<size_t>(id)) id_to_token_.resize(id + 1);
       id_to_token_[id] = unicode::encode_utf8(t.content);
       added_.push_back(std::move(t));
@@ -94,45 +99,63 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
   }
   special_.assign(id_to_token_.size(), 0);
   for (const auto& t : added_) special_[t.id] = t.special;
-  // Longest first, so the first token that matches at a position is the longest one.
-  std::stable_sort(added_.begin(), added_.end(), [](const AddedToken& a, const AddedToken& b) {
-    return a.content.size() > b.content.size();
-  });
-  if (root.has("post_processor")) {
-    const JsonPath pp = root["post_processor"];
-    const std::string pt = pp["type"].str();
-    if (pt == "TemplateProcessing") {
-      const JsonPath single = pp["single"];
-      std::map<std::string, std::vector<int32_t>> specials;
-      if (pp.has("special_tokens"))
-        for (const auto& [name, v] : pp["special_tokens"].json().items()) {
-          const JsonPath ids = pp["special_tokens"][name]["ids"];
-          for (size_t k = 0; k < ids.size(); ++k)
-            specials[name].push_back(static_cast<int32_t>(ids[k].integer()));
-        }
-      bool seen_sequence = false;
-      for (size_t i = 0; i < single.size(); ++i) {
-        const JsonPath item = single[i];
-        if (item.has("Sequence")) {
-          if (item["Sequence"]["id"].str() != "A")
-            item["Sequence"]["id"].fail("single template uses sequence A");
-          seen_sequence = true;
-        } else if (item.has("SpecialToken")) {
-          const std::string name = item["SpecialToken"]["id"].str();
-          if (!specials.count(name))
-            item["SpecialToken"]["id"].fail(fmt::format("unknown special token '{}'", name));
-          auto& dst = seen_sequence ? suffix_ids_ : prefix_ids_;
-          dst.insert(dst.end(), specials[name].begin(), specials[name].end());
-        } else {
-          item.fail("expected Sequence or SpecialToken");
-        }
-      }
-    } else if (pt != "ByteLevel") {  // ByteLevel post-processing only trims offsets
-      pp["type"].fail(fmt::format("unsupported post_processor type '{}'", pt));
-    }
-  }
+  for (size_t i = 0; i < added_.size(); ++i)
+    by_first_[added_[i].normalized][added_[i].content[0]].push_back(i);
+  for (auto& index : by_first_)
+    for (auto& [c, list] : index)
+      std::stable_sort(list.begin(), list.end(), [&](size_t x, size_t y) {
+        return added_[x].content.size() > added_[y].content.size();
+      });
+  if (root.has("post_processor")) parse_post_processor(root["post_processor"]);
   description_ = fmt::format("tokenizer.json: BPE, {} tokens, {} added", bpe_->id_to_token().size(),
                              added_.size());
+}
+
+void HfTokenizer::parse_post_processor(const JsonPath& pp) {
+  const std::string type = pp["type"].str();
+  if (type == "Sequence") {  // Llama-3: ByteLevel then TemplateProcessing
+    const JsonPath steps = pp["processors"];
+    for (size_t i = 0; i < steps.size(); ++i) parse_post_processor(steps[i]);
+    return;
+  }
+  if (type == "ByteLevel") return;  // only trims offsets; ids are unchanged
+  if (type != "TemplateProcessing")
+    pp["type"].fail(fmt::format("unsupported post_processor type '{}'", type));
+  std::map<std::string, std::vector<int32_t>> specials;
+  if (pp.has("special_tokens"))
+    for (const auto& [name, v] : pp["special_tokens"].json().items()) {
+      const JsonPath ids = pp["special_tokens"][name]["ids"];
+      for (size_t k = 0; k < ids.size(); ++k)
+        specials[name].push_back(static_cast<int32_t>(ids[k].integer()));
+    }
+  const JsonPath single = pp["single"];
+  bool seen_sequence = false;
+  for (size_t i = 0; i < single.size(); ++i) {
+    const JsonPath item = single[i];
+    if (item.has("Sequence")) {
+      if (item["Sequence"]["id"].str() != "A")
+        item["Sequence"]["id"].fail("single template uses sequence A");
+      seen_sequence = true;
+    } else if (item.has("SpecialToken")) {
+      const std::string name = item["SpecialToken"]["id"].str();
+      if (!specials.count(name))
+        item["SpecialToken"]["id"].fail(fmt::format("unknown special token '{}'", name));
+      auto& dst = seen_sequence ? suffix_ids_ : prefix_ids_;
+      dst.insert(dst.end(), specials[name].begin(), specials[name].end());
+    } else {
+      item.fail("expected Sequence or SpecialToken");
+    }
+  }
+}
+
+const AddedToken* HfTokenizer::added_at(const std::u32string& s, size_t pos,
+                                        bool normalized) const {
+  const auto& index = by_first_[normalized];
+  auto it = index.find(s[pos]);
+  if (it == index.end()) return nullptr;
+  for (size_t i : it->second)
+    if (s.compare(pos, added_[i].content.size(), added_[i].content) == 0) return &added_[i];
+  return nullptr;
 }
 
 void HfTokenizer::split_added(std::vector<Piece>& pieces, bool normalized) const {
@@ -145,20 +168,20 @@ void HfTokenizer::split_added(std::vector<Piece>& pieces, bool normalized) const
     const std::u32string& s = p.text;
     size_t pos = 0, emitted = 0;
     while (pos < s.size()) {
-      const AddedToken* hit = nullptr;
-      for (const auto& t : added_) {
-        if (t.normalized != normalized || s.compare(pos, t.content.size(), t.content) != 0)
-          continue;
-        const size_t end = pos + t.content.size();
-        if (t.single_word &&
-            ((pos > 0 && word_char(s[pos - 1])) || (end < s.size() && word_char(s[end]))))
-          continue;
-        hit = &t;
-        break;
-      }
+      const AddedToken* hit = added_at(s, pos, normalized);
       if (!hit) {
         ++pos;
         continue;
+      }
+      if (hit->single_word) {
+        // As tokenizers: a single_word match inside a word (Rust regex \w on either side) is
+        // dropped, and its text stays plain (no shorter token is tried in its place).
+        const size_t end = pos + hit->content.size();
+        if ((pos > 0 && unicode::is_word(s[pos - 1])) ||
+            (end < s.size() && unicode::is_word(s[end]))) {
+          pos = end;
+          continue;
+        }
       }
       size_t b = pos, e = pos + hit->content.size();
       if (hit->lstrip)

@@ -226,6 +226,11 @@ bool is_space(char32_t cp) {
   return in_ranges(t::kSpace, t::kSpaceSize, cp);
 }
 
+bool is_word(char32_t cp) {
+  if (cp < 0x80) return is_letter(cp) || is_number(cp) || cp == '_';
+  return in_ranges(t::kWord, t::kWordSize, cp);
+}
+
 char32_t simple_fold(char32_t cp) {
   if (cp < 0x80) return (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp;
   const t::CaseFold* end = t::kFold + t::kFoldSize;

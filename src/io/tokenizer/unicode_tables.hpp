@@ -33,6 +33,8 @@ extern const CodeRange kNumber[];
 extern const size_t kNumberSize;
 extern const CodeRange kSpace[];
 extern const size_t kSpaceSize;
+extern const CodeRange kWord[];
+extern const size_t kWordSize;
 extern const CaseFold kFold[];
 extern const size_t kFoldSize;
 extern const CombiningClass kCombining[];

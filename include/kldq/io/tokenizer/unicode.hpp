@@ -1,6 +1,7 @@
 // Unicode support for the tokenizers: UTF-8 decoding with Python's errors="replace" semantics,
 // the character properties the pre-tokenizer regexes use (\p{L}, \p{N}, \s, case folding), and
-// NFC/NFKC normalization (UAX #15) over generated tables (scripts/gen_unicode_tables.py).
+// NFC/NFKC normalization (UAX #15) over generated tables (scripts/gen_unicode_tables.py):
+// properties of Unicode 16.0, normalization as the tokenizers library does it (Unicode 9.0).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,7 @@ std::string sanitize_utf8(std::string_view s, int64_t* first_invalid = nullptr);
 bool is_letter(char32_t cp);  // general category L*
 bool is_number(char32_t cp);  // general category N*
 bool is_space(char32_t cp);   // Oniguruma's \s: U+0009-000D, U+0085, Z*
+bool is_word(char32_t cp);    // Rust regex \w (L, M, Nd, Nl, Pc, ZWNJ, ZWJ)
 char32_t simple_fold(char32_t cp);
 uint8_t combining_class(char32_t cp);
 
