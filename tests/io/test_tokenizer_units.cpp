@@ -114,6 +114,10 @@ TEST_CASE("malformed tokenizer.json names the JSON path", "[io][tokenizer][error
   CHECK_THAT(load_error("{" + kModel + R"(, "added_tokens": [{"id": 5}]})"),
              HasText("added_tokens[0].content"));
   CHECK_THAT(load_error("{\"model\": "), HasText("invalid JSON"));
+  CHECK_THAT(load_error(R"({"model": {"type": "BPE", "dropout": "x", "vocab": {}, "merges": []}})"),
+             HasText("model.dropout"));
+  CHECK_THAT(load_error(R"({"model": {"type": "BPE", "dropout": 0.1, "vocab": {}, "merges": []}})"),
+             HasText("model.dropout") && HasText("not supported"));
 }
 
 TEST_CASE("a minimal tokenizer.json encodes with merges and decodes", "[io][tokenizer]") {

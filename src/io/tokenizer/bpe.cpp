@@ -21,8 +21,12 @@ size_t utf8_len(unsigned char b) {
 }  // namespace
 
 Bpe::Bpe(const JsonPath& model) {
-  if (model.has("dropout") && model["dropout"].json().get<double>() != 0.0)
-    model["dropout"].fail("BPE dropout is not supported (tokenization must be deterministic)");
+  if (model.has("dropout")) {
+    const JsonPath dropout = model["dropout"];
+    if (!dropout.json().is_number()) dropout.fail("expected a number or null");
+    if (dropout.json().get<double>() != 0.0)
+      dropout.fail("BPE dropout is not supported (tokenization must be deterministic)");
+  }
   const JsonPath vocab = model["vocab"];
   if (!vocab.json().is_object()) vocab.fail("expected an object of token -> id");
   for (const auto& [token, id] : vocab.json().items()) {
