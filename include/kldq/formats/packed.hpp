@@ -1,0 +1,44 @@
+// Packed weights: the stored tensors of one [out, in] weight in a format, round-to-nearest (RTN)
+// quantization, the CPU reference dequantizer, and weight-error statistics. Layouts (with bit
+// diagrams) are in docs/FORMATS.md and next to the packing code in src/formats/.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "kldq/formats/format.hpp"
+
+namespace kldq::formats {
+
+struct PackedWeight {
+  FormatSpec spec;
+  int64_t out = 0, in = 0;
+  at::Tensor codes;   // see FORMATS.md: dense/fp8 [out, in]; int [out, ceil(in*b/8)] uint8;
+                      // nf4/fp4 [ceil(out*in/2)] uint8
+  at::Tensor scales;  // fp16 [out, groups] (int), fp16 [out] (int8), fp32 [out] or [1] (fp8),
+                      // fp32 [blocks] absmax (nf4/fp4); undefined for dense and noscale
+  at::Tensor zeros;   // uint8 [out, groups] for asymmetric int formats; else undefined
+  // Bytes actually held; equals spec.bytes(out, in).
+  uint64_t bytes() const;
+};
+
+// Round-to-nearest quantization of w: [out, in] (any float dtype, CPU). NF4/FP4 follow
+// bitsandbytes' quantize_4bit bit for bit (codes, nibble order, absmax).
+PackedWeight quantize_rtn(const at::Tensor& w, const FormatSpec& spec);
+
+// CPU reference dequantization -> [out, in] float32.
+at::Tensor dequantize(const PackedWeight& p);
+
+// LSB-first bit stream per row: code j of a row occupies bits [j*b, (j+1)*b) of that row's bytes.
+at::Tensor pack_bits(const at::Tensor& codes, int bits);  // uint8 [r, n] -> [r, ceil(n*b/8)]
+at::Tensor unpack_bits(const at::Tensor& packed, int bits, int64_t n);  // inverse
+
+struct WeightError {
+  double mse = 0, sqnr_db = 0, max_abs = 0;
+  double bits_per_weight = 0;
+  // Gap, in bits per weight, to the Gaussian rate-distortion bound D = sigma^2 4^-R: the format's
+  // bits minus the rate a Gaussian source of the weights' variance needs for the measured MSE.
+  double rd_gap_bits = 0;
+};
+WeightError weight_error(const at::Tensor& w, const PackedWeight& p);
+
+}  // namespace kldq::formats

@@ -1,0 +1,252 @@
+// Round-to-nearest quantizers and the CPU reference dequantizer of every format, in fp32.
+//
+//   int2/3/4 (group g along the input dimension, last group partial):
+//     symmetric:  scale = fp16(absmax / (2^(b-1) - 1/2)), q = clamp(round(w / scale), -2^(b-1),
+//                 2^(b-1) - 1), stored code = q + 2^(b-1)  (GPTQ's symmetric grid: zero 2^(b-1))
+//     asymmetric: lo = min(w, 0), hi = max(w, 0) (zero stays exact), scale = fp16((hi - lo) /
+//                 (2^b - 1)), zero = clamp(round(-lo / scale), 0, 2^b - 1), code = clamp(
+//                 round(w / scale) + zero, 0, 2^b - 1)
+//     dequant:    (code - zero) * scale
+//   int8: per row, scale = fp16(absmax / 127), code = clamp(round(w / scale), -127, 127)
+//   fp8:  per row (or tensor), scale = fp32(absmax / fp8 max), code = fp8(w / scale)
+//   nf4/fp4: bitsandbytes' quantize_4bit (see quantize_4bit below)
+// round() is round-half-to-even (torch.round). Scales of all-zero groups are 0; their codes
+// decode to 0.
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cmath>
+
+#include "kldq/core/error.hpp"
+#include "kldq/formats/packed.hpp"
+
+namespace kldq::formats {
+namespace {
+
+// bitsandbytes' 4-bit code tables (values for codes 0..15). NF4 as bitsandbytes stores it; FP4
+// with its exact values (bitsandbytes' CUDA decoder; its CPU table rounds them to 4 decimals).
+constexpr std::array<float, 16> kNF4 = {-1.0f,
+                                        -0.6961928009986877f,
+                                        -0.5250730514526367f,
+                                        -0.39491748809814453f,
+                                        -0.28444138169288635f,
+                                        -0.18477343022823334f,
+                                        -0.09105003625154495f,
+                                        0.0f,
+                                        0.07958029955625534f,
+                                        0.16093020141124725f,
+                                        0.24611230194568634f,
+                                        0.33791524171829224f,
+                                        0.44070982933044434f,
+                                        0.5626170039176941f,
+                                        0.7229568362236023f,
+                                        1.0f};
+constexpr std::array<float, 16> kFP4 = {
+    0.0f,  0.0052083333f,  0.6666667f,  1.0f,  0.33333334f,  0.5f,  0.16666667f,  0.25f,
+    -0.0f, -0.0052083333f, -0.6666667f, -1.0f, -0.33333334f, -0.5f, -0.16666667f, -0.25f};
+
+const std::array<float, 16>& table4(Format f) {
+  return f == Format::NF4 ? kNF4 : kFP4;
+}
+
+// bitsandbytes' quantize_4bit: blocks of B over the flattened weight; absmax per block (fp32);
+// x = w * (1 / absmax) (the last partial block divides instead), clamped to [-1, 1]; the code is
+// the table entry whose interval between midpoints holds x (x on a midpoint takes the lower);
+// two codes per byte, the first element in the high nibble:
+//     byte k = [ code(2k) : 4 | code(2k+1) : 4 ]      (an odd count pads the code of 0.0)
+PackedWeight quantize_4bit(const at::Tensor& w, PackedWeight p) {
+  const std::array<float, 16>& code = table4(p.spec.format);
+  std::array<int, 16> order{};
+  for (int i = 0; i < 16; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return code[a] < code[b]; });
+  std::array<float, 15> mid{};
+  for (int i = 0; i < 15; ++i) mid[i] = (code[order[i]] + code[order[i + 1]]) / 2;
+  auto encode = [&](float s) {
+    return order[std::lower_bound(mid.begin(), mid.end(), s) - mid.begin()];
+  };
+  const at::Tensor flat = w.reshape(-1).contiguous();
+  const float* x = flat.data_ptr<float>();
+  const int64_t n = flat.numel(), B = p.spec.group, blocks = (n + B - 1) / B;
+  p.scales = at::empty({blocks}, at::kFloat);
+  p.codes = at::zeros({(n + 1) / 2}, at::kByte);
+  float* absmax = p.scales.data_ptr<float>();
+  uint8_t* out = p.codes.data_ptr<uint8_t>();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t lo = b * B, hi = std::min(n, lo + B);
+    float m = 0.f;
+    for (int64_t i = lo; i < hi; ++i) m = std::max(m, std::fabs(x[i]));
+    absmax[b] = m;
+    const float am = std::max(m, 1e-38f), inv = 1.0f / am;
+    const bool partial = hi - lo < B;
+    for (int64_t i = lo; i < hi; ++i) {
+      const float s = std::clamp(partial ? x[i] / am : x[i] * inv, -1.0f, 1.0f);
+      const int q = encode(s);
+      out[i / 2] |= static_cast<uint8_t>(i % 2 == 0 ? q << 4 : q);
+    }
+  }
+  if (n % 2) out[n / 2] |= static_cast<uint8_t>(encode(0.0f));
+  return p;
+}
+
+at::Tensor dequantize_4bit(const PackedWeight& p) {
+  const std::array<float, 16>& code = table4(p.spec.format);
+  const int64_t n = p.out * p.in, B = p.spec.group;
+  at::Tensor out = at::empty({n}, at::kFloat);
+  const uint8_t* c = p.codes.data_ptr<uint8_t>();
+  const float* absmax = p.scales.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    const int q = i % 2 == 0 ? c[i / 2] >> 4 : c[i / 2] & 0xF;
+    o[i] = code[q] * absmax[i / B];
+  }
+  return out.view({p.out, p.in});
+}
+
+// Groups of g columns: [out, in] -> per-group reductions [out, groups] (last group partial).
+at::Tensor group_reduce(const at::Tensor& w, int64_t g, bool max_abs, bool take_min) {
+  const int64_t in = w.size(1), groups = (in + g - 1) / g;
+  std::vector<at::Tensor> parts;
+  for (int64_t k = 0; k < groups; ++k) {
+    const at::Tensor s = w.narrow(1, k * g, std::min(g, in - k * g));
+    parts.push_back(max_abs ? s.abs().amax(1) : take_min ? s.amin(1) : s.amax(1));
+  }
+  return at::stack(parts, 1);  // [out, groups]
+}
+
+// Expands per-group values [out, groups] to [out, in].
+at::Tensor per_column(const at::Tensor& v, int64_t g, int64_t in) {
+  return v.repeat_interleave(g, 1).narrow(1, 0, in);
+}
+
+PackedWeight quantize_int(const at::Tensor& w, PackedWeight p) {
+  const int bits = p.spec.traits().code_bits;
+  const int64_t g = p.spec.group;
+  at::Tensor scale, zero;  // [out, groups] fp32 (scale already rounded to fp16)
+  if (!p.spec.asymmetric) {
+    const double qmax = std::ldexp(1.0, bits - 1) - 0.5;
+    scale = (group_reduce(w, g, true, false) / qmax).to(at::kHalf).to(at::kFloat);
+    zero = at::full_like(scale, std::ldexp(1.0, bits - 1));
+  } else {
+    const at::Tensor lo = group_reduce(w, g, false, true).clamp_max(0);
+    const at::Tensor hi = group_reduce(w, g, false, false).clamp_min(0);
+    scale = ((hi - lo) / (std::ldexp(1.0, bits) - 1)).to(at::kHalf).to(at::kFloat);
+    const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
+    zero = at::round(-lo / safe).clamp(0, std::ldexp(1.0, bits) - 1);
+    p.zeros = zero.to(at::kByte);
+  }
+  const at::Tensor s = per_column(at::where(scale > 0, scale, at::ones_like(scale)), g, p.in);
+  const at::Tensor q =
+      (at::round(w / s) + per_column(zero, g, p.in)).clamp(0, std::ldexp(1.0, bits) - 1);
+  p.codes = pack_bits(q.to(at::kByte), bits);
+  p.scales = scale.to(at::kHalf);
+  return p;
+}
+
+at::Tensor dequantize_int(const PackedWeight& p) {
+  const int bits = p.spec.traits().code_bits;
+  const int64_t g = p.spec.group;
+  const at::Tensor q = unpack_bits(p.codes, bits, p.in).to(at::kFloat);
+  const at::Tensor zero = p.spec.asymmetric
+                              ? p.zeros.to(at::kFloat)
+                              : at::full_like(p.scales, std::ldexp(1.0, bits - 1), at::kFloat);
+  return (q - per_column(zero, g, p.in)) * per_column(p.scales.to(at::kFloat), g, p.in);
+}
+
+float fp8_max(Format f) {
+  return f == Format::FP8_E5M2 ? 57344.f : 448.f;
+}
+at::ScalarType fp8_type(Format f) {
+  return f == Format::FP8_E5M2 ? at::kFloat8_e5m2 : at::kFloat8_e4m3fn;
+}
+
+}  // namespace
+
+uint64_t PackedWeight::bytes() const {
+  uint64_t n = codes.nbytes();
+  if (scales.defined()) n += scales.nbytes();
+  if (zeros.defined()) n += zeros.nbytes();
+  return n;
+}
+
+PackedWeight quantize_rtn(const at::Tensor& w_in, const FormatSpec& spec) {
+  check(w_in.dim() == 2, "quantize_rtn: weight must be [out, in]");
+  const at::Tensor w = w_in.to(at::kCPU, at::kFloat).contiguous();  // [out, in] fp32
+  PackedWeight p;
+  p.spec = spec;
+  p.out = w.size(0);
+  p.in = w.size(1);
+  switch (spec.format) {
+    case Format::BF16:
+      p.codes = w.to(at::kBFloat16);
+      break;
+    case Format::FP16:
+      p.codes = w.to(at::kHalf);
+      break;
+    case Format::FP8_E4M3_NOSCALE:
+      p.codes = w.to(at::kFloat8_e4m3fn);
+      break;
+    case Format::FP8_E4M3:
+    case Format::FP8_E5M2: {
+      at::Tensor absmax = spec.per_tensor ? w.abs().amax().reshape({1}) : w.abs().amax(1);
+      at::Tensor scale = absmax / fp8_max(spec.format);
+      scale = at::where(scale > 0, scale, at::ones_like(scale));
+      p.codes = (w / (spec.per_tensor ? scale : scale.unsqueeze(1))).to(fp8_type(spec.format));
+      p.scales = scale;
+      break;
+    }
+    case Format::INT8: {
+      const at::Tensor scale = (w.abs().amax(1) / 127.0).to(at::kHalf).to(at::kFloat);
+      const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
+      p.codes = at::round(w / safe.unsqueeze(1)).clamp(-127, 127).to(at::kChar);
+      p.scales = scale.to(at::kHalf);
+      break;
+    }
+    case Format::INT4:
+    case Format::INT3:
+    case Format::INT2:
+      return quantize_int(w, p);
+    case Format::NF4:
+    case Format::FP4:
+      return quantize_4bit(w, p);
+  }
+  return p;
+}
+
+at::Tensor dequantize(const PackedWeight& p) {
+  switch (p.spec.format) {
+    case Format::BF16:
+    case Format::FP16:
+    case Format::FP8_E4M3_NOSCALE:
+    case Format::INT8:
+      return p.spec.format == Format::INT8
+                 ? p.codes.to(at::kFloat) * p.scales.to(at::kFloat).unsqueeze(1)
+                 : p.codes.to(at::kFloat);
+    case Format::FP8_E4M3:
+    case Format::FP8_E5M2:
+      return p.codes.to(at::kFloat) * (p.spec.per_tensor ? p.scales : p.scales.unsqueeze(1));
+    case Format::INT4:
+    case Format::INT3:
+    case Format::INT2:
+      return dequantize_int(p);
+    case Format::NF4:
+    case Format::FP4:
+      return dequantize_4bit(p);
+  }
+  throw InternalError("dequantize: unknown format");
+}
+
+WeightError weight_error(const at::Tensor& w_in, const PackedWeight& p) {
+  const at::Tensor w = w_in.to(at::kCPU, at::kDouble);
+  const at::Tensor d = dequantize(p).to(at::kDouble) - w;
+  WeightError e;
+  e.mse = d.pow(2).mean().item<double>();
+  e.max_abs = d.abs().max().item<double>();
+  const double power = w.pow(2).mean().item<double>(), var = w.var().item<double>();
+  e.sqnr_db = 10.0 * std::log10(power / std::max(e.mse, 1e-300));
+  e.bits_per_weight = p.spec.bits_per_weight(p.out, p.in);
+  // D(R) = sigma^2 4^-R  <=>  R(D) = log2(sigma^2 / D) / 2.
+  e.rd_gap_bits = e.bits_per_weight - 0.5 * std::log2(var / std::max(e.mse, 1e-300));
+  return e;
+}
+
+}  // namespace kldq::formats
