@@ -14,6 +14,7 @@
 // decode to 0.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 
