@@ -218,10 +218,9 @@ at::Tensor dequantize(const PackedWeight& p) {
     case Format::BF16:
     case Format::FP16:
     case Format::FP8_E4M3_NOSCALE:
+      return p.codes.to(at::kFloat);
     case Format::INT8:
-      return p.spec.format == Format::INT8
-                 ? p.codes.to(at::kFloat) * p.scales.to(at::kFloat).unsqueeze(1)
-                 : p.codes.to(at::kFloat);
+      return p.codes.to(at::kFloat) * p.scales.to(at::kFloat).unsqueeze(1);
     case Format::FP8_E4M3:
     case Format::FP8_E5M2:
       return p.codes.to(at::kFloat) * (p.spec.per_tensor ? p.scales : p.scales.unsqueeze(1));

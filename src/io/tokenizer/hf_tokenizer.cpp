@@ -5,14 +5,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <unordered_map>
 
 #include "bpe.hpp"
 #include "hf_pipeline.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/io/json_util.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/io/tokenizer/unicode.hpp"
 
@@ -253,17 +252,7 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
 }  // namespace
 
 std::unique_ptr<Tokenizer> Tokenizer::from_json_file(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw IoError(fmt::format("{}: cannot open", file.string()));
-  std::stringstream buf;
-  buf << in.rdbuf();
-  nlohmann::json doc;
-  try {
-    doc = nlohmann::json::parse(buf.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw IoError(fmt::format("{}: invalid JSON ({})", file.string(), e.what()));
-  }
-  return std::make_unique<HfTokenizer>(doc, file.string());
+  return std::make_unique<HfTokenizer>(read_json_file(file), file.string());
 }
 
 }  // namespace kldq::io
