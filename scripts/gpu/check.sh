@@ -49,12 +49,36 @@ EXTRA=""; [ -d "$STORIES" ] && EXTRA="--model $STORIES"
 "$PY" "$ROOT/scripts/gpu/hf_parity.py" --kldq "$K" --model "$MODELS/qwen2.5-1.5b" $EXTRA --out "$OUT/parity.json" \
   2>>"$OUT/check.log" | tee -a "$OUT/check.log" || fail=1
 
+# Quantized checkpoint of the 1.5B shape: nf4 bytes of the linear layers against the formula
+# n/2 + 4 ceil(n/64) per layer, and inspect's totals against the file on disk.
+Q15="$MODELS/qwen2.5-1.5b-nf4"
+"$K" -q quantize "$MODELS/qwen2.5-1.5b" --base nf4 -o "$Q15" --force || fail=1
+"$K" inspect --json "$Q15" > "$OUT/inspect_nf4.json" || fail=1
+"$PY" - "$OUT/inspect_nf4.json" "$Q15/model.safetensors" <<'PYEOF' | tee -a "$OUT/check.log" || fail=1
+import json, os, struct, sys
+j = json.load(open(sys.argv[1]))
+want = sum(l["shape"][0] * l["shape"][1] // 2 + 4 * -(-l["shape"][0] * l["shape"][1] // 64)
+           for l in j["linear_layers"])
+got = sum(l["weight_bytes"] for l in j["linear_layers"])
+header = 8 + struct.unpack("<Q", open(sys.argv[2], "rb").read(8))[0]
+size = os.path.getsize(sys.argv[2])
+print(json.dumps({"what": "nf4_bytes_1.5b", "linear_weight_bytes": got, "theory": want,
+                  "exact": got == want, "tensor_bytes": j["tensor_bytes"], "header": header,
+                  "file": size, "file_matches": j["tensor_bytes"] + header == size,
+                  "bits_per_weight": j["linear_bits_per_weight"]}))
+sys.exit(0 if got == want and j["tensor_bytes"] + header == size else 1)
+PYEOF
+
 if [ $QUICK -eq 0 ]; then
+  log "dequantization throughput vs device-to-device copy, same run"
+  "$BUILD/kldq_bench_dequant" | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
   BENCH="$ROOT/.gpu/bench/hf_baseline.py"
   for shape in qwen2.5-1.5b qwen2.5-7b; do
     synth "$shape" || { log "synth $shape failed"; exit 1; }
-    log "forward benchmark $shape (8 x 512, logits), kldq then transformers, same GPU"
-    "$BUILD/kldq_bench" --model "$MODELS/$shape" --seqs 64 --batch 8 --seq-len 512 --device cuda \
+    # 1.5B: also quantized in memory, so packed/dense forward ratios come from this run.
+    BASES=""; [ "$shape" = qwen2.5-1.5b ] && BASES="--base nf4 int4_g128 int8 fp8_e4m3"
+    log "forward benchmark $shape (8 x 512, logits) ${BASES}, kldq then transformers, same GPU"
+    "$BUILD/kldq_bench" --model "$MODELS/$shape" --seqs 64 --batch 8 --seq-len 512 --device cuda $BASES \
       | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
     [ -f "$BENCH" ] && "$PY" "$BENCH" --shape "$shape" --calib-seqs 64 --batch 8 --seq-len 512 --layers 1 \
       2>/dev/null | grep -E '"eval_forward"|peak_mem' | sed "s/^/{\"peer\":\"hf\",\"shape\":\"$shape\",\"line\":/; s/$/}/" \

@@ -9,6 +9,7 @@
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/config.hpp"
 #include "kldq/model/layout.hpp"
+#include "kldq/model/quantized.hpp"
 #include "kldq/model/weight_store.hpp"
 
 namespace kldq::cli {
@@ -33,15 +34,24 @@ int run_inspect(const InspectOptions& o) {
   const io::Checkpoint ck = io::Checkpoint::open(dir);
   // Header-only validation through the same checks the loader applies (shapes, dtypes, leftovers).
   model::WeightStore ws(ck, c10::kCPU, c10::kFloat);
+  const model::LayerFormats formats = model::read_layer_formats(ck, c);
   std::vector<LayerRow> rows;
   uint64_t linear_bytes = 0, other_bytes = 0;
-  int64_t params = 0;
-  for (const auto& slot : model::expected_tensors(c)) {
-    ws.take_raw(slot.name, slot.shape);
+  int64_t linear_params = 0;
+  for (const auto& slot : model::expected_tensors(c, formats)) {
+    ws.take_raw(slot.name, slot.shape, slot.dtype);
     const io::TensorInfo& info = ck.info(slot.name);
-    params += info.numel();
-    if (slot.role == model::TensorRole::LINEAR_WEIGHT) {
-      rows.push_back({slot.layer->name(), info.shape, info.dtype, info.nbytes(), 0});
+    const bool weight = slot.role == model::TensorRole::LINEAR_WEIGHT ||
+                        slot.role == model::TensorRole::LINEAR_PART;
+    if (weight && (rows.empty() || rows.back().id != slot.layer->name())) {
+      const auto f = formats.find(slot.layer->name());
+      const auto shape = model::linear_shape(c, slot.layer->proj);
+      rows.push_back(
+          {slot.layer->name(), shape, f == formats.end() ? info.dtype : f->second.name(), 0, 0});
+      linear_params += shape[0] * shape[1];
+    }
+    if (weight) {
+      rows.back().weight_bytes += info.nbytes();
       linear_bytes += info.nbytes();
     } else if (slot.role == model::TensorRole::LINEAR_BIAS) {
       rows.back().bias_bytes = info.nbytes();
@@ -50,6 +60,10 @@ int run_inspect(const InspectOptions& o) {
       other_bytes += info.nbytes();
     }
   }
+  const int64_t params = c.num_parameters();
+  uint64_t linear_weight_bytes = 0;
+  for (const auto& r : rows) linear_weight_bytes += r.weight_bytes;
+  const double model_bpw = 8.0 * static_cast<double>(linear_weight_bytes) / linear_params;
   ws.accept_derived(c);
   ws.finish();
 
@@ -62,12 +76,16 @@ int run_inspect(const InspectOptions& o) {
                         {"weight_bytes", r.weight_bytes},
                         {"bias_bytes", r.bias_bytes},
                         {"bits_per_weight", 8.0 * r.weight_bytes / (r.shape[0] * r.shape[1])}});
-    nlohmann::json j = {
-        {"model", dir.string()},        {"architecture", model::arch_class_name(c.arch)},
-        {"config", c.to_json()},        {"parameters", params},
-        {"linear_layers", layers},      {"linear_bytes", linear_bytes},
-        {"other_bytes", other_bytes},   {"tensor_bytes", linear_bytes + other_bytes},
-        {"file_bytes", ck.file_bytes()}};
+    nlohmann::json j = {{"model", dir.string()},
+                        {"architecture", model::arch_class_name(c.arch)},
+                        {"config", c.to_json()},
+                        {"parameters", params},
+                        {"linear_layers", layers},
+                        {"linear_bytes", linear_bytes},
+                        {"other_bytes", other_bytes},
+                        {"tensor_bytes", linear_bytes + other_bytes},
+                        {"linear_bits_per_weight", model_bpw},
+                        {"file_bytes", ck.file_bytes()}};
     std::cout << j.dump(2) << "\n";
     return 0;
   }
@@ -80,13 +98,15 @@ int run_inspect(const InspectOptions& o) {
       c.num_kv_heads, c.head_dim, c.intermediate_size, c.vocab_size,
       c.tie_word_embeddings ? "tied" : "separate", c.rope_theta);
   std::cout << fmt::format("parameters   {}\n\n", params);
-  std::cout << fmt::format("{:<40} {:>13} {:>6} {:>14} {:>8}\n", "layer", "shape", "format",
+  std::cout << fmt::format("{:<40} {:>13} {:>14} {:>14} {:>8}\n", "layer", "shape", "format",
                            "bytes", "bits/w");
   for (const auto& r : rows)
-    std::cout << fmt::format(
-        "{:<40} {:>13} {:>6} {:>14} {:>8.3f}\n", r.id, fmt::format("{}x{}", r.shape[0], r.shape[1]),
-        r.dtype, r.weight_bytes + r.bias_bytes, 8.0 * r.weight_bytes / (r.shape[0] * r.shape[1]));
-  std::cout << fmt::format("\nlinear layers {:>5} {:>34} bytes\n", rows.size(), linear_bytes);
+    std::cout << fmt::format("{:<40} {:>13} {:>14} {:>14} {:>8.3f}\n", r.id,
+                             fmt::format("{}x{}", r.shape[0], r.shape[1]), r.dtype,
+                             r.weight_bytes + r.bias_bytes,
+                             8.0 * r.weight_bytes / (r.shape[0] * r.shape[1]));
+  std::cout << fmt::format("\nlinear layers {:>5} {:>34} bytes ({:.4f} bits per weight)\n",
+                           rows.size(), linear_bytes, model_bpw);
   std::cout << fmt::format("other tensors       {:>34} bytes (embeddings, norms, head)\n",
                            other_bytes);
   std::cout << fmt::format("all tensors         {:>34} bytes ({:.3f} GiB)\n",

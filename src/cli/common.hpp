@@ -18,6 +18,7 @@ void register_inspect(CLI::App& app, Action& action);
 void register_synth(CLI::App& app, Action& action);
 void register_logits(CLI::App& app, Action& action);
 void register_tokenize(CLI::App& app, Action& action);
+void register_quantize(CLI::App& app, Action& action);
 
 struct ComputeOptions {
   std::string device;  // "" = cuda when present, else cpu

@@ -13,6 +13,7 @@
 // round() is round-half-to-even (torch.round). Scales of all-zero groups are 0; their codes
 // decode to 0.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <array>
@@ -72,19 +73,22 @@ PackedWeight quantize_4bit(const at::Tensor& w, PackedWeight p) {
   p.codes = at::zeros({(n + 1) / 2}, at::kByte);
   float* absmax = p.scales.data_ptr<float>();
   uint8_t* out = p.codes.data_ptr<uint8_t>();
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t lo = b * B, hi = std::min(n, lo + B);
-    float m = 0.f;
-    for (int64_t i = lo; i < hi; ++i) m = std::max(m, std::fabs(x[i]));
-    absmax[b] = m;
-    const float am = std::max(m, 1e-38f), inv = 1.0f / am;
-    const bool partial = hi - lo < B;
-    for (int64_t i = lo; i < hi; ++i) {
-      const float s = std::clamp(partial ? x[i] / am : x[i] * inv, -1.0f, 1.0f);
-      const int q = encode(s);
-      out[i / 2] |= static_cast<uint8_t>(i % 2 == 0 ? q << 4 : q);
+  // Blocks are independent and B is even, so no byte is shared between two blocks.
+  at::parallel_for(0, blocks, 64, [&](int64_t first, int64_t last) {
+    for (int64_t b = first; b < last; ++b) {
+      const int64_t lo = b * B, hi = std::min(n, lo + B);
+      float m = 0.f;
+      for (int64_t i = lo; i < hi; ++i) m = std::max(m, std::fabs(x[i]));
+      absmax[b] = m;
+      const float am = std::max(m, 1e-38f), inv = 1.0f / am;
+      const bool partial = hi - lo < B;
+      for (int64_t i = lo; i < hi; ++i) {
+        const float s = std::clamp(partial ? x[i] / am : x[i] * inv, -1.0f, 1.0f);
+        const int q = encode(s);
+        out[i / 2] |= static_cast<uint8_t>(i % 2 == 0 ? q << 4 : q);
+      }
     }
-  }
+  });
   if (n % 2) out[n / 2] |= static_cast<uint8_t>(encode(0.0f));
   return p;
 }

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "kldq/io/json_util.hpp"
 
 namespace kldq::io {
@@ -118,6 +119,20 @@ uint64_t Checkpoint::file_bytes() const {
   uint64_t n = 0;
   for (const auto& f : files_) n += f->file_bytes();
   return n;
+}
+
+std::filesystem::path checkpoint_output(const std::filesystem::path& arg, bool force) {
+  namespace fs = std::filesystem;
+  const fs::path out = output_path(arg, "-o");
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out))) {
+    if (!force)
+      throw ConfigError(
+          fmt::format("-o: '{}' already exists (pass --force to replace it)", out.string()));
+    if (!fs::is_directory(out) || !fs::exists(out / "config.json"))
+      throw ConfigError(fmt::format(
+          "-o: refusing to replace '{}': it is not a checkpoint directory", out.string()));
+  }
+  return out;
 }
 
 }  // namespace kldq::io

@@ -11,34 +11,11 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_common.cuh"
 #include "fused_cuda.hpp"
 
 namespace kldq::kernels::cuda {
 namespace {
-
-template <class T>
-struct Conv;
-template <>
-struct Conv<float> {
-  __device__ static float to_float(float v) { return v; }
-  __device__ static float from_float(float v) { return v; }
-};
-template <>
-struct Conv<__half> {
-  __device__ static float to_float(__half v) { return __half2float(v); }
-  __device__ static __half from_float(float v) { return __float2half_rn(v); }
-};
-template <>
-struct Conv<__nv_bfloat16> {
-  __device__ static float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ static __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-};
-
-// Rounds a float to T and back: the value PyTorch would hold in a tensor of dtype T.
-template <class T>
-__device__ float round_to(float v) {
-  return Conv<T>::to_float(Conv<T>::from_float(v));
-}
 
 // Sum of squares of one row in exactly the order PyTorch's CUDA reduction kernel
 // (ATen/native/cuda/Reduce.cuh, torch 2.11) sums x.float().pow(2) for mean(-1) over a contiguous
@@ -156,34 +133,6 @@ __global__ void silu_mul_kernel(const T* __restrict__ gu, T* __restrict__ out, i
     const float u = Conv<T>::to_float(gu[r * 2 * i + i + c]);
     const float s = round_to<T>(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))));
     out[idx] = Conv<T>::from_float(__fmul_rn(s, u));
-  }
-}
-
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string(what) +
-                             ": CUDA launch failed: " + cudaGetErrorString(err));
-}
-
-// Enough blocks to fill the GPU several times over; the kernels loop over the rest.
-unsigned grid_for(int64_t total, int threads) {
-  const int64_t blocks = (total + threads - 1) / threads;
-  return static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536);
-}
-
-template <class F>
-void dispatch(Dtype t, F&& f) {
-  switch (t) {
-    case Dtype::F32:
-      f(float{});
-      break;
-    case Dtype::F16:
-      f(__half{});
-      break;
-    case Dtype::BF16:
-      f(__nv_bfloat16{});
-      break;
   }
 }
 

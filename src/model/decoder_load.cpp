@@ -7,6 +7,7 @@
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/decoder.hpp"
 #include "kldq/model/layout.hpp"
+#include "kldq/model/quantized.hpp"
 #include "kldq/model/weight_store.hpp"
 
 namespace kldq::model {
@@ -21,7 +22,7 @@ std::string lname(int block, Proj p) {
 // fusing costs no memory. Biases, when `with_bias`, are fused the same way.
 QLinear load_fused(WeightStore& ws, int block, std::initializer_list<Proj> projs,
                    std::initializer_list<int64_t> outs, int64_t in, bool with_bias,
-                   std::array<QLinear, 7>& linears) {
+                   Decoder::Linears& linears) {
   const int64_t total = std::accumulate(outs.begin(), outs.end(), int64_t{0});
   auto opts = at::TensorOptions().dtype(ws.dtype()).device(ws.device());
   at::Tensor w = at::empty({total, in}, opts);  // [sum(out), in]
@@ -43,11 +44,36 @@ QLinear load_fused(WeightStore& ws, int block, std::initializer_list<Proj> projs
   return QLinear(w, b);
 }
 
-QLinear load_linear(WeightStore& ws, int block, Proj p, int64_t out, int64_t in, bool with_bias) {
+// One layer: a dense `.weight`, or the stored tensors of its format (kept packed on the device).
+QLinear load_linear(WeightStore& ws, const LayerFormats& formats, int block, Proj p, int64_t out,
+                    int64_t in, bool with_bias,
+                    const std::shared_ptr<kernels::Workspace>& workspace) {
   const std::string base = lname(block, p);
-  at::Tensor w = ws.take(base + ".weight", {out, in});
   at::Tensor b = with_bias ? ws.take(base + ".bias", {out}) : at::Tensor();
-  return QLinear(w, b);
+  const auto f = formats.find(base);
+  if (f == formats.end()) return QLinear(ws.take(base + ".weight", {out, in}), b);
+  std::vector<at::Tensor> parts;
+  for (const auto& part : formats::packed_layout(f->second, out, in))
+    parts.push_back(ws.take_part(base + "." + part.suffix, part.shape, part.dtype));
+  return QLinear(formats::PackedWeight::from_parts(f->second, out, in, parts), b, ws.dtype(),
+                 workspace);
+}
+
+// Loads a group of projections sharing one input: fused into one GEMM when all are dense.
+void load_group(WeightStore& ws, const LayerFormats& formats, int block,
+                std::initializer_list<Proj> projs, std::initializer_list<int64_t> outs, int64_t in,
+                bool with_bias, Decoder::Linears& linears, QLinear& fused,
+                const std::shared_ptr<kernels::Workspace>& workspace) {
+  const bool dense = std::none_of(projs.begin(), projs.end(),
+                                  [&](Proj p) { return formats.count(lname(block, p)) != 0; });
+  if (dense) {
+    fused = load_fused(ws, block, projs, outs, in, with_bias, linears);
+    return;
+  }
+  auto out_it = outs.begin();
+  for (Proj p : projs)
+    linears[static_cast<int>(p)] =
+        load_linear(ws, formats, block, p, *out_it++, in, with_bias, workspace);
 }
 
 }  // namespace
@@ -60,7 +86,9 @@ Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10:
   const ModelConfig& c = d.config_;
   const io::Checkpoint ck = io::Checkpoint::open(dir);
   WeightStore ws(ck, device, dtype);
-  ws.validate(expected_tensors(c));
+  const LayerFormats formats = read_layer_formats(ck, c);
+  ws.validate(expected_tensors(c, formats));
+  d.workspace_ = std::make_shared<kernels::Workspace>();
   const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   d.embed_ = ws.take("model.embed_tokens.weight", {V, H});
   for (int i = 0; i < c.num_layers; ++i) {
@@ -68,11 +96,14 @@ Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10:
     const std::string prefix = fmt::format("model.layers.{}.", i);
     b.input_norm = ws.take(prefix + "input_layernorm.weight", {H});
     b.post_norm = ws.take(prefix + "post_attention_layernorm.weight", {H});
-    b.qkv = load_fused(ws, i, {Proj::Q, Proj::K, Proj::V}, {c.q_dim(), c.kv_dim(), c.kv_dim()}, H,
-                       c.attention_bias, b.linears);
-    b.linears[static_cast<int>(Proj::O)] = load_linear(ws, i, Proj::O, H, c.q_dim(), c.o_bias);
-    b.gate_up = load_fused(ws, i, {Proj::GATE, Proj::UP}, {I, I}, H, c.mlp_bias, b.linears);
-    b.linears[static_cast<int>(Proj::DOWN)] = load_linear(ws, i, Proj::DOWN, H, I, c.mlp_bias);
+    load_group(ws, formats, i, {Proj::Q, Proj::K, Proj::V}, {c.q_dim(), c.kv_dim(), c.kv_dim()}, H,
+               c.attention_bias, b.linears, b.qkv, d.workspace_);
+    b.linears[static_cast<int>(Proj::O)] =
+        load_linear(ws, formats, i, Proj::O, H, c.q_dim(), c.o_bias, d.workspace_);
+    load_group(ws, formats, i, {Proj::GATE, Proj::UP}, {I, I}, H, c.mlp_bias, b.linears, b.gate_up,
+               d.workspace_);
+    b.linears[static_cast<int>(Proj::DOWN)] =
+        load_linear(ws, formats, i, Proj::DOWN, H, I, c.mlp_bias, d.workspace_);
     d.blocks_.push_back(std::move(b));
   }
   d.final_norm_ = ws.take("model.norm.weight", {H});
@@ -112,6 +143,17 @@ void Decoder::set_linear(LayerId id, QLinear layer) {
   if (attn) b.qkv = QLinear();
   if (gate_up) b.gate_up = QLinear();
   slot = std::move(layer);
+}
+
+void Decoder::quantize_layer(LayerId id, const formats::PackedWeight& packed) {
+  const QLinear& old = linear(id);
+  if (packed.out != old.out_features() || packed.in != old.in_features())
+    throw InternalError(fmt::format("layer '{}': packed weight has a different shape", id.name()));
+  // Copy the bias: a fused group's bias is a view into a buffer that may be released.
+  const at::Tensor bias = old.has_bias() ? old.bias().clone() : at::Tensor();
+  QLinear q(packed.to(device_), bias, dtype_, workspace_);
+  if (old.input_scale().defined()) q.set_input_scale(old.input_scale());
+  set_linear(id, std::move(q));
 }
 
 uint64_t Decoder::weight_bytes() const {

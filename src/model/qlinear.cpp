@@ -1,25 +1,76 @@
-// QLinear dense path: one GEMM (cuBLAS / CPU BLAS through at::linear).
+// QLinear: dense GEMM (cuBLAS / CPU BLAS through at::linear), or dequantize into the shared
+// workspace (kernels::dequantize_into) followed by the same GEMM.
 #include "kldq/model/qlinear.hpp"
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include "kldq/core/error.hpp"
 
 namespace kldq::model {
+namespace {
+
+bool dense_format(formats::Format f) {
+  return f == formats::Format::BF16 || f == formats::Format::FP16;
+}
+
+void check_bias(const at::Tensor& bias, int64_t out) {
+  check(!bias.defined() || (bias.dim() == 1 && bias.size(0) == out), "QLinear bias must be [out]");
+}
+
+}  // namespace
 
 QLinear::QLinear(at::Tensor weight, at::Tensor bias)
     : weight_(std::move(weight)), bias_(std::move(bias)) {
   check(weight_.dim() == 2, "QLinear weight must be [out, in]");
-  check(!bias_.defined() || (bias_.dim() == 1 && bias_.size(0) == weight_.size(0)),
-        "QLinear bias must be [out]");
+  out_ = weight_.size(0);
+  in_ = weight_.size(1);
+  check_bias(bias_, out_);
+}
+
+QLinear::QLinear(formats::PackedWeight packed, at::Tensor bias, at::ScalarType dtype,
+                 std::shared_ptr<kernels::Workspace> workspace)
+    : out_(packed.out), in_(packed.in), bias_(std::move(bias)), workspace_(std::move(workspace)) {
+  check_bias(bias_, out_);
+  if (dense_format(packed.spec.format)) {
+    weight_ = packed.codes.to(dtype);
+    packed.codes = at::Tensor();  // the format is remembered; the tensor lives in weight_
+  }
+  packed_ = std::move(packed);
+  has_format_ = true;
+}
+
+void QLinear::set_input_scale(at::Tensor s) {
+  check(s.dim() == 1 && s.size(0) == in_, "QLinear input scale must be [in]");
+  input_scale_ = std::move(s);
+}
+
+at::Tensor QLinear::effective_weight(at::ScalarType dtype) const {
+  return is_packed() ? kernels::dequantize(packed_, dtype) : weight_.to(dtype);
 }
 
 at::Tensor QLinear::forward(const at::Tensor& x) const {
-  return bias_.defined() ? at::linear(x, weight_, bias_) : at::linear(x, weight_);
+  const at::Tensor xs = input_scale_.defined() ? x / input_scale_ : x;
+  at::Tensor w = weight_;  // [out, in] in x's dtype
+  if (is_packed()) {
+    w = workspace_ ? workspace_->get(out_ * in_, x.scalar_type(), x.device()).view({out_, in_})
+                   : at::empty({out_, in_}, x.options());
+    kernels::dequantize_into(packed_, w);
+  }
+  return bias_.defined() ? at::linear(xs, w, bias_) : at::linear(xs, w);
+}
+
+std::string QLinear::format_name() const {
+  if (has_format_) return packed_.spec.name();
+  const auto t = weight_.scalar_type();
+  return t == at::kBFloat16 ? "bf16" : t == at::kHalf ? "fp16" : "fp32";
 }
 
 uint64_t QLinear::bytes() const {
-  return weight_.nbytes() + (bias_.defined() ? bias_.nbytes() : 0);
+  uint64_t n = is_packed() ? packed_.bytes() : weight_.nbytes();
+  if (bias_.defined()) n += bias_.nbytes();
+  if (input_scale_.defined()) n += input_scale_.nbytes();
+  return n;
 }
 
 }  // namespace kldq::model

@@ -1,6 +1,8 @@
 // Random-weight checkpoints of Qwen2.5 shapes, streamed tensor by tensor to safetensors.
 #include "kldq/model/synth.hpp"
 
+#include "kldq/io/checkpoint.hpp"
+
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -62,16 +64,7 @@ ModelConfig synth_config(std::string_view shape) {
 
 void synth_checkpoint(const ModelConfig& config, const fs::path& out_arg,
                       const SynthOptions& options) {
-  const fs::path out = output_path(out_arg, "-o");
-  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out))) {
-    if (!options.force)
-      throw ConfigError(
-          fmt::format("-o: '{}' already exists (pass --force to replace it)", out.string()));
-    // --force replaces checkpoints, never an arbitrary directory or file given by mistake.
-    if (!fs::is_directory(out) || !fs::exists(out / "config.json"))
-      throw ConfigError(fmt::format(
-          "-o: refusing to replace '{}': it is not a checkpoint directory", out.string()));
-  }
+  const fs::path out = io::checkpoint_output(out_arg, options.force);
   ModelConfig c = config;
   c.torch_dtype = options.dtype == c10::kBFloat16 ? "bfloat16"
                   : options.dtype == c10::kHalf   ? "float16"

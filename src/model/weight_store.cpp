@@ -14,13 +14,21 @@ WeightStore::WeightStore(const io::Checkpoint& checkpoint, c10::Device device,
     : checkpoint_(checkpoint), device_(device), dtype_(dtype) {}
 
 const io::TensorInfo& WeightStore::checked(const std::string& name,
-                                           const std::vector<int64_t>& shape) const {
+                                           const std::vector<int64_t>& shape,
+                                           std::optional<at::ScalarType> dtype) const {
   const io::TensorInfo& info = checkpoint_.info(name);  // IoError naming the tensor when missing
   if (info.shape != shape)
-    throw IoError(fmt::format("{}: tensor '{}' has shape [{}], expected [{}] from config.json",
+    throw IoError(fmt::format("{}: tensor '{}' has shape [{}], expected [{}] from config.json{}",
                               checkpoint_.dir().string(), name, fmt::join(info.shape, ", "),
-                              fmt::join(shape, ", ")));
+                              fmt::join(shape, ", "), dtype ? " and the layer's format" : ""));
   const auto t = info.scalar_type;
+  if (dtype) {
+    if (t != *dtype)
+      throw IoError(fmt::format("{}: tensor '{}' has dtype {}, expected {} for the layer's format",
+                                checkpoint_.dir().string(), name, info.dtype,
+                                io::safetensors_dtype_name(*dtype)));
+    return info;
+  }
   if (t != c10::kBFloat16 && t != c10::kHalf && t != c10::kFloat)
     throw IoError(fmt::format("{}: tensor '{}' has dtype {}, expected BF16, F16 or F32",
                               checkpoint_.dir().string(), name, info.dtype));
@@ -28,11 +36,12 @@ const io::TensorInfo& WeightStore::checked(const std::string& name,
 }
 
 void WeightStore::validate(const std::vector<TensorSlot>& slots) const {
-  for (const auto& slot : slots) checked(slot.name, slot.shape);
+  for (const auto& slot : slots) checked(slot.name, slot.shape, slot.dtype);
 }
 
-at::Tensor WeightStore::take_raw(const std::string& name, const std::vector<int64_t>& shape) {
-  checked(name, shape);
+at::Tensor WeightStore::take_raw(const std::string& name, const std::vector<int64_t>& shape,
+                                 std::optional<at::ScalarType> dtype) {
+  checked(name, shape, dtype);
   used_.insert(name);
   return checkpoint_.tensor(name);
 }
@@ -40,6 +49,11 @@ at::Tensor WeightStore::take_raw(const std::string& name, const std::vector<int6
 at::Tensor WeightStore::take(const std::string& name, const std::vector<int64_t>& shape) {
   // copy=true: never alias the file mapping, even when device and dtype already match.
   return take_raw(name, shape).to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+}
+
+at::Tensor WeightStore::take_part(const std::string& name, const std::vector<int64_t>& shape,
+                                  at::ScalarType dtype) {
+  return take_raw(name, shape, dtype).to(device_, dtype, /*non_blocking=*/false, /*copy=*/true);
 }
 
 void WeightStore::take_into(const std::string& name, const at::Tensor& dst) {

@@ -5,9 +5,23 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "kldq/formats/format.hpp"
 
 namespace kldq::formats {
+
+// One stored tensor of a weight in a format; a quantized checkpoint holds it as
+// "<layer id>.<suffix>" (docs/FORMATS.md, "Quantized checkpoints").
+struct PackedPart {
+  std::string suffix;  // "weight" (bf16/fp16), "weight_packed", "weight_scale", "weight_zero"
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+};
+// The stored tensors of an [out, in] weight in `spec`, in a fixed order.
+std::vector<PackedPart> packed_layout(const FormatSpec& spec, int64_t out, int64_t in);
 
 struct PackedWeight {
   FormatSpec spec;
@@ -19,6 +33,13 @@ struct PackedWeight {
   at::Tensor zeros;   // uint8 [out, groups] for asymmetric int formats; else undefined
   // Bytes actually held; equals spec.bytes(out, in).
   uint64_t bytes() const;
+  // The stored tensors in packed_layout order, and the inverse (tensors already checked against
+  // packed_layout by the caller).
+  std::vector<at::Tensor> parts() const;
+  static PackedWeight from_parts(const FormatSpec& spec, int64_t out, int64_t in,
+                                 const std::vector<at::Tensor>& parts);
+  // The same weight with every tensor on `device`.
+  PackedWeight to(c10::Device device) const;
 };
 
 // Round-to-nearest quantization of w: [out, in] (any float dtype, CPU). NF4/FP4 follow

@@ -11,6 +11,7 @@
 
 #include <array>
 #include <filesystem>
+#include <memory>
 #include <vector>
 
 #include "kldq/model/config.hpp"
@@ -28,6 +29,7 @@ class Decoder {
   c10::Device device() const { return device_; }
   c10::ScalarType dtype() const { return dtype_; }
   int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  using Linears = std::array<QLinear, 7>;  // indexed by Proj
 
   // ids: [B, T] int64 -> hidden [B, T, H] (compute dtype).
   at::Tensor embed(const at::Tensor& ids) const;
@@ -45,14 +47,17 @@ class Decoder {
   const QLinear& linear(LayerId id) const;
   // Replaces one layer (same shape); its block then runs that group unfused.
   void set_linear(LayerId id, QLinear layer);
+  // Replaces one layer's weight by `packed` (any device; moved to the decoder's), keeping its
+  // bias and input scale; packed layers share the decoder's dequantization workspace.
+  void quantize_layer(LayerId id, const formats::PackedWeight& packed);
   // Exact bytes of every weight held (linears, norms, embeddings, untied head).
   uint64_t weight_bytes() const;
 
  private:
   struct Block {
-    at::Tensor input_norm;           // [H]
-    at::Tensor post_norm;            // [H]
-    std::array<QLinear, 7> linears;  // indexed by Proj
+    at::Tensor input_norm;  // [H]
+    at::Tensor post_norm;   // [H]
+    Linears linears;
     // Fused GEMMs over the same input; the separate linears above are views into these.
     // Undefined once a member of the group was replaced.
     QLinear qkv;      // [q_dim + 2 kv_dim, H]
@@ -76,6 +81,7 @@ class Decoder {
   at::Tensor final_norm_;  // [H]
   at::Tensor lm_head_;     // [V, H]; the same tensor as embed_ when tied
   std::vector<Block> blocks_;
+  std::shared_ptr<kernels::Workspace> workspace_;  // shared by the packed layers
   mutable RopeTable rope_;  // grown on demand; the decoder is not shared across threads
 };
 

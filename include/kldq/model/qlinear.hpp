@@ -1,36 +1,62 @@
-// QLinear: the linear layer every decoder projection runs through, y = x W^T + b.
-// This storage is dense (bf16/fp16/fp32); packed formats plug in behind the same
-// interface, so the decoder never needs to know how a layer is stored.
+// QLinear: the linear layer every decoder projection runs through, y = (x / s) W^T + b, with W
+// stored dense (bf16/fp16/fp32) or packed in a format (formats::PackedWeight), and s an optional
+// per-input-channel scale (AWQ keeps its scales here instead of folding them into neighbouring
+// layers, so every layer stays independently restorable). Packed layers dequantize into a
+// workspace shared by the decoder's layers, then run one GEMM.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <optional>
+#include <memory>
 #include <string>
+
+#include "kldq/formats/packed.hpp"
+#include "kldq/kernels/dequant.hpp"
 
 namespace kldq::model {
 
 class QLinear {
  public:
   QLinear() = default;
-  // weight: [out, in]; bias: [out] or undefined. Both on the compute device and dtype.
+  // Dense: weight [out, in]; bias [out] or undefined. Both on the compute device and dtype.
   QLinear(at::Tensor weight, at::Tensor bias);
+  // Packed: `packed` on the compute device; bias [out] (or undefined) in the compute `dtype`.
+  // Dense formats (bf16, fp16) are held as a dense weight converted to `dtype`. `workspace` may
+  // be null (each forward then allocates its dequantized weight).
+  QLinear(formats::PackedWeight packed, at::Tensor bias, at::ScalarType dtype,
+          std::shared_ptr<kernels::Workspace> workspace);
+
+  // s: [in] in the compute dtype, > 0; forward then computes (x / s) W^T + b.
+  void set_input_scale(at::Tensor s);
 
   // x: [..., in] -> [..., out], in x's dtype.
   at::Tensor forward(const at::Tensor& x) const;
 
-  int64_t in_features() const { return weight_.size(1); }
-  int64_t out_features() const { return weight_.size(0); }
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+  bool is_packed() const { return !weight_.defined() && packed_.codes.defined(); }
+  // The dense weight [out, in]; undefined for packed layers.
   const at::Tensor& weight() const { return weight_; }
+  const formats::PackedWeight& packed() const { return packed_; }
   const at::Tensor& bias() const { return bias_; }
+  const at::Tensor& input_scale() const { return input_scale_; }
   bool has_bias() const { return bias_.defined(); }
-  // Exact bytes held (weight + bias).
+  // The weight as the forward uses it: [out, in] in `dtype` (dequantized when packed).
+  at::Tensor effective_weight(at::ScalarType dtype) const;
+  // Format name: the packed format, or the dense weight's dtype ("bf16", "fp16", "fp32").
+  std::string format_name() const;
+  // Exact bytes held: codes + scales + zeros (or the dense weight), bias and input scale.
   uint64_t bytes() const;
 
  private:
-  at::Tensor weight_;  // [out, in], compute dtype
-  at::Tensor bias_;    // [out] or undefined
+  int64_t out_ = 0, in_ = 0;
+  at::Tensor weight_;             // [out, in] compute dtype; undefined when packed
+  formats::PackedWeight packed_;  // the stored format (dense formats: spec only, no tensors)
+  at::Tensor bias_;               // [out] or undefined
+  at::Tensor input_scale_;        // [in] or undefined
+  bool has_format_ = false;       // constructed from a PackedWeight
+  std::shared_ptr<kernels::Workspace> workspace_;
 };
 
 }  // namespace kldq::model

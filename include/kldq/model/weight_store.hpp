@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -22,9 +23,13 @@ class WeightStore {
   // Checks that every slot exists with its shape and a float dtype, reading headers only, so a
   // mismatched checkpoint fails before any buffer is allocated.
   void validate(const std::vector<TensorSlot>& slots) const;
-  // The tensor as stored (CPU view of the file), after checking its shape and that it is floating
-  // point; marks it used.
-  at::Tensor take_raw(const std::string& name, const std::vector<int64_t>& shape);
+  // The tensor as stored (CPU view of the file), after checking its shape and its dtype (exactly
+  // `dtype` when given, else any float); marks it used.
+  at::Tensor take_raw(const std::string& name, const std::vector<int64_t>& shape,
+                      std::optional<at::ScalarType> dtype = std::nullopt);
+  // A packed-weight part: take_raw with an exact dtype, copied to the store's device unconverted.
+  at::Tensor take_part(const std::string& name, const std::vector<int64_t>& shape,
+                       at::ScalarType dtype);
   // take_raw, converted to the store's device and dtype.
   at::Tensor take(const std::string& name, const std::vector<int64_t>& shape);
   // Copies `name` (converted) into `dst`, which has the expected shape: fills fused buffers.
@@ -40,7 +45,8 @@ class WeightStore {
   c10::ScalarType dtype() const { return dtype_; }
 
  private:
-  const io::TensorInfo& checked(const std::string& name, const std::vector<int64_t>& shape) const;
+  const io::TensorInfo& checked(const std::string& name, const std::vector<int64_t>& shape,
+                                std::optional<at::ScalarType> dtype) const;
 
   const io::Checkpoint& checkpoint_;
   c10::Device device_;

@@ -1,0 +1,30 @@
+// Dequantization of packed weights on the weight's device: the CUDA kernels of
+// src/kernels/dequant_cuda.cu for CUDA tensors, the CPU reference (formats::dequantize) otherwise.
+// Both give formats::dequantize's fp32 values rounded once to the requested dtype.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "kldq/formats/packed.hpp"
+
+namespace kldq::kernels {
+
+// p (all tensors on one device) -> dst: contiguous [p.out, p.in] on that device, fp32/fp16/bf16.
+void dequantize_into(const formats::PackedWeight& p, const at::Tensor& dst);
+
+// p -> new [p.out, p.in] tensor of `dtype` on p's device.
+at::Tensor dequantize(const formats::PackedWeight& p, at::ScalarType dtype);
+
+// A scratch buffer for dequantize-then-matmul, grown on demand and reused by every packed layer
+// of one decoder: get() may return the previous call's memory, so a result is valid until the
+// next get() (one decoder runs on one stream at a time). Not shared across threads.
+class Workspace {
+ public:
+  // [numel] of `dtype` on `device`.
+  at::Tensor get(int64_t numel, at::ScalarType dtype, c10::Device device);
+
+ private:
+  at::Tensor buffer_;  // [capacity] in the dtype and device of the last call
+};
+
+}  // namespace kldq::kernels

@@ -1,0 +1,54 @@
+// Quantization plans as data (DESIGN.md section 3): a method, a base format, and per-layer
+// overrides selected by glob (`model.layers.*.mlp.down_proj`) or regex (`re:...`) over HF layer
+// ids. quantization.json and `kldq plan` output use this schema (docs/FORMATS.md).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "kldq/formats/format.hpp"
+#include "kldq/model/layer_id.hpp"
+#include "kldq/model/layout.hpp"
+
+namespace kldq::quant {
+
+// A selection of layer ids: a glob (`*` any run of characters, `?` one character) or, with the
+// prefix `re:`, an ECMAScript regex; both must match the whole id.
+class LayerSelector {
+ public:
+  // ConfigError naming `what` for an invalid regex or an empty pattern.
+  LayerSelector(std::string pattern, const std::string& what);
+  bool matches(const std::string& layer_id) const;
+  const std::string& pattern() const { return pattern_; }
+
+ private:
+  std::string pattern_;
+  bool is_regex_ = false;
+  std::regex regex_;
+};
+
+struct Override {
+  LayerSelector layers;
+  formats::FormatSpec format;
+};
+
+struct Plan {
+  std::string method = "rtn";
+  formats::FormatSpec base;
+  std::vector<Override> overrides;  // in order; the last one that matches a layer wins
+
+  // The format of every id in `ids` (HF names). Selectors that match none are returned in
+  // `unmatched` (callers warn).
+  model::LayerFormats resolve(const std::vector<model::LayerId>& ids,
+                              std::vector<std::string>* unmatched = nullptr) const;
+
+  // {"method", "base", "overrides": [{"layers", "format"}]}; from_json errors name `where` and
+  // the key path.
+  nlohmann::json to_json() const;
+  static Plan from_json(const nlohmann::json& j, const std::string& where);
+};
+
+}  // namespace kldq::quant

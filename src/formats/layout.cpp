@@ -1,0 +1,81 @@
+// Stored tensors of each format (the quantized-checkpoint layout of docs/FORMATS.md) and moving
+// packed weights between devices.
+#include <ATen/ATen.h>
+
+#include "kldq/core/error.hpp"
+#include "kldq/formats/packed.hpp"
+
+namespace kldq::formats {
+namespace {
+
+at::ScalarType fp8_dtype(Format f) {
+  return f == Format::FP8_E5M2 ? at::kFloat8_e5m2 : at::kFloat8_e4m3fn;
+}
+
+}  // namespace
+
+std::vector<PackedPart> packed_layout(const FormatSpec& spec, int64_t out, int64_t in) {
+  const FormatTraits& t = spec.traits();
+  switch (spec.format) {
+    case Format::BF16:
+      return {{"weight", at::kBFloat16, {out, in}}};
+    case Format::FP16:
+      return {{"weight", at::kHalf, {out, in}}};
+    case Format::FP8_E4M3_NOSCALE:
+      return {{"weight_packed", at::kFloat8_e4m3fn, {out, in}}};
+    case Format::FP8_E4M3:
+    case Format::FP8_E5M2:
+      return {{"weight_packed", fp8_dtype(spec.format), {out, in}},
+              {"weight_scale", at::kFloat, {spec.per_tensor ? 1 : out}}};
+    case Format::INT8:
+      return {{"weight_packed", at::kChar, {out, in}}, {"weight_scale", at::kHalf, {out}}};
+    case Format::INT4:
+    case Format::INT3:
+    case Format::INT2: {
+      const int64_t groups = (in + spec.group - 1) / spec.group;
+      std::vector<PackedPart> parts = {
+          {"weight_packed", at::kByte, {out, (in * t.code_bits + 7) / 8}},
+          {"weight_scale", at::kHalf, {out, groups}}};
+      if (spec.asymmetric) parts.push_back({"weight_zero", at::kByte, {out, groups}});
+      return parts;
+    }
+    case Format::NF4:
+    case Format::FP4: {
+      const int64_t n = out * in;
+      return {{"weight_packed", at::kByte, {(n + 1) / 2}},
+              {"weight_scale", at::kFloat, {(n + spec.group - 1) / spec.group}}};
+    }
+  }
+  throw InternalError("packed_layout: unknown format");
+}
+
+std::vector<at::Tensor> PackedWeight::parts() const {
+  std::vector<at::Tensor> out = {codes};
+  if (scales.defined()) out.push_back(scales);
+  if (zeros.defined()) out.push_back(zeros);
+  return out;
+}
+
+PackedWeight PackedWeight::from_parts(const FormatSpec& spec, int64_t out, int64_t in,
+                                      const std::vector<at::Tensor>& parts) {
+  check(parts.size() == packed_layout(spec, out, in).size(),
+        "PackedWeight::from_parts: part count differs from the layout");
+  PackedWeight p;
+  p.spec = spec;
+  p.out = out;
+  p.in = in;
+  p.codes = parts[0];
+  if (parts.size() > 1) p.scales = parts[1];
+  if (parts.size() > 2) p.zeros = parts[2];
+  return p;
+}
+
+PackedWeight PackedWeight::to(c10::Device device) const {
+  PackedWeight p = *this;
+  p.codes = codes.to(device);
+  if (scales.defined()) p.scales = scales.to(device);
+  if (zeros.defined()) p.zeros = zeros.to(device);
+  return p;
+}
+
+}  // namespace kldq::formats

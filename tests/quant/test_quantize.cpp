@@ -1,0 +1,267 @@
+// Quantized layers and checkpoints: QLinear against a dense GEMM on the reference-dequantized
+// weight, in-memory quantization against a decoder holding those dense weights, `kldq quantize`
+// round trips (packed tensors identical to quantize_rtn of the source), hand-derived byte
+// accounting, plans and selectors, and the errors of bad formats, plans and checkpoints.
+#include <ATen/ATen.h>
+
+#include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
+#include "kldq/io/checkpoint.hpp"
+#include "kldq/io/safetensors.hpp"
+#include "kldq/model/decoder.hpp"
+#include "kldq/quant/quantizer.hpp"
+#include "support/catch.hpp"
+
+namespace f = kldq::formats;
+namespace m = kldq::model;
+namespace q = kldq::quant;
+using kldq::test::run_kldq;
+
+TEST_CASE("QLinear with a packed weight computes x W^T + b with the dequantized W", "[quant]") {
+  at::manual_seed(1);
+  const at::Tensor w = at::randn({24, 172});
+  const at::Tensor b = at::randn({24});
+  const at::Tensor x = at::randn({3, 5, 172});
+  for (const char* name : {"nf4", "fp4_b32", "int4_g32_asym", "int3_g64", "int2_g128", "int8",
+                           "fp8_e4m3", "fp8_e5m2", "fp8_e4m3_noscale", "bf16", "fp16"}) {
+    INFO(name);
+    const f::PackedWeight p = f::quantize_rtn(w, f::FormatSpec::parse(name));
+    const at::Tensor wd = f::dequantize(p);  // [24, 172] fp32 reference
+    const m::QLinear layer(p, b, at::kFloat, std::make_shared<kldq::kernels::Workspace>());
+    CHECK(layer.format_name() == f::FormatSpec::parse(name).name());
+    CHECK(at::equal(layer.forward(x), at::linear(x, wd, b)));
+    m::QLinear scaled(p, at::Tensor(), at::kFloat, nullptr);
+    const at::Tensor s = at::rand({172}) + 0.5;
+    scaled.set_input_scale(s);
+    CHECK(at::equal(scaled.forward(x), at::linear(x / s, wd)));
+  }
+}
+
+TEST_CASE("quantizing a decoder in memory equals running it on the dequantized weights",
+          "[quant]") {
+  const auto& tiny = kldq::test::tiny_model();
+  auto quantized = m::Decoder::load(tiny, c10::kCPU, c10::kFloat);
+  auto dense = m::Decoder::load(tiny, c10::kCPU, c10::kFloat);
+  const auto original = m::Decoder::load(tiny, c10::kCPU, c10::kFloat);
+  q::Plan plan;
+  plan.base = f::FormatSpec::parse("int4_g32");
+  plan.overrides.push_back(
+      {q::LayerSelector("*.mlp.down_proj", "test"), f::FormatSpec::parse("nf4")});
+  const auto formats = plan.resolve(quantized.linear_ids());
+  q::quantize_decoder(quantized, formats, *q::make_quantizer("rtn"));
+  for (const auto& id : dense.linear_ids()) {
+    const m::QLinear& l = original.linear(id);
+    const at::Tensor wd = f::dequantize(f::quantize_rtn(l.weight(), formats.at(id.name())));
+    dense.set_linear(id, m::QLinear(wd, l.has_bias() ? l.bias().clone() : at::Tensor()));
+    CHECK(quantized.linear(id).is_packed());
+    CHECK(quantized.linear(id).format_name() == (id.proj == m::Proj::DOWN ? "nf4" : "int4_g32"));
+  }
+  at::manual_seed(2);
+  const at::Tensor ids = at::randint(512, {2, 40}, at::kLong);
+  const at::Tensor lq = quantized.forward(ids);
+  CHECK(at::equal(lq, dense.forward(ids)));
+  CHECK_FALSE(at::allclose(lq, original.forward(ids)));  // quantization changed something
+  uint64_t qbytes = 0, obytes = 0;
+  for (const auto& id : original.linear_ids()) {
+    qbytes += quantized.linear(id).bytes();
+    obytes += original.linear(id).bytes();
+  }
+  CHECK(qbytes < obytes / 5);  // ~4.5-bit codes and fp32 biases against fp32 weights
+}
+
+TEST_CASE("kldq quantize writes a checkpoint that loads back bit for bit", "[quant][cli]") {
+  kldq::test::TempDir dir("quant");
+  const auto& tiny = kldq::test::tiny_model();
+  const auto out = dir / "q";
+  const auto r = run_kldq("quantize " + tiny.string() +
+                          " --base int3_g64_asym --keep 'model.layers.0.mlp.*' --keep "
+                          "'re:.*\\.1\\.self_attn\\.[qk]_proj' --keep 'nothing.*' -o " +
+                          out.string());
+  REQUIRE(r.rc == 0);
+  CHECK_THAT(r.err, HasText("layer pattern 'nothing.*' matches no layer"));
+  CHECK(kldq::test::fs::exists(out / "config.json"));
+  const auto plan = nlohmann::json::parse(kldq::test::read_text(out / "quantization.json"));
+  CHECK(plan["base"] == "int3_g64_asym");
+  CHECK(plan["method"] == "rtn");
+  CHECK(plan["layers"]["model.layers.0.mlp.up_proj"] == "bf16");
+  CHECK(plan["layers"]["model.layers.1.self_attn.k_proj"] == "bf16");
+  CHECK(plan["layers"]["model.layers.1.self_attn.v_proj"] == "int3_g64_asym");
+
+  const auto src = m::Decoder::load(tiny, c10::kCPU, c10::kFloat);
+  const auto back = m::Decoder::load(out, c10::kCPU, c10::kFloat);
+  for (const auto& id : src.linear_ids()) {
+    INFO(id.name());
+    const std::string fmt = plan["layers"][id.name()];
+    const f::PackedWeight want =
+        f::quantize_rtn(src.linear(id).weight(), f::FormatSpec::parse(fmt));
+    const m::QLinear& got = back.linear(id);
+    CHECK(got.format_name() == fmt);
+    if (fmt == "bf16") {
+      CHECK(at::equal(got.weight(), want.codes.to(at::kFloat)));
+      continue;
+    }
+    const auto wp = want.parts(), gp = got.packed().parts();
+    REQUIRE(wp.size() == gp.size());
+    for (size_t i = 0; i < wp.size(); ++i) CHECK(at::equal(wp[i], gp[i]));
+    CHECK(at::equal(got.effective_weight(at::kFloat), f::dequantize(want)));
+  }
+  // The tied head and the norms are copied unchanged.
+  at::manual_seed(3);
+  const at::Tensor ids = at::randint(512, {1, 16}, at::kLong);
+  CHECK(back.forward(ids).sizes() == src.forward(ids).sizes());
+}
+
+TEST_CASE("quantized byte accounting is exact and inspect agrees with the files", "[quant][cli]") {
+  kldq::test::TempDir dir("quant-bytes");
+  const auto out = dir / "q";
+  REQUIRE(
+      run_kldq("quantize " + kldq::test::tiny_model().string() + " --base nf4 -o " + out.string())
+          .rc == 0);
+  const auto r = run_kldq("inspect --json " + out.string());
+  REQUIRE(r.rc == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  // Hand-derived: n/2 code bytes + 4 bytes of absmax per block of 64, for each layer's n.
+  auto nf4 = [](int64_t n) { return n / 2 + 4 * ((n + 63) / 64); };
+  const int64_t per_block = nf4(64 * 64) * 2 + nf4(32 * 64) * 2 + nf4(172 * 64) * 3;
+  int64_t weights = 0;
+  for (const auto& l : j["linear_layers"]) {
+    CHECK(l["format"] == "nf4");
+    weights += l["weight_bytes"].get<int64_t>();
+  }
+  CHECK(weights == 2 * per_block);
+  const int64_t biases = 2 * (64 + 32 + 32) * 4;  // fp32 source
+  CHECK(j["linear_bytes"].get<int64_t>() == weights + biases);
+  const auto file = kldq::io::SafetensorsFile::open(out / "model.safetensors");
+  CHECK(j["file_bytes"].get<uint64_t>() == file->file_bytes());
+  CHECK(j["tensor_bytes"].get<uint64_t>() + file->header_bytes() == file->file_bytes());
+  CHECK(j["linear_bits_per_weight"].get<double>() ==
+        Approx(8.0 * weights / (2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 172 * 64))));
+}
+
+TEST_CASE("layer selectors and plans", "[quant]") {
+  const q::LayerSelector glob("model.layers.*.mlp.*_proj", "t");
+  CHECK(glob.matches("model.layers.12.mlp.down_proj"));
+  CHECK_FALSE(glob.matches("model.layers.12.self_attn.q_proj"));
+  CHECK(q::LayerSelector("model.layers.?.self_attn.q_proj", "t")
+            .matches("model.layers.3.self_attn.q_proj"));
+  CHECK_FALSE(q::LayerSelector("model.layers.?.self_attn.q_proj", "t")
+                  .matches("model.layers.13.self_attn.q_proj"));
+  CHECK(q::LayerSelector("re:model\\.layers\\.(0|1)\\..*", "t")
+            .matches("model.layers.1.mlp.up_proj"));
+  CHECK_FALSE(
+      q::LayerSelector("re:layers", "t").matches("model.layers.1.mlp.up_proj"));  // whole id
+  CHECK_THROWS_WITH(q::LayerSelector("re:(", "--keep"), HasText("--keep: invalid regex"));
+
+  const auto plan = q::Plan::from_json(
+      nlohmann::json::parse(R"({"base": "nf4", "overrides": [{"layers": "*.mlp.*", "format":
+      "int8"}, {"layers": "*.down_proj", "format": "bf16"}]})"),
+      "plan.json");
+  const auto resolved = plan.resolve({{0, m::Proj::Q}, {0, m::Proj::UP}, {0, m::Proj::DOWN}});
+  CHECK(resolved.at("model.layers.0.self_attn.q_proj").name() == "nf4");
+  CHECK(resolved.at("model.layers.0.mlp.up_proj").name() == "int8");
+  CHECK(resolved.at("model.layers.0.mlp.down_proj").name() == "bf16");  // last match wins
+  CHECK(q::Plan::from_json(plan.to_json(), "again").to_json() == plan.to_json());
+  CHECK_THROWS_WITH(
+      q::Plan::from_json(nlohmann::json::parse(R"({"base": "nf4", "overides": []})"), "p.json"),
+      HasText("p.json.overides: unknown key"));
+  CHECK_THROWS_WITH(q::Plan::from_json(
+                        nlohmann::json::parse(
+                            R"({"base": "nf4", "overrides": [{"layers": "x", "format": "int5"}]})"),
+                        "p.json"),
+                    HasText("p.json.overrides[0].format") && HasText("int5"));
+}
+
+TEST_CASE("kldq quantize rejects bad formats and methods and leaves no output", "[quant][errors]") {
+  kldq::test::TempDir dir("quant-err");
+  const std::string tiny = kldq::test::tiny_model().string(), out = (dir / "q").string();
+  const auto fmt = run_kldq("quantize " + tiny + " --base nf5 -o " + out);
+  CHECK(fmt.rc == 2);
+  CHECK_THAT(fmt.err, HasText("--base: unknown format 'nf5'"));
+  const auto group = run_kldq("quantize " + tiny + " --base int4_g100 -o " + out);
+  CHECK(group.rc == 2);
+  CHECK_THAT(group.err, HasText("group size must be 32, 64 or 128"));
+  const auto method = run_kldq("quantize " + tiny + " --base int4 --method gptq -o " + out);
+  CHECK(method.rc == 2);
+  CHECK_THAT(method.err, HasText("gptq: not built yet"));
+  const auto none = run_kldq("quantize " + tiny + " -o " + out);
+  CHECK(none.rc == 2);
+  CHECK_FALSE(kldq::test::fs::exists(out));
+  CHECK(std::distance(kldq::test::fs::directory_iterator(dir.path()),
+                      kldq::test::fs::directory_iterator()) == 0);  // no temporaries either
+}
+
+namespace {
+
+// Rewrites the quantized checkpoint's safetensors with `metadata` and the tensors of `tensors`.
+void rewrite(const kldq::test::fs::path& dir, const std::map<std::string, std::string>& metadata,
+             const std::function<at::Tensor(const std::string&, at::Tensor)>& edit = {}) {
+  const auto file = kldq::io::SafetensorsFile::open(dir / "model.safetensors");
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& info : file->tensors()) {
+    at::Tensor t = file->tensor(info.name).clone();
+    tensors.push_back({info.name, edit ? edit(info.name, t) : t});
+  }
+  tensors.erase(std::remove_if(tensors.begin(), tensors.end(),
+                               [](const auto& p) { return !p.second.defined(); }),
+                tensors.end());
+  kldq::io::write_safetensors(dir / "model.safetensors", tensors, metadata);
+}
+
+}  // namespace
+
+TEST_CASE("quantized checkpoints with missing or contradicting metadata are refused",
+          "[quant][errors]") {
+  kldq::test::TempDir dir("quant-bad");
+  const auto out = dir / "q";
+  REQUIRE(
+      run_kldq("quantize " + kldq::test::tiny_model().string() + " --base nf4 -o " + out.string())
+          .rc == 0);
+  const auto file = kldq::io::SafetensorsFile::open(out / "model.safetensors");
+  const auto metadata = file->metadata();
+  auto load_error = [&] {
+    try {
+      m::Decoder::load(out, c10::kCPU, c10::kFloat);
+    } catch (const kldq::IoError& e) {
+      return std::string(e.what());
+    }
+    return std::string("loaded");
+  };
+  SECTION("metadata missing") {
+    rewrite(out, {{"format", "pt"}});
+    CHECK_THAT(load_error(), HasText("no safetensors header carries the 'kldq.formats'"));
+    const auto r = run_kldq("inspect " + out.string());
+    CHECK(r.rc == 1);
+    CHECK_THAT(r.err, HasText("weight_packed"));
+  }
+  SECTION("metadata names another format than the tensors hold") {
+    auto md = metadata;
+    auto j = nlohmann::json::parse(md["kldq.formats"]);
+    j["model.layers.1.mlp.up_proj"] = "int4_g128";
+    md["kldq.formats"] = j.dump();
+    rewrite(out, md);
+    kldq::remove_tree(out / "quantization.json");  // else that mismatch is reported first
+    CHECK_THAT(load_error(), HasText("model.layers.1.mlp.up_proj.weight_packed") &&
+                                 HasText("the layer's format"));
+  }
+  SECTION("metadata names a layer the model does not have") {
+    auto md = metadata;
+    auto j = nlohmann::json::parse(md["kldq.formats"]);
+    j["model.layers.7.mlp.up_proj"] = "nf4";
+    md["kldq.formats"] = j.dump();
+    rewrite(out, md);
+    CHECK_THAT(load_error(), HasText("model.layers.7.mlp.up_proj") && HasText("2 blocks"));
+  }
+  SECTION("a scale tensor with the wrong dtype") {
+    rewrite(out, metadata, [](const std::string& name, at::Tensor t) {
+      return name == "model.layers.0.self_attn.q_proj.weight_scale" ? t.to(at::kHalf) : t;
+    });
+    CHECK_THAT(load_error(), HasText("q_proj.weight_scale' has dtype F16, expected F32"));
+  }
+  SECTION("quantization.json disagrees with the header") {
+    auto plan = nlohmann::json::parse(kldq::test::read_text(out / "quantization.json"));
+    plan["layers"]["model.layers.0.mlp.down_proj"] = "int8";
+    kldq::test::write_text(out / "quantization.json", plan.dump());
+    CHECK_THAT(load_error(),
+               HasText("quantization.json") && HasText("model.layers.0.mlp.down_proj' is nf4"));
+  }
+}
