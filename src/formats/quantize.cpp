@@ -13,7 +13,6 @@
 // round() is round-half-to-even (torch.round). Scales of all-zero groups are 0; their codes
 // decode to 0.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <array>
@@ -53,43 +52,40 @@ const std::array<float, 16>& table4(Format f) {
 
 // bitsandbytes' quantize_4bit: blocks of B over the flattened weight; absmax per block (fp32);
 // x = w * (1 / absmax) (the last partial block divides instead), clamped to [-1, 1]; the code is
-// the table entry whose interval between midpoints holds x (x on a midpoint takes the lower);
-// two codes per byte, the first element in the high nibble:
+// the table entry whose interval between midpoints holds x (x on a midpoint takes the lower, as
+// std::lower_bound / searchsorted(side=left)); two codes per byte, the first element in the high
+// nibble:
 //     byte k = [ code(2k) : 4 | code(2k+1) : 4 ]      (an odd count pads the code of 0.0)
+// Tensor operations only, so it runs on the weight's device; every step is one IEEE fp32
+// operation, so CPU and CUDA give the same codes.
 PackedWeight quantize_4bit(const at::Tensor& w, PackedWeight p) {
   const std::array<float, 16>& code = table4(p.spec.format);
-  std::array<int, 16> order{};
+  std::array<int64_t, 16> order{};
   for (int i = 0; i < 16; ++i) order[i] = i;
-  std::sort(order.begin(), order.end(), [&](int a, int b) { return code[a] < code[b]; });
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return code[a] < code[b]; });
   std::array<float, 15> mid{};
   for (int i = 0; i < 15; ++i) mid[i] = (code[order[i]] + code[order[i + 1]]) / 2;
-  auto encode = [&](float s) {
-    return order[std::lower_bound(mid.begin(), mid.end(), s) - mid.begin()];
-  };
-  const at::Tensor flat = w.reshape(-1).contiguous();
-  const float* x = flat.data_ptr<float>();
+  const auto f32 = w.options().dtype(at::kFloat);
+  const at::Tensor mids = at::tensor(std::vector<float>(mid.begin(), mid.end())).to(w.device());
+  const at::Tensor lut =
+      at::tensor(std::vector<int64_t>(order.begin(), order.end())).to(w.device());
+
+  const at::Tensor flat = w.reshape(-1);
   const int64_t n = flat.numel(), B = p.spec.group, blocks = (n + B - 1) / B;
-  p.scales = at::empty({blocks}, at::kFloat);
-  p.codes = at::zeros({(n + 1) / 2}, at::kByte);
-  float* absmax = p.scales.data_ptr<float>();
-  uint8_t* out = p.codes.data_ptr<uint8_t>();
-  // Blocks are independent and B is even, so no byte is shared between two blocks.
-  at::parallel_for(0, blocks, 64, [&](int64_t first, int64_t last) {
-    for (int64_t b = first; b < last; ++b) {
-      const int64_t lo = b * B, hi = std::min(n, lo + B);
-      float m = 0.f;
-      for (int64_t i = lo; i < hi; ++i) m = std::max(m, std::fabs(x[i]));
-      absmax[b] = m;
-      const float am = std::max(m, 1e-38f), inv = 1.0f / am;
-      const bool partial = hi - lo < B;
-      for (int64_t i = lo; i < hi; ++i) {
-        const float s = std::clamp(partial ? x[i] / am : x[i] * inv, -1.0f, 1.0f);
-        const int q = encode(s);
-        out[i / 2] |= static_cast<uint8_t>(i % 2 == 0 ? q << 4 : q);
-      }
-    }
-  });
-  if (n % 2) out[n / 2] |= static_cast<uint8_t>(encode(0.0f));
+  at::Tensor x = at::zeros({blocks * B}, f32);  // [blocks * B], zero padded
+  x.narrow(0, 0, n).copy_(flat);
+  x = x.view({blocks, B});
+  const at::Tensor absmax = x.abs().amax(1);        // [blocks]
+  const at::Tensor am = absmax.clamp_min(1e-38f);   // all-zero blocks: codes of 0
+  at::Tensor s = x * am.reciprocal().unsqueeze(1);  // [blocks, B]
+  if (n % B) s[blocks - 1] = x[blocks - 1] / am[blocks - 1];
+  s = s.clamp_(-1.0, 1.0).view(-1).narrow(0, 0, n);
+  at::Tensor q = lut.index({at::searchsorted(mids, s)}).to(at::kByte);  // [n] codes
+  if (n % 2)
+    q = at::cat({q, lut.index({at::searchsorted(mids, at::zeros({1}, f32))}).to(at::kByte)});
+  const at::Tensor pairs = q.view({-1, 2});
+  p.codes = pairs.select(1, 0).bitwise_left_shift(4).bitwise_or_(pairs.select(1, 1));
+  p.scales = absmax;
   return p;
 }
 
@@ -105,6 +101,13 @@ at::Tensor dequantize_4bit(const PackedWeight& p) {
     o[i] = code[q] * absmax[i / B];
   }
   return out.view({p.out, p.in});
+}
+
+// a / b in IEEE fp32 on every device. Dividing a CUDA tensor by a host scalar makes PyTorch
+// multiply by the scalar's reciprocal instead (a different rounding from the CPU's division), so
+// the divisor is a 0-dim tensor on a's device.
+at::Tensor div(const at::Tensor& a, double b) {
+  return a / at::full({}, b, a.options());
 }
 
 // Groups of g columns: [out, in] -> per-group reductions [out, groups] (last group partial).
@@ -129,12 +132,12 @@ PackedWeight quantize_int(const at::Tensor& w, PackedWeight p) {
   at::Tensor scale, zero;  // [out, groups] fp32 (scale already rounded to fp16)
   if (!p.spec.asymmetric) {
     const double qmax = std::ldexp(1.0, bits - 1) - 0.5;
-    scale = (group_reduce(w, g, true, false) / qmax).to(at::kHalf).to(at::kFloat);
+    scale = div(group_reduce(w, g, true, false), qmax).to(at::kHalf).to(at::kFloat);
     zero = at::full_like(scale, std::ldexp(1.0, bits - 1));
   } else {
     const at::Tensor lo = group_reduce(w, g, false, true).clamp_max(0);
     const at::Tensor hi = group_reduce(w, g, false, false).clamp_min(0);
-    scale = ((hi - lo) / (std::ldexp(1.0, bits) - 1)).to(at::kHalf).to(at::kFloat);
+    scale = div(hi - lo, std::ldexp(1.0, bits) - 1).to(at::kHalf).to(at::kFloat);
     const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
     zero = at::round(-lo / safe).clamp(0, std::ldexp(1.0, bits) - 1);
     p.zeros = zero.to(at::kByte);
@@ -175,7 +178,7 @@ uint64_t PackedWeight::bytes() const {
 
 PackedWeight quantize_rtn(const at::Tensor& w_in, const FormatSpec& spec) {
   check(w_in.dim() == 2, "quantize_rtn: weight must be [out, in]");
-  const at::Tensor w = w_in.to(at::kCPU, at::kFloat).contiguous();  // [out, in] fp32
+  const at::Tensor w = w_in.to(at::kFloat).contiguous();  // [out, in] fp32, on w_in's device
   PackedWeight p;
   p.spec = spec;
   p.out = w.size(0);
@@ -193,14 +196,14 @@ PackedWeight quantize_rtn(const at::Tensor& w_in, const FormatSpec& spec) {
     case Format::FP8_E4M3:
     case Format::FP8_E5M2: {
       at::Tensor absmax = spec.per_tensor ? w.abs().amax().reshape({1}) : w.abs().amax(1);
-      at::Tensor scale = absmax / fp8_max(spec.format);
+      at::Tensor scale = div(absmax, fp8_max(spec.format));
       scale = at::where(scale > 0, scale, at::ones_like(scale));
       p.codes = (w / (spec.per_tensor ? scale : scale.unsqueeze(1))).to(fp8_type(spec.format));
       p.scales = scale;
       break;
     }
     case Format::INT8: {
-      const at::Tensor scale = (w.abs().amax(1) / 127.0).to(at::kHalf).to(at::kFloat);
+      const at::Tensor scale = div(w.abs().amax(1), 127.0).to(at::kHalf).to(at::kFloat);
       const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
       p.codes = at::round(w / safe.unsqueeze(1)).clamp(-127, 127).to(at::kChar);
       p.scales = scale.to(at::kHalf);
@@ -218,6 +221,7 @@ PackedWeight quantize_rtn(const at::Tensor& w_in, const FormatSpec& spec) {
 }
 
 at::Tensor dequantize(const PackedWeight& p) {
+  if (!p.codes.is_cpu()) return dequantize(p.to(at::kCPU));  // the reference runs on the CPU
   switch (p.spec.format) {
     case Format::BF16:
     case Format::FP16:

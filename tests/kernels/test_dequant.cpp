@@ -64,3 +64,28 @@ TEST_CASE("QLinear on CUDA equals a dense GEMM on the dequantized weight", "[cud
     CHECK(at::equal(layer.forward(x), at::linear(x, wd, b)));
   }
 }
+
+TEST_CASE("RTN quantization on CUDA gives the CPU's packed tensors bit for bit",
+          "[cuda][kernels]") {
+  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  at::manual_seed(13);
+  for (const char* name : {"nf4", "nf4_b128", "fp4", "int4_g128", "int4_g32_asym", "int3_g64",
+                           "int3_g128_asym", "int2_g64", "int8", "fp8_e4m3", "fp8_e4m3_tensor",
+                           "fp8_e5m2", "fp8_e4m3_noscale", "bf16"}) {
+    for (const auto& [out, in] :
+         std::vector<std::pair<int64_t, int64_t>>{{7, 13}, {64, 172}, {256, 1536}}) {
+      INFO(name << " [" << out << ", " << in << "]");
+      at::Tensor w = at::randn({out, in}) * 0.05;
+      w[0].zero_();  // an all-zero row: zero scales
+      const auto spec = f::FormatSpec::parse(name);
+      const auto cpu = f::quantize_rtn(w, spec).parts();
+      const auto gpu = f::quantize_rtn(w.cuda(), spec).parts();
+      REQUIRE(cpu.size() == gpu.size());
+      for (size_t i = 0; i < cpu.size(); ++i) {
+        CHECK(gpu[i].is_cuda());
+        const at::Tensor g = gpu[i].cpu();
+        CHECK(at::equal(g.view(at::kByte), cpu[i].view(at::kByte)));
+      }
+    }
+  }
+}
