@@ -233,22 +233,22 @@ TEST_CASE("quantized checkpoints with missing or contradicting metadata are refu
     CHECK(r.rc == 1);
     CHECK_THAT(r.err, HasText("weight_packed"));
   }
-  SECTION("metadata names another format than the tensors hold") {
+  // The header metadata with one layer's format entry set to `format`.
+  auto with_format = [&](const std::string& layer, const std::string& format) {
     auto md = metadata;
     auto j = nlohmann::json::parse(md["kldq.formats"]);
-    j["model.layers.1.mlp.up_proj"] = "int4_g128";
+    j[layer] = format;
     md["kldq.formats"] = j.dump();
-    rewrite(out, md);
+    return md;
+  };
+  SECTION("metadata names another format than the tensors hold") {
+    rewrite(out, with_format("model.layers.1.mlp.up_proj", "int4_g128"));
     kldq::remove_tree(out / "quantization.json");  // else that mismatch is reported first
     CHECK_THAT(load_error(), HasText("model.layers.1.mlp.up_proj.weight_packed") &&
                                  HasText("the layer's format"));
   }
   SECTION("metadata names a layer the model does not have") {
-    auto md = metadata;
-    auto j = nlohmann::json::parse(md["kldq.formats"]);
-    j["model.layers.7.mlp.up_proj"] = "nf4";
-    md["kldq.formats"] = j.dump();
-    rewrite(out, md);
+    rewrite(out, with_format("model.layers.7.mlp.up_proj", "nf4"));
     CHECK_THAT(load_error(), HasText("model.layers.7.mlp.up_proj") && HasText("2 blocks"));
   }
   SECTION("a scale tensor with the wrong dtype") {
