@@ -1,15 +1,22 @@
-// `kldq eval MODEL [--reference REF] [--base FORMAT | --plan PLAN] --ppl FILE [--ctx N] [--kld]
-// [--batch N] -o metrics.json`: perplexity (gptq protocol) of MODEL, quantized in memory when
-// asked, and the KL divergence of its next-token distributions from the reference's.
+// `kldq eval MODEL [--reference REF] [--base FORMAT | --plan PLAN] [--ppl FILE] [--kld]
+// [--mmlu DIR|JSONL] -o metrics.json`: perplexity (gptq, llamacpp or sliding protocol), KL
+// divergence against the reference, MMLU accuracy (5-shot or chat 0-shot) with per-question
+// predictions and answer flips, and the memory report (docs/PROTOCOLS.md).
 #include <fmt/format.h>
 
+#include <chrono>
 #include <iostream>
+#include <optional>
 
 #include "common.hpp"
 #include "kldq/build_config.hpp"
+#include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
+#include "kldq/core/hash.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/eval/flips.hpp"
+#include "kldq/eval/memory.hpp"
 #include "kldq/eval/perplexity.hpp"
 #include "kldq/io/corpus.hpp"
 #include "kldq/io/json_util.hpp"
@@ -20,77 +27,222 @@
 namespace kldq::cli {
 namespace {
 
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
 struct EvalCliOptions {
-  std::string model, reference, base, plan, ppl, protocol = "gptq", out;
-  int64_t ctx = 2048, batch = 1;
+  std::string model, reference, base, plan, ppl, ppl_protocol = "gptq", out;
+  std::string mmlu, mmlu_protocol = "5shot", predictions, reference_predictions;
+  int64_t ctx = 0, stride = 0, batch = 1, mmlu_limit = 0;
+  int shots = -1;
   bool kld = false;
   ComputeOptions compute;
 };
 
-int run_eval(const EvalCliOptions& o) {
-  if (o.protocol != "gptq")
-    throw UnsupportedError(fmt::format("--ppl-protocol {}: not built yet (gptq is)", o.protocol));
-  if (o.ppl.empty()) throw ConfigError("--ppl: required (the only evaluation built so far)");
-  if (!o.base.empty() && !o.plan.empty()) throw ConfigError("--base and --plan exclude each other");
-  const std::filesystem::path out = output_path(o.out, "-o");
-  const RunContext ctx = context_from(o.compute);
-  model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
-  const bool quantize = !o.base.empty() || !o.plan.empty();
-  std::string described = o.model;
-  if (quantize) {
-    quant::Plan plan;
-    if (!o.plan.empty()) {
-      plan = quant::Plan::from_json(io::read_json_file(o.plan, true), o.plan);
-    } else {
-      plan.base = formats::FormatSpec::parse(o.base, "--base");
-    }
-    auto quantizer = quant::make_quantizer(plan.method);
-    quant::quantize_decoder(m, plan.resolve(m.linear_ids()), *quantizer);
-    described += " (" + plan.method + "/" + plan.base.name() + " in memory)";
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// The evaluation data, read and checked before any model is loaded.
+struct Inputs {
+  eval::PplOptions ppl;
+  std::vector<int32_t> tokens;
+  std::vector<eval::Window> windows;
+  eval::MmluOptions mmlu;
+  eval::MmluData mmlu_data;
+  std::vector<eval::MmluItem> items;
+  eval::AnswerTokens answers;
+  std::string mmlu_tag;  // "5shot:5"
+  std::optional<std::vector<eval::MmluPrediction>> ref_predictions;
+};
+
+Inputs read_inputs(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t max_ctx) {
+  Inputs in;
+  if (!o.ppl.empty()) {
+    in.ppl.protocol = eval::parse_ppl_protocol(o.ppl_protocol, "--ppl-protocol");
+    const int64_t ctx = o.ctx > 0                                        ? o.ctx
+                        : in.ppl.protocol == eval::PplProtocol::LLAMACPP ? 512
+                                                                         : 2048;
+    in.ppl.ctx = std::min(ctx, max_ctx);
+    if (o.stride > in.ppl.ctx)
+      throw ConfigError(fmt::format("--stride {} exceeds the window of {}", o.stride, in.ppl.ctx));
+    in.ppl.stride = o.stride;
+    in.ppl.batch = o.batch;
+    // llama.cpp writes BOS over each window's first token when the model's tokenizer adds one.
+    const auto with = tok.encode("", true), without = tok.encode("", false);
+    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && without.empty() && !with.empty())
+      in.ppl.bos = with.front();
+    const std::string text = io::read_corpus(o.ppl);
+    if (text.empty()) throw ConfigError(fmt::format("--ppl: {} is empty", o.ppl));
+    in.tokens = tok.encode(text, false);
+    in.windows = eval::make_windows(static_cast<int64_t>(in.tokens.size()), in.ppl);
+    if (in.windows.empty())
+      throw ConfigError(fmt::format("--ppl: {} has {} tokens, fewer than one window of {}", o.ppl,
+                                    in.tokens.size(), in.ppl.ctx));
   }
-  // The reference: --reference, else MODEL itself unquantized when it was quantized here.
+  if (!o.mmlu.empty()) {
+    in.mmlu.protocol = eval::parse_mmlu_protocol(o.mmlu_protocol, "--mmlu-protocol");
+    const bool chat = in.mmlu.protocol == eval::MmluProtocol::CHAT0SHOT;
+    if (chat && o.shots > 0) throw ConfigError("--shots: chat0shot is a 0-shot protocol");
+    in.mmlu.shots = o.shots >= 0 ? o.shots : chat ? 0 : 5;
+    in.mmlu.limit = o.mmlu_limit;
+    in.mmlu.batch = o.batch;
+    in.mmlu.max_len = max_ctx;
+    in.mmlu_data = eval::load_mmlu(o.mmlu);
+    in.items = eval::mmlu_items(in.mmlu_data, in.mmlu);
+    in.answers = eval::mmlu_answer_tokens(tok, in.mmlu_data, in.items.front(), in.mmlu);
+    in.mmlu_tag = fmt::format("{}:{}", chat ? "chat0shot" : "5shot", in.mmlu.shots);
+    if (!o.reference_predictions.empty()) {
+      std::string proto;
+      in.ref_predictions = eval::read_predictions(o.reference_predictions, &proto);
+      if (proto != in.mmlu_tag)
+        throw ConfigError(fmt::format("--reference-predictions {}: protocol {}, this run's is {}",
+                                      o.reference_predictions, proto, in.mmlu_tag));
+    }
+  }
+  return in;
+}
+
+model::Decoder load_model(const EvalCliOptions& o, const RunContext& ctx, std::string& described) {
+  model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
+  described = o.model;
+  if (o.base.empty() && o.plan.empty()) return m;
+  quant::Plan plan;
+  if (!o.plan.empty())
+    plan = quant::Plan::from_json(io::read_json_file(o.plan, true), o.plan);
+  else
+    plan.base = formats::FormatSpec::parse(o.base, "--base");
+  auto quantizer = quant::make_quantizer(plan.method);
+  quant::quantize_decoder(m, plan.resolve(m.linear_ids()), *quantizer);
+  described += " (" + plan.method + "/" + plan.base.name() + " in memory)";
+  return m;
+}
+
+int run_eval(const EvalCliOptions& o) {
+  const auto t0 = Clock::now();
+  if (o.ppl.empty() && o.mmlu.empty())
+    throw ConfigError("nothing to evaluate: give --ppl and/or --mmlu");
+  if (o.kld && o.ppl.empty())
+    throw ConfigError("--kld: needs --ppl (KL is measured on its windows)");
+  if (!o.base.empty() && !o.plan.empty()) throw ConfigError("--base and --plan exclude each other");
+  if (!o.reference_predictions.empty() && o.mmlu.empty())
+    throw ConfigError("--reference-predictions: needs --mmlu");
+  const bool quantize = !o.base.empty() || !o.plan.empty();
+  if (o.kld && !quantize && o.reference.empty())
+    throw ConfigError("--kld: needs --reference (or --base/--plan, which use MODEL as reference)");
+  const fs::path out = output_path(o.out, "-o");
+  const fs::path pred_path = o.mmlu.empty() ? fs::path()
+                             : o.predictions.empty()
+                                 ? fs::path(out).replace_extension(".predictions.jsonl")
+                                 : output_path(o.predictions, "--predictions");
+  for (const auto& dir : {o.model, o.reference})
+    if (!dir.empty() && !fs::is_directory(dir))
+      throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
+
+  const RunContext ctx = context_from(o.compute);
+  const std::string tok_dir = o.reference.empty() ? o.model : o.reference;
+  const auto tokenizer = io::Tokenizer::load(tok_dir);
+  const model::ModelConfig config = model::load_config(fs::path(o.model) / "config.json");
+  Inputs in = read_inputs(o, *tokenizer, config.max_position_embeddings);
+
+  std::string described;
+  model::Decoder m = load_model(o, ctx, described);
+  // The reference: --reference, else MODEL itself unquantized when it was quantized here and
+  // something needs it (KL, or MMLU flips without saved reference predictions).
+  const bool need_ref = o.kld || (!o.mmlu.empty() && !in.ref_predictions);
   std::optional<model::Decoder> ref;
   if (!o.reference.empty())
     ref = model::Decoder::load(o.reference, ctx.device, ctx.dtype);
-  else if (o.kld && quantize)
+  else if (quantize && need_ref)
     ref = model::Decoder::load(o.model, ctx.device, ctx.dtype);
-  if (o.kld && !ref)
-    throw ConfigError("--kld: needs --reference (or --base/--plan, which use MODEL as reference)");
-
-  const auto tokenizer = io::Tokenizer::load(o.reference.empty() ? o.model : o.reference);
-  const std::vector<int32_t> tokens = tokenizer->encode(io::read_corpus(o.ppl), false);
-  eval::PplOptions po;
-  po.ctx = std::min<int64_t>(o.ctx, m.config().max_position_embeddings);
-  po.batch = o.batch;
-  if (static_cast<int64_t>(tokens.size()) < po.ctx)
-    throw ConfigError(fmt::format("--ppl: {} has {} tokens, fewer than one window of {}", o.ppl,
-                                  tokens.size(), po.ctx));
-  log::info("eval {}: {} tokens of {}, windows of {}", described, tokens.size(), o.ppl, po.ctx);
-  const eval::TokenScores s = eval::score_windows(m, ref ? &*ref : nullptr, tokens, po);
+  const std::string ref_name = o.reference.empty() ? (ref ? o.model : "") : o.reference;
 
   nlohmann::json j = {{"kldq_version", KLDQ_VERSION_STRING},
                       {"model", o.model},
                       {"quantization", quantize ? (o.plan.empty() ? o.base : o.plan) : ""},
-                      {"reference", o.reference.empty() ? (ref ? o.model : "") : o.reference},
+                      {"reference", ref_name},
                       {"dtype", dtype_name(ctx.dtype)},
                       {"device", ctx.device.str()},
-                      {"ppl", eval::ppl_summary(s.nll, s.windows)}};
-  j["ppl"]["protocol"] = o.protocol;
-  j["ppl"]["ctx"] = po.ctx;
-  j["ppl"]["file"] = o.ppl;
-  if (ref) {
-    j["reference_ppl"] = eval::ppl_summary(s.nll_ref, s.windows);
-    j["kld"] = eval::kl_summary(s);
+                      {"device_name", device_description(ctx.device)},
+                      {"batch", o.batch}};
+  j.update(eval::memory_report(m));
+  device_synchronize(ctx.device);
+  reset_peak_allocated_bytes(ctx.device);
+  if (!o.ppl.empty()) {
+    log::info("eval {}: perplexity ({}), {} tokens of {}, {} windows of {}", described,
+              eval::ppl_protocol_name(in.ppl.protocol), in.tokens.size(), o.ppl, in.windows.size(),
+              in.ppl.ctx);
+    const auto t = Clock::now();
+    const eval::TokenScores s =
+        eval::score_windows(m, o.kld ? &*ref : nullptr, in.tokens, in.windows, in.ppl);
+    device_synchronize(ctx.device);
+    const double secs = seconds_since(t);
+    j.update(eval::ppl_summary(s.nll, s.windows));
+    if (o.kld) {
+      const auto r = eval::ppl_summary(s.nll_ref, s.windows, "_ref");
+      j["ppl_ref"] = r["ppl_ref"], j["nll_mean_ref"] = r["nll_mean_ref"];
+      j.update(eval::kl_summary(s));
+    }
+    j["seconds_ppl"] = secs;
+    j["tokens_per_second"] = double(s.nll.size()) / secs;
+    j["ppl_settings"] = {{"protocol", eval::ppl_protocol_name(in.ppl.protocol)},
+                         {"ctx", in.ppl.ctx},
+                         {"stride", in.ppl.stride > 0 ? in.ppl.stride : in.ppl.ctx / 2},
+                         {"bos", in.ppl.bos},
+                         {"file", o.ppl},
+                         {"sha256", sha256_path(o.ppl)}};
+    if (in.ppl.protocol != eval::PplProtocol::SLIDING) j["ppl_settings"].erase("stride");
   }
+  std::string predictions;
+  if (!o.mmlu.empty()) {
+    log::info("eval {}: MMLU {} on {} questions of {}", described, in.mmlu_tag, in.items.size(),
+              o.mmlu);
+    const auto t = Clock::now();
+    const auto preds =
+        eval::score_mmlu(m, *tokenizer, in.mmlu_data, in.items, in.answers, in.mmlu, "MMLU");
+    j.update(eval::mmlu_summary(preds));
+    if (!in.ref_predictions && ref)
+      in.ref_predictions = eval::score_mmlu(*ref, *tokenizer, in.mmlu_data, in.items, in.answers,
+                                            in.mmlu, "MMLU reference");
+    if (in.ref_predictions)
+      j.update(eval::flip_summary(
+          *in.ref_predictions, preds,
+          o.reference_predictions.empty() ? "reference" : o.reference_predictions));
+    device_synchronize(ctx.device);
+    j["seconds_mmlu"] = seconds_since(t);
+    j["mmlu_settings"] = {{"protocol", in.mmlu_tag},       {"limit", in.mmlu.limit},
+                          {"max_len", in.mmlu.max_len},    {"path", o.mmlu},
+                          {"sha256", sha256_path(o.mmlu)}, {"predictions", pred_path.string()}};
+    predictions = eval::predictions_jsonl(preds, in.mmlu_tag);
+  }
+  j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
+  j["seconds"] = seconds_since(t0);
+  if (!predictions.empty()) io::write_file_atomic(pred_path, predictions);
   io::write_file_atomic(out, j.dump(2) + "\n");
-  std::cout << fmt::format("ppl {:.4f} over {} tokens", j["ppl"]["ppl"].get<double>(),
-                           s.nll.size());
-  if (ref)
-    std::cout << fmt::format(" (reference {:.4f}); KL {:.6f} ± {:.6f}, same top-1 {:.4f}",
-                             j["reference_ppl"]["ppl"].get<double>(),
-                             j["kld"]["mean"].get<double>(), j["kld"]["stderr"].get<double>(),
-                             j["kld"]["same_top1"].get<double>());
-  std::cout << "\n";
+
+  std::string line;
+  if (j.contains("ppl")) {
+    line += fmt::format("ppl {:.4f} over {} tokens", j["ppl"].get<double>(),
+                        j["tokens"].get<int64_t>());
+    if (j.contains("ppl_ref"))
+      line += fmt::format(" (reference {:.4f})", j["ppl_ref"].get<double>());
+    if (j.contains("kl_mean"))
+      line += fmt::format("; KL {:.6f} ± {:.6f}, same top-1 {:.4f}", j["kl_mean"].get<double>(),
+                          j["kl_stderr"].get<double>(), j["top1_agree"].get<double>());
+    line += "\n";
+  }
+  if (j.contains("mmlu_acc")) {
+    line += fmt::format("MMLU {} accuracy {:.4f} over {} questions", in.mmlu_tag,
+                        j["mmlu_acc"].get<double>(), j["mmlu_n"].get<int64_t>());
+    if (j.contains("flip_rate"))
+      line += fmt::format(" (reference {:.4f}); flips {:.4f}, answer changes {:.4f}",
+                          j["mmlu_acc_ref"].get<double>(), j["flip_rate"].get<double>(),
+                          j["answer_change_rate"].get<double>());
+    line += "\n";
+  }
+  std::cout << line
+            << fmt::format("weights {} bytes, {:.3f} bits per weight (linear layers)\n",
+                           j["weight_bytes"].get<uint64_t>(), j["bits_per_weight"].get<double>());
   return 0;
 }
 
@@ -98,18 +250,31 @@ int run_eval(const EvalCliOptions& o) {
 
 void register_eval(CLI::App& app, Action& action) {
   auto opts = std::make_shared<EvalCliOptions>();
-  auto* sub = app.add_subcommand("eval", "perplexity and KL against a reference");
+  auto* sub = app.add_subcommand("eval", "perplexity, KL, MMLU and flips against a reference");
   sub->add_option("MODEL", opts->model, "checkpoint or quantized checkpoint")->required();
   sub->add_option("--reference", opts->reference, "reference checkpoint (default: MODEL)");
   sub->add_option("--base", opts->base, "quantize MODEL in memory to this format first (RTN)");
   sub->add_option("--plan", opts->plan, "quantize MODEL in memory with this plan first");
   sub->add_option("--ppl", opts->ppl, "text file (whole) or JSONL (rows' \"text\" joined)");
-  sub->add_option("--ppl-protocol", opts->protocol, "gptq (default)");
-  sub->add_option("--ctx", opts->ctx, "window length (default 2048, capped by the model)")
+  sub->add_option("--ppl-protocol", opts->ppl_protocol, "gptq (default), llamacpp or sliding");
+  sub->add_option("--ctx", opts->ctx,
+                  "window length (default 2048; llamacpp 512; capped by the model)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-  sub->add_option("--batch", opts->batch, "windows per forward (default 1)")
+  sub->add_option("--stride", opts->stride, "sliding: tokens between windows (default ctx/2)")
       ->check(CLI::PositiveNumber);
   sub->add_flag("--kld", opts->kld, "KL divergence against the reference, per token");
+  sub->add_option("--mmlu", opts->mmlu, "MMLU directory (dev/, test/ CSVs) or JSONL file");
+  sub->add_option("--mmlu-protocol", opts->mmlu_protocol, "5shot (default) or chat0shot");
+  sub->add_option("--shots", opts->shots, "dev examples per prompt (5shot protocol; default 5)")
+      ->check(CLI::Range(0, 64));
+  sub->add_option("--mmlu-limit", opts->mmlu_limit, "first N test questions in subject order")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--predictions", opts->predictions,
+                  "per-question MMLU predictions, JSONL (default: beside -o)");
+  sub->add_option("--reference-predictions", opts->reference_predictions,
+                  "flips against a previous run's predictions instead of running the reference");
+  sub->add_option("--batch", opts->batch, "windows or prompts per forward (default 1)")
+      ->check(CLI::PositiveNumber);
   sub->add_option("-o,--output", opts->out, "metrics JSON")->required();
   add_compute_options(*sub, opts->compute);
   sub->callback([&action, opts] { action = [opts] { return run_eval(*opts); }; });

@@ -1,13 +1,16 @@
-// Windowed scoring of a model and its reference, and the summary statistics of docs/PROTOCOLS.md.
+// Perplexity protocols (windows), windowed scoring of a model and its reference, and the
+// summary statistics of docs/PROTOCOLS.md.
 #include "kldq/eval/perplexity.hpp"
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/progress.hpp"
+#include "kldq/eval/stats.hpp"
 
 namespace kldq::eval {
 namespace {
@@ -17,66 +20,111 @@ std::vector<double> to_vector(const at::Tensor& t) {
   return std::vector<double>(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
 }
 
-double mean(const std::vector<double>& v) {
-  return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
-}
-
-double stderr_of_mean(const std::vector<double>& v) {
-  if (v.size() < 2) return 0.0;
-  const double m = mean(v);
-  double ss = 0;
-  for (double x : v) ss += (x - m) * (x - m);
-  return std::sqrt(ss / double(v.size() - 1) / double(v.size()));
-}
-
-// numpy.percentile(v, q) with linear interpolation; `sorted` ascending.
-double percentile(const std::vector<double>& sorted, double q) {
-  if (sorted.empty()) return 0.0;
-  const double pos = q / 100.0 * double(sorted.size() - 1);
-  const size_t lo = static_cast<size_t>(std::floor(pos));
-  const size_t hi = std::min(lo + 1, sorted.size() - 1);
-  return sorted[lo] + (pos - double(lo)) * (sorted[hi] - sorted[lo]);
+// Final hidden states of positions [from, from + len) of every window: [B, len, H].
+at::Tensor final_hidden(const model::Decoder& m, const at::Tensor& ids, int64_t from, int64_t len) {
+  return m.run_blocks(0, m.num_blocks(), m.embed(ids.to(m.device()))).narrow(1, from, len);
 }
 
 }  // namespace
 
+PplProtocol parse_ppl_protocol(const std::string& name, const char* option) {
+  if (name == "gptq") return PplProtocol::GPTQ;
+  if (name == "llamacpp") return PplProtocol::LLAMACPP;
+  if (name == "sliding") return PplProtocol::SLIDING;
+  throw ConfigError(
+      fmt::format("{} {}: unknown protocol (expected gptq, llamacpp or sliding)", option, name));
+}
+
+const char* ppl_protocol_name(PplProtocol p) {
+  switch (p) {
+    case PplProtocol::GPTQ:
+      return "gptq";
+    case PplProtocol::LLAMACPP:
+      return "llamacpp";
+    case PplProtocol::SLIDING:
+      return "sliding";
+  }
+  return "?";
+}
+
+std::vector<Window> make_windows(int64_t n, const PplOptions& o) {
+  check(o.ctx >= 2, "make_windows: ctx < 2");
+  std::vector<Window> w;
+  switch (o.protocol) {
+    case PplProtocol::GPTQ:  // all ctx-1 predictions of each non-overlapping window
+      for (int64_t b = 0; b + o.ctx <= n; b += o.ctx) w.push_back({b, o.ctx, 0});
+      break;
+    case PplProtocol::LLAMACPP:  // llama-perplexity: only the second half has enough context
+      for (int64_t b = 0; b + o.ctx <= n; b += o.ctx) w.push_back({b, o.ctx, o.ctx / 2});
+      break;
+    case PplProtocol::SLIDING: {  // HF stride method: each token scored once, by the first
+      // window whose end passes it, with up to ctx - stride tokens of context before it.
+      const int64_t stride = o.stride > 0 ? o.stride : o.ctx / 2;
+      check(stride <= o.ctx, "make_windows: stride > ctx");
+      int64_t prev_end = 0;
+      for (int64_t b = 0; b < n && n >= 2; b += stride) {
+        const int64_t end = std::min(b + o.ctx, n);
+        if (end - b >= 2) w.push_back({b, end - b, std::max<int64_t>(prev_end - b - 1, 0)});
+        prev_end = end;
+        if (end == n) break;
+      }
+      break;
+    }
+  }
+  return w;
+}
+
 TokenScores score_windows(const model::Decoder& model, const model::Decoder* reference,
-                          const std::vector<int32_t>& tokens, const PplOptions& o) {
-  check(o.ctx >= 2 && o.batch >= 1 && o.chunk >= 1, "score_windows: bad options");
+                          const std::vector<int32_t>& tokens, const std::vector<Window>& windows,
+                          const PplOptions& o) {
+  check(o.batch >= 1 && o.chunk >= 1, "score_windows: bad options");
   TokenScores s;
-  const int64_t n_windows = static_cast<int64_t>(tokens.size()) / o.ctx;
-  if (n_windows == 0) return s;
-  const at::Tensor all =
-      at::tensor(std::vector<int64_t>(tokens.begin(), tokens.begin() + n_windows * o.ctx))
-          .view({n_windows, o.ctx});               // [W, ctx] int64
   std::vector<at::Tensor> nll, nll_ref, kl, top1;  // device tensors, one per chunk
   at::InferenceMode guard;
-  for (int64_t w = 0; w < n_windows; w += o.batch) {
-    const at::Tensor ids = all.narrow(0, w, std::min(o.batch, n_windows - w)).to(model.device());
-    const int64_t B = ids.size(0), T = o.ctx;
-    const at::Tensor logits = model.forward(ids).narrow(1, 0, T - 1);  // [B, T-1, V]
-    const at::Tensor ref_logits =
-        reference ? reference->forward(ids.to(reference->device())).narrow(1, 0, T - 1)
-                  : at::Tensor();
-    const int64_t V = logits.size(-1);
-    const at::Tensor flat = logits.reshape({B * (T - 1), V});
-    const at::Tensor flat_ref = reference ? ref_logits.reshape({B * (T - 1), V}) : at::Tensor();
-    const at::Tensor target = ids.narrow(1, 1, T - 1).reshape({B * (T - 1), 1});  // [N, 1]
-    for (int64_t r = 0; r < flat.size(0); r += o.chunk) {
-      const int64_t len = std::min(o.chunk, flat.size(0) - r);
-      // fp32 log-softmax of a chunk: [len, V]; the whole set is never materialised.
-      const at::Tensor lp = at::log_softmax(flat.narrow(0, r, len).to(at::kFloat), -1);
+  Progress progress("perplexity", static_cast<int64_t>(windows.size()), "windows");
+  for (size_t w = 0; w < windows.size();) {
+    // A batch: consecutive windows of the same length and scored range.
+    const Window& first = windows[w];
+    size_t end = w;
+    std::vector<int64_t> flat_ids;
+    while (end < windows.size() && static_cast<int64_t>(end - w) < o.batch &&
+           windows[end].length == first.length && windows[end].score_from == first.score_from) {
+      const Window& x = windows[end++];
+      check(x.begin >= 0 && x.begin + x.length <= static_cast<int64_t>(tokens.size()),
+            "score_windows: window out of range");
+      flat_ids.insert(flat_ids.end(), tokens.begin() + x.begin,
+                      tokens.begin() + x.begin + x.length);
+    }
+    const int64_t B = static_cast<int64_t>(end - w), T = first.length;
+    at::Tensor ids = at::tensor(flat_ids).view({B, T});  // [B, T] int64
+    if (o.bos >= 0) ids.select(1, 0).fill_(o.bos);
+    const int64_t from = first.score_from, S = T - 1 - from;  // S scored positions per window
+    const at::Tensor h = final_hidden(model, ids, from, S).reshape({B * S, -1});  // [B*S, H]
+    const at::Tensor h_ref =
+        reference ? final_hidden(*reference, ids, from, S).reshape({B * S, -1}) : at::Tensor();
+    const at::Tensor target =
+        ids.narrow(1, from + 1, S).reshape({B * S, 1}).to(model.device());  // [B*S, 1]
+    for (int64_t r = 0; r < B * S; r += o.chunk) {
+      const int64_t len = std::min(o.chunk, B * S - r);
+      // fp32 log-softmax of a chunk's logits: [len, V]. The reference's is recomputed the same
+      // way from its hidden states, never rounded to 16 bits (that biases KL negative).
+      const at::Tensor lp =
+          at::log_softmax(model.head(h.narrow(0, r, len).unsqueeze(0)).squeeze(0), -1, at::kFloat);
       const at::Tensor tgt = target.narrow(0, r, len);
       nll.push_back(-lp.gather(1, tgt).squeeze(1));
       if (!reference) continue;
-      const at::Tensor lr =
-          at::log_softmax(flat_ref.narrow(0, r, len).to(lp.device(), at::kFloat), -1);
+      const at::Tensor lr = at::log_softmax(
+          reference->head(h_ref.narrow(0, r, len).unsqueeze(0)).squeeze(0).to(lp.device()), -1,
+          at::kFloat);
       nll_ref.push_back(-lr.gather(1, tgt).squeeze(1));
       kl.push_back((lr.exp() * (lr - lp)).sum(-1));
       top1.push_back(lr.argmax(-1) == lp.argmax(-1));
     }
     s.windows += B;
+    progress.advance(B);
+    w = end;
   }
+  if (nll.empty()) return s;
   s.nll = to_vector(at::cat(nll));
   if (reference) {
     s.nll_ref = to_vector(at::cat(nll_ref));
@@ -87,9 +135,13 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
   return s;
 }
 
-nlohmann::json ppl_summary(const std::vector<double>& nll, int64_t windows) {
+nlohmann::json ppl_summary(const std::vector<double>& nll, int64_t windows,
+                           const std::string& suffix) {
   const double m = mean(nll);
-  return {{"tokens", nll.size()}, {"windows", windows}, {"nll_mean", m}, {"ppl", std::exp(m)}};
+  return {{"ppl" + suffix, std::exp(m)},
+          {"nll_mean" + suffix, m},
+          {"tokens" + suffix, nll.size()},
+          {"windows" + suffix, windows}};
 }
 
 nlohmann::json kl_summary(const TokenScores& s) {
@@ -106,18 +158,17 @@ nlohmann::json kl_summary(const TokenScores& s) {
                           ? 0.0
                           : double(std::count(s.same_top1.begin(), s.same_top1.end(), 1)) /
                                 double(s.same_top1.size());
-  return {{"tokens", s.kl.size()},
-          {"mean", mean(s.kl)},
-          {"stderr", stderr_of_mean(s.kl)},
-          {"median", percentile(sorted, 50)},
-          {"p90", percentile(sorted, 90)},
-          {"p95", percentile(sorted, 95)},
-          {"p99", percentile(sorted, 99)},
-          {"p99_9", percentile(sorted, 99.9)},
-          {"max", sorted.empty() ? 0.0 : sorted.back()},
-          {"same_top1", same},
-          {"delta_p_mean", mean(dp)},
-          {"delta_p_rms", dp.empty() ? 0.0 : std::sqrt(dp_sq / double(dp.size()))},
+  return {{"kl_mean", mean(s.kl)},
+          {"kl_stderr", stderr_of_mean(s.kl)},
+          {"kl_median", percentile(sorted, 50)},
+          {"kl_p90", percentile(sorted, 90)},
+          {"kl_p95", percentile(sorted, 95)},
+          {"kl_p99", percentile(sorted, 99)},
+          {"kl_p99_9", percentile(sorted, 99.9)},
+          {"kl_max", sorted.empty() ? 0.0 : sorted.back()},
+          {"top1_agree", same},
+          {"dp_mean", mean(dp)},
+          {"dp_rms", dp.empty() ? 0.0 : std::sqrt(dp_sq / double(dp.size()))},
           {"ln_ppl_ratio", mean(diff)},
           {"ln_ppl_ratio_stderr", stderr_of_mean(diff)}};
 }

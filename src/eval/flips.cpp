@@ -1,0 +1,99 @@
+// Predictions JSONL and answer flips with Wilson intervals.
+#include "kldq/eval/flips.hpp"
+
+#include <fmt/format.h>
+
+#include <fstream>
+
+#include "kldq/core/error.hpp"
+#include "kldq/eval/stats.hpp"
+
+namespace kldq::eval {
+namespace {
+
+std::string letter(int i) {
+  return std::string(1, static_cast<char>('A' + i));
+}
+
+nlohmann::json rate(int64_t k, int64_t n) {
+  const auto [lo, hi] = wilson_interval(k, n);
+  return nlohmann::json::array({lo, hi});
+}
+
+}  // namespace
+
+std::string predictions_jsonl(const std::vector<MmluPrediction>& preds,
+                              const std::string& protocol) {
+  std::string out;
+  for (const auto& p : preds) {
+    const nlohmann::json j = {{"subject", p.subject},          {"index", p.index},
+                              {"answer", letter(p.answer)},    {"pred", letter(p.pred)},
+                              {"correct", p.pred == p.answer}, {"logprobs", p.logprobs},
+                              {"truncated", p.truncated},      {"protocol", protocol}};
+    out += j.dump() + "\n";
+  }
+  return out;
+}
+
+std::vector<MmluPrediction> read_predictions(const std::filesystem::path& path,
+                                             std::string* protocol) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ConfigError(fmt::format("{}: cannot open", path.string()));
+  std::vector<MmluPrediction> out;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    try {
+      const auto j = nlohmann::json::parse(line);
+      MmluPrediction p;
+      p.subject = j.at("subject").get<std::string>();
+      p.index = j.at("index").get<int64_t>();
+      const auto a = j.at("answer").get<std::string>(), q = j.at("pred").get<std::string>();
+      if (a.size() != 1 || a[0] < 'A' || a[0] > 'D' || q.size() != 1 || q[0] < 'A' || q[0] > 'D')
+        throw IoError("answer and pred must be letters A-D");
+      p.answer = a[0] - 'A', p.pred = q[0] - 'A';
+      p.logprobs = j.at("logprobs").get<std::array<double, 4>>();
+      p.truncated = j.at("truncated").get<bool>();
+      const auto proto = j.at("protocol").get<std::string>();
+      if (protocol && out.empty()) *protocol = proto;
+      if (protocol && proto != *protocol)
+        throw IoError(fmt::format("protocol {} differs from the first row's {}", proto, *protocol));
+      out.push_back(std::move(p));
+    } catch (const std::exception& e) {
+      throw IoError(
+          fmt::format("{}:{}: not a kldq prediction row ({})", path.string(), n, e.what()));
+    }
+  }
+  return out;
+}
+
+nlohmann::json flip_summary(const std::vector<MmluPrediction>& ref,
+                            const std::vector<MmluPrediction>& m, const std::string& what) {
+  if (ref.size() != m.size())
+    throw ConfigError(
+        fmt::format("{}: {} reference predictions for {} questions", what, ref.size(), m.size()));
+  int64_t flips = 0, changes = 0, c2w = 0, w2c = 0, ref_correct = 0;
+  for (size_t i = 0; i < m.size(); ++i) {
+    const auto &r = ref[i], &q = m[i];
+    if (r.subject != q.subject || r.index != q.index || r.answer != q.answer)
+      throw ConfigError(fmt::format(
+          "{}: reference question {} is {} #{}, this run's is {} #{}: not the same questions", what,
+          i + 1, r.subject, r.index, q.subject, q.index));
+    const bool rc = r.pred == r.answer, qc = q.pred == q.answer;
+    ref_correct += rc, flips += rc != qc, changes += r.pred != q.pred;
+    c2w += rc && !qc, w2c += !rc && qc;
+  }
+  const int64_t n = static_cast<int64_t>(m.size());
+  const double dn = n > 0 ? double(n) : 1.0;
+  return {{"flip_rate", double(flips) / dn},
+          {"flip_rate_ci", rate(flips, n)},
+          {"answer_change_rate", double(changes) / dn},
+          {"answer_change_rate_ci", rate(changes, n)},
+          {"c2w", c2w},
+          {"c2w_rate_ci", rate(c2w, n)},
+          {"w2c", w2c},
+          {"w2c_rate_ci", rate(w2c, n)},
+          {"mmlu_acc_ref", double(ref_correct) / dn}};
+}
+
+}  // namespace kldq::eval
