@@ -56,7 +56,8 @@ struct Inputs {
   std::optional<std::vector<eval::MmluPrediction>> ref_predictions;
 };
 
-Inputs read_inputs(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t max_ctx) {
+// Protocol settings from the options alone (errors before any file is read).
+Inputs settings_from(const EvalCliOptions& o, int64_t max_ctx) {
   Inputs in;
   if (!o.ppl.empty()) {
     in.ppl.protocol = eval::parse_ppl_protocol(o.ppl_protocol, "--ppl-protocol");
@@ -68,6 +69,23 @@ Inputs read_inputs(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t ma
       throw ConfigError(fmt::format("--stride {} exceeds the window of {}", o.stride, in.ppl.ctx));
     in.ppl.stride = o.stride;
     in.ppl.batch = o.batch;
+  }
+  if (!o.mmlu.empty()) {
+    in.mmlu.protocol = eval::parse_mmlu_protocol(o.mmlu_protocol, "--mmlu-protocol");
+    const bool chat = in.mmlu.protocol == eval::MmluProtocol::CHAT0SHOT;
+    if (chat && o.shots > 0) throw ConfigError("--shots: chat0shot is a 0-shot protocol");
+    in.mmlu.shots = o.shots >= 0 ? o.shots : chat ? 0 : 5;
+    in.mmlu.limit = o.mmlu_limit;
+    in.mmlu.batch = o.batch;
+    in.mmlu.max_len = max_ctx;
+    in.mmlu_tag = fmt::format("{}:{}", chat ? "chat0shot" : "5shot", in.mmlu.shots);
+  }
+  return in;
+}
+
+// The evaluation data, read, tokenized and checked before any model is loaded.
+void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in) {
+  if (!o.ppl.empty()) {
     // llama.cpp writes BOS over each window's first token when the model's tokenizer adds one.
     const auto with = tok.encode("", true), without = tok.encode("", false);
     if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && without.empty() && !with.empty())
@@ -81,17 +99,9 @@ Inputs read_inputs(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t ma
                                     in.tokens.size(), in.ppl.ctx));
   }
   if (!o.mmlu.empty()) {
-    in.mmlu.protocol = eval::parse_mmlu_protocol(o.mmlu_protocol, "--mmlu-protocol");
-    const bool chat = in.mmlu.protocol == eval::MmluProtocol::CHAT0SHOT;
-    if (chat && o.shots > 0) throw ConfigError("--shots: chat0shot is a 0-shot protocol");
-    in.mmlu.shots = o.shots >= 0 ? o.shots : chat ? 0 : 5;
-    in.mmlu.limit = o.mmlu_limit;
-    in.mmlu.batch = o.batch;
-    in.mmlu.max_len = max_ctx;
     in.mmlu_data = eval::load_mmlu(o.mmlu);
     in.items = eval::mmlu_items(in.mmlu_data, in.mmlu);
     in.answers = eval::mmlu_answer_tokens(tok, in.mmlu_data, in.items.front(), in.mmlu);
-    in.mmlu_tag = fmt::format("{}:{}", chat ? "chat0shot" : "5shot", in.mmlu.shots);
     if (!o.reference_predictions.empty()) {
       std::string proto;
       in.ref_predictions = eval::read_predictions(o.reference_predictions, &proto);
@@ -100,7 +110,6 @@ Inputs read_inputs(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t ma
                                       o.reference_predictions, proto, in.mmlu_tag));
     }
   }
-  return in;
 }
 
 model::Decoder load_model(const EvalCliOptions& o, const RunContext& ctx, std::string& described) {
@@ -140,10 +149,10 @@ int run_eval(const EvalCliOptions& o) {
       throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
 
   const RunContext ctx = context_from(o.compute);
-  const std::string tok_dir = o.reference.empty() ? o.model : o.reference;
-  const auto tokenizer = io::Tokenizer::load(tok_dir);
   const model::ModelConfig config = model::load_config(fs::path(o.model) / "config.json");
-  Inputs in = read_inputs(o, *tokenizer, config.max_position_embeddings);
+  Inputs in = settings_from(o, config.max_position_embeddings);
+  const auto tokenizer = io::Tokenizer::load(o.reference.empty() ? o.model : o.reference);
+  read_data(o, *tokenizer, in);
 
   std::string described;
   model::Decoder m = load_model(o, ctx, described);
