@@ -4,9 +4,9 @@
 # with the Hugging Face peer. Everything is logged to $OUT (or ./gpu-out).
 #
 #   scripts/gpu/check.sh [--quick]      --quick: tests and parity only, no benchmarks
-# Needs ../shared/bench copied to .gpu/bench (the peer script) and, optionally,
-# ../shared/data/models/stories260k-qwen2 to .gpu/data/ (a real trained model for the bf16
-# parity check); see docs/GPU.md.
+# Needs ../shared/bench copied to .gpu/bench (the peer script) and ../shared/data copied to
+# .gpu/shared (real models, tokenizer, WikiText-2, MMLU: the data tests then run there too, and
+# the evaluation benchmark reads its text and tokenizer from it); see docs/GPU.md.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -17,6 +17,8 @@ MODELS="${KLDQ_GPU_MODELS:-/tmp/kldq-models}"
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 log() { echo "== $*" | tee -a "$OUT/check.log"; }
 fail=0
+SHARED="$ROOT/.gpu/shared"
+[ -d "$SHARED" ] && export KLDQ_SHARED_DATA="$SHARED"
 
 log "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 TORCH_PREFIX="$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
@@ -44,7 +46,7 @@ K="$BUILD/kldq"
 mkdir -p "$MODELS"
 synth() { [ -f "$MODELS/$1/model.safetensors" ] || "$K" -q synth --shape "$1" -o "$MODELS/$1" --device cuda --force; }
 synth qwen2.5-1.5b || { log "synth failed"; exit 1; }
-STORIES="$ROOT/.gpu/data/stories260k-qwen2"
+STORIES="$SHARED/models/stories260k-qwen2"
 EXTRA=""; [ -d "$STORIES" ] && EXTRA="--model $STORIES"
 "$PY" "$ROOT/scripts/gpu/hf_parity.py" --kldq "$K" --model "$MODELS/qwen2.5-1.5b" $EXTRA --out "$OUT/parity.json" \
   2>>"$OUT/check.log" | tee -a "$OUT/check.log" || fail=1
@@ -73,6 +75,27 @@ if [ $QUICK -eq 0 ]; then
   log "dequantization throughput vs device-to-device copy, same run"
   "$BUILD/kldq_bench_dequant" | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
   BENCH="$ROOT/.gpu/bench/hf_baseline.py"
+  # Evaluation: nf4 in memory, perplexity + per-token KL against the bf16 model over windows of
+  # 2048 (about 16 windows of WikiText-2 with the Qwen tokenizer), then the peer's --ppl-kld
+  # (16 windows of 2048, batch 2), same GPU, same job.
+  if [ -d "$SHARED/qwen-tokenizer" ]; then
+    cp "$SHARED/qwen-tokenizer/tokenizer.json" "$SHARED/qwen-tokenizer/tokenizer_config.json" "$MODELS/qwen2.5-1.5b/"
+    head -c 150000 "$SHARED/wikitext-2/wiki.test.raw" > "$OUT/wiki150k.txt"
+    for b in 2 4; do
+      "$K" -q eval "$MODELS/qwen2.5-1.5b" --base nf4 --ppl "$OUT/wiki150k.txt" --kld --ctx 2048 \
+        --batch $b --device cuda -o "$OUT/eval_nf4_b$b.json" >/dev/null || fail=1
+      "$PY" -c "import json,sys; j=json.load(open(sys.argv[1])); print(json.dumps({'what':'kldq_ppl_kld_eval','batch':$b,'tokens':j['tokens'],'s':round(j['seconds_ppl'],3),'tok_per_s':round(j['tokens_per_second']),'kl_mean':j['kl_mean'],'peak_mem_gib':round(j['peak_cuda_bytes']/2**30,2)}))" \
+        "$OUT/eval_nf4_b$b.json" | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
+    done
+    [ -f "$BENCH" ] && "$PY" "$BENCH" --shape qwen2.5-1.5b --layers 1 --ppl-kld --ctx 2048 --eval-windows 16 \
+      --eval-batch 2 2>/dev/null | grep '"ppl_kld_eval"' | sed 's/^/{"peer":"hf","line":/; s/$/}/' \
+      | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
+    log "MMLU 5-shot throughput, synth 1.5B (first 1000 questions, batch 16)"
+    "$K" -q eval "$MODELS/qwen2.5-1.5b" --mmlu "$SHARED/mmlu" --mmlu-limit 1000 --batch 16 --device cuda \
+      -o "$OUT/mmlu_b16.json" >/dev/null || fail=1
+    "$PY" -c "import json,sys; j=json.load(open(sys.argv[1])); print(json.dumps({'what':'kldq_mmlu_5shot','n':j['mmlu_n'],'s':round(j['seconds_mmlu'],2),'q_per_s':round(j['mmlu_n']/j['seconds_mmlu'],1),'peak_mem_gib':round(j['peak_cuda_bytes']/2**30,2)}))" \
+      "$OUT/mmlu_b16.json" | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
+  fi
   for shape in qwen2.5-1.5b qwen2.5-7b; do
     synth "$shape" || { log "synth $shape failed"; exit 1; }
     # 1.5B: also quantized in memory, so packed/dense forward ratios come from this run.

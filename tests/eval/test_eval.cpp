@@ -243,3 +243,36 @@ TEST_CASE("kldq eval errors", "[eval][cli][errors]") {
   kldq::test::write_text(dir / "mm/test/x_test.csv", "Q,a,b,c,d,A\n");
   fails(m + " --mmlu " + (dir / "mm").string(), 2, "MMLU subject x: 0 dev examples, 5 shots");
 }
+
+TEST_CASE("kldq eval on CUDA in fp32 reproduces the CPU", "[eval][cli][cuda]") {
+  const auto model = kldq::test::shared_data("models/stories260k-qwen2");
+  const auto wiki = kldq::test::shared_data("wikitext-2/wiki.test.raw");
+  const auto mmlu = kldq::test::shared_data("mmlu");
+  if (!model || !wiki || !mmlu) KLDQ_SKIP("../shared/data not present");
+  kldq::test::TempDir dir("eval-cuda");
+  kldq::test::write_text(dir / "t.txt", kldq::test::read_text(*wiki).substr(0, 60000));
+  nlohmann::json m[2];
+  std::string preds[2];
+  for (int i = 0; i < 2; ++i) {
+    const std::string out = (dir / (i ? "cuda.json" : "cpu.json")).string();
+    REQUIRE(run_kldq("eval " + model->string() + " --base nf4 --ppl " + (dir / "t.txt").string() +
+                     " --ppl-protocol sliding --ctx 256 --kld --mmlu " + mmlu->string() +
+                     " --mmlu-limit 60 --batch 8 --dtype fp32 --device " + (i ? "cuda" : "cpu") +
+                     " -o " + out)
+                .rc == 0);
+    m[i] = nlohmann::json::parse(kldq::test::read_text(out));
+    preds[i] =
+        kldq::test::read_text(dir / (i ? "cuda.predictions.jsonl" : "cpu.predictions.jsonl"));
+  }
+  for (const char* key :
+       {"ppl", "ppl_ref", "kl_mean", "kl_p99", "dp_rms", "mmlu_acc", "flip_rate"}) {
+    INFO(key);
+    CHECK(m[1][key].get<double>() == Approx(m[0][key].get<double>()).epsilon(1e-4));
+  }
+  CHECK(m[1]["tokens"] == m[0]["tokens"]);
+  CHECK(m[1]["peak_cuda_bytes"].get<int64_t>() > 0);
+  std::istringstream a(preds[0]), b(preds[1]);
+  std::string x, y;
+  while (std::getline(a, x) && std::getline(b, y))
+    CHECK(nlohmann::json::parse(x)["pred"] == nlohmann::json::parse(y)["pred"]);
+}
