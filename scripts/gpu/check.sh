@@ -96,7 +96,7 @@ if [ $QUICK -eq 0 ]; then
     "$PY" -c "import json,sys; j=json.load(open(sys.argv[1])); print(json.dumps({'what':'kldq_mmlu_5shot','n':j['mmlu_n'],'s':round(j['seconds_mmlu'],2),'q_per_s':round(j['mmlu_n']/j['seconds_mmlu'],1),'peak_mem_gib':round(j['peak_cuda_bytes']/2**30,2)}))" \
       "$OUT/mmlu_b16.json" | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
   fi
-  for shape in qwen2.5-1.5b qwen2.5-7b; do
+  for shape in ${KLDQ_GPU_SHAPES:-qwen2.5-1.5b qwen2.5-7b}; do
     synth "$shape" || { log "synth $shape failed"; exit 1; }
     # 1.5B: also quantized in memory, so packed/dense forward ratios come from this run.
     BASES=""; [ "$shape" = qwen2.5-1.5b ] && BASES="--base nf4 int4_g128 int8 fp8_e4m3"
