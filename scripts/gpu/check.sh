@@ -76,18 +76,18 @@ if [ $QUICK -eq 0 ]; then
   "$BUILD/kldq_bench_dequant" | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
   BENCH="$ROOT/.gpu/bench/hf_baseline.py"
   # Evaluation: nf4 in memory, perplexity + per-token KL against the bf16 model over windows of
-  # 2048 (about 16 windows of WikiText-2 with the Qwen tokenizer), then the peer's --ppl-kld
-  # (16 windows of 2048, batch 2), same GPU, same job.
+  # 2048 (64 windows of WikiText-2 with the Qwen tokenizer), then the peer's --ppl-kld (64
+  # windows of 2048, batch 2), same GPU, same job.
   if [ -d "$SHARED/qwen-tokenizer" ]; then
     cp "$SHARED/qwen-tokenizer/tokenizer.json" "$SHARED/qwen-tokenizer/tokenizer_config.json" "$MODELS/qwen2.5-1.5b/"
-    head -c 150000 "$SHARED/wikitext-2/wiki.test.raw" > "$OUT/wiki150k.txt"
+    head -c 600000 "$SHARED/wikitext-2/wiki.test.raw" > "$OUT/wiki600k.txt"
     for b in 2 4; do
-      "$K" -q eval "$MODELS/qwen2.5-1.5b" --base nf4 --ppl "$OUT/wiki150k.txt" --kld --ctx 2048 \
+      "$K" -q eval "$MODELS/qwen2.5-1.5b" --base nf4 --ppl "$OUT/wiki600k.txt" --kld --ctx 2048 \
         --batch $b --device cuda -o "$OUT/eval_nf4_b$b.json" >/dev/null || fail=1
       "$PY" -c "import json,sys; j=json.load(open(sys.argv[1])); print(json.dumps({'what':'kldq_ppl_kld_eval','batch':$b,'tokens':j['tokens'],'s':round(j['seconds_ppl'],3),'tok_per_s':round(j['tokens_per_second']),'kl_mean':j['kl_mean'],'peak_mem_gib':round(j['peak_cuda_bytes']/2**30,2)}))" \
         "$OUT/eval_nf4_b$b.json" | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
     done
-    [ -f "$BENCH" ] && "$PY" "$BENCH" --shape qwen2.5-1.5b --layers 1 --ppl-kld --ctx 2048 --eval-windows 16 \
+    [ -f "$BENCH" ] && "$PY" "$BENCH" --shape qwen2.5-1.5b --layers 1 --ppl-kld --ctx 2048 --eval-windows 64 \
       --eval-batch 2 2>/dev/null | grep '"ppl_kld_eval"' | sed 's/^/{"peer":"hf","line":/; s/$/}/' \
       | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
     log "MMLU 5-shot throughput, synth 1.5B (first 1000 questions, batch 16)"

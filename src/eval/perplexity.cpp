@@ -11,6 +11,7 @@
 #include "kldq/core/error.hpp"
 #include "kldq/core/progress.hpp"
 #include "kldq/eval/stats.hpp"
+#include "kldq/kernels/kl.hpp"
 
 namespace kldq::eval {
 namespace {
@@ -106,19 +107,24 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
         ids.narrow(1, from + 1, S).reshape({B * S, 1}).to(model.device());  // [B*S, 1]
     for (int64_t r = 0; r < B * S; r += o.chunk) {
       const int64_t len = std::min(o.chunk, B * S - r);
-      // fp32 log-softmax of a chunk's logits: [len, V]. The reference's is recomputed the same
-      // way from its hidden states, never rounded to 16 bits (that biases KL negative).
-      const at::Tensor lp =
-          at::log_softmax(model.head(h.narrow(0, r, len).unsqueeze(0)).squeeze(0), -1, at::kFloat);
-      const at::Tensor tgt = target.narrow(0, r, len);
-      nll.push_back(-lp.gather(1, tgt).squeeze(1));
-      if (!reference) continue;
-      const at::Tensor lr = at::log_softmax(
-          reference->head(h_ref.narrow(0, r, len).unsqueeze(0)).squeeze(0).to(lp.device()), -1,
-          at::kFloat);
-      nll_ref.push_back(-lr.gather(1, tgt).squeeze(1));
-      kl.push_back((lr.exp() * (lr - lp)).sum(-1));
-      top1.push_back(lr.argmax(-1) == lp.argmax(-1));
+      const at::Tensor logits =
+          model.head(h.narrow(0, r, len).unsqueeze(0)).squeeze(0);  // [len, V]
+      const at::Tensor tgt = target.narrow(0, r, len).squeeze(1);   // [len]
+      if (!reference) {  // fp32 log-softmax of the chunk; the whole set is never materialised
+        nll.push_back(
+            -at::log_softmax(logits, -1, at::kFloat).gather(1, tgt.unsqueeze(1)).squeeze(1));
+        continue;
+      }
+      // The reference's logits, recomputed from its hidden states; the KL kernel reads both in
+      // their stored dtype and never rounds log-probabilities to 16 bits (that biases KL negative).
+      const kernels::TokenKl t = kernels::token_kl(
+          logits,
+          reference->head(h_ref.narrow(0, r, len).unsqueeze(0)).squeeze(0).to(logits.device()),
+          tgt);
+      nll.push_back(t.nll);
+      nll_ref.push_back(t.nll_ref);
+      kl.push_back(t.kl);
+      top1.push_back(t.same_top1);
     }
     s.windows += B;
     progress.advance(B);
