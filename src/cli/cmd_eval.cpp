@@ -181,9 +181,15 @@ int run_eval(const EvalCliOptions& o) {
     log::info("eval {}: perplexity ({}), {} tokens of {}, {} windows of {}", described,
               eval::ppl_protocol_name(in.ppl.protocol), in.tokens.size(), o.ppl, in.windows.size(),
               in.ppl.ctx);
+    const model::Decoder* r = o.kld ? &*ref : nullptr;
+    if (ctx.device.is_cuda()) {
+      // Warm-up on the first window, not timed: CUDA loads kernels lazily and cuBLAS picks
+      // algorithms on first use, a one-time cost per process that the rate should not include.
+      eval::score_windows(m, r, in.tokens, {in.windows.front()}, in.ppl);
+      device_synchronize(ctx.device);
+    }
     const auto t = Clock::now();
-    const eval::TokenScores s =
-        eval::score_windows(m, o.kld ? &*ref : nullptr, in.tokens, in.windows, in.ppl);
+    const eval::TokenScores s = eval::score_windows(m, r, in.tokens, in.windows, in.ppl);
     device_synchronize(ctx.device);
     const double secs = seconds_since(t);
     j.update(eval::ppl_summary(s.nll, s.windows));

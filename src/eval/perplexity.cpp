@@ -6,9 +6,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cmath>
 
+#include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/log.hpp"
 #include "kldq/core/progress.hpp"
 #include "kldq/eval/stats.hpp"
 #include "kldq/kernels/kl.hpp"
@@ -25,6 +29,37 @@ std::vector<double> to_vector(const at::Tensor& t) {
 at::Tensor final_hidden(const model::Decoder& m, const at::Tensor& ids, int64_t from, int64_t len) {
   return m.run_blocks(0, m.num_blocks(), m.embed(ids.to(m.device()))).narrow(1, from, len);
 }
+
+// With -v: seconds per phase, measured between device synchronisations (which cost a little
+// overlap, so they are taken only when asked for).
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(c10::Device device)
+      : device_(device), on_(log::enabled(log::Level::VERBOSE)) {}
+  void start() {
+    if (!on_) return;
+    device_synchronize(device_);
+    last_ = Clock::now();
+  }
+  void lap(size_t phase) {
+    if (!on_) return;
+    device_synchronize(device_);
+    const auto now = Clock::now();
+    seconds_[phase] += std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+  }
+  void report(const std::array<const char*, 3>& names) const {
+    if (!on_) return;
+    for (size_t i = 0; i < names.size(); ++i) log::debug("{}: {:.3f} s", names[i], seconds_[i]);
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  c10::Device device_;
+  bool on_;
+  Clock::time_point last_;
+  std::array<double, 3> seconds_{};
+};
 
 }  // namespace
 
@@ -83,6 +118,7 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
   std::vector<at::Tensor> nll, nll_ref, kl, top1;  // device tensors, one per chunk
   at::InferenceMode guard;
   Progress progress("perplexity", static_cast<int64_t>(windows.size()), "windows");
+  PhaseTimer timer(model.device());
   for (size_t w = 0; w < windows.size();) {
     // A batch: consecutive windows of the same length and scored range.
     const Window& first = windows[w];
@@ -100,11 +136,14 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
     at::Tensor ids = at::tensor(flat_ids).view({B, T});  // [B, T] int64
     if (o.bos >= 0) ids.select(1, 0).fill_(o.bos);
     const int64_t from = first.score_from, S = T - 1 - from;  // S scored positions per window
+    timer.start();
     const at::Tensor h = final_hidden(model, ids, from, S).reshape({B * S, -1});  // [B*S, H]
+    timer.lap(0);
     const at::Tensor h_ref =
         reference ? final_hidden(*reference, ids, from, S).reshape({B * S, -1}) : at::Tensor();
     const at::Tensor target =
         ids.narrow(1, from + 1, S).reshape({B * S, 1}).to(model.device());  // [B*S, 1]
+    timer.lap(1);
     for (int64_t r = 0; r < B * S; r += o.chunk) {
       const int64_t len = std::min(o.chunk, B * S - r);
       const at::Tensor logits =
@@ -126,10 +165,12 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
       kl.push_back(t.kl);
       top1.push_back(t.same_top1);
     }
+    timer.lap(2);
     s.windows += B;
     progress.advance(B);
     w = end;
   }
+  timer.report({"model blocks", "reference blocks", "heads + per-token scores"});
   if (nll.empty()) return s;
   s.nll = to_vector(at::cat(nll));
   if (reference) {
