@@ -54,6 +54,7 @@ struct Inputs {
   eval::AnswerTokens answers;
   std::string mmlu_tag;  // "5shot:5"
   std::optional<std::vector<eval::MmluPrediction>> ref_predictions;
+  std::string ppl_sha256, mmlu_sha256;  // hashed before any model runs
 };
 
 // Protocol settings from the options alone (errors before any file is read).
@@ -86,22 +87,40 @@ Inputs settings_from(const EvalCliOptions& o, int64_t max_ctx) {
 // The evaluation data, read, tokenized and checked before any model is loaded.
 void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in) {
   if (!o.ppl.empty()) {
-    // llama.cpp writes BOS over each window's first token when the model's tokenizer adds one.
-    const auto with = tok.encode("", true), without = tok.encode("", false);
-    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && without.empty() && !with.empty())
-      in.ppl.bos = with.front();
+    // The BOS the tokenizer puts in front of a text, if any (not an appended EOS).
+    const auto with = tok.encode("a", true), without = tok.encode("a", false);
+    const bool adds_bos = with.size() > without.size() &&
+                          std::equal(without.begin(), without.end(), with.begin() + 1);
     const std::string text = io::read_corpus(o.ppl);
     if (text.empty()) throw ConfigError(fmt::format("--ppl: {} is empty", o.ppl));
     in.tokens = tok.encode(text, false);
-    in.windows = eval::make_windows(static_cast<int64_t>(in.tokens.size()), in.ppl);
+    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && adds_bos) {
+      // llama-perplexity tokenizes with BOS in front of the stream, then writes BOS over each
+      // window's first token.
+      in.ppl.bos = with.front();
+      in.tokens.insert(in.tokens.begin(), in.ppl.bos);
+    }
+    const auto n = static_cast<int64_t>(in.tokens.size());
+    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && n < 2 * in.ppl.ctx)
+      throw ConfigError(
+          fmt::format("--ppl: {} has {} tokens; the llamacpp protocol needs at "
+                      "least 2 x ctx = {}, as llama-perplexity does",
+                      o.ppl, n, 2 * in.ppl.ctx));
+    in.windows = eval::make_windows(n, in.ppl);
     if (in.windows.empty())
       throw ConfigError(fmt::format("--ppl: {} has {} tokens, fewer than one window of {}", o.ppl,
-                                    in.tokens.size(), in.ppl.ctx));
+                                    n, in.ppl.ctx));
+    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && in.ppl.ctx < 4)
+      throw ConfigError(
+          "--ctx: the llamacpp protocol scores the second half of each window; "
+          "it needs at least 4 tokens");
+    in.ppl_sha256 = sha256_path(o.ppl);
   }
   if (!o.mmlu.empty()) {
     in.mmlu_data = eval::load_mmlu(o.mmlu);
     in.items = eval::mmlu_items(in.mmlu_data, in.mmlu);
     in.answers = eval::mmlu_answer_tokens(tok, in.mmlu_data, in.items.front(), in.mmlu);
+    in.mmlu_sha256 = sha256_path(o.mmlu);
     if (!o.reference_predictions.empty()) {
       std::string proto;
       in.ref_predictions = eval::read_predictions(o.reference_predictions, &proto);
@@ -110,6 +129,20 @@ void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in) {
                                       o.reference_predictions, proto, in.mmlu_tag));
     }
   }
+}
+
+// Token ids the models have embeddings for: a tokenizer with more added tokens than the model's
+// vocabulary would otherwise index out of range on the device.
+void check_vocabulary(const Inputs& in, int64_t vocab) {
+  int64_t top = -1;
+  for (int32_t t : in.tokens) top = std::max<int64_t>(top, t);
+  for (const auto& a : in.answers)
+    for (int32_t t : a) top = std::max<int64_t>(top, t);
+  if (top >= vocab)
+    throw ConfigError(
+        fmt::format("the tokenizer produced token id {}, outside the model's "
+                    "vocabulary of {}",
+                    top, vocab));
 }
 
 model::Decoder load_model(const EvalCliOptions& o, const RunContext& ctx, std::string& described) {
@@ -149,10 +182,18 @@ int run_eval(const EvalCliOptions& o) {
       throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
 
   const RunContext ctx = context_from(o.compute);
-  const model::ModelConfig config = model::load_config(fs::path(o.model) / "config.json");
+  // Windows and prompts must fit both models' context and vocabulary.
+  model::ModelConfig config = model::load_config(fs::path(o.model) / "config.json");
+  if (!o.reference.empty()) {
+    const model::ModelConfig rc = model::load_config(fs::path(o.reference) / "config.json");
+    config.max_position_embeddings =
+        std::min(config.max_position_embeddings, rc.max_position_embeddings);
+    config.vocab_size = std::min(config.vocab_size, rc.vocab_size);
+  }
   Inputs in = settings_from(o, config.max_position_embeddings);
   const auto tokenizer = io::Tokenizer::load(o.reference.empty() ? o.model : o.reference);
   read_data(o, *tokenizer, in);
+  check_vocabulary(in, config.vocab_size);
 
   std::string described;
   model::Decoder m = load_model(o, ctx, described);
@@ -160,9 +201,9 @@ int run_eval(const EvalCliOptions& o) {
   // something needs it (KL, or MMLU flips without saved reference predictions).
   const bool need_ref = o.kld || (!o.mmlu.empty() && !in.ref_predictions);
   std::optional<model::Decoder> ref;
-  if (!o.reference.empty())
+  if (need_ref && !o.reference.empty())
     ref = model::Decoder::load(o.reference, ctx.device, ctx.dtype);
-  else if (quantize && need_ref)
+  else if (need_ref && quantize)
     ref = model::Decoder::load(o.model, ctx.device, ctx.dtype);
   const std::string ref_name = o.reference.empty() ? (ref ? o.model : "") : o.reference;
 
@@ -205,7 +246,7 @@ int run_eval(const EvalCliOptions& o) {
                          {"stride", in.ppl.stride > 0 ? in.ppl.stride : in.ppl.ctx / 2},
                          {"bos", in.ppl.bos},
                          {"file", o.ppl},
-                         {"sha256", sha256_path(o.ppl)}};
+                         {"sha256", in.ppl_sha256}};
     if (in.ppl.protocol != eval::PplProtocol::SLIDING) j["ppl_settings"].erase("stride");
   }
   std::string predictions;
@@ -225,9 +266,9 @@ int run_eval(const EvalCliOptions& o) {
           o.reference_predictions.empty() ? "reference" : o.reference_predictions));
     device_synchronize(ctx.device);
     j["seconds_mmlu"] = seconds_since(t);
-    j["mmlu_settings"] = {{"protocol", in.mmlu_tag},       {"limit", in.mmlu.limit},
-                          {"max_len", in.mmlu.max_len},    {"path", o.mmlu},
-                          {"sha256", sha256_path(o.mmlu)}, {"predictions", pred_path.string()}};
+    j["mmlu_settings"] = {{"protocol", in.mmlu_tag},    {"limit", in.mmlu.limit},
+                          {"max_len", in.mmlu.max_len}, {"path", o.mmlu},
+                          {"sha256", in.mmlu_sha256},   {"predictions", pred_path.string()}};
     predictions = eval::predictions_jsonl(preds, in.mmlu_tag);
   }
   j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);

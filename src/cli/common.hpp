@@ -20,6 +20,7 @@ void register_logits(CLI::App& app, Action& action);
 void register_tokenize(CLI::App& app, Action& action);
 void register_quantize(CLI::App& app, Action& action);
 void register_eval(CLI::App& app, Action& action);
+void register_profile(CLI::App& app, Action& action);
 
 struct ComputeOptions {
   std::string device;  // "" = cuda when present, else cpu

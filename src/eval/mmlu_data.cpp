@@ -90,6 +90,8 @@ MmluData read_jsonl(const fs::path& path) {
                 : a.is_string()       ? parse_answer(a.get<std::string>(), false)
                                       : -1;
     if (it.answer < 0) throw bad(fmt::format("answer {} out of range (0-3 or A-D)", a.dump()));
+    if (row.contains("split") && !row["split"].is_string())
+      throw bad("\"split\" must be \"dev\" or \"test\"");
     const std::string split = row.value("split", std::string("test"));
     if (split != "test" && split != "dev")
       throw bad(fmt::format("split \"{}\": expected \"dev\" or \"test\"", split));

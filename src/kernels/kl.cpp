@@ -50,7 +50,9 @@ TokenKl token_kl(const at::Tensor& q, const at::Tensor& r, const at::Tensor& tar
   // fp32 log-softmax of both; the reference's log-probabilities are never rounded to 16 bits.
   const at::Tensor lq = at::log_softmax(q, -1, at::kFloat), lr = at::log_softmax(r, -1, at::kFloat);
   const at::Tensor tgt = target.to(q.device()).view({-1, 1});
-  return {(lr.exp() * (lr - lq)).sum(-1), -lq.gather(1, tgt).squeeze(1),
+  // Masked (-inf) reference logits have probability 0: their term is 0, not 0 * NaN.
+  const at::Tensor terms = at::where(lr.isinf(), at::zeros_like(lr), lr.exp() * (lr - lq));
+  return {terms.sum(-1), -lq.gather(1, tgt).squeeze(1),
           -lr.gather(1, tgt).squeeze(1), (lr.argmax(-1) == lq.argmax(-1)).to(at::kByte)};
 }
 

@@ -24,6 +24,7 @@ struct Soft {  // running max and sum of exp(z - m)
   float m = -INFINITY;
   double s = 0;
   __device__ void add(float z) {
+    if (z == -INFINITY) return;  // a masked logit: probability 0 (and no -inf - -inf NaN)
     if (z > m) {
       s = s * static_cast<double>(expf(m - z)) + 1.0;
       m = z;

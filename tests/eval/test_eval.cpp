@@ -273,6 +273,10 @@ TEST_CASE("kldq eval on CUDA in fp32 reproduces the CPU", "[eval][cli][cuda]") {
   CHECK(m[1]["peak_cuda_bytes"].get<int64_t>() > 0);
   std::istringstream a(preds[0]), b(preds[1]);
   std::string x, y;
-  while (std::getline(a, x) && std::getline(b, y))
+  int rows = 0;
+  while (std::getline(a, x) && std::getline(b, y)) {
     CHECK(nlohmann::json::parse(x)["pred"] == nlohmann::json::parse(y)["pred"]);
+    ++rows;
+  }
+  CHECK(rows == 60);
 }

@@ -1,7 +1,7 @@
 // Per-token KL (kernels::token_kl) against a float64 ATen computation of the same logits: KL,
 // both NLLs and top-1 agreement, on the CPU path and the fused CUDA kernel (vector and scalar
 // loads, fp32/fp16/bf16 logits), including near-identical rows where fp32 log-probabilities lose
-// most digits, and identical rows (exactly 0).
+// most digits, tied maxima, masked (-inf) logits, and identical rows (exactly 0).
 #include <ATen/ATen.h>
 
 #include "kldq/kernels/kl.hpp"
@@ -15,7 +15,8 @@ void check_against_float64(const at::Tensor& q, const at::Tensor& r, double rel)
   const auto got = kldq::kernels::token_kl(q, r, target.to(q.device()));
   const at::Tensor lq = at::log_softmax(q.cpu().to(at::kDouble), -1);
   const at::Tensor lr = at::log_softmax(r.cpu().to(at::kDouble), -1);
-  const at::Tensor kl = (lr.exp() * (lr - lq)).sum(-1);
+  // Masked (-inf) logits of both contribute 0, not 0 * (-inf - -inf).
+  const at::Tensor kl = at::where(lr.isinf(), at::zeros_like(lr), lr.exp() * (lr - lq)).sum(-1);
   const at::Tensor nll = -lq.gather(1, target.view({-1, 1})).squeeze(1);
   const at::Tensor nll_ref = -lr.gather(1, target.view({-1, 1})).squeeze(1);
   const at::Tensor same = (lq.argmax(-1) == lr.argmax(-1)).to(at::kByte);
@@ -42,8 +43,19 @@ void run_cases(c10::Device device) {
       const at::Tensor noise = at::randn({6, vocab}, opts);
       noise.narrow(0, 3, 3).mul_(0.01);
       const at::Tensor q = r + noise;
+      // Row 0: tied maxima at 5 and 9 in both (the first index wins); row 1: masked logits.
+      for (const at::Tensor& t : {q, r}) {
+        t[0][5] = 100.0, t[0][9] = 100.0;
+        t[1].narrow(0, 0, 10).fill_(-INFINITY);
+      }
       check_against_float64(q.to(dtype).to(device), r.to(dtype).to(device),
                             device.is_cuda() ? 1e-5 : 1e-3);
+      // A base pointer off 16-byte alignment takes the scalar-load path.
+      const auto shifted = [&](const at::Tensor& t) {
+        at::Tensor buf = at::empty({t.numel() + 1}, t.options().dtype(dtype).device(device));
+        return buf.narrow(0, 1, t.numel()).view(t.sizes()).copy_(t.to(dtype));
+      };
+      check_against_float64(shifted(q), shifted(r), device.is_cuda() ? 1e-5 : 1e-3);
       const at::Tensor same = r.to(dtype).to(device);
       const auto zero = kldq::kernels::token_kl(same, same, at::zeros({6}, at::kLong).to(device));
       // Identical rows: exactly 0 from the kernel (every term is p * 0); the CPU path's

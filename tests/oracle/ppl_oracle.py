@@ -4,8 +4,9 @@ Usage: ppl_oracle.py MODEL TEXT PROTOCOL CTX [STRIDE]
 TEXT: a .jsonl file (rows' "text" joined with "\\n\\n") or a text file used whole.
 PROTOCOL:
   gptq      non-overlapping windows of CTX tokens, every next-token prediction scored
-  llamacpp  as llama.cpp's llama-perplexity: windows of CTX, the window's first token replaced by
-            BOS when the tokenizer adds one, predictions of tokens CTX/2+1 .. CTX-1 scored
+  llamacpp  as llama.cpp's llama-perplexity: the text tokenized with BOS in front (when the
+            tokenizer adds one), windows of CTX with each window's first token replaced by BOS,
+            predictions of tokens CTX/2+1 .. CTX-1 scored
   sliding   the Hugging Face "perplexity of fixed-length models" stride loop (labels -100 outside
             the target span), STRIDE default CTX/2
 Prints JSON {"ppl", "nll_mean", "tokens", "windows"} computed in fp32 on the CPU (sums in fp64).
@@ -28,13 +29,17 @@ def main():
     model_dir, text_file, protocol, ctx = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     stride = int(sys.argv[5]) if len(sys.argv) > 5 else ctx // 2
     tok = Tokenizer.from_file(f"{model_dir}/tokenizer.json")
-    ids = tok.encode(read_text(text_file), add_special_tokens=False).ids
+    text = read_text(text_file)
+    # llama.cpp tokenizes with BOS (when the tokenizer adds one); GPTQ-style and HF stride
+    # evaluation here use the text's tokens alone.
+    ids = tok.encode(text, add_special_tokens=(protocol == "llamacpp")).ids
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     total, count, windows = 0.0, 0, 0
     with torch.no_grad():
         if protocol in ("gptq", "llamacpp"):
-            with_special = tok.encode("", add_special_tokens=True).ids
-            bos = with_special[0] if protocol == "llamacpp" and with_special else None
+            plain, special = tok.encode("a", add_special_tokens=False).ids, tok.encode("a").ids
+            adds_bos = len(special) > len(plain) and special[1:len(plain) + 1] == plain
+            bos = special[0] if protocol == "llamacpp" and adds_bos else None
             first = 0 if protocol == "gptq" else ctx // 2
             for start in range(0, len(ids) - ctx + 1, ctx):
                 w = torch.tensor(ids[start:start + ctx])

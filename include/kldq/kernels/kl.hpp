@@ -15,7 +15,8 @@ struct TokenKl {
   at::Tensor same_top1;  // [N] bool-valued uint8: first argmaxes equal
 };
 
-// logits, ref_logits: [N, V] on one device, fp32/fp16/bf16 (the same dtype); target: [N] int64.
+// logits, ref_logits: [N, V] on one device, fp32/fp16/bf16 (the same dtype); target: [N] int64
+// in [0, V) (checked by callers, once per data set rather than per chunk: it would synchronise).
 // Floating outputs are double on CUDA, float on CPU.
 TokenKl token_kl(const at::Tensor& logits, const at::Tensor& ref_logits, const at::Tensor& target);
 

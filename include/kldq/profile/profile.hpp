@@ -1,0 +1,76 @@
+// Sensitivity profiling (docs/PROTOCOLS.md, "Sensitivity profile"; DESIGN.md section 6): for
+// every unit (a linear layer, a block's attention or MLP, or a whole block), the KL divergence of
+// the model's next-token distributions from the reference's on a calibration set, with only that
+// unit quantized (quantize-one) or only that unit restored in the fully quantized model
+// (restore-one, the reference project's measure).
+//
+// The cached path runs the calibration set through the model once per state (reference; fully
+// quantized) and keeps every block's input hidden states; a unit in block b then re-runs only
+// blocks b..L-1 from the cached input, and reference logits are recomputed from the cached final
+// hidden states a chunk at a time. The naive path (a full forward per unit) exists to test it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "kldq/formats/format.hpp"
+#include "kldq/model/decoder.hpp"
+#include "kldq/quant/quantizer.hpp"
+
+namespace kldq::profile {
+
+enum class Mode { QUANTIZE_ONE, RESTORE_ONE };
+enum class Granularity { LINEAR, HALF_BLOCK, BLOCK };
+// "quantize-one" / "restore-one"; "linear" / "half-block" / "block"; ConfigError naming `option`.
+Mode parse_mode(const std::string& s, const char* option);
+Granularity parse_granularity(const std::string& s, const char* option);
+const char* mode_name(Mode m);
+const char* granularity_name(Granularity g);
+
+struct Unit {
+  std::string
+      id;  // HF name: "model.layers.3.mlp.down_proj", "model.layers.3.mlp", "model.layers.3"
+  int block = 0;
+  std::vector<model::LayerId> layers;
+};
+// The units of `model` in model order.
+std::vector<Unit> make_units(const model::Decoder& model, Granularity g);
+
+struct Options {
+  Mode mode = Mode::QUANTIZE_ONE;
+  Granularity granularity = Granularity::LINEAR;
+  formats::FormatSpec base;
+  int64_t batch = 8;     // calibration windows per forward
+  int64_t chunk = 1024;  // positions per LM head + KL
+  bool cached = true;    // false: a full forward per unit (the test oracle)
+};
+
+struct KlStats {
+  double mean = 0, stderr_ = 0, top1 = 0;
+};
+
+struct UnitResult {
+  Unit unit;
+  uint64_t params = 0, bytes_base = 0, bytes_bf16 = 0;
+  KlStats kl;  // quantize-one: KL with the unit quantized; restore-one: with it restored
+};
+
+struct Result {
+  std::vector<UnitResult> units;
+  KlStats baseline;  // the fully quantized model
+};
+
+// `model` must be dense (unquantized); it is returned dense (though with its fused groups split).
+// ids: [N, T] int64 calibration windows.
+Result run_profile(model::Decoder& model, const at::Tensor& ids, quant::Quantizer& quantizer,
+                   const Options& options);
+
+// profile.json: "units" in model order ({id, params, bytes_base, bytes_bf16, kl_mean, kl_stderr,
+// top1_agree, and for restore-one kl_gain = baseline - kl}), "baseline_kl", "baseline_kl_stderr",
+// "baseline_top1_agree", "mode", "granularity", "base", "method".
+nlohmann::json to_json(const Result& r, const Options& o, const std::string& method);
+
+}  // namespace kldq::profile

@@ -1,0 +1,120 @@
+// `kldq profile MODEL --base FORMAT [--method rtn] --calib FILE [--samples N] [--seq-len T]
+// [--seed S] [--mode quantize-one|restore-one] [--granularity linear|half-block|block]
+// [--batch B] [--naive] -o profile.json`: per-unit KL sensitivity (docs/PROTOCOLS.md,
+// "Sensitivity profile").
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+
+#include "common.hpp"
+#include "kldq/build_config.hpp"
+#include "kldq/calib/calibration.hpp"
+#include "kldq/core/device.hpp"
+#include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
+#include "kldq/core/log.hpp"
+#include "kldq/io/json_util.hpp"
+#include "kldq/profile/profile.hpp"
+
+namespace kldq::cli {
+namespace {
+
+struct ProfileCliOptions {
+  std::string model, base, method = "rtn", calib, mode = "quantize-one", granularity = "linear";
+  std::string out;
+  int64_t samples = 128, seq_len = 512, batch = 8;
+  uint64_t seed = 0;
+  bool naive = false;
+  ComputeOptions compute;
+};
+
+int run_profile_cmd(const ProfileCliOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  profile::Options po;
+  po.mode = profile::parse_mode(o.mode, "--mode");
+  po.granularity = profile::parse_granularity(o.granularity, "--granularity");
+  po.base = formats::FormatSpec::parse(o.base, "--base");
+  po.batch = o.batch;
+  po.cached = !o.naive;
+  auto quantizer = quant::make_quantizer(o.method);
+  const std::filesystem::path out = output_path(o.out, "-o");
+  const RunContext ctx = context_from(o.compute);
+  const auto tokenizer = io::Tokenizer::load(o.model);
+  const calib::Calibration cal =
+      calib::make_calibration({o.calib, o.samples, o.seq_len, o.seed}, *tokenizer);
+  model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
+  if (o.seq_len > m.config().max_position_embeddings)
+    throw ConfigError(fmt::format("--seq-len {} exceeds the model's context of {}", o.seq_len,
+                                  m.config().max_position_embeddings));
+  if (cal.ids.max().item<int64_t>() >= m.config().vocab_size)
+    throw ConfigError(
+        fmt::format("--calib: the tokenizer produced ids outside the model's "
+                    "vocabulary of {}",
+                    m.config().vocab_size));
+  log::info("profile {}: {} {} units, {}/{}, {} x {} calibration tokens of {}", o.model, o.mode,
+            o.granularity, o.method, po.base.name(), o.samples, o.seq_len, o.calib);
+  reset_peak_allocated_bytes(ctx.device);
+  const auto t1 = std::chrono::steady_clock::now();
+  const profile::Result r = profile::run_profile(m, cal.ids, *quantizer, po);
+  device_synchronize(ctx.device);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  nlohmann::json j = profile::to_json(r, po, o.method);
+  j["kldq_version"] = KLDQ_VERSION_STRING;
+  j["model"] = o.model;
+  j["calibration"] = cal.identity;
+  j["dtype"] = dtype_name(ctx.dtype);
+  j["device"] = ctx.device.str();
+  j["device_name"] = device_description(ctx.device);
+  j["seconds_profile"] = secs;
+  j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
+  io::write_file_atomic(out, j.dump(2) + "\n");
+
+  // The most sensitive units first (largest KL quantized alone, or largest gain restored alone).
+  std::vector<size_t> order(r.units.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  const bool restore = po.mode == profile::Mode::RESTORE_ONE;
+  auto key = [&](size_t i) {
+    return restore ? r.baseline.mean - r.units[i].kl.mean : r.units[i].kl.mean;
+  };
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key(a) > key(b); });
+  std::string table = fmt::format("baseline KL (all {}): {:.6f} ± {:.6f}\n{:<36} {:>12} {:>10}\n",
+                                  po.base.name(), r.baseline.mean, r.baseline.stderr_, "unit",
+                                  restore ? "KL gain" : "KL", "stderr");
+  for (size_t k = 0; k < std::min<size_t>(order.size(), 10); ++k) {
+    const auto& u = r.units[order[k]];
+    table += fmt::format("{:<36} {:>12.6f} {:>10.6f}\n", u.unit.id, key(order[k]), u.kl.stderr_);
+  }
+  std::cerr << table;
+  std::cout << fmt::format("profiled {} units in {:.1f} s -> {}\n", r.units.size(), secs,
+                           out.string());
+  return 0;
+}
+
+}  // namespace
+
+void register_profile(CLI::App& app, Action& action) {
+  auto opts = std::make_shared<ProfileCliOptions>();
+  auto* sub = app.add_subcommand("profile", "per-unit KL sensitivity on a calibration set");
+  sub->add_option("MODEL", opts->model, "checkpoint directory (unquantized)")->required();
+  sub->add_option("--base", opts->base, "format the units are quantized to")->required();
+  sub->add_option("--method", opts->method, "rtn (default)");
+  sub->add_option("--calib", opts->calib, "calibration text or JSONL file")->required();
+  sub->add_option("--samples", opts->samples, "calibration windows N (default 128)")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--seq-len", opts->seq_len, "tokens per window T (default 512)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  sub->add_option("--seed", opts->seed, "window selection seed (default 0)");
+  sub->add_option("--mode", opts->mode, "quantize-one (default) or restore-one");
+  sub->add_option("--granularity", opts->granularity, "linear (default), half-block or block");
+  sub->add_option("--batch", opts->batch, "windows per forward (default 8)")
+      ->check(CLI::PositiveNumber);
+  sub->add_flag("--naive", opts->naive, "a full forward per unit (slow; for checking)");
+  sub->add_option("-o,--output", opts->out, "profile JSON")->required();
+  add_compute_options(*sub, opts->compute);
+  sub->callback([&action, opts] { action = [opts] { return run_profile_cmd(*opts); }; });
+}
+
+}  // namespace kldq::cli

@@ -1,0 +1,218 @@
+// Sensitivity profile: unit list, cached block inputs, per-unit KL against the reference.
+#include "kldq/profile/profile.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <map>
+
+#include "kldq/core/error.hpp"
+#include "kldq/core/progress.hpp"
+#include "kldq/kernels/kl.hpp"
+
+namespace kldq::profile {
+namespace {
+
+using model::Decoder;
+using model::LayerId;
+using model::QLinear;
+
+// Per-token KL and top-1 agreement, accumulated over batches.
+struct Scores {
+  std::vector<at::Tensor> kl, top1;
+  KlStats stats() const {
+    const at::Tensor k = at::cat(kl).to(at::kCPU, at::kDouble);
+    const int64_t n = k.numel();
+    KlStats s;
+    s.mean = k.mean().item<double>();
+    s.stderr_ = n > 1 ? k.std().item<double>() / std::sqrt(double(n)) : 0.0;
+    s.top1 = at::cat(top1).to(at::kCPU, at::kDouble).mean().item<double>();
+    return s;
+  }
+};
+
+// KL of final hidden states `h` [B, T, H] of `m` against the reference's `h_ref`, positions
+// 0..T-2 (each predicts the next calibration token), LM heads a chunk at a time.
+void score(const Decoder& m, const at::Tensor& h, const at::Tensor& h_ref, const at::Tensor& ids,
+           int64_t chunk, Scores& out) {
+  const int64_t B = h.size(0), T = h.size(1), H = h.size(2), rows = B * (T - 1);
+  const at::Tensor hq = h.narrow(1, 0, T - 1).reshape({rows, H});
+  const at::Tensor hr = h_ref.narrow(1, 0, T - 1).reshape({rows, H});
+  const at::Tensor tgt = ids.narrow(1, 1, T - 1).reshape({rows}).to(m.device());
+  for (int64_t r = 0; r < rows; r += chunk) {
+    const int64_t len = std::min(chunk, rows - r);
+    const auto t = kernels::token_kl(m.head(hq.narrow(0, r, len).unsqueeze(0)).squeeze(0),
+                                     m.head(hr.narrow(0, r, len).unsqueeze(0)).squeeze(0),
+                                     tgt.narrow(0, r, len));
+    out.kl.push_back(t.kl);
+    out.top1.push_back(t.same_top1);
+  }
+}
+
+// The model's layers in two states, swapped in and out by LayerId.
+struct States {
+  std::map<std::string, QLinear> dense, quantized;
+  void set(Decoder& m, const std::vector<LayerId>& ids, bool quant) const {
+    for (const LayerId& id : ids) m.set_linear(id, (quant ? quantized : dense).at(id.name()));
+  }
+};
+
+// Runs every window through the model in its current state; fills `inputs` (block inputs, when
+// not null) and `final` ([N, T, H]).
+void cache_pass(const Decoder& m, const at::Tensor& ids, int64_t batch,
+                std::vector<at::Tensor>* inputs, at::Tensor& final) {
+  const int64_t N = ids.size(0), T = ids.size(1), H = m.config().hidden_size;
+  const auto opts = at::TensorOptions().dtype(m.dtype()).device(m.device());
+  final = at::empty({N, T, H}, opts);
+  if (inputs) inputs->assign(static_cast<size_t>(m.num_blocks()), at::Tensor());
+  if (inputs)
+    for (auto& t : *inputs) t = at::empty({N, T, H}, opts);
+  for (int64_t w = 0; w < N; w += batch) {
+    const int64_t B = std::min(batch, N - w);
+    at::Tensor h = m.embed(ids.narrow(0, w, B));
+    for (int b = 0; b < m.num_blocks(); ++b) {
+      if (inputs) (*inputs)[static_cast<size_t>(b)].narrow(0, w, B).copy_(h);
+      h = m.block(b, h);
+    }
+    final.narrow(0, w, B).copy_(h);
+  }
+}
+
+uint64_t weight_bytes(const QLinear& l) {
+  return l.bytes() - (l.bias().defined() ? l.bias().nbytes() : 0) -
+         (l.input_scale().defined() ? l.input_scale().nbytes() : 0);
+}
+
+}  // namespace
+
+Mode parse_mode(const std::string& s, const char* option) {
+  if (s == "quantize-one") return Mode::QUANTIZE_ONE;
+  if (s == "restore-one") return Mode::RESTORE_ONE;
+  throw ConfigError(fmt::format("{} {}: expected quantize-one or restore-one", option, s));
+}
+
+Granularity parse_granularity(const std::string& s, const char* option) {
+  if (s == "linear") return Granularity::LINEAR;
+  if (s == "half-block") return Granularity::HALF_BLOCK;
+  if (s == "block") return Granularity::BLOCK;
+  throw ConfigError(fmt::format("{} {}: expected linear, half-block or block", option, s));
+}
+
+const char* mode_name(Mode m) {
+  return m == Mode::QUANTIZE_ONE ? "quantize-one" : "restore-one";
+}
+
+const char* granularity_name(Granularity g) {
+  return g == Granularity::LINEAR       ? "linear"
+         : g == Granularity::HALF_BLOCK ? "half-block"
+                                        : "block";
+}
+
+std::vector<Unit> make_units(const Decoder& m, Granularity g) {
+  std::vector<Unit> units;
+  for (const LayerId& id : m.linear_ids()) {
+    const bool attn = id.proj == model::Proj::Q || id.proj == model::Proj::K ||
+                      id.proj == model::Proj::V || id.proj == model::Proj::O;
+    std::string name = id.name();
+    if (g == Granularity::BLOCK) name = fmt::format("model.layers.{}", id.block);
+    if (g == Granularity::HALF_BLOCK)
+      name = fmt::format("model.layers.{}.{}", id.block, attn ? "self_attn" : "mlp");
+    if (units.empty() || units.back().id != name) units.push_back({name, id.block, {}});
+    units.back().layers.push_back(id);
+  }
+  return units;
+}
+
+Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantizer,
+                   const Options& o) {
+  check(ids.dim() == 2 && ids.size(1) >= 2 && o.batch >= 1 && o.chunk >= 1,
+        "run_profile: bad calibration windows or options");
+  at::InferenceMode guard;
+  const std::vector<LayerId> all = m.linear_ids();
+  States st;
+  for (const LayerId& id : all) {
+    const QLinear& l = m.linear(id);
+    if (l.is_packed())
+      throw ConfigError(
+          fmt::format("profile: layer {} is already quantized ({}); profile the "
+                      "unquantized checkpoint",
+                      id.name(), l.format_name()));
+    st.dense.emplace(id.name(), l);  // views into fused buffers stay valid: shared storage
+  }
+  for (const LayerId& id : all) {
+    m.quantize_layer(id, quantizer.quantize(id, st.dense.at(id.name()).weight(), o.base));
+    st.quantized.emplace(id.name(), m.linear(id));
+  }
+  const bool restore = o.mode == Mode::RESTORE_ONE;
+  // Reference pass (dense): final hidden states, and block inputs for quantize-one.
+  st.set(m, all, false);
+  std::vector<at::Tensor> inputs;
+  at::Tensor final_ref, final_q;
+  cache_pass(m, ids, o.batch, o.cached && !restore ? &inputs : nullptr, final_ref);
+  // Fully quantized pass: the baseline, and block inputs for restore-one.
+  st.set(m, all, true);
+  cache_pass(m, ids, o.batch, o.cached && restore ? &inputs : nullptr, final_q);
+  Result result;
+  {
+    Scores s;
+    for (int64_t w = 0; w < ids.size(0); w += o.batch) {
+      const int64_t B = std::min(o.batch, ids.size(0) - w);
+      score(m, final_q.narrow(0, w, B), final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk, s);
+    }
+    result.baseline = s.stats();
+  }
+  st.set(m, all, restore);  // the state units are perturbed from
+  const std::vector<Unit> units = make_units(m, o.granularity);
+  Progress progress(fmt::format("profile {}", mode_name(o.mode)),
+                    static_cast<int64_t>(units.size()), "units");
+  for (const Unit& u : units) {
+    st.set(m, u.layers, !restore);
+    Scores s;
+    for (int64_t w = 0; w < ids.size(0); w += o.batch) {
+      const int64_t B = std::min(o.batch, ids.size(0) - w);
+      const at::Tensor h = o.cached
+                               ? m.run_blocks(u.block, m.num_blocks(),
+                                              inputs[static_cast<size_t>(u.block)].narrow(0, w, B))
+                               : m.run_blocks(0, m.num_blocks(), m.embed(ids.narrow(0, w, B)));
+      score(m, h, final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk, s);
+    }
+    UnitResult r{u, 0, 0, 0, s.stats()};
+    for (const LayerId& id : u.layers) {
+      const QLinear& d = st.dense.at(id.name());
+      r.params += static_cast<uint64_t>(d.in_features() * d.out_features());
+      r.bytes_base += weight_bytes(st.quantized.at(id.name()));
+    }
+    r.bytes_bf16 = 2 * r.params;
+    result.units.push_back(std::move(r));
+    st.set(m, u.layers, restore);
+    progress.advance();
+  }
+  st.set(m, all, false);
+  return result;
+}
+
+nlohmann::json to_json(const Result& r, const Options& o, const std::string& method) {
+  nlohmann::json units = nlohmann::json::array();
+  for (const UnitResult& u : r.units) {
+    nlohmann::json j = {{"id", u.unit.id},
+                        {"params", u.params},
+                        {"bytes_base", u.bytes_base},
+                        {"bytes_bf16", u.bytes_bf16},
+                        {"kl_mean", u.kl.mean},
+                        {"kl_stderr", u.kl.stderr_},
+                        {"top1_agree", u.kl.top1}};
+    if (o.mode == Mode::RESTORE_ONE) j["kl_gain"] = r.baseline.mean - u.kl.mean;
+    units.push_back(j);
+  }
+  return {{"units", units},
+          {"baseline_kl", r.baseline.mean},
+          {"baseline_kl_stderr", r.baseline.stderr_},
+          {"baseline_top1_agree", r.baseline.top1},
+          {"mode", mode_name(o.mode)},
+          {"granularity", granularity_name(o.granularity)},
+          {"base", o.base.name()},
+          {"method", method}};
+}
+
+}  // namespace kldq::profile
