@@ -113,6 +113,7 @@ __global__ void __launch_bounds__(kThreads)
 
   double p_sum = 0, pd_sum = 0;
   for_row<T, VEC>(q, r, vocab, [&](float zq, float zr, int64_t) {
+    if (zr == -INFINITY) return;  // p = 0; skipping also avoids 0 * (-inf - -inf)
     const double p = static_cast<double>(expf(static_cast<float>(double(zr) - lse_r)));
     p_sum += p;
     pd_sum += p * static_cast<double>(zr - zq);
