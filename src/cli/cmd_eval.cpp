@@ -66,6 +66,8 @@ Inputs settings_from(const EvalCliOptions& o, int64_t max_ctx) {
                         : in.ppl.protocol == eval::PplProtocol::LLAMACPP ? 512
                                                                          : 2048;
     in.ppl.ctx = std::min(ctx, max_ctx);
+    if (o.stride > 0 && in.ppl.protocol != eval::PplProtocol::SLIDING)
+      throw ConfigError("--stride: only the sliding protocol has a stride");
     if (o.stride > in.ppl.ctx)
       throw ConfigError(fmt::format("--stride {} exceeds the window of {}", o.stride, in.ppl.ctx));
     in.ppl.stride = o.stride;

@@ -9,9 +9,9 @@ TEST_CASE("kldq --help lists the subcommands; unbuilt ones say so and exit 2", "
   for (const char* cmd :
        {"inspect", "synth", "profile", "plan", "quantize", "eval", "run", "report"})
     CHECK_THAT(help.out, HasText(cmd));
-  const auto prof = run_kldq("profile m --base nf4");
-  CHECK(prof.rc == 2);
-  CHECK_THAT(prof.err, HasText("not built yet"));
+  const auto plan = run_kldq("plan p.json");
+  CHECK(plan.rc == 2);
+  CHECK_THAT(plan.err, HasText("not built yet"));
   CHECK(run_kldq("").rc == 2);
   CHECK(run_kldq("inspect").rc == 2);  // missing MODEL
   CHECK(run_kldq("frobnicate").rc == 2);

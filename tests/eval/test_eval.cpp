@@ -227,7 +227,9 @@ TEST_CASE("kldq eval errors", "[eval][cli][errors]") {
         "nope: no such checkpoint directory");
   fails(tiny + " --mmlu x --mmlu-protocol chat0shot --shots 2", 2,
         "chat0shot is a 0-shot protocol");
-  fails(tiny + " --ppl " + txt + " --ctx 64 --stride 65", 2, "--stride 65 exceeds the window");
+  fails(tiny + " --ppl " + txt + " --ppl-protocol sliding --ctx 64 --stride 65", 2,
+        "--stride 65 exceeds the window");
+  fails(tiny + " --ppl " + txt + " --stride 8", 2, "--stride: only the sliding protocol");
 
   // Data errors need a model with a tokenizer.
   const auto model = kldq::test::shared_data("models/stories260k-qwen2");
