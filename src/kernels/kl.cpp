@@ -52,8 +52,8 @@ TokenKl token_kl(const at::Tensor& q, const at::Tensor& r, const at::Tensor& tar
   const at::Tensor tgt = target.to(q.device()).view({-1, 1});
   // Masked (-inf) reference logits have probability 0: their term is 0, not 0 * NaN.
   const at::Tensor terms = at::where(lr.isinf(), at::zeros_like(lr), lr.exp() * (lr - lq));
-  return {terms.sum(-1), -lq.gather(1, tgt).squeeze(1),
-          -lr.gather(1, tgt).squeeze(1), (lr.argmax(-1) == lq.argmax(-1)).to(at::kByte)};
+  return {terms.sum(-1), -lq.gather(1, tgt).squeeze(1), -lr.gather(1, tgt).squeeze(1),
+          (lr.argmax(-1) == lq.argmax(-1)).to(at::kByte)};
 }
 
 }  // namespace kldq::kernels
