@@ -11,11 +11,9 @@ nlohmann::json memory_report(const model::Decoder& m) {
   nlohmann::json layers = nlohmann::json::array();
   for (const auto id : m.linear_ids()) {
     const model::QLinear& l = m.linear(id);
-    // Weight bytes only (codes + scales + zeros, or the dense weight): bias and input scale are
-    // counted with the other tensors, as inspect does.
-    const uint64_t extra = (l.bias().defined() ? l.bias().nbytes() : 0) +
-                           (l.input_scale().defined() ? l.input_scale().nbytes() : 0);
-    const uint64_t bytes = l.bytes() - extra;
+    // Weight bytes only: biases and input scales are counted with the other tensors, as
+    // inspect does.
+    const uint64_t bytes = l.weight_bytes();
     const uint64_t n = static_cast<uint64_t>(l.in_features() * l.out_features());
     by_format[l.format_name()] += bytes;
     linear += bytes, params += n;

@@ -66,8 +66,12 @@ std::string QLinear::format_name() const {
   return t == at::kBFloat16 ? "bf16" : t == at::kHalf ? "fp16" : "fp32";
 }
 
+uint64_t QLinear::weight_bytes() const {
+  return is_packed() ? packed_.bytes() : weight_.nbytes();
+}
+
 uint64_t QLinear::bytes() const {
-  uint64_t n = is_packed() ? packed_.bytes() : weight_.nbytes();
+  uint64_t n = weight_bytes();
   if (bias_.defined()) n += bias_.nbytes();
   if (input_scale_.defined()) n += input_scale_.nbytes();
   return n;

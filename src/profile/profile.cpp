@@ -65,9 +65,10 @@ void cache_pass(const Decoder& m, const at::Tensor& ids, int64_t batch,
   const int64_t N = ids.size(0), T = ids.size(1), H = m.config().hidden_size;
   const auto opts = at::TensorOptions().dtype(m.dtype()).device(m.device());
   final = at::empty({N, T, H}, opts);
-  if (inputs) inputs->assign(static_cast<size_t>(m.num_blocks()), at::Tensor());
-  if (inputs)
-    for (auto& t : *inputs) t = at::empty({N, T, H}, opts);
+  if (inputs) {
+    inputs->clear();
+    for (int b = 0; b < m.num_blocks(); ++b) inputs->push_back(at::empty({N, T, H}, opts));
+  }
   for (int64_t w = 0; w < N; w += batch) {
     const int64_t B = std::min(batch, N - w);
     at::Tensor h = m.embed(ids.narrow(0, w, B));
@@ -77,11 +78,6 @@ void cache_pass(const Decoder& m, const at::Tensor& ids, int64_t batch,
     }
     final.narrow(0, w, B).copy_(h);
   }
-}
-
-uint64_t weight_bytes(const QLinear& l) {
-  return l.bytes() - (l.bias().defined() ? l.bias().nbytes() : 0) -
-         (l.input_scale().defined() ? l.input_scale().nbytes() : 0);
 }
 
 }  // namespace
@@ -181,7 +177,7 @@ Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantize
     for (const LayerId& id : u.layers) {
       const QLinear& d = st.dense.at(id.name());
       r.params += static_cast<uint64_t>(d.in_features() * d.out_features());
-      r.bytes_base += weight_bytes(st.quantized.at(id.name()));
+      r.bytes_base += st.quantized.at(id.name()).weight_bytes();
     }
     r.bytes_bf16 = 2 * r.params;
     result.units.push_back(std::move(r));

@@ -46,7 +46,9 @@ class QLinear {
   at::Tensor effective_weight(at::ScalarType dtype) const;
   // Format name: the packed format, or the dense weight's dtype ("bf16", "fp16", "fp32").
   std::string format_name() const;
-  // Exact bytes held: codes + scales + zeros (or the dense weight), bias and input scale.
+  // Exact bytes of the weight alone: codes + scales + zeros, or the dense weight.
+  uint64_t weight_bytes() const;
+  // Exact bytes held: weight_bytes(), bias and input scale.
   uint64_t bytes() const;
 
  private:
