@@ -1,4 +1,4 @@
-// Progress bar: one line rewritten with '\r', cleared when done.
+// Progress bar (one line rewritten with '\r', cleared when done) and the -v phase timer.
 #include "kldq/core/progress.hpp"
 
 #include <fmt/format.h>
@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "kldq/core/device.hpp"
 #include "kldq/core/log.hpp"
 
 namespace kldq {
@@ -65,6 +66,31 @@ void Progress::draw(bool force) {
                std::string(kWidth - filled, ' ').c_str(), static_cast<long long>(done_),
                static_cast<long long>(total_), unit_.c_str(), clock_text(t).c_str(), eta.c_str());
   std::fflush(stderr);
+}
+
+PhaseTimer::PhaseTimer(c10::Device device, std::vector<std::string> names)
+    : device_(device),
+      on_(log::enabled(log::Level::VERBOSE)),
+      names_(std::move(names)),
+      seconds_(names_.size(), 0.0) {}
+
+void PhaseTimer::start() {
+  if (!on_) return;
+  device_synchronize(device_);
+  last_ = std::chrono::steady_clock::now();
+}
+
+void PhaseTimer::lap(size_t phase) {
+  if (!on_) return;
+  device_synchronize(device_);
+  const auto now = std::chrono::steady_clock::now();
+  seconds_.at(phase) += std::chrono::duration<double>(now - last_).count();
+  last_ = now;
+}
+
+void PhaseTimer::report() const {
+  if (!on_) return;
+  for (size_t i = 0; i < names_.size(); ++i) log::debug("{}: {:.3f} s", names_[i], seconds_[i]);
 }
 
 }  // namespace kldq

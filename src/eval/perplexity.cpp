@@ -30,37 +30,6 @@ at::Tensor final_hidden(const model::Decoder& m, const at::Tensor& ids, int64_t 
   return m.run_blocks(0, m.num_blocks(), m.embed(ids.to(m.device()))).narrow(1, from, len);
 }
 
-// With -v: seconds per phase, measured between device synchronisations (which cost a little
-// overlap, so they are taken only when asked for).
-class PhaseTimer {
- public:
-  explicit PhaseTimer(c10::Device device)
-      : device_(device), on_(log::enabled(log::Level::VERBOSE)) {}
-  void start() {
-    if (!on_) return;
-    device_synchronize(device_);
-    last_ = Clock::now();
-  }
-  void lap(size_t phase) {
-    if (!on_) return;
-    device_synchronize(device_);
-    const auto now = Clock::now();
-    seconds_[phase] += std::chrono::duration<double>(now - last_).count();
-    last_ = now;
-  }
-  void report(const std::array<const char*, 3>& names) const {
-    if (!on_) return;
-    for (size_t i = 0; i < names.size(); ++i) log::debug("{}: {:.3f} s", names[i], seconds_[i]);
-  }
-
- private:
-  using Clock = std::chrono::steady_clock;
-  c10::Device device_;
-  bool on_;
-  Clock::time_point last_;
-  std::array<double, 3> seconds_{};
-};
-
 }  // namespace
 
 PplProtocol parse_ppl_protocol(const std::string& name, const char* option) {
@@ -118,7 +87,8 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
   std::vector<at::Tensor> nll, nll_ref, kl, top1;  // device tensors, one per chunk
   at::InferenceMode guard;
   Progress progress("perplexity", static_cast<int64_t>(windows.size()), "windows");
-  PhaseTimer timer(model.device());
+  PhaseTimer timer(model.device(),
+                   {"model blocks", "reference blocks", "heads + per-token scores"});
   for (size_t w = 0; w < windows.size();) {
     // A batch: consecutive windows of the same length and scored range.
     const Window& first = windows[w];
@@ -170,7 +140,7 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
     progress.advance(B);
     w = end;
   }
-  timer.report({"model blocks", "reference blocks", "heads + per-token scores"});
+  timer.report();
   if (nll.empty()) return s;
   s.nll = to_vector(at::cat(nll));
   if (reference) {
