@@ -3,6 +3,7 @@
 #include "kldq/kernels/fused.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 
 #include "kldq/build_config.hpp"
@@ -45,6 +46,16 @@ cuda::Dtype cuda_dtype(at::ScalarType t) {
 void* stream_of(const at::Tensor& x) {
   return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
 }
+
+// The CUDA kernels have no backward: while autograd records (grad mode on and an operand
+// requires grad), the differentiable ATen composition runs instead. Under InferenceMode or
+// no_grad this is one flag test.
+bool records_grad(std::initializer_list<const at::Tensor*> operands) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : operands)
+    if (t->defined() && t->requires_grad()) return true;
+  return false;
+}
 #endif
 
 // Every operand on x's device with x's dtype (the kernels read them as one type).
@@ -64,7 +75,7 @@ void check_norm_args(const at::Tensor& x, const at::Tensor& weight) {
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_norm_args(x, weight);
 #if KLDQ_WITH_CUDA_BUILD
-  if (use_cuda(x)) {
+  if (use_cuda(x) && !records_grad({&x, &weight})) {
     const c10::cuda::CUDAGuard guard(x.device());
     const at::Tensor xc = x.contiguous();
     at::Tensor out = at::empty_like(xc);
@@ -84,7 +95,7 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const
   check(residual.sizes() == delta.sizes(), "add_rms_norm: residual and delta shapes differ");
   check_like(residual, delta, "add_rms_norm");
 #if KLDQ_WITH_CUDA_BUILD
-  if (use_cuda(residual)) {
+  if (use_cuda(residual) && !records_grad({&residual, &delta, &weight})) {
     const c10::cuda::CUDAGuard guard(residual.device());
     const at::Tensor rc = residual.contiguous(), dc = delta.contiguous();
     at::Tensor sum = at::empty_like(rc), out = at::empty_like(rc);
@@ -108,7 +119,7 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
             cos.sizes() == sin.sizes(),
         "rope: cos/sin must be [T, d]");
 #if KLDQ_WITH_CUDA_BUILD
-  if (use_cuda(x) && x.stride(3) == 1) {
+  if (use_cuda(x) && x.stride(3) == 1 && !records_grad({&x, &cos, &sin})) {
     const c10::cuda::CUDAGuard guard(x.device());
     const at::Tensor c = cos.contiguous(), s = sin.contiguous();
     at::Tensor out = at::empty(x.sizes(), x.options());  // contiguous [B, T, n, d]
@@ -126,7 +137,7 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
         "silu_mul: last dimension must be 2 I > 0");
   const int64_t i = gate_up.size(-1) / 2;
 #if KLDQ_WITH_CUDA_BUILD
-  if (use_cuda(gate_up)) {
+  if (use_cuda(gate_up) && !records_grad({&gate_up})) {
     const c10::cuda::CUDAGuard guard(gate_up.device());
     const at::Tensor gu = gate_up.contiguous();
     auto sizes = gu.sizes().vec();

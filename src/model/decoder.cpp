@@ -11,7 +11,10 @@
 namespace kldq::model {
 
 const Decoder::RopeTable& Decoder::rope(int64_t len) const {
-  if (rope_.len >= len) return rope_;
+  // A table built under InferenceMode holds inference tensors, which autograd cannot save for
+  // backward (RoPE's product with cos/sin needs them): outside InferenceMode it is rebuilt.
+  const bool usable = c10::InferenceMode::is_enabled() || !rope_.cos.is_inference();
+  if (rope_.len >= len && usable) return rope_;
   // As transformers' default RoPE: inv_freq = 1 / theta^(2i/d) and angles = pos * inv_freq in
   // fp32; cos/sin of [angles, angles] (rotate-half layout) computed in fp32, then cast to the
   // compute dtype. Positions beyond 2^24 would lose precision in fp32; contexts are far shorter.
@@ -29,9 +32,11 @@ const Decoder::RopeTable& Decoder::rope(int64_t len) const {
   return rope_;
 }
 
-at::Tensor Decoder::attention(const Block& b, const at::Tensor& h) const {
+at::Tensor Decoder::attention(int i, const at::Tensor& h) const {
+  const Block& b = blocks_[static_cast<size_t>(i)];
   const int64_t B = h.size(0), T = h.size(1), d = config_.head_dim;
   const int64_t nq = config_.num_heads, nkv = config_.num_kv_heads;
+  for (Proj p : {Proj::Q, Proj::K, Proj::V}) observe(i, p, h);
   at::Tensor q, k, v;  // [B, T, q_dim], [B, T, kv_dim], [B, T, kv_dim]
   if (b.qkv.weight().defined()) {
     auto parts = b.qkv.forward(h).split_with_sizes({nq * d, nkv * d, nkv * d}, -1);
@@ -52,17 +57,26 @@ at::Tensor Decoder::attention(const Block& b, const at::Tensor& h) const {
                                                     /*is_causal=*/true, /*scale=*/std::nullopt,
                                                     /*enable_gqa=*/nkv != nq);
   out = out.transpose(1, 2).reshape({B, T, nq * d});  // [B, T, q_dim]
+  observe(i, Proj::O, out);
   return b.linears[static_cast<int>(Proj::O)].forward(out);
 }
 
-at::Tensor Decoder::mlp(const Block& b, const at::Tensor& h) const {
+at::Tensor Decoder::mlp(int i, const at::Tensor& h) const {
+  const Block& b = blocks_[static_cast<size_t>(i)];
+  observe(i, Proj::GATE, h);
+  observe(i, Proj::UP, h);
   at::Tensor act;  // [B, T, I]
   if (b.gate_up.weight().defined()) {
     act = kernels::silu_mul(b.gate_up.forward(h));
   } else {
-    act = at::silu(b.linears[static_cast<int>(Proj::GATE)].forward(h))
-              .mul_(b.linears[static_cast<int>(Proj::UP)].forward(h));
+    const at::Tensor gate = b.linears[static_cast<int>(Proj::GATE)].forward(h);
+    const at::Tensor up = b.linears[static_cast<int>(Proj::UP)].forward(h);
+    // In place saves a buffer; when autograd records the product, out of place keeps its
+    // operands unmodified for backward.
+    act =
+        gate.requires_grad() || up.requires_grad() ? at::silu(gate) * up : at::silu(gate).mul_(up);
   }
+  observe(i, Proj::DOWN, act);
   return b.linears[static_cast<int>(Proj::DOWN)].forward(act);
 }
 
@@ -78,8 +92,9 @@ at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {
   const double eps = config_.rms_norm_eps;
   // Out of place first: callers cache block inputs and must get them back unchanged.
   auto [x, h] = kernels::add_rms_norm(
-      hidden, attention(b, kernels::rms_norm(hidden, b.input_norm, eps)), b.post_norm, eps);
-  return x.add_(mlp(b, h));
+      hidden, attention(i, kernels::rms_norm(hidden, b.input_norm, eps)), b.post_norm, eps);
+  // When autograd records, the residual sum is saved for the norm's backward: add out of place.
+  return x.requires_grad() ? x + mlp(i, h) : x.add_(mlp(i, h));
 }
 
 at::Tensor Decoder::run_blocks(int begin, int end, at::Tensor hidden) const {

@@ -2,6 +2,8 @@
 // it), rotate-half RoPE, and SwiGLU. Device-agnostic entry points: CUDA tensors run the kernels
 // in src/kernels/fused_cuda.cu, everything else the libtorch reference composition (the exact
 // operation sequence of transformers, which the CUDA kernels reproduce rounding for rounding).
+// The kernels have no backward, so calls that autograd records (grad mode on and an operand
+// that requires grad) take the composition on CUDA too.
 #pragma once
 
 #include <ATen/core/Tensor.h>

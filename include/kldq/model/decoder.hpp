@@ -11,6 +11,7 @@
 
 #include <array>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -53,6 +54,16 @@ class Decoder {
   // Exact bytes of every weight held (linears, norms, embeddings, untied head).
   uint64_t weight_bytes() const;
 
+  // Called during every forward with the input x of each linear layer (before its input scale),
+  // once per layer in model order: q, k and v receive the same tensor ([B, T, H], the normed
+  // hidden states), as do gate and up ([B, T, H]); o receives the attention output
+  // [B, T, q_dim] and down the SwiGLU activations [B, T, I]. x is the tensor the layer then
+  // consumes: an observer must not modify it. Calibration (Hessians, channel statistics) and the
+  // profile's proxies use it; unset (the default), it costs one test per layer.
+  using Observer = std::function<void(LayerId id, const at::Tensor& x)>;
+  void set_observer(Observer observer) { observer_ = std::move(observer); }
+  const Observer& observer() const { return observer_; }
+
  private:
   struct Block {
     at::Tensor input_norm;  // [H]
@@ -71,8 +82,11 @@ class Decoder {
   Decoder() = default;
   void check_layer(LayerId id) const;
   const RopeTable& rope(int64_t len) const;
-  at::Tensor attention(const Block& b, const at::Tensor& h) const;
-  at::Tensor mlp(const Block& b, const at::Tensor& h) const;
+  at::Tensor attention(int i, const at::Tensor& h) const;  // block i's attention
+  at::Tensor mlp(int i, const at::Tensor& h) const;
+  void observe(int block, Proj p, const at::Tensor& x) const {
+    if (observer_) observer_(LayerId{block, p}, x);
+  }
 
   ModelConfig config_;
   c10::Device device_{c10::kCPU};
@@ -83,6 +97,7 @@ class Decoder {
   std::vector<Block> blocks_;
   std::shared_ptr<kernels::Workspace> workspace_;  // shared by the packed layers
   mutable RopeTable rope_;  // grown on demand; the decoder is not shared across threads
+  Observer observer_;
 };
 
 }  // namespace kldq::model
