@@ -1,12 +1,17 @@
 // `kldq profile MODEL --base FORMAT [--method rtn] --calib FILE [--samples N] [--seq-len T]
 // [--seed S] [--mode quantize-one|restore-one] [--granularity linear|half-block|block]
-// [--batch B] [--naive] -o profile.json`: per-unit KL sensitivity (docs/PROTOCOLS.md,
-// "Sensitivity profile").
+// [--batch B] [--naive] [--proxies] [--csv FILE] -o profile.json`: per-unit KL sensitivity and
+// optionally its proxies (docs/PROTOCOLS.md, "Sensitivity profile"); the units also as CSV.
 #include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <iostream>
+#include <set>
 
 #include "common.hpp"
 #include "kldq/build_config.hpp"
@@ -15,6 +20,7 @@
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/io/checkpoint.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/profile/profile.hpp"
 
@@ -23,12 +29,67 @@ namespace {
 
 struct ProfileCliOptions {
   std::string model, base, method = "rtn", calib, mode = "quantize-one", granularity = "linear";
-  std::string out;
+  std::string out, csv;
   int64_t samples = 128, seq_len = 512, batch = 8;
   uint64_t seed = 0;
-  bool naive = false;
+  bool naive = false, proxies = false;
   ComputeOptions compute;
 };
+
+// Fails before the run, which may take hours, when an output cannot be written: its directory
+// is missing or not writable, or the path is a directory. IoError naming the option and path.
+void check_writable(const std::filesystem::path& path, const char* option) {
+  struct stat st {};
+  const std::filesystem::path dir = path.parent_path();
+  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw IoError(fmt::format("{} {}: no directory {}", option, path.string(), dir.string()));
+  if (::access(dir.c_str(), W_OK) != 0)
+    throw IoError(fmt::format("{} {}: cannot write in {} ({})", option, path.string(), dir.string(),
+                              std::strerror(errno)));
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw IoError(fmt::format("{} {}: is a directory", option, path.string()));
+}
+
+// One RFC 4180 field: null as empty, strings as they are and numbers as JSON writes them (the
+// shortest text that reads back to the same double); quoted, with quotes doubled, when the text
+// holds a comma, a quote, CR or LF.
+std::string csv_field(const nlohmann::json& v) {
+  if (v.is_null()) return "";
+  const std::string s = v.is_string() ? v.get<std::string>() : v.dump();
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (const char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
+// profile.json's units as CSV (CRLF line ends, as RFC 4180): a header of their keys, the known
+// ones in the order below and any others after them alphabetically, then one row per unit.
+std::string units_csv(const nlohmann::json& units) {
+  static const std::vector<std::string> kOrder = {
+      "id",         "params",  "bytes_base", "bytes_bf16",     "kl_mean",          "kl_stderr",
+      "top1_agree", "kl_gain", "weight_mse", "weight_sqnr_db", "output_rel_error", "fisher"};
+  std::vector<std::string> cols;
+  for (const std::string& k : kOrder)
+    if (std::any_of(units.begin(), units.end(), [&](const auto& u) { return u.contains(k); }))
+      cols.push_back(k);
+  std::set<std::string> rest;
+  for (const auto& u : units)
+    for (const auto& [k, v] : u.items())
+      if (std::find(kOrder.begin(), kOrder.end(), k) == kOrder.end()) rest.insert(k);
+  cols.insert(cols.end(), rest.begin(), rest.end());
+  auto row = [&](auto&& field) {
+    std::string line;
+    for (size_t c = 0; c < cols.size(); ++c) {
+      if (c) line += ',';
+      line += field(cols[c]);
+    }
+    return line + "\r\n";
+  };
+  std::string text = row([](const std::string& k) { return csv_field(k); });
+  for (const auto& u : units)
+    text += row([&](const std::string& k) { return csv_field(u.value(k, nlohmann::json())); });
+  return text;
+}
 
 int run_profile_cmd(const ProfileCliOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -38,8 +99,14 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   po.base = formats::FormatSpec::parse(o.base, "--base");
   po.batch = o.batch;
   po.cached = !o.naive;
+  po.proxies = o.proxies;
   auto quantizer = quant::make_quantizer(o.method);
   const std::filesystem::path out = output_path(o.out, "-o");
+  const std::filesystem::path csv =
+      o.csv.empty() ? std::filesystem::path() : output_path(o.csv, "--csv");
+  if (csv == out) throw ConfigError(fmt::format("--csv {}: the same file as -o", o.csv));
+  check_writable(out, "-o");
+  if (!csv.empty()) check_writable(csv, "--csv");
   const RunContext ctx = context_from(o.compute);
   const auto tokenizer = io::Tokenizer::load(o.model);
   const calib::Calibration cal =
@@ -63,6 +130,7 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   nlohmann::json j = profile::to_json(r, po, o.method);
   j["kldq_version"] = KLDQ_VERSION_STRING;
   j["model"] = o.model;
+  j["model_fingerprint"] = io::Checkpoint::open(o.model).fingerprint();
   j["calibration"] = cal.identity;
   j["dtype"] = dtype_name(ctx.dtype);
   j["device"] = ctx.device.str();
@@ -70,7 +138,20 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   j["seconds_profile"] = secs;
   j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
-  io::write_file_atomic(out, j.dump(2) + "\n");
+  // Both texts are made before either file is written, and the CSV is removed again if the JSON
+  // cannot be written: no partial output.
+  const std::string json_text = j.dump(2) + "\n";
+  if (!csv.empty()) {
+    io::write_file_atomic(csv, units_csv(j["units"]));
+    try {
+      io::write_file_atomic(out, json_text);
+    } catch (...) {
+      remove_tree(csv);
+      throw;
+    }
+  } else {
+    io::write_file_atomic(out, json_text);
+  }
 
   // The most sensitive units first (largest KL quantized alone, or largest gain restored alone).
   std::vector<size_t> order(r.units.size());
@@ -86,6 +167,17 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   for (size_t k = 0; k < std::min<size_t>(order.size(), 10); ++k) {
     const auto& u = r.units[order[k]];
     table += fmt::format("{:<36} {:>12.6f} {:>10.6f}\n", u.unit.id, key(order[k]), u.kl.stderr_);
+  }
+  if (po.proxies) {
+    const nlohmann::json& sp = j["proxies"]["spearman"];
+    auto corr = [&](const char* k) {
+      return sp[k].is_null() ? std::string("n/a") : fmt::format("{:+.3f}", sp[k].get<double>());
+    };
+    table += fmt::format(
+        "Spearman with {} over {} units: weight_mse {}, weight_sqnr_db {} (less error: expected "
+        "< 0), output_rel_error {}, fisher {}\n",
+        restore ? "KL gain" : "KL", r.units.size(), corr("weight_mse"), corr("weight_sqnr_db"),
+        corr("output_rel_error"), corr("fisher"));
   }
   std::cerr << table;
   std::cout << fmt::format("profiled {} units in {:.1f} s -> {}\n", r.units.size(), secs,
@@ -112,6 +204,10 @@ void register_profile(CLI::App& app, Action& action) {
   sub->add_option("--batch", opts->batch, "windows per forward (default 8)")
       ->check(CLI::PositiveNumber);
   sub->add_flag("--naive", opts->naive, "a full forward per unit (slow; for checking)");
+  sub->add_flag("--proxies", opts->proxies,
+                "also weight MSE/SQNR, output error and Fisher proxies per unit, and their "
+                "Spearman correlation with the KL ranking");
+  sub->add_option("--csv", opts->csv, "the per-unit results also as CSV");
   sub->add_option("-o,--output", opts->out, "profile JSON")->required();
   add_compute_options(*sub, opts->compute);
   sub->callback([&action, opts] { action = [opts] { return run_profile_cmd(*opts); }; });

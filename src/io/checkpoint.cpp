@@ -6,10 +6,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <fstream>
 #include <set>
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
+#include "kldq/core/hash.hpp"
 #include "kldq/io/json_util.hpp"
 
 namespace kldq::io {
@@ -119,6 +121,30 @@ uint64_t Checkpoint::file_bytes() const {
   uint64_t n = 0;
   for (const auto& f : files_) n += f->file_bytes();
   return n;
+}
+
+std::string Checkpoint::fingerprint() const {
+  constexpr uint64_t kSample = 64 << 10, kSamples = 64;
+  Sha256 h;
+  h.update(sha256_path(config_path()));
+  std::vector<char> buf(kSample);
+  for (const auto& f : files_) {
+    std::ifstream in(f->path(), std::ios::binary);
+    if (!in) throw IoError(fmt::format("{}: cannot read", f->path().string()));
+    const uint64_t size = fs::file_size(f->path());
+    h.update(fmt::format("{}\n{}\n", f->path().filename().string(), size));
+    const uint64_t n = size <= kSample * kSamples ? 1 : kSamples;
+    const uint64_t len = n == 1 ? size : kSample;
+    buf.resize(len);
+    for (uint64_t i = 0; i < n; ++i) {
+      const uint64_t at = n == 1 ? 0 : i * (size - kSample) / (kSamples - 1);
+      in.seekg(static_cast<std::streamoff>(at));
+      in.read(buf.data(), static_cast<std::streamsize>(len));
+      if (!in) throw IoError(fmt::format("{}: read failed at byte {}", f->path().string(), at));
+      h.update(buf.data(), len);
+    }
+  }
+  return h.hex();
 }
 
 std::filesystem::path checkpoint_output(const std::filesystem::path& arg, bool force) {

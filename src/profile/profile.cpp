@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -32,29 +33,73 @@ struct Scores {
   }
 };
 
-// KL of final hidden states `h` [B, T, H] of `m` against the reference's `h_ref`, positions
-// 0..T-2 (each predicts the next calibration token), LM heads a chunk at a time.
-void score(const Decoder& m, const at::Tensor& h, const at::Tensor& h_ref, const at::Tensor& ids,
-           int64_t chunk, Scores& out) {
-  const int64_t B = h.size(0), T = h.size(1), H = h.size(2), rows = B * (T - 1);
-  const at::Tensor hq = h.narrow(1, 0, T - 1).reshape({rows, H});
-  const at::Tensor hr = h_ref.narrow(1, 0, T - 1).reshape({rows, H});
+// KL of several final hidden states `hs[k]` [B, T, H] of `m` against the reference's `h_ref`,
+// positions 0..T-2 (each predicts the next calibration token), LM heads a chunk of positions at
+// a time. Each chunk's reference logits are computed once and shared by every state: for
+// 1.5B the LM head is a third of a unit's work, so scoring units in groups removes most of the
+// reference's share.
+void score(const Decoder& m, const std::vector<at::Tensor>& hs, const at::Tensor& h_ref,
+           const at::Tensor& ids, int64_t chunk, std::vector<Scores>& out) {
+  const int64_t B = h_ref.size(0), T = h_ref.size(1), H = h_ref.size(2), rows = B * (T - 1);
+  auto positions = [&](const at::Tensor& h) {  // [B*(T-1), H]
+    return h.narrow(1, 0, T - 1).reshape({rows, H});
+  };
+  const at::Tensor hr = positions(h_ref);
+  std::vector<at::Tensor> hq;
+  for (const at::Tensor& h : hs) hq.push_back(positions(h));
   const at::Tensor tgt = ids.narrow(1, 1, T - 1).reshape({rows}).to(m.device());
   for (int64_t r = 0; r < rows; r += chunk) {
     const int64_t len = std::min(chunk, rows - r);
-    const auto t = kernels::token_kl(m.head(hq.narrow(0, r, len).unsqueeze(0)).squeeze(0),
-                                     m.head(hr.narrow(0, r, len).unsqueeze(0)).squeeze(0),
-                                     tgt.narrow(0, r, len));
-    out.kl.push_back(t.kl);
-    out.top1.push_back(t.same_top1);
+    const at::Tensor ref = m.head(hr.narrow(0, r, len).unsqueeze(0)).squeeze(0);  // [len, V]
+    for (size_t k = 0; k < hq.size(); ++k) {
+      const auto t = kernels::token_kl(m.head(hq[k].narrow(0, r, len).unsqueeze(0)).squeeze(0), ref,
+                                       tgt.narrow(0, r, len));
+      out[k].kl.push_back(t.kl);
+      out[k].top1.push_back(t.same_top1);
+    }
   }
 }
 
-// The model's layers in two states, swapped in and out by LayerId.
+// Units scored together per batch of windows: their final hidden states ([B, T, H] each) are
+// held until the batch is scored, within 512 MiB, and at most 32 of them.
+size_t group_size(const Decoder& m, int64_t batch, int64_t T) {
+  const double per_unit = double(batch * T * m.config().hidden_size) * at::elementSize(m.dtype());
+  return static_cast<size_t>(std::clamp((512.0 * (1 << 20)) / per_unit, 1.0, 32.0));
+}
+
+// The model's layers in two states. A quantized state is written into the dense weight in
+// place (the packed layer's dequantized weight, exactly what its forward multiplies by), the
+// original kept aside until restored: the decoder keeps its fused q/k/v and gate/up GEMMs and
+// runs no dequantization per forward, and every state runs the reference's arithmetic. A layer
+// with an input scale ((x / s) W^T) is swapped in whole instead, since folding s into W would
+// round differently.
 struct States {
-  std::map<std::string, QLinear> dense, quantized;
-  void set(Decoder& m, const std::vector<LayerId>& ids, bool quant) const {
-    for (const LayerId& id : ids) m.set_linear(id, (quant ? quantized : dense).at(id.name()));
+  std::map<std::string, QLinear> dense, quantized;  // dense: the model's own weight views
+  std::map<std::string, at::Tensor> saved;          // originals of the layers now quantized
+  States() = default;
+  States(const States&) = delete;
+  States& operator=(const States&) = delete;
+  // The model is returned dense also when a pass throws.
+  ~States() {
+    try {
+      for (const auto& [name, w] : saved) dense.at(name).weight().copy_(w);
+    } catch (...) {  // a device error already being reported; nothing more to do
+    }
+  }
+  void set(Decoder& m, const std::vector<LayerId>& ids, bool quant) {
+    for (const LayerId& id : ids) {
+      const std::string name = id.name();
+      const QLinear &d = dense.at(name), &q = quantized.at(name);
+      if (q.input_scale().defined()) {
+        m.set_linear(id, quant ? q : d);
+      } else if (quant && !saved.count(name)) {
+        saved.emplace(name, d.weight().clone());
+        d.weight().copy_(q.effective_weight(m.dtype()));
+      } else if (!quant && saved.count(name)) {
+        d.weight().copy_(saved.at(name));
+        saved.erase(name);
+      }
+    }
   }
 };
 
@@ -125,6 +170,9 @@ Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantize
   check(ids.dim() == 2 && ids.size(1) >= 2 && o.batch >= 1 && o.chunk >= 1,
         "run_profile: bad calibration windows or options");
   at::InferenceMode guard;
+  PhaseTimer timer(m.device(), {"quantize + proxies", "reference and baseline passes",
+                                "unit blocks", "unit heads + KL"});
+  timer.start();
   const std::vector<LayerId> all = m.linear_ids();
   States st;
   for (const LayerId& id : all) {
@@ -137,9 +185,16 @@ Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantize
     st.dense.emplace(id.name(), l);  // views into fused buffers stay valid: shared storage
   }
   for (const LayerId& id : all) {
-    m.quantize_layer(id, quantizer.quantize(id, st.dense.at(id.name()).weight(), o.base));
-    st.quantized.emplace(id.name(), m.linear(id));
+    const QLinear& d = st.dense.at(id.name());
+    // No workspace: only the proxies and input-scaled layers run these layers' forward.
+    QLinear q(quantizer.quantize(id, d.weight(), o.base).to(m.device()), d.bias(), m.dtype(),
+              nullptr);
+    if (d.input_scale().defined()) q.set_input_scale(d.input_scale());
+    st.quantized.emplace(id.name(), std::move(q));
   }
+  const LayerProxies proxies =
+      o.proxies ? layer_proxies(m, ids, st.dense, st.quantized, o.batch, o.chunk) : LayerProxies{};
+  timer.lap(0);
   const bool restore = o.mode == Mode::RESTORE_ONE;
   // Reference pass (dense): final hidden states, and block inputs for quantize-one.
   st.set(m, all, false);
@@ -151,40 +206,55 @@ Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantize
   cache_pass(m, ids, o.batch, o.cached && restore ? &inputs : nullptr, final_q);
   Result result;
   {
-    Scores s;
+    std::vector<Scores> s(1);
     for (int64_t w = 0; w < ids.size(0); w += o.batch) {
       const int64_t B = std::min(o.batch, ids.size(0) - w);
-      score(m, final_q.narrow(0, w, B), final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk, s);
+      score(m, {final_q.narrow(0, w, B)}, final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk,
+            s);
     }
-    result.baseline = s.stats();
+    result.baseline = s[0].stats();
   }
+  timer.lap(1);
   st.set(m, all, restore);  // the state units are perturbed from
   const std::vector<Unit> units = make_units(m, o.granularity);
   Progress progress(fmt::format("profile {}", mode_name(o.mode)),
                     static_cast<int64_t>(units.size()), "units");
-  for (const Unit& u : units) {
-    st.set(m, u.layers, !restore);
-    Scores s;
+  const size_t group = group_size(m, o.batch, ids.size(1));
+  for (size_t g0 = 0; g0 < units.size(); g0 += group) {
+    const size_t G = std::min(group, units.size() - g0);
+    std::vector<Scores> s(G);
     for (int64_t w = 0; w < ids.size(0); w += o.batch) {
       const int64_t B = std::min(o.batch, ids.size(0) - w);
-      const at::Tensor h = o.cached
-                               ? m.run_blocks(u.block, m.num_blocks(),
-                                              inputs[static_cast<size_t>(u.block)].narrow(0, w, B))
-                               : m.run_blocks(0, m.num_blocks(), m.embed(ids.narrow(0, w, B)));
-      score(m, h, final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk, s);
+      std::vector<at::Tensor> hs;  // G x [B, T, H]
+      for (size_t k = 0; k < G; ++k) {
+        const Unit& u = units[g0 + k];
+        st.set(m, u.layers, !restore);
+        hs.push_back(o.cached ? m.run_blocks(u.block, m.num_blocks(),
+                                             inputs[static_cast<size_t>(u.block)].narrow(0, w, B))
+                              : m.run_blocks(0, m.num_blocks(), m.embed(ids.narrow(0, w, B))));
+        st.set(m, u.layers, restore);
+      }
+      timer.lap(2);
+      score(m, hs, final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk, s);
+      timer.lap(3);
     }
-    UnitResult r{u, 0, 0, 0, s.stats()};
-    for (const LayerId& id : u.layers) {
-      const QLinear& d = st.dense.at(id.name());
-      r.params += static_cast<uint64_t>(d.in_features() * d.out_features());
-      r.bytes_base += st.quantized.at(id.name()).weight_bytes();
+    for (size_t k = 0; k < G; ++k) {
+      const Unit& u = units[g0 + k];
+      UnitResult r{u, 0, 0, 0, s[k].stats()};
+      for (const LayerId& id : u.layers) {
+        const QLinear& d = st.dense.at(id.name());
+        r.params += static_cast<uint64_t>(d.in_features() * d.out_features());
+        r.bytes_base += st.quantized.at(id.name()).weight_bytes();
+      }
+      r.bytes_bf16 = 2 * r.params;
+      result.units.push_back(std::move(r));
     }
-    r.bytes_bf16 = 2 * r.params;
-    result.units.push_back(std::move(r));
-    st.set(m, u.layers, restore);
-    progress.advance();
+    progress.advance(static_cast<int64_t>(G));
   }
+  timer.report();
   st.set(m, all, false);
+  if (o.proxies)
+    for (UnitResult& r : result.units) r.proxies = unit_proxies(proxies, r.unit.layers);
   return result;
 }
 
@@ -199,16 +269,28 @@ nlohmann::json to_json(const Result& r, const Options& o, const std::string& met
                         {"kl_stderr", u.kl.stderr_},
                         {"top1_agree", u.kl.top1}};
     if (o.mode == Mode::RESTORE_ONE) j["kl_gain"] = r.baseline.mean - u.kl.mean;
+    if (u.proxies) add_proxy_keys(j, *u.proxies);
     units.push_back(j);
   }
-  return {{"units", units},
-          {"baseline_kl", r.baseline.mean},
-          {"baseline_kl_stderr", r.baseline.stderr_},
-          {"baseline_top1_agree", r.baseline.top1},
-          {"mode", mode_name(o.mode)},
-          {"granularity", granularity_name(o.granularity)},
-          {"base", o.base.name()},
-          {"method", method}};
+  nlohmann::json out = {{"units", units},
+                        {"baseline_kl", r.baseline.mean},
+                        {"baseline_kl_stderr", r.baseline.stderr_},
+                        {"baseline_top1_agree", r.baseline.top1},
+                        {"mode", mode_name(o.mode)},
+                        {"granularity", granularity_name(o.granularity)},
+                        {"base", o.base.name()},
+                        {"method", method}};
+  if (o.proxies) {
+    const bool restore = o.mode == Mode::RESTORE_ONE;
+    std::vector<ProxyStats> p;
+    std::vector<double> sensitivity;
+    for (const UnitResult& u : r.units) {
+      p.push_back(u.proxies.value_or(ProxyStats{}));
+      sensitivity.push_back(restore ? r.baseline.mean - u.kl.mean : u.kl.mean);
+    }
+    out["proxies"] = proxies_json(p, sensitivity, restore ? "kl_gain" : "kl_mean", o.batch);
+  }
+  return out;
 }
 
 }  // namespace kldq::profile

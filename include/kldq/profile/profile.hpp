@@ -7,17 +7,21 @@
 // The cached path runs the calibration set through the model once per state (reference; fully
 // quantized) and keeps every block's input hidden states; a unit in block b then re-runs only
 // blocks b..L-1 from the cached input, and reference logits are recomputed from the cached final
-// hidden states a chunk at a time. The naive path (a full forward per unit) exists to test it.
+// hidden states a chunk at a time, shared by a group of units. Quantized weights are written into
+// the dense (fused) weights in place for a unit's pass. The naive path (a full forward per unit)
+// exists to test it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "kldq/formats/format.hpp"
 #include "kldq/model/decoder.hpp"
+#include "kldq/profile/proxies.hpp"
 #include "kldq/quant/quantizer.hpp"
 
 namespace kldq::profile {
@@ -46,6 +50,7 @@ struct Options {
   int64_t batch = 8;     // calibration windows per forward
   int64_t chunk = 1024;  // positions per LM head + KL
   bool cached = true;    // false: a full forward per unit (the test oracle)
+  bool proxies = false;  // also the sensitivity proxies (proxies.hpp)
 };
 
 struct KlStats {
@@ -56,6 +61,7 @@ struct UnitResult {
   Unit unit;
   uint64_t params = 0, bytes_base = 0, bytes_bf16 = 0;
   KlStats kl;  // quantize-one: KL with the unit quantized; restore-one: with it restored
+  std::optional<ProxyStats> proxies = std::nullopt;  // with Options::proxies
 };
 
 struct Result {
@@ -63,14 +69,16 @@ struct Result {
   KlStats baseline;  // the fully quantized model
 };
 
-// `model` must be dense (unquantized); it is returned dense (though with its fused groups split).
+// `model` must be dense (unquantized); it is returned dense (with its fused groups split when
+// proxies were computed).
 // ids: [N, T] int64 calibration windows.
 Result run_profile(model::Decoder& model, const at::Tensor& ids, quant::Quantizer& quantizer,
                    const Options& options);
 
 // profile.json: "units" in model order ({id, params, bytes_base, bytes_bf16, kl_mean, kl_stderr,
 // top1_agree, and for restore-one kl_gain = baseline - kl}), "baseline_kl", "baseline_kl_stderr",
-// "baseline_top1_agree", "mode", "granularity", "base", "method".
+// "baseline_top1_agree", "mode", "granularity", "base", "method"; with proxies, each unit's
+// add_proxy_keys and "proxies" (proxies_json against kl_mean or kl_gain).
 nlohmann::json to_json(const Result& r, const Options& o, const std::string& method);
 
 }  // namespace kldq::profile
