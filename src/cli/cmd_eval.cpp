@@ -147,18 +147,24 @@ void check_vocabulary(const Inputs& in, int64_t vocab) {
                     top, vocab));
 }
 
-model::Decoder load_model(const EvalCliOptions& o, const RunContext& ctx, std::string& described) {
+// The plan of --base or --plan (read, and checked against MODEL, before any data); none when
+// MODEL is evaluated as it is.
+std::optional<quant::Plan> plan_from(const EvalCliOptions& o) {
+  if (o.base.empty() && o.plan.empty()) return std::nullopt;
+  if (!o.plan.empty()) return read_plan_for(o.plan, o.model);
+  quant::Plan plan;
+  plan.base = formats::FormatSpec::parse(o.base, "--base");
+  return plan;
+}
+
+model::Decoder load_model(const EvalCliOptions& o, const std::optional<quant::Plan>& plan,
+                          const RunContext& ctx, std::string& described) {
   model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
   described = o.model;
-  if (o.base.empty() && o.plan.empty()) return m;
-  quant::Plan plan;
-  if (!o.plan.empty())
-    plan = quant::Plan::from_json(io::read_json_file(o.plan, true), o.plan);
-  else
-    plan.base = formats::FormatSpec::parse(o.base, "--base");
-  auto quantizer = quant::make_quantizer(plan.method);
-  quant::quantize_decoder(m, plan.resolve(m.linear_ids()), *quantizer);
-  described += " (" + plan.method + "/" + plan.base.name() + " in memory)";
+  if (!plan) return m;
+  auto quantizer = quant::make_quantizer(plan->method);
+  quant::quantize_decoder(m, plan->resolve(m.linear_ids()), *quantizer);
+  described += " (" + plan->method + "/" + plan->base.name() + " in memory)";
   return m;
 }
 
@@ -183,6 +189,7 @@ int run_eval(const EvalCliOptions& o) {
     if (!dir.empty() && !fs::is_directory(dir))
       throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
 
+  const std::optional<quant::Plan> plan = plan_from(o);
   const RunContext ctx = context_from(o.compute);
   // Windows and prompts must fit both models' context and vocabulary.
   model::ModelConfig config = model::load_config(fs::path(o.model) / "config.json");
@@ -198,7 +205,7 @@ int run_eval(const EvalCliOptions& o) {
   check_vocabulary(in, config.vocab_size);
 
   std::string described;
-  model::Decoder m = load_model(o, ctx, described);
+  model::Decoder m = load_model(o, plan, ctx, described);
   // The reference: --reference, else MODEL itself unquantized when it was quantized here and
   // something needs it (KL, or MMLU flips without saved reference predictions).
   const bool need_ref = o.kld || (!o.mmlu.empty() && !in.ref_predictions);
@@ -240,6 +247,9 @@ int run_eval(const EvalCliOptions& o) {
       const auto r = eval::ppl_summary(s.nll_ref, s.windows, "_ref");
       j["ppl_ref"] = r["ppl_ref"], j["nll_mean_ref"] = r["nll_mean_ref"];
       j.update(eval::kl_summary(s));
+      // The plan's prediction from its profiles (their calibration text, not this one).
+      if (plan && plan->planner.contains("predicted_kl"))
+        j["plan_predicted_kl"] = plan->planner["predicted_kl"];
     }
     j["seconds_ppl"] = secs;
     j["tokens_per_second"] = double(s.nll.size()) / secs;
@@ -287,6 +297,8 @@ int run_eval(const EvalCliOptions& o) {
     if (j.contains("kl_mean"))
       line += fmt::format("; KL {:.6f} ± {:.6f}, same top-1 {:.4f}", j["kl_mean"].get<double>(),
                           j["kl_stderr"].get<double>(), j["top1_agree"].get<double>());
+    if (j.contains("plan_predicted_kl"))
+      line += fmt::format(" (the plan predicted {:.6f})", j["plan_predicted_kl"].get<double>());
     line += "\n";
   }
   if (j.contains("mmlu_acc")) {

@@ -21,7 +21,7 @@ quant::Plan plan_from(const QuantizeOptions& o) {
   if (!o.plan.empty()) {
     if (!o.base.empty() || !o.keep.empty())
       throw ConfigError("--plan: give either --plan or --base/--keep, not both");
-    quant::Plan p = quant::Plan::from_json(io::read_json_file(o.plan, true), o.plan);
+    quant::Plan p = read_plan_for(o.plan, o.model);
     if (!o.method.empty()) p.method = o.method;
     return p;
   }

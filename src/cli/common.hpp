@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kldq/core/context.hpp"
+#include "kldq/quant/plan.hpp"
 
 namespace kldq::cli {
 
@@ -21,14 +22,23 @@ void register_tokenize(CLI::App& app, Action& action);
 void register_quantize(CLI::App& app, Action& action);
 void register_eval(CLI::App& app, Action& action);
 void register_profile(CLI::App& app, Action& action);
+void register_plan(CLI::App& app, Action& action);
 
 struct ComputeOptions {
   std::string device;  // "" = cuda when present, else cpu
   std::string dtype;   // "" = bf16 on cuda, fp32 on cpu
   int threads = 0;
+  std::string max_gpu_memory;  // "" = no cap; "22GiB", "24GB", "22" (GiB)
 };
-// Adds --device, --dtype and --threads to a subcommand.
+// Adds --device, --dtype, --threads and --max-gpu-memory to a subcommand.
 void add_compute_options(CLI::App& sub, ComputeOptions& opts);
+// The run's context; applies --threads and --max-gpu-memory.
 RunContext context_from(const ComputeOptions& opts, uint64_t seed = 0);
+// "22GiB", "512MiB", "24GB", "24" (GiB) -> bytes; ConfigError naming `what` otherwise.
+uint64_t parse_size(const std::string& text, const std::string& what);
+
+// Reads a plan file (`--plan`); a plan made by `kldq plan` must come from a profile of `model`
+// (the checkpoint fingerprints agree), else ConfigError naming both.
+quant::Plan read_plan_for(const std::string& plan_path, const std::string& model);
 
 }  // namespace kldq::cli

@@ -6,6 +6,8 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "kldq/core/error.hpp"
 
 namespace kldq {
@@ -29,6 +31,18 @@ std::string dtype_name(c10::ScalarType dtype) {
     default:
       return std::string(c10::toString(dtype));
   }
+}
+
+std::optional<double> parse_number(const std::string& text) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (const std::exception&) {  // no number at all, or out of double's range
+    return std::nullopt;
+  }
+  if (used != text.size() || !std::isfinite(v)) return std::nullopt;
+  return v;
 }
 
 c10::Device parse_device(std::string_view text, std::string_view option) {

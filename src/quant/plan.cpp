@@ -81,16 +81,23 @@ nlohmann::json Plan::to_json() const {
   nlohmann::json ov = nlohmann::json::array();
   for (const auto& o : overrides)
     ov.push_back({{"layers", o.layers.pattern()}, {"format", o.format.name()}});
-  return {{"method", method}, {"base", base.name()}, {"overrides", ov}};
+  nlohmann::json j = {{"method", method}, {"base", base.name()}, {"overrides", ov}};
+  if (!planner.is_null()) j["planner"] = planner;
+  return j;
 }
 
 Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) throw ConfigError(fmt::format("{}: expected an object", where));
   for (const auto& [key, value] : j.items())
     if (key != "method" && key != "base" && key != "overrides" && key != "layers" &&
-        key != "kldq_version")
+        key != "kldq_version" && key != "planner")
       throw ConfigError(fmt::format("{}.{}: unknown key", where, key));
   Plan p;
+  if (j.contains("planner")) {
+    if (!j["planner"].is_object())
+      throw ConfigError(fmt::format("{}.planner: expected an object", where));
+    p.planner = j["planner"];
+  }
   if (j.contains("method")) p.method = string_at(j["method"], where + ".method");
   p.base = formats::FormatSpec::parse(string_at(member(j, "base", where), where + ".base"),
                                       where + ".base");

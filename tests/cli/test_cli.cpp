@@ -9,9 +9,9 @@ TEST_CASE("kldq --help lists the subcommands; unbuilt ones say so and exit 2", "
   for (const char* cmd :
        {"inspect", "synth", "profile", "plan", "quantize", "eval", "run", "report"})
     CHECK_THAT(help.out, HasText(cmd));
-  const auto plan = run_kldq("plan p.json");
-  CHECK(plan.rc == 2);
-  CHECK_THAT(plan.err, HasText("not built yet"));
+  const auto run = run_kldq("run exp.yaml");
+  CHECK(run.rc == 2);
+  CHECK_THAT(run.err, HasText("not built yet"));
   CHECK(run_kldq("").rc == 2);
   CHECK(run_kldq("inspect").rc == 2);  // missing MODEL
   CHECK(run_kldq("frobnicate").rc == 2);
@@ -80,6 +80,18 @@ TEST_CASE("CLI errors name what is wrong and leave no output", "[cli][errors]") 
   const auto pk = run_kldq("inspect " + (dir / "pickle").string());
   CHECK(pk.rc == 2);
   CHECK_THAT(pk.err, HasText("pickle"));
+  // --max-gpu-memory: a malformed size, and a cap on a CPU run, are usage errors.
+  const auto tiny = kldq::test::tiny_model().string();
+  for (const char* bad : {"22XB", "-3GiB", "GiB", "0"}) {
+    const auto r = run_kldq("logits " + tiny + " --ids x.json -o y --device cpu --max-gpu-memory " +
+                            std::string(bad));
+    CHECK(r.rc == 2);
+    CHECK_THAT(r.err, HasText("--max-gpu-memory") && HasText("expected a positive size"));
+  }
+  const auto cpu =
+      run_kldq("logits " + tiny + " --ids x.json -o y --device cpu --max-gpu-memory 2GiB");
+  CHECK(cpu.rc == 2);
+  CHECK_THAT(cpu.err, HasText("--max-gpu-memory 2GiB: needs a CUDA device"));
 }
 
 TEST_CASE("kldq tokenize: ids, tokens, counts, JSONL, decode, errors", "[cli][tokenizer]") {
@@ -113,4 +125,22 @@ TEST_CASE("kldq tokenize: ids, tokens, counts, JSONL, decode, errors", "[cli][to
   CHECK(lat.rc == 0);
   CHECK_THAT(lat.err, HasText("offset 3"));
   CHECK(run_kldq("tokenize --model " + (dir / "nothing").string() + " x").rc == 2);
+}
+
+TEST_CASE("--max-gpu-memory caps the CUDA allocator", "[cli][cuda]") {
+  kldq::test::TempDir dir("cli-cap");
+  const auto tiny = kldq::test::tiny_model().string();
+  kldq::test::write_text(dir / "ids.json", "[[1, 2, 3, 4]]");
+  const std::string cmd = "logits " + tiny + " --ids " + (dir / "ids.json").string() +
+                          " --device cuda -o " + (dir / "l.safetensors").string() +
+                          " --max-gpu-memory ";
+  // The caching allocator reserves at least a 2 MiB segment: a 1 MiB cap fails the first one.
+  const auto tight = run_kldq(cmd + "1MiB");
+  CHECK(tight.rc == 1);
+  CHECK_THAT(tight.err, HasText("out of memory"));
+  CHECK_FALSE(kldq::test::fs::exists(dir / "l.safetensors"));
+  const auto huge = run_kldq(cmd + "100000GiB");
+  CHECK(huge.rc == 2);
+  CHECK_THAT(huge.err, HasText("is not within"));
+  CHECK(run_kldq(cmd + "1GiB").rc == 0);
 }

@@ -6,6 +6,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -24,6 +25,9 @@ c10::ScalarType parse_dtype(std::string_view text, std::string_view option = "--
 std::string dtype_name(c10::ScalarType dtype);
 // Parses "cuda" | "cuda:N" | "cpu"; "cuda" without a GPU is a ConfigError.
 c10::Device parse_device(std::string_view text, std::string_view option = "--device");
+// The whole of `text` as a finite decimal number ("20", "2.5e3"); nullopt otherwise (the
+// option parsers then name the option and what they expected).
+std::optional<double> parse_number(const std::string& text);
 
 // Resolves empty device/dtype strings to the defaults and applies the thread count.
 RunContext make_context(std::string_view device, std::string_view dtype, uint64_t seed,

@@ -14,6 +14,10 @@ void device_synchronize(c10::Device device);
 // Peak bytes allocated by libtorch's CUDA caching allocator since the last reset; 0 on CPU.
 uint64_t peak_allocated_bytes(c10::Device device);
 void reset_peak_allocated_bytes(c10::Device device);
+// Caps libtorch's CUDA caching allocator on `device` at `bytes` (emulating a smaller card: an
+// allocation beyond it fails with CUDA's out-of-memory error). ConfigError when `device` is not
+// CUDA or `bytes` exceeds the card's memory; `what` names the option in the message.
+void limit_device_memory(c10::Device device, uint64_t bytes, const std::string& what);
 // "NVIDIA H100 80GB HBM3" or "cpu".
 std::string device_description(c10::Device device);
 

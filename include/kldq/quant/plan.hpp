@@ -39,14 +39,17 @@ struct Plan {
   std::string method = "rtn";
   formats::FormatSpec base;
   std::vector<Override> overrides;  // in order; the last one that matches a layer wins
+  // What made the plan (`kldq plan`: strategy, profiles, model fingerprint, predicted_kl, ...);
+  // null for plans written by hand. Kept as data: nothing in quantization depends on it.
+  nlohmann::json planner;
 
   // The format of every id in `ids` (HF names). Selectors that match none are returned in
   // `unmatched` (callers warn).
   model::LayerFormats resolve(const std::vector<model::LayerId>& ids,
                               std::vector<std::string>* unmatched = nullptr) const;
 
-  // {"method", "base", "overrides": [{"layers", "format"}]}; from_json errors name `where` and
-  // the key path.
+  // {"method", "base", "overrides": [{"layers", "format"}], "planner"}; from_json errors name
+  // `where` and the key path.
   nlohmann::json to_json() const;
   static Plan from_json(const nlohmann::json& j, const std::string& where);
 };

@@ -1,0 +1,70 @@
+// Mixed-precision planners (docs/PROTOCOLS.md, "Plans"; DESIGN.md section 6): turn one or more
+// sensitivity profiles (profile.json of `kldq profile`) into a quant::Plan, by restoring the most
+// sensitive units, by a bits-per-weight budget over several candidate formats (a multiple-choice
+// knapsack solved by dynamic programming), or as the uniform and random baselines.
+//
+// Every plan records what it predicts: the anchor profile's measured KL of the fully quantized
+// model, moved by the single-unit measurements of every unit whose format differs from it
+// (an additive model of interactions; `kldq eval --plan` reports it beside the measured KL).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kldq/quant/plan.hpp"
+
+namespace kldq::plan {
+
+// One profile.json, validated on reading.
+struct Profile {
+  struct Unit {
+    std::string id;  // HF layer name, or a half-block / block name
+    uint64_t params = 0, bytes_base = 0, bytes_bf16 = 0;
+    double kl_mean = 0, kl_stderr = 0;
+  };
+  std::string path, model, fingerprint, mode, granularity, base, method;
+  nlohmann::json calibration;
+  double baseline_kl = 0;
+  std::vector<Unit> units;
+
+  // A unit's sensitivity, the KL its base format costs: KL with it quantized alone
+  // (quantize-one), or the KL its restoration alone removes (restore-one: baseline - KL).
+  double cost(size_t unit) const;
+  // ConfigError naming `path` and the key for a missing or ill-typed key.
+  static Profile from_json(const nlohmann::json& j, const std::string& path);
+};
+
+enum class Strategy { RESTORE_TOP, BUDGET, UNIFORM, RANDOM };
+enum class By { COUNT, PARAMS };
+
+struct Request {
+  Strategy strategy = Strategy::UNIFORM;
+  double percent = 0;                   // restore-top, random: 0..100
+  By by = By::COUNT;                    // restore-top, random
+  double budget_bpw = 0;                // budget: average bits per weight of the linear layers
+  std::vector<std::string> candidates;  // budget: formats (empty: every profiled base + bf16)
+  uint64_t seed = 0;                    // random
+};
+
+// Parses "20%" or "20" into 20; ConfigError naming `what` outside 0..100.
+double parse_percent(const std::string& text, const std::string& what);
+By parse_by(const std::string& text, const std::string& what);
+
+// The plan for `profiles`; the first is the anchor (its base and baseline). Several profiles must
+// come from the same model, calibration, mode and granularity with distinct bases (budget only).
+// plan.planner records the strategy, the profiles' identity, bits_per_weight, weight_bytes and
+// predicted_kl. ConfigError for inconsistent profiles or an impossible request.
+quant::Plan make_plan(const std::vector<Profile>& profiles, const Request& request);
+
+// Multiple-choice knapsack: one option per item, minimising the summed cost with the summed
+// weight at most `capacity`. cost/weight: [items][options]. Optimal up to rounding each weight
+// up to a multiple of a quantum (1 when all weights fit in 2^18 steps; see the definition).
+// Empty when no selection fits.
+std::vector<size_t> solve_knapsack(const std::vector<std::vector<double>>& cost,
+                                   const std::vector<std::vector<uint64_t>>& weight,
+                                   uint64_t capacity);
+
+}  // namespace kldq::plan

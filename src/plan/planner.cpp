@@ -1,0 +1,317 @@
+// Planners over sensitivity profiles: reading and cross-checking profiles, the restore-top,
+// budget, uniform and random strategies, and the plan's recorded prediction.
+#include "kldq/plan/planner.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+
+#include "kldq/build_config.hpp"
+#include "kldq/core/context.hpp"
+#include "kldq/core/error.hpp"
+
+namespace kldq::plan {
+namespace {
+
+using nlohmann::json;
+
+const json& at(const json& j, const char* key, const std::string& where) {
+  if (!j.is_object() || !j.contains(key))
+    throw ConfigError(fmt::format("{}: {}: missing", where, key));
+  return j[key];
+}
+
+std::string text(const json& j, const char* key, const std::string& where) {
+  const json& v = at(j, key, where);
+  if (!v.is_string()) throw ConfigError(fmt::format("{}: {}: expected a string", where, key));
+  return v.get<std::string>();
+}
+
+double number(const json& j, const char* key, const std::string& where) {
+  const json& v = at(j, key, where);
+  if (!v.is_number() || !std::isfinite(v.get<double>()))
+    throw ConfigError(
+        fmt::format("{}: {}: expected a finite number, got {}", where, key, v.dump()));
+  return v.get<double>();
+}
+
+uint64_t count(const json& j, const char* key, const std::string& where) {
+  const json& v = at(j, key, where);
+  if (!v.is_number_integer() || v.get<int64_t>() < 0)
+    throw ConfigError(fmt::format("{}: {}: expected a count, got {}", where, key, v.dump()));
+  return v.get<uint64_t>();
+}
+
+// A candidate format for every unit: a profiled base (cost and bytes from its profile) or bf16
+// (cost 0: the unit as the reference has it).
+struct Candidate {
+  formats::FormatSpec spec;
+  const Profile* profile = nullptr;
+  double cost(size_t u) const { return profile ? profile->cost(u) : 0.0; }
+  uint64_t bytes(const Profile& anchor, size_t u) const {
+    return profile ? profile->units[u].bytes_base : anchor.units[u].bytes_bf16;
+  }
+};
+
+// Profiles after the first must describe the same units of the same model and calibration.
+void check_compatible(const std::vector<Profile>& ps) {
+  if (ps.empty()) throw ConfigError("plan: no profile given");
+  const Profile& a = ps.front();
+  std::set<std::string> bases;
+  for (const Profile& p : ps) {
+    if (!bases.insert(p.base).second)
+      throw ConfigError(fmt::format("{}: a second profile with base {}", p.path, p.base));
+    auto differs = [&](const char* what, const std::string& x, const std::string& y) {
+      if (x != y)
+        throw ConfigError(
+            fmt::format("{}: {} {} differs from {}'s {}; profiles must come from "
+                        "one model, calibration, mode and granularity",
+                        p.path, what, y, a.path, x));
+    };
+    differs("model fingerprint", a.fingerprint, p.fingerprint);
+    differs("calibration", a.calibration.dump(), p.calibration.dump());
+    differs("mode", a.mode, p.mode);
+    differs("granularity", a.granularity, p.granularity);
+    if (p.units.size() != a.units.size())
+      throw ConfigError(
+          fmt::format("{}: {} units, {} has {}", p.path, p.units.size(), a.path, a.units.size()));
+    for (size_t u = 0; u < a.units.size(); ++u) differs("unit", a.units[u].id, p.units[u].id);
+  }
+}
+
+// Unit order for restore-top (most sensitive first; model order among equals) or random.
+std::vector<size_t> ranking(const Profile& p, const Request& r) {
+  std::vector<size_t> order(p.units.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  if (r.strategy == Strategy::RANDOM) {
+    // Fisher-Yates with mt19937_64, whose output sequence the standard fixes (std::shuffle's
+    // use of it is not), so a seed names the same plan everywhere.
+    std::mt19937_64 gen(r.seed);
+    for (size_t i = order.size(); i > 1; --i) {
+      const uint64_t bound = i, limit = UINT64_MAX - UINT64_MAX % bound;
+      uint64_t x;
+      do x = gen();
+      while (x >= limit);  // rejection keeps the draw uniform
+      std::swap(order[i - 1], order[static_cast<size_t>(x % bound)]);
+    }
+  } else {
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return p.cost(a) > p.cost(b); });
+  }
+  return order;
+}
+
+// The first P % of `order` by count, or the units of `order` that fit, in turn, in P % of the
+// parameters (a unit that would overflow is skipped and the next one tried).
+std::vector<bool> take_percent(const Profile& p, const std::vector<size_t>& order,
+                               const Request& r) {
+  std::vector<bool> take(p.units.size(), false);
+  if (r.by == By::COUNT) {
+    const auto k = static_cast<size_t>(std::llround(r.percent / 100.0 * double(order.size())));
+    for (size_t i = 0; i < k; ++i) take[order[i]] = true;
+    return take;
+  }
+  uint64_t total = 0;
+  for (const auto& u : p.units) total += u.params;
+  const double allowed = r.percent / 100.0 * double(total);
+  uint64_t used = 0;
+  for (size_t i : order)
+    if (double(used + p.units[i].params) <= allowed) used += p.units[i].params, take[i] = true;
+  return take;
+}
+
+const char* strategy_name(Strategy s) {
+  switch (s) {
+    case Strategy::RESTORE_TOP:
+      return "restore-top";
+    case Strategy::BUDGET:
+      return "budget";
+    case Strategy::UNIFORM:
+      return "uniform";
+    case Strategy::RANDOM:
+      return "random";
+  }
+  return "";
+}
+
+std::vector<Candidate> candidates_for(const std::vector<Profile>& ps, const Request& r) {
+  std::vector<Candidate> out;
+  auto add = [&](const std::string& name, const std::string& what) {
+    const auto spec = formats::FormatSpec::parse(name, what);
+    if (spec.format == formats::Format::BF16) return out.push_back({spec, nullptr});
+    for (const Profile& p : ps)
+      if (formats::FormatSpec::parse(p.base).name() == spec.name())
+        return out.push_back({spec, &p});
+    throw ConfigError(
+        fmt::format("{} {}: no profile with base {} was given; run kldq profile "
+                    "--base {} with the same calibration first",
+                    what, name, spec.name(), spec.name()));
+  };
+  if (r.strategy != Strategy::BUDGET || r.candidates.empty()) {
+    for (const Profile& p : ps) add(p.base, "profile base");
+    add("bf16", "bf16");
+  } else {
+    for (const auto& c : r.candidates) add(c, "--candidates");
+  }
+  return out;
+}
+
+}  // namespace
+
+double Profile::cost(size_t u) const {
+  return mode == "restore-one" ? baseline_kl - units[u].kl_mean : units[u].kl_mean;
+}
+
+Profile Profile::from_json(const json& j, const std::string& path) {
+  Profile p;
+  p.path = path;
+  p.mode = text(j, "mode", path);
+  if (p.mode != "quantize-one" && p.mode != "restore-one")
+    throw ConfigError(fmt::format("{}: mode: unknown mode '{}'", path, p.mode));
+  p.granularity = text(j, "granularity", path);
+  p.base = formats::FormatSpec::parse(text(j, "base", path), path + ": base").name();
+  p.method = text(j, "method", path);
+  p.model = text(j, "model", path);
+  if (!j.contains("model_fingerprint"))
+    throw ConfigError(
+        fmt::format("{}: model_fingerprint: missing (a profile of an older kldq; "
+                    "profile the model again)",
+                    path));
+  p.fingerprint = text(j, "model_fingerprint", path);
+  p.calibration = at(j, "calibration", path);
+  p.baseline_kl = number(j, "baseline_kl", path);
+  const json& units = at(j, "units", path);
+  if (!units.is_array() || units.empty())
+    throw ConfigError(fmt::format("{}: units: expected a non-empty list", path));
+  std::set<std::string> seen;
+  for (size_t i = 0; i < units.size(); ++i) {
+    const std::string where = fmt::format("{}: units[{}]", path, i);
+    Unit u{text(units[i], "id", where),          count(units[i], "params", where),
+           count(units[i], "bytes_base", where), count(units[i], "bytes_bf16", where),
+           number(units[i], "kl_mean", where),   number(units[i], "kl_stderr", where)};
+    if (u.params == 0) throw ConfigError(fmt::format("{}: params: expected > 0", where));
+    if (!seen.insert(u.id).second)
+      throw ConfigError(fmt::format("{}: id: unit {} appears twice", where, u.id));
+    p.units.push_back(std::move(u));
+  }
+  return p;
+}
+
+double parse_percent(const std::string& s, const std::string& what) {
+  const std::string body = !s.empty() && s.back() == '%' ? s.substr(0, s.size() - 1) : s;
+  const std::optional<double> v = parse_number(body);
+  if (!v || *v < 0 || *v > 100)
+    throw ConfigError(fmt::format("{} {}: expected a percentage from 0 to 100", what, s));
+  return *v;
+}
+
+By parse_by(const std::string& s, const std::string& what) {
+  if (s == "count") return By::COUNT;
+  if (s == "params") return By::PARAMS;
+  throw ConfigError(fmt::format("{} {}: expected count or params", what, s));
+}
+
+quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
+  check_compatible(ps);
+  const Profile& anchor = ps.front();
+  if (r.strategy != Strategy::BUDGET && ps.size() > 1)
+    throw ConfigError(
+        fmt::format("plan: {} takes one profile, {} given", strategy_name(r.strategy), ps.size()));
+  if (r.strategy == Strategy::BUDGET && ps.size() > 1 && anchor.mode != "quantize-one")
+    throw ConfigError(
+        "--budget-bpw: several profiles must be quantize-one profiles (restore-one KL gains of "
+        "different bases are measured from different baselines and do not add up)");
+  const std::vector<Candidate> cands = candidates_for(ps, r);
+  const size_t n = anchor.units.size();
+  uint64_t params = 0;
+  for (const auto& u : anchor.units) params += u.params;
+
+  // The chosen candidate per unit: index into cands (cands[0] is the anchor base unless the
+  // budget's --candidates say otherwise; the restoring strategies use {base, bf16}).
+  std::vector<size_t> pick(n, 0);
+  if (r.strategy == Strategy::RESTORE_TOP || r.strategy == Strategy::RANDOM) {
+    const std::vector<bool> take = take_percent(anchor, ranking(anchor, r), r);
+    for (size_t u = 0; u < n; ++u) pick[u] = take[u] ? cands.size() - 1 : 0;
+  } else if (r.strategy == Strategy::BUDGET) {
+    std::vector<std::vector<double>> cost(n);
+    std::vector<std::vector<uint64_t>> bytes(n);
+    uint64_t lo = 0, hi = 0;
+    for (size_t u = 0; u < n; ++u) {
+      for (const Candidate& c : cands) {
+        cost[u].push_back(c.cost(u));
+        bytes[u].push_back(c.bytes(anchor, u));
+      }
+      lo += *std::min_element(bytes[u].begin(), bytes[u].end());
+      hi += *std::max_element(bytes[u].begin(), bytes[u].end());
+    }
+    const double lo_bpw = 8.0 * double(lo) / double(params),
+                 hi_bpw = 8.0 * double(hi) / double(params);
+    // A budget given as the bits per weight of another plan must admit that plan's exact bytes:
+    // the relative slack absorbs the decimal rounding of the printed figure.
+    const double cap = r.budget_bpw * double(params) / 8.0 * (1 + 1e-12);
+    if (!(r.budget_bpw > 0) || cap < double(lo) || r.budget_bpw > hi_bpw * (1 + 1e-12))
+      throw ConfigError(
+          fmt::format("--budget-bpw {}: out of range; the candidates give {:.4f} to "
+                      "{:.4f} bits per weight",
+                      r.budget_bpw, lo_bpw, hi_bpw));
+    pick = solve_knapsack(cost, bytes, static_cast<uint64_t>(cap));
+    check(pick.size() == n, "plan: knapsack found no selection within a feasible budget");
+  }
+
+  // The plan's base: the profile's base when restoring; for a budget, the candidate holding the
+  // most parameters (the fewest overrides).
+  size_t base = 0;
+  if (r.strategy == Strategy::BUDGET) {
+    std::map<size_t, uint64_t> held;
+    for (size_t u = 0; u < n; ++u) held[pick[u]] += anchor.units[u].params;
+    base = pick[0];
+    for (const auto& [c, p] : held)
+      if (p > held[base]) base = c;
+  }
+  quant::Plan plan;
+  plan.method = anchor.method;
+  plan.base = cands[base].spec;
+  uint64_t bytes = 0;
+  double predicted = anchor.baseline_kl;
+  json formats = json::object();
+  for (size_t u = 0; u < n; ++u) {
+    const Candidate& c = cands[pick[u]];
+    bytes += c.bytes(anchor, u);
+    predicted += c.cost(u) - anchor.cost(u);
+    formats[anchor.units[u].id] = c.spec.name();
+    if (pick[u] == base) continue;
+    // Half-block and block units name every linear below them.
+    const std::string pattern =
+        anchor.granularity == "linear" ? anchor.units[u].id : anchor.units[u].id + ".*";
+    plan.overrides.push_back({quant::LayerSelector(pattern, "plan"), c.spec});
+  }
+  std::vector<std::string> paths;
+  for (const Profile& p : ps) paths.push_back(p.path);
+  plan.planner = {{"strategy", strategy_name(r.strategy)},
+                  {"profiles", paths},
+                  {"model", anchor.model},
+                  {"model_fingerprint", anchor.fingerprint},
+                  {"calibration", anchor.calibration},
+                  {"mode", anchor.mode},
+                  {"granularity", anchor.granularity},
+                  {"anchor_base", anchor.base},
+                  {"anchor_baseline_kl", anchor.baseline_kl},
+                  {"predicted_kl", predicted},
+                  {"params", params},
+                  {"weight_bytes", bytes},
+                  {"bits_per_weight", 8.0 * double(bytes) / double(params)},
+                  {"unit_formats", formats},
+                  {"kldq_version", KLDQ_VERSION_STRING}};
+  if (r.strategy == Strategy::RESTORE_TOP || r.strategy == Strategy::RANDOM)
+    plan.planner["percent"] = r.percent,
+    plan.planner["by"] = r.by == By::COUNT ? "count" : "params";
+  if (r.strategy == Strategy::RANDOM) plan.planner["seed"] = r.seed;
+  if (r.strategy == Strategy::BUDGET) plan.planner["budget_bpw"] = r.budget_bpw;
+  return plan;
+}
+
+}  // namespace kldq::plan

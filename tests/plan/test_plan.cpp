@@ -1,0 +1,257 @@
+// Planners: the knapsack against exhaustive search, each strategy on a hand-made profile with
+// hand-derived selections and predictions, and the errors for inconsistent profiles and
+// impossible requests.
+#include <algorithm>
+#include <limits>
+#include <random>
+#include <set>
+
+#include "kldq/plan/planner.hpp"
+#include "support/catch.hpp"
+
+namespace plan = kldq::plan;
+
+namespace {
+
+// Exhaustive minimum of the summed cost with the summed weight <= capacity (inf when none).
+double brute_force(const std::vector<std::vector<double>>& cost,
+                   const std::vector<std::vector<uint64_t>>& weight, uint64_t capacity) {
+  double best = std::numeric_limits<double>::infinity();
+  std::vector<size_t> k(cost.size(), 0);
+  while (true) {
+    double c = 0;
+    uint64_t w = 0;
+    for (size_t i = 0; i < k.size(); ++i) c += cost[i][k[i]], w += weight[i][k[i]];
+    if (w <= capacity) best = std::min(best, c);
+    size_t i = 0;
+    while (i < k.size() && ++k[i] == cost[i].size()) k[i++] = 0;
+    if (i == k.size()) return best;
+  }
+}
+
+struct Instance {
+  std::vector<std::vector<double>> cost;
+  std::vector<std::vector<uint64_t>> weight;
+};
+
+Instance random_instance(std::mt19937_64& gen, size_t items, size_t options, uint64_t scale) {
+  Instance in;
+  std::uniform_real_distribution<double> c(0, 1);
+  std::uniform_int_distribution<uint64_t> w(1, scale);
+  for (size_t i = 0; i < items; ++i) {
+    in.cost.emplace_back();
+    in.weight.emplace_back();
+    for (size_t k = 0; k < options; ++k)
+      in.cost[i].push_back(c(gen)), in.weight[i].push_back(w(gen));
+  }
+  return in;
+}
+
+double total(const Instance& in, const std::vector<size_t>& pick, uint64_t* weight) {
+  double c = 0;
+  *weight = 0;
+  for (size_t i = 0; i < pick.size(); ++i)
+    c += in.cost[i][pick[i]], *weight += in.weight[i][pick[i]];
+  return c;
+}
+
+// Four units; sensitivities 0.1, 0.4, 0.2, 0.3 at 4 bits per weight (no scales, to keep the
+// arithmetic by hand simple) and, in the second profile, a tenth of that at 8 bits.
+plan::Profile profile(const std::string& base, double scale, double bytes_per_param) {
+  plan::Profile p;
+  p.path = base + ".json";
+  p.model = "m";
+  p.fingerprint = "f";
+  p.mode = "quantize-one";
+  p.granularity = "linear";
+  p.base = base;
+  p.method = "rtn";
+  p.calibration = {{"sha256", "c"}};
+  p.baseline_kl = 1.0 * scale;
+  const double kl[] = {0.1, 0.4, 0.2, 0.3};
+  const uint64_t params[] = {100, 300, 200, 400};
+  for (int i = 0; i < 4; ++i)
+    p.units.push_back({"u" + std::to_string(i), params[i],
+                       static_cast<uint64_t>(bytes_per_param * double(params[i])), 2 * params[i],
+                       kl[i] * scale, 0.001});
+  return p;
+}
+
+std::vector<std::string> formats_of(const kldq::quant::Plan& p) {
+  std::vector<std::string> out;
+  for (int i = 0; i < 4; ++i) out.push_back(p.planner["unit_formats"]["u" + std::to_string(i)]);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("knapsack: optimal against exhaustive search", "[plan]") {
+  std::mt19937_64 gen(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    const Instance in = random_instance(gen, 1 + trial % 6, 1 + trial % 4, 50);
+    uint64_t lo = 0, hi = 0;
+    for (const auto& w : in.weight)
+      lo += *std::min_element(w.begin(), w.end()), hi += *std::max_element(w.begin(), w.end());
+    const uint64_t cap = lo + (hi - lo) * static_cast<uint64_t>(trial % 5) / 4;
+    const auto pick = plan::solve_knapsack(in.cost, in.weight, cap);
+    REQUIRE(pick.size() == in.cost.size());
+    uint64_t w = 0;
+    CHECK(total(in, pick, &w) == Approx(brute_force(in.cost, in.weight, cap)).margin(1e-12));
+    CHECK(w <= cap);
+    if (lo > 0) CHECK(plan::solve_knapsack(in.cost, in.weight, lo - 1).empty());
+  }
+  // Weights too fine for exact steps: still feasible, and no worse than the optimum with the
+  // capacity reduced by one quantum (spare / 2^18, rounded up) per item.
+  for (int trial = 0; trial < 30; ++trial) {
+    const Instance in = random_instance(gen, 6, 3, uint64_t{1} << 40);
+    uint64_t lo = 0, hi = 0;
+    for (const auto& w : in.weight)
+      lo += *std::min_element(w.begin(), w.end()), hi += *std::max_element(w.begin(), w.end());
+    const uint64_t cap = lo + (hi - lo) / 2, quantum = ((cap - lo) >> 18) + 1;
+    uint64_t w = 0;
+    const double got = total(in, plan::solve_knapsack(in.cost, in.weight, cap), &w);
+    CHECK(w <= cap);
+    CHECK(got <= brute_force(in.cost, in.weight, cap - 6 * quantum) + 1e-12);
+  }
+}
+
+TEST_CASE("planner: restore-top, uniform and random on a hand-made profile", "[plan]") {
+  const std::vector<plan::Profile> nf4 = {profile("nf4", 1.0, 0.5)};
+  plan::Request r;
+  r.strategy = plan::Strategy::RESTORE_TOP;
+  r.percent = 50;
+  auto p = plan::make_plan(nf4, r);  // by count: the two largest KL, u1 and u3
+  CHECK(formats_of(p) == std::vector<std::string>{"nf4", "bf16", "nf4", "bf16"});
+  CHECK(p.base.name() == "nf4");
+  REQUIRE(p.overrides.size() == 2);
+  CHECK(p.overrides[0].layers.pattern() == "u1");
+  CHECK(p.planner["predicted_kl"].get<double>() == Approx(1.0 - 0.4 - 0.3));
+  // bytes: u0 50 + u1 600 + u2 100 + u3 800 over 1000 params.
+  CHECK(p.planner["bits_per_weight"].get<double>() == Approx(8.0 * 1550 / 1000));
+  r.by = plan::By::PARAMS;  // 500 of 1000 params: u1 (300), u3 would overflow, u2 (500), not u0
+  p = plan::make_plan(nf4, r);
+  CHECK(formats_of(p) == std::vector<std::string>{"nf4", "bf16", "bf16", "nf4"});
+  CHECK(p.planner["predicted_kl"].get<double>() == Approx(0.4));
+  CHECK(p.planner["bits_per_weight"].get<double>() == Approx(10.0));
+
+  r = {};
+  r.strategy = plan::Strategy::UNIFORM;
+  p = plan::make_plan(nf4, r);
+  CHECK(p.overrides.empty());
+  CHECK(p.planner["predicted_kl"].get<double>() == 1.0);  // the measured baseline itself
+  CHECK(p.planner["bits_per_weight"].get<double>() == Approx(4.0));
+
+  r.strategy = plan::Strategy::RANDOM;
+  r.percent = 50;
+  std::set<std::vector<std::string>> seen;
+  for (uint64_t seed = 0; seed < 12; ++seed) {
+    r.seed = seed;
+    const auto a = formats_of(plan::make_plan(nf4, r)), b = formats_of(plan::make_plan(nf4, r));
+    CHECK(a == b);
+    CHECK(std::count(a.begin(), a.end(), "bf16") == 2);
+    seen.insert(a);
+  }
+  CHECK(seen.size() >= 3);  // 6 possible pairs; seeds must not all pick the same
+
+  // restore-one: the cost is the KL gain, baseline - KL with the unit restored.
+  plan::Profile ro = profile("nf4", 1.0, 0.5);
+  ro.mode = "restore-one";
+  for (auto& u : ro.units) u.kl_mean = 1.0 - u.kl_mean;  // gains 0.1, 0.4, 0.2, 0.3
+  r = {};
+  r.strategy = plan::Strategy::RESTORE_TOP;
+  r.percent = 25;
+  p = plan::make_plan({ro}, r);
+  CHECK(formats_of(p) == std::vector<std::string>{"nf4", "bf16", "nf4", "nf4"});
+  CHECK(p.planner["predicted_kl"].get<double>() == Approx(0.6));
+}
+
+TEST_CASE("planner: bits-per-weight budget over several profiles", "[plan]") {
+  const std::vector<plan::Profile> both = {profile("nf4", 1.0, 0.5), profile("int8", 0.1, 1.0)};
+  plan::Request r;
+  r.strategy = plan::Strategy::BUDGET;
+  r.budget_bpw = 10;  // 1250 bytes. Hand-derived optimum: every unit int8 (1000 bytes, saves
+  // 0.9), then the best bf16 upgrade in 250 bytes: u2 (+200 bytes, saves 0.02).
+  auto p = plan::make_plan(both, r);
+  CHECK(formats_of(p) == std::vector<std::string>{"int8", "int8", "bf16", "int8"});
+  CHECK(p.base.name() == "int8");  // holds 800 of 1000 params
+  CHECK(p.overrides.size() == 1);
+  CHECK(p.planner["predicted_kl"].get<double>() == Approx(1.0 - 0.9 - 0.02));
+  CHECK(p.planner["bits_per_weight"].get<double>() == Approx(8.0 * 1200 / 1000));
+  // Only nf4 and bf16: the best restoration within 750 spare bytes is u1 + u2 (0.6).
+  r.candidates = {"nf4", "bf16"};
+  p = plan::make_plan(both, r);
+  CHECK(formats_of(p) == std::vector<std::string>{"nf4", "bf16", "bf16", "nf4"});
+  CHECK(p.planner["predicted_kl"].get<double>() == Approx(0.4));
+
+  r.candidates = {"nf4", "fp8_e4m3", "bf16"};
+  CHECK_THROWS_WITH(plan::make_plan(both, r),
+                    HasText("--candidates fp8_e4m3: no profile with base fp8_e4m3"));
+  r.candidates = {};
+  r.budget_bpw = 3.9;
+  CHECK_THROWS_WITH(plan::make_plan(both, r),
+                    HasText("--budget-bpw 3.9: out of range; the candidates give 4.0000 to "
+                            "16.0000 bits per weight"));
+  r.budget_bpw = 16.5;
+  CHECK_THROWS_WITH(plan::make_plan(both, r), HasText("out of range"));
+  r.budget_bpw = 16;
+  CHECK(plan::make_plan(both, r).planner["predicted_kl"].get<double>() == Approx(0.0));
+}
+
+TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[plan]") {
+  plan::Request r;
+  r.strategy = plan::Strategy::BUDGET;
+  r.budget_bpw = 8;
+  auto other = profile("int8", 0.1, 1.0);
+  other.fingerprint = "g";
+  CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), other}, r),
+                    HasText("int8.json: model fingerprint g differs from nf4.json's f"));
+  other = profile("int8", 0.1, 1.0);
+  other.calibration = {{"sha256", "d"}};
+  CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), other}, r), HasText("calibration"));
+  CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), profile("nf4", 1, 0.5)}, r),
+                    HasText("a second profile with base nf4"));
+  other = profile("int8", 0.1, 1.0);
+  other.units.pop_back();
+  CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), other}, r), HasText("3 units"));
+  r.strategy = plan::Strategy::RESTORE_TOP;
+  CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), profile("int8", 0.1, 1)}, r),
+                    HasText("restore-top takes one profile, 2 given"));
+
+  nlohmann::json j = {{"mode", "quantize-one"},
+                      {"granularity", "linear"},
+                      {"base", "nf4"},
+                      {"method", "rtn"},
+                      {"model", "m"},
+                      {"model_fingerprint", "f"},
+                      {"calibration", {}},
+                      {"baseline_kl", 0.5},
+                      {"units",
+                       {{{"id", "a"},
+                         {"params", 10},
+                         {"bytes_base", 5},
+                         {"bytes_bf16", 20},
+                         {"kl_mean", 0.1},
+                         {"kl_stderr", 0.01}}}}};
+  CHECK(plan::Profile::from_json(j, "p.json").units.size() == 1);
+  auto bad = j;
+  bad["units"][0].erase("kl_mean");
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
+                    HasText("p.json: units[0]: kl_mean: missing"));
+  bad = j;
+  bad["units"][0]["params"] = "ten";
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
+                    HasText("units[0]: params: expected a count, got \"ten\""));
+  bad = j;
+  bad.erase("model_fingerprint");
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"), HasText("model_fingerprint: missing"));
+  bad = j;
+  bad["units"].push_back(bad["units"][0]);
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"), HasText("unit a appears twice"));
+
+  CHECK(plan::parse_percent("20%", "--x") == 20);
+  CHECK(plan::parse_percent("12.5", "--x") == 12.5);
+  CHECK(plan::parse_percent("0", "--x") == 0);
+  for (const char* s : {"ten", "120%", "-1", "", "%", "20%%"})
+    CHECK_THROWS_WITH(plan::parse_percent(s, "--restore-top"),
+                      HasText("expected a percentage from 0 to 100"));
+}
