@@ -103,25 +103,31 @@ struct States {
   }
 };
 
-// Runs every window through the model in its current state; fills `inputs` (block inputs, when
-// not null) and `final` ([N, T, H]).
-void cache_pass(const Decoder& m, const at::Tensor& ids, int64_t batch,
+// Runs every window through the model, block by block (each block over all windows, a batch at a
+// time), in the dense state or, with `quantized`, the fully quantized one; fills `inputs` (block
+// inputs, when not null) and `final` ([N, T, H]). Block-major, a block is quantized in place only
+// while it runs, so the originals set aside are one block's, not a copy of the whole model.
+void cache_pass(Decoder& m, States& st, bool quantized, const at::Tensor& ids, int64_t batch,
                 std::vector<at::Tensor>* inputs, at::Tensor& final) {
   const int64_t N = ids.size(0), T = ids.size(1), H = m.config().hidden_size;
-  const auto opts = at::TensorOptions().dtype(m.dtype()).device(m.device());
-  final = at::empty({N, T, H}, opts);
-  if (inputs) {
-    inputs->clear();
-    for (int b = 0; b < m.num_blocks(); ++b) inputs->push_back(at::empty({N, T, H}, opts));
-  }
+  final = at::empty({N, T, H}, at::TensorOptions().dtype(m.dtype()).device(m.device()));
   for (int64_t w = 0; w < N; w += batch) {
     const int64_t B = std::min(batch, N - w);
-    at::Tensor h = m.embed(ids.narrow(0, w, B));
-    for (int b = 0; b < m.num_blocks(); ++b) {
-      if (inputs) (*inputs)[static_cast<size_t>(b)].narrow(0, w, B).copy_(h);
-      h = m.block(b, h);
+    final.narrow(0, w, B).copy_(m.embed(ids.narrow(0, w, B)));
+  }
+  if (inputs) inputs->clear();
+  std::vector<LayerId> layers;
+  for (int b = 0; b < m.num_blocks(); ++b) {
+    if (inputs) inputs->push_back(final.clone());
+    layers.clear();
+    for (const LayerId& id : m.linear_ids())
+      if (id.block == b) layers.push_back(id);
+    st.set(m, layers, quantized);
+    for (int64_t w = 0; w < N; w += batch) {
+      const int64_t B = std::min(batch, N - w);
+      final.narrow(0, w, B).copy_(m.block(b, final.narrow(0, w, B)));
     }
-    final.narrow(0, w, B).copy_(h);
+    st.set(m, layers, false);
   }
 }
 
@@ -197,13 +203,11 @@ Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantize
   timer.lap(0);
   const bool restore = o.mode == Mode::RESTORE_ONE;
   // Reference pass (dense): final hidden states, and block inputs for quantize-one.
-  st.set(m, all, false);
   std::vector<at::Tensor> inputs;
   at::Tensor final_ref, final_q;
-  cache_pass(m, ids, o.batch, o.cached && !restore ? &inputs : nullptr, final_ref);
+  cache_pass(m, st, false, ids, o.batch, o.cached && !restore ? &inputs : nullptr, final_ref);
   // Fully quantized pass: the baseline, and block inputs for restore-one.
-  st.set(m, all, true);
-  cache_pass(m, ids, o.batch, o.cached && restore ? &inputs : nullptr, final_q);
+  cache_pass(m, st, true, ids, o.batch, o.cached && restore ? &inputs : nullptr, final_q);
   Result result;
   {
     std::vector<Scores> s(1);

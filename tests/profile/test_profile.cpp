@@ -57,6 +57,31 @@ TEST_CASE("profile: cached path equals a full forward per unit", "[profile]") {
   CHECK(q.units[0].bytes_base == 64 * 64 * 3 / 8 + 2 * 64 * 64 / 32);
 }
 
+TEST_CASE("profile: baseline KL equals packed layers' full forward, in float64", "[profile]") {
+  // Independent of the profile's in-place states and caches: the model quantized by
+  // quantize_decoder (packed layers, dequantized per forward) against the dense one.
+  const auto r = run(profile::Mode::QUANTIZE_ONE, profile::Granularity::LINEAR, true);
+  auto dense = tiny(), packed = tiny();
+  auto q = kldq::quant::make_quantizer("rtn");
+  kldq::model::LayerFormats formats;
+  for (const auto& id : packed.linear_ids())
+    formats.emplace(id.name(), kldq::formats::FormatSpec::parse("int3_g32"));
+  kldq::quant::quantize_decoder(packed, formats, *q);
+  at::manual_seed(3);  // the windows of run()
+  const at::Tensor ids = at::randint(dense.config().vocab_size, {6, 24}, at::kLong);
+  at::InferenceMode guard;
+  const int64_t T = ids.size(1);
+  const at::Tensor lp = dense.forward(ids).narrow(1, 0, T - 1).to(at::kDouble).log_softmax(-1);
+  const at::Tensor lq = packed.forward(ids).narrow(1, 0, T - 1).to(at::kDouble).log_softmax(-1);
+  const double kl = (lp.exp() * (lp - lq)).sum(-1).mean().item<double>();
+  // The profile multiplies by the same dequantized weights inside the fused q/k/v and gate/up
+  // GEMMs; the packed layers run one GEMM each. That regrouping rounds the fp32 logits
+  // differently (about 1e-6), which moves a KL of 6e-4 by about |q - p| x 1e-6 = 3e-8 per token:
+  // 5e-5 relative. A wrong state (a layer left dense, a block quantized twice) moves it by far
+  // more.
+  CHECK(r.baseline.mean == Approx(kl).epsilon(2e-4));
+}
+
 TEST_CASE("profile: restore-one of block 0 equals quantize-one of block 1", "[profile]") {
   // In a 2-block model both leave exactly block 1 quantized, through different cached inputs.
   const auto r = run(profile::Mode::RESTORE_ONE, profile::Granularity::BLOCK, true);
