@@ -3,6 +3,7 @@
 // mixed-precision plan from sensitivity profiles (docs/PROTOCOLS.md, "Plans").
 #include <fmt/format.h>
 
+#include <cmath>
 #include <iostream>
 
 #include "common.hpp"
@@ -17,13 +18,14 @@ namespace {
 struct PlanCliOptions {
   std::vector<std::string> profiles, candidates;
   std::string restore_top, random, by, out;
-  double budget_bpw = -1;
+  double budget_bpw = std::nan("");  // NaN: not given
   bool uniform = false;
   int64_t seed = -1;
 };
 
 plan::Request request_from(const PlanCliOptions& o) {
-  const int given = !o.restore_top.empty() + (o.budget_bpw >= 0) + o.uniform + !o.random.empty();
+  const int given =
+      !o.restore_top.empty() + !std::isnan(o.budget_bpw) + o.uniform + !o.random.empty();
   if (given != 1)
     throw ConfigError(
         "plan: give exactly one of --restore-top, --budget-bpw, --uniform and --random");
@@ -36,7 +38,7 @@ plan::Request request_from(const PlanCliOptions& o) {
     r.percent = plan::parse_percent(o.random, "--random");
     if (o.seed < 0) throw ConfigError("--random: needs --seed (the plan is named by its seed)");
     r.seed = static_cast<uint64_t>(o.seed);
-  } else if (o.budget_bpw >= 0) {
+  } else if (!std::isnan(o.budget_bpw)) {
     r.strategy = plan::Strategy::BUDGET;
     r.budget_bpw = o.budget_bpw;
     r.candidates = o.candidates;

@@ -38,7 +38,8 @@ uint64_t parse_size(const std::string& text, const std::string& what) {
     const std::string u = unit;
     if (text.size() <= u.size() || text.compare(text.size() - u.size(), u.size(), u) != 0) continue;
     const std::optional<double> v = parse_number(text.substr(0, text.size() - u.size()));
-    if (v && *v > 0) return static_cast<uint64_t>(*v * scale);
+    // At least one byte, and within uint64_t (the cast of a larger double is undefined).
+    if (v && *v * scale >= 1 && *v * scale < 0x1p64) return static_cast<uint64_t>(*v * scale);
     break;
   }
   throw ConfigError(fmt::format(

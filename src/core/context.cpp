@@ -34,6 +34,9 @@ std::string dtype_name(c10::ScalarType dtype) {
 }
 
 std::optional<double> parse_number(const std::string& text) {
+  // Decimal only: std::stod would also take leading blanks, hex and "inf"/"nan".
+  if (text.empty() || text.find_first_not_of("0123456789.eE+-") != std::string::npos)
+    return std::nullopt;
   size_t used = 0;
   double v = 0;
   try {

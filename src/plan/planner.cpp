@@ -69,11 +69,12 @@ void check_compatible(const std::vector<Profile>& ps) {
       if (x != y)
         throw ConfigError(
             fmt::format("{}: {} {} differs from {}'s {}; profiles must come from "
-                        "one model, calibration, mode and granularity",
+                        "one model, calibration, method, mode and granularity",
                         p.path, what, y, a.path, x));
     };
     differs("model fingerprint", a.fingerprint, p.fingerprint);
     differs("calibration", a.calibration.dump(), p.calibration.dump());
+    differs("method", a.method, p.method);
     differs("mode", a.mode, p.mode);
     differs("granularity", a.granularity, p.granularity);
     if (p.units.size() != a.units.size())

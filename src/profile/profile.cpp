@@ -83,9 +83,14 @@ struct States {
   ~States() {
     try {
       for (const auto& [name, w] : saved) dense.at(name).weight().copy_(w);
+      if (model)
+        for (const LayerId& id : model->linear_ids())
+          if (quantized.count(id.name()) && quantized.at(id.name()).input_scale().defined())
+            model->set_linear(id, dense.at(id.name()));
     } catch (...) {  // a device error already being reported; nothing more to do
     }
   }
+  Decoder* model = nullptr;  // for the destructor's swaps
   void set(Decoder& m, const std::vector<LayerId>& ids, bool quant) {
     for (const LayerId& id : ids) {
       const std::string name = id.name();
@@ -181,6 +186,7 @@ Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantize
   timer.start();
   const std::vector<LayerId> all = m.linear_ids();
   States st;
+  st.model = &m;
   for (const LayerId& id : all) {
     const QLinear& l = m.linear(id);
     if (l.is_packed())
@@ -248,7 +254,9 @@ Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantize
       for (const LayerId& id : u.layers) {
         const QLinear& d = st.dense.at(id.name());
         r.params += static_cast<uint64_t>(d.in_features() * d.out_features());
-        r.bytes_base += st.quantized.at(id.name()).weight_bytes();
+        // The format's stored bytes, not the held weight's: a dense base (bf16, fp16) is held in
+        // the compute dtype, 4 bytes per weight on an fp32 run.
+        r.bytes_base += o.base.bytes(d.out_features(), d.in_features());
       }
       r.bytes_bf16 = 2 * r.params;
       result.units.push_back(std::move(r));

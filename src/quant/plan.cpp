@@ -97,6 +97,12 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
     if (!j["planner"].is_object())
       throw ConfigError(fmt::format("{}.planner: expected an object", where));
     p.planner = j["planner"];
+    // The keys kldq reads back (quantize and eval check the fingerprint; eval reports the
+    // prediction); the rest of the record is carried as written.
+    for (const char* key : {"model", "model_fingerprint"})
+      if (p.planner.contains(key)) string_at(p.planner[key], where + ".planner." + key);
+    if (p.planner.contains("predicted_kl") && !p.planner["predicted_kl"].is_number())
+      throw ConfigError(fmt::format("{}.planner.predicted_kl: expected a number", where));
   }
   if (j.contains("method")) p.method = string_at(j["method"], where + ".method");
   p.base = formats::FormatSpec::parse(string_at(member(j, "base", where), where + ".base"),

@@ -34,9 +34,10 @@ class Checkpoint {
   uint64_t file_bytes() const;
   // Content fingerprint, hex SHA-256 over config.json, then per safetensors file (in order) its
   // name, size and 64 evenly spaced 64 KiB samples (the whole file when it is under 4 MiB). Reads
-  // at most 4 MiB per file, so it costs milliseconds for a 14B model, yet two checkpoints that
-  // differ in their weights (another seed, a fine-tune) differ in it. Profiles and plans record it
-  // to refuse mixing models; it is not a full hash of the weights.
+  // at most 4 MiB per file, so it costs milliseconds for a 14B model, yet two checkpoints whose
+  // weights differ throughout (another seed, a full fine-tune) differ in it; an edit confined to
+  // a few layers can fall between the samples. Profiles and plans record it to refuse mixing
+  // models; it is not a full hash of the weights.
   std::string fingerprint() const;
 
  private:

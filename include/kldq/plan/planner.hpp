@@ -61,7 +61,8 @@ quant::Plan make_plan(const std::vector<Profile>& profiles, const Request& reque
 
 // Multiple-choice knapsack: one option per item, minimising the summed cost with the summed
 // weight at most `capacity`. cost/weight: [items][options]. Optimal up to rounding each weight
-// up to a multiple of a quantum (1 when all weights fit in 2^18 steps; see the definition).
+// up to a multiple of a quantum (exact, the gcd of the weight differences, when the spare
+// capacity spans at most 2^18 of them; see the definition).
 // Empty when no selection fits.
 std::vector<size_t> solve_knapsack(const std::vector<std::vector<double>>& cost,
                                    const std::vector<std::vector<uint64_t>>& weight,
