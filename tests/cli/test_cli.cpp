@@ -9,9 +9,9 @@ TEST_CASE("kldq --help lists the subcommands; unbuilt ones say so and exit 2", "
   for (const char* cmd :
        {"inspect", "synth", "profile", "plan", "quantize", "eval", "run", "report"})
     CHECK_THAT(help.out, HasText(cmd));
-  const auto run = run_kldq("run exp.yaml");
-  CHECK(run.rc == 2);
-  CHECK_THAT(run.err, HasText("not built yet"));
+  const auto report = run_kldq("report results/x");
+  CHECK(report.rc == 2);
+  CHECK_THAT(report.err, HasText("not built yet"));
   CHECK(run_kldq("").rc == 2);
   CHECK(run_kldq("inspect").rc == 2);  // missing MODEL
   CHECK(run_kldq("frobnicate").rc == 2);

@@ -1,0 +1,75 @@
+// Experiment files (docs/EXPERIMENTS.md; DESIGN.md sections 4 and 10): the typed schema of the
+// YAML or JSON file `kldq run` takes, validated whole before any work starts (every error names
+// the file and the full key path), the sweep expanded into its points, and the stages a run
+// needs, each named by a key that hashes its inputs.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kldq::experiment {
+
+// One sweep point: how the model is quantized and evaluated. Keys a point's planner does not
+// use are absent (nullopt / empty), so equal points compare equal.
+struct Point {
+  std::string base, method, granularity, mode;  // the profile the plan comes from
+  std::string planner;                          // restore-top, budget, uniform, random
+  std::optional<double> percent;                // restore-top, random
+  std::string by;                               // restore-top, random: count or params
+  std::optional<double> budget_bpw;             // budget
+  std::optional<uint64_t> seed;                 // random
+  nlohmann::json to_json() const;
+};
+
+struct EvalSpec {
+  std::string ppl_protocol = "gptq";
+  int64_t ctx = 0;  // 0: the protocol's default
+  bool kld = true;
+  std::string mmlu_protocol = "5shot";
+  int64_t shots = 5;
+  int64_t mmlu_limit = 0;  // 0: every question
+  int64_t batch = 8;
+};
+
+struct Experiment {
+  std::string path, name;
+  std::vector<std::string> models;
+  std::string calib, ppl, mmlu;  // data files; "" when not given
+  int64_t samples = 128, seq_len = 512;
+  uint64_t calib_seed = 0;
+  std::vector<std::string> candidates;  // plan.candidates: extra formats for budget points
+  EvalSpec eval;
+  std::string output;         // default results/<name>
+  std::vector<Point> points;  // the sweep, expanded, duplicates removed, in order
+  // The whole configuration with every default filled in (config.resolved.yaml's content).
+  nlohmann::json resolved() const;
+};
+
+// Reads and validates an experiment file (YAML, or JSON, which YAML reads too). ConfigError
+// "FILE: key.path[i]: what was expected, got what" for unknown keys, wrong types and impossible
+// values; nothing is checked on disk here (models and data are checked when a run starts).
+Experiment load_experiment(const std::string& path);
+
+// A stage of a run and the key of its artifact: SHA-256 (first 16 hex digits) over the stage
+// name, its inputs' identity (`model_id`: the checkpoint fingerprint) and configuration, and the
+// kldq version.
+struct Stage {
+  std::string kind;  // reference, profile, plan, eval
+  std::string model, key;
+  nlohmann::json inputs;
+  std::optional<size_t> point;  // the sweep point, for plan and eval
+};
+// The stages of `e` for one model, in the order they run: the reference evaluation, each
+// distinct profile, then a plan and an evaluation per sweep point (uniform points need no
+// profile). `points` selects sweep points (a shard); empty: all.
+std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
+                               const std::string& model_id, const std::vector<size_t>& points);
+
+// "--shard i/n" -> the indices p of e.points with p % n == i; ConfigError naming the option.
+std::vector<size_t> shard_points(const Experiment& e, const std::string& shard);
+
+}  // namespace kldq::experiment

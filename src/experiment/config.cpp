@@ -1,0 +1,283 @@
+// Experiment files: YAML/JSON reading with key-path errors, defaults, sweep expansion.
+#include "kldq/experiment/config.hpp"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <functional>
+#include <set>
+
+#include "kldq/core/context.hpp"
+#include "kldq/core/error.hpp"
+#include "kldq/formats/format.hpp"
+#include "kldq/plan/planner.hpp"
+
+namespace kldq::experiment {
+namespace {
+
+// A YAML node with the key path that reached it, for error messages.
+struct Node {
+  YAML::Node n;
+  std::string file, key;
+
+  [[noreturn]] void fail(const std::string& expected) const {
+    const std::string got = !n.IsDefined() || n.IsNull() ? "nothing"
+                            : n.IsScalar()               ? fmt::format("\"{}\"", n.Scalar())
+                            : n.IsSequence()             ? "a list"
+                                                         : "a mapping";
+    throw ConfigError(fmt::format("{}: {}: expected {}, got {}", file, key, expected, got));
+  }
+  // A missing key or index gives an undefined node (yaml-cpp's own lookup of a missing key gives
+  // a node that throws on use).
+  Node at(const std::string& k) const {
+    const YAML::Node& c = n;
+    return {has(k) ? c[k] : YAML::Node(YAML::NodeType::Undefined), file,
+            key.empty() ? k : key + "." + k};
+  }
+  Node at(size_t i) const {
+    const YAML::Node& c = n;
+    return {n.IsSequence() && i < n.size() ? c[i] : YAML::Node(YAML::NodeType::Undefined), file,
+            fmt::format("{}[{}]", key, i)};
+  }
+  bool has(const std::string& k) const {
+    const YAML::Node& c = n;
+    return n.IsMap() && c[k].IsDefined();
+  }
+
+  // Fails on any key of this mapping outside `known`.
+  void only(std::initializer_list<const char*> known) const {
+    if (!n.IsMap()) fail("a mapping");
+    for (const auto& kv : n) {
+      const std::string k = kv.first.as<std::string>();
+      bool ok = false;
+      for (const char* x : known) ok = ok || k == x;
+      if (!ok) {
+        std::string list;
+        for (const char* x : known) list += std::string(list.empty() ? "" : ", ") + x;
+        throw ConfigError(fmt::format("{}: {}{}: unknown key (expected one of {})", file,
+                                      key.empty() ? "" : key + ".", k, list));
+      }
+    }
+  }
+  std::string text() const {
+    if (!n.IsScalar() || n.Scalar().empty()) fail("a string");
+    return n.Scalar();
+  }
+  double number() const {
+    const auto v = n.IsScalar() ? parse_number(n.Scalar()) : std::nullopt;
+    if (!v) fail("a number");
+    return *v;
+  }
+  int64_t count(int64_t min) const {
+    const auto v = n.IsScalar() ? parse_number(n.Scalar()) : std::nullopt;
+    if (!v || *v != double(int64_t(*v)) || *v < double(min))
+      fail(fmt::format("an integer >= {}", min));
+    return int64_t(*v);
+  }
+  bool flag() const {
+    if (n.IsScalar() && (n.Scalar() == "true" || n.Scalar() == "false"))
+      return n.Scalar() == "true";
+    fail("true or false");
+  }
+  // A scalar or a non-empty list of them: the values of a sweep dimension, with their paths.
+  std::vector<Node> values() const {
+    if (n.IsScalar()) return {*this};
+    if (!n.IsSequence() || n.size() == 0) fail("a value or a non-empty list");
+    std::vector<Node> out;
+    for (size_t i = 0; i < n.size(); ++i) out.push_back(at(i));
+    return out;
+  }
+};
+
+std::string one_of(const Node& v, std::initializer_list<const char*> allowed) {
+  const std::string s = v.text();
+  std::string list;
+  for (const char* a : allowed) {
+    if (s == a) return s;
+    list += std::string(list.empty() ? "" : ", ") + a;
+  }
+  v.fail("one of " + list);
+}
+
+std::string format_name(const Node& v) {
+  try {
+    return formats::FormatSpec::parse(v.text(), v.file + ": " + v.key).name();
+  } catch (const ConfigError&) {
+    v.fail("a format name (docs/FORMATS.md)");
+  }
+}
+
+std::string method_name(const Node& v) {
+  const std::string m = v.text();
+  if (m == "gptq" || m == "awq")
+    throw ConfigError(
+        fmt::format("{}: {}: method {} is not available yet (issue 8); use rtn", v.file, v.key, m));
+  return one_of(v, {"rtn"});
+}
+
+double percent(const Node& v) {
+  try {
+    return plan::parse_percent(v.n.IsScalar() ? v.n.Scalar() : "", "");
+  } catch (const ConfigError&) {
+    v.fail("a percentage from 0 to 100");
+  }
+}
+
+}  // namespace
+
+nlohmann::json Point::to_json() const {
+  nlohmann::json j = {{"base", base}, {"method", method}, {"planner", planner}};
+  if (!granularity.empty()) j["granularity"] = granularity, j["mode"] = mode;
+  if (percent) j["percent"] = *percent;
+  if (!by.empty()) j["by"] = by;
+  if (budget_bpw) j["budget_bpw"] = *budget_bpw;
+  if (seed) j["seed"] = *seed;
+  return j;
+}
+
+nlohmann::json Experiment::resolved() const {
+  nlohmann::json pts = nlohmann::json::array();
+  for (const Point& p : points) pts.push_back(p.to_json());
+  return {{"name", name},
+          {"models", models},
+          {"data", {{"calib", calib}, {"ppl", ppl}, {"mmlu", mmlu}}},
+          {"calibration", {{"samples", samples}, {"seq_len", seq_len}, {"seed", calib_seed}}},
+          {"plan", {{"candidates", candidates}}},
+          {"eval",
+           {{"ppl_protocol", eval.ppl_protocol},
+            {"ctx", eval.ctx},
+            {"kld", eval.kld},
+            {"mmlu_protocol", eval.mmlu_protocol},
+            {"shots", eval.shots},
+            {"mmlu_limit", eval.mmlu_limit},
+            {"batch", eval.batch}}},
+          {"output", output},
+          {"points", pts}};
+}
+
+Experiment load_experiment(const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    throw ConfigError(fmt::format("{}: cannot open", path));
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(fmt::format("{}:{}:{}: {}", path, e.mark.line + 1, e.mark.column + 1, e.msg));
+  }
+  const Node top{root, path, ""};
+  top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output"});
+  Experiment e;
+  e.path = path;
+  e.name = top.at("name").text();
+  if (top.has("models"))
+    for (const Node& m : top.at("models").values()) e.models.push_back(m.text());
+  if (top.has("data")) {
+    const Node d = top.at("data");
+    d.only({"calib", "ppl", "mmlu"});
+    if (d.has("calib")) e.calib = d.at("calib").text();
+    if (d.has("ppl")) e.ppl = d.at("ppl").text();
+    if (d.has("mmlu")) e.mmlu = d.at("mmlu").text();
+  }
+  if (top.has("calibration")) {
+    const Node c = top.at("calibration");
+    c.only({"samples", "seq_len", "seed"});
+    if (c.has("samples")) e.samples = c.at("samples").count(1);
+    if (c.has("seq_len")) e.seq_len = c.at("seq_len").count(2);
+    if (c.has("seed")) e.calib_seed = uint64_t(c.at("seed").count(0));
+  }
+  Point def{"nf4", "rtn", "linear", "quantize-one", "", {}, "", {}, {}};
+  if (top.has("profile")) {
+    const Node p = top.at("profile");
+    p.only({"base", "method", "granularity", "mode"});
+    if (p.has("base")) def.base = format_name(p.at("base"));
+    if (p.has("method")) def.method = method_name(p.at("method"));
+    if (p.has("granularity"))
+      def.granularity = one_of(p.at("granularity"), {"linear", "half-block", "block"});
+    if (p.has("mode")) def.mode = one_of(p.at("mode"), {"quantize-one", "restore-one"});
+  }
+  if (top.has("plan")) {
+    const Node p = top.at("plan");
+    p.only({"candidates"});
+    for (const Node& c : p.at("candidates").values()) e.candidates.push_back(format_name(c));
+  }
+  if (top.has("eval")) {
+    const Node v = top.at("eval");
+    v.only({"ppl_protocol", "ctx", "kld", "mmlu_protocol", "shots", "mmlu_limit", "batch"});
+    if (v.has("ppl_protocol"))
+      e.eval.ppl_protocol = one_of(v.at("ppl_protocol"), {"gptq", "llamacpp", "sliding"});
+    if (v.has("ctx")) e.eval.ctx = v.at("ctx").count(2);
+    if (v.has("kld")) e.eval.kld = v.at("kld").flag();
+    if (v.has("mmlu_protocol"))
+      e.eval.mmlu_protocol = one_of(v.at("mmlu_protocol"), {"5shot", "chat0shot"});
+    if (v.has("shots")) e.eval.shots = v.at("shots").count(0);
+    if (v.has("mmlu_limit")) e.eval.mmlu_limit = v.at("mmlu_limit").count(0);
+    if (v.has("batch")) e.eval.batch = v.at("batch").count(1);
+  }
+  e.output = top.has("output") ? top.at("output").text() : "results/" + e.name;
+
+  // The sweep: a list of candidate values per dimension, in this order (the last varies fastest).
+  using Parse = std::function<void(Point&, const Node&)>;
+  const std::vector<std::pair<const char*, Parse>> dims = {
+      {"base", [](Point& p, const Node& v) { p.base = format_name(v); }},
+      {"method", [](Point& p, const Node& v) { p.method = method_name(v); }},
+      {"granularity",
+       [](Point& p, const Node& v) {
+         p.granularity = one_of(v, {"linear", "half-block", "block"});
+       }},
+      {"mode",
+       [](Point& p, const Node& v) {
+         p.mode = one_of(v, {"quantize-one", "restore-one"});
+       }},
+      {"planner",
+       [](Point& p, const Node& v) {
+         p.planner = one_of(v, {"restore-top", "budget", "uniform", "random"});
+       }},
+      {"restore_top", [](Point& p, const Node& v) { p.percent = percent(v); }},
+      {"by",
+       [](Point& p, const Node& v) {
+         p.by = one_of(v, {"count", "params"});
+       }},
+      {"budget_bpw",
+       [](Point& p, const Node& v) {
+         const double b = v.number();
+         if (!(b > 0 && b <= 32)) v.fail("bits per weight in (0, 32]");
+         p.budget_bpw = b;
+       }},
+      {"seed", [](Point& p, const Node& v) { p.seed = uint64_t(v.count(0)); }},
+  };
+  const Node sweep =
+      top.has("sweep") ? top.at("sweep") : Node{YAML::Node(YAML::NodeType::Map), path, "sweep"};
+  sweep.only({"base", "method", "granularity", "mode", "planner", "restore_top", "by", "budget_bpw",
+              "seed"});
+  std::vector<Point> points{def};
+  for (const auto& [name, parse] : dims) {
+    if (!sweep.has(name)) continue;
+    std::vector<Point> next;
+    for (const Point& p : points)
+      for (const Node& v : sweep.at(name).values()) next.push_back(p), parse(next.back(), v);
+    points = std::move(next);
+  }
+  std::set<std::string> seen;
+  for (Point& p : points) {
+    if (p.planner.empty())
+      p.planner = p.budget_bpw ? "budget" : p.percent ? "restore-top" : "uniform";
+    const bool restoring = p.planner == "restore-top" || p.planner == "random";
+    if (restoring && !p.percent)
+      throw ConfigError(
+          fmt::format("{}: sweep.restore_top: needed by the {} planner", path, p.planner));
+    if (p.planner == "budget" && !p.budget_bpw)
+      throw ConfigError(fmt::format("{}: sweep.budget_bpw: needed by the budget planner", path));
+    // Drop what the point's planner does not use, so that equal work is one point.
+    if (!restoring) p.percent.reset(), p.by.clear();
+    if (restoring && p.by.empty()) p.by = "count";
+    if (p.planner != "budget") p.budget_bpw.reset();
+    if (p.planner != "random") p.seed.reset();
+    if (p.planner == "random" && !p.seed) p.seed = 0;
+    if (p.planner == "uniform") p.granularity.clear(), p.mode.clear();  // no profile needed
+    if (seen.insert(p.to_json().dump()).second) e.points.push_back(p);
+  }
+  return e;
+}
+
+}  // namespace kldq::experiment

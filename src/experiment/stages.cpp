@@ -1,0 +1,96 @@
+// The stages of an experiment run and their artifact keys; sweep shards.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <map>
+
+#include "kldq/build_config.hpp"
+#include "kldq/core/context.hpp"
+#include "kldq/core/error.hpp"
+#include "kldq/core/hash.hpp"
+#include "kldq/experiment/config.hpp"
+
+namespace kldq::experiment {
+namespace {
+
+// A data file's identity: its SHA-256 when it exists (so an edited file is new work), else its
+// path, marked missing (a dry run of a config whose files are elsewhere).
+std::string identity(const std::string& path) {
+  if (path.empty()) return "";
+  std::error_code ec;
+  return std::filesystem::is_regular_file(path, ec) || std::filesystem::is_directory(path, ec)
+             ? sha256_path(path)
+             : "missing:" + path;
+}
+
+Stage make(const std::string& kind, const std::string& model, nlohmann::json inputs,
+           std::optional<size_t> point = std::nullopt) {
+  const nlohmann::json id = {{"stage", kind}, {"inputs", inputs}, {"kldq", KLDQ_VERSION_STRING}};
+  return {kind, model, sha256_hex(id.dump()).substr(0, 16), std::move(inputs), point};
+}
+
+}  // namespace
+
+std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
+                               const std::string& model_id, const std::vector<size_t>& selected) {
+  const nlohmann::json data = {
+      {"ppl", identity(e.ppl)}, {"mmlu", identity(e.mmlu)}, {"eval", e.resolved()["eval"]}};
+  const nlohmann::json calibration = {{"file", identity(e.calib)},
+                                      {"samples", e.samples},
+                                      {"seq_len", e.seq_len},
+                                      {"seed", e.calib_seed}};
+  std::vector<Stage> out;
+  if (!e.ppl.empty() || !e.mmlu.empty())
+    out.push_back(make("reference", model, {{"model", model_id}, {"data", data}}));
+
+  // Profiles, each once, in the order the points first need them; a point's plan depends on
+  // the keys of its profiles.
+  std::map<std::string, std::string> profile_key;  // profile inputs (dumped) -> stage key
+  std::vector<std::vector<std::string>> point_profiles(e.points.size());
+  for (size_t i : selected) {
+    const Point& p = e.points.at(i);
+    if (p.planner == "uniform") continue;
+    std::vector<std::string> bases{p.base};
+    if (p.planner == "budget")
+      for (const auto& c : e.candidates)
+        if (c != p.base && c != "bf16") bases.push_back(c);
+    for (const auto& base : bases) {
+      const nlohmann::json in = {
+          {"model", model_id},  {"calibration", calibration},   {"base", base},
+          {"method", p.method}, {"granularity", p.granularity}, {"mode", p.mode}};
+      auto [it, fresh] = profile_key.emplace(in.dump(), "");
+      if (fresh) {
+        out.push_back(make("profile", model, in));
+        it->second = out.back().key;
+      }
+      point_profiles[i].push_back(it->second);
+    }
+  }
+  for (size_t i : selected) {
+    const nlohmann::json in = {
+        {"model", model_id}, {"point", e.points[i].to_json()}, {"profiles", point_profiles[i]}};
+    out.push_back(make("plan", model, in, i));
+    out.push_back(make("eval", model, {{"plan", out.back().key}, {"data", data}}, i));
+  }
+  return out;
+}
+
+std::vector<size_t> shard_points(const Experiment& e, const std::string& shard) {
+  std::vector<size_t> out;
+  if (shard.empty()) {
+    for (size_t p = 0; p < e.points.size(); ++p) out.push_back(p);
+    return out;
+  }
+  const auto slash = shard.find('/');
+  const auto i = slash == std::string::npos ? std::nullopt : parse_number(shard.substr(0, slash));
+  const auto n = slash == std::string::npos ? std::nullopt : parse_number(shard.substr(slash + 1));
+  if (!i || !n || *n < 1 || *i < 0 || *i >= *n || *i != double(int64_t(*i)) ||
+      *n != double(int64_t(*n)))
+    throw ConfigError(fmt::format(
+        "--shard {}: expected i/n with 0 <= i < n (sweep points with index % n == i)", shard));
+  for (size_t p = 0; p < e.points.size(); ++p)
+    if (p % size_t(*n) == size_t(*i)) out.push_back(p);
+  return out;
+}
+
+}  // namespace kldq::experiment

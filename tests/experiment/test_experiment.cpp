@@ -1,0 +1,176 @@
+// Experiment files: defaults, sweep expansion against hand-counted products, one test per
+// schema error class naming its key path, stage keys and sharding, and `kldq run --dry-run` on
+// every shipped config.
+#include <filesystem>
+
+#include "kldq/core/error.hpp"
+#include "kldq/experiment/config.hpp"
+#include "support/catch.hpp"
+
+namespace ex = kldq::experiment;
+using kldq::test::run_kldq;
+
+namespace {
+
+ex::Experiment load_text(const kldq::test::TempDir& dir, const std::string& name,
+                         const std::string& text) {
+  kldq::test::write_text(dir / name, text);
+  return ex::load_experiment((dir / name).string());
+}
+
+// The ConfigError message of loading `text`, or "" when it loads.
+std::string error_of(const kldq::test::TempDir& dir, const std::string& text) {
+  try {
+    load_text(dir, "bad.yaml", text);
+  } catch (const kldq::ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("experiment: defaults, sweep product and de-duplication", "[experiment]") {
+  kldq::test::TempDir dir("exp");
+  const auto e = load_text(dir, "e.yaml", R"(
+name: t
+models: [m1, m2]
+sweep:
+  base: [nf4, int8]
+  granularity: [linear, block]
+  restore_top: [0, "10%", 20]
+)");
+  CHECK(e.name == "t");
+  CHECK(e.output == "results/t");
+  CHECK(e.samples == 128);
+  CHECK(e.seq_len == 512);
+  CHECK(e.eval.ppl_protocol == "gptq");
+  // 2 bases x 2 granularities x 3 percentages, restore-top by count (the defaults), in order.
+  REQUIRE(e.points.size() == 12);
+  CHECK(e.points[0].to_json() == nlohmann::json::parse(R"({"base":"nf4","method":"rtn",
+        "planner":"restore-top","granularity":"linear","mode":"quantize-one","percent":0.0,
+        "by":"count"})"));
+  CHECK(*e.points[1].percent == 10.0);
+  CHECK(e.points[3].granularity == "block");
+  CHECK(e.points[6].base == "int8");
+  // Uniform points use no percentage or granularity: six sweep values collapse to one point
+  // per base.
+  const auto u = load_text(dir, "u.yaml", R"(
+name: u
+sweep: {planner: uniform, base: [nf4, fp8_e4m3], restore_top: [1, 2, 3]}
+)");
+  REQUIRE(u.points.size() == 2);
+  CHECK(u.points[1].to_json() ==
+        nlohmann::json::parse(R"({"base":"fp8_e4m3","method":"rtn","planner":"uniform"})"));
+  // JSON is read by the same schema.
+  const auto j = load_text(dir, "e.json",
+                           R"({"name": "t", "sweep": {"planner": "random", "restore_top": 5,
+                               "seed": [1, 2]}})");
+  REQUIRE(j.points.size() == 2);
+  CHECK(*j.points[1].seed == 2);
+  CHECK(j.points[1].by == "count");
+}
+
+TEST_CASE("experiment: each schema error names the file and key path", "[experiment]") {
+  kldq::test::TempDir dir("exp-err");
+  const std::string file = (dir / "bad.yaml").string();
+  auto has = [&](const std::string& yaml, const std::string& what) {
+    const std::string err = error_of(dir, yaml);
+    INFO(yaml << " -> " << err);
+    CHECK_THAT(err, HasText(file + ": " + what));
+  };
+  has("name: x\ncolour: red\n", "colour: unknown key (expected one of name, models");
+  has("name: x\neval: {ppl_protcol: gptq}\n", "eval.ppl_protcol: unknown key");
+  has("models: [a]\n", "name: expected a string, got nothing");
+  has("name: x\ncalibration: {samples: many}\n",
+      "calibration.samples: expected an integer >= 1, got \"many\"");
+  has("name: x\ncalibration: {seq_len: 1.5}\n", "calibration.seq_len: expected an integer >= 2");
+  has("name: x\nsweep: {restore_top: [1, 5, ten]}\n",
+      "sweep.restore_top[2]: expected a percentage from 0 to 100, got \"ten\"");
+  has("name: x\nsweep: {restore_top: 150}\n", "sweep.restore_top: expected a percentage");
+  has("name: x\nsweep: {base: [nf4, nf5]}\n", "sweep.base[1]: expected a format name");
+  has("name: x\nsweep: {base: []}\n",
+      "sweep.base: expected a value or a non-empty list, got a list");
+  has("name: x\nprofile: {method: gptq}\n", "profile.method: method gptq is not available yet");
+  has("name: x\nsweep: {planner: teleport}\n", "sweep.planner: expected one of restore-top");
+  has("name: x\nsweep: {planner: restore-top}\n", "sweep.restore_top: needed by the restore-top");
+  has("name: x\nsweep: {budget_bpw: -1}\n", "sweep.budget_bpw: expected bits per weight");
+  has("name: x\neval: {kld: maybe}\n", "eval.kld: expected true or false, got \"maybe\"");
+  has("name: x\neval: [1]\n", "eval: expected a mapping, got a list");
+  // YAML syntax: file, line and column.
+  CHECK_THAT(error_of(dir, "name: [x\n"), HasText(file + ":2:1: end of sequence"));
+  CHECK_THROWS_AS(ex::load_experiment((dir / "absent.yaml").string()), kldq::ConfigError);
+}
+
+TEST_CASE("experiment: stages, their keys, and shards", "[experiment]") {
+  kldq::test::TempDir dir("exp-stages");
+  const auto e = load_text(dir, "e.yaml", R"(
+name: s
+data: {calib: c.txt, ppl: p.txt}
+sweep:
+  planner: [uniform, restore-top, budget]
+  restore_top: [5, 10]
+  budget_bpw: 5
+plan: {candidates: [int8, bf16]}
+)");
+  // uniform (1) + restore-top x {5, 10} (2) + budget (1).
+  REQUIRE(e.points.size() == 4);
+  const auto all = ex::shard_points(e, "");
+  const auto st = ex::plan_stages(e, "m", "fp", all);
+  std::vector<std::string> kinds;
+  for (const auto& s : st) kinds.push_back(s.kind);
+  // reference; profiles nf4 (shared by both restore-top points and budget) and int8 (budget's
+  // candidate; bf16 needs none); then plan + eval per point.
+  CHECK(kinds == std::vector<std::string>{"reference", "profile", "profile", "plan", "eval", "plan",
+                                          "eval", "plan", "eval", "plan", "eval"});
+  CHECK(st[1].inputs["base"] == "nf4");
+  CHECK(st[2].inputs["base"] == "int8");
+  CHECK(st[3].inputs["profiles"].empty());  // uniform
+  CHECK(st[5].inputs["profiles"] == nlohmann::json({st[1].key}));
+  CHECK(st[9].inputs["profiles"] == nlohmann::json({st[1].key, st[2].key}));
+  std::set<std::string> keys;
+  for (const auto& s : st) keys.insert(s.key);
+  CHECK(keys.size() == st.size());  // distinct work, distinct keys
+  // Keys depend on the inputs' identity only: the same model id gives the same keys, another
+  // model id other keys.
+  CHECK(ex::plan_stages(e, "elsewhere", "fp", all)[1].key == st[1].key);
+  CHECK(ex::plan_stages(e, "m", "fp2", all)[1].key != st[1].key);
+  // Shards partition the points.
+  std::vector<size_t> seen;
+  for (int i = 0; i < 3; ++i)
+    for (size_t p : ex::shard_points(e, std::to_string(i) + "/3")) seen.push_back(p);
+  std::sort(seen.begin(), seen.end());
+  CHECK(seen == all);
+  CHECK(ex::shard_points(e, "3/4").size() == 1);
+  CHECK(ex::plan_stages(e, "m", "fp", {}).size() == 1);  // an empty shard: the reference only
+  for (const char* bad : {"3/3", "1", "a/b", "-1/2", "0/0", "0.5/2"})
+    CHECK_THROWS_AS(ex::shard_points(e, bad), kldq::ConfigError);
+}
+
+TEST_CASE("kldq run --dry-run on every shipped config; run itself says it is not built",
+          "[experiment][cli]") {
+  const std::filesystem::path configs = std::filesystem::path(KLDQ_SOURCE_DIR) / "configs";
+  int n = 0;
+  for (const auto& f : std::filesystem::directory_iterator(configs)) {
+    if (f.path().extension() != ".yaml") continue;
+    ++n;
+    const auto r = run_kldq("run " + f.path().string() + " --dry-run");
+    INFO(f.path() << "\n" << r.err);
+    CHECK(r.rc == 0);
+    CHECK_THAT(r.out, HasText("sweep points") && HasText("  eval  "));
+  }
+  CHECK(n >= 5);
+  const std::string exp1 = (configs / "exp1_sensitivity.yaml").string();
+  // 2 bases x 2 granularities x 6 percentages; --model replaces the placeholder, shard 1/4.
+  const auto r = run_kldq("run " + exp1 + " --dry-run --shard 1/4 --model " +
+                          kldq::test::tiny_model().string());
+  REQUIRE(r.rc == 0);
+  CHECK_THAT(r.out, HasText("24 sweep points, shard 1/4: 6"));
+  CHECK_THAT(r.out, !HasText("not found"));
+  const auto no = run_kldq("run " + exp1);
+  CHECK(no.rc == 2);
+  CHECK_THAT(no.err, HasText("not built yet") && HasText("--dry-run"));
+  const auto bad = run_kldq("run " + exp1 + " --dry-run --shard 4/4");
+  CHECK(bad.rc == 2);
+  CHECK_THAT(bad.err, HasText("--shard 4/4"));
+}
