@@ -26,7 +26,8 @@ struct Node {
                             : n.IsScalar()               ? fmt::format("\"{}\"", n.Scalar())
                             : n.IsSequence()             ? "a list"
                                                          : "a mapping";
-    throw ConfigError(fmt::format("{}: {}: expected {}, got {}", file, key, expected, got));
+    throw ConfigError(fmt::format("{}: {}expected {}, got {}", file, key.empty() ? "" : key + ": ",
+                                  expected, got));
   }
   // A missing key or index gives an undefined node (yaml-cpp's own lookup of a missing key gives
   // a node that throws on use).
@@ -71,7 +72,8 @@ struct Node {
   }
   int64_t count(int64_t min) const {
     const auto v = n.IsScalar() ? parse_number(n.Scalar()) : std::nullopt;
-    if (!v || *v != double(int64_t(*v)) || *v < double(min))
+    // The range test comes first: casting a double beyond int64_t is undefined.
+    if (!v || !(*v >= double(min) && *v < 0x1p62) || *v != double(int64_t(*v)))
       fail(fmt::format("an integer >= {}", min));
     return int64_t(*v);
   }
@@ -156,6 +158,10 @@ nlohmann::json Experiment::resolved() const {
           {"points", pts}};
 }
 
+namespace {
+Experiment from_yaml(const YAML::Node& root, const std::string& path);
+}  // namespace
+
 Experiment load_experiment(const std::string& path) {
   YAML::Node root;
   try {
@@ -165,6 +171,16 @@ Experiment load_experiment(const std::string& path) {
   } catch (const YAML::Exception& e) {
     throw ConfigError(fmt::format("{}:{}:{}: {}", path, e.mark.line + 1, e.mark.column + 1, e.msg));
   }
+  try {
+    return from_yaml(root, path);
+  } catch (const YAML::Exception& x) {  // e.g. a key that is itself a list or mapping
+    throw ConfigError(fmt::format("{}:{}:{}: {}", path, x.mark.line + 1, x.mark.column + 1, x.msg));
+  }
+}
+
+namespace {
+
+Experiment from_yaml(const YAML::Node& root, const std::string& path) {
   const Node top{root, path, ""};
   top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output"});
   Experiment e;
@@ -280,4 +296,5 @@ Experiment load_experiment(const std::string& path) {
   return e;
 }
 
+}  // namespace
 }  // namespace kldq::experiment

@@ -97,6 +97,10 @@ TEST_CASE("experiment: each schema error names the file and key path", "[experim
   has("name: x\nsweep: {budget_bpw: -1}\n", "sweep.budget_bpw: expected bits per weight");
   has("name: x\neval: {kld: maybe}\n", "eval.kld: expected true or false, got \"maybe\"");
   has("name: x\neval: [1]\n", "eval: expected a mapping, got a list");
+  has("", "expected a mapping, got nothing");  // an empty file
+  has("name: x\ncalibration: {samples: 1e30}\n", "calibration.samples: expected an integer");
+  // A key that is not a string: file, line and column.
+  CHECK_THAT(error_of(dir, "name: x\n[a, b]: 1\n"), HasText(file + ":2:1: bad conversion"));
   // YAML syntax: file, line and column.
   CHECK_THAT(error_of(dir, "name: [x\n"), HasText(file + ":2:1: end of sequence"));
   CHECK_THROWS_AS(ex::load_experiment((dir / "absent.yaml").string()), kldq::ConfigError);
