@@ -8,7 +8,7 @@
 #include <iostream>
 #include <optional>
 
-#include "common.hpp"
+#include "commands.hpp"
 #include "kldq/build_config.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
@@ -29,15 +29,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-struct EvalCliOptions {
-  std::string model, reference, base, plan, ppl, ppl_protocol = "gptq", out;
-  std::string mmlu, mmlu_protocol = "5shot", predictions, reference_predictions;
-  int64_t ctx = 0, stride = 0, batch = 1, mmlu_limit = 0;
-  int shots = -1;
-  bool kld = false;
-  ComputeOptions compute;
-};
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
@@ -167,6 +158,8 @@ model::Decoder load_model(const EvalCliOptions& o, const std::optional<quant::Pl
   described += " (" + plan->method + "/" + plan->base.name() + " in memory)";
   return m;
 }
+
+}  // namespace
 
 int run_eval(const EvalCliOptions& o) {
   const auto t0 = Clock::now();
@@ -315,8 +308,6 @@ int run_eval(const EvalCliOptions& o) {
                            j["weight_bytes"].get<uint64_t>(), j["bits_per_weight"].get<double>());
   return 0;
 }
-
-}  // namespace
 
 void register_eval(CLI::App& app, Action& action) {
   auto opts = std::make_shared<EvalCliOptions>();

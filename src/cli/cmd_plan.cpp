@@ -6,7 +6,7 @@
 #include <cmath>
 #include <iostream>
 
-#include "common.hpp"
+#include "commands.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
 #include "kldq/io/json_util.hpp"
@@ -14,14 +14,6 @@
 
 namespace kldq::cli {
 namespace {
-
-struct PlanCliOptions {
-  std::vector<std::string> profiles, candidates;
-  std::string restore_top, random, by, out;
-  double budget_bpw = std::nan("");  // NaN: not given
-  bool uniform = false;
-  int64_t seed = -1;
-};
 
 plan::Request request_from(const PlanCliOptions& o) {
   const int given =
@@ -54,6 +46,8 @@ plan::Request request_from(const PlanCliOptions& o) {
   return r;
 }
 
+}  // namespace
+
 int run_plan(const PlanCliOptions& o) {
   const plan::Request r = request_from(o);
   const std::filesystem::path out =
@@ -78,8 +72,6 @@ int run_plan(const PlanCliOptions& o) {
       out.empty() ? "" : " -> " + out.string());
   return 0;
 }
-
-}  // namespace
 
 void register_plan(CLI::App& app, Action& action) {
   auto opts = std::make_shared<PlanCliOptions>();

@@ -13,7 +13,7 @@
 #include <iostream>
 #include <set>
 
-#include "common.hpp"
+#include "commands.hpp"
 #include "kldq/build_config.hpp"
 #include "kldq/calib/calibration.hpp"
 #include "kldq/core/device.hpp"
@@ -21,20 +21,12 @@
 #include "kldq/core/fs.hpp"
 #include "kldq/core/log.hpp"
 #include "kldq/io/checkpoint.hpp"
+#include "kldq/io/csv.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/profile/profile.hpp"
 
 namespace kldq::cli {
 namespace {
-
-struct ProfileCliOptions {
-  std::string model, base, method = "rtn", calib, mode = "quantize-one", granularity = "linear";
-  std::string out, csv;
-  int64_t samples = 128, seq_len = 512, batch = 8;
-  uint64_t seed = 0;
-  bool naive = false, proxies = false;
-  ComputeOptions compute;
-};
 
 // Fails before the run, which may take hours, when an output cannot be written: its directory
 // is missing or not writable, or the path is a directory. IoError naming the option and path.
@@ -48,18 +40,6 @@ void check_writable(const std::filesystem::path& path, const char* option) {
                               std::strerror(errno)));
   if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
     throw IoError(fmt::format("{} {}: is a directory", option, path.string()));
-}
-
-// One RFC 4180 field: null as empty, strings as they are and numbers as JSON writes them (the
-// shortest text that reads back to the same double); quoted, with quotes doubled, when the text
-// holds a comma, a quote, CR or LF.
-std::string csv_field(const nlohmann::json& v) {
-  if (v.is_null()) return "";
-  const std::string s = v.is_string() ? v.get<std::string>() : v.dump();
-  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
-  std::string q = "\"";
-  for (const char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return q + "\"";
 }
 
 // profile.json's units as CSV (CRLF line ends, as RFC 4180): a header of their keys, the known
@@ -85,11 +65,13 @@ std::string units_csv(const nlohmann::json& units) {
     }
     return line + "\r\n";
   };
-  std::string text = row([](const std::string& k) { return csv_field(k); });
+  std::string text = row([](const std::string& k) { return io::csv_field(k); });
   for (const auto& u : units)
-    text += row([&](const std::string& k) { return csv_field(u.value(k, nlohmann::json())); });
+    text += row([&](const std::string& k) { return io::csv_field(u.value(k, nlohmann::json())); });
   return text;
 }
+
+}  // namespace
 
 int run_profile_cmd(const ProfileCliOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -184,8 +166,6 @@ int run_profile_cmd(const ProfileCliOptions& o) {
                            out.string());
   return 0;
 }
-
-}  // namespace
 
 void register_profile(CLI::App& app, Action& action) {
   auto opts = std::make_shared<ProfileCliOptions>();

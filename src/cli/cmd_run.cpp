@@ -1,24 +1,21 @@
-// `kldq run EXPERIMENT [--model PATH]... [--shard i/n] --dry-run`: an experiment file's resolved
-// sweep and the stages a run needs, with their artifact keys (docs/EXPERIMENTS.md). Running the
-// stages is not built yet (issue 7): without --dry-run the command says so.
+// `kldq run EXPERIMENT [--model PATH]... [--output DIR] [--shard i/n] [--dry-run]`: an experiment
+// file's stages, run with caching and resume (run_stages.cpp), or with --dry-run the resolved sweep
+// and the stages that would run or be reused (docs/EXPERIMENTS.md).
 #include <fmt/format.h>
 
 #include <filesystem>
 #include <iostream>
 
-#include "common.hpp"
+#include "commands.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/experiment/config.hpp"
+#include "kldq/experiment/results.hpp"
 #include "kldq/io/checkpoint.hpp"
 
 namespace kldq::cli {
 namespace {
 
-struct RunOptions {
-  std::string experiment, shard;
-  std::vector<std::string> models;
-  bool dry_run = false;
-};
+namespace fs = std::filesystem;
 
 std::string describe(const experiment::Stage& s, const experiment::Experiment& e) {
   if (s.kind == "profile")
@@ -30,45 +27,58 @@ std::string describe(const experiment::Stage& s, const experiment::Experiment& e
                      e.mmlu.empty() ? "" : ", mmlu");
 }
 
-int run_run(const RunOptions& o) {
-  experiment::Experiment e = experiment::load_experiment(o.experiment);
-  if (!o.models.empty()) e.models = o.models;
-  if (e.models.empty())
-    throw ConfigError(fmt::format("{}: models: missing (or give --model PATH)", o.experiment));
-  const std::vector<size_t> points = experiment::shard_points(e, o.shard);
-  if (!o.dry_run)
-    throw ConfigError(
-        "kldq run: executing the stages is not built yet (issue 7); --dry-run shows them, and "
-        "kldq profile, plan and eval run each one");
+void dry_run(const experiment::Experiment& e, const RunCliOptions& o,
+             const std::vector<size_t>& points) {
+  const RunContext ctx = context_from(o.compute);
+  const nlohmann::json compute = {{"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
+                                  {"dtype", dtype_name(ctx.dtype)}};
   std::cout << fmt::format(
-      "experiment {} ({}): {} sweep points{}, output {}\n", e.name, o.experiment, e.points.size(),
-      o.shard.empty() ? "" : fmt::format(", shard {}: {}", o.shard, points.size()), e.output);
+      "experiment {} ({}): {} sweep points{}, output {} ({} {})\n", e.name, o.experiment,
+      e.points.size(), o.shard.empty() ? "" : fmt::format(", shard {}: {}", o.shard, points.size()),
+      e.output, compute["device"].get<std::string>(), compute["dtype"].get<std::string>());
   for (size_t i : points)
-    std::cout << fmt::format("  point {:>3}  {}\n", i, e.points[i].to_json().dump());
+    std::cout << fmt::format("  point {:>3}  {}\n", i, experiment::point_label(e.points[i]));
   for (const std::string& model : e.models) {
     std::error_code ec;
-    const bool present =
-        std::filesystem::is_regular_file(std::filesystem::path(model) / "config.json", ec);
+    const bool present = fs::is_regular_file(fs::path(model) / "config.json", ec);
     // A missing checkpoint is fine for a dry run (shipped configs name placeholders); its
     // stages are keyed by its path until it exists.
     const std::string id = present ? io::Checkpoint::open(model).fingerprint() : "missing:" + model;
     std::cout << fmt::format("model {}{}\n", model,
                              present ? "" : " (not found: keys use its path)");
-    for (const auto& s : experiment::plan_stages(e, model, id, points))
-      std::cout << fmt::format("  {:<9}  {}  {}\n", s.kind, s.key, describe(s, e));
+    for (const auto& s : experiment::plan_stages(e, model, id, points, compute)) {
+      const bool done = fs::is_directory(fs::path(e.output) / experiment::stage_dir(s), ec);
+      std::cout << fmt::format("  {:<9}  {}  {:<6}  {}\n", s.kind, s.key, done ? "reuse" : "run",
+                               describe(s, e));
+    }
   }
-  return 0;
+}
+
+int run_run(const RunCliOptions& o) {
+  experiment::Experiment e = experiment::load_experiment(o.experiment);
+  if (!o.models.empty()) e.models = o.models;
+  if (!o.output.empty()) e.output = o.output;
+  if (e.models.empty())
+    throw ConfigError(fmt::format("{}: models: missing (or give --model PATH)", o.experiment));
+  const std::vector<size_t> points = experiment::shard_points(e, o.shard);
+  if (o.dry_run) {
+    dry_run(e, o, points);
+    return 0;
+  }
+  return run_experiment(e, o, points);
 }
 
 }  // namespace
 
 void register_run(CLI::App& app, Action& action) {
-  auto opts = std::make_shared<RunOptions>();
-  auto* sub = app.add_subcommand("run", "run an experiment file (so far: --dry-run)");
+  auto opts = std::make_shared<RunCliOptions>();
+  auto* sub = app.add_subcommand("run", "run an experiment file: every stage, cached, resumable");
   sub->add_option("EXPERIMENT", opts->experiment, "experiment file, YAML or JSON")->required();
   sub->add_option("--model", opts->models, "checkpoint(s) replacing the file's models");
   sub->add_option("--shard", opts->shard, "i/n: only sweep points with index % n == i");
+  sub->add_option("--output", opts->output, "results directory replacing the file's output");
   sub->add_flag("--dry-run", opts->dry_run, "print the resolved sweep and the stages");
+  add_compute_options(*sub, opts->compute);
   sub->callback([&action, opts] { action = [opts] { return run_run(*opts); }; });
 }
 

@@ -24,6 +24,7 @@ void register_eval(CLI::App& app, Action& action);
 void register_profile(CLI::App& app, Action& action);
 void register_plan(CLI::App& app, Action& action);
 void register_run(CLI::App& app, Action& action);
+void register_report(CLI::App& app, Action& action);
 
 struct ComputeOptions {
   std::string device;  // "" = cuda when present, else cpu

@@ -9,22 +9,6 @@
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
 
-namespace {
-
-struct Planned {
-  const char* name;
-  const char* summary;
-  const char* issue;
-};
-
-// Subcommands of DESIGN.md section 4 that later issues build; they say so instead of failing
-// in an unclear way.
-constexpr Planned kPlanned[] = {
-    {"report", "tables and plots of a results directory", "issue 7"},
-};
-
-}  // namespace
-
 int main(int argc, char** argv) {
   CLI::App app{"kldq: KLD-guided mixed-precision quantization experiments for LLMs"};
   app.require_subcommand(1);
@@ -43,17 +27,7 @@ int main(int argc, char** argv) {
   kldq::cli::register_profile(app, action);
   kldq::cli::register_plan(app, action);
   kldq::cli::register_run(app, action);
-  for (const auto& p : kPlanned) {
-    auto* sub = app.add_subcommand(p.name, std::string(p.summary) + " (not built yet)");
-    sub->allow_extras();
-    sub->prefix_command();
-    sub->callback([&action, p] {
-      action = [p] {
-        std::cerr << "kldq " << p.name << ": not built yet (" << p.issue << ")\n";
-        return kldq::kExitUsage;
-      };
-    });
-  }
+  kldq::cli::register_report(app, action);
 
   try {
     app.parse(argc, argv);

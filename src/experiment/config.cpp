@@ -145,6 +145,7 @@ nlohmann::json Experiment::resolved() const {
           {"models", models},
           {"data", {{"calib", calib}, {"ppl", ppl}, {"mmlu", mmlu}}},
           {"calibration", {{"samples", samples}, {"seq_len", seq_len}, {"seed", calib_seed}}},
+          {"profile", {{"proxies", proxies}}},
           {"plan", {{"candidates", candidates}}},
           {"eval",
            {{"ppl_protocol", eval.ppl_protocol},
@@ -180,6 +181,38 @@ Experiment load_experiment(const std::string& path) {
 
 namespace {
 
+// JSON (as resolved() makes it: objects, arrays, strings, numbers, booleans) into a YAML emitter.
+void emit(YAML::Emitter& out, const nlohmann::json& j) {
+  if (j.is_object()) {
+    out << YAML::BeginMap;
+    for (const auto& [k, v] : j.items()) {
+      out << YAML::Key << k << YAML::Value;
+      emit(out, v);
+    }
+    out << YAML::EndMap;
+  } else if (j.is_array()) {
+    out << YAML::BeginSeq;
+    for (const auto& v : j) emit(out, v);
+    out << YAML::EndSeq;
+  } else if (j.is_string()) {
+    out << YAML::DoubleQuoted << j.get<std::string>();
+  } else if (j.is_null()) {
+    out << YAML::Null;
+  } else {
+    out << j.dump();  // numbers and booleans: JSON's text is valid YAML
+  }
+}
+
+}  // namespace
+
+std::string Experiment::resolved_yaml() const {
+  YAML::Emitter out;
+  emit(out, resolved());
+  return std::string(out.c_str()) + "\n";
+}
+
+namespace {
+
 Experiment from_yaml(const YAML::Node& root, const std::string& path) {
   const Node top{root, path, ""};
   top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output"});
@@ -205,7 +238,8 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
   Point def{"nf4", "rtn", "linear", "quantize-one", "", {}, "", {}, {}};
   if (top.has("profile")) {
     const Node p = top.at("profile");
-    p.only({"base", "method", "granularity", "mode"});
+    p.only({"base", "method", "granularity", "mode", "proxies"});
+    if (p.has("proxies")) e.proxies = p.at("proxies").flag();
     if (p.has("base")) def.base = format_name(p.at("base"));
     if (p.has("method")) def.method = method_name(p.at("method"));
     if (p.has("granularity"))

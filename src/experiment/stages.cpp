@@ -24,15 +24,17 @@ std::string identity(const std::string& path) {
 }
 
 Stage make(const std::string& kind, const std::string& model, nlohmann::json inputs,
-           std::optional<size_t> point = std::nullopt) {
-  const nlohmann::json id = {{"stage", kind}, {"inputs", inputs}, {"kldq", KLDQ_VERSION_STRING}};
+           const nlohmann::json& compute, std::optional<size_t> point = std::nullopt) {
+  const nlohmann::json id = {
+      {"stage", kind}, {"inputs", inputs}, {"compute", compute}, {"kldq", KLDQ_VERSION_STRING}};
   return {kind, model, sha256_hex(id.dump()).substr(0, 16), std::move(inputs), point};
 }
 
 }  // namespace
 
 std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
-                               const std::string& model_id, const std::vector<size_t>& selected) {
+                               const std::string& model_id, const std::vector<size_t>& selected,
+                               const nlohmann::json& compute) {
   const nlohmann::json data = {
       {"ppl", identity(e.ppl)}, {"mmlu", identity(e.mmlu)}, {"eval", e.resolved()["eval"]}};
   const nlohmann::json calibration = {{"file", identity(e.calib)},
@@ -41,7 +43,7 @@ std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
                                       {"seed", e.calib_seed}};
   std::vector<Stage> out;
   if (!e.ppl.empty() || !e.mmlu.empty())
-    out.push_back(make("reference", model, {{"model", model_id}, {"data", data}}));
+    out.push_back(make("reference", model, {{"model", model_id}, {"data", data}}, compute));
 
   // Profiles, each once, in the order the points first need them; a point's plan depends on
   // the keys of its profiles.
@@ -56,11 +58,12 @@ std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
         if (c != p.base && c != "bf16") bases.push_back(c);
     for (const auto& base : bases) {
       const nlohmann::json in = {
-          {"model", model_id},  {"calibration", calibration},   {"base", base},
-          {"method", p.method}, {"granularity", p.granularity}, {"mode", p.mode}};
+          {"model", model_id},   {"calibration", calibration},   {"base", base},
+          {"method", p.method},  {"granularity", p.granularity}, {"mode", p.mode},
+          {"proxies", e.proxies}};
       auto [it, fresh] = profile_key.emplace(in.dump(), "");
       if (fresh) {
-        out.push_back(make("profile", model, in));
+        out.push_back(make("profile", model, in, compute));
         it->second = out.back().key;
       }
       point_profiles[i].push_back(it->second);
@@ -69,10 +72,14 @@ std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
   for (size_t i : selected) {
     const nlohmann::json in = {
         {"model", model_id}, {"point", e.points[i].to_json()}, {"profiles", point_profiles[i]}};
-    out.push_back(make("plan", model, in, i));
-    out.push_back(make("eval", model, {{"plan", out.back().key}, {"data", data}}, i));
+    out.push_back(make("plan", model, in, compute, i));
+    out.push_back(make("eval", model, {{"plan", out.back().key}, {"data", data}}, compute, i));
   }
   return out;
+}
+
+std::string stage_dir(const Stage& s) {
+  return "stages/" + s.kind + "-" + s.key;
 }
 
 std::vector<size_t> shard_points(const Experiment& e, const std::string& shard) {

@@ -80,4 +80,13 @@ std::vector<CsvRow> read_csv(const std::filesystem::path& path) {
   return parse_csv(all.str(), path.string());
 }
 
+std::string csv_field(const nlohmann::json& v) {
+  if (v.is_null()) return "";
+  const std::string s = v.is_string() ? v.get<std::string>() : v.dump();
+  if (s.find_first_of(",\"\r\n") == std::string::npos) return s;
+  std::string q = "\"";
+  for (const char c : s) q += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return q + "\"";
+}
+
 }  // namespace kldq::io

@@ -120,7 +120,8 @@ plan: {candidates: [int8, bf16]}
   // uniform (1) + restore-top x {5, 10} (2) + budget (1).
   REQUIRE(e.points.size() == 4);
   const auto all = ex::shard_points(e, "");
-  const auto st = ex::plan_stages(e, "m", "fp", all);
+  const nlohmann::json cpu = {{"device", "cpu"}, {"dtype", "fp32"}};
+  const auto st = ex::plan_stages(e, "m", "fp", all, cpu);
   std::vector<std::string> kinds;
   for (const auto& s : st) kinds.push_back(s.kind);
   // reference; profiles nf4 (shared by both restore-top points and budget) and int8 (budget's
@@ -137,8 +138,11 @@ plan: {candidates: [int8, bf16]}
   CHECK(keys.size() == st.size());  // distinct work, distinct keys
   // Keys depend on the inputs' identity only: the same model id gives the same keys, another
   // model id other keys.
-  CHECK(ex::plan_stages(e, "elsewhere", "fp", all)[1].key == st[1].key);
-  CHECK(ex::plan_stages(e, "m", "fp2", all)[1].key != st[1].key);
+  CHECK(ex::plan_stages(e, "elsewhere", "fp", all, cpu)[1].key == st[1].key);
+  CHECK(ex::plan_stages(e, "m", "fp2", all, cpu)[1].key != st[1].key);
+  // ... and on the computation: bf16 on a GPU is other work than fp32 on the CPU.
+  const nlohmann::json gpu = {{"device", "cuda"}, {"dtype", "bf16"}};
+  CHECK(ex::plan_stages(e, "m", "fp", all, gpu)[1].key != st[1].key);
   // Shards partition the points.
   std::vector<size_t> seen;
   for (int i = 0; i < 3; ++i)
@@ -146,12 +150,12 @@ plan: {candidates: [int8, bf16]}
   std::sort(seen.begin(), seen.end());
   CHECK(seen == all);
   CHECK(ex::shard_points(e, "3/4").size() == 1);
-  CHECK(ex::plan_stages(e, "m", "fp", {}).size() == 1);  // an empty shard: the reference only
+  CHECK(ex::plan_stages(e, "m", "fp", {}, cpu).size() == 1);  // an empty shard: the reference only
   for (const char* bad : {"3/3", "1", "a/b", "-1/2", "0/0", "0.5/2"})
     CHECK_THROWS_AS(ex::shard_points(e, bad), kldq::ConfigError);
 }
 
-TEST_CASE("kldq run --dry-run on every shipped config; run itself says it is not built",
+TEST_CASE("kldq run --dry-run on every shipped config; a run checks its data first",
           "[experiment][cli]") {
   const std::filesystem::path configs = std::filesystem::path(KLDQ_SOURCE_DIR) / "configs";
   int n = 0;
@@ -171,9 +175,11 @@ TEST_CASE("kldq run --dry-run on every shipped config; run itself says it is not
   REQUIRE(r.rc == 0);
   CHECK_THAT(r.out, HasText("24 sweep points, shard 1/4: 6"));
   CHECK_THAT(r.out, !HasText("not found"));
-  const auto no = run_kldq("run " + exp1);
+  // The shipped data paths are placeholders too: a real run stops before any work, naming the
+  // key (the dry run above keyed them by path).
+  const auto no = run_kldq("run " + exp1 + " --model " + kldq::test::tiny_model().string());
   CHECK(no.rc == 2);
-  CHECK_THAT(no.err, HasText("not built yet") && HasText("--dry-run"));
+  CHECK_THAT(no.err, HasText("data.ppl: no such file data/wikitext-2/wiki.test.raw"));
   const auto bad = run_kldq("run " + exp1 + " --dry-run --shard 4/4");
   CHECK(bad.rc == 2);
   CHECK_THAT(bad.err, HasText("--shard 4/4"));

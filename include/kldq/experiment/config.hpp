@@ -42,11 +42,14 @@ struct Experiment {
   int64_t samples = 128, seq_len = 512;
   uint64_t calib_seed = 0;
   std::vector<std::string> candidates;  // plan.candidates: extra formats for budget points
+  bool proxies = false;                 // profile.proxies: kldq profile --proxies
   EvalSpec eval;
   std::string output;         // default results/<name>
   std::vector<Point> points;  // the sweep, expanded, duplicates removed, in order
   // The whole configuration with every default filled in (config.resolved.yaml's content).
   nlohmann::json resolved() const;
+  // resolved() as YAML, keys sorted (config.resolved.yaml).
+  std::string resolved_yaml() const;
 };
 
 // Reads and validates an experiment file (YAML, or JSON, which YAML reads too). ConfigError
@@ -55,8 +58,9 @@ struct Experiment {
 Experiment load_experiment(const std::string& path);
 
 // A stage of a run and the key of its artifact: SHA-256 (first 16 hex digits) over the stage
-// name, its inputs' identity (`model_id`: the checkpoint fingerprint) and configuration, and the
-// kldq version.
+// name, its inputs' identity (`model_id`: the checkpoint fingerprint) and configuration, the
+// computation (device type and dtype: a bf16 GPU run and an fp32 CPU run are different work),
+// and the kldq version.
 struct Stage {
   std::string kind;  // reference, profile, plan, eval
   std::string model, key;
@@ -65,9 +69,13 @@ struct Stage {
 };
 // The stages of `e` for one model, in the order they run: the reference evaluation, each
 // distinct profile, then a plan and an evaluation per sweep point (uniform points need no
-// profile). `points` selects sweep points (a shard); empty: all.
+// profile). `points` selects sweep points (a shard). `compute`: {"device": "cpu"|"cuda",
+// "dtype": "fp32"|...}.
 std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
-                               const std::string& model_id, const std::vector<size_t>& points);
+                               const std::string& model_id, const std::vector<size_t>& points,
+                               const nlohmann::json& compute);
+// The stage's artifact directory inside the output directory: stages/<kind>-<key>.
+std::string stage_dir(const Stage& s);
 
 // "--shard i/n" -> the indices p of e.points with p % n == i; ConfigError naming the option.
 std::vector<size_t> shard_points(const Experiment& e, const std::string& shard);

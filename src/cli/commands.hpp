@@ -1,0 +1,59 @@
+// The options and entry points of the subcommands that `kldq run` composes into an experiment
+// (profile, plan, eval): each runs exactly as its command line would, so a stage of a run and
+// the command a user types give the same artifact.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+#include "kldq/experiment/config.hpp"
+
+namespace kldq::cli {
+
+struct ProfileCliOptions {
+  std::string model, base, method = "rtn", calib, mode = "quantize-one", granularity = "linear";
+  std::string out, csv;
+  int64_t samples = 128, seq_len = 512, batch = 8;
+  uint64_t seed = 0;
+  bool naive = false, proxies = false;
+  ComputeOptions compute;
+};
+// `kldq profile`: writes `out` (and `csv`), prints the top units on stderr.
+int run_profile_cmd(const ProfileCliOptions& o);
+
+struct PlanCliOptions {
+  std::vector<std::string> profiles, candidates;
+  std::string restore_top, random, by, out;
+  double budget_bpw = std::nan("");  // NaN: not given
+  bool uniform = false;
+  int64_t seed = -1;
+};
+// `kldq plan`: writes `out` (stdout when empty).
+int run_plan(const PlanCliOptions& o);
+
+struct EvalCliOptions {
+  std::string model, reference, base, plan, ppl, ppl_protocol = "gptq", out;
+  std::string mmlu, mmlu_protocol = "5shot", predictions, reference_predictions;
+  int64_t ctx = 0, stride = 0, batch = 1, mmlu_limit = 0;
+  int shots = -1;
+  bool kld = false;
+  ComputeOptions compute;
+};
+// `kldq eval`: writes `out` (metrics JSON) and the MMLU predictions beside it.
+int run_eval(const EvalCliOptions& o);
+
+struct RunCliOptions {
+  std::string experiment, shard, output;
+  std::vector<std::string> models;
+  bool dry_run = false;
+  ComputeOptions compute;
+};
+// `kldq run` without --dry-run: runs the stages of `points` of `e` (models already resolved),
+// reusing finished ones, and prints the summary table.
+int run_experiment(const experiment::Experiment& e, const RunCliOptions& o,
+                   const std::vector<size_t>& points);
+
+}  // namespace kldq::cli

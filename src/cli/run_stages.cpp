@@ -1,0 +1,317 @@
+// `kldq run EXPERIMENT`: every stage of an experiment, in order, each through the same code as
+// its command (kldq eval, profile, plan), its artifact in the output directory under its key;
+// a stage whose artifact exists is reused, a sweep point already in runs.jsonl is skipped, so a
+// run killed at any moment continues where it stopped (docs/EXPERIMENTS.md, "Running").
+#include <fmt/format.h>
+#include <signal.h>
+
+#include <cerrno>
+#include <chrono>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "commands.hpp"
+#include "kldq/build_config.hpp"
+#include "kldq/core/context.hpp"
+#include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
+#include "kldq/core/hash.hpp"
+#include "kldq/core/log.hpp"
+#include "kldq/core/progress.hpp"
+#include "kldq/experiment/results.hpp"
+#include "kldq/io/checkpoint.hpp"
+#include "kldq/io/json_util.hpp"
+#include "kldq/quant/plan.hpp"
+
+namespace kldq::cli {
+namespace {
+
+namespace fs = std::filesystem;
+namespace ex = experiment;
+
+// A stage's main artifact, written last: the stage is finished exactly when it exists.
+std::string artifact(const ex::Stage& s) {
+  return s.kind == "profile" ? "profile.json" : s.kind == "plan" ? "plan.json" : "metrics.json";
+}
+
+// Collects what a command prints on std::cout and std::cerr (its result line, the profile's
+// table of top units), which `kldq run` replaces with its own progress lines and final table;
+// shown with -v. Logs and progress bars write to stderr directly and still show.
+class OutputCapture {
+ public:
+  OutputCapture()
+      : out_(std::cout.rdbuf(buffer_.rdbuf())), err_(std::cerr.rdbuf(buffer_.rdbuf())) {}
+  ~OutputCapture() {
+    std::cout.rdbuf(out_);
+    std::cerr.rdbuf(err_);
+  }
+  std::string text() const { return buffer_.str(); }
+
+ private:
+  std::ostringstream buffer_;
+  std::streambuf *out_, *err_;
+};
+
+// Hidden temporary files (".name.tmp.PID") that a killed run left behind, when PID is no longer a
+// live process here. Only for unsharded runs: shards may run on other hosts, where a PID says
+// nothing.
+void remove_stale_temps(const fs::path& dir) {
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const auto at = name.rfind(".tmp.");
+    if (name.empty() || name[0] != '.' || at == std::string::npos) continue;
+    const auto pid = parse_number(name.substr(at + 5, name.find('.', at + 5) - at - 5));
+    if (pid && *pid > 0 && ::kill(pid_t(*pid), 0) != 0 && errno == ESRCH) {
+      log::debug("removing {}, left by a killed run", it->path().string());
+      if (it->is_directory()) it.disable_recursion_pending();
+      remove_tree(it->path());
+    }
+  }
+}
+
+class Runner {
+ public:
+  Runner(const ex::Experiment& e, const RunCliOptions& o, fs::path out, nlohmann::json compute)
+      : e_(e), o_(o), out_(std::move(out)), compute_(std::move(compute)) {}
+
+  // Runs `stages` of one model; returns the records of its finished points.
+  void run_model(const std::string& model, const std::string& id,
+                 const std::vector<ex::Stage>& stages, std::vector<nlohmann::json>& runs,
+                 Progress& bar, size_t& step, size_t total) {
+    std::string reference;  // the reference stage's directory, when there is one
+    std::map<std::string, std::string> done_points;  // eval key -> already in runs
+    for (const auto& r : runs) done_points[r.value("eval_key", "")] = "";
+    std::map<std::string, fs::path> by_key;  // stage key -> artifact path
+    for (size_t i = 0; i < stages.size(); ++i) {
+      const ex::Stage& s = stages[i];
+      const fs::path dir = out_ / ex::stage_dir(s), file = dir / artifact(s);
+      by_key[s.key] = file;
+      if (s.kind == "reference") reference = dir.string();
+      ++step;
+      const std::string what = describe(s);
+      // A finished point: its plan and eval stages are skipped with it.
+      const bool recorded = s.point && done_points.count(eval_key_of(stages, i));
+      std::error_code ec;
+      if (recorded || fs::is_regular_file(file, ec)) {
+        log::info("[{}/{}] {} {}: {}", step, total, s.kind, what,
+                  recorded ? "finished before" : "reused");
+        bar.advance();
+        continue;
+      }
+      fs::create_directories(dir, ec);
+      if (ec) throw IoError(fmt::format("{}: cannot create ({})", dir.string(), ec.message()));
+      log::info("[{}/{}] {} {} ...", step, total, s.kind, what);
+      const auto t0 = std::chrono::steady_clock::now();
+      {
+        OutputCapture capture;
+        execute(s, model, file, reference, by_key);
+        log::debug("{}", capture.text());
+      }
+      const double secs =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      log::info("[{}/{}] {} {}: {:.1f} s", step, total, s.kind, what, secs);
+      bar.advance();
+      if (s.kind == "eval") {
+        runs.push_back(record(model, id, stages, i, by_key));
+        ex::write_runs(out_ / ex::runs_file_name(o_.shard), runs);
+        io::write_file_atomic(out_ / "summary.csv", ex::summary_csv(ex::read_all_runs(out_)));
+      }
+    }
+  }
+
+ private:
+  std::string describe(const ex::Stage& s) const {
+    if (s.kind == "profile")
+      return fmt::format(
+          "{}/{} {} {}", s.inputs["base"].get<std::string>(), s.inputs["method"].get<std::string>(),
+          s.inputs["granularity"].get<std::string>(), s.inputs["mode"].get<std::string>());
+    if (s.point)
+      return fmt::format("point {} ({})", *s.point, ex::point_label(e_.points[*s.point]));
+    return "bf16 model";
+  }
+
+  // The eval stage that follows the plan stage `i` (or is `i`).
+  static std::string eval_key_of(const std::vector<ex::Stage>& stages, size_t i) {
+    return stages[i].kind == "eval" ? stages[i].key : stages.at(i + 1).key;
+  }
+
+  void execute(const ex::Stage& s, const std::string& model, const fs::path& file,
+               const std::string& reference, const std::map<std::string, fs::path>& by_key) {
+    if (s.kind == "profile") {
+      ProfileCliOptions p;
+      p.model = model, p.base = s.inputs["base"], p.method = s.inputs["method"];
+      p.mode = s.inputs["mode"], p.granularity = s.inputs["granularity"];
+      p.calib = e_.calib, p.samples = e_.samples, p.seq_len = e_.seq_len, p.seed = e_.calib_seed;
+      p.proxies = e_.proxies, p.compute = o_.compute;
+      p.out = file.string(), p.csv = (file.parent_path() / "profile.csv").string();
+      run_profile_cmd(p);
+    } else if (s.kind == "plan") {
+      const ex::Point& pt = e_.points[*s.point];
+      if (pt.planner == "uniform") {
+        quant::Plan plan;
+        plan.method = pt.method;
+        plan.base = formats::FormatSpec::parse(pt.base, "sweep.base");
+        plan.planner = {{"strategy", "uniform"}, {"experiment", e_.name}};
+        io::write_file_atomic(file, plan.to_json().dump(2) + "\n");
+        return;
+      }
+      PlanCliOptions p;
+      for (const auto& k : s.inputs["profiles"]) p.profiles.push_back(by_key.at(k).string());
+      const std::string pct = pt.percent ? fmt::format("{}%", *pt.percent) : "";
+      if (pt.planner == "restore-top") p.restore_top = pct, p.by = pt.by;
+      if (pt.planner == "random") p.random = pct, p.by = pt.by, p.seed = int64_t(*pt.seed);
+      if (pt.planner == "budget") p.budget_bpw = *pt.budget_bpw;
+      p.out = file.string();
+      run_plan(p);
+    } else {
+      EvalCliOptions v;
+      v.model = model;
+      if (s.kind == "eval") v.plan = by_key.at(s.inputs["plan"]).string();
+      v.ppl = e_.ppl, v.ppl_protocol = e_.eval.ppl_protocol, v.ctx = e_.eval.ctx;
+      v.kld = s.kind == "eval" && e_.eval.kld && !e_.ppl.empty();
+      v.mmlu = e_.mmlu, v.mmlu_protocol = e_.eval.mmlu_protocol;
+      v.shots = e_.eval.mmlu_protocol == "chat0shot" ? -1 : int(e_.eval.shots);
+      v.mmlu_limit = e_.eval.mmlu_limit, v.batch = e_.eval.batch, v.compute = o_.compute;
+      // Flips against the reference stage's saved predictions: the bf16 model's MMLU runs once.
+      if (s.kind == "eval" && !e_.mmlu.empty())
+        v.reference_predictions = (fs::path(reference) / "metrics.predictions.jsonl").string();
+      v.out = file.string();
+      run_eval(v);
+    }
+  }
+
+  nlohmann::json record(const std::string& model, const std::string& id,
+                        const std::vector<ex::Stage>& stages, size_t i,
+                        const std::map<std::string, fs::path>& by_key) const {
+    const ex::Stage& ev = stages[i];
+    const ex::Stage& pl = stages[i - 1];
+    const ex::Point& pt = e_.points[*ev.point];
+    nlohmann::json r = {{"point", *ev.point},
+                        {"model", model},
+                        {"model_name", fs::path(model).filename().string()},
+                        {"model_id", id},
+                        {"label", ex::point_label(pt)},
+                        {"plan_key", pl.key},
+                        {"eval_key", ev.key}};
+    for (const char* k : {"base", "method", "granularity", "mode", "planner", "percent", "by",
+                          "budget_bpw", "seed"})
+      r[k] = nlohmann::json();
+    r.update(pt.to_json());
+    auto rel = [&](const std::string& key) { return fs::relative(by_key.at(key), out_).string(); };
+    r["plan_file"] = rel(pl.key), r["eval_file"] = rel(ev.key);
+    r["profile_files"] = nlohmann::json::array();
+    for (const auto& k : pl.inputs["profiles"]) r["profile_files"].push_back(rel(k));
+    const nlohmann::json m = io::read_json_file(by_key.at(ev.key));
+    for (const std::string& k : ex::kRecordMetrics)
+      if (m.contains(k)) r[k] = m[k];
+    if (m.contains("weight_bytes"))
+      r["weight_gib"] = m["weight_bytes"].get<double>() / double(uint64_t{1} << 30);
+    return r;
+  }
+
+  const ex::Experiment& e_;
+  const RunCliOptions& o_;
+  fs::path out_;
+  nlohmann::json compute_;
+};
+
+}  // namespace
+
+int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
+                   const std::vector<size_t>& points) {
+  // Everything the stages read is checked before any work (exit 2, naming the config key).
+  auto need = [&](const std::string& path, const char* key, bool dir_ok) {
+    std::error_code ec;
+    if (path.empty()) return;
+    if (!fs::is_regular_file(path, ec) && !(dir_ok && fs::is_directory(path, ec)))
+      throw ConfigError(fmt::format("{}: {}: no such file {}", e.path, key, path));
+  };
+  need(e.ppl, "data.ppl", false);
+  need(e.mmlu, "data.mmlu", true);
+  bool profiles = false;
+  for (size_t i : points) profiles |= e.points[i].planner != "uniform";
+  if (profiles && e.calib.empty())
+    throw ConfigError(fmt::format("{}: data.calib: needed by the sweep's profiles", e.path));
+  if (profiles) need(e.calib, "data.calib", false);
+  if (e.ppl.empty() && e.mmlu.empty())
+    throw ConfigError(fmt::format("{}: data: give ppl and/or mmlu (nothing to evaluate)", e.path));
+  for (const auto& m : e.models)
+    if (!fs::is_regular_file(fs::path(m) / "config.json"))
+      throw ConfigError(
+          fmt::format("{}: models: {} is not a checkpoint (no config.json)", e.path, m));
+
+  const RunContext ctx = context_from(o.compute);
+  const nlohmann::json compute = {{"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
+                                  {"dtype", dtype_name(ctx.dtype)}};
+  const fs::path out = output_path(e.output, "output");
+  std::error_code ec;
+  fs::create_directories(out / "stages", ec);
+  if (ec) throw IoError(fmt::format("{}: cannot create ({})", out.string(), ec.message()));
+
+  // The manifest names the configuration the directory holds; another configuration's results
+  // are never mixed into it.
+  std::vector<size_t> all(e.points.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  nlohmann::json manifest = {{"name", e.name},
+                             {"kldq_version", KLDQ_VERSION_STRING},
+                             {"config", e.path},
+                             {"config_sha256", sha256_hex(e.resolved().dump())},
+                             {"compute", compute},
+                             {"points", e.points.size()},
+                             {"models", nlohmann::json::array()}};
+  std::vector<std::pair<std::string, std::vector<ex::Stage>>> per_model;
+  size_t total = 0;
+  for (const auto& m : e.models) {
+    const std::string id = io::Checkpoint::open(m).fingerprint();
+    auto everything = ex::plan_stages(e, m, id, all, compute);
+    nlohmann::json entry = {{"path", m},
+                            {"name", fs::path(m).filename().string()},
+                            {"id", id},
+                            {"reference", nullptr},
+                            {"stages", nlohmann::json::array()}};
+    for (const auto& s : everything) {
+      if (s.kind == "reference") entry["reference"] = ex::stage_dir(s) + "/metrics.json";
+      entry["stages"].push_back({{"kind", s.kind}, {"key", s.key}, {"dir", ex::stage_dir(s)}});
+      if (s.point) entry["stages"].back()["point"] = *s.point;
+    }
+    manifest["models"].push_back(entry);
+    per_model.emplace_back(id, ex::plan_stages(e, m, id, points, compute));
+    total += per_model.back().second.size();
+  }
+  const fs::path manifest_path = out / "manifest.json";
+  if (fs::is_regular_file(manifest_path, ec)) {
+    const nlohmann::json old = io::read_json_file(manifest_path);
+    if (old.value("config_sha256", "") != manifest["config_sha256"] ||
+        old.value("compute", nlohmann::json()) != compute)
+      throw ConfigError(fmt::format(
+          "{}: holds the results of another configuration or device/dtype (manifest.json differs "
+          "from {}); give another `output` or remove the directory",
+          out.string(), e.path));
+  }
+  if (o.shard.empty()) remove_stale_temps(out);
+  io::write_file_atomic(out / "config.resolved.yaml", e.resolved_yaml());
+  io::write_file_atomic(manifest_path, manifest.dump(2) + "\n");
+
+  const fs::path runs_path = out / ex::runs_file_name(o.shard);
+  std::vector<nlohmann::json> runs = ex::read_runs(runs_path);
+  if (!fs::exists(runs_path, ec)) ex::write_runs(runs_path, runs);
+  log::info("experiment {}: {} sweep points{}, {} stages, results in {}", e.name, points.size(),
+            o.shard.empty() ? "" : " (shard " + o.shard + ")", total, out.string());
+  Runner runner(e, o, out, compute);
+  Progress bar("experiment " + e.name, int64_t(total), "stages");
+  size_t step = 0;
+  for (size_t m = 0; m < e.models.size(); ++m)
+    runner.run_model(e.models[m], per_model[m].first, per_model[m].second, runs, bar, step, total);
+  bar.finish();
+  const auto merged = ex::read_all_runs(out);
+  io::write_file_atomic(out / "summary.csv", ex::summary_csv(merged));
+  std::cout << ex::summary_markdown(merged)
+            << fmt::format("{} runs in {} (summary.csv; kldq report {} for plots)\n", merged.size(),
+                           out.string(), out.string());
+  return 0;
+}
+
+}  // namespace kldq::cli

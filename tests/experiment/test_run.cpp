@@ -1,0 +1,227 @@
+// `kldq run` and `kldq report` end to end on the embedded demo model (configs/demo.yaml, whose
+// model and data are in the repository): killed mid-sweep with SIGKILL and with SIGINT and run
+// again, every sweep point is recorded exactly once, nothing finished is recomputed, no partial
+// file is left, and the numbers have the shape the study expects. Plus the run's errors and
+// shards merged by the report.
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kldq/core/hash.hpp"
+#include "support/catch.hpp"
+
+using kldq::test::run_command;
+using kldq::test::run_kldq;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kSource = KLDQ_SOURCE_DIR;
+
+std::vector<nlohmann::json> read_jsonl(const fs::path& p) {
+  std::vector<nlohmann::json> out;
+  std::istringstream in(kldq::test::read_text(p));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));  // throws on a torn line
+  return out;
+}
+
+// Every finished stage's main artifact: path -> (mtime in ns, content hash).
+std::map<std::string, std::pair<int64_t, std::string>> artifacts(const fs::path& out) {
+  std::map<std::string, std::pair<int64_t, std::string>> m;
+  if (!fs::exists(out / "stages")) return m;
+  for (const auto& d : fs::directory_iterator(out / "stages"))
+    for (const char* name : {"metrics.json", "profile.json", "plan.json"}) {
+      const fs::path f = d.path() / name;
+      struct stat st {};
+      if (::stat(f.c_str(), &st) != 0) continue;
+      m[f.string()] = {int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec,
+                       kldq::sha256_path(f.string())};
+    }
+  return m;
+}
+
+std::vector<std::string> temp_files(const fs::path& out) {
+  std::vector<std::string> t;
+  for (const auto& f : fs::recursive_directory_iterator(out))
+    if (f.path().filename().string().find(".tmp.") != std::string::npos)
+      t.push_back(f.path().string());
+  return t;
+}
+
+// Starts `kldq run` in the background from the source root, waits until runs.jsonl has at least
+// `lines` records (or the run ended), then sends `signal`. (A shell starts background jobs with
+// SIGINT ignored; env --default-signal gives kldq the default action a terminal's Ctrl-C has.)
+void run_and_kill(const fs::path& out, int lines, const char* signal) {
+  const std::string runs = (out / "runs.jsonl").string();
+  const std::string script = fmt::format(
+      "cd '{}' && {{ env --default-signal=INT '{}' run configs/demo.yaml --output '{}' -q "
+      ">/dev/null 2>&1 & pid=$!; "
+      "while kill -0 $pid 2>/dev/null && [ \"$(cat '{}' 2>/dev/null | wc -l)\" -lt {} ]; do "
+      "sleep 0.1; done; kill -{} $pid 2>/dev/null; wait $pid; echo rc=$?; }}",
+      kSource.string(), KLDQ_BINARY, out.string(), runs, lines, signal);
+  const auto r = run_command(script);
+  INFO(r.out << r.err);
+  // Killed (128 + signal), not finished: the test is about resuming.
+  CHECK_THAT(r.out, HasText("rc=137") || HasText("rc=130"));
+}
+
+}  // namespace
+
+TEST_CASE("kldq run configs/demo.yaml: killed twice, resumed, reported", "[experiment][run]") {
+  kldq::test::TempDir dir("run-demo");
+  const fs::path out = dir / "demo";
+  run_and_kill(out, 3, "KILL");
+  const auto after_kill = read_jsonl(out / "runs.jsonl");
+  const auto finished = artifacts(out);
+  REQUIRE(after_kill.size() >= 3);
+  run_and_kill(out, int(after_kill.size()) + 2, "INT");
+  const auto after_int = read_jsonl(out / "runs.jsonl");
+  REQUIRE(after_int.size() >= after_kill.size() + 2);
+
+  const auto r = run_command("cd '" + kSource.string() + "' && '" + KLDQ_BINARY +
+                             "' run configs/demo.yaml --output '" + out.string() + "'");
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+  const auto runs = read_jsonl(out / "runs.jsonl");
+  const nlohmann::json manifest =
+      nlohmann::json::parse(kldq::test::read_text(out / "manifest.json"));
+  const size_t n = manifest["points"].get<size_t>();
+  // Every point exactly once; the records of the killed runs kept as they were, in front.
+  std::multiset<int64_t> points;
+  for (const auto& rec : runs) points.insert(rec["point"].get<int64_t>());
+  CHECK(runs.size() == n);
+  for (size_t p = 0; p < n; ++p) CHECK(points.count(int64_t(p)) == 1);
+  for (size_t i = 0; i < after_int.size(); ++i) CHECK(runs[i] == after_int[i]);
+  // Nothing finished before the kill was computed again (same file, same mtime).
+  const auto now = artifacts(out);
+  for (const auto& [path, stamp] : finished) {
+    INFO(path);
+    REQUIRE(now.count(path));
+    CHECK(now.at(path) == stamp);
+  }
+  CHECK_THAT(r.err, HasText("finished before"));
+  CHECK(temp_files(out).empty());
+  // summary.csv: a header and one row per point; the final table on stdout.
+  std::istringstream csv(kldq::test::read_text(out / "summary.csv"));
+  size_t rows = 0;
+  for (std::string line; std::getline(csv, line);) rows += !line.empty();
+  CHECK(rows == n + 1);
+  CHECK_THAT(r.out, HasText("| nf4 rtn linear restore-top 30% by params |"));
+
+  // The study's shape on a real trained model: KL and flips fall as more is restored, and NF4
+  // degrades more than scaled FP8.
+  std::map<std::string, std::map<double, nlohmann::json>> series;  // base+granularity -> % -> rec
+  for (const auto& rec : runs)
+    series[rec["base"].get<std::string>() + " " + rec["granularity"].get<std::string>()]
+          [rec["percent"].get<double>()] = rec;
+  REQUIRE(series.size() == 4);
+  for (const auto& [name, s] : series) {
+    INFO(name);
+    const auto& first = s.begin()->second;
+    const auto& last = s.rbegin()->second;
+    CHECK(s.begin()->first == 0);
+    CHECK(last["kl_mean"].get<double>() < 0.8 * first["kl_mean"].get<double>());
+    CHECK(last["flip_rate"].get<double>() <= first["flip_rate"].get<double>());
+    // Each step restores at least what the previous one did: KL never rises by more than noise.
+    double prev = first["kl_mean"].get<double>(), prev_se = first["kl_stderr"].get<double>();
+    for (const auto& [pct, rec] : s) {
+      CHECK(rec["kl_mean"].get<double>() <= prev + 3 * (prev_se + rec["kl_stderr"].get<double>()));
+      prev = rec["kl_mean"].get<double>(), prev_se = rec["kl_stderr"].get<double>();
+    }
+  }
+  CHECK(series["nf4 linear"][0]["kl_mean"].get<double>() >
+        2 * series["fp8_e4m3 linear"][0]["kl_mean"].get<double>());
+  CHECK(series["nf4 linear"][0]["ppl"].get<double>() >
+        series["fp8_e4m3 linear"][0]["ppl"].get<double>());
+
+  // The report: tables always; plots when the test Python has matplotlib.
+  const auto rep = run_kldq("report '" + out.string() + "' --format csv");
+  INFO(rep.err);
+  REQUIRE(rep.rc == 0);
+  CHECK(rep.out == kldq::test::read_text(out / "summary.csv"));
+  for (const char* f : {"summary.md", "summary.csv", "summary.json"})
+    CHECK(fs::is_regular_file(out / "report" / f));
+  if (kldq::test::python_with("matplotlib")) {
+    size_t png = 0, svg = 0;
+    for (const auto& f : fs::directory_iterator(out / "report")) {
+      png += f.path().extension() == ".png";
+      svg += f.path().extension() == ".svg";
+    }
+    CHECK(png >= 3);
+    CHECK(svg == png);
+  } else {
+    WARN("the test Python has no matplotlib: plots not checked");
+  }
+}
+
+TEST_CASE("kldq run: shards merged by kldq report; bad inputs stop before any work",
+          "[experiment][run]") {
+  kldq::test::TempDir dir("run-shards");
+  const fs::path model = kSource / "models" / "wikitext-qwen2-4m";
+  const std::string config = fmt::format(
+      R"(name: shards
+models: ['{}']
+data: {{ppl: '{}'}}
+sweep: {{planner: uniform, base: [nf4, int8, fp8_e4m3]}}
+eval: {{ctx: 256, kld: true}}
+output: '{}'
+)",
+      model.string(), (kSource / "data/demo/wiki.test.head.txt").string(), (dir / "out").string());
+  kldq::test::write_text(dir / "e.yaml", config);
+  const std::string e = (dir / "e.yaml").string();
+  const auto s0 = run_kldq("run " + e + " --shard 0/2");
+  INFO(s0.err);
+  REQUIRE(s0.rc == 0);
+  const auto s1 = run_kldq("run " + e + " --shard 1/2");
+  INFO(s1.err);
+  REQUIRE(s1.rc == 0);
+  CHECK_THAT(s1.err, HasText("reference bf16 model: reused"));  // computed once, by shard 0
+  auto points_of = [](const std::vector<nlohmann::json>& runs) {
+    std::vector<int64_t> p;
+    for (const auto& r : runs) p.push_back(r["point"].get<int64_t>());
+    return p;
+  };
+  CHECK(points_of(read_jsonl(dir / "out" / "runs.shard-0-of-2.jsonl")) ==
+        std::vector<int64_t>{0, 2});
+  CHECK(points_of(read_jsonl(dir / "out" / "runs.shard-1-of-2.jsonl")) == std::vector<int64_t>{1});
+  const auto rep = run_kldq("report " + (dir / "out").string() + " --format json --no-plots");
+  INFO(rep.err);
+  REQUIRE(rep.rc == 0);
+  const auto j = nlohmann::json::parse(rep.out);
+  CHECK(points_of(j["runs"].get<std::vector<nlohmann::json>>()) == std::vector<int64_t>{0, 1, 2});
+  // int8 keeps more than nf4: an invariant of the formats, on a real trained model.
+  CHECK(j["runs"][1]["kl_mean"].get<double>() < j["runs"][0]["kl_mean"].get<double>());
+
+  // Another configuration into the same directory is refused, naming it; nothing is written.
+  std::string changed = config;
+  changed.replace(changed.find("ctx: 256"), 8, "ctx: 128");
+  kldq::test::write_text(dir / "changed.yaml", changed);
+  const auto other = run_kldq("run " + (dir / "changed.yaml").string());
+  CHECK(other.rc == 2);
+  CHECK_THAT(other.err, HasText("another configuration"));
+  // A missing data file: exit 2 naming the key, before the output directory exists.
+  std::string missing = config;
+  missing.replace(missing.find("wiki.test.head.txt"), 18, "no-such-file.txt");
+  missing.replace(missing.find("/out'"), 5, "/out2'");
+  kldq::test::write_text(dir / "missing.yaml", missing);
+  const auto m = run_kldq("run " + (dir / "missing.yaml").string());
+  CHECK(m.rc == 2);
+  CHECK_THAT(m.err, HasText("data.ppl: no such file"));
+  CHECK(!fs::exists(dir / "out2"));
+
+  // Report errors: not a results directory (2), a bad format (2), a damaged runs file (1, naming
+  // the file and line).
+  CHECK(run_kldq("report " + (dir / "nowhere").string()).rc == 2);
+  CHECK(run_kldq("report " + (dir / "out").string() + " --format xml").rc == 2);
+  kldq::test::write_text(dir / "out" / "runs.jsonl", "{\"point\": 0, \"model_id\": \"x\"}\n{\"poi");
+  const auto torn = run_kldq("report " + (dir / "out").string() + " --no-plots");
+  CHECK(torn.rc == 1);
+  CHECK_THAT(torn.err, HasText("runs.jsonl:2"));
+}
