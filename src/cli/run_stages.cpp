@@ -251,8 +251,8 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
   fs::create_directories(out / "stages", ec);
   if (ec) throw IoError(fmt::format("{}: cannot create ({})", out.string(), ec.message()));
 
-  // The manifest names the configuration the directory holds; another configuration's results
-  // are never mixed into it.
+  // The manifest names the configuration the directory holds now (the report keeps the records
+  // of its points only); stages are shared by key across configurations.
   std::vector<size_t> all(e.points.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
   nlohmann::json manifest = {{"name", e.name},
@@ -282,22 +282,25 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
     total += per_model.back().second.size();
   }
   const fs::path manifest_path = out / "manifest.json";
-  if (fs::is_regular_file(manifest_path, ec)) {
-    const nlohmann::json old = io::read_json_file(manifest_path);
-    if (old.value("config_sha256", "") != manifest["config_sha256"] ||
-        old.value("compute", nlohmann::json()) != compute)
-      throw ConfigError(fmt::format(
-          "{}: holds the results of another configuration or device/dtype (manifest.json differs "
-          "from {}); give another `output` or remove the directory",
-          out.string(), e.path));
-  }
   if (o.shard.empty()) remove_stale_temps(out);
   io::write_file_atomic(out / "config.resolved.yaml", e.resolved_yaml());
   io::write_file_atomic(manifest_path, manifest.dump(2) + "\n");
 
   const fs::path runs_path = out / ex::runs_file_name(o.shard);
-  std::vector<nlohmann::json> runs = ex::read_runs(runs_path);
-  if (!fs::exists(runs_path, ec)) ex::write_runs(runs_path, runs);
+  // Records of points this configuration no longer has are set aside (their stages stay in
+  // stages/ and are reused if a configuration asks for them again).
+  std::map<std::string, size_t> current;  // eval key -> its point in this configuration
+  for (const auto& [id, stages] : per_model)
+    for (const auto& s : stages)
+      if (s.kind == "eval") current[s.key] = *s.point;
+  std::vector<nlohmann::json> runs;
+  for (auto& r : ex::read_runs(runs_path))
+    if (auto it = current.find(r.value("eval_key", "")); it != current.end())
+      r["point"] = it->second, runs.push_back(std::move(r));
+  if (const size_t old = ex::read_runs(runs_path).size() - runs.size(); old > 0)
+    log::warn("{}: {} record(s) of points not in this configuration left out", runs_path.string(),
+              old);
+  ex::write_runs(runs_path, runs);
   log::info("experiment {}: {} sweep points{}, {} stages, results in {}", e.name, points.size(),
             o.shard.empty() ? "" : " (shard " + o.shard + ")", total, out.string());
   Runner runner(e, o, out, compute);

@@ -99,13 +99,23 @@ std::vector<nlohmann::json> read_all_runs(const fs::path& dir) {
     throw IoError(fmt::format("{}: no runs.jsonl (not a kldq run directory, or nothing finished)",
                               dir.string()));
   std::sort(files.begin(), files.end());
+  // The configuration the directory holds now: its evaluations' keys, from the manifest.
+  std::map<std::string, nlohmann::json> current;  // eval key -> its point now
+  const bool filter = fs::is_regular_file(dir / "manifest.json", ec);
+  if (filter)
+    for (const auto& m :
+         io::read_json_file(dir / "manifest.json").value("models", nlohmann::json()))
+      for (const auto& s : m.value("stages", nlohmann::json()))
+        if (s.value("kind", "") == "eval") current[s.value("key", "")] = s.value("point", -1);
   std::vector<nlohmann::json> all;
-  std::map<std::string, size_t> index;  // "model_id point eval_key" -> position in all
+  std::map<std::string, size_t> index;  // "model_id eval_key" -> position in all
   std::map<std::string, size_t> model_order;
   for (const auto& f : files)
     for (auto& r : read_runs(f)) {
-      const std::string id =
-          fmt::format("{} {} {}", r["model_id"].dump(), r["point"].dump(), r.value("eval_key", ""));
+      const std::string key = r.value("eval_key", "");
+      if (filter && !current.count(key)) continue;  // a point of an earlier configuration
+      if (filter) r["point"] = current[key];        // its index in this configuration
+      const std::string id = r["model_id"].dump() + " " + key;
       model_order.emplace(r["model_id"].dump(), model_order.size());
       if (auto it = index.find(id); it != index.end())
         all[it->second] = std::move(r);

@@ -67,7 +67,10 @@ std::string QLinear::format_name() const {
 }
 
 uint64_t QLinear::weight_bytes() const {
-  return is_packed() ? packed_.bytes() : weight_.nbytes();
+  if (is_packed()) return packed_.bytes();
+  // A dense format (bf16, fp16) counts its own storage, not the copy widened to the compute
+  // dtype (fp32 on the CPU), so that plans compare the same on every device.
+  return has_format_ ? packed_.spec.bytes(out_, in_) : weight_.nbytes();
 }
 
 uint64_t QLinear::bytes() const {

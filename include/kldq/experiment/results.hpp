@@ -30,8 +30,10 @@ std::string runs_file_name(const std::string& shard);
 std::vector<nlohmann::json> read_runs(const std::filesystem::path& file);
 // Replaces `file` with `records`, one JSON object per line, atomically (temp file and rename).
 void write_runs(const std::filesystem::path& file, const std::vector<nlohmann::json>& records);
-// Every runs*.jsonl of `dir` merged: one record per (model_id, point, eval key), ordered by
-// model (in order of first appearance) then point. IoError when there is none.
+// Every runs*.jsonl of `dir` merged: the records of the configuration its manifest.json names
+// (their eval stages' keys; records of an earlier configuration are left out), one per model and
+// eval key (the last one read), ordered by model (in order of first appearance) then point.
+// IoError when there is no runs file.
 std::vector<nlohmann::json> read_all_runs(const std::filesystem::path& dir);
 
 // The summary table's columns, in order.

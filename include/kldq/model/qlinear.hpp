@@ -46,9 +46,10 @@ class QLinear {
   at::Tensor effective_weight(at::ScalarType dtype) const;
   // Format name: the packed format, or the dense weight's dtype ("bf16", "fp16", "fp32").
   std::string format_name() const;
-  // Exact bytes of the weight alone: codes + scales + zeros, or the dense weight.
+  // Exact bytes of the weight alone: codes + scales + zeros; for a dense format (bf16, fp16) its
+  // storage, whatever dtype the forward computes in; for an unformatted weight its tensor.
   uint64_t weight_bytes() const;
-  // Exact bytes held: weight_bytes(), bias and input scale.
+  // Bytes of the layer: weight_bytes(), bias and input scale.
   uint64_t bytes() const;
 
  private:
