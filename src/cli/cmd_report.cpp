@@ -92,8 +92,8 @@ int run_report(const ReportOptions& o) {
   io::write_file_atomic(out / "summary.md", md);
   io::write_file_atomic(out / "summary.csv", csv);
   io::write_file_atomic(out / "summary.json", json);
-  if (!o.no_plots) plots(o.dir, out);
-  std::cout << (o.format == "md" ? md : o.format == "csv" ? csv : json);
+  std::cout << (o.format == "md" ? md : o.format == "csv" ? csv : json) << std::flush;
+  if (!o.no_plots) plots(fs::absolute(o.dir), out);
   log::info("{} runs; summary.md/.csv/.json{} in {}", records.size(),
             o.no_plots ? "" : " and plots", out.string());
   return 0;

@@ -47,7 +47,8 @@ void dry_run(const experiment::Experiment& e, const RunCliOptions& o,
     std::cout << fmt::format("model {}{}\n", model,
                              present ? "" : " (not found: keys use its path)");
     for (const auto& s : experiment::plan_stages(e, model, id, points, compute)) {
-      const bool done = fs::is_directory(fs::path(e.output) / experiment::stage_dir(s), ec);
+      const bool done = fs::is_regular_file(
+          fs::path(e.output) / experiment::stage_dir(s) / experiment::stage_artifact(s), ec);
       std::cout << fmt::format("  {:<9}  {}  {:<6}  {}\n", s.kind, s.key, done ? "reuse" : "run",
                                describe(s, e));
     }

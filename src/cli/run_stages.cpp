@@ -30,11 +30,6 @@ namespace {
 namespace fs = std::filesystem;
 namespace ex = experiment;
 
-// A stage's main artifact, written last: the stage is finished exactly when it exists.
-std::string artifact(const ex::Stage& s) {
-  return s.kind == "profile" ? "profile.json" : s.kind == "plan" ? "plan.json" : "metrics.json";
-}
-
 // Collects what a command prints on std::cout and std::cerr (its result line, the profile's
 // table of top units), which `kldq run` replaces with its own progress lines and final table;
 // shown with -v. Logs and progress bars write to stderr directly and still show.
@@ -87,7 +82,7 @@ class Runner {
     std::map<std::string, fs::path> by_key;  // stage key -> artifact path
     for (size_t i = 0; i < stages.size(); ++i) {
       const ex::Stage& s = stages[i];
-      const fs::path dir = out_ / ex::stage_dir(s), file = dir / artifact(s);
+      const fs::path dir = out_ / ex::stage_dir(s), file = dir / ex::stage_artifact(s);
       by_key[s.key] = file;
       if (s.kind == "reference") reference = dir.string();
       ++step;
@@ -99,6 +94,9 @@ class Runner {
         log::info("[{}/{}] {} {}: {}", step, total, s.kind, what,
                   recorded ? "finished before" : "reused");
         bar.advance();
+        // An evaluation finished but not recorded (killed between the two, or recorded by an
+        // earlier configuration): its record is made from the artifact.
+        if (s.kind == "eval" && !recorded) add_record(model, id, stages, i, by_key, runs);
         continue;
       }
       fs::create_directories(dir, ec);
@@ -114,15 +112,25 @@ class Runner {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       log::info("[{}/{}] {} {}: {:.1f} s", step, total, s.kind, what, secs);
       bar.advance();
-      if (s.kind == "eval") {
-        runs.push_back(record(model, id, stages, i, by_key));
-        ex::write_runs(out_ / ex::runs_file_name(o_.shard), runs);
-        io::write_file_atomic(out_ / "summary.csv", ex::summary_csv(ex::read_all_runs(out_)));
-      }
+      if (s.kind == "eval") add_record(model, id, stages, i, by_key, runs);
     }
   }
 
  private:
+  void add_record(const std::string& model, const std::string& id,
+                  const std::vector<ex::Stage>& stages, size_t i,
+                  const std::map<std::string, fs::path>& by_key,
+                  std::vector<nlohmann::json>& runs) {
+    runs.push_back(record(model, id, stages, i, by_key));
+    ex::write_runs(out_ / ex::runs_file_name(o_.shard), runs);
+    // Another shard's damaged file must not stop this run; the report names it.
+    try {
+      io::write_file_atomic(out_ / "summary.csv", ex::summary_csv(ex::read_all_runs(out_)));
+    } catch (const IoError& e) {
+      log::warn("summary.csv not updated: {}", e.what());
+    }
+  }
+
   std::string describe(const ex::Stage& s) const {
     if (s.kind == "profile")
       return fmt::format(

@@ -59,8 +59,10 @@ std::string point_label(const Point& p) {
 
 std::string runs_file_name(const std::string& shard) {
   if (shard.empty()) return "runs.jsonl";
+  // From the numbers, so that "01/2" and "1/2" name one file.
   const auto slash = shard.find('/');
-  return fmt::format("runs.shard-{}-of-{}.jsonl", shard.substr(0, slash), shard.substr(slash + 1));
+  return fmt::format("runs.shard-{}-of-{}.jsonl", std::stoul(shard.substr(0, slash)),
+                     std::stoul(shard.substr(slash + 1)));
 }
 
 std::vector<nlohmann::json> read_runs(const fs::path& file) {
@@ -73,9 +75,13 @@ std::vector<nlohmann::json> read_runs(const fs::path& file) {
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (line.empty()) continue;
     nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    if (!j.is_object() || !j.contains("point") || !j.contains("model_id"))
-      throw IoError(fmt::format("{}:{}: not a run record (a JSON object with point and model_id)",
-                                file.string(), n));
+    if (!j.is_object() || !j.contains("point") || !j["point"].is_number_integer() ||
+        !j.contains("model_id") || !j["model_id"].is_string() ||
+        (j.contains("eval_key") && !j["eval_key"].is_string()))
+      throw IoError(fmt::format(
+          "{}:{}: not a run record (a JSON object with an integer point and string model_id and "
+          "eval_key)",
+          file.string(), n));
     out.push_back(std::move(j));
   }
   return out;
@@ -102,11 +108,16 @@ std::vector<nlohmann::json> read_all_runs(const fs::path& dir) {
   // The configuration the directory holds now: its evaluations' keys, from the manifest.
   std::map<std::string, nlohmann::json> current;  // eval key -> its point now
   const bool filter = fs::is_regular_file(dir / "manifest.json", ec);
-  if (filter)
-    for (const auto& m :
-         io::read_json_file(dir / "manifest.json").value("models", nlohmann::json()))
-      for (const auto& s : m.value("stages", nlohmann::json()))
-        if (s.value("kind", "") == "eval") current[s.value("key", "")] = s.value("point", -1);
+  // (Held in a variable: a range-for over a member of a temporary would dangle.)
+  const nlohmann::json manifest = filter ? io::read_json_file(dir / "manifest.json") : nullptr;
+  if (filter) try {
+      for (const auto& m : manifest.at("models"))
+        for (const auto& s : m.at("stages"))
+          if (s.at("kind") == "eval") current[s.at("key").get<std::string>()] = s.at("point");
+    } catch (const nlohmann::json::exception& e) {
+      throw IoError(fmt::format("{}: not a kldq run manifest ({})",
+                                (dir / "manifest.json").string(), e.what()));
+    }
   std::vector<nlohmann::json> all;
   std::map<std::string, size_t> index;  // "model_id eval_key" -> position in all
   std::map<std::string, size_t> model_order;

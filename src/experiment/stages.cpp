@@ -82,6 +82,10 @@ std::string stage_dir(const Stage& s) {
   return "stages/" + s.kind + "-" + s.key;
 }
 
+std::string stage_artifact(const Stage& s) {
+  return s.kind == "profile" ? "profile.json" : s.kind == "plan" ? "plan.json" : "metrics.json";
+}
+
 std::vector<size_t> shard_points(const Experiment& e, const std::string& shard) {
   std::vector<size_t> out;
   if (shard.empty()) {

@@ -77,7 +77,10 @@ int run_and_kill(const fs::path& out, size_t lines, int sig, const fs::path& log
   sigemptyset(&defaults);
   sigaddset(&defaults, SIGINT);
   posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
   std::vector<std::string> args = {KLDQ_BINARY, "run", "configs/demo.yaml", "--output",
                                    out.string()};
   std::vector<char*> argv;
@@ -89,7 +92,8 @@ int run_and_kill(const fs::path& out, size_t lines, int sig, const fs::path& log
   posix_spawnattr_destroy(&attr);
   REQUIRE(rc == 0);
   int status = 0;
-  for (;;) {
+  // A deadline far beyond the demo's run time, so that a stalled run fails the test.
+  for (int polls = 0; polls < 30000; ++polls) {
     if (::waitpid(pid, &status, WNOHANG) == pid) return status;  // ended before the kill
     std::error_code ec;
     if (fs::exists(out / "runs.jsonl", ec)) {
@@ -155,6 +159,20 @@ TEST_CASE("kldq run configs/demo.yaml: killed twice, resumed, reported", "[exper
   for (std::string line; std::getline(csv, line);) rows += !line.empty();
   CHECK(rows == n + 1);
   CHECK_THAT(r.out, HasText("| nf4 rtn linear restore-top 30% by params |"));
+
+  // Killed between an evaluation's metrics and its record: the next run records it from the
+  // artifact, without computing it again.
+  {
+    std::string text;
+    for (size_t i = 0; i + 1 < runs.size(); ++i) text += runs[i].dump() + "\n";
+    kldq::test::write_text(out / "runs.jsonl", text);
+    const auto again = run_command("cd '" + kSource.string() + "' && '" + KLDQ_BINARY +
+                                   "' run configs/demo.yaml --output '" + out.string() + "'");
+    INFO(again.err);
+    REQUIRE(again.rc == 0);
+    CHECK_THAT(again.err, HasText("reused") && !HasText(" s\n"));
+    CHECK(read_jsonl(out / "runs.jsonl") == runs);
+  }
 
   // The study's shape on a real trained model: KL and flips fall as more is restored, and NF4
   // degrades more than scaled FP8.
@@ -253,6 +271,8 @@ output: '{}'
   REQUIRE(again.rc == 0);
   CHECK_THAT(again.err, HasText("eval point 0 (int8 rtn uniform): reused") &&
                             HasText("eval point 1 (nf4 rtn uniform): reused") && !HasText(" s\n"));
+  // Its own runs file has both records, made from the found evaluations.
+  CHECK(read_jsonl(dir / "out" / "runs.jsonl").size() == 2);
   const auto j2 = nlohmann::json::parse(
       run_kldq("report " + (dir / "out").string() + " --format json --no-plots").out);
   REQUIRE(j2["runs"].size() == 2);

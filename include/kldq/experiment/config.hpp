@@ -76,6 +76,8 @@ std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
                                const nlohmann::json& compute);
 // The stage's artifact directory inside the output directory: stages/<kind>-<key>.
 std::string stage_dir(const Stage& s);
+// Its main artifact, written last: the stage is finished exactly when stage_dir/this exists.
+std::string stage_artifact(const Stage& s);
 
 // "--shard i/n" -> the indices p of e.points with p % n == i; ConfigError naming the option.
 std::vector<size_t> shard_points(const Experiment& e, const std::string& shard);

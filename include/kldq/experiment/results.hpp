@@ -20,8 +20,8 @@ extern const std::vector<std::string> kRecordMetrics;
 // A short name of a point: "nf4 rtn linear restore-top 10% by params", "fp8_e4m3 uniform".
 std::string point_label(const Point& p);
 
-// The runs file of a shard ("" or "i/n"): runs.jsonl, or runs.shard-i-of-n.jsonl, so shards
-// that share an output directory never write the same file.
+// The runs file of a shard ("" or "i/n", already checked by shard_points): runs.jsonl, or
+// runs.shard-i-of-n.jsonl, so shards that share an output directory never write the same file.
 std::string runs_file_name(const std::string& shard);
 
 // The records of one runs file, in order; none when it does not exist. IoError naming the file
