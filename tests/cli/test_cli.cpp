@@ -3,15 +3,15 @@
 
 using kldq::test::run_kldq;
 
-TEST_CASE("kldq --help lists the subcommands; unbuilt ones say so and exit 2", "[cli]") {
+TEST_CASE("kldq --help lists the subcommands; usage errors exit 2", "[cli]") {
   const auto help = run_kldq("--help");
   CHECK(help.rc == 0);
   for (const char* cmd :
        {"inspect", "synth", "profile", "plan", "quantize", "eval", "run", "report"})
     CHECK_THAT(help.out, HasText(cmd));
-  const auto report = run_kldq("report results/x");
+  const auto report = run_kldq("report no-such-results-dir");
   CHECK(report.rc == 2);
-  CHECK_THAT(report.err, HasText("not built yet"));
+  CHECK_THAT(report.err, HasText("no-such-results-dir: not a results directory"));
   CHECK(run_kldq("").rc == 2);
   CHECK(run_kldq("inspect").rc == 2);  // missing MODEL
   CHECK(run_kldq("frobnicate").rc == 2);
