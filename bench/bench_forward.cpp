@@ -43,8 +43,8 @@ int main(int argc, char** argv) {
       if (!base.empty()) {
         kldq::quant::Plan plan;
         plan.base = kldq::formats::FormatSpec::parse(base, "--base");
-        kldq::quant::quantize_decoder(dec, plan.resolve(dec.linear_ids()),
-                                      *kldq::quant::make_quantizer("rtn"));
+        kldq::quant::apply_layers(
+            dec, kldq::quant::quantize_layers(dec, plan.resolve(dec.linear_ids()), {}));
       }
       kldq::device_synchronize(ctx.device);
       const double load_s =

@@ -142,19 +142,27 @@ void check_vocabulary(const Inputs& in, int64_t vocab) {
 // MODEL is evaluated as it is.
 std::optional<quant::Plan> plan_from(const EvalCliOptions& o) {
   if (o.base.empty() && o.plan.empty()) return std::nullopt;
-  if (!o.plan.empty()) return read_plan_for(o.plan, o.model);
+  if (!o.plan.empty()) {
+    if (o.method.group) throw ConfigError("--group: applies to --base, not to --plan");
+    quant::Plan plan = read_plan_for(o.plan, o.model);
+    if (!o.method.method.empty()) plan.method = o.method.method;
+    return plan;
+  }
   quant::Plan plan;
-  plan.base = formats::FormatSpec::parse(o.base, "--base");
+  plan.method = o.method.method.empty() ? "rtn" : o.method.method;
+  plan.base = base_format(o.base, o.method.group, "--base");
   return plan;
 }
 
 model::Decoder load_model(const EvalCliOptions& o, const std::optional<quant::Plan>& plan,
-                          const RunContext& ctx, std::string& described) {
+                          const std::optional<calib::Calibration>& cal, const RunContext& ctx,
+                          std::string& described) {
   model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
   described = o.model;
   if (!plan) return m;
-  auto quantizer = quant::make_quantizer(plan->method);
-  quant::quantize_decoder(m, plan->resolve(m.linear_ids()), *quantizer);
+  const quant::MethodOptions method = method_options(o.method, plan->method);
+  quant::apply_layers(m, quant::quantize_layers(m, plan->resolve(m.linear_ids()), method,
+                                                cal ? cal->ids : at::Tensor()));
   described += " (" + plan->method + "/" + plan->base.name() + " in memory)";
   return m;
 }
@@ -171,6 +179,8 @@ int run_eval(const EvalCliOptions& o) {
   if (!o.reference_predictions.empty() && o.mmlu.empty())
     throw ConfigError("--reference-predictions: needs --mmlu");
   const bool quantize = !o.base.empty() || !o.plan.empty();
+  if (!quantize && (!o.method.method.empty() || !o.method.calib.empty() || o.method.group))
+    throw ConfigError("--method, --group, --calib: quantize in memory; they need --base or --plan");
   if (o.kld && !quantize && o.reference.empty())
     throw ConfigError("--kld: needs --reference (or --base/--plan, which use MODEL as reference)");
   const fs::path out = output_path(o.out, "-o");
@@ -197,8 +207,13 @@ int run_eval(const EvalCliOptions& o) {
   read_data(o, *tokenizer, in);
   check_vocabulary(in, config.vocab_size);
 
+  // Calibration for gptq/awq, from MODEL's tokenizer (the one the plan's layers are fitted on).
+  std::optional<calib::Calibration> cal;
+  if (plan) {
+    cal = method_calibration(o.method, method_options(o.method, plan->method).method, o.model);
+  }
   std::string described;
-  model::Decoder m = load_model(o, plan, ctx, described);
+  model::Decoder m = load_model(o, plan, cal, ctx, described);
   // The reference: --reference, else MODEL itself unquantized when it was quantized here and
   // something needs it (KL, or MMLU flips without saved reference predictions).
   const bool need_ref = o.kld || (!o.mmlu.empty() && !in.ref_predictions);
@@ -314,7 +329,7 @@ void register_eval(CLI::App& app, Action& action) {
   auto* sub = app.add_subcommand("eval", "perplexity, KL, MMLU and flips against a reference");
   sub->add_option("MODEL", opts->model, "checkpoint or quantized checkpoint")->required();
   sub->add_option("--reference", opts->reference, "reference checkpoint (default: MODEL)");
-  sub->add_option("--base", opts->base, "quantize MODEL in memory to this format first (RTN)");
+  sub->add_option("--base", opts->base, "quantize MODEL in memory to this format first");
   sub->add_option("--plan", opts->plan, "quantize MODEL in memory with this plan first");
   sub->add_option("--ppl", opts->ppl, "text file (whole) or JSONL (rows' \"text\" joined)");
   sub->add_option("--ppl-protocol", opts->ppl_protocol, "gptq (default), llamacpp or sliding");
@@ -337,6 +352,7 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_option("--batch", opts->batch, "windows or prompts per forward (default 1)")
       ->check(CLI::PositiveNumber);
   sub->add_option("-o,--output", opts->out, "metrics JSON")->required();
+  add_method_options(*sub, opts->method, true);
   add_compute_options(*sub, opts->compute);
   sub->callback([&action, opts] { action = [opts] { return run_eval(*opts); }; });
 }

@@ -1,4 +1,4 @@
-// `kldq profile MODEL --base FORMAT [--method rtn] --calib FILE [--samples N] [--seq-len T]
+// `kldq profile MODEL --base FORMAT [--method rtn|gptq|awq] --calib FILE [--samples N] [--seq-len T]
 // [--seed S] [--mode quantize-one|restore-one] [--granularity linear|half-block|block]
 // [--batch B] [--naive] [--proxies] [--csv FILE] -o profile.json`: per-unit KL sensitivity and
 // optionally its proxies (docs/PROTOCOLS.md, "Sensitivity profile"); the units also as CSV.
@@ -78,11 +78,11 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   profile::Options po;
   po.mode = profile::parse_mode(o.mode, "--mode");
   po.granularity = profile::parse_granularity(o.granularity, "--granularity");
-  po.base = formats::FormatSpec::parse(o.base, "--base");
+  po.base = base_format(o.base, o.method.group, "--base");
   po.batch = o.batch;
   po.cached = !o.naive;
   po.proxies = o.proxies;
-  auto quantizer = quant::make_quantizer(o.method);
+  const quant::MethodOptions method = method_options(o.method, "");
   const std::filesystem::path out = output_path(o.out, "-o");
   const std::filesystem::path csv =
       o.csv.empty() ? std::filesystem::path() : output_path(o.csv, "--csv");
@@ -90,26 +90,24 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   check_writable(out, "-o");
   if (!csv.empty()) check_writable(csv, "--csv");
   const RunContext ctx = context_from(o.compute);
-  const auto tokenizer = io::Tokenizer::load(o.model);
-  const calib::Calibration cal =
-      calib::make_calibration({o.calib, o.samples, o.seq_len, o.seed}, *tokenizer);
+  // The profile's windows serve its method too: the profile needs them whatever the method.
+  const calib::Calibration cal = *method_calibration(o.method, "gptq", o.model);
   model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
-  if (o.seq_len > m.config().max_position_embeddings)
-    throw ConfigError(fmt::format("--seq-len {} exceeds the model's context of {}", o.seq_len,
-                                  m.config().max_position_embeddings));
-  if (cal.ids.max().item<int64_t>() >= m.config().vocab_size)
-    throw ConfigError(
-        fmt::format("--calib: the tokenizer produced ids outside the model's "
-                    "vocabulary of {}",
-                    m.config().vocab_size));
   log::info("profile {}: {} {} units, {}/{}, {} x {} calibration tokens of {}", o.model, o.mode,
-            o.granularity, o.method, po.base.name(), o.samples, o.seq_len, o.calib);
+            o.granularity, method.method, po.base.name(), o.method.samples, o.method.seq_len,
+            o.method.calib);
   reset_peak_allocated_bytes(ctx.device);
   const auto t1 = std::chrono::steady_clock::now();
-  const profile::Result r = profile::run_profile(m, cal.ids, *quantizer, po);
+  std::vector<model::LayerId> ids = m.linear_ids();
+  model::LayerFormats all;
+  for (const auto& id : ids) all[id.name()] = po.base;
+  const quant::QuantizedLayers quantized = quant::quantize_layers(m, all, method, cal.ids);
+  const profile::Result r = profile::run_profile(m, cal.ids, quantized, po);
   device_synchronize(ctx.device);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-  nlohmann::json j = profile::to_json(r, po, o.method);
+  nlohmann::json j = profile::to_json(r, po, method.method);
+  if (method.method == "gptq")
+    j["method_settings"] = {{"damp", method.gptq.damp}, {"act_order", method.gptq.act_order}};
   j["kldq_version"] = KLDQ_VERSION_STRING;
   j["model"] = o.model;
   j["model_fingerprint"] = io::Checkpoint::open(o.model).fingerprint();
@@ -172,13 +170,8 @@ void register_profile(CLI::App& app, Action& action) {
   auto* sub = app.add_subcommand("profile", "per-unit KL sensitivity on a calibration set");
   sub->add_option("MODEL", opts->model, "checkpoint directory (unquantized)")->required();
   sub->add_option("--base", opts->base, "format the units are quantized to")->required();
-  sub->add_option("--method", opts->method, "rtn (default)");
-  sub->add_option("--calib", opts->calib, "calibration text or JSONL file")->required();
-  sub->add_option("--samples", opts->samples, "calibration windows N (default 128)")
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--seq-len", opts->seq_len, "tokens per window T (default 512)")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-  sub->add_option("--seed", opts->seed, "window selection seed (default 0)");
+  add_method_options(*sub, opts->method, true);
+  sub->get_option("--calib")->required();
   sub->add_option("--mode", opts->mode, "quantize-one (default) or restore-one");
   sub->add_option("--granularity", opts->granularity, "linear (default), half-block or block");
   sub->add_option("--batch", opts->batch, "windows per forward (default 8)")

@@ -1,34 +1,43 @@
-// `kldq quantize MODEL (--base FORMAT [--keep PATTERN ...] | --plan PLAN) [--method rtn] -o OUT`:
-// writes a quantized checkpoint (docs/FORMATS.md, "Quantized checkpoints").
+// `kldq quantize MODEL (--base FORMAT [--group G] [--keep PATTERN ...] | --plan PLAN)
+// [--method rtn|gptq|awq [--calib FILE --samples N --seq-len T --seed S --damp D --act-order]]
+// -o OUT`: writes a quantized checkpoint (docs/FORMATS.md, "Quantized checkpoints").
 #include <fmt/format.h>
 
+#include <chrono>
+#include <iostream>
+
 #include "common.hpp"
+#include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
 #include "kldq/io/json_util.hpp"
+#include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/quant/quantizer.hpp"
 
 namespace kldq::cli {
 namespace {
 
 struct QuantizeOptions {
-  std::string model, out, base, method, plan;
+  std::string model, out, base, plan;
   std::vector<std::string> keep;
   bool force = false;
+  MethodCliOptions method;
+  ComputeOptions compute;
 };
 
 quant::Plan plan_from(const QuantizeOptions& o) {
   if (!o.plan.empty()) {
     if (!o.base.empty() || !o.keep.empty())
       throw ConfigError("--plan: give either --plan or --base/--keep, not both");
+    if (o.method.group) throw ConfigError("--group: applies to --base, not to --plan");
     quant::Plan p = read_plan_for(o.plan, o.model);
-    if (!o.method.empty()) p.method = o.method;
+    if (!o.method.method.empty()) p.method = o.method.method;
     return p;
   }
   if (o.base.empty()) throw ConfigError("--base: required (or give --plan)");
   quant::Plan p;
-  p.method = o.method.empty() ? "rtn" : o.method;
-  p.base = formats::FormatSpec::parse(o.base, "--base");
+  p.method = o.method.method.empty() ? "rtn" : o.method.method;
+  p.base = base_format(o.base, o.method.group, "--base");
   // Kept layers are restored to bf16, the precision of the released Qwen2.5 checkpoints.
   for (const auto& k : o.keep)
     p.overrides.push_back({quant::LayerSelector(k, "--keep"), formats::FormatSpec::parse("bf16")});
@@ -37,11 +46,27 @@ quant::Plan plan_from(const QuantizeOptions& o) {
 
 int run_quantize(const QuantizeOptions& o) {
   const quant::Plan plan = plan_from(o);
-  auto quantizer = quant::make_quantizer(plan.method);
+  const quant::MethodOptions method = method_options(o.method, plan.method);
   log::info("quantize {}: {}/{} with {} override(s) -> {}", o.model, plan.method, plan.base.name(),
             plan.overrides.size(), o.out);
-  quant::write_quantized_checkpoint(o.model, o.out, plan, *quantizer, {.force = o.force});
-  log::info("wrote {}", o.out);
+  quant::CalibratedSource calibrated;
+  std::optional<model::Decoder> decoder;
+  if (quant::needs_calibration(method.method)) {
+    const auto cal = method_calibration(o.method, method.method, o.model);
+    const RunContext ctx = context_from(o.compute);
+    decoder = model::Decoder::load(o.model, ctx.device, ctx.dtype);
+    calibrated = {&*decoder, cal->ids, cal->identity};
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  quant::write_quantized_checkpoint(o.model, o.out, plan, method, calibrated, {.force = o.force});
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::string line = fmt::format("quantized {} ({}) in {:.1f} s -> {}", o.model, method.method,
+                                 secs, o.out);
+  if (decoder && decoder->device().is_cuda())
+    line += fmt::format(", peak CUDA memory {:.2f} GiB",
+                        double(peak_allocated_bytes(decoder->device())) / double(1ULL << 30));
+  std::cout << line << "\n";
   return 0;
 }
 
@@ -56,9 +81,10 @@ void register_quantize(CLI::App& app, Action& action) {
   sub->add_option("--keep", opts->keep,
                   "layers kept in bf16: glob over HF layer ids, or re:REGEX (repeatable)");
   sub->add_option("--plan", opts->plan, "plan JSON (method, base, overrides) instead of --base");
-  sub->add_option("--method", opts->method, "rtn (default); gptq and awq are not built yet");
   sub->add_option("-o,--output", opts->out, "output checkpoint directory")->required();
   sub->add_flag("--force", opts->force, "replace an existing checkpoint at the output");
+  add_method_options(*sub, opts->method, true);
+  add_compute_options(*sub, opts->compute);
   sub->callback([&action, opts] { action = [opts] { return run_quantize(*opts); }; });
 }
 

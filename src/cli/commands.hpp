@@ -14,11 +14,11 @@
 namespace kldq::cli {
 
 struct ProfileCliOptions {
-  std::string model, base, method = "rtn", calib, mode = "quantize-one", granularity = "linear";
+  std::string model, base, mode = "quantize-one", granularity = "linear";
   std::string out, csv;
-  int64_t samples = 128, seq_len = 512, batch = 8;
-  uint64_t seed = 0;
+  int64_t batch = 8;
   bool naive = false, proxies = false;
+  MethodCliOptions method;  // the base's method; its calibration is the profile's
   ComputeOptions compute;
 };
 // `kldq profile`: writes `out` (and `csv`), prints the top units on stderr.
@@ -40,6 +40,7 @@ struct EvalCliOptions {
   int64_t ctx = 0, stride = 0, batch = 1, mmlu_limit = 0;
   int shots = -1;
   bool kld = false;
+  MethodCliOptions method;  // quantization in memory (--base, --plan): method and calibration
   ComputeOptions compute;
 };
 // `kldq eval`: writes `out` (metrics JSON) and the MMLU predictions beside it.

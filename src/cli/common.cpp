@@ -1,4 +1,5 @@
-// Shared subcommand options (--device, --dtype, --threads, --max-gpu-memory) and plan reading.
+// Shared subcommand options (--device, --dtype, --threads, --max-gpu-memory; the method and its
+// calibration) and plan reading.
 #include "common.hpp"
 
 #include <fmt/format.h>
@@ -6,6 +7,9 @@
 #include "kldq/core/context.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/log.hpp"
+#include "kldq/io/tokenizer/tokenizer.hpp"
+#include "kldq/model/config.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/io/json_util.hpp"
 
@@ -58,6 +62,65 @@ quant::Plan read_plan_for(const std::string& plan_path, const std::string& model
           plan_path, plan.planner.value("model", std::string("another model")), model, model));
   }
   return plan;
+}
+
+void add_method_options(CLI::App& sub, MethodCliOptions& o, bool with_calibration) {
+  sub.add_option("--method", o.method, "rtn (default), gptq or awq");
+  sub.add_option("--group", o.group, "group (int) or block (nf4, fp4) size of --base")
+      ->check(CLI::PositiveNumber);
+  sub.add_option("--damp", o.damp, "gptq: dampening, a fraction of the Hessian's mean diagonal")
+      ->check(CLI::Range(0.0, 1e4));
+  sub.add_flag("--act-order,!--no-act-order", o.act_order,
+               "gptq: columns by decreasing activation energy, static groups (default on)");
+  if (!with_calibration) return;
+  sub.add_option("--calib", o.calib, "gptq/awq: calibration text or JSONL file");
+  sub.add_option("--samples", o.samples, "calibration windows N (default 128)")
+      ->check(CLI::PositiveNumber);
+  sub.add_option("--seq-len", o.seq_len, "tokens per calibration window T (default 512)")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
+  sub.add_option("--seed", o.seed, "calibration window selection seed (default 0)");
+}
+
+quant::MethodOptions method_options(const MethodCliOptions& o, const std::string& method) {
+  quant::MethodOptions m;
+  m.method = !method.empty() ? method : o.method.empty() ? "rtn" : o.method;
+  quant::check_method(m.method, "--method");
+  m.gptq.damp = o.damp;
+  m.gptq.act_order = o.act_order;
+  return m;
+}
+
+formats::FormatSpec base_format(const std::string& base, int group, const std::string& what) {
+  formats::FormatSpec spec = formats::FormatSpec::parse(base, what);
+  if (group == 0) return spec;
+  const formats::Blocking b = spec.traits().blocking;
+  if (b != formats::Blocking::GROUP && b != formats::Blocking::FLAT_BLOCK)
+    throw ConfigError(fmt::format("--group {}: format {} has no groups", group, spec.name()));
+  return formats::FormatSpec::parse(
+      fmt::format("{}_{}{}", base, b == formats::Blocking::GROUP ? 'g' : 'b', group), "--group");
+}
+
+std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
+                                                     const std::string& method,
+                                                     const std::string& model) {
+  if (!quant::needs_calibration(method)) {
+    if (!o.calib.empty()) log::warn("--calib {}: not used, {} needs no calibration", o.calib, method);
+    return std::nullopt;
+  }
+  if (o.calib.empty())
+    throw ConfigError(fmt::format("--method {}: needs calibration text (--calib FILE)", method));
+  const model::ModelConfig config = model::load_config(std::filesystem::path(model) / "config.json");
+  const auto tokenizer = io::Tokenizer::load(model);
+  if (o.seq_len > config.max_position_embeddings)
+    throw ConfigError(fmt::format("--seq-len {} exceeds the model's context of {}", o.seq_len,
+                                  config.max_position_embeddings));
+  calib::Calibration cal =
+      calib::make_calibration({o.calib, o.samples, o.seq_len, o.seed}, *tokenizer);
+  if (cal.ids.max().item<int64_t>() >= config.vocab_size)
+    throw ConfigError(fmt::format(
+        "--calib: the tokenizer produced ids outside the model's vocabulary of {}",
+        config.vocab_size));
+  return cal;
 }
 
 }  // namespace kldq::cli

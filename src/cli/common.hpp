@@ -4,10 +4,13 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <optional>
 #include <string>
 
+#include "kldq/calib/calibration.hpp"
 #include "kldq/core/context.hpp"
 #include "kldq/quant/plan.hpp"
+#include "kldq/quant/quantizer.hpp"
 
 namespace kldq::cli {
 
@@ -38,6 +41,30 @@ void add_compute_options(CLI::App& sub, ComputeOptions& opts);
 RunContext context_from(const ComputeOptions& opts, uint64_t seed = 0);
 // "22GiB", "512MiB", "24GB", "24" (GiB) -> bytes; ConfigError naming `what` otherwise.
 uint64_t parse_size(const std::string& text, const std::string& what);
+
+// The quantization method and its settings (--method, --damp, --act-order, --group) and, for
+// commands that take them, the calibration windows (--calib, --samples, --seq-len, --seed).
+struct MethodCliOptions {
+  std::string method;  // "" = rtn, or the plan's method
+  int group = 0;       // 0 = the format's own
+  double damp = 0.01;
+  bool act_order = true;
+  std::string calib;
+  int64_t samples = 128, seq_len = 512;
+  uint64_t seed = 0;
+};
+void add_method_options(CLI::App& sub, MethodCliOptions& opts, bool with_calibration);
+// The method's settings; `method` overrides opts.method when not empty.
+quant::MethodOptions method_options(const MethodCliOptions& opts, const std::string& method);
+// `base` with --group applied ("int4" + 128 -> int4_g128, "nf4" + 128 -> nf4_b128); ConfigError
+// naming --group for a format without groups.
+formats::FormatSpec base_format(const std::string& base, int group, const std::string& what);
+// The calibration windows a calibrated method needs (none for rtn), tokenized with `model`'s
+// tokenizer: ConfigError naming --calib when it is missing (checked first), or when the windows
+// are longer than the model's context or hold ids outside its vocabulary.
+std::optional<calib::Calibration> method_calibration(const MethodCliOptions& opts,
+                                                     const std::string& method,
+                                                     const std::string& model);
 
 // Reads a plan file (`--plan`); a plan made by `kldq plan` must come from a profile of `model`
 // (the checkpoint fingerprints agree), else ConfigError naming both.

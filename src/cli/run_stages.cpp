@@ -141,6 +141,10 @@ class Runner {
     return "bf16 model";
   }
 
+  void set_calibration(MethodCliOptions& m) const {
+    m.calib = e_.calib, m.samples = e_.samples, m.seq_len = e_.seq_len, m.seed = e_.calib_seed;
+  }
+
   // The eval stage that follows the plan stage `i` (or is `i`).
   static std::string eval_key_of(const std::vector<ex::Stage>& stages, size_t i) {
     return stages[i].kind == "eval" ? stages[i].key : stages.at(i + 1).key;
@@ -150,9 +154,9 @@ class Runner {
                const std::string& reference, const std::map<std::string, fs::path>& by_key) {
     if (s.kind == "profile") {
       ProfileCliOptions p;
-      p.model = model, p.base = s.inputs["base"], p.method = s.inputs["method"];
+      p.model = model, p.base = s.inputs["base"], p.method.method = s.inputs["method"];
       p.mode = s.inputs["mode"], p.granularity = s.inputs["granularity"];
-      p.calib = e_.calib, p.samples = e_.samples, p.seq_len = e_.seq_len, p.seed = e_.calib_seed;
+      set_calibration(p.method);
       p.proxies = e_.proxies, p.compute = o_.compute;
       p.out = file.string(), p.csv = (file.parent_path() / "profile.csv").string();
       run_profile_cmd(p);
@@ -183,6 +187,7 @@ class Runner {
       v.mmlu = e_.mmlu, v.mmlu_protocol = e_.eval.mmlu_protocol;
       v.shots = e_.eval.mmlu_protocol == "chat0shot" ? -1 : int(e_.eval.shots);
       v.mmlu_limit = e_.eval.mmlu_limit, v.batch = e_.eval.batch, v.compute = o_.compute;
+      if (s.inputs.contains("calibration")) set_calibration(v.method);
       // Flips against the reference stage's saved predictions: the bf16 model's MMLU runs once.
       if (s.kind == "eval" && !e_.mmlu.empty())
         v.reference_predictions = (fs::path(reference) / "metrics.predictions.jsonl").string();
@@ -240,9 +245,11 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
   need(e.ppl, "data.ppl", false);
   need(e.mmlu, "data.mmlu", true);
   bool profiles = false;
-  for (size_t i : points) profiles |= e.points[i].planner != "uniform";
+  for (size_t i : points)
+    profiles |= e.points[i].planner != "uniform" || quant::needs_calibration(e.points[i].method);
   if (profiles && e.calib.empty())
-    throw ConfigError(fmt::format("{}: data.calib: needed by the sweep's profiles", e.path));
+    throw ConfigError(fmt::format(
+        "{}: data.calib: needed by the sweep's profiles and gptq/awq quantization", e.path));
   if (profiles) need(e.calib, "data.calib", false);
   if (e.ppl.empty() && e.mmlu.empty())
     throw ConfigError(fmt::format("{}: data: give ppl and/or mmlu (nothing to evaluate)", e.path));

@@ -111,11 +111,7 @@ std::string format_name(const Node& v) {
 }
 
 std::string method_name(const Node& v) {
-  const std::string m = v.text();
-  if (m == "gptq" || m == "awq")
-    throw ConfigError(
-        fmt::format("{}: {}: method {} is not available yet (issue 8); use rtn", v.file, v.key, m));
-  return one_of(v, {"rtn"});
+  return one_of(v, {"rtn", "gptq", "awq"});
 }
 
 double percent(const Node& v) {

@@ -9,6 +9,7 @@
 #include "kldq/core/error.hpp"
 #include "kldq/core/hash.hpp"
 #include "kldq/experiment/config.hpp"
+#include "kldq/quant/quantizer.hpp"
 
 namespace kldq::experiment {
 namespace {
@@ -73,7 +74,10 @@ std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
     const nlohmann::json in = {
         {"model", model_id}, {"point", e.points[i].to_json()}, {"profiles", point_profiles[i]}};
     out.push_back(make("plan", model, in, compute, i));
-    out.push_back(make("eval", model, {{"plan", out.back().key}, {"data", data}}, compute, i));
+    nlohmann::json ev = {{"plan", out.back().key}, {"data", data}};
+    // gptq and awq fit the plan's layers on the calibration windows when the model is evaluated.
+    if (quant::needs_calibration(e.points[i].method)) ev["calibration"] = calibration;
+    out.push_back(make("eval", model, ev, compute, i));
   }
   return out;
 }

@@ -19,6 +19,7 @@
 #include <cmath>
 
 #include "kldq/core/error.hpp"
+#include "kldq/formats/grid.hpp"
 #include "kldq/formats/packed.hpp"
 
 namespace kldq::formats {
@@ -46,30 +47,46 @@ constexpr std::array<float, 16> kFP4 = {
     0.0f,  0.0052083333f,  0.6666667f,  1.0f,  0.33333334f,  0.5f,  0.16666667f,  0.25f,
     -0.0f, -0.0052083333f, -0.6666667f, -1.0f, -0.33333334f, -0.5f, -0.16666667f, -0.25f};
 
-const std::array<float, 16>& table4(Format f) {
-  return f == Format::NF4 ? kNF4 : kFP4;
-}
+}  // namespace
 
-// bitsandbytes' quantize_4bit: blocks of B over the flattened weight; absmax per block (fp32);
-// x = w * (1 / absmax) (the last partial block divides instead), clamped to [-1, 1]; the code is
-// the table entry whose interval between midpoints holds x (x on a midpoint takes the lower, as
-// std::lower_bound / searchsorted(side=left)); two codes per byte, the first element in the high
-// nibble:
-//     byte k = [ code(2k) : 4 | code(2k+1) : 4 ]      (an odd count pads the code of 0.0)
-// Tensor operations only, so it runs on the weight's device; every step is one IEEE fp32
-// operation, so CPU and CUDA give the same codes.
-PackedWeight quantize_4bit(const at::Tensor& w, PackedWeight p) {
-  const std::array<float, 16>& code = table4(p.spec.format);
+// The code is the table entry whose interval between midpoints holds x (x on a midpoint takes the
+// lower, as std::lower_bound / searchsorted(side=left)).
+at::Tensor nearest_codes_4bit(const at::Tensor& x, Format f) {
+  const std::array<float, 16>& code = code_table_4bit(f);
   std::array<int64_t, 16> order{};
   for (int i = 0; i < 16; ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return code[a] < code[b]; });
   std::array<float, 15> mid{};
   for (int i = 0; i < 15; ++i) mid[i] = (code[order[i]] + code[order[i + 1]]) / 2;
-  const auto f32 = w.options().dtype(at::kFloat);
-  const at::Tensor mids = at::tensor(std::vector<float>(mid.begin(), mid.end())).to(w.device());
+  const at::Tensor mids = at::tensor(std::vector<float>(mid.begin(), mid.end())).to(x.device());
   const at::Tensor lut =
-      at::tensor(std::vector<int64_t>(order.begin(), order.end())).to(w.device());
+      at::tensor(std::vector<int64_t>(order.begin(), order.end())).to(x.device());
+  return lut.index({at::searchsorted(mids, x)});
+}
 
+const std::array<float, 16>& code_table_4bit(Format f) {
+  return f == Format::NF4 ? kNF4 : kFP4;
+}
+
+at::Tensor pack_nibbles(const at::Tensor& codes) {
+  const at::Tensor pairs = codes.view({-1, 2});
+  return pairs.select(1, 0).bitwise_left_shift(4).bitwise_or_(pairs.select(1, 1));
+}
+
+at::Tensor ieee_div(const at::Tensor& a, double b) {
+  return a / at::full({}, b, a.options());
+}
+
+namespace {
+
+// bitsandbytes' quantize_4bit: blocks of B over the flattened weight; absmax per block (fp32);
+// x = w * (1 / absmax) (the last partial block divides instead), clamped to [-1, 1], coded by
+// nearest_codes; two codes per byte, the first element in the high nibble:
+//     byte k = [ code(2k) : 4 | code(2k+1) : 4 ]      (an odd count pads the code of 0.0)
+// Tensor operations only, so it runs on the weight's device; every step is one IEEE fp32
+// operation, so CPU and CUDA give the same codes.
+PackedWeight quantize_4bit(const at::Tensor& w, PackedWeight p) {
+  const auto f32 = w.options().dtype(at::kFloat);
   const at::Tensor flat = w.reshape(-1);
   const int64_t n = flat.numel(), B = p.spec.group, blocks = (n + B - 1) / B;
   at::Tensor x = at::zeros({blocks * B}, f32);  // [blocks * B], zero padded
@@ -80,17 +97,15 @@ PackedWeight quantize_4bit(const at::Tensor& w, PackedWeight p) {
   at::Tensor s = x * am.reciprocal().unsqueeze(1);  // [blocks, B]
   if (n % B) s[blocks - 1] = x[blocks - 1] / am[blocks - 1];
   s = s.clamp_(-1.0, 1.0).view(-1).narrow(0, 0, n);
-  at::Tensor q = lut.index({at::searchsorted(mids, s)}).to(at::kByte);  // [n] codes
-  if (n % 2)
-    q = at::cat({q, lut.index({at::searchsorted(mids, at::zeros({1}, f32))}).to(at::kByte)});
-  const at::Tensor pairs = q.view({-1, 2});
-  p.codes = pairs.select(1, 0).bitwise_left_shift(4).bitwise_or_(pairs.select(1, 1));
+  at::Tensor q = nearest_codes_4bit(s, p.spec.format).to(at::kByte);  // [n] codes
+  if (n % 2) q = at::cat({q, nearest_codes_4bit(at::zeros({1}, f32), p.spec.format).to(at::kByte)});
+  p.codes = pack_nibbles(q);
   p.scales = absmax;
   return p;
 }
 
 at::Tensor dequantize_4bit(const PackedWeight& p) {
-  const std::array<float, 16>& code = table4(p.spec.format);
+  const std::array<float, 16>& code = code_table_4bit(p.spec.format);
   const int64_t n = p.out * p.in, B = p.spec.group;
   at::Tensor out = at::empty({n}, at::kFloat);
   const uint8_t* c = p.codes.data_ptr<uint8_t>();
@@ -101,13 +116,6 @@ at::Tensor dequantize_4bit(const PackedWeight& p) {
     o[i] = code[q] * absmax[i / B];
   }
   return out.view({p.out, p.in});
-}
-
-// a / b in IEEE fp32 on every device. Dividing a CUDA tensor by a host scalar makes PyTorch
-// multiply by the scalar's reciprocal instead (a different rounding from the CPU's division), so
-// the divisor is a 0-dim tensor on a's device.
-at::Tensor div(const at::Tensor& a, double b) {
-  return a / at::full({}, b, a.options());
 }
 
 // Groups of g columns: [out, in] -> per-group reductions [out, groups] (last group partial).
@@ -132,12 +140,12 @@ PackedWeight quantize_int(const at::Tensor& w, PackedWeight p) {
   at::Tensor scale, zero;  // [out, groups] fp32 (scale already rounded to fp16)
   if (!p.spec.asymmetric) {
     const double qmax = std::ldexp(1.0, bits - 1) - 0.5;
-    scale = div(group_reduce(w, g, true, false), qmax).to(at::kHalf).to(at::kFloat);
+    scale = ieee_div(group_reduce(w, g, true, false), qmax).to(at::kHalf).to(at::kFloat);
     zero = at::full_like(scale, std::ldexp(1.0, bits - 1));
   } else {
     const at::Tensor lo = group_reduce(w, g, false, true).clamp_max(0);
     const at::Tensor hi = group_reduce(w, g, false, false).clamp_min(0);
-    scale = div(hi - lo, std::ldexp(1.0, bits) - 1).to(at::kHalf).to(at::kFloat);
+    scale = ieee_div(hi - lo, std::ldexp(1.0, bits) - 1).to(at::kHalf).to(at::kFloat);
     const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
     zero = at::round(-lo / safe).clamp(0, std::ldexp(1.0, bits) - 1);
     p.zeros = zero.to(at::kByte);
@@ -196,14 +204,14 @@ PackedWeight quantize_rtn(const at::Tensor& w_in, const FormatSpec& spec) {
     case Format::FP8_E4M3:
     case Format::FP8_E5M2: {
       at::Tensor absmax = spec.per_tensor ? w.abs().amax().reshape({1}) : w.abs().amax(1);
-      at::Tensor scale = div(absmax, fp8_max(spec.format));
+      at::Tensor scale = ieee_div(absmax, fp8_max(spec.format));
       scale = at::where(scale > 0, scale, at::ones_like(scale));
       p.codes = (w / (spec.per_tensor ? scale : scale.unsqueeze(1))).to(fp8_type(spec.format));
       p.scales = scale;
       break;
     }
     case Format::INT8: {
-      const at::Tensor scale = div(w.abs().amax(1), 127.0).to(at::kHalf).to(at::kFloat);
+      const at::Tensor scale = ieee_div(w.abs().amax(1), 127.0).to(at::kHalf).to(at::kFloat);
       const at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
       p.codes = at::round(w / safe.unsqueeze(1)).clamp(-127, 127).to(at::kChar);
       p.scales = scale.to(at::kHalf);

@@ -55,8 +55,10 @@ QLinear load_linear(WeightStore& ws, const LayerFormats& formats, int block, Pro
   std::vector<at::Tensor> parts;
   for (const auto& part : formats::packed_layout(f->second, out, in))
     parts.push_back(ws.take_part(base + "." + part.suffix, part.shape, part.dtype));
-  return QLinear(formats::PackedWeight::from_parts(f->second, out, in, parts), b, ws.dtype(),
-                 workspace);
+  QLinear q(formats::PackedWeight::from_parts(f->second, out, in, parts), b, ws.dtype(),
+            workspace);
+  if (ws.has(base + ".input_scale")) q.set_input_scale(ws.take(base + ".input_scale", {in}));
+  return q;
 }
 
 // Loads a group of projections sharing one input: fused into one GEMM when all are dense.
@@ -87,7 +89,7 @@ Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10:
   const io::Checkpoint ck = io::Checkpoint::open(dir);
   WeightStore ws(ck, device, dtype);
   const LayerFormats formats = read_layer_formats(ck, c);
-  ws.validate(expected_tensors(c, formats));
+  ws.validate(expected_tensors(c, formats, read_input_scaled(ck, formats)));
   d.workspace_ = std::make_shared<kernels::Workspace>();
   const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   d.embed_ = ws.take("model.embed_tokens.weight", {V, H});
@@ -145,15 +147,30 @@ void Decoder::set_linear(LayerId id, QLinear layer) {
   slot = std::move(layer);
 }
 
-void Decoder::quantize_layer(LayerId id, const formats::PackedWeight& packed) {
+void Decoder::quantize_layer(LayerId id, const formats::PackedWeight& packed,
+                             const at::Tensor& input_scale) {
   const QLinear& old = linear(id);
   if (packed.out != old.out_features() || packed.in != old.in_features())
     throw InternalError(fmt::format("layer '{}': packed weight has a different shape", id.name()));
   // Copy the bias: a fused group's bias is a view into a buffer that may be released.
   const at::Tensor bias = old.has_bias() ? old.bias().clone() : at::Tensor();
   QLinear q(packed.to(device_), bias, dtype_, workspace_);
-  if (old.input_scale().defined()) q.set_input_scale(old.input_scale());
+  if (input_scale.defined())
+    q.set_input_scale(input_scale.to(device_, dtype_));
+  else if (old.input_scale().defined())
+    q.set_input_scale(old.input_scale());
   set_linear(id, std::move(q));
+}
+
+Decoder::Snapshot Decoder::snapshot() const {
+  Snapshot s;
+  s.blocks_ = blocks_;
+  return s;
+}
+
+void Decoder::restore(const Snapshot& s) {
+  check(s.blocks_.size() == blocks_.size(), "Decoder::restore: snapshot of another model");
+  blocks_ = s.blocks_;
 }
 
 uint64_t Decoder::weight_bytes() const {

@@ -25,7 +25,8 @@ std::vector<int64_t> linear_shape(const ModelConfig& c, Proj p) {
   return {};
 }
 
-std::vector<TensorSlot> expected_tensors(const ModelConfig& c, const LayerFormats& formats) {
+std::vector<TensorSlot> expected_tensors(const ModelConfig& c, const LayerFormats& formats,
+                                         const std::set<std::string>& input_scaled) {
   std::vector<TensorSlot> out;
   const int64_t H = c.hidden_size;
   out.push_back({"model.embed_tokens.weight", {c.vocab_size, H}, TensorRole::EMBED, {}, {}});
@@ -44,6 +45,9 @@ std::vector<TensorSlot> expected_tensors(const ModelConfig& c, const LayerFormat
                part.suffix == "weight" ? TensorRole::LINEAR_WEIGHT : TensorRole::LINEAR_PART, id,
                part.dtype});
       }
+      if (input_scaled.count(id.name()))
+        out.push_back({id.name() + ".input_scale", {shape[1]}, TensorRole::LINEAR_PART, id,
+                       at::kBFloat16});
       if (bias) out.push_back({id.name() + ".bias", {shape[0]}, TensorRole::LINEAR_BIAS, id, {}});
     };
     out.push_back({p + "input_layernorm.weight", {H}, TensorRole::NORM, {}, {}});

@@ -87,4 +87,18 @@ LayerFormats read_layer_formats(const io::Checkpoint& ck, const ModelConfig& con
   return formats;
 }
 
+std::set<std::string> read_input_scaled(const io::Checkpoint& ck, const LayerFormats& formats) {
+  static const std::string kSuffix = ".input_scale";
+  std::set<std::string> layers;
+  for (const auto& name : ck.names()) {
+    if (!name.ends_with(kSuffix)) continue;
+    const std::string layer = name.substr(0, name.size() - kSuffix.size());
+    if (!formats.count(layer))
+      throw IoError(fmt::format("{}: tensor '{}' scales the inputs of a layer that is not quantized",
+                                ck.dir().string(), name));
+    layers.insert(layer);
+  }
+  return layers;
+}
+
 }  // namespace kldq::model

@@ -176,7 +176,7 @@ std::vector<Unit> make_units(const Decoder& m, Granularity g) {
   return units;
 }
 
-Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantizer,
+Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLayers& quantized,
                    const Options& o) {
   check(ids.dim() == 2 && ids.size(1) >= 2 && o.batch >= 1 && o.chunk >= 1,
         "run_profile: bad calibration windows or options");
@@ -198,10 +198,13 @@ Result run_profile(Decoder& m, const at::Tensor& ids, quant::Quantizer& quantize
   }
   for (const LayerId& id : all) {
     const QLinear& d = st.dense.at(id.name());
+    const auto ql = quantized.find(id.name());
+    if (ql == quantized.end())
+      throw InternalError(fmt::format("run_profile: layer {} was not quantized", id.name()));
     // No workspace: only the proxies and input-scaled layers run these layers' forward.
-    QLinear q(quantizer.quantize(id, d.weight(), o.base).to(m.device()), d.bias(), m.dtype(),
-              nullptr);
-    if (d.input_scale().defined()) q.set_input_scale(d.input_scale());
+    QLinear q(ql->second.packed.to(m.device()), d.bias(), m.dtype(), nullptr);
+    const at::Tensor& s = ql->second.input_scale.defined() ? ql->second.input_scale : d.input_scale();
+    if (s.defined()) q.set_input_scale(s.to(m.device(), m.dtype()));
     st.quantized.emplace(id.name(), std::move(q));
   }
   const LayerProxies proxies =

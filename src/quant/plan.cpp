@@ -1,6 +1,8 @@
 // Layer selectors and plan resolution, with errors that name the key path of the plan.
 #include "kldq/quant/plan.hpp"
 
+#include "kldq/quant/quantizer.hpp"
+
 #include <fmt/format.h>
 
 #include "kldq/core/error.hpp"
@@ -90,7 +92,7 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) throw ConfigError(fmt::format("{}: expected an object", where));
   for (const auto& [key, value] : j.items())
     if (key != "method" && key != "base" && key != "overrides" && key != "layers" &&
-        key != "kldq_version" && key != "planner")
+        key != "kldq_version" && key != "planner" && key != "method_settings")
       throw ConfigError(fmt::format("{}.{}: unknown key", where, key));
   Plan p;
   if (j.contains("planner")) {
@@ -104,7 +106,10 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
     if (p.planner.contains("predicted_kl") && !p.planner["predicted_kl"].is_number())
       throw ConfigError(fmt::format("{}.planner.predicted_kl: expected a number", where));
   }
-  if (j.contains("method")) p.method = string_at(j["method"], where + ".method");
+  if (j.contains("method")) {
+    p.method = string_at(j["method"], where + ".method");
+    check_method(p.method, where + ".method");
+  }
   p.base = formats::FormatSpec::parse(string_at(member(j, "base", where), where + ".base"),
                                       where + ".base");
   if (j.contains("overrides")) {

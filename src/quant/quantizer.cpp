@@ -1,5 +1,5 @@
-// The method registry (RTN so far) and plan application: in memory on a decoder, and streamed
-// from one checkpoint to a quantized one.
+// The method registry, RTN, and applying quantized layers: in memory on a decoder, and written
+// as a quantized checkpoint (streamed for RTN, from the quantized decoder for calibrated methods).
 #include "kldq/quant/quantizer.hpp"
 
 #include <ATen/ATen.h>
@@ -13,20 +13,12 @@
 #include "kldq/io/json_util.hpp"
 #include "kldq/model/quantized.hpp"
 #include "kldq/model/weight_store.hpp"
+#include "sequential.hpp"
 
 namespace kldq::quant {
 namespace {
 
 namespace fs = std::filesystem;
-
-class RtnQuantizer final : public Quantizer {
- public:
-  std::string name() const override { return "rtn"; }
-  formats::PackedWeight quantize(const model::LayerId&, const at::Tensor& w,
-                                 const formats::FormatSpec& spec) override {
-    return formats::quantize_rtn(w, spec);
-  }
-};
 
 // Files of a checkpoint directory that are not weights: copied into quantized checkpoints.
 bool copied_file(const fs::path& p) {
@@ -38,25 +30,53 @@ bool copied_file(const fs::path& p) {
 
 }  // namespace
 
-std::unique_ptr<Quantizer> make_quantizer(std::string_view method) {
-  if (method == "rtn") return std::make_unique<RtnQuantizer>();
-  if (method == "gptq" || method == "awq")
-    throw UnsupportedError(fmt::format("--method {}: not built yet (rtn is available)", method));
-  throw ConfigError(fmt::format("--method: unknown method '{}' (one of: rtn, gptq, awq)", method));
+void check_method(const std::string& method, const std::string& what) {
+  if (method != "rtn" && method != "gptq" && method != "awq")
+    throw ConfigError(fmt::format("{}: unknown method '{}' (one of: rtn, gptq, awq)", what, method));
 }
 
-void quantize_decoder(model::Decoder& decoder, const model::LayerFormats& formats,
-                      Quantizer& quantizer) {
-  for (const auto& id : decoder.linear_ids()) {
+bool needs_calibration(const std::string& method) {
+  return method == "gptq" || method == "awq";
+}
+
+QuantizedLayers quantize_layers(model::Decoder& m, const model::LayerFormats& formats,
+                                const MethodOptions& o, const at::Tensor& calib) {
+  check_method(o.method, "--method");
+  for (const auto& id : m.linear_ids())
+    if (formats.count(id.name()) && m.linear(id).is_packed())
+      throw ConfigError(fmt::format("layer {} is already quantized ({}); quantize the original",
+                                    id.name(), m.linear(id).format_name()));
+  if (needs_calibration(o.method)) return quantize_calibrated(m, formats, o, calib);
+  QuantizedLayers out;
+  for (const auto& id : m.linear_ids()) {
     const auto f = formats.find(id.name());
-    if (f == formats.end()) continue;
-    const at::Tensor w = decoder.linear(id).effective_weight(at::kFloat);  // [out, in] fp32
-    decoder.quantize_layer(id, quantizer.quantize(id, w, f->second));
+    if (f != formats.end()) out[id.name()] = {formats::quantize_rtn(m.linear(id).weight(), f->second), {}};
+  }
+  return out;
+}
+
+void apply_layers(model::Decoder& m, const QuantizedLayers& layers) {
+  for (const auto& id : m.linear_ids()) {
+    const auto l = layers.find(id.name());
+    if (l != layers.end()) m.quantize_layer(id, l->second.packed, l->second.input_scale);
   }
 }
 
+static nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& calibration) {
+  nlohmann::json j = {{"method", o.method}};
+  if (o.method == "gptq")
+    j["gptq"] = {{"damp", o.gptq.damp}, {"block", o.gptq.block}, {"act_order", o.gptq.act_order}};
+  if (o.method == "awq")
+    j["awq"] = {{"grid", o.awq.grid},
+                {"clip_steps", o.awq.clip_steps},
+                {"max_shrink", o.awq.max_shrink}};
+  if (!calibration.is_null()) j["calibration"] = calibration;
+  return j;
+}
+
 void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, const Plan& plan,
-                                Quantizer& quantizer, const WriteOptions& options) {
+                                const MethodOptions& method, const CalibratedSource& calibrated,
+                                const WriteOptions& options) {
   const fs::path out = io::checkpoint_output(out_arg, options.force);
   const model::ModelConfig config = model::load_config(src / "config.json");
   const io::Checkpoint ck = io::Checkpoint::open(src);
@@ -74,10 +94,19 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
   const model::LayerFormats formats = plan.resolve(ids, &unmatched);
   for (const auto& pattern : unmatched)
     log::warn("layer pattern '{}' matches no layer of {}", pattern, src.string());
+  // Calibrated methods quantize the whole model first; RTN quantizes each layer as it streams.
+  QuantizedLayers layers;
+  if (needs_calibration(method.method)) {
+    check(calibrated.decoder != nullptr, "write_quantized_checkpoint: calibrated needs a decoder");
+    layers = quantize_layers(*calibrated.decoder, formats, method, calibrated.calib);
+  }
+  std::set<std::string> scaled;
+  for (const auto& [name, l] : layers)
+    if (l.input_scale.defined()) scaled.insert(name);
 
   nlohmann::json layer_names = nlohmann::json::object();
   for (const auto& [layer, spec] : formats) layer_names[layer] = spec.name();
-  const auto slots = model::expected_tensors(config, formats);
+  const auto slots = model::expected_tensors(config, formats, scaled);
   std::vector<io::TensorSpec> specs;
   for (const auto& s : slots)
     specs.push_back({s.name, s.dtype ? *s.dtype : ck.info(s.name).scalar_type, s.shape});
@@ -90,7 +119,8 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
                                  {{"format", "pt"},
                                   {model::kFormatsKey, layer_names.dump()},
                                   {model::kVersionKey, KLDQ_VERSION_STRING}});
-    // Slots list a layer's parts consecutively: quantize on its first part, write them in order.
+    // Slots list a layer's parts consecutively (its input scale last): a layer's tensors are
+    // made on its first part and written in order.
     std::vector<at::Tensor> parts;
     size_t next_part = 0;
     for (const auto& s : slots) {
@@ -100,8 +130,14 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
       }
       if (next_part == parts.size()) {
         const std::string layer = s.layer->name();
-        parts =
-            quantizer.quantize(*s.layer, ck.tensor(layer + ".weight"), formats.at(layer)).parts();
+        const auto l = layers.find(layer);
+        if (l == layers.end()) {
+          parts = formats::quantize_rtn(ck.tensor(layer + ".weight"), formats.at(layer)).parts();
+        } else {
+          parts = l->second.packed.to(c10::kCPU).parts();
+          if (l->second.input_scale.defined())
+            parts.push_back(l->second.input_scale.to(c10::kCPU, at::kBFloat16));
+        }
         next_part = 0;
       }
       writer.write(s.name, parts[next_part++].contiguous());
@@ -110,6 +146,8 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
     for (const auto& entry : fs::directory_iterator(src))
       if (copied_file(entry.path())) fs::copy_file(entry.path(), tmp / entry.path().filename());
     nlohmann::json plan_json = plan.to_json();
+    plan_json["method"] = method.method;
+    plan_json["method_settings"] = method_json(method, calibrated.identity);
     plan_json["kldq_version"] = KLDQ_VERSION_STRING;
     plan_json["layers"] = layer_names;
     io::write_file_atomic(tmp / model::kPlanFile, plan_json.dump(2) + "\n");

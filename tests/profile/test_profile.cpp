@@ -20,7 +20,6 @@ profile::Result run(profile::Mode mode, profile::Granularity g, bool cached) {
   auto m = tiny();
   at::manual_seed(3);
   const at::Tensor ids = at::randint(m.config().vocab_size, {6, 24}, at::kLong);
-  auto q = kldq::quant::make_quantizer("rtn");
   profile::Options o;
   o.mode = mode;
   o.granularity = g;
@@ -28,7 +27,7 @@ profile::Result run(profile::Mode mode, profile::Granularity g, bool cached) {
   o.batch = 4;  // two batches, the second partial
   o.chunk = 50;
   o.cached = cached;
-  return profile::run_profile(m, ids, *q, o);
+  return profile::run_profile(m, ids, kldq::test::rtn_layers(m, o.base), o);
 }
 
 }  // namespace
@@ -62,11 +61,10 @@ TEST_CASE("profile: baseline KL equals packed layers' full forward, in float64",
   // quantize_decoder (packed layers, dequantized per forward) against the dense one.
   const auto r = run(profile::Mode::QUANTIZE_ONE, profile::Granularity::LINEAR, true);
   auto dense = tiny(), packed = tiny();
-  auto q = kldq::quant::make_quantizer("rtn");
   kldq::model::LayerFormats formats;
   for (const auto& id : packed.linear_ids())
     formats.emplace(id.name(), kldq::formats::FormatSpec::parse("int3_g32"));
-  kldq::quant::quantize_decoder(packed, formats, *q);
+  kldq::quant::apply_layers(packed, kldq::quant::quantize_layers(packed, formats, {}));
   at::manual_seed(3);  // the windows of run()
   const at::Tensor ids = at::randint(dense.config().vocab_size, {6, 24}, at::kLong);
   at::InferenceMode guard;

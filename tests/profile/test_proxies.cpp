@@ -193,14 +193,13 @@ TEST_CASE("proxies: weight, output and Fisher errors against independent computa
   const auto spec = kldq::formats::FormatSpec::parse("int3_g32");
   for (const auto g : {profile::Granularity::LINEAR, profile::Granularity::HALF_BLOCK}) {
     auto m = tiny();
-    auto q = kldq::quant::make_quantizer("rtn");
     profile::Options opt;
     opt.granularity = g;
     opt.base = spec;
     opt.batch = kBatch;
     opt.chunk = 10;
     opt.proxies = true;
-    const profile::Result r = profile::run_profile(m, windows(), *q, opt);
+    const profile::Result r = profile::run_profile(m, windows(), kldq::test::rtn_layers(m, opt.base), opt);
     REQUIRE(r.units.size() == (g == profile::Granularity::LINEAR ? 14u : 4u));
     for (const auto& u : r.units) {
       INFO(u.unit.id);
@@ -249,7 +248,6 @@ TEST_CASE("proxies: weight, output and Fisher errors against independent computa
 
 TEST_CASE("proxies: a bf16 base, nulls in JSON, nothing without the option", "[profile]") {
   auto m = tiny();
-  auto q = kldq::quant::make_quantizer("rtn");
   profile::Options opt;
   opt.granularity = profile::Granularity::BLOCK;
   opt.base = kldq::formats::FormatSpec::parse("bf16");
@@ -257,7 +255,7 @@ TEST_CASE("proxies: a bf16 base, nulls in JSON, nothing without the option", "[p
   at::manual_seed(1);
   const at::Tensor ids = at::randint(512, {3, 8}, at::kLong);
   // The tiny fp32 model's weights are not bf16 values, so bf16 has a small error: finite SQNR.
-  auto r = profile::run_profile(m, ids, *q, opt);
+  auto r = profile::run_profile(m, ids, kldq::test::rtn_layers(m, opt.base), opt);
   REQUIRE(r.units.size() == 2);
   CHECK(std::isfinite(r.units[0].proxies->weight_sqnr_db));
   CHECK(r.units[0].proxies->weight_sqnr_db > 40);
@@ -268,7 +266,7 @@ TEST_CASE("proxies: a bf16 base, nulls in JSON, nothing without the option", "[p
   CHECK(j["units"][1]["weight_sqnr_db"].is_null());
   opt.proxies = false;
   auto m2 = tiny();
-  const auto plain = profile::to_json(profile::run_profile(m2, ids, *q, opt), opt, "rtn");
+  const auto plain = profile::to_json(profile::run_profile(m2, ids, kldq::test::rtn_layers(m2, opt.base), opt), opt, "rtn");
   CHECK_FALSE(plain.contains("proxies"));
   CHECK_FALSE(plain["units"][0].contains("fisher"));
 }
@@ -302,12 +300,11 @@ TEST_CASE("proxies on CUDA: gradients equal the CPU's, bf16 proxies near fp32", 
     auto m = kldq::model::Decoder::load(kldq::test::tiny_model(),
                                         d ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU),
                                         d ? at::kBFloat16 : at::kFloat);
-    auto q = kldq::quant::make_quantizer("rtn");
     profile::Options opt;
     opt.base = kldq::formats::FormatSpec::parse("int3_g32");
     opt.batch = kBatch;
     opt.proxies = true;
-    r[d] = profile::run_profile(m, ids, *q, opt);
+    r[d] = profile::run_profile(m, ids, kldq::test::rtn_layers(m, opt.base), opt);
   }
   for (size_t i = 0; i < r[0].units.size(); ++i) {
     INFO(r[0].units[i].unit.id);

@@ -48,7 +48,7 @@ TEST_CASE("quantizing a decoder in memory equals running it on the dequantized w
   plan.overrides.push_back(
       {q::LayerSelector("*.mlp.down_proj", "test"), f::FormatSpec::parse("nf4")});
   const auto formats = plan.resolve(quantized.linear_ids());
-  q::quantize_decoder(quantized, formats, *q::make_quantizer("rtn"));
+  q::apply_layers(quantized, q::quantize_layers(quantized, formats, {}));
   for (const auto& id : dense.linear_ids()) {
     const m::QLinear& l = original.linear(id);
     const at::Tensor wd = f::dequantize(f::quantize_rtn(l.weight(), formats.at(id.name())));
@@ -182,7 +182,10 @@ TEST_CASE("kldq quantize rejects bad formats and methods and leaves no output", 
   CHECK_THAT(group.err, HasText("group size must be 32, 64 or 128"));
   const auto method = run_kldq("quantize " + tiny + " --base int4 --method gptq -o " + out);
   CHECK(method.rc == 2);
-  CHECK_THAT(method.err, HasText("gptq: not built yet"));
+  CHECK_THAT(method.err, HasText("--method gptq: needs calibration text (--calib FILE)"));
+  const auto unknown = run_kldq("quantize " + tiny + " --base int4 --method hqq -o " + out);
+  CHECK(unknown.rc == 2);
+  CHECK_THAT(unknown.err, HasText("--method: unknown method 'hqq' (one of: rtn, gptq, awq)"));
   const auto none = run_kldq("quantize " + tiny + " -o " + out);
   CHECK(none.rc == 2);
   CHECK_FALSE(kldq::test::fs::exists(out));

@@ -94,4 +94,10 @@ std::string read_text(const fs::path& path) {
   return s.str();
 }
 
+quant::QuantizedLayers rtn_layers(model::Decoder& m, const formats::FormatSpec& base) {
+  model::LayerFormats formats;
+  for (const auto& id : m.linear_ids()) formats[id.name()] = base;
+  return quant::quantize_layers(m, formats, {});
+}
+
 }  // namespace kldq::test

@@ -6,6 +6,8 @@
 #include <optional>
 #include <string>
 
+#include "kldq/quant/quantizer.hpp"
+
 namespace kldq::test {
 
 namespace fs = std::filesystem;
@@ -42,6 +44,8 @@ std::optional<std::string> python_with(const std::string& modules);
 
 // A tiny random Qwen2 checkpoint (kldq synth --shape tiny) in fp32, made once per test run.
 const fs::path& tiny_model();
+// Every linear layer of `m` rounded to nearest in `base` (the quantized states of an RTN profile).
+quant::QuantizedLayers rtn_layers(model::Decoder& m, const formats::FormatSpec& base);
 
 void write_text(const fs::path& path, const std::string& text);
 std::string read_text(const fs::path& path);

@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <string>
 #include <utility>
 #include <vector>
@@ -45,6 +46,13 @@ struct PackedWeight {
 // Round-to-nearest quantization of w: [out, in] (any float dtype, CPU). NF4/FP4 follow
 // bitsandbytes' quantize_4bit bit for bit (codes, nibble order, absmax).
 PackedWeight quantize_rtn(const at::Tensor& w, const FormatSpec& spec);
+
+// bitsandbytes' 4-bit code values of nf4 or fp4 (for codes 0..15).
+const std::array<float, 16>& code_table_4bit(Format f);
+// x: fp32 in [-1, 1] (any shape and device) -> int64 codes of the nearest table value.
+at::Tensor nearest_codes_4bit(const at::Tensor& x, Format f);
+// Codes [2k] (uint8, < 16) -> bytes [k]: byte i = code(2i) << 4 | code(2i + 1).
+at::Tensor pack_nibbles(const at::Tensor& codes);
 
 // CPU reference dequantization -> [out, in] float32.
 at::Tensor dequantize(const PackedWeight& p);

@@ -22,6 +22,8 @@
 namespace kldq::model {
 
 class Decoder {
+  struct Block;
+
  public:
   // Loads config.json and the safetensors weights of `dir` onto `device` in `dtype`.
   static Decoder load(const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype);
@@ -38,6 +40,10 @@ class Decoder {
   at::Tensor block(int i, const at::Tensor& hidden) const;
   // Blocks [begin, end) in order.
   at::Tensor run_blocks(int begin, int end, at::Tensor hidden) const;
+  // Block i's attention on its normed input h [B, T, H] -> o_proj's output [B, T, H], and its MLP
+  // on the normed h [B, T, H] -> down_proj's output [B, T, H] (AWQ scores scales on them).
+  at::Tensor attention(int i, const at::Tensor& h) const;
+  at::Tensor mlp(int i, const at::Tensor& h) const;
   // Final RMSNorm + LM head: hidden [B, T, H] -> logits [B, T, V] (compute dtype).
   at::Tensor head(const at::Tensor& hidden) const;
   // embed -> all blocks -> head.
@@ -49,8 +55,19 @@ class Decoder {
   // Replaces one layer (same shape); its block then runs that group unfused.
   void set_linear(LayerId id, QLinear layer);
   // Replaces one layer's weight by `packed` (any device; moved to the decoder's), keeping its
-  // bias and input scale; packed layers share the decoder's dequantization workspace.
-  void quantize_layer(LayerId id, const formats::PackedWeight& packed);
+  // bias; its input scale becomes `input_scale` ([in], any float dtype and device) when that is
+  // defined, else stays. Packed layers share the decoder's dequantization workspace.
+  void quantize_layer(LayerId id, const formats::PackedWeight& packed,
+                      const at::Tensor& input_scale = {});
+  // Every block's layers as they are now (sharing their tensors: nothing is copied), to put back
+  // with restore(), fused groups included: calibrated quantization changes layers block by block
+  // and returns the model as it was.
+  class Snapshot {
+    friend class Decoder;
+    std::vector<Block> blocks_;
+  };
+  Snapshot snapshot() const;
+  void restore(const Snapshot& s);
   // Exact bytes of every weight held (linears, norms, embeddings, untied head).
   uint64_t weight_bytes() const;
 
@@ -82,8 +99,6 @@ class Decoder {
   Decoder() = default;
   void check_layer(LayerId id) const;
   const RopeTable& rope(int64_t len) const;
-  at::Tensor attention(int i, const at::Tensor& h) const;  // block i's attention
-  at::Tensor mlp(int i, const at::Tensor& h) const;
   void observe(int block, Proj p, const at::Tensor& x) const {
     if (observer_) observer_(LayerId{block, p}, x);
   }

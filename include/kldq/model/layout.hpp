@@ -6,6 +6,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -36,8 +37,10 @@ using LayerFormats = std::map<std::string, formats::FormatSpec>;
 
 // In checkpoint order: embeddings; per block input norm, q,k,v,o (+biases), post norm,
 // gate, up, down (+biases); final norm; lm_head unless tied. Layers in `formats` hold the
-// tensors of formats::packed_layout instead of a free-dtype `.weight`.
+// tensors of formats::packed_layout instead of a free-dtype `.weight`; layers in `input_scaled`
+// also a bf16 `.input_scale` [in] after them (AWQ's per-input-channel scale, QLinear).
 std::vector<TensorSlot> expected_tensors(const ModelConfig& config,
-                                         const LayerFormats& formats = {});
+                                         const LayerFormats& formats = {},
+                                         const std::set<std::string>& input_scaled = {});
 
 }  // namespace kldq::model

@@ -3,6 +3,9 @@
 // quantization.json beside them records the plan that produced them.
 #pragma once
 
+#include <set>
+#include <string>
+
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/config.hpp"
 #include "kldq/model/layout.hpp"
@@ -19,5 +22,9 @@ inline constexpr const char* kPlanFile = "quantization.json";
 // have or an unknown format, is missing while packed tensors are present, or disagrees with
 // quantization.json's "layers".
 LayerFormats read_layer_formats(const io::Checkpoint& checkpoint, const ModelConfig& config);
+// The layers that carry a `.input_scale` tensor (AWQ's explicit scales). IoError naming the tensor
+// when it belongs to no quantized layer of `formats`.
+std::set<std::string> read_input_scaled(const io::Checkpoint& checkpoint,
+                                        const LayerFormats& formats);
 
 }  // namespace kldq::model

@@ -70,10 +70,10 @@ struct Result {
 };
 
 // `model` must be dense (unquantized); it is returned dense (with its fused groups split when
-// proxies were computed).
-// ids: [N, T] int64 calibration windows.
-Result run_profile(model::Decoder& model, const at::Tensor& ids, quant::Quantizer& quantizer,
-                   const Options& options);
+// proxies were computed). ids: [N, T] int64 calibration windows; `quantized`: every linear
+// layer's quantized form at the base format (quant::quantize_layers with the profile's method).
+Result run_profile(model::Decoder& model, const at::Tensor& ids,
+                   const quant::QuantizedLayers& quantized, const Options& options);
 
 // profile.json: "units" in model order ({id, params, bytes_base, bytes_bf16, kl_mean, kl_stderr,
 // top1_agree, and for restore-one kl_gain = baseline - kl}), "baseline_kl", "baseline_kl_stderr",

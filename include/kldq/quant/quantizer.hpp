@@ -1,52 +1,77 @@
-// Quantization methods behind one interface, and applying a plan to a decoder in memory or to a
-// checkpoint on disk. Methods that need calibration (GPTQ, AWQ) first receive each layer's inputs
-// through observe(), then quantize(); RTN needs none.
+// Quantization methods (rtn, gptq, awq) behind one entry point, quantize_layers, and applying
+// their result to a decoder in memory or writing it as a checkpoint. RTN rounds each weight on
+// its own; GPTQ and AWQ run the calibration windows through the model block by block, each block
+// fed by the already quantized blocks before it (docs/PROTOCOLS.md, "Calibrated quantization").
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
-#include <memory>
+#include <map>
 #include <string>
-#include <string_view>
 
 #include "kldq/formats/packed.hpp"
 #include "kldq/model/decoder.hpp"
+#include "kldq/quant/gptq.hpp"
 #include "kldq/quant/plan.hpp"
 
 namespace kldq::quant {
 
-class Quantizer {
- public:
-  virtual ~Quantizer() = default;
-  virtual std::string name() const = 0;
-  // True when quantize() needs observe() on the layer's inputs first.
-  virtual bool needs_calibration() const { return false; }
-  // x: [tokens, in]: inputs of `layer` on calibration data; may be called repeatedly.
-  virtual void observe(const model::LayerId& layer, const at::Tensor& x) {}
-  // w: [out, in] (any float dtype and device) -> the weight in `spec`.
-  virtual formats::PackedWeight quantize(const model::LayerId& layer, const at::Tensor& w,
-                                         const formats::FormatSpec& spec) = 0;
+struct AwqOptions {
+  int grid = 20;            // scale exponents alpha = 0, 1/grid, ..., (grid - 1)/grid
+  int clip_steps = 20;      // clipping ratios 1, 1 - max_shrink/clip_steps, ..., 1 - max_shrink
+  double max_shrink = 0.5;  // the largest fraction of a group's maximum clipped away
 };
 
-// The registry: "rtn". GPTQ and AWQ are UnsupportedError until they are built; anything else is
-// a ConfigError naming --method.
-std::unique_ptr<Quantizer> make_quantizer(std::string_view method);
+struct MethodOptions {
+  std::string method = "rtn";  // rtn, gptq or awq
+  GptqOptions gptq;
+  AwqOptions awq;
+  int64_t batch = 8;  // calibration windows per forward
+};
 
-// Replaces every layer of `decoder` named in `formats` by its quantized weight.
-void quantize_decoder(model::Decoder& decoder, const model::LayerFormats& formats,
-                      Quantizer& quantizer);
+// ConfigError naming `what` unless `method` is rtn, gptq or awq.
+void check_method(const std::string& method, const std::string& what);
+// gptq and awq need calibration windows; rtn none.
+bool needs_calibration(const std::string& method);
+
+// One layer's quantized form: its stored weight and, for AWQ, the per-input-channel scale the
+// layer divides its input by (QLinear::set_input_scale).
+struct QuantizedLayer {
+  formats::PackedWeight packed;
+  at::Tensor input_scale;  // [in] fp32 holding bf16 values, or undefined
+};
+using QuantizedLayers = std::map<std::string, QuantizedLayer>;  // by HF layer id
+
+// Quantizes every layer of `model` named in `formats` with the method (rtn: from the weights
+// alone; gptq, awq: on `calib`, [N, T] int64 windows, required for them). Dense formats (bf16,
+// fp16) are plain casts: a restored layer keeps its original weight and inputs. Calibrated
+// methods need a format with a grid (formats::has_grid) for every other layer: UnsupportedError
+// naming the layer before any work otherwise. `model` must be unquantized and is returned as it
+// was.
+QuantizedLayers quantize_layers(model::Decoder& model, const model::LayerFormats& formats,
+                                const MethodOptions& options, const at::Tensor& calib = {});
+
+// Replaces the layers of `model` named in `layers` by their quantized form.
+void apply_layers(model::Decoder& model, const QuantizedLayers& layers);
 
 struct WriteOptions {
   bool force = false;  // replace an existing checkpoint at the output
 };
 
-// Reads the checkpoint `src` one tensor at a time, quantizes the linear layers of `plan`, and
-// writes `out`: model.safetensors (packed tensors; formats in the header metadata), config.json
-// and the tokenizer and other non-weight files copied, quantization.json (the plan, its resolved
-// per-layer formats and the kldq version). Atomic: `out` appears complete or not at all.
+// Quantizes the checkpoint `src` with `plan` and writes `out`: model.safetensors (packed tensors,
+// formats in the header metadata, AWQ's `.input_scale` tensors), config.json and the tokenizer
+// and other non-weight files copied, quantization.json (the plan, its resolved per-layer formats,
+// the method's settings and calibration identity when given, the kldq version). RTN streams the
+// checkpoint a tensor at a time on the CPU; calibrated methods quantize `decoder` (loaded from
+// `src` by the caller, on its compute device) first. Atomic: `out` appears complete or not at all.
+struct CalibratedSource {
+  model::Decoder* decoder = nullptr;
+  at::Tensor calib;              // [N, T] int64
+  nlohmann::json identity;       // the calibration's identity (calib::Calibration)
+};
 void write_quantized_checkpoint(const std::filesystem::path& src, const std::filesystem::path& out,
-                                const Plan& plan, Quantizer& quantizer,
-                                const WriteOptions& options);
+                                const Plan& plan, const MethodOptions& method,
+                                const CalibratedSource& calibrated, const WriteOptions& options);
 
 }  // namespace kldq::quant
