@@ -38,7 +38,8 @@ int run_inspect(const InspectOptions& o) {
   std::vector<LayerRow> rows;
   uint64_t linear_bytes = 0, other_bytes = 0;
   int64_t linear_params = 0;
-  for (const auto& slot : model::expected_tensors(c, formats, model::read_input_scaled(ck, formats))) {
+  for (const auto& slot :
+       model::expected_tensors(c, formats, model::read_input_scaled(ck, formats))) {
     ws.take_raw(slot.name, slot.shape, slot.dtype);
     const io::TensorInfo& info = ck.info(slot.name);
     const bool weight = slot.role == model::TensorRole::LINEAR_WEIGHT ||

@@ -59,10 +59,9 @@ int run_quantize(const QuantizeOptions& o) {
   }
   const auto t0 = std::chrono::steady_clock::now();
   quant::write_quantized_checkpoint(o.model, o.out, plan, method, calibrated, {.force = o.force});
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::string line = fmt::format("quantized {} ({}) in {:.1f} s -> {}", o.model, method.method,
-                                 secs, o.out);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::string line =
+      fmt::format("quantized {} ({}) in {:.1f} s -> {}", o.model, method.method, secs, o.out);
   if (decoder && decoder->device().is_cuda())
     line += fmt::format(", peak CUDA memory {:.2f} GiB",
                         double(peak_allocated_bytes(decoder->device())) / double(1ULL << 30));

@@ -8,10 +8,10 @@
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
-#include "kldq/io/tokenizer/tokenizer.hpp"
-#include "kldq/model/config.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/io/json_util.hpp"
+#include "kldq/io/tokenizer/tokenizer.hpp"
+#include "kldq/model/config.hpp"
 
 namespace kldq::cli {
 
@@ -104,12 +104,14 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
                                                      const std::string& method,
                                                      const std::string& model) {
   if (!quant::needs_calibration(method)) {
-    if (!o.calib.empty()) log::warn("--calib {}: not used, {} needs no calibration", o.calib, method);
+    if (!o.calib.empty())
+      log::warn("--calib {}: not used, {} needs no calibration", o.calib, method);
     return std::nullopt;
   }
   if (o.calib.empty())
     throw ConfigError(fmt::format("--method {}: needs calibration text (--calib FILE)", method));
-  const model::ModelConfig config = model::load_config(std::filesystem::path(model) / "config.json");
+  const model::ModelConfig config =
+      model::load_config(std::filesystem::path(model) / "config.json");
   const auto tokenizer = io::Tokenizer::load(model);
   if (o.seq_len > config.max_position_embeddings)
     throw ConfigError(fmt::format("--seq-len {} exceeds the model's context of {}", o.seq_len,
@@ -117,9 +119,9 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
   calib::Calibration cal =
       calib::make_calibration({o.calib, o.samples, o.seq_len, o.seed}, *tokenizer);
   if (cal.ids.max().item<int64_t>() >= config.vocab_size)
-    throw ConfigError(fmt::format(
-        "--calib: the tokenizer produced ids outside the model's vocabulary of {}",
-        config.vocab_size));
+    throw ConfigError(
+        fmt::format("--calib: the tokenizer produced ids outside the model's vocabulary of {}",
+                    config.vocab_size));
   return cal;
 }
 

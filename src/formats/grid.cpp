@@ -167,6 +167,19 @@ at::Tensor round_to_grid(const at::Tensor& w, const FormatSpec& spec, const at::
   }
 }
 
+GroupRounder::GroupRounder(const FormatSpec& spec, at::Tensor scale, at::Tensor zero)
+    : spec_(spec), scale_(std::move(scale)), zero_(std::move(zero)) {
+  int_ = int_grouped(spec.format);
+  safe_ = nonzero_or_one(scale_);
+  max_code_ = std::ldexp(1.0, spec.traits().code_bits) - 1;
+}
+
+at::Tensor GroupRounder::operator()(const at::Tensor& w) const {
+  if (!int_) return round_to_grid(w.unsqueeze(1), spec_, scale_, zero_).squeeze(1);
+  // (clamp(round(w / scale) + zero, 0, 2^b - 1) - zero) * scale, as codes_of and round_to_grid.
+  return (w / safe_).round_().add_(zero_).clamp_(0, max_code_).sub_(zero_).mul_(scale_);
+}
+
 at::Tensor fake_quantize(const at::Tensor& w_in, const Grid& g) {
   const at::Tensor w = w_in.to(at::kFloat);
   at::Tensor out = at::empty_like(w);  // [out, in] fp32

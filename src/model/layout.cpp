@@ -46,8 +46,8 @@ std::vector<TensorSlot> expected_tensors(const ModelConfig& c, const LayerFormat
                part.dtype});
       }
       if (input_scaled.count(id.name()))
-        out.push_back({id.name() + ".input_scale", {shape[1]}, TensorRole::LINEAR_PART, id,
-                       at::kBFloat16});
+        out.push_back(
+            {id.name() + ".input_scale", {shape[1]}, TensorRole::LINEAR_PART, id, at::kBFloat16});
       if (bias) out.push_back({id.name() + ".bias", {shape[0]}, TensorRole::LINEAR_BIAS, id, {}});
     };
     out.push_back({p + "input_layernorm.weight", {H}, TensorRole::NORM, {}, {}});

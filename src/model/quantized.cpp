@@ -94,8 +94,9 @@ std::set<std::string> read_input_scaled(const io::Checkpoint& ck, const LayerFor
     if (!name.ends_with(kSuffix)) continue;
     const std::string layer = name.substr(0, name.size() - kSuffix.size());
     if (!formats.count(layer))
-      throw IoError(fmt::format("{}: tensor '{}' scales the inputs of a layer that is not quantized",
-                                ck.dir().string(), name));
+      throw IoError(
+          fmt::format("{}: tensor '{}' scales the inputs of a layer that is not quantized",
+                      ck.dir().string(), name));
     layers.insert(layer);
   }
   return layers;

@@ -203,7 +203,8 @@ Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLaye
       throw InternalError(fmt::format("run_profile: layer {} was not quantized", id.name()));
     // No workspace: only the proxies and input-scaled layers run these layers' forward.
     QLinear q(ql->second.packed.to(m.device()), d.bias(), m.dtype(), nullptr);
-    const at::Tensor& s = ql->second.input_scale.defined() ? ql->second.input_scale : d.input_scale();
+    const at::Tensor& s =
+        ql->second.input_scale.defined() ? ql->second.input_scale : d.input_scale();
     if (s.defined()) q.set_input_scale(s.to(m.device(), m.dtype()));
     st.quantized.emplace(id.name(), std::move(q));
   }

@@ -80,7 +80,10 @@ at::Tensor scored_output(const Decoder& m, int b, const ScaleGroup& g, const at:
 at::Tensor channel_mean_abs(const at::Tensor& x, int64_t batch) {
   at::Tensor sum = at::zeros({x.size(-1)}, x.options().dtype(at::kFloat));
   for (int64_t w = 0; w < x.size(0); w += batch)
-    sum += x.narrow(0, w, std::min(batch, x.size(0) - w)).abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
+    sum += x.narrow(0, w, std::min(batch, x.size(0) - w))
+               .abs()
+               .to(at::kFloat)
+               .sum(at::IntArrayRef{0, 1});
   return sum / static_cast<double>(x.size(0) * x.size(1));
 }
 
@@ -151,9 +154,10 @@ at::Tensor clip_search(const at::Tensor& w, const at::Tensor& x, const at::Tenso
   for (int k = 0; k <= o.clip_steps; ++k) {
     const at::Tensor bound = amax * (1.0 - o.max_shrink * k / o.clip_steps);
     const at::Tensor wc = at::maximum(at::minimum(wp, bound), -bound).reshape({out, P});
-    const at::Tensor d = (wp.reshape({out, P}) - formats::fake_quantize(wc, formats::make_grid(wc, spec)))
-                             .view({out, G, g})
-                             .permute({1, 0, 2});                      // [G, out, g]
+    const at::Tensor d =
+        (wp.reshape({out, P}) - formats::fake_quantize(wc, formats::make_grid(wc, spec)))
+            .view({out, G, g})
+            .permute({1, 0, 2});                                            // [G, out, g]
     const at::Tensor err = (at::bmm(d, gram) * d).sum(2).t().unsqueeze(2);  // [out, G, 1]
     const at::Tensor better = err < best_err;
     best_err = at::where(better, err, best_err);

@@ -20,6 +20,8 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <optional>
+
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
 
@@ -107,39 +109,52 @@ GptqResult gptq_quantize(const at::Tensor& w_in, const at::Tensor& h_in,
   r.damp = o.damp;
   const at::Tensor u = inverse_factor(h, r.damp, layer);  // [in, in] upper
 
-  // Lazy batches of a whole number of groups, so that a group's columns share a block.
+  // Lazy batches of a whole number of groups, so that a group's columns share a block. The
+  // loop runs on the transposed weight, [in, out], so that a column is contiguous.
   const int64_t B = g >= in ? o.block : ((std::max(o.block, g) + g - 1) / g) * g;
-  at::Tensor q = at::empty_like(w);  // [out, in], permuted order
-  at::Tensor scale_k, zero_k;        // the current group's parameters, [out]
+  at::Tensor wt = w.t().contiguous();  // [in, out], permuted order
+  at::Tensor qt = at::empty_like(wt);  // [in, out]
+  // Static groups: every group's rounder made once (act_order visits groups in any order).
+  std::vector<formats::GroupRounder> rounders;
+  if (static_groups)
+    for (int64_t k = 0; k < grid.scale.size(1); ++k)
+      rounders.emplace_back(
+          spec, grid.scale.select(1, k).contiguous(),
+          grid.zero.defined() ? grid.zero.select(1, k).contiguous() : at::Tensor());
+  std::optional<formats::GroupRounder> dynamic;
   for (int64_t i1 = 0; i1 < in; i1 += B) {
     const int64_t n = std::min(B, in - i1);
-    at::Tensor w1 = w.narrow(1, i1, n).clone();  // [out, n]
-    at::Tensor e1 = at::empty_like(w1);
+    const at::Tensor w1 = wt.narrow(0, i1, n);  // [n, out], updated in place
+    at::Tensor e1 = at::empty_like(w1);         // [n, out] scaled errors
     const at::Tensor u1 = u.narrow(0, i1, n).narrow(1, i1, n);
     const at::Tensor d1 = u1.diagonal().clone();  // [n]
     for (int64_t i = 0; i < n; ++i) {
       const int64_t col = order[static_cast<size_t>(i1 + i)], k = col / g;
-      if (static_groups) {
-        scale_k = grid.scale.select(1, k);
-        zero_k = grid.zero.defined() ? grid.zero.select(1, k) : at::Tensor();
-      } else if (col % g == 0) {
-        formats::group_params(w1.narrow(1, i, std::min(g, n - i)), spec, scale_k, zero_k);
+      if (!static_groups && col % g == 0) {
+        at::Tensor scale_k, zero_k;  // [out] from the group's current columns
+        formats::group_params(w1.narrow(0, i, std::min(g, n - i)).t(), spec, scale_k, zero_k);
         grid.scale.select(1, k).copy_(scale_k);
         if (zero_k.defined()) grid.zero.select(1, k).copy_(zero_k);
+        dynamic.emplace(spec, scale_k, zero_k);
       }
-      const at::Tensor wi = w1.narrow(1, i, 1);  // [out, 1]
-      const at::Tensor qi = formats::round_to_grid(wi, spec, scale_k, zero_k);
-      q.narrow(1, i1 + i, 1).copy_(qi);
-      const at::Tensor ei = (wi - qi) / d1[i];  // [out, 1]
-      e1.narrow(1, i, 1).copy_(ei);
+      const formats::GroupRounder& round =
+          static_groups ? rounders[static_cast<size_t>(k)] : *dynamic;
+      const at::Tensor wi = w1.select(0, i);  // [out]
+      const at::Tensor qi = round(wi);
+      qt.select(0, i1 + i).copy_(qi);
+      at::Tensor ei = e1.select(0, i);
+      at::sub_out(ei, wi, qi).div_(d1[i]);
       if (i + 1 < n)
-        w1.narrow(1, i + 1, n - i - 1).sub_(ei * u1.select(0, i).narrow(0, i + 1, n - i - 1));
+        w1.narrow(0, i + 1, n - i - 1)
+            .addr_(u1.select(0, i).narrow(0, i + 1, n - i - 1), ei, 1, -1);
     }
     if (i1 + n < in)
-      w.narrow(1, i1 + n, in - i1 - n).sub_(at::matmul(e1, u.narrow(0, i1, n).narrow(1, i1 + n, in - i1 - n)));
+      wt.narrow(0, i1 + n, in - i1 - n)
+          .sub_(at::matmul(u.narrow(0, i1, n).narrow(1, i1 + n, in - i1 - n).t(), e1));
   }
+  at::Tensor q = qt.t();  // [out, in], permuted order
   if (o.act_order) q = q.index_select(1, at::argsort(perm));
-  r.q = q;
+  r.q = q.contiguous();
   r.grid = grid;
   const at::Tensor h0 = h_in.to(at::kFloat);
   r.error = output_error(w0 - q, h0);

@@ -32,7 +32,8 @@ bool copied_file(const fs::path& p) {
 
 void check_method(const std::string& method, const std::string& what) {
   if (method != "rtn" && method != "gptq" && method != "awq")
-    throw ConfigError(fmt::format("{}: unknown method '{}' (one of: rtn, gptq, awq)", what, method));
+    throw ConfigError(
+        fmt::format("{}: unknown method '{}' (one of: rtn, gptq, awq)", what, method));
 }
 
 bool needs_calibration(const std::string& method) {
@@ -50,7 +51,8 @@ QuantizedLayers quantize_layers(model::Decoder& m, const model::LayerFormats& fo
   QuantizedLayers out;
   for (const auto& id : m.linear_ids()) {
     const auto f = formats.find(id.name());
-    if (f != formats.end()) out[id.name()] = {formats::quantize_rtn(m.linear(id).weight(), f->second), {}};
+    if (f != formats.end())
+      out[id.name()] = {formats::quantize_rtn(m.linear(id).weight(), f->second), {}};
   }
   return out;
 }
@@ -67,9 +69,8 @@ static nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& 
   if (o.method == "gptq")
     j["gptq"] = {{"damp", o.gptq.damp}, {"block", o.gptq.block}, {"act_order", o.gptq.act_order}};
   if (o.method == "awq")
-    j["awq"] = {{"grid", o.awq.grid},
-                {"clip_steps", o.awq.clip_steps},
-                {"max_shrink", o.awq.max_shrink}};
+    j["awq"] = {
+        {"grid", o.awq.grid}, {"clip_steps", o.awq.clip_steps}, {"max_shrink", o.awq.max_shrink}};
   if (!calibration.is_null()) j["calibration"] = calibration;
   return j;
 }

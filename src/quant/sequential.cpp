@@ -59,8 +59,10 @@ void gptq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerF
         continue;
       auto it = std::find_if(sets.begin(), sets.end(),
                              [&](const auto& s) { return s.first.name() == f->second.name(); });
-      if (it == sets.end()) sets.push_back({f->second, {p}});
-      else it->second.push_back(p);
+      if (it == sets.end())
+        sets.push_back({f->second, {p}});
+      else
+        it->second.push_back(p);
     }
     if (sets.empty()) continue;
     Hessian h;
@@ -83,14 +85,14 @@ void gptq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerF
         names += (names.empty() ? "" : "+") + LayerId{b, p}.name();
       }
       const GptqResult r = gptq_quantize(at::cat(ws, 0), h.matrix(), spec, o.gptq, names);
-      log::debug("gptq: {} ({}): output error {:.4g} (RTN {:.4g}), {} dead inputs, damp {}",
-                 names, spec.name(), r.error, r.rtn_error, r.dead, r.damp);
+      log::debug("gptq: {} ({}): output error {:.4g} (RTN {:.4g}), {} dead inputs, damp {}", names,
+                 spec.name(), r.error, r.rtn_error, r.dead, r.damp);
       err += r.error, rtn_err += r.rtn_error;
       int64_t r0 = 0;
       for (Proj p : projs) {
         const int64_t rows = m.linear({b, p}).out_features();
-        QuantizedLayer q{formats::pack_on_grid(r.q.narrow(0, r0, rows), grid_rows(r.grid, r0, rows)),
-                         {}};
+        QuantizedLayer q{
+            formats::pack_on_grid(r.q.narrow(0, r0, rows), grid_rows(r.grid, r0, rows)), {}};
         m.quantize_layer({b, p}, q.packed);
         out[LayerId{b, p}.name()] = std::move(q);
         r0 += rows;
@@ -123,7 +125,8 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
   const Decoder::Snapshot dense = m.snapshot();
   try {
     const int64_t N = calib.size(0), T = calib.size(1), H = m.config().hidden_size;
-    at::Tensor hidden = at::empty({N, T, H}, at::TensorOptions().dtype(m.dtype()).device(m.device()));
+    at::Tensor hidden =
+        at::empty({N, T, H}, at::TensorOptions().dtype(m.dtype()).device(m.device()));
     for (int64_t w = 0; w < N; w += o.batch) {
       const int64_t n = std::min(o.batch, N - w);
       hidden.narrow(0, w, n).copy_(m.embed(calib.narrow(0, w, n)));

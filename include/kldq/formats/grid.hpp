@@ -38,6 +38,22 @@ Grid make_grid(const at::Tensor& w, const FormatSpec& spec);
 // [out] (zero undefined when the format has none) -> [out, k] fp32, the dequantized values.
 at::Tensor round_to_grid(const at::Tensor& w, const FormatSpec& spec, const at::Tensor& scale,
                          const at::Tensor& zero);
+// One group's parameters prepared for rounding many columns (GPTQ rounds one at a time): the
+// values of round_to_grid, with fewer kernel launches for the int formats.
+class GroupRounder {
+ public:
+  // scale, zero: [out] (zero undefined when the format has none).
+  GroupRounder(const FormatSpec& spec, at::Tensor scale, at::Tensor zero);
+  // w: [out] fp32, one column -> its values on the grid, [out] fp32.
+  at::Tensor operator()(const at::Tensor& w) const;
+
+ private:
+  FormatSpec spec_;
+  at::Tensor scale_, zero_, safe_;  // safe_: the scale with 0 replaced by 1 (the divisor)
+  double max_code_ = 0;
+  bool int_ = false;
+};
+
 // The whole weight w: [out, in] rounded onto `grid` -> [out, in] fp32 dequantized values.
 at::Tensor fake_quantize(const at::Tensor& w, const Grid& grid);
 // w: [out, in] (any float dtype; values on the grid stay exactly themselves) -> the stored tensors

@@ -12,8 +12,8 @@
 namespace kldq::quant {
 
 struct GptqOptions {
-  double damp = 0.01;      // dampening, a fraction of the mean diagonal of H
-  int64_t block = 128;     // columns per lazy batch update
+  double damp = 0.01;     // dampening, a fraction of the mean diagonal of H
+  int64_t block = 128;    // columns per lazy batch update
   bool act_order = true;  // columns in order of decreasing H_jj, groups static (llm-compressor's
                           // default, actorder=static)
 };
@@ -31,8 +31,8 @@ class Hessian {
 };
 
 struct GptqResult {
-  at::Tensor q;         // [out, in] fp32: the quantized weight's values, all on `grid`
-  formats::Grid grid;   // pack_on_grid(q, grid) gives the stored tensors
+  at::Tensor q;          // [out, in] fp32: the quantized weight's values, all on `grid`
+  formats::Grid grid;    // pack_on_grid(q, grid) gives the stored tensors
   double damp = 0;       // the dampening that gave a positive definite H (after retries)
   int64_t dead = 0;      // input channels that were zero on every calibration token
   double error = 0;      // tr((W - Q) H (W - Q)^T): the calibration output error, summed
@@ -40,10 +40,10 @@ struct GptqResult {
 };
 
 // w: [out, in] (any float dtype and device), h: [in, in] fp32 on w's device -> w quantized to
-// `spec` (a format with a grid, formats::has_grid; UnsupportedError naming `layer` otherwise). Dead inputs (H_jj = 0) get H_jj = 1: their
-// columns are rounded to nearest and pass no error on. A failed Cholesky factorisation is
-// retried with ten times the dampening (logged, naming `layer`), up to 1e4 x the mean diagonal;
-// an Error (exit 1) naming `layer` after that.
+// `spec` (a format with a grid, formats::has_grid; UnsupportedError naming `layer` otherwise). Dead
+// inputs (H_jj = 0) get H_jj = 1: their columns are rounded to nearest and pass no error on. A
+// failed Cholesky factorisation is retried with ten times the dampening (logged, naming `layer`),
+// up to 1e4 x the mean diagonal; an Error (exit 1) naming `layer` after that.
 GptqResult gptq_quantize(const at::Tensor& w, const at::Tensor& h, const formats::FormatSpec& spec,
                          const GptqOptions& options, const std::string& layer);
 

@@ -67,8 +67,8 @@ struct WriteOptions {
 // `src` by the caller, on its compute device) first. Atomic: `out` appears complete or not at all.
 struct CalibratedSource {
   model::Decoder* decoder = nullptr;
-  at::Tensor calib;              // [N, T] int64
-  nlohmann::json identity;       // the calibration's identity (calib::Calibration)
+  at::Tensor calib;         // [N, T] int64
+  nlohmann::json identity;  // the calibration's identity (calib::Calibration)
 };
 void write_quantized_checkpoint(const std::filesystem::path& src, const std::filesystem::path& out,
                                 const Plan& plan, const MethodOptions& method,
