@@ -28,11 +28,11 @@ for shape in ${KLDQ_GPU_SHAPES:-qwen2.5-1.5b}; do
   for method in ${KLDQ_QUANT_METHODS:-gptq awq rtn}; do
     Q="$MODELS/$shape-$method"
     CAL=""; [ "$method" != rtn ] && CAL="--calib $CALIB --samples 128 --seq-len 512"
-    start=$(date +%s.%N)
+    start=$(python3 -c "import time; print(time.time())")
     "$K" quantize "$M" --base int4 --group 128 --method "$method" $CAL --device cuda --force \
       -o "$Q" > "$OUT/quantize_${shape}_$method.log" 2>&1 \
       || { fail=1; tail -5 "$OUT/quantize_${shape}_$method.log"; continue; }
-    secs=$(echo "$(date +%s.%N) - $start" | bc)
+    secs=$(python3 -c "import time; print(time.time() - $start)")
     grep -E "quantized|calibration output error" "$OUT/quantize_${shape}_$method.log" | sed 's/^/   /' \
       | tee -a "$OUT/check.log"
     E="$OUT/eval_${shape}_$method.json"

@@ -91,7 +91,7 @@ TEST_CASE("experiment: each schema error names the file and key path", "[experim
   has("name: x\nsweep: {base: [nf4, nf5]}\n", "sweep.base[1]: expected a format name");
   has("name: x\nsweep: {base: []}\n",
       "sweep.base: expected a value or a non-empty list, got a list");
-  has("name: x\nprofile: {method: gptq}\n", "profile.method: method gptq is not available yet");
+  has("name: x\nprofile: {method: hqq}\n", "profile.method: expected one of rtn, gptq, awq");
   has("name: x\nsweep: {planner: teleport}\n", "sweep.planner: expected one of restore-top");
   has("name: x\nsweep: {planner: restore-top}\n", "sweep.restore_top: needed by the restore-top");
   has("name: x\nsweep: {budget_bpw: -1}\n", "sweep.budget_bpw: expected bits per weight");
