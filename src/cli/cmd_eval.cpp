@@ -179,8 +179,11 @@ int run_eval(const EvalCliOptions& o) {
   if (!o.reference_predictions.empty() && o.mmlu.empty())
     throw ConfigError("--reference-predictions: needs --mmlu");
   const bool quantize = !o.base.empty() || !o.plan.empty();
-  if (!quantize && (!o.method.method.empty() || !o.method.calib.empty() || o.method.group))
-    throw ConfigError("--method, --group, --calib: quantize in memory; they need --base or --plan");
+  if (!quantize && (!o.method.method.empty() || !o.method.calib.empty() || o.method.group ||
+                    o.method.gptq_given || o.method.window_given))
+    throw ConfigError(
+        "--method, --group, --calib and the method's options quantize in memory; they need --base "
+        "or --plan");
   if (o.kld && !quantize && o.reference.empty())
     throw ConfigError("--kld: needs --reference (or --base/--plan, which use MODEL as reference)");
   const fs::path out = output_path(o.out, "-o");
@@ -224,14 +227,18 @@ int run_eval(const EvalCliOptions& o) {
     ref = model::Decoder::load(o.model, ctx.device, ctx.dtype);
   const std::string ref_name = o.reference.empty() ? (ref ? o.model : "") : o.reference;
 
-  nlohmann::json j = {{"kldq_version", KLDQ_VERSION_STRING},
-                      {"model", o.model},
-                      {"quantization", quantize ? (o.plan.empty() ? o.base : o.plan) : ""},
-                      {"reference", ref_name},
-                      {"dtype", dtype_name(ctx.dtype)},
-                      {"device", ctx.device.str()},
-                      {"device_name", device_description(ctx.device)},
-                      {"batch", o.batch}};
+  nlohmann::json j = {
+      {"kldq_version", KLDQ_VERSION_STRING},
+      {"model", o.model},
+      {"quantization", quantize ? (o.plan.empty() ? plan->base.name() : o.plan) : ""},
+      {"reference", ref_name},
+      {"dtype", dtype_name(ctx.dtype)},
+      {"device", ctx.device.str()},
+      {"device_name", device_description(ctx.device)},
+      {"batch", o.batch}};
+  if (plan)
+    j["method_settings"] = quant::method_json(method_options(o.method, plan->method),
+                                              cal ? cal->identity : nlohmann::json());
   j.update(eval::memory_report(m));
   device_synchronize(ctx.device);
   reset_peak_allocated_bytes(ctx.device);
@@ -354,7 +361,10 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_option("-o,--output", opts->out, "metrics JSON")->required();
   add_method_options(*sub, opts->method, true);
   add_compute_options(*sub, opts->compute);
-  sub->callback([&action, opts] { action = [opts] { return run_eval(*opts); }; });
+  sub->callback([&action, opts, sub] {
+    note_method_options(*sub, opts->method);
+    action = [opts] { return run_eval(*opts); };
+  });
 }
 
 }  // namespace kldq::cli

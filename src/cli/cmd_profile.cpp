@@ -107,8 +107,8 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   device_synchronize(ctx.device);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   nlohmann::json j = profile::to_json(r, po, method.method);
-  if (method.method == "gptq")
-    j["method_settings"] = {{"damp", method.gptq.damp}, {"act_order", method.gptq.act_order}};
+  // The calibration identity is the profile's own ("calibration"): the method fits on it.
+  j["method_settings"] = quant::method_json(method, nlohmann::json());
   j["kldq_version"] = KLDQ_VERSION_STRING;
   j["model"] = o.model;
   j["model_fingerprint"] = io::Checkpoint::open(o.model).fingerprint();
@@ -184,7 +184,10 @@ void register_profile(CLI::App& app, Action& action) {
   sub->add_option("--csv", opts->csv, "the per-unit results also as CSV");
   sub->add_option("-o,--output", opts->out, "profile JSON")->required();
   add_compute_options(*sub, opts->compute);
-  sub->callback([&action, opts] { action = [opts] { return run_profile_cmd(*opts); }; });
+  sub->callback([&action, opts, sub] {
+    note_method_options(*sub, opts->method);
+    action = [opts] { return run_profile_cmd(*opts); };
+  });
 }
 
 }  // namespace kldq::cli

@@ -49,10 +49,15 @@ int run_quantize(const QuantizeOptions& o) {
   const quant::MethodOptions method = method_options(o.method, plan.method);
   log::info("quantize {}: {}/{} with {} override(s) -> {}", o.model, plan.method, plan.base.name(),
             plan.overrides.size(), o.out);
+  if (!quant::needs_calibration(method.method) &&
+      (!o.compute.device.empty() || !o.compute.dtype.empty()))
+    log::warn("--device, --dtype: not used; {} quantizes as it streams the checkpoint on the CPU",
+              method.method);
   quant::CalibratedSource calibrated;
   std::optional<model::Decoder> decoder;
-  if (quant::needs_calibration(method.method)) {
-    const auto cal = method_calibration(o.method, method.method, o.model);
+  // Checked for every method: calibration options given to rtn are an error.
+  const auto cal = method_calibration(o.method, method.method, o.model);
+  if (cal) {
     const RunContext ctx = context_from(o.compute);
     decoder = model::Decoder::load(o.model, ctx.device, ctx.dtype);
     calibrated = {&*decoder, cal->ids, cal->identity};
@@ -84,7 +89,10 @@ void register_quantize(CLI::App& app, Action& action) {
   sub->add_flag("--force", opts->force, "replace an existing checkpoint at the output");
   add_method_options(*sub, opts->method, true);
   add_compute_options(*sub, opts->compute);
-  sub->callback([&action, opts] { action = [opts] { return run_quantize(*opts); }; });
+  sub->callback([&action, opts, sub] {
+    note_method_options(*sub, opts->method);
+    action = [opts] { return run_quantize(*opts); };
+  });
 }
 
 }  // namespace kldq::cli

@@ -17,21 +17,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string describe(const experiment::Stage& s, const experiment::Experiment& e) {
-  if (s.kind == "profile")
-    return fmt::format(
-        "{}/{} {} {}", s.inputs["base"].get<std::string>(), s.inputs["method"].get<std::string>(),
-        s.inputs["granularity"].get<std::string>(), s.inputs["mode"].get<std::string>());
-  if (s.point) return fmt::format("point {}", *s.point);
-  return fmt::format("bf16 model{}{}", e.ppl.empty() ? "" : ", ppl",
-                     e.mmlu.empty() ? "" : ", mmlu");
-}
-
 void dry_run(const experiment::Experiment& e, const RunCliOptions& o,
              const std::vector<size_t>& points) {
-  const RunContext ctx = context_from(o.compute);
-  const nlohmann::json compute = {{"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
-                                  {"dtype", dtype_name(ctx.dtype)}};
+  const nlohmann::json compute = compute_tag(context_from(o.compute));
   std::cout << fmt::format(
       "experiment {} ({}): {} sweep points{}, output {} ({} {})\n", e.name, o.experiment,
       e.points.size(), o.shard.empty() ? "" : fmt::format(", shard {}: {}", o.shard, points.size()),
@@ -50,7 +38,7 @@ void dry_run(const experiment::Experiment& e, const RunCliOptions& o,
       const bool done = fs::is_regular_file(
           fs::path(e.output) / experiment::stage_dir(s) / experiment::stage_artifact(s), ec);
       std::cout << fmt::format("  {:<9}  {}  {:<6}  {}\n", s.kind, s.key, done ? "reuse" : "run",
-                               describe(s, e));
+                               experiment::stage_label(s, e));
     }
   }
 }

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
+
 #include "kldq/core/context.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
@@ -30,6 +32,10 @@ RunContext context_from(const ComputeOptions& opts, uint64_t seed) {
   RunContext ctx = make_context(opts.device, opts.dtype, seed, opts.threads);
   if (cap) limit_device_memory(ctx.device, cap, "--max-gpu-memory " + opts.max_gpu_memory);
   return ctx;
+}
+
+nlohmann::json compute_tag(const RunContext& ctx) {
+  return {{"device", ctx.device.is_cuda() ? "cuda" : "cpu"}, {"dtype", dtype_name(ctx.dtype)}};
 }
 
 uint64_t parse_size(const std::string& text, const std::string& what) {
@@ -81,10 +87,22 @@ void add_method_options(CLI::App& sub, MethodCliOptions& o, bool with_calibratio
   sub.add_option("--seed", o.seed, "calibration window selection seed (default 0)");
 }
 
+void note_method_options(const CLI::App& sub, MethodCliOptions& o) {
+  auto given = [&](const char* name) {
+    const CLI::Option* opt = sub.get_option_no_throw(name);
+    return opt != nullptr && opt->count() > 0;
+  };
+  o.gptq_given = given("--damp") || given("--act-order");
+  o.window_given = given("--samples") || given("--seq-len") || given("--seed");
+}
+
 quant::MethodOptions method_options(const MethodCliOptions& o, const std::string& method) {
   quant::MethodOptions m;
   m.method = !method.empty() ? method : o.method.empty() ? "rtn" : o.method;
   quant::check_method(m.method, "--method");
+  if (o.gptq_given && m.method != "gptq")
+    throw ConfigError(fmt::format(
+        "--damp, --act-order, --no-act-order: settings of gptq, but the method is {}", m.method));
   m.gptq.damp = o.damp;
   m.gptq.act_order = o.act_order;
   return m;
@@ -96,6 +114,10 @@ formats::FormatSpec base_format(const std::string& base, int group, const std::s
   const formats::Blocking b = spec.traits().blocking;
   if (b != formats::Blocking::GROUP && b != formats::Blocking::FLAT_BLOCK)
     throw ConfigError(fmt::format("--group {}: format {} has no groups", group, spec.name()));
+  for (size_t i = base.find('_'); i != std::string::npos; i = base.find('_', i + 1))
+    if (i + 2 < base.size() && (base[i + 1] == 'g' || base[i + 1] == 'b') &&
+        std::isdigit(static_cast<unsigned char>(base[i + 2])))
+      throw ConfigError(fmt::format("--group {}: --base {} already names its group", group, base));
   return formats::FormatSpec::parse(
       fmt::format("{}_{}{}", base, b == formats::Blocking::GROUP ? 'g' : 'b', group), "--group");
 }
@@ -104,8 +126,10 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
                                                      const std::string& method,
                                                      const std::string& model) {
   if (!quant::needs_calibration(method)) {
-    if (!o.calib.empty())
-      log::warn("--calib {}: not used, {} needs no calibration", o.calib, method);
+    if (!o.calib.empty() || o.window_given)
+      throw ConfigError(fmt::format(
+          "--calib, --samples, --seq-len, --seed: {} uses no calibration (gptq and awq do)",
+          method));
     return std::nullopt;
   }
   if (o.calib.empty())

@@ -39,6 +39,9 @@ struct ComputeOptions {
 void add_compute_options(CLI::App& sub, ComputeOptions& opts);
 // The run's context; applies --threads and --max-gpu-memory.
 RunContext context_from(const ComputeOptions& opts, uint64_t seed = 0);
+// What an experiment's stages are keyed by besides their inputs: {"device": "cuda"|"cpu",
+// "dtype": "bf16"|...}.
+nlohmann::json compute_tag(const RunContext& ctx);
 // "22GiB", "512MiB", "24GB", "24" (GiB) -> bytes; ConfigError naming `what` otherwise.
 uint64_t parse_size(const std::string& text, const std::string& what);
 
@@ -52,16 +55,22 @@ struct MethodCliOptions {
   std::string calib;
   int64_t samples = 128, seq_len = 512;
   uint64_t seed = 0;
+  bool gptq_given = false;    // --damp or --[no-]act-order was on the command line
+  bool window_given = false;  // --samples, --seq-len or --seed was
 };
 void add_method_options(CLI::App& sub, MethodCliOptions& opts, bool with_calibration);
-// The method's settings; `method` overrides opts.method when not empty.
+// Records which of those options the command line gave; call from the subcommand's callback.
+void note_method_options(const CLI::App& sub, MethodCliOptions& opts);
+// The method's settings; `method` overrides opts.method when not empty. ConfigError when GPTQ's
+// options were given for another method.
 quant::MethodOptions method_options(const MethodCliOptions& opts, const std::string& method);
 // `base` with --group applied ("int4" + 128 -> int4_g128, "nf4" + 128 -> nf4_b128); ConfigError
-// naming --group for a format without groups.
+// naming --group for a format without groups or a base that already names its group.
 formats::FormatSpec base_format(const std::string& base, int group, const std::string& what);
 // The calibration windows a calibrated method needs (none for rtn), tokenized with `model`'s
-// tokenizer: ConfigError naming --calib when it is missing (checked first), or when the windows
-// are longer than the model's context or hold ids outside its vocabulary.
+// tokenizer: ConfigError naming --calib when it is missing (checked first), when calibration
+// options were given to rtn, or when the windows are longer than the model's context or hold ids
+// outside its vocabulary.
 std::optional<calib::Calibration> method_calibration(const MethodCliOptions& opts,
                                                      const std::string& method,
                                                      const std::string& model);

@@ -86,7 +86,7 @@ class Runner {
       by_key[s.key] = file;
       if (s.kind == "reference") reference = dir.string();
       ++step;
-      const std::string what = describe(s);
+      const std::string what = ex::stage_label(s, e_);
       // A finished point: its plan and eval stages are skipped with it.
       const bool recorded = s.point && done_points.count(eval_key_of(stages, i));
       std::error_code ec;
@@ -129,16 +129,6 @@ class Runner {
     } catch (const IoError& e) {
       log::warn("summary.csv not updated: {}", e.what());
     }
-  }
-
-  std::string describe(const ex::Stage& s) const {
-    if (s.kind == "profile")
-      return fmt::format(
-          "{}/{} {} {}", s.inputs["base"].get<std::string>(), s.inputs["method"].get<std::string>(),
-          s.inputs["granularity"].get<std::string>(), s.inputs["mode"].get<std::string>());
-    if (s.point)
-      return fmt::format("point {} ({})", *s.point, ex::point_label(e_.points[*s.point]));
-    return "bf16 model";
   }
 
   void set_calibration(MethodCliOptions& m) const {
@@ -258,9 +248,7 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
       throw ConfigError(
           fmt::format("{}: models: {} is not a checkpoint (no config.json)", e.path, m));
 
-  const RunContext ctx = context_from(o.compute);
-  const nlohmann::json compute = {{"device", ctx.device.is_cuda() ? "cuda" : "cpu"},
-                                  {"dtype", dtype_name(ctx.dtype)}};
+  const nlohmann::json compute = compute_tag(context_from(o.compute));
   const fs::path out = output_path(e.output, "output");
   std::error_code ec;
   fs::create_directories(out / "stages", ec);

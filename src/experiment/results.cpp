@@ -57,6 +57,15 @@ std::string point_label(const Point& p) {
   return s;
 }
 
+std::string stage_label(const Stage& s, const Experiment& e) {
+  if (s.kind == "profile")
+    return fmt::format(
+        "{}/{} {} {}", s.inputs["base"].get<std::string>(), s.inputs["method"].get<std::string>(),
+        s.inputs["granularity"].get<std::string>(), s.inputs["mode"].get<std::string>());
+  if (s.point) return fmt::format("point {} ({})", *s.point, point_label(e.points.at(*s.point)));
+  return "bf16 model";
+}
+
 std::string runs_file_name(const std::string& shard) {
   if (shard.empty()) return "runs.jsonl";
   // From the numbers, so that "01/2" and "1/2" name one file.

@@ -33,14 +33,15 @@ at::ScalarType fp8_type(Format f) {
   return f == Format::FP8_E5M2 ? at::kFloat8_e5m2 : at::kFloat8_e4m3fn;
 }
 
-at::Tensor nonzero_or_one(const at::Tensor& s) {
-  return at::where(s > 0, s, at::ones_like(s));
+// x in fp8, saturated at the format's largest value: PyTorch's cast gives NaN (e4m3fn) or inf
+// (e5m2) beyond it. RTN never gets there (the scale is the row's absmax / max), but GPTQ's
+// error updates can carry a column past its row's original maximum.
+at::Tensor fp8_codes(const at::Tensor& x, Format f) {
+  return x.clamp(-fp8_max(f), fp8_max(f)).to(fp8_type(f));
 }
 
-// The table values of nf4/fp4 as a tensor on `device`.
-at::Tensor table_values(Format f, c10::Device device) {
-  const auto& t = code_table_4bit(f);
-  return at::tensor(std::vector<float>(t.begin(), t.end())).to(device);
+at::Tensor nonzero_or_one(const at::Tensor& s) {
+  return at::where(s > 0, s, at::ones_like(s));
 }
 
 // Integer codes of w: [out, k] with per-row scale, zero: [out, 1] (nf4/fp4: the table index).
@@ -156,10 +157,12 @@ at::Tensor round_to_grid(const at::Tensor& w, const FormatSpec& spec, const at::
   switch (spec.format) {
     case Format::FP8_E4M3:
     case Format::FP8_E5M2:
-      return (w / scale).to(fp8_type(spec.format)).to(at::kFloat) * scale;
+      return fp8_codes(w / scale, spec.format).to(at::kFloat) * scale;
     case Format::NF4:
     case Format::FP4:
-      return table_values(spec.format, w.device()).index({codes_of(w, spec, scale, zero)}) * scale;
+      return code_search_4bit(spec.format, w.device())
+                 .values.index({codes_of(w, spec, scale, zero)}) *
+             scale;
     case Format::INT8:
       return codes_of(w, spec, scale, zero) * scale;
     default:
@@ -201,7 +204,7 @@ PackedWeight pack_on_grid(const at::Tensor& w_in, const Grid& g) {
   p.in = g.in;
   const int bits = g.spec.traits().code_bits;
   if (g.spec.format == Format::FP8_E4M3 || g.spec.format == Format::FP8_E5M2) {
-    p.codes = (w / g.scale).to(fp8_type(g.spec.format));  // scale [out, 1]: one group per row
+    p.codes = fp8_codes(w / g.scale, g.spec.format);  // scale [out, 1]: one group per row
     p.scales = g.scale.reshape({g.out}).contiguous();
     return p;
   }

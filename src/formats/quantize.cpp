@@ -51,17 +51,24 @@ constexpr std::array<float, 16> kFP4 = {
 
 // The code is the table entry whose interval between midpoints holds x (x on a midpoint takes the
 // lower, as std::lower_bound / searchsorted(side=left)).
-at::Tensor nearest_codes_4bit(const at::Tensor& x, Format f) {
+CodeSearch code_search_4bit(Format f, c10::Device device) {
   const std::array<float, 16>& code = code_table_4bit(f);
   std::array<int64_t, 16> order{};
   for (int i = 0; i < 16; ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return code[a] < code[b]; });
   std::array<float, 15> mid{};
   for (int i = 0; i < 15; ++i) mid[i] = (code[order[i]] + code[order[i + 1]]) / 2;
-  const at::Tensor mids = at::tensor(std::vector<float>(mid.begin(), mid.end())).to(x.device());
-  const at::Tensor lut =
-      at::tensor(std::vector<int64_t>(order.begin(), order.end())).to(x.device());
+  return {at::tensor(std::vector<float>(mid.begin(), mid.end())).to(device),
+          at::tensor(std::vector<int64_t>(order.begin(), order.end())).to(device),
+          at::tensor(std::vector<float>(code.begin(), code.end())).to(device)};
+}
+
+at::Tensor CodeSearch::codes(const at::Tensor& x) const {
   return lut.index({at::searchsorted(mids, x)});
+}
+
+at::Tensor nearest_codes_4bit(const at::Tensor& x, Format f) {
+  return code_search_4bit(f, x.device()).codes(x);
 }
 
 const std::array<float, 16>& code_table_4bit(Format f) {

@@ -1,4 +1,5 @@
-// AWQ (Lin et al. 2023, activation-aware weight quantization) on one decoder block, with the
+// AWQ (Lin et al. 2023, activation-aware weight quantization; their original scale search, without
+// llm-compressor's default weight-magnitude term) on one decoder block, with the
 // scales kept explicit: a scaled layer computes y = (x / s) Q(W diag(s))^T + b (QLinear's input
 // scale), so nothing is folded into the RMSNorms or the previous layer and every layer stays
 // restorable on its own (DESIGN.md section 3; docs/PROTOCOLS.md, "AWQ").
@@ -19,6 +20,7 @@
 #include "awq.hpp"
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include <limits>
 #include <map>
@@ -46,6 +48,7 @@ struct ScaleGroup {
 // up) and down's, each [N, T, in] in the compute dtype.
 std::map<Proj, at::Tensor> capture(Decoder& m, int b, const at::Tensor& hidden, int64_t batch) {
   std::map<Proj, std::vector<at::Tensor>> parts;
+  const Decoder::Observer previous = m.observer();
   m.set_observer([&](LayerId id, const at::Tensor& x) {
     if (id.block == b && (id.proj == Proj::Q || id.proj == Proj::O || id.proj == Proj::GATE ||
                           id.proj == Proj::DOWN))
@@ -55,10 +58,10 @@ std::map<Proj, at::Tensor> capture(Decoder& m, int b, const at::Tensor& hidden, 
     for (int64_t w = 0; w < hidden.size(0); w += batch)
       m.block(b, hidden.narrow(0, w, std::min(batch, hidden.size(0) - w)));
   } catch (...) {
-    m.set_observer({});
+    m.set_observer(previous);
     throw;
   }
-  m.set_observer({});
+  m.set_observer(previous);
   std::map<Proj, at::Tensor> x;
   for (auto& [p, v] : parts) x[p] = at::cat(v, 0);
   return x;
@@ -128,6 +131,11 @@ at::Tensor search_scale(Decoder& m, int b, const ScaleGroup& g, const std::vecto
     if (e < best) best = e, best_s = s;
   }
   for (Proj p : members) m.set_linear({b, p}, dense.at(p));
+  if (!best_s.defined())  // every error NaN: non-finite activations
+    throw Error(
+        fmt::format("awq: model.layers.{}: the scored output is not finite for any scale "
+                    "(non-finite calibration activations?)",
+                    b));
   return best_s;
 }
 

@@ -64,7 +64,7 @@ void apply_layers(model::Decoder& m, const QuantizedLayers& layers) {
   }
 }
 
-static nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& calibration) {
+nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& calibration) {
   nlohmann::json j = {{"method", o.method}};
   if (o.method == "gptq")
     j["gptq"] = {{"damp", o.gptq.damp}, {"block", o.gptq.block}, {"act_order", o.gptq.act_order}};
@@ -132,7 +132,10 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
       if (next_part == parts.size()) {
         const std::string layer = s.layer->name();
         const auto l = layers.find(layer);
-        if (l == layers.end()) {
+        // Dense formats (kept layers) come from the checkpoint, as RTN's do: the calibrated
+        // decoder holds them in its compute dtype, which may round them differently.
+        const formats::Format k = formats.at(layer).format;
+        if (l == layers.end() || k == formats::Format::BF16 || k == formats::Format::FP16) {
           parts = formats::quantize_rtn(ck.tensor(layer + ".weight"), formats.at(layer)).parts();
         } else {
           parts = l->second.packed.to(c10::kCPU).parts();

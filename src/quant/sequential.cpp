@@ -67,16 +67,17 @@ void gptq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerF
     if (sets.empty()) continue;
     Hessian h;
     const Proj first = step.front();
+    const Decoder::Observer previous = m.observer();
     m.set_observer([&](LayerId id, const at::Tensor& x) {
       if (id.block == b && id.proj == first) h.add(x);
     });
     try {
       run_block(m, b, hidden, o.batch, false);
     } catch (...) {
-      m.set_observer({});
+      m.set_observer(previous);
       throw;
     }
-    m.set_observer({});
+    m.set_observer(previous);
     for (const auto& [spec, projs] : sets) {
       std::vector<at::Tensor> ws;
       std::string names;

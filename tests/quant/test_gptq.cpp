@@ -161,3 +161,43 @@ TEST_CASE("gptq: zero inputs, a singular Hessian, non-finite activations", "[qua
   CHECK_THROWS_AS(q::gptq_quantize(w, at::eye(64), f::FormatSpec::parse("bf16"), {}, "x"),
                   kldq::UnsupportedError);
 }
+
+TEST_CASE("gptq: every format with a grid, its stored tensors the RTN format's", "[quant]") {
+  const at::Tensor x = activations(400, 256, 12);
+  at::manual_seed(13);
+  const at::Tensor w = at::randn({32, 256}) * 0.05;
+  const at::Tensor h = 2 * at::matmul(x.t(), x);
+  for (const char* name : {"nf4", "fp4_b128", "int8", "fp8_e4m3", "int4_g64_asym", "int3_g128"}) {
+    for (const bool act_order : {false, true}) {
+      INFO(name << " act_order " << act_order);
+      const auto spec = f::FormatSpec::parse(name);
+      const auto r = q::gptq_quantize(w, h, spec, {0.01, 128, act_order}, name);
+      CHECK(r.error < r.rtn_error);
+      const f::PackedWeight p = f::pack_on_grid(r.q, r.grid);
+      // The same tensors, dtypes and shapes as the format's RTN output, decoding to GPTQ's values.
+      const f::PackedWeight rtn = f::quantize_rtn(w, spec);
+      REQUIRE(p.parts().size() == rtn.parts().size());
+      for (size_t i = 0; i < p.parts().size(); ++i) {
+        CHECK(p.parts()[i].scalar_type() == rtn.parts()[i].scalar_type());
+        CHECK(p.parts()[i].sizes() == rtn.parts()[i].sizes());
+      }
+      CHECK(at::allclose(f::dequantize(p), r.q, 0, 1e-6));
+    }
+  }
+}
+
+TEST_CASE("grids: fp8 saturates beyond its largest value instead of overflowing", "[quant]") {
+  // GPTQ's error updates can carry a column past the row maximum its fp8 scale was taken from;
+  // PyTorch's fp8 cast would then give NaN (e4m3fn) or inf (e5m2).
+  const at::Tensor small = at::full({2, 4}, 1.0), big = at::full({2, 4}, 3.0);
+  for (const auto& [name, max] :
+       std::vector<std::pair<std::string, double>>{{"fp8_e4m3", 448.0}, {"fp8_e5m2", 57344.0}}) {
+    INFO(name);
+    const f::Grid grid = f::make_grid(small, f::FormatSpec::parse(name));  // scale 1 / max
+    const at::Tensor v = f::fake_quantize(big, grid);
+    CHECK(at::allclose(v, at::ones_like(v)));  // saturated at the grid's largest value, 1.0
+    const at::Tensor d = f::dequantize(f::pack_on_grid(big, grid));
+    CHECK(at::allclose(d, at::ones_like(d)));
+    CHECK(grid.scale[0][0].item<double>() == Approx(1.0 / max));
+  }
+}

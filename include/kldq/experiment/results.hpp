@@ -19,6 +19,9 @@ extern const std::vector<std::string> kRecordMetrics;
 
 // A short name of a point: "nf4 rtn linear restore-top 10% by params", "fp8_e4m3 uniform".
 std::string point_label(const Point& p);
+// A stage's name in logs and the dry run: "nf4/rtn linear quantize-one" (a profile), "point 3
+// (nf4 rtn linear restore-top 10% by params)" (a plan or evaluation), "bf16 model" (reference).
+std::string stage_label(const Stage& s, const Experiment& e);
 
 // The runs file of a shard ("" or "i/n", already checked by shard_points): runs.jsonl, or
 // runs.shard-i-of-n.jsonl, so shards that share an output directory never write the same file.

@@ -52,6 +52,8 @@ class GroupRounder {
   at::Tensor scale_, zero_, safe_;  // safe_: the scale with 0 replaced by 1 (the divisor)
   double max_code_ = 0;
   bool int_ = false;
+  CodeSearch search_;  // nf4/fp4: the code tables on the scale's device
+  at::Tensor inv_;     // nf4/fp4: 1 / absmax
 };
 
 // The whole weight w: [out, in] rounded onto `grid` -> [out, in] fp32 dequantized values.

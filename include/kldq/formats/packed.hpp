@@ -51,6 +51,14 @@ PackedWeight quantize_rtn(const at::Tensor& w, const FormatSpec& spec);
 const std::array<float, 16>& code_table_4bit(Format f);
 // x: fp32 in [-1, 1] (any shape and device) -> int64 codes of the nearest table value.
 at::Tensor nearest_codes_4bit(const at::Tensor& x, Format f);
+// The tables nearest_codes_4bit searches, on one device, for callers that search many times.
+struct CodeSearch {
+  at::Tensor mids;    // [15] fp32: midpoints between the sorted code values
+  at::Tensor lut;     // [16] int64: sorted position -> code
+  at::Tensor values;  // [16] fp32: code -> value
+  at::Tensor codes(const at::Tensor& x) const;  // as nearest_codes_4bit
+};
+CodeSearch code_search_4bit(Format f, c10::Device device);
 // Codes [2k] (uint8, < 16) -> bytes [k]: byte i = code(2i) << 4 | code(2i + 1).
 at::Tensor pack_nibbles(const at::Tensor& codes);
 

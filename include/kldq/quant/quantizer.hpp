@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
 
 #include <filesystem>
 #include <map>
@@ -34,6 +35,10 @@ struct MethodOptions {
 void check_method(const std::string& method, const std::string& what);
 // gptq and awq need calibration windows; rtn none.
 bool needs_calibration(const std::string& method);
+
+// The method and its settings as recorded in artifacts: {"method", "gptq": {damp, block,
+// act_order} or "awq": {grid, clip_steps, max_shrink}, "calibration": `calibration` unless null}.
+nlohmann::json method_json(const MethodOptions& options, const nlohmann::json& calibration);
 
 // One layer's quantized form: its stored weight and, for AWQ, the per-input-channel scale the
 // layer divides its input by (QLinear::set_input_scale).
