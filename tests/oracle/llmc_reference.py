@@ -37,7 +37,7 @@ Caveats handled here
 How to run (needs its own venv; llm-compressor is NOT a dependency of the project):
   python3 -m venv /work/llmc-venv && /work/llmc-venv/bin/pip install llmcompressor
   /work/llmc-venv/bin/python tests/oracle/llmc_reference.py [--out tests/data/llmc_reference.json]
-                                                            [--scratch /work/llmc-work]
+                                                            [--scratch DIR]
   (takes about 7 minutes on 2 CPU cores, mostly AWQ's grid search; scratch files go to --scratch)
 
 Versions used for the committed JSON: llmcompressor 0.14.0.1, compressed-tensors 0.19.0,
@@ -50,6 +50,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 
@@ -280,9 +281,12 @@ def ref_ppl(ref_logits, ev):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "data", "llmc_reference.json"))
-    ap.add_argument("--scratch", default="/work/llmc-work")
+    ap.add_argument("--scratch", default=None, help="working directory (default: a new temporary one)")
     ap.add_argument("--methods", default="gptq,awq,rtn")
     args = ap.parse_args()
+    args.out = os.path.abspath(args.out)  # before the chdir below
+    if args.scratch is None:
+        args.scratch = tempfile.mkdtemp(prefix="llmc-reference-")
     os.makedirs(args.scratch, exist_ok=True)
     os.chdir(args.scratch)  # llm-compressor may write logs / caches to the working directory
 
