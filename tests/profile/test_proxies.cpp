@@ -199,7 +199,8 @@ TEST_CASE("proxies: weight, output and Fisher errors against independent computa
     opt.batch = kBatch;
     opt.chunk = 10;
     opt.proxies = true;
-    const profile::Result r = profile::run_profile(m, windows(), kldq::test::rtn_layers(m, opt.base), opt);
+    const profile::Result r =
+        profile::run_profile(m, windows(), kldq::test::rtn_layers(m, opt.base), opt);
     REQUIRE(r.units.size() == (g == profile::Granularity::LINEAR ? 14u : 4u));
     for (const auto& u : r.units) {
       INFO(u.unit.id);
@@ -266,7 +267,8 @@ TEST_CASE("proxies: a bf16 base, nulls in JSON, nothing without the option", "[p
   CHECK(j["units"][1]["weight_sqnr_db"].is_null());
   opt.proxies = false;
   auto m2 = tiny();
-  const auto plain = profile::to_json(profile::run_profile(m2, ids, kldq::test::rtn_layers(m2, opt.base), opt), opt, "rtn");
+  const auto plain = profile::to_json(
+      profile::run_profile(m2, ids, kldq::test::rtn_layers(m2, opt.base), opt), opt, "rtn");
   CHECK_FALSE(plain.contains("proxies"));
   CHECK_FALSE(plain["units"][0].contains("fisher"));
 }
