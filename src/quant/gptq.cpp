@@ -158,7 +158,9 @@ GptqResult gptq_quantize(const at::Tensor& w_in, const at::Tensor& h_in,
   r.grid = grid;
   const at::Tensor h0 = h_in.to(at::kFloat);
   r.error = output_error(w0 - q, h0);
-  r.rtn_error = output_error(w0 - formats::fake_quantize(w0, formats::make_grid(w0, spec)), h0);
+  // Static groups already hold round-to-nearest's grid (from the original weight).
+  const formats::Grid rtn = static_groups ? r.grid : formats::make_grid(w0, spec);
+  r.rtn_error = output_error(w0 - formats::fake_quantize(w0, rtn), h0);
   return r;
 }
 
