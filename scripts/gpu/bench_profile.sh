@@ -8,8 +8,10 @@
 #   scripts/gpu/bench_profile.sh            after scripts/gpu/check.sh has built build-gpu
 # KLDQ_GPU_SHAPES (default "qwen2.5-1.5b qwen2.5-7b"), KLDQ_PROFILE_BATCHES (default "8 16"),
 # KLDQ_PEERS (default "baseline cached"; "" skips them), KLDQ_PROFILE_EXTRA (more kldq options),
-# KLDQ_PROFILE_MODES (default "quantize-one"; add restore-one to time it too). The 1.5B runs
-# cap the allocator at 22 GiB (--max-gpu-memory), what a 24 GB card such as an L4 leaves.
+# KLDQ_PROFILE_MODES (default "quantize-one"; add restore-one to time it too), KLDQ_PEER_LAYERS
+# (hf_baseline times only its first N linears: each costs the same full forward, so its
+# s_per_linear x 196 is the whole profile; saves device time). The 1.5B runs cap the allocator
+# at 22 GiB (--max-gpu-memory), what a 24 GB card such as an L4 leaves.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${OUT:-$ROOT/gpu-out}"
@@ -54,7 +56,7 @@ PYEOF
   for peer in ${KLDQ_PEERS-baseline cached}; do
     case $peer in
       baseline) "$PY" "$BENCH/hf_baseline.py" --shape "$shape" --calib-seqs 64 --seq-len 512 --batch 8 \
-                  2>/dev/null | grep -E '"kld_profile_nf4"|peak_mem' ;;
+                  --layers "${KLDQ_PEER_LAYERS:-0}" 2>/dev/null | grep -E '"kld_profile_nf4"|peak_mem' ;;
       cached) (cd "$BENCH" && "$PY" hf_cached_profile.py --shape "$shape" --calib-seqs 64 --seq-len 512 \
                   --batch 8 2>/dev/null) ;;
     esac | sed "s/^/{\"peer\":\"hf_$peer\",\"shape\":\"$shape\",\"line\":/; s/$/}/" \

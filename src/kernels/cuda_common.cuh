@@ -38,6 +38,31 @@ __device__ float round_to(float v) {
   return Conv<T>::to_float(Conv<T>::from_float(v));
 }
 
+// N elements of T moved as one aligned load or store (8 or 16 bytes): the memory-bound kernels
+// read and write whole vectors, not 2-byte scalars. Callers check alignment (aligned() below).
+template <class T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T e[N];
+};
+
+template <class T, int N>
+__device__ inline Pack<T, N> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, N>*>(p);
+}
+
+template <class T, int N>
+__device__ inline void store_pack(T* p, const Pack<T, N>& v) {
+  *reinterpret_cast<Pack<T, N>*>(p) = v;
+}
+
+inline int64_t element_size(Dtype t) {
+  return t == Dtype::F32 ? 4 : 2;
+}
+
+inline bool aligned(const void* p, int64_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) == 0;
+}
+
 inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)

@@ -3,9 +3,14 @@
 // intermediate. Replaces five fp32 passes of ATen ops (two log-softmaxes, exp, difference,
 // product-sum) that write and re-read 4 bytes per logit.
 //
-// Per thread, online over its elements (sums in double): for q, the running max m_q and
-// s_q = sum exp(z_q - m_q); for r the same, and a_r = sum exp(z_r - m_r) (z_r - z_q), rescaled
-// with s_r whenever m_r grows; the first argmax of each row. Block reduction merges them; then
+// Per thread, online over its elements, a vector (16 bytes of each row) at a time: for q, the
+// running max m_q and s_q = sum exp(z_q - m_q); for r the same, and a_r = sum exp(z_r - m_r)
+// (z_r - z_q), rescaled with s_r whenever m_r grows; the first argmax of each row. A vector's
+// terms are summed in fp32 (at most 8 of them, each already an fp32 exp), the running sums are
+// kept in double: per-element double arithmetic made the kernel arithmetic-bound at a third of
+// the memory bandwidth, and 8-term fp32 partials add rounding no larger than the exps' own
+// (random, about 1e-7 of a term, so it averages out over a row).
+// Block reduction merges them; then
 //   lse = m + log s,  KL = a_r / s_r - (lse_r - lse_q).
 // a_r and s_r always carry the same rescaling factors, so their ratio is the p-weighted mean of
 // z_r - z_q without the factors' rounding; identical rows give exactly 0 (a_r = 0, lse_r = lse_q),
@@ -22,19 +27,32 @@ namespace kldq::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// exp(x) as 2^(x log2 e): the hardware's 2^x (relative error about 2^-22) and one product, half
+// the instructions of the accurate expf; the product's rounding moves a term by about 1e-7 of
+// itself where it matters (x within a few units of the max), like expf's own ulp.
+constexpr float kLog2e = 1.4426950408889634f;
 
 struct Soft {  // running max m, sum of exp(z - m), and a = sum exp(z - m) d for a per-element d
   float m = -INFINITY;
   double s = 0, a = 0;
-  __device__ void add(float z, double d = 0) {
-    if (z == -INFINITY) return;  // a masked logit: probability 0 (and no -inf - -inf NaN)
-    if (z > m) {
-      const double f = static_cast<double>(expf(m - z));
-      s = s * f + 1.0, a = a * f + d, m = z;
-    } else {
-      const double e = static_cast<double>(expf(z - m));
-      s += e, a += e * d;
+  // Adds the N elements z[k], zmax their maximum; with `other`, d = z - other (z_r - z_q in
+  // fp32: exact for 16-bit logits within a factor 2^15 of each other; +inf where only q is
+  // masked, so KL is infinite).
+  template <int N>
+  __device__ void add(const float (&z)[N], float zmax, const float* other) {
+    if (zmax == -INFINITY) return;  // all masked: probability 0 (and no -inf - -inf NaN)
+    if (zmax > m) {
+      const double f = static_cast<double>(expf(m - zmax));  // 0 while m is still -inf
+      s *= f, a *= f, m = zmax;
     }
+    float ps = 0.f, pa = 0.f;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      const float e = exp2f((z[k] - m) * kLog2e);
+      ps += e;
+      if (other && z[k] != -INFINITY) pa += e * (z[k] - other[k]);
+    }
+    s += ps, a += pa;
   }
   __device__ void merge(const Soft& o) {
     if (o.m == -INFINITY) return;
@@ -51,27 +69,41 @@ struct Soft {  // running max m, sum of exp(z - m), and a = sum exp(z - m) d for
 struct Best {  // first argmax
   float v = -INFINITY;
   int64_t i = INT64_MAX;
-  __device__ void add(float z, int64_t idx) {
-    if (z > v || (z == v && idx < i)) v = z, i = idx;
+  // Elements base .. base + N - 1, after every smaller index of this thread; zmax their maximum.
+  template <int N>
+  __device__ void add(const float (&z)[N], float zmax, int64_t base) {
+    if (!(zmax > v)) return;  // a tie keeps the earlier index
+#pragma unroll
+    for (int k = 0; k < N; ++k)
+      if (z[k] == zmax) {
+        v = zmax, i = base + k;
+        return;
+      }
   }
 };
 
-// Calls f(zq, zr, index) for this thread's elements of the two rows, in increasing index order.
+// Calls f(zq, zr, qmax, rmax, base) for this thread's elements of the two rows, a vector of N
+// (16 bytes) or a single element at a time, in increasing index order.
 template <class T, bool VEC, class F>
 __device__ void for_row(const T* q, const T* r, int64_t vocab, F&& f) {
   if constexpr (VEC) {
     constexpr int N = 16 / sizeof(T);
     for (int64_t base = int64_t(threadIdx.x) * N; base < vocab; base += int64_t(kThreads) * N) {
-      const uint4 rq = *reinterpret_cast<const uint4*>(q + base);
-      const uint4 rr = *reinterpret_cast<const uint4*>(r + base);
-      const T* eq = reinterpret_cast<const T*>(&rq);
-      const T* er = reinterpret_cast<const T*>(&rr);
+      const Pack<T, N> pq = load_pack<T, N>(q + base), pr = load_pack<T, N>(r + base);
+      float zq[N], zr[N];
+      float mq = -INFINITY, mr = -INFINITY;
 #pragma unroll
-      for (int k = 0; k < N; ++k) f(Conv<T>::to_float(eq[k]), Conv<T>::to_float(er[k]), base + k);
+      for (int k = 0; k < N; ++k) {
+        zq[k] = Conv<T>::to_float(pq.e[k]), zr[k] = Conv<T>::to_float(pr.e[k]);
+        mq = fmaxf(mq, zq[k]), mr = fmaxf(mr, zr[k]);
+      }
+      f(zq, zr, mq, mr, base);
     }
   } else {
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
-      f(Conv<T>::to_float(q[i]), Conv<T>::to_float(r[i]), i);
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      const float zq[1] = {Conv<T>::to_float(q[i])}, zr[1] = {Conv<T>::to_float(r[i])};
+      f(zq, zr, zq[0], zr[0], i);
+    }
   }
 }
 
@@ -102,9 +134,8 @@ __global__ void __launch_bounds__(kThreads)
 
   Soft sq, sr;
   Best bq, br;
-  for_row<T, VEC>(q, r, vocab, [&](float zq, float zr, int64_t i) {
-    // z_r - z_q in double: exact for finite floats; +inf where only q is masked (KL is infinite).
-    sq.add(zq), sr.add(zr, double(zr) - double(zq)), bq.add(zq, i), br.add(zr, i);
+  for_row<T, VEC>(q, r, vocab, [&](const auto& zq, const auto& zr, float mq, float mr, int64_t i) {
+    sq.add(zq, mq, nullptr), sr.add(zr, mr, zq), bq.add(zq, mq, i), br.add(zr, mr, i);
   });
   auto merge_soft = [](Soft& a, const Soft& b) { a.merge(b); };
   auto merge_best = [](Best& a, const Best& b) {

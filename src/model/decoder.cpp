@@ -103,8 +103,16 @@ at::Tensor Decoder::run_blocks(int begin, int end, at::Tensor hidden) const {
   return hidden;
 }
 
+at::Tensor Decoder::final_norm(const at::Tensor& hidden) const {
+  return kernels::rms_norm(hidden, final_norm_, config_.rms_norm_eps);
+}
+
+at::Tensor Decoder::logits(const at::Tensor& normed) const {
+  return at::linear(normed, lm_head_);
+}
+
 at::Tensor Decoder::head(const at::Tensor& hidden) const {
-  return at::linear(kernels::rms_norm(hidden, final_norm_, config_.rms_norm_eps), lm_head_);
+  return logits(final_norm(hidden));
 }
 
 at::Tensor Decoder::forward(const at::Tensor& ids) const {

@@ -37,12 +37,12 @@ struct Scores {
 // positions 0..T-2 (each predicts the next calibration token), LM heads a chunk of positions at
 // a time. Each chunk's reference logits are computed once and shared by every state: for
 // 1.5B the LM head is a third of a unit's work, so scoring units in groups removes most of the
-// reference's share.
+// reference's share. Each state is normalised once, over all its windows, before its chunks.
 void score(const Decoder& m, const std::vector<at::Tensor>& hs, const at::Tensor& h_ref,
            const at::Tensor& ids, int64_t chunk, std::vector<Scores>& out) {
   const int64_t B = h_ref.size(0), T = h_ref.size(1), H = h_ref.size(2), rows = B * (T - 1);
-  auto positions = [&](const at::Tensor& h) {  // [B*(T-1), H]
-    return h.narrow(1, 0, T - 1).reshape({rows, H});
+  auto positions = [&](const at::Tensor& h) {  // normed [B*(T-1), H]
+    return m.final_norm(h).narrow(1, 0, T - 1).reshape({rows, H});
   };
   const at::Tensor hr = positions(h_ref);
   std::vector<at::Tensor> hq;
@@ -50,10 +50,10 @@ void score(const Decoder& m, const std::vector<at::Tensor>& hs, const at::Tensor
   const at::Tensor tgt = ids.narrow(1, 1, T - 1).reshape({rows}).to(m.device());
   for (int64_t r = 0; r < rows; r += chunk) {
     const int64_t len = std::min(chunk, rows - r);
-    const at::Tensor ref = m.head(hr.narrow(0, r, len).unsqueeze(0)).squeeze(0);  // [len, V]
+    const at::Tensor ref = m.logits(hr.narrow(0, r, len));  // [len, V]
     for (size_t k = 0; k < hq.size(); ++k) {
-      const auto t = kernels::token_kl(m.head(hq[k].narrow(0, r, len).unsqueeze(0)).squeeze(0), ref,
-                                       tgt.narrow(0, r, len));
+      const auto t =
+          kernels::token_kl(m.logits(hq[k].narrow(0, r, len)), ref, tgt.narrow(0, r, len));
       out[k].kl.push_back(t.kl);
       out[k].top1.push_back(t.same_top1);
     }

@@ -35,7 +35,8 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
   at::manual_seed(3);
   for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
     auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
-    for (int64_t h : {64, 172, 1536, 3584}) {
+    // h % 4 == 0 takes the vector loads; 170 the scalar path.
+    for (int64_t h : {64, 170, 172, 1536, 3584}) {
       INFO("dtype " << c10::toString(dtype) << " h " << h);
       const at::Tensor x = at::randn({3, 37, h}, opts) * 2;
       const at::Tensor d = at::randn({3, 37, h}, opts);
@@ -61,18 +62,28 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
         CHECK(at::equal(kldq::kernels::rms_norm(few, w, 1e-6), hf_rms_norm(few, w, 1e-6)));
       }
     }
-    // RoPE on a strided view, as the decoder passes the q part of the fused qkv output.
-    const at::Tensor qkv = at::randn({2, 19, 4 * 16 + 2 * 2 * 16}, opts);
-    const at::Tensor q = qkv.narrow(-1, 0, 64).view({2, 19, 4, 16});
-    const at::Tensor ang = at::rand({19, 16}, opts.dtype(at::kFloat)) * 6;
-    const at::Tensor cos = ang.cos().to(dtype), sin = ang.sin().to(dtype);
-    const at::Tensor got = kldq::kernels::rope(q, cos, sin);
-    CHECK(got.is_contiguous());
-    CHECK(at::equal(got, hf_rope(q, cos, sin)));
-    // SwiGLU on a fused gate|up output with an odd width.
-    const at::Tensor gu = at::randn({5, 7, 2 * 172}, opts) * 3;
-    const at::Tensor want_act = at::silu(gu.narrow(-1, 0, 172)) * gu.narrow(-1, 172, 172);
-    CHECK(max_ulps(kldq::kernels::silu_mul(gu), want_act) <= (dtype == at::kFloat ? 4.0 : 0.0));
+    // RoPE on a strided view, as the decoder passes the q part of the fused qkv output: head
+    // dims 16 and 128 take the vector path (d/2 a multiple of 16 bytes), 18 the scalar one.
+    for (int64_t d : {16, 18, 128}) {
+      INFO("rope d " << d);
+      const at::Tensor qkv = at::randn({2, 19, 4 * d + 2 * 2 * d}, opts);
+      const at::Tensor q = qkv.narrow(-1, 0, 4 * d).view({2, 19, 4, d});
+      const at::Tensor k = qkv.narrow(-1, 4 * d, 2 * d).view({2, 19, 2, d});
+      const at::Tensor ang = at::rand({19, d}, opts.dtype(at::kFloat)) * 6;
+      const at::Tensor cos = ang.cos().to(dtype), sin = ang.sin().to(dtype);
+      const at::Tensor got = kldq::kernels::rope(q, cos, sin);
+      CHECK(got.is_contiguous());
+      CHECK(at::equal(got, hf_rope(q, cos, sin)));
+      CHECK(at::equal(kldq::kernels::rope(k, cos, sin), hf_rope(k, cos, sin)));
+    }
+    // SwiGLU on a fused gate|up output: widths 1024 and 8960 (vector path) and 172 (scalar for
+    // 16-bit types), and more rows than the vector kernel's grid covers at once.
+    for (auto [rows, width] : {std::pair<int64_t, int64_t>{35, 172}, {35, 8960}, {9000, 1024}}) {
+      INFO("silu_mul rows " << rows << " width " << width);
+      const at::Tensor gu = at::randn({rows, 2 * width}, opts) * 3;
+      const at::Tensor want_act = at::silu(gu.narrow(-1, 0, width)) * gu.narrow(-1, width, width);
+      CHECK(max_ulps(kldq::kernels::silu_mul(gu), want_act) <= (dtype == at::kFloat ? 4.0 : 0.0));
+    }
   }
 }
 

@@ -44,8 +44,11 @@ class Decoder {
   // on the normed h [B, T, H] -> down_proj's output [B, T, H] (AWQ scores scales on them).
   at::Tensor attention(int i, const at::Tensor& h) const;
   at::Tensor mlp(int i, const at::Tensor& h) const;
-  // Final RMSNorm + LM head: hidden [B, T, H] -> logits [B, T, V] (compute dtype).
+  // Final RMSNorm + LM head: hidden [B, T, H] -> logits [B, T, V] (compute dtype); the two
+  // halves apart, for callers that normalise once and take logits a chunk of rows at a time.
   at::Tensor head(const at::Tensor& hidden) const;
+  at::Tensor final_norm(const at::Tensor& hidden) const;  // [..., H] -> [..., H]
+  at::Tensor logits(const at::Tensor& normed) const;      // [..., H] -> [..., V]
   // embed -> all blocks -> head.
   at::Tensor forward(const at::Tensor& ids) const;
 
