@@ -92,11 +92,31 @@ void note_method_options(const CLI::App& sub, MethodCliOptions& o) {
     const CLI::Option* opt = sub.get_option_no_throw(name);
     return opt != nullptr && opt->count() > 0;
   };
-  o.gptq_given = given("--damp") || given("--act-order");
-  o.window_given = given("--samples") || given("--seq-len") || given("--seed");
+  o.damp_given = given("--damp");
+  o.act_order_given = given("--act-order");
+  o.samples_given = given("--samples");
+  o.seq_len_given = given("--seq-len");
+  o.seed_given = given("--seed");
+  o.gptq_given = o.damp_given || o.act_order_given;
+  o.window_given = o.samples_given || o.seq_len_given || o.seed_given;
 }
 
-quant::MethodOptions method_options(const MethodCliOptions& o, const std::string& method) {
+namespace {
+
+// A plan's recorded settings when they are of `method` (a --method that overrides the plan's
+// makes them not apply).
+std::optional<quant::RecordedMethod> recorded_for(const nlohmann::json& recorded,
+                                                  const std::string& method) {
+  if (recorded.is_null()) return std::nullopt;
+  quant::RecordedMethod r = quant::method_from_json(recorded, "plan method_settings");
+  if (r.options.method != method) return std::nullopt;
+  return r;
+}
+
+}  // namespace
+
+quant::MethodOptions method_options(const MethodCliOptions& o, const std::string& method,
+                                    const nlohmann::json& recorded) {
   quant::MethodOptions m;
   m.method = !method.empty() ? method : o.method.empty() ? "rtn" : o.method;
   quant::check_method(m.method, "--method");
@@ -105,6 +125,12 @@ quant::MethodOptions method_options(const MethodCliOptions& o, const std::string
         "--damp, --act-order, --no-act-order: settings of gptq, but the method is {}", m.method));
   m.gptq.damp = o.damp;
   m.gptq.act_order = o.act_order;
+  if (const auto r = recorded_for(recorded, m.method)) {
+    m.gptq = r->options.gptq;
+    m.awq = r->options.awq;
+    if (o.damp_given) m.gptq.damp = o.damp;
+    if (o.act_order_given) m.gptq.act_order = o.act_order;
+  }
   return m;
 }
 
@@ -124,7 +150,8 @@ formats::FormatSpec base_format(const std::string& base, int group, const std::s
 
 std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
                                                      const std::string& method,
-                                                     const std::string& model) {
+                                                     const std::string& model,
+                                                     const nlohmann::json& recorded) {
   if (!quant::needs_calibration(method)) {
     if (!o.calib.empty() || o.window_given)
       throw ConfigError(fmt::format(
@@ -132,16 +159,37 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
           method));
     return std::nullopt;
   }
-  if (o.calib.empty())
+  calib::CalibrationSpec spec{o.calib, o.samples, o.seq_len, o.seed};
+  const auto r = recorded_for(recorded, method);
+  const auto rc = r ? r->calibration : std::nullopt;
+  if (rc) {  // the plan's windows, where the command line names none
+    if (!o.samples_given) spec.samples = rc->samples;
+    if (!o.seq_len_given) spec.seq_len = rc->seq_len;
+    if (!o.seed_given) spec.seed = rc->seed;
+    if (o.calib.empty()) {
+      if (!std::filesystem::is_regular_file(rc->file))
+        throw ConfigError(fmt::format(
+            "plan method_settings.calibration.file {}: not found; give the text with --calib",
+            rc->file));
+      spec.file = rc->file;
+      log::info("calibration from the plan: {} x {} tokens of {} (seed {})", spec.samples,
+                spec.seq_len, rc->file, spec.seed);
+    }
+  }
+  if (spec.file.empty())
     throw ConfigError(fmt::format("--method {}: needs calibration text (--calib FILE)", method));
   const model::ModelConfig config =
       model::load_config(std::filesystem::path(model) / "config.json");
   const auto tokenizer = io::Tokenizer::load(model);
-  if (o.seq_len > config.max_position_embeddings)
-    throw ConfigError(fmt::format("--seq-len {} exceeds the model's context of {}", o.seq_len,
+  if (spec.seq_len > config.max_position_embeddings)
+    throw ConfigError(fmt::format("--seq-len {} exceeds the model's context of {}", spec.seq_len,
                                   config.max_position_embeddings));
-  calib::Calibration cal =
-      calib::make_calibration({o.calib, o.samples, o.seq_len, o.seed}, *tokenizer);
+  calib::Calibration cal = calib::make_calibration(spec, *tokenizer);
+  if (rc && cal.identity["sha256"] != rc->sha256)
+    log::warn(
+        "calibration {}: not the text the plan's layers were fitted on ({}, sha256 {}): "
+        "the layers will differ from the plan's",
+        spec.file.string(), rc->file, rc->sha256);
   if (cal.ids.max().item<int64_t>() >= config.vocab_size)
     throw ConfigError(
         fmt::format("--calib: the tokenizer produced ids outside the model's vocabulary of {}",

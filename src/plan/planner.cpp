@@ -13,6 +13,7 @@
 #include "kldq/build_config.hpp"
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/quant/quantizer.hpp"
 
 namespace kldq::plan {
 namespace {
@@ -75,6 +76,7 @@ void check_compatible(const std::vector<Profile>& ps) {
     differs("model fingerprint", a.fingerprint, p.fingerprint);
     differs("calibration", a.calibration.dump(), p.calibration.dump());
     differs("method", a.method, p.method);
+    differs("method settings", a.method_settings.dump(), p.method_settings.dump());
     differs("mode", a.mode, p.mode);
     differs("granularity", a.granularity, p.granularity);
     if (p.units.size() != a.units.size())
@@ -184,6 +186,14 @@ Profile Profile::from_json(const json& j, const std::string& path) {
                     path));
   p.fingerprint = text(j, "model_fingerprint", path);
   p.calibration = at(j, "calibration", path);
+  if (j.contains("method_settings")) {
+    const quant::RecordedMethod r =
+        quant::method_from_json(j["method_settings"], path + ": method_settings");
+    if (r.options.method != p.method)
+      throw ConfigError(fmt::format("{}: method_settings.method: {}, but the method is {}", path,
+                                    r.options.method, p.method));
+    p.method_settings = j["method_settings"];
+  }
   p.baseline_kl = number(j, "baseline_kl", path);
   const json& units = at(j, "units", path);
   if (!units.is_array() || units.empty())
@@ -276,6 +286,11 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
   quant::Plan plan;
   plan.method = anchor.method;
   plan.base = cands[base].spec;
+  // The settings the profile's layers were fitted with, and for gptq/awq the windows they were
+  // fitted on (the profile's calibration): quantize --plan re-fits those layers.
+  plan.method_settings = anchor.method_settings;
+  if (!plan.method_settings.is_null() && quant::needs_calibration(anchor.method))
+    plan.method_settings["calibration"] = anchor.calibration;
   uint64_t bytes = 0;
   double predicted = anchor.baseline_kl;
   json formats = json::object();

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "kldq/core/error.hpp"
+#include "kldq/io/json_util.hpp"
 
 namespace kldq::quant {
 namespace {
@@ -28,17 +29,6 @@ bool glob_match(std::string_view pattern, std::string_view text) {
   }
   while (p < pattern.size() && pattern[p] == '*') ++p;
   return p == pattern.size();
-}
-
-const nlohmann::json& member(const nlohmann::json& j, const char* key, const std::string& where) {
-  if (!j.contains(key)) throw ConfigError(fmt::format("{}.{}: missing", where, key));
-  return j[key];
-}
-
-std::string string_at(const nlohmann::json& j, const std::string& path) {
-  if (!j.is_string())
-    throw ConfigError(fmt::format("{}: expected a string, got {}", path, j.dump()));
-  return j.get<std::string>();
 }
 
 }  // namespace
@@ -85,15 +75,14 @@ nlohmann::json Plan::to_json() const {
     ov.push_back({{"layers", o.layers.pattern()}, {"format", o.format.name()}});
   nlohmann::json j = {{"method", method}, {"base", base.name()}, {"overrides", ov}};
   if (!planner.is_null()) j["planner"] = planner;
+  if (!method_settings.is_null()) j["method_settings"] = method_settings;
   return j;
 }
 
 Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
-  if (!j.is_object()) throw ConfigError(fmt::format("{}: expected an object", where));
-  for (const auto& [key, value] : j.items())
-    if (key != "method" && key != "base" && key != "overrides" && key != "layers" &&
-        key != "kldq_version" && key != "planner" && key != "method_settings")
-      throw ConfigError(fmt::format("{}.{}: unknown key", where, key));
+  io::json_keys(
+      j, {"method", "base", "overrides", "layers", "kldq_version", "planner", "method_settings"},
+      where);
   Plan p;
   if (j.contains("planner")) {
     if (!j["planner"].is_object())
@@ -102,24 +91,35 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
     // The keys kldq reads back (quantize and eval check the fingerprint; eval reports the
     // prediction); the rest of the record is carried as written.
     for (const char* key : {"model", "model_fingerprint"})
-      if (p.planner.contains(key)) string_at(p.planner[key], where + ".planner." + key);
+      if (p.planner.contains(key)) io::json_string(p.planner[key], where + ".planner." + key);
     if (p.planner.contains("predicted_kl") && !p.planner["predicted_kl"].is_number())
       throw ConfigError(fmt::format("{}.planner.predicted_kl: expected a number", where));
   }
   if (j.contains("method")) {
-    p.method = string_at(j["method"], where + ".method");
+    p.method = io::json_string(j["method"], where + ".method");
     check_method(p.method, where + ".method");
   }
-  p.base = formats::FormatSpec::parse(string_at(member(j, "base", where), where + ".base"),
-                                      where + ".base");
+  if (j.contains("method_settings")) {
+    // Checked here, read back by quantize and eval (RecordedMethod).
+    const std::string at = where + ".method_settings";
+    const RecordedMethod r = method_from_json(j["method_settings"], at);
+    if (r.options.method != p.method)
+      throw ConfigError(fmt::format("{}.method: {}, but the plan's method is {}", at,
+                                    r.options.method, p.method));
+    p.method_settings = j["method_settings"];
+  }
+  p.base = formats::FormatSpec::parse(
+      io::json_string(io::json_member(j, "base", where), where + ".base"), where + ".base");
   if (j.contains("overrides")) {
     const auto& ov = j["overrides"];
     if (!ov.is_array()) throw ConfigError(fmt::format("{}.overrides: expected a list", where));
     for (size_t i = 0; i < ov.size(); ++i) {
       const std::string at = fmt::format("{}.overrides[{}]", where, i);
       if (!ov[i].is_object()) throw ConfigError(fmt::format("{}: expected an object", at));
-      const std::string pattern = string_at(member(ov[i], "layers", at), at + ".layers");
-      const std::string format = string_at(member(ov[i], "format", at), at + ".format");
+      const std::string pattern =
+          io::json_string(io::json_member(ov[i], "layers", at), at + ".layers");
+      const std::string format =
+          io::json_string(io::json_member(ov[i], "format", at), at + ".format");
       p.overrides.push_back({LayerSelector(pattern, at + ".layers"),
                              formats::FormatSpec::parse(format, at + ".format")});
     }

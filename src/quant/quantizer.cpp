@@ -75,6 +75,54 @@ nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& calibra
   return j;
 }
 
+RecordedMethod method_from_json(const nlohmann::json& j, const std::string& where) {
+  io::json_keys(j, {"method", "gptq", "awq", "calibration"}, where);
+  RecordedMethod r;
+  MethodOptions& o = r.options;
+  o.method = io::json_string(io::json_member(j, "method", where), where + ".method");
+  check_method(o.method, where + ".method");
+  for (const char* m : {"gptq", "awq"})
+    if (j.contains(m) && o.method != m)
+      throw ConfigError(
+          fmt::format("{}.{}: settings of {}, but the method is {}", where, m, m, o.method));
+  if (j.contains("gptq")) {
+    const std::string at = where + ".gptq";
+    const nlohmann::json& g = j["gptq"];
+    io::json_keys(g, {"damp", "block", "act_order"}, at);
+    // The ranges the command line accepts (--damp) and the lazy batch a kernel can take.
+    o.gptq.damp = io::json_number(io::json_member(g, "damp", at), at + ".damp", 0.0, 1e4);
+    o.gptq.block = io::json_int(io::json_member(g, "block", at), at + ".block", 1, 1 << 16);
+    o.gptq.act_order = io::json_bool(io::json_member(g, "act_order", at), at + ".act_order");
+  }
+  if (j.contains("awq")) {
+    const std::string at = where + ".awq";
+    const nlohmann::json& a = j["awq"];
+    io::json_keys(a, {"grid", "clip_steps", "max_shrink"}, at);
+    o.awq.grid =
+        static_cast<int>(io::json_int(io::json_member(a, "grid", at), at + ".grid", 1, 1000));
+    o.awq.clip_steps = static_cast<int>(
+        io::json_int(io::json_member(a, "clip_steps", at), at + ".clip_steps", 1, 1000));
+    o.awq.max_shrink =
+        io::json_number(io::json_member(a, "max_shrink", at), at + ".max_shrink", 0.0, 0.99);
+  }
+  if (j.contains("calibration")) {
+    const std::string at = where + ".calibration";
+    const nlohmann::json& c = j["calibration"];
+    io::json_keys(c, {"file", "sha256", "samples", "seq_len", "seed", "file_tokens"}, at);
+    RecordedCalibration rc;
+    rc.file = io::json_string(io::json_member(c, "file", at), at + ".file");
+    rc.sha256 = io::json_string(io::json_member(c, "sha256", at), at + ".sha256");
+    rc.samples = io::json_int(io::json_member(c, "samples", at), at + ".samples", 1, INT64_MAX);
+    rc.seq_len = io::json_int(io::json_member(c, "seq_len", at), at + ".seq_len", 2, 1 << 20);
+    const nlohmann::json& seed = io::json_member(c, "seed", at);
+    if (!seed.is_number_unsigned() && !(seed.is_number_integer() && seed.get<int64_t>() >= 0))
+      throw ConfigError(fmt::format("{}.seed: expected an integer >= 0, got {}", at, seed.dump()));
+    rc.seed = seed.get<uint64_t>();
+    r.calibration = rc;
+  }
+  return r;
+}
+
 void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, const Plan& plan,
                                 const MethodOptions& method, const CalibratedSource& calibrated,
                                 const WriteOptions& options) {

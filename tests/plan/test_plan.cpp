@@ -133,6 +133,16 @@ TEST_CASE("planner: restore-top, uniform and random on a hand-made profile", "[p
   CHECK(formats_of(p) == std::vector<std::string>{"nf4", "bf16", "bf16", "nf4"});
   CHECK(p.planner["predicted_kl"].get<double>() == Approx(0.4));
   CHECK(p.planner["bits_per_weight"].get<double>() == Approx(10.0));
+  CHECK(p.method_settings.is_null());  // a profile without recorded settings
+  // A gptq profile's settings, and its calibration (the windows it fitted on), go into the plan.
+  std::vector<plan::Profile> gptq = nf4;
+  gptq[0].method = "gptq";
+  gptq[0].method_settings = {{"method", "gptq"},
+                             {"gptq", {{"damp", 0.05}, {"block", 128}, {"act_order", true}}}};
+  const auto pg = plan::make_plan(gptq, r);
+  CHECK(pg.method == "gptq");
+  CHECK(pg.method_settings["gptq"]["damp"] == 0.05);
+  CHECK(pg.method_settings["calibration"] == gptq[0].calibration);
 
   r = {};
   r.strategy = plan::Strategy::UNIFORM;
@@ -211,6 +221,10 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
   CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), profile("nf4", 1, 0.5)}, r),
                     HasText("a second profile with base nf4"));
   other = profile("int8", 0.1, 1.0);
+  other.method_settings = {{"method", "rtn"}};
+  CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), other}, r),
+                    HasText("method settings"));
+  other = profile("int8", 0.1, 1.0);
   other.units.pop_back();
   CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), other}, r), HasText("3 units"));
   r.strategy = plan::Strategy::RESTORE_TOP;
@@ -244,6 +258,13 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
   bad = j;
   bad.erase("model_fingerprint");
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"), HasText("model_fingerprint: missing"));
+  bad = j;
+  bad["method_settings"] = {{"method", "gptq"}};
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
+                    HasText("p.json: method_settings.method: gptq, but the method is rtn"));
+  bad["method_settings"] = {{"method", "rtn"}, {"damp", 1}};
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
+                    HasText("p.json: method_settings.damp: unknown key"));
   bad = j;
   bad["units"].push_back(bad["units"][0]);
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"), HasText("unit a appears twice"));

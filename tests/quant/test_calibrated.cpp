@@ -267,6 +267,52 @@ TEST_CASE("quantize and eval --method gptq|awq: checkpoints, metrics and errors"
   CHECK_FALSE(kldq::test::fs::exists(dir / "m.json"));
 }
 
+TEST_CASE("quantize --plan re-fits with the plan's recorded settings and calibration",
+          "[quant][cli]") {
+  kldq::test::TempDir dir("plan-settings");
+  const auto g1 =
+      run_kldq("quantize " + kModel + " --base int4 --group 128 --method gptq" +
+               " --damp 0.05 --no-act-order --calib " + kCalib +
+               " --samples 6 --seq-len 96 --seed 2 --device cpu -o " + (dir / "g1").string());
+  INFO(g1.err);
+  REQUIRE(g1.rc == 0);
+  const std::string plan = (dir / "g1/quantization.json").string();
+  const auto recorded = nlohmann::json::parse(kldq::test::read_text(plan))["method_settings"];
+  // Nothing but the plan: the same settings and windows, so the same layers bit for bit.
+  const auto g2 = run_kldq("quantize " + kModel + " --plan " + plan + " --device cpu -o " +
+                           (dir / "g2").string());
+  INFO(g2.err);
+  REQUIRE(g2.rc == 0);
+  CHECK_THAT(g2.err, HasText("calibration from the plan: 6 x 96 tokens of"));
+  CHECK(nlohmann::json::parse(
+            kldq::test::read_text(dir / "g2/quantization.json"))["method_settings"] == recorded);
+  CHECK(kldq::test::read_text(dir / "g2/model.safetensors") ==
+        kldq::test::read_text(dir / "g1/model.safetensors"));
+  // The command line overrides a setting; other text than the plan's is used, with a warning.
+  const auto g3 = run_kldq("quantize " + kModel + " --plan " + plan + " --damp 0.1 --calib " +
+                           kEval + " --device cpu -o " + (dir / "g3").string());
+  INFO(g3.err);
+  REQUIRE(g3.rc == 0);
+  CHECK_THAT(g3.err, HasText("not the text the plan's layers were fitted on"));
+  const auto s3 =
+      nlohmann::json::parse(kldq::test::read_text(dir / "g3/quantization.json"))["method_settings"];
+  CHECK(s3["gptq"]["damp"] == 0.1);
+  CHECK(s3["gptq"]["act_order"] == false);
+  CHECK(s3["calibration"]["samples"] == 6);
+  CHECK(s3["calibration"]["seed"] == 2);
+  CHECK(s3["calibration"]["sha256"] != recorded["calibration"]["sha256"]);
+  // The recorded text is gone and none is given: exit 2, nothing written.
+  auto moved = nlohmann::json::parse(kldq::test::read_text(plan));
+  moved["method_settings"]["calibration"]["file"] = (dir / "gone.txt").string();
+  kldq::test::write_text(dir / "moved.json", moved.dump());
+  const auto gone = run_kldq("quantize " + kModel + " --plan " + (dir / "moved.json").string() +
+                             " --device cpu -o " + (dir / "x").string());
+  CHECK(gone.rc == 2);
+  CHECK_THAT(gone.err, HasText("plan method_settings.calibration.file") &&
+                           HasText("gone.txt: not found; give the text with --calib"));
+  CHECK_FALSE(kldq::test::fs::exists(dir / "x"));
+}
+
 TEST_CASE("gptq and awq on CUDA in bf16: the CPU's quality, the same stored formats",
           "[cuda][calibrated]") {
   if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");

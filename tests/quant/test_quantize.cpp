@@ -169,6 +169,52 @@ TEST_CASE("layer selectors and plans", "[quant]") {
                             R"({"base": "nf4", "overrides": [{"layers": "x", "format": "int5"}]})"),
                         "p.json"),
                     HasText("p.json.overrides[0].format") && HasText("int5"));
+
+  // Recorded method settings: read back as written by method_json, checked key by key.
+  q::MethodOptions gptq;
+  gptq.method = "gptq";
+  gptq.gptq.damp = 0.05;
+  gptq.gptq.act_order = false;
+  const nlohmann::json identity = {{"file", "calib.txt"}, {"sha256", "ab"}, {"samples", 8},
+                                   {"seq_len", 128},      {"seed", 3},      {"file_tokens", 9000}};
+  const q::RecordedMethod back = q::method_from_json(q::method_json(gptq, identity), "s");
+  CHECK(back.options.method == "gptq");
+  CHECK(back.options.gptq.damp == 0.05);
+  CHECK_FALSE(back.options.gptq.act_order);
+  CHECK(back.options.gptq.block == 128);
+  REQUIRE(back.calibration);
+  CHECK(back.calibration->file == "calib.txt");
+  CHECK(back.calibration->samples == 8);
+  CHECK(back.calibration->seq_len == 128);
+  CHECK(back.calibration->seed == 3);
+  CHECK_FALSE(q::method_from_json({{"method", "rtn"}}, "s").calibration);
+  auto with = [&](const char* key, nlohmann::json value) {
+    nlohmann::json j = q::method_json(gptq, identity);
+    j["gptq"][key] = std::move(value);
+    return j;
+  };
+  CHECK_THROWS_WITH(q::method_from_json(with("damp", "big"), "p.json.method_settings"),
+                    HasText("p.json.method_settings.gptq.damp: expected a number"));
+  CHECK_THROWS_WITH(q::method_from_json(with("damp", -1), "s"), HasText("s.gptq.damp"));
+  CHECK_THROWS_WITH(q::method_from_json(with("block", 0), "s"), HasText("s.gptq.block"));
+  CHECK_THROWS_WITH(q::method_from_json(with("act_order", 1), "s"),
+                    HasText("s.gptq.act_order: expected true or false"));
+  CHECK_THROWS_WITH(q::method_from_json(with("dampen", 0.1), "s"),
+                    HasText("s.gptq.dampen: unknown key"));
+  CHECK_THROWS_WITH(q::method_from_json({{"method", "awq"}, {"gptq", {}}}, "s"),
+                    HasText("s.gptq: settings of gptq, but the method is awq"));
+  nlohmann::json no_seed = q::method_json(gptq, identity);
+  no_seed["calibration"].erase("seed");
+  CHECK_THROWS_WITH(q::method_from_json(no_seed, "s"), HasText("s.calibration.seed: missing"));
+  // In a plan: carried through to_json, and it must be the plan's method.
+  nlohmann::json pj = {{"method", "gptq"}, {"base", "int4_g128"}};
+  pj["method_settings"] = q::method_json(gptq, identity);
+  const q::Plan recorded = q::Plan::from_json(pj, "plan.json");
+  CHECK(recorded.to_json()["method_settings"] == pj["method_settings"]);
+  pj["method"] = "awq";
+  CHECK_THROWS_WITH(
+      q::Plan::from_json(pj, "plan.json"),
+      HasText("plan.json.method_settings.method: gptq, but the plan's method is awq"));
 }
 
 TEST_CASE("kldq quantize rejects bad formats and methods and leaves no output", "[quant][errors]") {

@@ -27,6 +27,7 @@ struct Profile {
   };
   std::string path, model, fingerprint, mode, granularity, base, method;
   nlohmann::json calibration;
+  nlohmann::json method_settings;  // quant::method_json of the profile's method; null if absent
   double baseline_kl = 0;
   std::vector<Unit> units;
 

@@ -42,14 +42,18 @@ struct Plan {
   // What made the plan (`kldq plan`: strategy, profiles, model fingerprint, predicted_kl, ...);
   // null for plans written by hand. Kept as data: nothing in quantization depends on it.
   nlohmann::json planner;
+  // The method's settings and calibration identity the plan's layers were fitted with
+  // (quant::method_json; quantization.json, and `kldq plan` from a profile's); null when not
+  // recorded. quantize and eval --plan take them as defaults (quant::method_from_json).
+  nlohmann::json method_settings;
 
   // The format of every id in `ids` (HF names). Selectors that match none are returned in
   // `unmatched` (callers warn).
   model::LayerFormats resolve(const std::vector<model::LayerId>& ids,
                               std::vector<std::string>* unmatched = nullptr) const;
 
-  // {"method", "base", "overrides": [{"layers", "format"}], "planner"}; from_json errors name
-  // `where` and the key path.
+  // {"method", "base", "overrides": [{"layers", "format"}], "planner", "method_settings"};
+  // from_json errors name `where` and the key path.
   nlohmann::json to_json() const;
   static Plan from_json(const nlohmann::json& j, const std::string& where);
 };

@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "kldq/formats/packed.hpp"
@@ -39,6 +40,20 @@ bool needs_calibration(const std::string& method);
 // The method and its settings as recorded in artifacts: {"method", "gptq": {damp, block,
 // act_order} or "awq": {grid, clip_steps, max_shrink}, "calibration": `calibration` unless null}.
 nlohmann::json method_json(const MethodOptions& options, const nlohmann::json& calibration);
+
+// A recorded method_json read back: the settings, and the calibration windows' identity when
+// recorded (calib::Calibration's: file, its sha256, samples N, seq_len T, seed). ConfigError
+// naming `where` and the key for anything else or out of range.
+struct RecordedCalibration {
+  std::string file, sha256;
+  int64_t samples = 0, seq_len = 0;
+  uint64_t seed = 0;
+};
+struct RecordedMethod {
+  MethodOptions options;
+  std::optional<RecordedCalibration> calibration;
+};
+RecordedMethod method_from_json(const nlohmann::json& j, const std::string& where);
 
 // One layer's quantized form: its stored weight and, for AWQ, the per-input-channel scale the
 // layer divides its input by (QLinear::set_input_scale).
