@@ -160,7 +160,7 @@ model::Decoder load_model(const EvalCliOptions& o, const std::optional<quant::Pl
   model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
   described = o.model;
   if (!plan) return m;
-  const quant::MethodOptions method = method_options(o.method, plan->method, plan->method_settings);
+  const quant::MethodOptions method = method_options(o.method, plan->method, &*plan);
   quant::apply_layers(m, quant::quantize_layers(m, plan->resolve(m.linear_ids()), method,
                                                 cal ? cal->ids : at::Tensor()));
   described += " (" + plan->method + "/" + plan->base.name() + " in memory)";
@@ -213,9 +213,8 @@ int run_eval(const EvalCliOptions& o) {
   // Calibration for gptq/awq, from MODEL's tokenizer (the one the plan's layers are fitted on).
   std::optional<calib::Calibration> cal;
   if (plan) {
-    cal = method_calibration(o.method,
-                             method_options(o.method, plan->method, plan->method_settings).method,
-                             o.model, plan->method_settings);
+    cal = method_calibration(o.method, method_options(o.method, plan->method, &*plan).method,
+                             o.model, &*plan);
   }
   std::string described;
   model::Decoder m = load_model(o, plan, cal, ctx, described);
@@ -239,9 +238,8 @@ int run_eval(const EvalCliOptions& o) {
       {"device_name", device_description(ctx.device)},
       {"batch", o.batch}};
   if (plan)
-    j["method_settings"] =
-        quant::method_json(method_options(o.method, plan->method, plan->method_settings),
-                           cal ? cal->identity : nlohmann::json());
+    j["method_settings"] = quant::method_json(method_options(o.method, plan->method, &*plan),
+                                              cal ? cal->identity : nlohmann::json());
   j.update(eval::memory_report(m));
   device_synchronize(ctx.device);
   reset_peak_allocated_bytes(ctx.device);

@@ -48,7 +48,7 @@ int run_quantize(const QuantizeOptions& o) {
   const quant::Plan plan = plan_from(o);
   // A plan's recorded settings (quantization.json, `kldq plan` from a gptq/awq profile) are the
   // defaults: --plan re-fits the layers it describes.
-  const quant::MethodOptions method = method_options(o.method, plan.method, plan.method_settings);
+  const quant::MethodOptions method = method_options(o.method, plan.method, &plan);
   log::info("quantize {}: {}/{} with {} override(s) -> {}", o.model, plan.method, plan.base.name(),
             plan.overrides.size(), o.out);
   if (!quant::needs_calibration(method.method) &&
@@ -58,7 +58,7 @@ int run_quantize(const QuantizeOptions& o) {
   quant::CalibratedSource calibrated;
   std::optional<model::Decoder> decoder;
   // Checked for every method: calibration options given to rtn are an error.
-  const auto cal = method_calibration(o.method, method.method, o.model, plan.method_settings);
+  const auto cal = method_calibration(o.method, method.method, o.model, &plan);
   if (cal) {
     const RunContext ctx = context_from(o.compute);
     decoder = model::Decoder::load(o.model, ctx.device, ctx.dtype);

@@ -3,6 +3,7 @@
 #include "common.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cctype>
 
@@ -104,11 +105,12 @@ void note_method_options(const CLI::App& sub, MethodCliOptions& o) {
 namespace {
 
 // A plan's recorded settings when they are of `method` (a --method that overrides the plan's
-// makes them not apply).
-std::optional<quant::RecordedMethod> recorded_for(const nlohmann::json& recorded,
+// makes them not apply). Plan::from_json checked them already.
+std::optional<quant::RecordedMethod> recorded_for(const quant::Plan* plan,
                                                   const std::string& method) {
-  if (recorded.is_null()) return std::nullopt;
-  quant::RecordedMethod r = quant::method_from_json(recorded, "plan method_settings");
+  if (!plan || plan->method_settings.is_null()) return std::nullopt;
+  quant::RecordedMethod r =
+      quant::method_from_json(plan->method_settings, plan->source + ".method_settings");
   if (r.options.method != method) return std::nullopt;
   return r;
 }
@@ -116,7 +118,7 @@ std::optional<quant::RecordedMethod> recorded_for(const nlohmann::json& recorded
 }  // namespace
 
 quant::MethodOptions method_options(const MethodCliOptions& o, const std::string& method,
-                                    const nlohmann::json& recorded) {
+                                    const quant::Plan* plan) {
   quant::MethodOptions m;
   m.method = !method.empty() ? method : o.method.empty() ? "rtn" : o.method;
   quant::check_method(m.method, "--method");
@@ -125,7 +127,7 @@ quant::MethodOptions method_options(const MethodCliOptions& o, const std::string
         "--damp, --act-order, --no-act-order: settings of gptq, but the method is {}", m.method));
   m.gptq.damp = o.damp;
   m.gptq.act_order = o.act_order;
-  if (const auto r = recorded_for(recorded, m.method)) {
+  if (const auto r = recorded_for(plan, m.method)) {
     m.gptq = r->options.gptq;
     m.awq = r->options.awq;
     if (o.damp_given) m.gptq.damp = o.damp;
@@ -151,7 +153,7 @@ formats::FormatSpec base_format(const std::string& base, int group, const std::s
 std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
                                                      const std::string& method,
                                                      const std::string& model,
-                                                     const nlohmann::json& recorded) {
+                                                     const quant::Plan* plan) {
   if (!quant::needs_calibration(method)) {
     if (!o.calib.empty() || o.window_given)
       throw ConfigError(fmt::format(
@@ -160,17 +162,17 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
     return std::nullopt;
   }
   calib::CalibrationSpec spec{o.calib, o.samples, o.seq_len, o.seed};
-  const auto r = recorded_for(recorded, method);
+  const auto r = recorded_for(plan, method);
   const auto rc = r ? r->calibration : std::nullopt;
+  const std::string recorded_at = plan ? plan->source + ".method_settings.calibration" : "";
   if (rc) {  // the plan's windows, where the command line names none
     if (!o.samples_given) spec.samples = rc->samples;
     if (!o.seq_len_given) spec.seq_len = rc->seq_len;
     if (!o.seed_given) spec.seed = rc->seed;
     if (o.calib.empty()) {
       if (!std::filesystem::is_regular_file(rc->file))
-        throw ConfigError(fmt::format(
-            "plan method_settings.calibration.file {}: not found; give the text with --calib",
-            rc->file));
+        throw ConfigError(fmt::format("{}.file {}: not found; give the text with --calib",
+                                      recorded_at, rc->file));
       spec.file = rc->file;
       log::info("calibration from the plan: {} x {} tokens of {} (seed {})", spec.samples,
                 spec.seq_len, rc->file, spec.seed);
@@ -182,14 +184,22 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
       model::load_config(std::filesystem::path(model) / "config.json");
   const auto tokenizer = io::Tokenizer::load(model);
   if (spec.seq_len > config.max_position_embeddings)
-    throw ConfigError(fmt::format("--seq-len {} exceeds the model's context of {}", spec.seq_len,
-                                  config.max_position_embeddings));
+    throw ConfigError(fmt::format("{} {} exceeds the model's context of {}",
+                                  rc && !o.seq_len_given ? recorded_at + ".seq_len" : "--seq-len",
+                                  spec.seq_len, config.max_position_embeddings));
   calib::Calibration cal = calib::make_calibration(spec, *tokenizer);
-  if (rc && cal.identity["sha256"] != rc->sha256)
-    log::warn(
-        "calibration {}: not the text the plan's layers were fitted on ({}, sha256 {}): "
-        "the layers will differ from the plan's",
-        spec.file.string(), rc->file, rc->sha256);
+  if (rc) {  // other windows than the plan's fit other layers
+    std::vector<std::string> differ;
+    if (cal.identity["sha256"] != rc->sha256) differ.push_back("text (sha256)");
+    if (spec.samples != rc->samples) differ.push_back("samples");
+    if (spec.seq_len != rc->seq_len) differ.push_back("seq_len");
+    if (spec.seed != rc->seed) differ.push_back("seed");
+    if (!differ.empty())
+      log::warn(
+          "calibration: {} not the plan's ({}: {} x {} tokens of {}, seed {}): the layers are "
+          "fitted on other windows than the plan's",
+          fmt::join(differ, ", "), recorded_at, rc->samples, rc->seq_len, rc->file, rc->seed);
+  }
   if (cal.ids.max().item<int64_t>() >= config.vocab_size)
     throw ConfigError(
         fmt::format("--calib: the tokenizer produced ids outside the model's vocabulary of {}",

@@ -65,24 +65,24 @@ void add_method_options(CLI::App& sub, MethodCliOptions& opts, bool with_calibra
 // Records which of those options the command line gave; call from the subcommand's callback.
 void note_method_options(const CLI::App& sub, MethodCliOptions& opts);
 // The method's settings; `method` overrides opts.method when not empty. ConfigError when GPTQ's
-// options were given for another method. `recorded`: a plan's method_settings (null for none):
-// when it is the same method, its settings are the defaults and the command line's given options
-// override them.
+// options were given for another method. With a plan whose method_settings are of the same
+// method, its settings are the defaults and the command line's given options override them.
 quant::MethodOptions method_options(const MethodCliOptions& opts, const std::string& method,
-                                    const nlohmann::json& recorded = nullptr);
+                                    const quant::Plan* plan = nullptr);
 // `base` with --group applied ("int4" + 128 -> int4_g128, "nf4" + 128 -> nf4_b128); ConfigError
 // naming --group for a format without groups or a base that already names its group.
 formats::FormatSpec base_format(const std::string& base, int group, const std::string& what);
 // The calibration windows a calibrated method needs (none for rtn), tokenized with `model`'s
 // tokenizer: ConfigError naming --calib when it is missing (checked first), when calibration
 // options were given to rtn, or when the windows are longer than the model's context or hold ids
-// outside its vocabulary. With a plan's method_settings (`recorded`, same method) that records
-// its calibration, the recorded file and windows are the defaults (ConfigError when that file is
-// gone and no --calib is given), and a warning says when the text differs from the recorded one.
+// outside its vocabulary. With a plan whose method_settings (same method) record their
+// calibration, the recorded file and windows are the defaults (ConfigError naming the plan's key
+// when that file is gone and no --calib is given), and a warning says what differs when the text
+// or the windows are not the recorded ones.
 std::optional<calib::Calibration> method_calibration(const MethodCliOptions& opts,
                                                      const std::string& method,
                                                      const std::string& model,
-                                                     const nlohmann::json& recorded = nullptr);
+                                                     const quant::Plan* plan = nullptr);
 
 // Reads a plan file (`--plan`); a plan made by `kldq plan` must come from a profile of `model`
 // (the checkpoint fingerprints agree), else ConfigError naming both.

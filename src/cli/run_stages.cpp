@@ -133,6 +133,8 @@ class Runner {
 
   void set_calibration(MethodCliOptions& m) const {
     m.calib = e_.calib, m.samples = e_.samples, m.seq_len = e_.seq_len, m.seed = e_.calib_seed;
+    // The experiment's windows, also over what a plan's method_settings record.
+    m.samples_given = m.seq_len_given = m.seed_given = true;
   }
 
   // The eval stage that follows the plan stage `i` (or is `i`).

@@ -3,8 +3,8 @@
 // intermediate that PyTorch materialises as a tensor of dtype T is rounded to T here too, and
 // products use __fmul_rn/__fadd_rn so the compiler cannot contract them into FMAs that PyTorch's
 // separate kernels would not perform. One pass over memory instead of 5-8 kernels each. Each
-// kernel has a vector form (8 or 16 bytes per load and store, 32-bit index arithmetic) taken
-// when the shapes and pointers allow it, with the same arithmetic per element as the scalar
+// kernel has a vector form (8 or 16 bytes per load and store, no integer division per element)
+// taken when the shapes and pointers allow it, with the same arithmetic per element as the scalar
 // form; on the 1.5B profile the scalar forms ran at a third of the memory bandwidth.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

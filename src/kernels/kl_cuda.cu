@@ -36,8 +36,8 @@ struct Soft {  // running max m, sum of exp(z - m), and a = sum exp(z - m) d for
   float m = -INFINITY;
   double s = 0, a = 0;
   // Adds the N elements z[k], zmax their maximum; with `other`, d = z - other (z_r - z_q in
-  // fp32: exact for 16-bit logits within a factor 2^15 of each other; +inf where only q is
-  // masked, so KL is infinite).
+  // fp32: exact for bf16 logits within a factor 2^15 of each other, fp16 ones within 2^12,
+  // rounded otherwise; +inf where only q is masked, so KL is infinite).
   template <int N>
   __device__ void add(const float (&z)[N], float zmax, const float* other) {
     if (zmax == -INFINITY) return;  // all masked: probability 0 (and no -inf - -inf NaN)

@@ -13,6 +13,7 @@
 #include "kldq/build_config.hpp"
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/log.hpp"
 #include "kldq/quant/quantizer.hpp"
 
 namespace kldq::plan {
@@ -76,7 +77,9 @@ void check_compatible(const std::vector<Profile>& ps) {
     differs("model fingerprint", a.fingerprint, p.fingerprint);
     differs("calibration", a.calibration.dump(), p.calibration.dump());
     differs("method", a.method, p.method);
-    differs("method settings", a.method_settings.dump(), p.method_settings.dump());
+    // Profiles of kldq before method_settings were recorded lack them; the rest must agree.
+    if (!a.method_settings.is_null() && !p.method_settings.is_null())
+      differs("method settings", a.method_settings.dump(), p.method_settings.dump());
     differs("mode", a.mode, p.mode);
     differs("granularity", a.granularity, p.granularity);
     if (p.units.size() != a.units.size())
@@ -193,6 +196,9 @@ Profile Profile::from_json(const json& j, const std::string& path) {
       throw ConfigError(fmt::format("{}: method_settings.method: {}, but the method is {}", path,
                                     r.options.method, p.method));
     p.method_settings = j["method_settings"];
+    // A plan carries the calibration a gptq/awq profile fitted on, in the recorded schema.
+    if (quant::needs_calibration(p.method))
+      quant::method_from_json({{"method", p.method}, {"calibration", p.calibration}}, path);
   }
   p.baseline_kl = number(j, "baseline_kl", path);
   const json& units = at(j, "units", path);
@@ -291,6 +297,11 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
   plan.method_settings = anchor.method_settings;
   if (!plan.method_settings.is_null() && quant::needs_calibration(anchor.method))
     plan.method_settings["calibration"] = anchor.calibration;
+  if (plan.method_settings.is_null() && quant::needs_calibration(anchor.method))
+    log::warn(
+        "{}: records no method_settings (an older kldq): quantize --plan will fit {} with "
+        "the command line's settings and calibration",
+        anchor.path, anchor.method);
   uint64_t bytes = 0;
   double predicted = anchor.baseline_kl;
   json formats = json::object();

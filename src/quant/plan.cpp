@@ -84,6 +84,7 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
       j, {"method", "base", "overrides", "layers", "kldq_version", "planner", "method_settings"},
       where);
   Plan p;
+  p.source = where;
   if (j.contains("planner")) {
     if (!j["planner"].is_object())
       throw ConfigError(fmt::format("{}.planner: expected an object", where));

@@ -112,7 +112,8 @@ RecordedMethod method_from_json(const nlohmann::json& j, const std::string& wher
     RecordedCalibration rc;
     rc.file = io::json_string(io::json_member(c, "file", at), at + ".file");
     rc.sha256 = io::json_string(io::json_member(c, "sha256", at), at + ".sha256");
-    rc.samples = io::json_int(io::json_member(c, "samples", at), at + ".samples", 1, INT64_MAX);
+    // Bounds as generous as any calibration set, and N x T far from overflow.
+    rc.samples = io::json_int(io::json_member(c, "samples", at), at + ".samples", 1, 1 << 24);
     rc.seq_len = io::json_int(io::json_member(c, "seq_len", at), at + ".seq_len", 2, 1 << 20);
     const nlohmann::json& seed = io::json_member(c, "seed", at);
     if (!seed.is_number_unsigned() && !(seed.is_number_integer() && seed.get<int64_t>() >= 0))

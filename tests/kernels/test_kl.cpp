@@ -44,9 +44,14 @@ void run_cases(c10::Device device) {
       noise.narrow(0, 3, 3).mul_(0.01);
       const at::Tensor q = r + noise;
       // Row 0: tied maxima at 5 and 9 in both (the first index wins); row 1: masked logits.
+      // Rows 2 and 4: ties within one 16-byte vector (1, 3) and in one CUDA thread's first and
+      // second vectors (5, 5 + 256 vectors), where the kernel's per-vector maximum decides.
+      const int64_t later = 5 + 256 * (16 / static_cast<int64_t>(c10::elementSize(dtype)));
       for (const at::Tensor& t : {q, r}) {
         t[0][5] = 100.0, t[0][9] = 100.0;
         t[1].narrow(0, 0, 10).fill_(-INFINITY);
+        t[2][1] = 100.0, t[2][3] = 100.0;
+        if (later < vocab) t[4][5] = 100.0, t[4][later] = 100.0;
       }
       check_against_float64(q.to(dtype).to(device), r.to(dtype).to(device),
                             device.is_cuda() ? 1e-5 : 1e-3);

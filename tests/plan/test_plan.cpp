@@ -139,10 +139,14 @@ TEST_CASE("planner: restore-top, uniform and random on a hand-made profile", "[p
   gptq[0].method = "gptq";
   gptq[0].method_settings = {{"method", "gptq"},
                              {"gptq", {{"damp", 0.05}, {"block", 128}, {"act_order", true}}}};
+  gptq[0].calibration = {{"file", "c.txt"}, {"sha256", "c"}, {"samples", 8},
+                         {"seq_len", 64},   {"seed", 1},     {"file_tokens", 999}};
   const auto pg = plan::make_plan(gptq, r);
   CHECK(pg.method == "gptq");
   CHECK(pg.method_settings["gptq"]["damp"] == 0.05);
   CHECK(pg.method_settings["calibration"] == gptq[0].calibration);
+  // The plan reads back (quantize --plan) with the same settings.
+  CHECK(kldq::quant::Plan::from_json(pg.to_json(), "plan.json").to_json() == pg.to_json());
 
   r = {};
   r.strategy = plan::Strategy::UNIFORM;
@@ -222,8 +226,14 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
                     HasText("a second profile with base nf4"));
   other = profile("int8", 0.1, 1.0);
   other.method_settings = {{"method", "rtn"}};
-  CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), other}, r),
-                    HasText("method settings"));
+  CHECK_NOTHROW(plan::make_plan({profile("nf4", 1, 0.5), other}, r));  // one of an older kldq
+  plan::Profile a = profile("nf4", 1, 0.5), b = profile("int8", 0.1, 1.0);
+  a.method = b.method = "gptq";
+  a.method_settings = {{"method", "gptq"},
+                       {"gptq", {{"damp", 0.01}, {"block", 128}, {"act_order", true}}}};
+  b.method_settings = a.method_settings;
+  b.method_settings["gptq"]["damp"] = 0.1;
+  CHECK_THROWS_WITH(plan::make_plan({a, b}, r), HasText("method settings"));
   other = profile("int8", 0.1, 1.0);
   other.units.pop_back();
   CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), other}, r), HasText("3 units"));
@@ -265,6 +275,14 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
   bad["method_settings"] = {{"method", "rtn"}, {"damp", 1}};
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
                     HasText("p.json: method_settings.damp: unknown key"));
+  // A gptq profile's calibration must be a calibration identity: plans carry it.
+  bad["method"] = "gptq";
+  bad["method_settings"] = {{"method", "gptq"}};
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
+                    HasText("p.json.calibration: expected an object"));
+  bad["calibration"] = {{"sha256", "c"}};
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
+                    HasText("p.json.calibration.file: missing"));
   bad = j;
   bad["units"].push_back(bad["units"][0]);
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"), HasText("unit a appears twice"));

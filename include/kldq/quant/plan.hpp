@@ -46,6 +46,7 @@ struct Plan {
   // (quant::method_json; quantization.json, and `kldq plan` from a profile's); null when not
   // recorded. quantize and eval --plan take them as defaults (quant::method_from_json).
   nlohmann::json method_settings;
+  std::string source;  // where from_json read it (the plan file), for messages; not written
 
   // The format of every id in `ids` (HF names). Selectors that match none are returned in
   // `unmatched` (callers warn).
