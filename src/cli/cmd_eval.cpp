@@ -155,12 +155,12 @@ std::optional<quant::Plan> plan_from(const EvalCliOptions& o) {
 }
 
 model::Decoder load_model(const EvalCliOptions& o, const std::optional<quant::Plan>& plan,
+                          const quant::MethodOptions& method,
                           const std::optional<calib::Calibration>& cal, const RunContext& ctx,
                           std::string& described) {
   model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
   described = o.model;
   if (!plan) return m;
-  const quant::MethodOptions method = method_options(o.method, plan->method, &*plan);
   quant::apply_layers(m, quant::quantize_layers(m, plan->resolve(m.linear_ids()), method,
                                                 cal ? cal->ids : at::Tensor()));
   described += " (" + plan->method + "/" + plan->base.name() + " in memory)";
@@ -211,13 +211,15 @@ int run_eval(const EvalCliOptions& o) {
   check_vocabulary(in, config.vocab_size);
 
   // Calibration for gptq/awq, from MODEL's tokenizer (the one the plan's layers are fitted on).
+  // The method's settings (a plan's recorded ones under the command line's), resolved once.
+  quant::MethodOptions method;
   std::optional<calib::Calibration> cal;
   if (plan) {
-    cal = method_calibration(o.method, method_options(o.method, plan->method, &*plan).method,
-                             o.model, &*plan);
+    method = method_options(o.method, plan->method, &*plan);
+    cal = method_calibration(o.method, method.method, o.model, &*plan);
   }
   std::string described;
-  model::Decoder m = load_model(o, plan, cal, ctx, described);
+  model::Decoder m = load_model(o, plan, method, cal, ctx, described);
   // The reference: --reference, else MODEL itself unquantized when it was quantized here and
   // something needs it (KL, or MMLU flips without saved reference predictions).
   const bool need_ref = o.kld || (!o.mmlu.empty() && !in.ref_predictions);
@@ -238,8 +240,7 @@ int run_eval(const EvalCliOptions& o) {
       {"device_name", device_description(ctx.device)},
       {"batch", o.batch}};
   if (plan)
-    j["method_settings"] = quant::method_json(method_options(o.method, plan->method, &*plan),
-                                              cal ? cal->identity : nlohmann::json());
+    j["method_settings"] = quant::method_json(method, cal ? cal->identity : nlohmann::json());
   j.update(eval::memory_report(m));
   device_synchronize(ctx.device);
   reset_peak_allocated_bytes(ctx.device);
