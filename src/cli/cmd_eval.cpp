@@ -12,9 +12,9 @@
 #include "kldq/build_config.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
-#include "kldq/core/fs.hpp"
 #include "kldq/core/hash.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/eval/flips.hpp"
 #include "kldq/eval/memory.hpp"
 #include "kldq/eval/perplexity.hpp"
@@ -186,11 +186,18 @@ int run_eval(const EvalCliOptions& o) {
         "or --plan");
   if (o.kld && !quantize && o.reference.empty())
     throw ConfigError("--kld: needs --reference (or --base/--plan, which use MODEL as reference)");
-  const fs::path out = output_path(o.out, "-o");
-  const fs::path pred_path = o.mmlu.empty() ? fs::path()
-                             : o.predictions.empty()
-                                 ? fs::path(out).replace_extension(".predictions.jsonl")
-                                 : output_path(o.predictions, "--predictions");
+  // Outputs are checked before any work: never a directory, never one of the inputs.
+  const std::vector<fs::path> inputs = {
+      o.model, o.reference, o.plan, o.ppl, o.mmlu, o.reference_predictions, o.method.calib};
+  const fs::path out = file_output(o.out, "-o", inputs);
+  const fs::path pred_path =
+      o.mmlu.empty() ? fs::path()
+                     : file_output(o.predictions.empty()
+                                       ? fs::path(out).replace_extension(".predictions.jsonl")
+                                       : fs::path(o.predictions),
+                                   "--predictions", inputs);
+  if (pred_path == out)
+    throw ConfigError(fmt::format("--predictions {}: the same file as -o", pred_path.string()));
   for (const auto& dir : {o.model, o.reference})
     if (!dir.empty() && !fs::is_directory(dir))
       throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));

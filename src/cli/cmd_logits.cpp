@@ -7,6 +7,7 @@
 #include "common.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/safetensors.hpp"
 #include "kldq/model/decoder.hpp"
@@ -44,12 +45,13 @@ at::Tensor read_ids(const std::string& path, int64_t vocab) {
 }
 
 int run_logits(const LogitsOptions& o) {
+  const std::filesystem::path out = file_output(o.out, "-o", {o.model, o.ids});
   const RunContext ctx = context_from(o.compute);
   const model::Decoder dec = model::Decoder::load(o.model, ctx.device, ctx.dtype);
   const at::Tensor ids = read_ids(o.ids, dec.config().vocab_size);
   at::InferenceMode guard;
   at::Tensor logits = dec.forward(ids).to(at::kFloat).cpu();  // [B, T, V] fp32
-  io::write_safetensors(o.out, {{"logits", logits}, {"ids", ids}},
+  io::write_safetensors(out, {{"logits", logits}, {"ids", ids}},
                         {{"model", o.model}, {"dtype", dtype_name(ctx.dtype)}});
   log::info("wrote logits [{}] to {}", fmt::join(logits.sizes(), ", "), o.out);
   return 0;

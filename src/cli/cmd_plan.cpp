@@ -8,7 +8,7 @@
 
 #include "commands.hpp"
 #include "kldq/core/error.hpp"
-#include "kldq/core/fs.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/plan/planner.hpp"
 
@@ -51,7 +51,8 @@ plan::Request request_from(const PlanCliOptions& o) {
 int run_plan(const PlanCliOptions& o) {
   const plan::Request r = request_from(o);
   const std::filesystem::path out =
-      o.out.empty() ? std::filesystem::path() : output_path(o.out, "-o");
+      o.out.empty() ? std::filesystem::path()
+                    : file_output(o.out, "-o", {o.profiles.begin(), o.profiles.end()});
   std::vector<plan::Profile> profiles;
   for (const auto& p : o.profiles)
     profiles.push_back(plan::Profile::from_json(io::read_json_file(p, true), p));

@@ -4,8 +4,6 @@
 // [--batch B] [--naive] [--proxies] [--csv FILE] -o profile.json`: per-unit KL sensitivity and
 // optionally its proxies (docs/PROTOCOLS.md, "Sensitivity profile"); the units also as CSV.
 #include <fmt/format.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -21,6 +19,7 @@
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/io/csv.hpp"
 #include "kldq/io/json_util.hpp"
@@ -28,20 +27,6 @@
 
 namespace kldq::cli {
 namespace {
-
-// Fails before the run, which may take hours, when an output cannot be written: its directory
-// is missing or not writable, or the path is a directory. IoError naming the option and path.
-void check_writable(const std::filesystem::path& path, const char* option) {
-  struct stat st {};
-  const std::filesystem::path dir = path.parent_path();
-  if (::stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    throw IoError(fmt::format("{} {}: no directory {}", option, path.string(), dir.string()));
-  if (::access(dir.c_str(), W_OK) != 0)
-    throw IoError(fmt::format("{} {}: cannot write in {} ({})", option, path.string(), dir.string(),
-                              std::strerror(errno)));
-  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
-    throw IoError(fmt::format("{} {}: is a directory", option, path.string()));
-}
 
 // profile.json's units as CSV (CRLF line ends, as RFC 4180): a header of their keys, the known
 // ones in the order below and any others after them alphabetically, then one row per unit.
@@ -84,12 +69,11 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   po.cached = !o.naive;
   po.proxies = o.proxies;
   const quant::MethodOptions method = method_options(o.method, "");
-  const std::filesystem::path out = output_path(o.out, "-o");
+  const std::vector<std::filesystem::path> inputs = {o.model, o.method.calib};
+  const std::filesystem::path out = file_output(o.out, "-o", inputs);
   const std::filesystem::path csv =
-      o.csv.empty() ? std::filesystem::path() : output_path(o.csv, "--csv");
+      o.csv.empty() ? std::filesystem::path() : file_output(o.csv, "--csv", inputs);
   if (csv == out) throw ConfigError(fmt::format("--csv {}: the same file as -o", o.csv));
-  check_writable(out, "-o");
-  if (!csv.empty()) check_writable(csv, "--csv");
   const RunContext ctx = context_from(o.compute);
   // The profile's windows serve its method too: the profile needs them whatever the method.
   const calib::Calibration cal = *method_calibration(o.method, "gptq", o.model);

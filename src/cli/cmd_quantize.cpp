@@ -10,6 +10,7 @@
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/quant/quantizer.hpp"
@@ -45,6 +46,8 @@ quant::Plan plan_from(const QuantizeOptions& o) {
 }
 
 int run_quantize(const QuantizeOptions& o) {
+  // The output is checked before the calibration, which may take minutes (again when written).
+  directory_output(o.out, "-o", o.force, {o.model, o.plan, o.method.calib});
   const quant::Plan plan = plan_from(o);
   // A plan's recorded settings (quantization.json, `kldq plan` from a gptq/awq profile) are the
   // defaults: --plan re-fits the layers it describes.

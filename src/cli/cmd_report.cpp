@@ -12,6 +12,7 @@
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/experiment/results.hpp"
 #include "kldq/io/json_util.hpp"
 
@@ -59,8 +60,7 @@ void plots(const fs::path& dir, const fs::path& out) {
     return;
   }
   const std::string python = find_python(root);
-  if (std::system((shell_quoted(python) + " -c 'import matplotlib' >/dev/null 2>&1").c_str()) !=
-      0) {
+  if (run_shell(shell_quoted(python) + " -c 'import matplotlib' >/dev/null 2>&1") != 0) {
     log::warn(
         "plots skipped: {} has no matplotlib. Install it (`{} -m pip install matplotlib`, or "
         "scripts/setup.sh, which puts it in .venv) or point KLDQ_PYTHON at a python that has it",
@@ -69,7 +69,7 @@ void plots(const fs::path& dir, const fs::path& out) {
   }
   const std::string cmd = fmt::format("{} {} {} -o {} >&2", shell_quoted(python),
                                       shell_quoted(script), shell_quoted(dir), shell_quoted(out));
-  if (std::system(cmd.c_str()) != 0)
+  if (run_shell(cmd) != 0)
     throw IoError(fmt::format("plots: {} failed (its message is above)", script.string()));
 }
 
@@ -81,6 +81,7 @@ int run_report(const ReportOptions& o) {
     throw ConfigError(
         fmt::format("{}: not a results directory of kldq run (no manifest.json)", o.dir));
   const fs::path out = o.out.empty() ? fs::path(o.dir) / "report" : output_path(o.out, "-o");
+  if (!o.out.empty()) check_not_input(out, "-o", {o.dir});
   const auto records = experiment::read_all_runs(o.dir);
   nlohmann::json j = {{"manifest", io::read_json_file(fs::path(o.dir) / "manifest.json")},
                       {"runs", records}};

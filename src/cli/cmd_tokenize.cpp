@@ -8,6 +8,7 @@
 
 #include "common.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 
 namespace kldq::cli {
@@ -21,14 +22,9 @@ struct TokenizeOptions {
 };
 
 std::string read_input(const std::string& path) {
+  if (path != "-") return read_input_file(path, kMaxDataBytes, /*config=*/true);
   std::stringstream buf;
-  if (path == "-") {
-    buf << std::cin.rdbuf();
-  } else {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw ConfigError(fmt::format("{}: cannot open", path));
-    buf << in.rdbuf();
-  }
+  buf << std::cin.rdbuf();
   return buf.str();
 }
 
@@ -46,7 +42,7 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& where
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error&) {
+  } catch (const nlohmann::json::exception&) {
     throw ConfigError(fmt::format("{}: expected a JSON array of token ids", where));
   }
   if (!j.is_array())
@@ -90,7 +86,7 @@ int run_tokenize(const TokenizeOptions& o) {
     nlohmann::json row;
     try {
       row = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       throw ConfigError(fmt::format("{}: not valid JSON ({})", where, e.what()));
     }
     if (!row.is_object() || !row.contains("text") || !row["text"].is_string())

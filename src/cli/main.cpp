@@ -6,10 +6,14 @@
 
 #include "common.hpp"
 #include "kldq/build_config.hpp"
+#include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/output.hpp"
 
 int main(int argc, char** argv) {
+  // First, before any thread exists: an interrupted command removes its partial outputs.
+  kldq::install_cleanup_on_signals();
   CLI::App app{"kldq: KLD-guided mixed-precision quantization experiments for LLMs"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("kldq ") + KLDQ_VERSION_STRING);
@@ -43,11 +47,24 @@ int main(int argc, char** argv) {
   } catch (const kldq::Error& e) {
     kldq::log::error("{}", e.what());
     return e.exit_code();
+  } catch (const c10::OutOfMemoryError& e) {
+    kldq::log::error("{}", kldq::describe_out_of_memory(e.what_without_backtrace()));
+    return kldq::kExitRuntime;
   } catch (const c10::Error& e) {
-    kldq::log::error("libtorch: {}", e.what_without_backtrace());
+    // One line: libtorch's messages continue with context and hints on later lines.
+    const std::string what = e.what_without_backtrace();
+    kldq::log::error("libtorch: {}", what.substr(0, what.find('\n')));
+    return kldq::kExitRuntime;
+  } catch (const std::bad_alloc&) {
+    kldq::log::error(
+        "out of host memory; lower --batch, --seq-len or --samples, or use a machine with more "
+        "RAM");
     return kldq::kExitRuntime;
   } catch (const std::exception& e) {
     kldq::log::error("{}", e.what());
+    return kldq::kExitRuntime;
+  } catch (...) {
+    kldq::log::error("internal error: an unknown exception (a bug in kldq; please report it)");
     return kldq::kExitRuntime;
   }
 }

@@ -3,7 +3,6 @@
 // a stage whose artifact exists is reused, a sweep point already in runs.jsonl is skipped, so a
 // run killed at any moment continues where it stopped (docs/EXPERIMENTS.md, "Running").
 #include <fmt/format.h>
-#include <signal.h>
 
 #include <cerrno>
 #include <chrono>
@@ -18,6 +17,7 @@
 #include "kldq/core/fs.hpp"
 #include "kldq/core/hash.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/core/progress.hpp"
 #include "kldq/experiment/results.hpp"
 #include "kldq/io/checkpoint.hpp"
@@ -47,25 +47,6 @@ class OutputCapture {
   std::ostringstream buffer_;
   std::streambuf *out_, *err_;
 };
-
-// Hidden temporary files (".name.tmp.PID") that a killed run left behind, when PID is no longer a
-// live process here. Only for unsharded runs: shards may run on other hosts, where a PID says
-// nothing.
-void remove_stale_temps(const fs::path& dir) {
-  std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
-       it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    const auto at = name.rfind(".tmp.");
-    if (name.empty() || name[0] != '.' || at == std::string::npos) continue;
-    const auto pid = parse_number(name.substr(at + 5, name.find('.', at + 5) - at - 5));
-    if (pid && *pid > 0 && ::kill(pid_t(*pid), 0) != 0 && errno == ESRCH) {
-      log::debug("removing {}, left by a killed run", it->path().string());
-      if (it->is_directory()) it.disable_recursion_pending();
-      remove_tree(it->path());
-    }
-  }
-}
 
 class Runner {
  public:
@@ -252,6 +233,8 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
 
   const nlohmann::json compute = compute_tag(context_from(o.compute));
   const fs::path out = output_path(e.output, "output");
+  // The runner writes into its directory (never replaces it); a model is never beneath it.
+  check_not_input(out, "output", {e.models.begin(), e.models.end()});
   std::error_code ec;
   fs::create_directories(out / "stages", ec);
   if (ec) throw IoError(fmt::format("{}: cannot create ({})", out.string(), ec.message()));
@@ -287,7 +270,9 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
     total += per_model.back().second.size();
   }
   const fs::path manifest_path = out / "manifest.json";
-  if (o.shard.empty()) remove_stale_temps(out);
+  // Checkpoint directories of a killed run (marked and unlocked; never by name alone). Not for
+  // shards: they may run on hosts whose locks this one cannot see.
+  if (o.shard.empty()) remove_stale_temporaries(out, /*recursive=*/true);
   io::write_file_atomic(out / "config.resolved.yaml", e.resolved_yaml());
   io::write_file_atomic(manifest_path, manifest.dump(2) + "\n");
 

@@ -6,7 +6,11 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <fmt/format.h>
 
+#include <sched.h>
+
+#include <algorithm>
 #include <cmath>
+#include <thread>
 
 #include "kldq/core/error.hpp"
 
@@ -69,6 +73,18 @@ c10::Device parse_device(std::string_view text, std::string_view option) {
   return device;
 }
 
+namespace {
+
+// CPUs this process may run on (its affinity mask, as under taskset or a SLURM allocation).
+int available_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return std::max(1, int(std::thread::hardware_concurrency()));
+}
+
+}  // namespace
+
 RunContext make_context(std::string_view device, std::string_view dtype, uint64_t seed,
                         int threads) {
   RunContext ctx;
@@ -79,6 +95,13 @@ RunContext make_context(std::string_view device, std::string_view dtype, uint64_
   ctx.dtype =
       dtype.empty() ? (ctx.device.is_cuda() ? c10::kBFloat16 : c10::kFloat) : parse_dtype(dtype);
   ctx.seed = seed;
+  const int cpus = available_cpus();
+  if (threads < 0 || threads > 4 * cpus)
+    throw ConfigError(fmt::format("--threads {}: expected 1 to {} (this process may use {} CPUs)",
+                                  threads, 4 * cpus, cpus));
+  // 0 keeps libtorch's default (OpenMP's: the CPUs of the affinity mask), not a guess from the
+  // machine's load: CPU results may depend on the thread count and a run must not change with
+  // the weather. On a busy machine pass fewer (OpenMP threads spin while they wait).
   ctx.threads = threads;
   if (threads > 0) at::set_num_threads(threads);
   return ctx;

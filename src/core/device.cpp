@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <regex>
+
 #include "kldq/build_config.hpp"
 #include "kldq/core/error.hpp"
 
@@ -14,6 +16,12 @@
 #endif
 
 namespace kldq {
+namespace {
+std::string& budget_option() {  // "--max-gpu-memory 22GiB" once limit_device_memory ran
+  static std::string s;
+  return s;
+}
+}  // namespace
 
 void device_synchronize(c10::Device device) {
 #if KLDQ_WITH_CUDA_BUILD
@@ -59,10 +67,26 @@ void limit_device_memory(c10::Device device, uint64_t bytes, const std::string& 
   at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
   c10::cuda::CUDACachingAllocator::setMemoryFraction(double(bytes) / double(prop.totalGlobalMem),
                                                      index);
+  budget_option() = what;
 #else
   (void)bytes;
   throw ConfigError(fmt::format("{}: this kldq was built without CUDA", what));
 #endif
+}
+
+std::string describe_out_of_memory(const std::string& message) {
+  // The allocator's text: "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total
+  // capacity of 139.8 GiB of which ... Of the allocated memory 20.1 GiB is allocated by PyTorch".
+  std::smatch m;
+  std::string line = "out of GPU memory";
+  if (std::regex_search(message, m, std::regex(R"(Tried to allocate ([0-9.]+ [KMGT]?i?B))")))
+    line += fmt::format(": tried to allocate {}", m[1].str());
+  if (std::regex_search(message, m, std::regex(R"(([0-9.]+ [KMGT]?i?B) is allocated by PyTorch)")))
+    line += fmt::format(" with {} already allocated", m[1].str());
+  line += budget_option().empty() ? fmt::format(" (the whole card)")
+                                  : fmt::format(" (budget {})", budget_option());
+  return line +
+         "; lower --batch, --seq-len or --samples, use a smaller model or dtype, or a larger card";
 }
 
 std::string device_description(c10::Device device) {

@@ -1,7 +1,8 @@
 // remove_tree over POSIX nftw (depth-first, physical walk) instead of std::filesystem, and the
-// write-beside-then-rename helpers every writer uses for outputs without partial states.
+// normalisation of output paths (temporaries and output rules are in core/output).
 #include "kldq/core/fs.hpp"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <ftw.h>
 #include <sys/stat.h>
@@ -21,11 +22,6 @@ int remove_entry(const char* path, const struct stat*, int type, struct FTW*) {
   return (type == FTW_DP ? ::rmdir(path) : ::unlink(path)) == 0 ? 0 : -1;
 }
 
-bool is_directory_no_follow(const fs::path& p) {
-  struct stat st {};
-  return ::lstat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 }  // namespace
 
 bool remove_tree(const fs::path& path) noexcept {
@@ -36,6 +32,41 @@ bool remove_tree(const fs::path& path) noexcept {
   return ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0;
 }
 
+std::string read_input_file(const fs::path& path, uint64_t max_bytes, bool config) {
+  auto fail = [&](const std::string& why) -> std::string {
+    const std::string msg = fmt::format("{}: {}", path.string(), why);
+    if (config) throw ConfigError(msg);
+    throw IoError(msg);
+  };
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the descriptor.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0)
+    return fail(errno == ENOENT ? "cannot open (no such file)"
+                                : fmt::format("cannot open ({})", std::strerror(errno)));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail(fmt::format("cannot stat ({})", std::strerror(errno)));
+  if (S_ISDIR(st.st_mode)) return fail("is a directory, expected a file");
+  if (!S_ISREG(st.st_mode)) return fail("not a regular file (a FIFO, socket or device)");
+  if (uint64_t(st.st_size) > max_bytes)
+    return fail(fmt::format("{} bytes, more than the {} MiB this kind of file may have", st.st_size,
+                            max_bytes >> 20));
+  std::string text(size_t(st.st_size), '\0');
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail(fmt::format("read failed ({})", std::strerror(errno)));
+    if (n == 0) break;  // shrank while reading
+    done += size_t(n);
+  }
+  text.resize(done);
+  return text;
+}
+
 fs::path output_path(const fs::path& path, const char* option) {
   fs::path p = fs::absolute(path).lexically_normal();
   if (!p.has_filename()) p = p.parent_path();  // "dir/" -> "dir"
@@ -43,31 +74,6 @@ fs::path output_path(const fs::path& path, const char* option) {
     throw ConfigError(
         fmt::format("{}: '{}' does not name a file or directory", option, path.string()));
   return p;
-}
-
-fs::path temp_sibling(const fs::path& path) {
-  return path.parent_path() / fmt::format(".{}.tmp.{}", path.filename().string(), ::getpid());
-}
-
-void rename_into_place(const fs::path& tmp, const fs::path& dst) {
-  auto fail = [&](const char* what) {
-    const std::string reason = std::strerror(errno);
-    remove_tree(tmp);
-    throw IoError(fmt::format("{}: {} ({})", dst.string(), what, reason));
-  };
-  // rename(2) replaces files atomically, but not non-empty directories: move the old one aside.
-  fs::path old;
-  if (is_directory_no_follow(dst)) {
-    old = temp_sibling(dst);
-    old += ".old";
-    remove_tree(old);
-    if (::rename(dst.c_str(), old.c_str()) != 0) fail("cannot move the existing directory aside");
-  }
-  if (::rename(tmp.c_str(), dst.c_str()) != 0) {
-    if (!old.empty()) ::rename(old.c_str(), dst.c_str());  // put the old content back
-    fail("cannot rename the new output into place");
-  }
-  if (!old.empty()) remove_tree(old);
 }
 
 }  // namespace kldq

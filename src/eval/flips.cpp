@@ -4,8 +4,10 @@
 #include <fmt/format.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "kldq/eval/stats.hpp"
 
 namespace kldq::eval {
@@ -37,8 +39,7 @@ std::string predictions_jsonl(const std::vector<MmluPrediction>& preds,
 
 std::vector<MmluPrediction> read_predictions(const std::filesystem::path& path,
                                              std::string* protocol) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(fmt::format("{}: cannot open", path.string()));
+  std::istringstream in(read_input_file(path, kMaxDataBytes, /*config=*/true));
   std::vector<MmluPrediction> out;
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {

@@ -2,8 +2,10 @@
 #include <fmt/format.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "kldq/eval/mmlu.hpp"
 #include "kldq/io/csv.hpp"
 
@@ -56,8 +58,7 @@ void read_csv_split(const fs::path& dir, const std::string& suffix,
 }
 
 MmluData read_jsonl(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(fmt::format("{}: cannot open", path.string()));
+  std::istringstream in(read_input_file(path, kMaxDataBytes, false));
   MmluData d;
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {

@@ -30,6 +30,19 @@ at::Tensor final_hidden(const model::Decoder& m, const at::Tensor& ids, int64_t 
   return m.run_blocks(0, m.num_blocks(), m.embed(ids.to(m.device()))).narrow(1, from, len);
 }
 
+// `v` when every score is finite; a NaN or infinite log-probability is an error, never a null
+// perplexity: weights are checked at load, so it means the activations overflowed.
+std::vector<double> finite_scores(std::vector<double> v, const char* whose) {
+  const auto bad = std::find_if(v.begin(), v.end(), [](double x) { return !std::isfinite(x); });
+  if (bad == v.end()) return v;
+  const auto n = std::count_if(v.begin(), v.end(), [](double x) { return !std::isfinite(x); });
+  throw IoError(fmt::format(
+      "perplexity: {} gave non-finite scores at {} of {} tokens (first at token {}): its "
+      "activations overflowed the compute dtype (fp16 overflows where bf16 does not: try --dtype "
+      "bf16 or fp32)",
+      whose, n, v.size(), bad - v.begin()));
+}
+
 }  // namespace
 
 PplProtocol parse_ppl_protocol(const std::string& name, const char* option) {
@@ -142,10 +155,10 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
   }
   timer.report();
   if (nll.empty()) return s;
-  s.nll = to_vector(at::cat(nll));
+  s.nll = finite_scores(to_vector(at::cat(nll)), "the model");
   if (reference) {
-    s.nll_ref = to_vector(at::cat(nll_ref));
-    s.kl = to_vector(at::cat(kl));
+    s.nll_ref = finite_scores(to_vector(at::cat(nll_ref)), "the reference");
+    s.kl = finite_scores(to_vector(at::cat(kl)), "the KL against the reference");
     const at::Tensor t = at::cat(top1).to(at::kCPU, at::kByte).contiguous();
     s.same_top1.assign(t.data_ptr<uint8_t>(), t.data_ptr<uint8_t>() + t.numel());
   }

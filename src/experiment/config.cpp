@@ -7,9 +7,11 @@
 #include <filesystem>
 #include <functional>
 #include <set>
+#include <sstream>
 
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "kldq/formats/format.hpp"
 #include "kldq/plan/planner.hpp"
 
@@ -162,9 +164,7 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path);
 Experiment load_experiment(const std::string& path) {
   YAML::Node root;
   try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
-    throw ConfigError(fmt::format("{}: cannot open", path));
+    root = YAML::Load(read_input_file(path, kMaxDocumentBytes, /*config=*/true));
   } catch (const YAML::Exception& e) {
     throw ConfigError(fmt::format("{}:{}:{}: {}", path, e.mark.line + 1, e.mark.column + 1, e.msg));
   }

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "kldq/io/csv.hpp"
 #include "kldq/io/json_util.hpp"
 
@@ -78,12 +79,11 @@ std::vector<nlohmann::json> read_runs(const fs::path& file) {
   std::vector<nlohmann::json> out;
   std::error_code ec;
   if (!fs::exists(file, ec)) return out;
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw IoError(fmt::format("{}: cannot read", file.string()));
+  std::istringstream in(read_input_file(file, kMaxDataBytes, false));
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (line.empty()) continue;
-    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    const nlohmann::json j = io::parse_json(line, fmt::format("{}:{}", file.string(), n), false);
     if (!j.is_object() || !j.contains("point") || !j["point"].is_number_integer() ||
         !j.contains("model_id") || !j["model_id"].is_string() ||
         (j.contains("eval_key") && !j["eval_key"].is_string()))
@@ -91,7 +91,7 @@ std::vector<nlohmann::json> read_runs(const fs::path& file) {
           "{}:{}: not a run record (a JSON object with an integer point and string model_id and "
           "eval_key)",
           file.string(), n));
-    out.push_back(std::move(j));
+    out.push_back(j);
   }
   return out;
 }

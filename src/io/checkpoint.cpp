@@ -147,18 +147,4 @@ std::string Checkpoint::fingerprint() const {
   return h.hex();
 }
 
-std::filesystem::path checkpoint_output(const std::filesystem::path& arg, bool force) {
-  namespace fs = std::filesystem;
-  const fs::path out = output_path(arg, "-o");
-  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out))) {
-    if (!force)
-      throw ConfigError(
-          fmt::format("-o: '{}' already exists (pass --force to replace it)", out.string()));
-    if (!fs::is_directory(out) || !fs::exists(out / "config.json"))
-      throw ConfigError(fmt::format(
-          "-o: refusing to replace '{}': it is not a checkpoint directory", out.string()));
-  }
-  return out;
-}
-
 }  // namespace kldq::io

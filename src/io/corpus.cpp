@@ -8,17 +8,14 @@
 #include <sstream>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 
 namespace kldq::io {
 
 std::string read_corpus(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(fmt::format("{}: cannot open", path.string()));
-  if (path.extension() != ".jsonl") {
-    std::ostringstream all;
-    all << in.rdbuf();
-    return all.str();
-  }
+  std::string all = read_input_file(path, kMaxDataBytes, /*config=*/true);
+  if (path.extension() != ".jsonl") return all;
+  std::istringstream in(std::move(all));
   std::string text, line;
   bool first = true;
   for (int64_t n = 1; std::getline(in, line); ++n) {

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 
 namespace kldq::io {
 
@@ -73,11 +74,7 @@ std::vector<CsvRow> parse_csv(const std::string& text, const std::string& name) 
 }
 
 std::vector<CsvRow> read_csv(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw IoError(fmt::format("{}: cannot open", path.string()));
-  std::ostringstream all;
-  all << in.rdbuf();
-  return parse_csv(all.str(), path.string());
+  return parse_csv(read_input_file(path, kMaxDataBytes, false), path.string());
 }
 
 std::string csv_field(const nlohmann::json& v) {

@@ -3,44 +3,58 @@
 
 #include <fmt/format.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
+#include "kldq/core/output.hpp"
 
 namespace kldq::io {
 
-nlohmann::json read_json_file(const std::filesystem::path& path, bool config) {
+nlohmann::json parse_json(std::string_view text, const std::string& where, bool config) {
   auto fail = [&](const std::string& msg) -> nlohmann::json {
     if (config) throw ConfigError(msg);
     throw IoError(msg);
   };
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return fail(fmt::format("{}: cannot open ({})", path.string(),
-                            std::filesystem::exists(path) ? "permission denied" : "no such file"));
-  std::stringstream buf;
-  buf << in.rdbuf();
+  // No document kldq reads nests deeper than a few levels (a tokenizer's Sequence of Splits is
+  // 4); a bound keeps hostile nesting away from every recursive walk of the tree.
+  constexpr int kMaxDepth = 128;
+  bool too_deep = false;
+  const auto depth_guard = [&](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
+    too_deep |= depth > kMaxDepth;
+    return !too_deep;
+  };
   try {
-    return nlohmann::json::parse(buf.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    return fail(fmt::format("{}: invalid JSON ({})", path.string(), e.what()));
+    nlohmann::json j = nlohmann::json::parse(text, depth_guard);
+    if (too_deep)
+      return fail(fmt::format("{}: JSON nested deeper than {} levels", where, kMaxDepth));
+    return j;
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for 1e309
+    return fail(fmt::format("{}: invalid JSON ({})", where, e.what()));
   }
 }
 
+nlohmann::json read_json_file(const std::filesystem::path& path, bool config) {
+  return parse_json(read_input_file(path, kMaxDocumentBytes, config), path.string(), config);
+}
+
 void write_file_atomic(const std::filesystem::path& path, const std::string& text) {
-  const std::filesystem::path tmp = temp_sibling(path);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    if (!out.flush()) {
-      remove_tree(tmp);
-      throw IoError(fmt::format("{}: write failed", path.string()));
-    }
+  TempOutput tmp(path, TempOutput::Kind::FILE);
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(tmp.fd(), text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      throw IoError(fmt::format("{}: write failed ({})", path.string(), std::strerror(errno)));
+    done += size_t(n);
   }
-  rename_into_place(tmp, path);
+  tmp.commit();
 }
 
 const nlohmann::json& json_member(const nlohmann::json& j, const std::string& key,

@@ -1,7 +1,7 @@
 // safetensors reader: mmap and header validation. Every check names the file and tensor, since
 // model files are untrusted input (DESIGN.md section 10): the header length must fit the file,
 // the JSON must parse, dtypes must be known, shape x dtype size must equal the byte span, and
-// spans must lie inside the data section without overlapping.
+// spans must tile the data section (no overlaps, no holes, nothing left over).
 #include <ATen/ATen.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -83,7 +83,7 @@ void parse_safetensors_header(std::string_view header_json, uint64_t data_bytes,
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(header_json);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     throw IoError(fmt::format("{}: safetensors header is not valid JSON ({})", path, e.what()));
   }
   if (!header.is_object())
@@ -138,14 +138,29 @@ void parse_safetensors_header(std::string_view header_json, uint64_t data_bytes,
   });
   // Empty tensors occupy no bytes and may sit at any offset (the reference writer puts them
   // where the next tensor starts); only non-empty spans can overlap.
+  // As the reference library requires, the spans tile the data section: no holes, nothing after
+  // the last one. A header length off by a few bytes (which can still parse when the header is
+  // padded with spaces) shifts the data section and fails here instead of loading shifted bytes.
   const TensorInfo* prev = nullptr;
   for (const TensorInfo& t : tensors) {
     if (t.nbytes() == 0) continue;
     if (prev && t.begin < prev->end)
       throw IoError(fmt::format("{}: tensors '{}' and '{}' overlap in the data section", path,
                                 prev->name, t.name));
+    const uint64_t expected = prev ? prev->end : 0;
+    if (t.begin != expected)
+      throw IoError(fmt::format(
+          "{}: tensor '{}' starts at byte {} of the data section, expected {} (a hole: the header "
+          "length or data_offsets are wrong)",
+          path, t.name, t.begin, expected));
     prev = &t;
   }
+  const uint64_t covered = prev ? prev->end : 0;
+  if (covered != data_bytes)
+    throw IoError(fmt::format(
+        "{}: the tensors cover {} bytes but the data section has {} (the header length or "
+        "data_offsets are wrong)",
+        path, covered, data_bytes));
 }
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {

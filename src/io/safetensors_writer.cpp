@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kldq/core/error.hpp"
-#include "kldq/core/fs.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/io/safetensors.hpp"
 
 namespace kldq::io {
@@ -43,28 +43,29 @@ SafetensorsWriter::SafetensorsWriter(std::filesystem::path path, std::vector<Ten
   std::string text = header.dump();
   // Pad the header with spaces to a multiple of 8 so every tensor starts 8-byte aligned.
   text.append((8 - text.size() % 8) % 8, ' ');
-  tmp_path_ = temp_sibling(path_);
-  file_ = std::fopen(tmp_path_.c_str(), "wb");
-  if (!file_)
-    throw IoError(fmt::format("{}: cannot create ({})", tmp_path_.string(), std::strerror(errno)));
+  tmp_ = std::make_unique<TempOutput>(path_, TempOutput::Kind::FILE);
+  const int fd = ::dup(tmp_->fd());
+  file_ = fd < 0 ? nullptr : ::fdopen(fd, "wb");
+  if (!file_) {
+    if (fd >= 0) ::close(fd);
+    throw IoError(fmt::format("{}: cannot open for writing ({})", tmp_->path().string(),
+                              std::strerror(errno)));
+  }
   try {
     const uint64_t len = text.size();
-    write_all(file_, &len, 8, tmp_path_);
-    write_all(file_, text.data(), text.size(), tmp_path_);
+    write_all(file_, &len, 8, tmp_->path());
+    write_all(file_, text.data(), text.size(), tmp_->path());
   } catch (...) {
-    // The destructor does not run for a constructor that throws: clean up here.
+    // The destructor does not run for a constructor that throws: close here (tmp_ removes the
+    // temporary as it goes).
     std::fclose(file_);
     file_ = nullptr;
-    remove_tree(tmp_path_);
     throw;
   }
 }
 
 SafetensorsWriter::~SafetensorsWriter() {
-  if (file_) {
-    std::fclose(file_);
-    remove_tree(tmp_path_);
-  }
+  if (file_) std::fclose(file_);  // tmp_ then removes the uncommitted temporary
 }
 
 void SafetensorsWriter::write(const std::string& name, const at::Tensor& tensor) {
@@ -75,7 +76,7 @@ void SafetensorsWriter::write(const std::string& name, const at::Tensor& tensor)
     throw InternalError(fmt::format("{}: tensor '{}' does not match its declared dtype/shape",
                                     path_.string(), name));
   const at::Tensor host = tensor.to(at::kCPU).contiguous();
-  write_all(file_, host.data_ptr(), host.nbytes(), tmp_path_);
+  write_all(file_, host.data_ptr(), host.nbytes(), tmp_->path());
   ++next_;
 }
 
@@ -86,11 +87,10 @@ void SafetensorsWriter::commit() {
   const bool ok = std::fflush(file_) == 0 && ::fsync(::fileno(file_)) == 0;
   std::fclose(file_);
   file_ = nullptr;
-  if (!ok) {
-    remove_tree(tmp_path_);
-    throw IoError(fmt::format("{}: flush failed ({})", tmp_path_.string(), std::strerror(errno)));
-  }
-  rename_into_place(tmp_path_, path_);
+  if (!ok)
+    throw IoError(
+        fmt::format("{}: flush failed ({})", tmp_->path().string(), std::strerror(errno)));
+  tmp_->commit();
 }
 
 void write_safetensors(const std::filesystem::path& path,

@@ -9,7 +9,7 @@
 
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
-#include "kldq/core/fs.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/safetensors.hpp"
 #include "kldq/model/layout.hpp"
@@ -64,15 +64,14 @@ ModelConfig synth_config(std::string_view shape) {
 
 void synth_checkpoint(const ModelConfig& config, const fs::path& out_arg,
                       const SynthOptions& options) {
-  const fs::path out = io::checkpoint_output(out_arg, options.force);
+  const fs::path out = directory_output(out_arg, "-o", options.force, {});
   ModelConfig c = config;
   c.torch_dtype = options.dtype == c10::kBFloat16 ? "bfloat16"
                   : options.dtype == c10::kHalf   ? "float16"
                                                   : "float32";
-  const fs::path tmp = temp_sibling(out);
-  remove_tree(tmp);
-  fs::create_directories(tmp);
-  try {
+  TempOutput tmp_dir(out, TempOutput::Kind::DIRECTORY);
+  const fs::path tmp = tmp_dir.path();
+  {
     io::write_file_atomic(tmp / "config.json", c.to_json().dump(2) + "\n");
     const auto slots = expected_tensors(c);
     std::vector<io::TensorSpec> specs;
@@ -88,11 +87,8 @@ void synth_checkpoint(const ModelConfig& config, const fs::path& out_arg,
       writer.write(s.name, t);
     }
     writer.commit();
-  } catch (...) {
-    remove_tree(tmp);
-    throw;
   }
-  rename_into_place(tmp, out);
+  tmp_dir.commit();
 }
 
 }  // namespace kldq::model

@@ -9,6 +9,22 @@
 
 namespace kldq::model {
 
+void check_finite(const at::Tensor& t, const std::string& what, const at::Tensor* stored) {
+  if (!at::isFloatingType(t.scalar_type()) || t.numel() == 0) return;
+  // libtorch has no isfinite for the 8-bit floats: check their values widened (exact).
+  const bool narrow = c10::elementSize(t.scalar_type()) == 1;
+  const at::Tensor v = narrow ? t.to(at::kFloat) : t;
+  if (at::isfinite(v).all().item<bool>()) return;  // one reduction and one sync per tensor
+  const int64_t nan = at::isnan(v).sum().item<int64_t>();
+  const int64_t inf = at::isinf(v).sum().item<int64_t>();
+  const bool overflow = stored && at::isfinite(*stored).all().item<bool>();
+  throw IoError(fmt::format("{}: {} NaN and {} infinite value(s){}", what, nan, inf,
+                            overflow ? fmt::format(" after conversion to {} (the stored values "
+                                                   "overflow it: use --dtype bf16 or fp32)",
+                                                   c10::toString(t.scalar_type()))
+                                     : ""));
+}
+
 WeightStore::WeightStore(const io::Checkpoint& checkpoint, c10::Device device,
                          c10::ScalarType dtype)
     : checkpoint_(checkpoint), device_(device), dtype_(dtype) {}
@@ -48,16 +64,28 @@ at::Tensor WeightStore::take_raw(const std::string& name, const std::vector<int6
 
 at::Tensor WeightStore::take(const std::string& name, const std::vector<int64_t>& shape) {
   // copy=true: never alias the file mapping, even when device and dtype already match.
-  return take_raw(name, shape).to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+  const at::Tensor raw = take_raw(name, shape);
+  at::Tensor t = raw.to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+  check_finite(t, where(name), &raw);
+  return t;
 }
 
 at::Tensor WeightStore::take_part(const std::string& name, const std::vector<int64_t>& shape,
                                   at::ScalarType dtype) {
-  return take_raw(name, shape, dtype).to(device_, dtype, /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor t =
+      take_raw(name, shape, dtype).to(device_, dtype, /*non_blocking=*/false, /*copy=*/true);
+  check_finite(t, where(name));  // scales and zero points; integer codes are skipped
+  return t;
 }
 
 void WeightStore::take_into(const std::string& name, const at::Tensor& dst) {
-  dst.copy_(take_raw(name, dst.sizes().vec()));
+  const at::Tensor raw = take_raw(name, dst.sizes().vec());
+  dst.copy_(raw);
+  check_finite(dst, where(name), &raw);
+}
+
+std::string WeightStore::where(const std::string& name) const {
+  return fmt::format("{}: tensor '{}'", checkpoint_.dir().string(), name);
 }
 
 void WeightStore::accept_derived(const ModelConfig& config) {

@@ -14,10 +14,31 @@
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/model/layer_id.hpp"
 #include "kldq/quant/quantizer.hpp"
 
 namespace kldq::plan {
 namespace {
+
+// A profile's unit ids are literal HF module names of its granularity: a linear layer
+// (`model.layers.3.mlp.up_proj`), a half block (`model.layers.3.self_attn` / `.mlp`) or a block
+// (`model.layers.3`). Plans match them as globs, so anything else (`*`, `model.layers.?`) would
+// select other layers than the ones that were measured.
+bool valid_unit_id(const std::string& id, const std::string& granularity) {
+  if (granularity == "linear") {
+    const auto l = model::LayerId::parse(id);
+    return l && l->name() == id;
+  }
+  constexpr std::string_view kPrefix = "model.layers.";
+  if (!id.starts_with(kPrefix)) return false;
+  const std::string rest = id.substr(kPrefix.size());
+  const size_t digits = rest.find_first_not_of("0123456789");
+  const std::string block = rest.substr(0, digits),
+                    tail = digits == std::string::npos ? std::string() : rest.substr(digits);
+  if (block.empty() || block.size() > 6 || (block.size() > 1 && block[0] == '0')) return false;
+  if (granularity == "block") return tail.empty();
+  return granularity == "half-block" && (tail == ".self_attn" || tail == ".mlp");
+}
 
 using nlohmann::json;
 
@@ -179,6 +200,9 @@ Profile Profile::from_json(const json& j, const std::string& path) {
   if (p.mode != "quantize-one" && p.mode != "restore-one")
     throw ConfigError(fmt::format("{}: mode: unknown mode '{}'", path, p.mode));
   p.granularity = text(j, "granularity", path);
+  if (p.granularity != "linear" && p.granularity != "half-block" && p.granularity != "block")
+    throw ConfigError(
+        fmt::format("{}: granularity: unknown granularity '{}'", path, p.granularity));
   p.base = formats::FormatSpec::parse(text(j, "base", path), path + ": base").name();
   p.method = text(j, "method", path);
   p.model = text(j, "model", path);
@@ -211,6 +235,12 @@ Profile Profile::from_json(const json& j, const std::string& path) {
            count(units[i], "bytes_base", where), count(units[i], "bytes_bf16", where),
            number(units[i], "kl_mean", where),   number(units[i], "kl_stderr", where)};
     if (u.params == 0) throw ConfigError(fmt::format("{}: params: expected > 0", where));
+    if (!valid_unit_id(u.id, p.granularity))
+      throw ConfigError(fmt::format("{}: id: '{}' is not a {} unit name (model.layers.N{})", where,
+                                    u.id, p.granularity,
+                                    p.granularity == "linear"       ? ".mlp.up_proj, ..."
+                                    : p.granularity == "half-block" ? ".self_attn or .mlp"
+                                                                    : ""));
     if (!seen.insert(u.id).second)
       throw ConfigError(fmt::format("{}: id: unit {} appears twice", where, u.id));
     p.units.push_back(std::move(u));

@@ -227,6 +227,10 @@ Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLaye
             s);
     }
     result.baseline = s[0].stats();
+    if (!std::isfinite(result.baseline.mean))
+      throw IoError(
+          "profile: the KL of the fully quantized model is not finite (activations "
+          "overflowed the compute dtype: try --dtype bf16 or fp32)");
   }
   timer.lap(1);
   st.set(m, all, restore);  // the state units are perturbed from
@@ -255,6 +259,13 @@ Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLaye
     for (size_t k = 0; k < G; ++k) {
       const Unit& u = units[g0 + k];
       UnitResult r{u, 0, 0, 0, s[k].stats()};
+      // Weights are checked at load: a non-finite KL means activations overflowed. An error, so
+      // a profile never records null sensitivities.
+      if (!std::isfinite(r.kl.mean))
+        throw IoError(fmt::format(
+            "profile: unit {}: the KL is not finite (its activations overflowed the compute "
+            "dtype; fp16 overflows where bf16 does not: try --dtype bf16 or fp32)",
+            u.id));
       for (const LayerId& id : u.layers) {
         const QLinear& d = st.dense.at(id.name());
         r.params += static_cast<uint64_t>(d.in_features() * d.out_features());

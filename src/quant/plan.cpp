@@ -31,6 +31,35 @@ bool glob_match(std::string_view pattern, std::string_view text) {
   return p == pattern.size();
 }
 
+// A selector's regex in the matcher's syntax: the ECMAScript spellings selectors were written
+// with before (`\d`, `\w` and their negations as ASCII classes, since ids are ASCII; `^` and `$`
+// dropped, since a selector matches the whole id anyway).
+std::string selector_regex(std::string re) {
+  if (re.starts_with("^")) re.erase(0, 1);
+  if (re.ends_with("$") && !re.ends_with("\\$")) re.pop_back();
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < re.size(); ++i) {
+    const char c = re[i];
+    if (c == '\\' && i + 1 < re.size()) {
+      const char e = re[++i];
+      const char* body = e == 'd' || e == 'D' ? "0-9" : e == 'w' || e == 'W' ? "A-Za-z0-9_" : "";
+      const bool negated = e == 'D' || e == 'W';
+      if (!*body || (in_class && negated))
+        out += {c, e};  // anything else is the matcher's to accept or refuse
+      else
+        out += in_class ? std::string(body) : fmt::format("[{}{}]", negated ? "^" : "", body);
+      continue;
+    }
+    if (c == '[' && !in_class)
+      in_class = true;
+    else if (c == ']' && in_class)
+      in_class = false;
+    out += c;
+  }
+  return out;
+}
+
 }  // namespace
 
 LayerSelector::LayerSelector(std::string pattern, const std::string& what)
@@ -38,18 +67,23 @@ LayerSelector::LayerSelector(std::string pattern, const std::string& what)
   if (pattern_.empty() || pattern_ == "re:")
     throw ConfigError(fmt::format("{}: empty layer pattern", what));
   if (pattern_.starts_with("re:")) {
-    is_regex_ = true;
+    // kldq's own matcher (the tokenizer's), not std::regex: bounded nesting, recursion and
+    // steps, so a hostile selector fails with a message instead of hanging or overflowing.
     try {
-      regex_ = std::regex(pattern_.substr(3), std::regex::ECMAScript);
-    } catch (const std::regex_error& e) {
-      throw ConfigError(
-          fmt::format("{}: invalid regex '{}' ({})", what, pattern_.substr(3), e.what()));
+      regex_ = std::make_shared<io::Regex>(io::Regex::compile(selector_regex(pattern_.substr(3))));
+    } catch (const io::RegexError& e) {
+      throw ConfigError(fmt::format("{}: invalid regex ({})", what, e.what()));
     }
   }
 }
 
 bool LayerSelector::matches(const std::string& id) const {
-  return is_regex_ ? std::regex_match(id, regex_) : glob_match(pattern_, id);
+  if (!regex_) return glob_match(pattern_, id);
+  try {
+    return regex_->full_match(std::u32string(id.begin(), id.end()));  // HF ids are ASCII
+  } catch (const io::RegexError& e) {
+    throw ConfigError(fmt::format("layer selector: {}", e.what()));
+  }
 }
 
 model::LayerFormats Plan::resolve(const std::vector<model::LayerId>& ids,

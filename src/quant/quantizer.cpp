@@ -7,8 +7,8 @@
 
 #include "kldq/build_config.hpp"
 #include "kldq/core/error.hpp"
-#include "kldq/core/fs.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/output.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/model/quantized.hpp"
@@ -127,7 +127,7 @@ RecordedMethod method_from_json(const nlohmann::json& j, const std::string& wher
 void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, const Plan& plan,
                                 const MethodOptions& method, const CalibratedSource& calibrated,
                                 const WriteOptions& options) {
-  const fs::path out = io::checkpoint_output(out_arg, options.force);
+  const fs::path out = directory_output(out_arg, "-o", options.force, {src});
   const model::ModelConfig config = model::load_config(src / "config.json");
   const io::Checkpoint ck = io::Checkpoint::open(src);
   // The source must load as a plain checkpoint (header checks only, nothing is read yet).
@@ -161,10 +161,15 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
   for (const auto& s : slots)
     specs.push_back({s.name, s.dtype ? *s.dtype : ck.info(s.name).scalar_type, s.shape});
 
-  const fs::path tmp = temp_sibling(out);
-  remove_tree(tmp);
-  fs::create_directories(tmp);
-  try {
+  // A source tensor as stored, refused when it holds NaN or Inf (it would quantize to NaN scales).
+  auto stored = [&](const std::string& name) {
+    at::Tensor t = ck.tensor(name);
+    model::check_finite(t, fmt::format("{}: tensor '{}'", src.string(), name));
+    return t;
+  };
+  TempOutput tmp_dir(out, TempOutput::Kind::DIRECTORY);
+  const fs::path tmp = tmp_dir.path();
+  {
     io::SafetensorsWriter writer(tmp / "model.safetensors", specs,
                                  {{"format", "pt"},
                                   {model::kFormatsKey, layer_names.dump()},
@@ -175,7 +180,7 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
     size_t next_part = 0;
     for (const auto& s : slots) {
       if (s.role != model::TensorRole::LINEAR_WEIGHT && s.role != model::TensorRole::LINEAR_PART) {
-        writer.write(s.name, ck.tensor(s.name));
+        writer.write(s.name, stored(s.name));
         continue;
       }
       if (next_part == parts.size()) {
@@ -185,7 +190,7 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
         // decoder holds them in its compute dtype, which may round them differently.
         const formats::Format k = formats.at(layer).format;
         if (l == layers.end() || k == formats::Format::BF16 || k == formats::Format::FP16) {
-          parts = formats::quantize_rtn(ck.tensor(layer + ".weight"), formats.at(layer)).parts();
+          parts = formats::quantize_rtn(stored(layer + ".weight"), formats.at(layer)).parts();
         } else {
           parts = l->second.packed.to(c10::kCPU).parts();
           if (l->second.input_scale.defined())
@@ -204,11 +209,8 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
     plan_json["kldq_version"] = KLDQ_VERSION_STRING;
     plan_json["layers"] = layer_names;
     io::write_file_atomic(tmp / model::kPlanFile, plan_json.dump(2) + "\n");
-  } catch (...) {
-    remove_tree(tmp);
-    throw;
   }
-  rename_into_place(tmp, out);
+  tmp_dir.commit();
 }
 
 }  // namespace kldq::quant

@@ -57,7 +57,7 @@ TEST_CASE("CLI errors name what is wrong and leave no output", "[cli][errors]") 
   kldq::test::write_text(dir / "notes" / "keep.txt", "keep");
   const auto force = run_kldq("synth --shape tiny --force -o " + (dir / "notes").string());
   CHECK(force.rc == 2);
-  CHECK_THAT(force.err, HasText("not a checkpoint directory"));
+  CHECK_THAT(force.err, HasText("kldq did not write it"));
   CHECK(kldq::test::read_text(dir / "notes" / "keep.txt") == "keep");
   const auto dot = run_kldq("synth --shape tiny --force -o " + (dir / "notes").string() + "/..");
   CHECK(dot.rc == 2);

@@ -57,7 +57,7 @@ std::map<std::string, std::pair<int64_t, std::string>> artifacts(const fs::path&
 std::vector<std::string> temp_files(const fs::path& out) {
   std::vector<std::string> t;
   for (const auto& f : fs::recursive_directory_iterator(out))
-    if (f.path().filename().string().find(".tmp.") != std::string::npos)
+    if (f.path().filename().string().find(".kldq-tmp-") != std::string::npos)
       t.push_back(f.path().string());
   return t;
 }

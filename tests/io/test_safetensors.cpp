@@ -130,6 +130,18 @@ TEST_CASE("malformed safetensors files are rejected with a clear error", "[io][e
         0);
     CHECK_THAT(open_error(p), HasText("too large"));
   }
+  SECTION("a hole between spans, or bytes after the last one") {
+    write_raw(p, R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})", 16);
+    CHECK_THAT(open_error(p), HasText("tensor 'w' starts at byte 8") && HasText("expected 0"));
+    write_raw(p, "{" + ok_entry + "}", 17);
+    CHECK_THAT(open_error(p), HasText("cover 16 bytes but the data section has 17"));
+  }
+  SECTION("a header length one byte short of a space-padded header") {
+    // Parses as JSON without its last space, and would shift every tensor by one byte.
+    const std::string header = "{" + ok_entry + "}   ";
+    write_raw(p, header, 16, int64_t(header.size()) - 1);
+    CHECK_THAT(open_error(p), HasText("cover 16 bytes but the data section has 17"));
+  }
   SECTION("every message names the file") {
     write_raw(p, "[]", 0);
     CHECK_THAT(open_error(p), HasText(p.string()));

@@ -5,6 +5,7 @@
 #include "kldq/io/tokenizer/regex.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/io/tokenizer/unicode.hpp"
+#include "kldq/quant/plan.hpp"
 #include "support/catch.hpp"
 
 namespace u = kldq::io::unicode;
@@ -82,6 +83,78 @@ TEST_CASE("regex semantics follow Oniguruma for the tokenizer patterns", "[io][r
   CHECK(pieces("[^\\r\\n\\p{L}\\p{N}]?\\p{L}+", "x !ab") == std::vector<std::string>{"x", "!ab"});
   for (const char* bad : {"a(", "[abc", "\\p{Greek}", "a*?", "^a", "\\w", "a{3,1}"})
     CHECK_THROWS_AS(Regex::compile(bad), kldq::io::RegexError);
+}
+
+TEST_CASE("hostile patterns fail with a message, never a hang or a stack overflow",
+          "[io][regex][errors]") {
+  using kldq::io::RegexError;
+  // Exponential backtracking: doubles per character without a budget.
+  const std::u32string as(40, U'a');
+  CHECK_THROWS_WITH(Regex::compile("(?:a+)+b").find(as, 0), HasText("catastrophic backtracking"));
+  // A repeated group over a long text recurses once per iteration: bounded depth, no crash.
+  const std::u32string text = u::decode_utf8(std::string(20000, 'x') + " y");
+  CHECK_THROWS_WITH(Regex::compile("(?:\\S|\\s)+").find(text, 0), HasText("recursed more than"));
+  // Deep nesting is refused when compiling.
+  CHECK_THROWS_WITH(Regex::compile(std::string(10000, '(') + "a" + std::string(10000, ')')),
+                    HasText("nested deeper than"));
+  // Quadratic over a text: each search scans the run to its end; one budget for all of them.
+  const std::u32string run(50000, U'a');
+  Regex::Budget budget(run.size());
+  const Regex ab = Regex::compile("a+b|a");
+  CHECK_THROWS_WITH(
+      [&] {
+        for (size_t pos = 0; auto m = ab.find(run, pos, &budget);) pos = m->second;
+      }(),
+      HasText("catastrophic backtracking"));
+  // Layer selectors use the same bounded matcher.
+  CHECK_THROWS_WITH(kldq::quant::LayerSelector("re:(?:.|.)*X", "--keep")
+                        .matches("model.layers.0.mlp.down_proj.model.layers.0.mlp.down_proj"),
+                    HasText("catastrophic backtracking"));
+  CHECK_THROWS_WITH(kldq::quant::LayerSelector(
+                        "re:" + std::string(200, '(') + "a" + std::string(200, ')'), "--keep"),
+                    HasText("--keep: invalid regex"));
+}
+
+TEST_CASE("the real pre-tokenizer patterns stay far below the step budget", "[io][regex]") {
+  const char* patterns[] = {
+      // GPT-2 (ByteLevel's built-in), Llama-3, Qwen2 (tokenizer.json of the released models).
+      "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+      "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+      "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"};
+  // Adversarial texts: long runs of each class the patterns treat specially, and mixtures.
+  const std::string texts[] = {std::string(50000, ' '),
+                               std::string(50000, ' ') + "x",
+                               std::string(50000, '\n'),
+                               std::string(25000, ' ') + std::string(25000, '\n') + " ",
+                               std::string(50000, '!'),
+                               std::string(50000, '7'),
+                               std::string(50000, 'a'),
+                               std::string(50000, '\''),
+                               [] {
+                                 std::string t;
+                                 for (int i = 0; i < 10000; ++i) t += " !\n\r'";
+                                 return t;
+                               }()};
+  uint64_t worst = 0;
+  for (const char* p : patterns) {
+    const Regex r = Regex::compile(p);
+    for (const std::string& t : texts) {
+      const std::u32string s = u::decode_utf8(t);
+      Regex::Budget budget(s.size());
+      const uint64_t start = budget.left;
+      for (size_t pos = 0; pos <= s.size();) {
+        const auto m = r.find(s, pos, &budget);
+        if (!m) break;
+        pos = m->second > m->first ? m->second : m->first + 1;
+      }
+      worst = std::max(worst, (start - budget.left) / s.size());
+    }
+  }
+  // Steps per character of the costliest pair, against the budget's kStepsPerChar.
+  INFO("worst steps per character: " << worst);
+  CHECK(worst * 50 < Regex::kStepsPerChar);
 }
 
 TEST_CASE("NFC composes, reorders and handles Hangul", "[io][unicode]") {

@@ -250,7 +250,7 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
                       {"calibration", {}},
                       {"baseline_kl", 0.5},
                       {"units",
-                       {{{"id", "a"},
+                       {{{"id", "model.layers.0.mlp.up_proj"},
                          {"params", 10},
                          {"bytes_base", 5},
                          {"bytes_bf16", 20},
@@ -258,6 +258,21 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
                          {"kl_stderr", 0.01}}}}};
   CHECK(plan::Profile::from_json(j, "p.json").units.size() == 1);
   auto bad = j;
+  // Unit ids are literal module names of the profile's granularity, never patterns.
+  for (const char* id : {"*", "model.layers.*.mlp.up_proj", "model.layers.0.mlp", "a",
+                         "model.layers.00.mlp.up_proj", "model.layers.0.mlp.up_proj.x"}) {
+    bad["units"][0]["id"] = id;
+    CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
+                      HasText("units[0]: id: '" + std::string(id) + "' is not a linear unit"));
+  }
+  bad["granularity"] = "half-block";
+  bad["units"][0]["id"] = "model.layers.0.mlp";
+  CHECK(plan::Profile::from_json(bad, "p.json").units.size() == 1);
+  bad["granularity"] = "block";
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"), HasText("not a block unit"));
+  bad["units"][0]["id"] = "model.layers.12";
+  CHECK(plan::Profile::from_json(bad, "p.json").units.size() == 1);
+  bad = j;
   bad["units"][0].erase("kl_mean");
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
                     HasText("p.json: units[0]: kl_mean: missing"));
@@ -285,7 +300,8 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
                     HasText("p.json.calibration.file: missing"));
   bad = j;
   bad["units"].push_back(bad["units"][0]);
-  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"), HasText("unit a appears twice"));
+  CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
+                    HasText("unit model.layers.0.mlp.up_proj appears twice"));
 
   CHECK(plan::parse_percent("20%", "--x") == 20);
   CHECK(plan::parse_percent("12.5", "--x") == 12.5);

@@ -151,6 +151,13 @@ TEST_CASE("layer selectors and plans", "[quant]") {
   CHECK_FALSE(
       q::LayerSelector("re:layers", "t").matches("model.layers.1.mlp.up_proj"));  // whole id
   CHECK_THROWS_WITH(q::LayerSelector("re:(", "--keep"), HasText("--keep: invalid regex"));
+  // ECMAScript spellings of earlier plans: \d, \w (also inside classes), \D, ^ and $.
+  const q::LayerSelector ecma("re:^model\\.layers\\.\\d+\\.mlp\\.[\\w]+_proj$", "t");
+  CHECK(ecma.matches("model.layers.12.mlp.up_proj"));
+  CHECK_FALSE(ecma.matches("model.layers.x.mlp.up_proj"));
+  CHECK_FALSE(ecma.matches("model.layers.1.mlp.up-proj"));
+  CHECK(q::LayerSelector("re:model\\.layers\\.\\D.*", "t").matches("model.layers.x"));
+  CHECK_FALSE(q::LayerSelector("re:model\\.layers\\.\\D.*", "t").matches("model.layers.1"));
 
   const auto plan = q::Plan::from_json(
       nlohmann::json::parse(R"({"base": "nf4", "overrides": [{"layers": "*.mlp.*", "format":

@@ -20,5 +20,8 @@ void reset_peak_allocated_bytes(c10::Device device);
 void limit_device_memory(c10::Device device, uint64_t bytes, const std::string& what);
 // "NVIDIA H100 80GB HBM3" or "cpu".
 std::string device_description(c10::Device device);
+// One line for libtorch's multi-line CUDA out-of-memory message: what was being allocated, what
+// was in use, the budget (--max-gpu-memory when given) and the options that lower the need.
+std::string describe_out_of_memory(const std::string& torch_message);
 
 }  // namespace kldq

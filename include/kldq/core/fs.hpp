@@ -1,10 +1,12 @@
-// File-system helpers: atomic replacement of outputs (write beside, then rename) and tree
-// removal that does not go through std::filesystem::remove_all, since the torch wheel's
-// libtorch.so exports its own copy of it, which crashes when called, and the dynamic linker may
-// bind our calls to it (docs/ARCHITECTURE.md, Build).
+// File-system helpers: output path normalisation, and tree removal that does not go through
+// std::filesystem::remove_all, since the torch wheel's libtorch.so exports its own copy of it,
+// which crashes when called, and the dynamic linker may bind our calls to it (docs/ARCHITECTURE.md,
+// Build).
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <string>
 
 namespace kldq {
 
@@ -16,13 +18,16 @@ bool remove_tree(const std::filesystem::path& path) noexcept;
 // when it has no final component (".", "/", "dir/..").
 std::filesystem::path output_path(const std::filesystem::path& path, const char* option);
 
-// A hidden temporary name beside `path` in the same directory (so rename is atomic):
-// dir/.name.tmp.<pid>.
-std::filesystem::path temp_sibling(const std::filesystem::path& path);
+// Size caps of input files by kind, checked before reading (docs/ARCHITECTURE.md, "Checkpoints
+// and untrusted input"): JSON and YAML documents (config.json, tokenizer.json, plans, profiles,
+// experiment files; the largest real one, a 150k-vocabulary tokenizer.json, is 7 MB) and data
+// files (corpora, MMLU, predictions, run records; WikiText-2's test split is 1.3 MB).
+inline constexpr uint64_t kMaxDocumentBytes = uint64_t(64) << 20;
+inline constexpr uint64_t kMaxDataBytes = uint64_t(1) << 30;
 
-// Moves `tmp` to `dst`, replacing a file or directory at `dst`. A directory is swapped through
-// a second temporary name, so `dst` is never missing both the old and the new content on
-// failure. On failure `tmp` is removed and IoError names `dst`.
-void rename_into_place(const std::filesystem::path& tmp, const std::filesystem::path& dst);
+// The whole content of `path`, which must be a regular file (after following symbolic links:
+// FIFOs, sockets and devices are refused without blocking) of at most `max_bytes`. Errors name
+// the file: ConfigError when `config` (a file the user named as configuration), else IoError.
+std::string read_input_file(const std::filesystem::path& path, uint64_t max_bytes, bool config);
 
 }  // namespace kldq

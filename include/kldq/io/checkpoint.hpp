@@ -46,9 +46,4 @@ class Checkpoint {
   std::map<std::string, size_t> where_;  // tensor name -> index into files_
 };
 
-// The absolute output directory of a command that writes a checkpoint (`-o`): ConfigError when
-// it exists and is not empty, unless `force` and it is a checkpoint directory (has config.json),
-// so --force never replaces an arbitrary directory given by mistake.
-std::filesystem::path checkpoint_output(const std::filesystem::path& arg, bool force);
-
 }  // namespace kldq::io

@@ -7,11 +7,16 @@
 #include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 namespace kldq::io {
 
-// Reads and parses a JSON file. `config` selects the error type: ConfigError (exit 2) for
-// user configuration, IoError (exit 1) for data files.
+// `text` parsed as JSON, nested at most 128 levels; errors name `where`: ConfigError when
+// `config`, else IoError.
+nlohmann::json parse_json(std::string_view text, const std::string& where, bool config);
+// Reads (core/fs read_input_file: a regular file of at most 64 MiB) and parses a JSON file.
+// `config` selects the error type: ConfigError (exit 2) for user configuration, IoError (exit 1)
+// for data files.
 nlohmann::json read_json_file(const std::filesystem::path& path, bool config = false);
 
 // Writes `text` to `path` through a temporary file and a rename (no partial output).

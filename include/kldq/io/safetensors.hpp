@@ -18,6 +18,10 @@
 #include <string_view>
 #include <vector>
 
+namespace kldq {
+class TempOutput;
+}
+
 namespace kldq::io {
 
 struct TensorInfo {
@@ -97,7 +101,7 @@ class SafetensorsWriter {
 
  private:
   std::filesystem::path path_;
-  std::filesystem::path tmp_path_;
+  std::unique_ptr<TempOutput> tmp_;  // the file being written, beside path_
   std::vector<TensorSpec> specs_;
   size_t next_ = 0;
   std::FILE* file_ = nullptr;

@@ -15,6 +15,12 @@
 
 namespace kldq::model {
 
+// IoError naming `what` (file and tensor) when a floating tensor holds NaN or Inf: weights and
+// scales are checked as they load, so a broken checkpoint fails there instead of reporting a NaN
+// perplexity. `stored`, when given, is the tensor before conversion: a finite one that became
+// infinite overflowed the compute dtype, and the message says so.
+void check_finite(const at::Tensor& t, const std::string& what, const at::Tensor* stored = nullptr);
+
 class WeightStore {
  public:
   WeightStore(const io::Checkpoint& checkpoint, c10::Device device, c10::ScalarType dtype);
@@ -47,6 +53,7 @@ class WeightStore {
  private:
   const io::TensorInfo& checked(const std::string& name, const std::vector<int64_t>& shape,
                                 std::optional<at::ScalarType> dtype) const;
+  std::string where(const std::string& name) const;  // "DIR: tensor 'NAME'"
 
   const io::Checkpoint& checkpoint_;
   c10::Device device_;

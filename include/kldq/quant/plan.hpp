@@ -5,18 +5,20 @@
 
 #include <nlohmann/json.hpp>
 
-#include <regex>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "kldq/formats/format.hpp"
+#include "kldq/io/tokenizer/regex.hpp"
 #include "kldq/model/layer_id.hpp"
 #include "kldq/model/layout.hpp"
 
 namespace kldq::quant {
 
 // A selection of layer ids: a glob (`*` any run of characters, `?` one character) or, with the
-// prefix `re:`, an ECMAScript regex; both must match the whole id.
+// prefix `re:`, a regex in the syntax of kldq's matcher (io/tokenizer/regex.hpp: groups,
+// alternation, quantifiers, classes; no anchors), bounded in steps; both match the whole id.
 class LayerSelector {
  public:
   // ConfigError naming `what` for an invalid regex or an empty pattern.
@@ -26,8 +28,7 @@ class LayerSelector {
 
  private:
   std::string pattern_;
-  bool is_regex_ = false;
-  std::regex regex_;
+  std::shared_ptr<const io::Regex> regex_;  // `re:` selectors; null for globs
 };
 
 struct Override {

@@ -172,6 +172,7 @@ Pattern Pattern::parse(const JsonPath& j) {
     p.literal = u32(j["String"].str());
     if (p.literal.empty()) j["String"].fail("empty pattern");
   } else if (j.has("Regex")) {
+    p.where = fmt::format("{}: {}", j.file(), j["Regex"].path());
     try {
       p.regex = Regex::compile(j["Regex"].str());
     } catch (const RegexError& e) {
@@ -186,9 +187,17 @@ Pattern Pattern::parse(const JsonPath& j) {
 std::vector<std::pair<size_t, size_t>> Pattern::find_all(std::u32string_view s) const {
   std::vector<std::pair<size_t, size_t>> out;
   size_t pos = 0;
+  // One budget for the whole text: a pattern cheap per match but quadratic over the text (every
+  // search scanning to the end) fails too.
+  Regex::Budget budget(s.size());
   while (pos <= s.size()) {
     if (regex) {
-      auto m = regex->find(s, pos);
+      std::optional<std::pair<size_t, size_t>> m;
+      try {
+        m = regex->find(s, pos, &budget);
+      } catch (const RegexError& e) {
+        throw IoError(fmt::format("{}: {}", where, e.what()));
+      }
       if (!m) break;
       if (m->second == m->first) {  // empty matches delimit nothing
         pos = m->first + 1;
@@ -257,7 +266,8 @@ PreTokenizer PreTokenizer::parse(const JsonPath& j) {
   } else if (type == "ByteLevel") {
     p.kind = BYTE_LEVEL;
     p.add_prefix_space = j.bool_or("add_prefix_space", true);  // the library's defaults
-    if (j.bool_or("use_regex", true)) p.pattern = Pattern{{}, Regex::compile(kGpt2Regex)};
+    if (j.bool_or("use_regex", true))
+      p.pattern = Pattern{{}, Regex::compile(kGpt2Regex), "ByteLevel's built-in GPT-2 pattern"};
   } else if (type == "Metaspace") {
     p.kind = METASPACE;
     p.metaspace = MetaspaceOptions::parse(j);

@@ -17,6 +17,7 @@ namespace kldq::io {
 struct Pattern {
   std::u32string literal;
   std::optional<Regex> regex;
+  std::string where;  // "tokenizer.json: pre_tokenizer.pattern.Regex", for errors while matching
   static Pattern parse(const JsonPath& j);
   // Non-overlapping matches [begin, end) left to right.
   std::vector<std::pair<size_t, size_t>> find_all(std::u32string_view s) const;

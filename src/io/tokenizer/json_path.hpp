@@ -21,6 +21,7 @@ class JsonPath {
   }
   const nlohmann::json& json() const { return *j_; }
   const std::string& path() const { return path_; }
+  const std::string& file() const { return file_; }
   bool has(const std::string& key) const {
     return j_->is_object() && j_->contains(key) && !(*j_)[key].is_null();
   }

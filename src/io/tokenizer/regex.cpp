@@ -1,7 +1,8 @@
 // Regex compilation (recursive descent over the pattern's code points) and matching
 // (backtracking with continuations: a node matches at `pos` and hands each candidate end to the
 // continuation, which decides; the first accepted candidate wins, giving leftmost-first
-// alternation and greedy quantifiers as in Oniguruma/Perl).
+// alternation and greedy quantifiers as in Oniguruma/Perl). Every node visit and scanned character
+// is charged to the search's budget, and the recursion depth is bounded (regex.hpp).
 #include "kldq/io/tokenizer/regex.hpp"
 
 #include <fmt/format.h>
@@ -17,7 +18,48 @@ struct Regex::Cont {
   bool operator()(size_t pos) const { return fn(ctx, pos); }
 };
 
+// One search: the text, the budget it draws from, the current recursion depth.
+struct Regex::Run {
+  std::u32string_view s;
+  Budget* budget;
+  const std::string* source;
+  int depth = 0;
+  uint64_t steps = 0;
+
+  void spend(uint64_t n) {
+    steps += n;
+    if (n > budget->left)
+      throw RegexError(
+          fmt::format("regex '{}': more than {} steps on a text of {} characters (catastrophic "
+                      "backtracking); this pattern cannot be used on such text",
+                      *source, steps, s.size()));
+    budget->left -= n;
+  }
+};
+
 namespace {
+
+thread_local uint64_t t_last_steps = 0;
+
+// Counts a recursion level of a match for as long as it lives.
+class DepthGuard {
+ public:
+  DepthGuard(int& depth, const std::string& source) : depth_(depth) {
+    if (++depth_ > Regex::kMaxDepth) {
+      --depth_;
+      throw RegexError(fmt::format(
+          "regex '{}': a match recursed more than {} levels (a repeated group over a long "
+          "text); this pattern cannot be used on such text",
+          source, Regex::kMaxDepth));
+    }
+  }
+  ~DepthGuard() { --depth_; }
+  DepthGuard(const DepthGuard&) = delete;
+  DepthGuard& operator=(const DepthGuard&) = delete;
+
+ private:
+  int& depth_;
+};
 
 template <class F>
 Regex::Cont make_cont(const F& f) {
@@ -164,6 +206,13 @@ class Regex::Parser {
   }
 
   int parse_group(bool icase) {
+    if (++nesting_ > kMaxNesting) fail(fmt::format("groups nested deeper than {}", kMaxNesting));
+    const int node = parse_group_body(icase);
+    --nesting_;
+    return node;
+  }
+
+  int parse_group_body(bool icase) {
     if (eat('?')) {
       if (eat(':')) return close_group(parse_alt(icase));
       if (eat('!') || (at('=') && (++i_, true))) {
@@ -309,75 +358,99 @@ class Regex::Parser {
   std::u32string p_;
   std::string_view source_;
   size_t i_ = 0;
+  int nesting_ = 0;
 };
 
 Regex Regex::compile(std::string_view pattern) {
   Regex re;
+  re.source_ = pattern;
   Parser parser(re, pattern);
   re.root_ = parser.parse_all();
   return re;
 }
 
-bool Regex::match_seq(std::u32string_view s, const Node& n, size_t idx, size_t pos,
-                      const Cont& k) const {
+bool Regex::match_seq(Run& r, const Node& n, size_t idx, size_t pos, const Cont& k) const {
   if (idx == n.kids.size()) return k(pos);
-  auto next = [&](size_t p) { return match_seq(s, n, idx + 1, p, k); };
-  return match(s, n.kids[idx], pos, make_cont(next));
+  auto next = [&](size_t p) { return match_seq(r, n, idx + 1, p, k); };
+  return match(r, n.kids[idx], pos, make_cont(next));
 }
 
-bool Regex::match_repeat(std::u32string_view s, const Node& n, int count, size_t pos,
-                         const Cont& k) const {
+bool Regex::match_repeat(Run& r, const Node& n, int count, size_t pos, const Cont& k) const {
   if (n.max < 0 || count < n.max) {
     // An iteration that consumed nothing would loop forever: it must advance.
-    auto again = [&](size_t p) { return p > pos && match_repeat(s, n, count + 1, p, k); };
-    if (match(s, n.kids[0], pos, make_cont(again))) return true;
+    auto again = [&](size_t p) { return p > pos && match_repeat(r, n, count + 1, p, k); };
+    if (match(r, n.kids[0], pos, make_cont(again))) return true;
   }
   return count >= n.min && k(pos);
 }
 
-bool Regex::match(std::u32string_view s, int node, size_t pos, const Cont& k) const {
+bool Regex::match(Run& r, int node, size_t pos, const Cont& k) const {
+  const DepthGuard depth(r.depth, source_);
+  r.spend(1);
+  const std::u32string_view s = r.s;
   const Node& n = nodes_[static_cast<size_t>(node)];
   switch (n.kind) {
     case Node::SET:
       return pos < s.size() && sets_[static_cast<size_t>(n.set)].contains(s[pos]) && k(pos + 1);
     case Node::SEQ:
-      return match_seq(s, n, 0, pos, k);
+      return match_seq(r, n, 0, pos, k);
     case Node::ALT:
       for (int kid : n.kids)
-        if (match(s, kid, pos, k)) return true;
+        if (match(r, kid, pos, k)) return true;
       return false;
     case Node::REPEAT: {
       const Node& child = nodes_[static_cast<size_t>(n.kids[0])];
-      if (child.kind != Node::SET) return match_repeat(s, n, 0, pos, k);
+      if (child.kind != Node::SET) return match_repeat(r, n, 0, pos, k);
       // Single-character body: take the longest run, then give back one at a time.
       const CharSet& cs = sets_[static_cast<size_t>(child.set)];
       const size_t limit =
           n.max < 0 ? s.size() : std::min(s.size(), pos + static_cast<size_t>(n.max));
       size_t end = pos;
       while (end < limit && cs.contains(s[end])) ++end;
-      for (size_t e = end + 1; e-- > pos + static_cast<size_t>(n.min);)
+      r.spend(end - pos);  // the scan, and each give-back below, are steps too
+      for (size_t e = end + 1; e-- > pos + static_cast<size_t>(n.min);) {
+        r.spend(1);
         if (k(e)) return true;
+      }
       return false;
     }
     case Node::LOOKAHEAD: {
       auto accept = [](size_t) { return true; };
-      const bool found = match(s, n.kids[0], pos, make_cont(accept));
+      const bool found = match(r, n.kids[0], pos, make_cont(accept));
       return found != n.negate && k(pos);
     }
   }
   return false;
 }
 
-std::optional<std::pair<size_t, size_t>> Regex::find(std::u32string_view s, size_t start) const {
-  for (size_t p = start; p <= s.size(); ++p) {
+std::optional<std::pair<size_t, size_t>> Regex::find(std::u32string_view s, size_t start,
+                                                     Budget* budget) const {
+  Budget own(s.size() - std::min(start, s.size()));
+  Run r{s, budget ? budget : &own, &source_};
+  std::optional<std::pair<size_t, size_t>> found;
+  for (size_t p = start; p <= s.size() && !found; ++p) {
     size_t end = 0;
     auto record = [&](size_t e) {
       end = e;
       return true;
     };
-    if (match(s, root_, p, make_cont(record))) return std::make_pair(p, end);
+    if (match(r, root_, p, make_cont(record))) found = std::make_pair(p, end);
   }
-  return std::nullopt;
+  t_last_steps = r.steps;
+  return found;
+}
+
+bool Regex::full_match(std::u32string_view s) const {
+  Budget budget(s.size());
+  Run r{s, &budget, &source_};
+  auto whole = [&](size_t e) { return e == s.size(); };
+  const bool ok = match(r, root_, 0, make_cont(whole));
+  t_last_steps = r.steps;
+  return ok;
+}
+
+uint64_t Regex::last_steps() {
+  return t_last_steps;
 }
 
 }  // namespace kldq::io

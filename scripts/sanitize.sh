@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# AddressSanitizer + UndefinedBehaviorSanitizer build of the CPU test suite and the fuzzer, with
+# assertions on (-UNDEBUG), in build-asan/; runs the CPU tests and a fuzz pass under both
+# sanitizers. Not part of .ci/run: a second full build on the 2-core CI machine plus the suite at
+# sanitizer speed does not fit beside the normal build; the date of the last clean run is in
+# docs/ARCHITECTURE.md ("Testing"). Run it on a machine with more cores when you can:
+#
+#   scripts/sanitize.sh [ctest args]          KLDQ_FUZZ_SECONDS=N for the fuzz pass (default 30)
+#   KLDQ_ASAN_SHARDS=16 scripts/sanitize.sh   the Catch2 suite in 16 parallel shards (Catch2 3),
+#                                             and every fuzz target at once; logs in build-asan/
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${KLDQ_ASAN_BUILD_DIR:-$ROOT/build-asan}"
+PY="${KLDQ_PYTHON:-$ROOT/.venv/bin/python}"
+[ -x "$PY" ] || PY="$(command -v python3)"
+FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -UNDEBUG"
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  TORCH_PREFIX="$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
+  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKLDQ_CUDA=OFF \
+    -DKLDQ_BUILD_BENCH=OFF -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DKLDQ_PYTHON="$PY" \
+    -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+    -DKLDQ_FUZZ_SECONDS="${KLDQ_FUZZ_SECONDS:-30}" >/dev/null
+fi
+cmake --build "$BUILD" -j"$(nproc)"
+# libtorch is not instrumented: its allocations are fine to mix, but its exit-time leaks are not
+# ours, and container annotations need every user of a container instrumented.
+export ASAN_OPTIONS="detect_leaks=0:detect_container_overflow=0:abort_on_error=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+SHARDS="${KLDQ_ASAN_SHARDS:-1}"
+if [ "$SHARDS" -le 1 ]; then
+  exec ctest --test-dir "$BUILD" -L cpu --output-on-failure "$@"
+fi
+# Parallel form: each shard is single-threaded (the shards are the parallelism).
+export OMP_NUM_THREADS=1
+pids=()
+for i in $(seq 0 $((SHARDS - 1))); do
+  "$BUILD/tests/kldq_tests" "~[cuda]" --shard-count "$SHARDS" --shard-index "$i" \
+    >"$BUILD/asan-shard-$i.log" 2>&1 &
+  pids+=($!)
+done
+targets=$("$BUILD/tests/kldq_fuzz" --list)
+for t in $targets; do
+  "$BUILD/tests/kldq_fuzz" --seconds "${KLDQ_FUZZ_SECONDS:-30}" --out "$BUILD/fuzz-out" "$t" \
+    >"$BUILD/asan-fuzz-$t.log" 2>&1 &
+  pids+=($!)
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+for f in "$BUILD"/asan-shard-*.log; do
+  echo "$(basename "$f"): $(grep -E "test cases|All tests passed" "$f" | tail -1)"
+  grep -q -E "ERROR: AddressSanitizer|runtime error:|FAILED" "$f" && { rc=1; tail -60 "$f"; }
+done
+for t in $targets; do tail -1 "$BUILD/asan-fuzz-$t.log"; done
+exit $rc
