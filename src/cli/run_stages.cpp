@@ -12,6 +12,7 @@
 
 #include "commands.hpp"
 #include "kldq/build_config.hpp"
+#include "kldq/calib/calibration.hpp"
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
@@ -22,6 +23,8 @@
 #include "kldq/experiment/results.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/io/json_util.hpp"
+#include "kldq/io/tokenizer/tokenizer.hpp"
+#include "kldq/model/config.hpp"
 #include "kldq/quant/plan.hpp"
 
 namespace kldq::cli {
@@ -204,6 +207,32 @@ class Runner {
   nlohmann::json compute_;
 };
 
+// What a stage would find wrong only after earlier stages ran, checked per model before any
+// work: the calibration windows against the model's positions and its tokenized calibration
+// text, an explicit evaluation context against its positions.
+void check_models(const ex::Experiment& e, bool calibrated) {
+  for (const auto& m : e.models) {
+    const fs::path dir(m);
+    if (!fs::is_regular_file(dir / "config.json"))
+      throw ConfigError(
+          fmt::format("{}: models: {} is not a checkpoint (no config.json)", e.path, m));
+    const model::ModelConfig c = model::load_config(dir / "config.json");
+    if (calibrated && e.seq_len > c.max_position_embeddings)
+      throw ConfigError(fmt::format("{}: calibration.seq_len: {} exceeds {}'s {} positions", e.path,
+                                    e.seq_len, m, c.max_position_embeddings));
+    if (e.eval.ctx > c.max_position_embeddings)
+      throw ConfigError(fmt::format("{}: eval.ctx: {} exceeds {}'s {} positions", e.path,
+                                    e.eval.ctx, m, c.max_position_embeddings));
+    if (!calibrated) continue;
+    const auto tokenizer = io::Tokenizer::load(dir);
+    try {
+      calib::make_calibration({e.calib, e.samples, e.seq_len, e.calib_seed}, *tokenizer);
+    } catch (const ConfigError& x) {
+      throw ConfigError(fmt::format("{}: calibration (model {}): {}", e.path, m, x.what()));
+    }
+  }
+}
+
 }  // namespace
 
 int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
@@ -226,10 +255,7 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
   if (profiles) need(e.calib, "data.calib", false);
   if (e.ppl.empty() && e.mmlu.empty())
     throw ConfigError(fmt::format("{}: data: give ppl and/or mmlu (nothing to evaluate)", e.path));
-  for (const auto& m : e.models)
-    if (!fs::is_regular_file(fs::path(m) / "config.json"))
-      throw ConfigError(
-          fmt::format("{}: models: {} is not a checkpoint (no config.json)", e.path, m));
+  check_models(e, profiles);
 
   const nlohmann::json compute = compute_tag(context_from(o.compute));
   const fs::path out = output_path(e.output, "output");

@@ -38,6 +38,7 @@ std::string read_input_file(const fs::path& path, uint64_t max_bytes, bool confi
     if (config) throw ConfigError(msg);
     throw IoError(msg);
   };
+  require_utf8_path(path, "input", config);
   // O_NONBLOCK: opening a FIFO must not wait for a writer; the type is checked on the descriptor.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
@@ -67,7 +68,42 @@ std::string read_input_file(const fs::path& path, uint64_t max_bytes, bool confi
   return text;
 }
 
+bool valid_utf8(std::string_view s) {
+  // Shortest forms only, no surrogates, at most U+10FFFF (RFC 3629), as JSON writers require.
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    const int n = b < 0x80                 ? 0
+                  : b >= 0xC2 && b <= 0xDF ? 1
+                  : b >= 0xE0 && b <= 0xEF ? 2
+                  : b >= 0xF0 && b <= 0xF4 ? 3
+                                           : -1;
+    if (n < 0 || i + size_t(n) >= s.size()) return false;  // truncated sequence
+    uint32_t cp = n == 0 ? b : b & (0x3F >> n);
+    for (int k = 1; k <= n; ++k) {
+      const auto c = static_cast<unsigned char>(s[i + size_t(k)]);
+      if ((c & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (c & 0x3F);
+    }
+    if ((n == 2 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) ||
+        (n == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
+      return false;
+    i += size_t(n) + 1;
+  }
+  return true;
+}
+
+void require_utf8_path(const fs::path& path, const char* what, bool config) {
+  if (valid_utf8(path.native())) return;
+  const std::string msg = fmt::format(
+      "{} {}: the path is not valid UTF-8 (kldq records paths in its JSON outputs); rename it",
+      what, path.string());
+  if (config) throw ConfigError(msg);
+  throw IoError(msg);
+}
+
 fs::path output_path(const fs::path& path, const char* option) {
+  require_utf8_path(path, option, true);
   fs::path p = fs::absolute(path).lexically_normal();
   if (!p.has_filename()) p = p.parent_path();  // "dir/" -> "dir"
   if (p.filename().empty() || p.filename() == "." || p.filename() == ".." || p == p.root_path())

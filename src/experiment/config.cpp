@@ -296,6 +296,13 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
       top.has("sweep") ? top.at("sweep") : Node{YAML::Node(YAML::NodeType::Map), path, "sweep"};
   sweep.only({"base", "method", "granularity", "mode", "planner", "restore_top", "by", "budget_bpw",
               "seed"});
+  // Bounded before expansion: the product of the dimensions' sizes, refused with its count.
+  double product = 1;
+  for (const auto& [name, parse] : dims)
+    if (sweep.has(name)) product *= double(std::max<size_t>(1, sweep.at(name).values().size()));
+  if (product > double(kMaxSweepPoints))
+    throw ConfigError(fmt::format("{}: sweep: {:.0f} points; at most {} (split it into files)",
+                                  path, product, kMaxSweepPoints));
   std::vector<Point> points{def};
   for (const auto& [name, parse] : dims) {
     if (!sweep.has(name)) continue;

@@ -40,6 +40,7 @@ bool is_pickle(const fs::path& p) {
 }  // namespace
 
 Checkpoint Checkpoint::open(const fs::path& dir) {
+  require_utf8_path(dir, "checkpoint", false);
   if (!fs::is_directory(dir))
     throw IoError(fmt::format("{}: not a checkpoint directory", dir.string()));
   Checkpoint ck;

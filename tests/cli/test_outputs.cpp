@@ -63,6 +63,8 @@ TEST_CASE("-o never destroys an input or a directory", "[cli][errors][outputs]")
       {"quantize " + m + " --base nf4 -o " + dir.path().string() + " --force", "contains an input"},
       {"quantize " + m + " --base nf4 -o " + m + "/.. --force", "contains an input"},
       {"quantize " + m + " --base nf4 -o / --force", "does not name"},
+      // Paths go into JSON records, which hold UTF-8 only: refused before any work.
+      {"eval " + m + ppl + " -o '" + (dir / "x\xff.json").string() + "'", "not valid UTF-8"},
   };
   for (const auto& [args, message] : cases) {
     INFO(args);

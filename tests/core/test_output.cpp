@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "support/catch.hpp"
 
 namespace {
@@ -23,6 +24,28 @@ std::vector<std::string> hidden_entries(const fs::path& dir) {
 }
 
 }  // namespace
+
+TEST_CASE("paths: UTF-8 validity (RFC 3629 cases)", "[core]") {
+  using kldq::valid_utf8;
+  CHECK(valid_utf8("plain/ascii.json"));
+  CHECK(valid_utf8("caf\xc3\xa9"));             // U+00E9
+  CHECK(valid_utf8("\xe2\x82\xac"));            // U+20AC
+  CHECK(valid_utf8("\xf0\x9f\x98\x80"));        // U+1F600
+  CHECK(valid_utf8("\xf4\x8f\xbf\xbf"));        // U+10FFFF, the last code point
+  CHECK_FALSE(valid_utf8("\xff"));              // never a UTF-8 byte
+  CHECK_FALSE(valid_utf8("\xc3"));              // truncated
+  CHECK_FALSE(valid_utf8("\xe2\x82"));          // truncated
+  CHECK_FALSE(valid_utf8("\xc0\xaf"));          // overlong '/'
+  CHECK_FALSE(valid_utf8("\xe0\x80\xaf"));      // overlong '/'
+  CHECK_FALSE(valid_utf8("\xed\xa0\x80"));      // U+D800, a surrogate
+  CHECK_FALSE(valid_utf8("\xf4\x90\x80\x80"));  // U+110000
+  CHECK_FALSE(
+      valid_utf8("a\x80"
+                 "b"));  // a lone continuation byte
+  CHECK_THROWS_AS(kldq::output_path("out\xfe.json", "-o"), kldq::ConfigError);
+  CHECK_THROWS_WITH(kldq::require_utf8_path("m\xff", "checkpoint", false),
+                    HasText("checkpoint m\xff: the path is not valid UTF-8"));
+}
 
 TEST_CASE("file_output refuses directories and inputs", "[core]") {
   kldq::test::TempDir dir("out-rules");

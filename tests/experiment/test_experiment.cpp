@@ -99,6 +99,19 @@ TEST_CASE("experiment: each schema error names the file and key path", "[experim
   has("name: x\neval: [1]\n", "eval: expected a mapping, got a list");
   has("", "expected a mapping, got nothing");  // an empty file
   has("name: x\ncalibration: {samples: 1e30}\n", "calibration.samples: expected an integer");
+  // A sweep is bounded before it is expanded: 3 x 100 x 100 x 100 points, refused with the count.
+  {
+    std::string many = "name: x\nsweep:\n  base: [nf4, int8, fp8_e4m3]\n";
+    for (const char* k : {"restore_top", "seed"}) {
+      many += std::string("  ") + k + ": [";
+      for (int i = 0; i < 100; ++i) many += (i ? ", " : "") + std::to_string(i % 100);
+      many += "]\n";
+    }
+    has(many, "sweep: 30000 points; at most 10000");
+  }
+  // Nesting beyond yaml-cpp's limit is an error, not a stack overflow.
+  CHECK_THAT(error_of(dir, "name: x\nmodels: " + std::string(100000, '[') + "\n"),
+             HasText(file + ":"));
   // A key that is not a string: file, line and column.
   CHECK_THAT(error_of(dir, "name: x\n[a, b]: 1\n"), HasText(file + ":2:1: bad conversion"));
   // YAML syntax: file, line and column.

@@ -287,6 +287,33 @@ output: '{}'
   CHECK(m.rc == 2);
   CHECK_THAT(m.err, HasText("data.ppl: no such file"));
   CHECK(!fs::exists(dir / "out2"));
+  // Values a later stage would refuse stop the run before any work too: calibration windows
+  // beyond the model's positions or its calibration text, an evaluation context beyond them.
+  auto refused = [&](const std::string& from, const std::string& to, const std::string& what) {
+    std::string text = config;
+    text.replace(text.find(from), from.size(), to);
+    text.replace(text.find("/out'"), 5, "/out3'");
+    kldq::test::write_text(dir / "late.yaml", text);
+    const auto r = run_kldq("run " + (dir / "late.yaml").string());
+    INFO(r.err);
+    CHECK(r.rc == 2);
+    CHECK_THAT(r.err, HasText(what));
+    CHECK(!fs::exists(dir / "out3"));
+  };
+  const std::string calib = (kSource / "data/demo/wiki.test.head.txt").string();
+  const std::string uniform = fmt::format(
+      "data: {{ppl: '{}'}}\nsweep: {{planner: uniform, base: [nf4, int8, fp8_e4m3]}}", calib);
+  auto profiled = [&](const std::string& windows) {
+    return fmt::format(
+        "data: {{ppl: '{}', calib: '{}'}}\ncalibration: {}\n"
+        "sweep: {{restore_top: 10, base: nf4}}",
+        calib, calib, windows);
+  };
+  refused(uniform, profiled("{samples: 4, seq_len: 1000000}"),
+          "calibration.seq_len: 1000000 exceeds");
+  refused(uniform, profiled("{samples: 100000, seq_len: 256}"),
+          "calibration (model " + model.string() + "): calibration file");
+  refused("eval: {ctx: 256", "eval: {ctx: 1000000", "eval.ctx: 1000000 exceeds");
 
   // Report errors: not a results directory (2), a bad format (2), a damaged runs file (1, naming
   // the file and line).

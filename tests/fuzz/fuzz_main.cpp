@@ -12,6 +12,8 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include "kldq/core/fs.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -188,12 +190,12 @@ int main(int argc, char** argv) {
     if (std::none_of(targets.begin(), targets.end(),
                      [&](const Target& t) { return t.name == name; })) {
       std::fprintf(stderr, "kldq_fuzz: no target %s (--list names them)\n", name.c_str());
-      fs::remove_all(work);
+      kldq::remove_tree(work);
       return 2;
     }
   if (list) {
     for (const Target& t : targets) std::printf("%s\n", t.name.c_str());
-    fs::remove_all(work);
+    kldq::remove_tree(work);
     return 0;
   }
   uint64_t findings = 0;
@@ -209,6 +211,6 @@ int main(int argc, char** argv) {
                 (unsigned long long)st.findings);
     std::fflush(stdout);
   }
-  fs::remove_all(work);
+  kldq::remove_tree(work);
   return findings == 0 ? 0 : 1;
 }

@@ -7,12 +7,19 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 
 namespace kldq {
 
 // Removes a file or a directory tree (symbolic links are removed, never followed). Returns false
 // if something could not be removed; a missing path counts as removed.
 bool remove_tree(const std::filesystem::path& path) noexcept;
+
+// Whether `s` is well-formed UTF-8 (RFC 3629: shortest forms, no surrogates).
+bool valid_utf8(std::string_view s);
+// ConfigError (when `config`) or IoError "WHAT PATH: the path is not valid UTF-8 ..." unless it
+// is: paths are recorded in JSON, which cannot hold other bytes, so they are refused up front.
+void require_utf8_path(const std::filesystem::path& path, const char* what, bool config);
 
 // `path` made absolute and normal, without a trailing separator; ConfigError naming `option`
 // when it has no final component (".", "/", "dir/..").

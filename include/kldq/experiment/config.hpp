@@ -52,6 +52,10 @@ struct Experiment {
   std::string resolved_yaml() const;
 };
 
+// The largest sweep an experiment file may expand to (the product of its dimensions' sizes);
+// a study of more points is several files (each point is a plan and an evaluation: hours).
+inline constexpr size_t kMaxSweepPoints = 10000;
+
 // Reads and validates an experiment file (YAML, or JSON, which YAML reads too). ConfigError
 // "FILE: key.path[i]: what was expected, got what" for unknown keys, wrong types and impossible
 // values; nothing is checked on disk here (models and data are checked when a run starts).
