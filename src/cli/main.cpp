@@ -2,6 +2,7 @@
 // exit codes (0 ok, 1 runtime failure, 2 usage or configuration error).
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
 #include <iostream>
 
 #include "common.hpp"
@@ -14,6 +15,11 @@
 int main(int argc, char** argv) {
   // First, before any thread exists: an interrupted command removes its partial outputs.
   kldq::install_cleanup_on_signals();
+  // Same inputs, same thread count, same bits: MKL (libtorch's CPU BLAS) by default picks fewer
+  // threads than asked when the machine is busy, which changes the summation order of a GEMM from
+  // run to run (measured: GPTQ checkpoints differing between two runs at --threads 8 on 2 cores).
+  // Read by MKL on its first call, so set before any; a user's own setting wins.
+  ::setenv("MKL_DYNAMIC", "FALSE", /*overwrite=*/0);
   CLI::App app{"kldq: KLD-guided mixed-precision quantization experiments for LLMs"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("kldq ") + KLDQ_VERSION_STRING);

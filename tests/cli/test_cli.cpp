@@ -137,7 +137,10 @@ TEST_CASE("--max-gpu-memory caps the CUDA allocator", "[cli][cuda]") {
   // The caching allocator reserves at least a 2 MiB segment: a 1 MiB cap fails the first one.
   const auto tight = run_kldq(cmd + "1MiB");
   CHECK(tight.rc == 1);
-  CHECK_THAT(tight.err, HasText("out of memory"));
+  // One line naming the request, the budget and the options that lower the need.
+  CHECK_THAT(tight.err, HasText("kldq error: out of GPU memory: tried to allocate") &&
+                            HasText("(budget --max-gpu-memory 1MiB); lower --batch"));
+  CHECK(std::count(tight.err.begin(), tight.err.end(), '\n') == 1);
   CHECK_FALSE(kldq::test::fs::exists(dir / "l.safetensors"));
   const auto huge = run_kldq(cmd + "100000GiB");
   CHECK(huge.rc == 2);

@@ -270,17 +270,19 @@ TEST_CASE("quantize and eval --method gptq|awq: checkpoints, metrics and errors"
 TEST_CASE("quantize --plan re-fits with the plan's recorded settings and calibration",
           "[quant][cli]") {
   kldq::test::TempDir dir("plan-settings");
-  const auto g1 =
-      run_kldq("quantize " + kModel + " --base int4 --group 128 --method gptq" +
-               " --damp 0.05 --no-act-order --calib " + kCalib +
-               " --samples 6 --seq-len 96 --seed 2 --device cpu -o " + (dir / "g1").string());
+  const auto g1 = run_kldq("quantize " + kModel + " --base int4 --group 128 --method gptq" +
+                           " --damp 0.05 --no-act-order --calib " + kCalib +
+                           " --samples 6 --seq-len 96 --seed 2 --device cpu --threads 8 -o " +
+                           (dir / "g1").string());
   INFO(g1.err);
   REQUIRE(g1.rc == 0);
   const std::string plan = (dir / "g1/quantization.json").string();
   const auto recorded = nlohmann::json::parse(kldq::test::read_text(plan))["method_settings"];
   // Nothing but the plan: the same settings and windows, so the same layers bit for bit.
-  const auto g2 = run_kldq("quantize " + kModel + " --plan " + plan + " --device cpu -o " +
-                           (dir / "g2").string());
+  // --threads 8: more threads than CI's 2 cores, where MKL's dynamic thread count (now off) made
+  // two runs differ.
+  const auto g2 = run_kldq("quantize " + kModel + " --plan " + plan +
+                           " --device cpu --threads 8 -o " + (dir / "g2").string());
   INFO(g2.err);
   REQUIRE(g2.rc == 0);
   CHECK_THAT(g2.err, HasText("calibration from the plan: 6 x 96 tokens of"));
