@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the CPU test suite and the fuzzer, with
-# assertions on (-UNDEBUG), in build-asan/; runs the CPU tests and a fuzz pass under both
-# sanitizers. Not part of .ci/run: a second full build on the 2-core CI machine plus the suite at
+# assertions on (no -DNDEBUG: the configuration's flags are replaced), in build-asan/; runs the
+# CPU tests and a fuzz pass under both sanitizers. Not part of .ci/run: a second full build on the 2-core CI machine plus the suite at
 # sanitizer speed does not fit beside the normal build; the date of the last clean run is in
 # docs/ARCHITECTURE.md ("Testing"). Run it on a machine with more cores when you can:
 #
@@ -13,12 +13,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${KLDQ_ASAN_BUILD_DIR:-$ROOT/build-asan}"
 PY="${KLDQ_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
-FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -UNDEBUG"
+FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   TORCH_PREFIX="$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
   cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKLDQ_CUDA=OFF \
     -DKLDQ_BUILD_BENCH=OFF -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DKLDQ_PYTHON="$PY" \
-    -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
+    -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" \
+    -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
     -DKLDQ_FUZZ_SECONDS="${KLDQ_FUZZ_SECONDS:-30}" >/dev/null
 fi
 cmake --build "$BUILD" -j"$(nproc)"
