@@ -28,10 +28,14 @@ class JsonPath {
   bool is_null() const { return j_->is_null(); }
   JsonPath operator[](const std::string& key) const {
     if (!j_->is_object()) fail("expected an object");
-    if (!j_->contains(key)) child(key).fail("missing");
+    // Checked before the lookup: nlohmann's const operator[] on a missing key is undefined
+    // behaviour (an assertion in builds with assertions on; found by scripts/sanitize.sh).
+    if (!j_->contains(key))
+      throw IoError(fmt::format("{}: {}: missing", file_, path_.empty() ? key : path_ + "." + key));
     return child(key);
   }
   JsonPath operator[](size_t i) const {
+    if (i >= size()) fail(fmt::format("no element {} (size {})", i, j_->size()));
     return JsonPath((*j_)[i], file_, fmt::format("{}[{}]", path_, i));
   }
   size_t size() const {
