@@ -154,17 +154,58 @@ std::optional<quant::Plan> plan_from(const EvalCliOptions& o) {
   return plan;
 }
 
-model::Decoder load_model(const EvalCliOptions& o, const std::optional<quant::Plan>& plan,
-                          const quant::MethodOptions& method,
-                          const std::optional<calib::Calibration>& cal, const RunContext& ctx,
-                          std::string& described) {
-  model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
+// Device bytes of the evaluation: MODEL's weights (plus the packed layers of an in-memory plan;
+// the reference shares MODEL's when it is MODEL), a separate --reference's weights block by
+// block, and the working set of one batch of windows or prompts through both models.
+model::MemoryNeeds eval_needs(const EvalCliOptions& o, const std::optional<quant::Plan>& plan,
+                              const model::ModelConfig& c, const Inputs& in, bool separate_ref,
+                              const RunContext& ctx) {
+  model::MemoryNeeds n = model::Decoder::weight_needs(o.model, ctx.dtype);
+  if (plan) {
+    std::vector<model::LayerId> ids;
+    for (int b = 0; b < c.num_layers; ++b)
+      for (model::Proj p : model::kAllProjs) ids.push_back({b, p});
+    for (const auto& [name, spec] : plan->resolve(ids)) {
+      const model::LayerId id = *model::LayerId::parse(name);  // names from the resolver
+      const auto shape = model::linear_shape(c, id.proj);
+      n.blocks[static_cast<size_t>(id.block)] += spec.bytes(shape[0], shape[1]);
+    }
+  }
+  if (separate_ref) {
+    const model::MemoryNeeds r = model::Decoder::weight_needs(o.reference, ctx.dtype);
+    n.fixed += r.fixed;
+    if (r.blocks.size() != n.blocks.size())
+      throw ConfigError(fmt::format("--reference {}: {} blocks, MODEL has {}", o.reference,
+                                    r.blocks.size(), n.blocks.size()));
+    for (size_t b = 0; b < n.blocks.size(); ++b) n.blocks[b] += r.blocks[b];
+  }
+  const int64_t T =
+      std::max<int64_t>(o.ppl.empty() ? 0 : in.ppl.ctx,
+                        o.mmlu.empty() ? 0 : std::min<int64_t>(in.mmlu.max_len, 2048));
+  n.working = 2 * model::forward_bytes(c, o.batch, T, ctx.dtype) +
+              model::head_bytes(c, 1024, ctx.dtype) + (512ULL << 20);
+  return n;
+}
+
+// MODEL (quantized in memory when there is a plan) and the reference when one is needed: a
+// separate --reference, else MODEL itself unquantized, whose weights the quantized model shares.
+std::pair<model::Decoder, std::optional<model::Decoder>> load_models(
+    const EvalCliOptions& o, const std::optional<quant::Plan>& plan,
+    const quant::MethodOptions& method, const std::optional<calib::Calibration>& cal,
+    const RunContext& ctx, bool need_ref, const std::vector<bool>& streamed,
+    std::string& described) {
+  std::optional<model::Decoder> ref;
+  if (need_ref && !o.reference.empty())
+    ref = model::Decoder::load(o.reference, ctx.device, ctx.dtype, streamed);
   described = o.model;
-  if (!plan) return m;
+  if (!plan)
+    return {model::Decoder::load(o.model, ctx.device, ctx.dtype, streamed), std::move(ref)};
+  model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype, streamed);
+  if (need_ref && o.reference.empty()) ref = m.share();
   quant::apply_layers(m, quant::quantize_layers(m, plan->resolve(m.linear_ids()), method,
                                                 cal ? cal->ids : at::Tensor()));
   described += " (" + plan->method + "/" + plan->base.name() + " in memory)";
-  return m;
+  return {std::move(m), std::move(ref)};
 }
 
 }  // namespace
@@ -225,16 +266,16 @@ int run_eval(const EvalCliOptions& o) {
     method = method_options(o.method, plan->method, &*plan);
     cal = method_calibration(o.method, method.method, o.model, &*plan);
   }
-  std::string described;
-  model::Decoder m = load_model(o, plan, method, cal, ctx, described);
   // The reference: --reference, else MODEL itself unquantized when it was quantized here and
   // something needs it (KL, or MMLU flips without saved reference predictions).
-  const bool need_ref = o.kld || (!o.mmlu.empty() && !in.ref_predictions);
-  std::optional<model::Decoder> ref;
-  if (need_ref && !o.reference.empty())
-    ref = model::Decoder::load(o.reference, ctx.device, ctx.dtype);
-  else if (need_ref && quantize)
-    ref = model::Decoder::load(o.model, ctx.device, ctx.dtype);
+  const bool need_ref =
+      (o.kld || (!o.mmlu.empty() && !in.ref_predictions)) && (!o.reference.empty() || quantize);
+  const model::MemoryNeeds needs =
+      eval_needs(o, plan, config, in, need_ref && !o.reference.empty(), ctx);
+  const model::MemoryPlan residency =
+      plan_residency(ctx, o.compute, needs, "--batch, --ctx or --mmlu's prompt length");
+  std::string described;
+  auto [m, ref] = load_models(o, plan, method, cal, ctx, need_ref, residency.streamed, described);
   const std::string ref_name = o.reference.empty() ? (ref ? o.model : "") : o.reference;
 
   nlohmann::json j = {
@@ -308,6 +349,9 @@ int run_eval(const EvalCliOptions& o) {
     predictions = eval::predictions_jsonl(preds, in.mmlu_tag);
   }
   j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
+  j["peak_host_bytes"] = peak_host_bytes();
+  j["residency"] = residency.describe(needs);
+  j["streamed_bytes"] = m.streamed_bytes() + (ref ? ref->streamed_bytes() : 0);
   j["seconds"] = seconds_since(t0);
   if (!predictions.empty()) io::write_file_atomic(pred_path, predictions);
   io::write_file_atomic(out, j.dump(2) + "\n");

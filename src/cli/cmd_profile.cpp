@@ -77,7 +77,14 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   const RunContext ctx = context_from(o.compute);
   // The profile's windows serve its method too: the profile needs them whatever the method.
   const calib::Calibration cal = *method_calibration(o.method, "gptq", o.model);
-  model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype);
+  const model::MemoryNeeds needs =
+      profile::memory_needs(model::Decoder::weight_needs(o.model, ctx.dtype),
+                            model::load_config(std::filesystem::path(o.model) / "config.json"), po,
+                            cal.ids.size(0), cal.ids.size(1), ctx.dtype);
+  const model::MemoryPlan residency =
+      plan_residency(ctx, o.compute, needs, "--batch, --samples or --seq-len");
+  po.caches_on_host = residency.caches_on_host;
+  model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype, residency.streamed);
   log::info("profile {}: {} {} units, {}/{}, {} x {} calibration tokens of {}", o.model, o.mode,
             o.granularity, method.method, po.base.name(), o.method.samples, o.method.seq_len,
             o.method.calib);
@@ -103,6 +110,9 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   j["seconds_profile"] = secs;
   j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
+  j["peak_host_bytes"] = peak_host_bytes();
+  j["residency"] = residency.describe(needs);
+  j["streamed_bytes"] = m.streamed_bytes();
   // Both texts are made before either file is written, and the CSV is removed again if the JSON
   // cannot be written: no partial output.
   const std::string json_text = j.dump(2) + "\n";

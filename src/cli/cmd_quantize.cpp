@@ -64,7 +64,17 @@ int run_quantize(const QuantizeOptions& o) {
   const auto cal = method_calibration(o.method, method.method, o.model, &plan);
   if (cal) {
     const RunContext ctx = context_from(o.compute);
-    decoder = model::Decoder::load(o.model, ctx.device, ctx.dtype);
+    const model::ModelConfig config =
+        model::load_config(std::filesystem::path(o.model) / "config.json");
+    std::vector<model::LayerId> ids;
+    for (int b = 0; b < config.num_layers; ++b)
+      for (model::Proj p : model::kAllProjs) ids.push_back({b, p});
+    const model::MemoryNeeds needs = quant::memory_needs(
+        model::Decoder::weight_needs(o.model, ctx.dtype), config, plan.resolve(ids), method,
+        cal->ids.size(0), cal->ids.size(1), ctx.dtype);
+    const model::MemoryPlan residency =
+        plan_residency(ctx, o.compute, needs, "--samples or --seq-len");
+    decoder = model::Decoder::load(o.model, ctx.device, ctx.dtype, residency.streamed);
     calibrated = {&*decoder, cal->ids, cal->identity};
   }
   const auto t0 = std::chrono::steady_clock::now();

@@ -23,7 +23,23 @@ void add_compute_options(CLI::App& sub, ComputeOptions& opts) {
   sub.add_option("--dtype", opts.dtype, "bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)");
   sub.add_option("--threads", opts.threads, "CPU threads (default: all)");
   sub.add_option("--max-gpu-memory", opts.max_gpu_memory,
-                 "cap on the CUDA allocator, e.g. 22GiB (emulates a smaller card)");
+                 "GPU memory budget, e.g. 22GiB: weights that do not fit stream from host memory "
+                 "(default: the free memory less 5%)");
+  sub.add_option("--resident-blocks", opts.resident_blocks,
+                 "at most N decoder blocks kept on the device; the rest stream (default: as many "
+                 "as the budget allows)")
+      ->check(CLI::NonNegativeNumber);
+}
+
+model::MemoryPlan plan_residency(const RunContext& ctx, const ComputeOptions& opts,
+                                 const model::MemoryNeeds& needs, const std::string& lower) {
+  uint64_t budget = model::kNoBudget;  // the CPU: host memory is the limit, not planned here
+  if (ctx.device.is_cuda())
+    budget = opts.max_gpu_memory.empty() ? device_free_bytes(ctx.device) / 20 * 19
+                                         : parse_size(opts.max_gpu_memory, "--max-gpu-memory");
+  const model::MemoryPlan plan = model::plan_memory(needs, budget, opts.resident_blocks, lower);
+  if (plan.any_streamed() || plan.caches_on_host) log::info("{}", plan.describe(needs));
+  return plan;
 }
 
 RunContext context_from(const ComputeOptions& opts, uint64_t seed) {

@@ -9,6 +9,7 @@
 
 #include "kldq/calib/calibration.hpp"
 #include "kldq/core/context.hpp"
+#include "kldq/model/residency.hpp"
 #include "kldq/quant/plan.hpp"
 #include "kldq/quant/quantizer.hpp"
 
@@ -34,11 +35,18 @@ struct ComputeOptions {
   std::string dtype;   // "" = bf16 on cuda, fp32 on cpu
   int threads = 0;
   std::string max_gpu_memory;  // "" = no cap; "22GiB", "24GB", "22" (GiB)
+  int resident_blocks = -1;    // -1: as many as the budget allows
 };
 // Adds --device, --dtype, --threads and --max-gpu-memory to a subcommand.
 void add_compute_options(CLI::App& sub, ComputeOptions& opts);
 // The run's context; applies --threads and --max-gpu-memory.
 RunContext context_from(const ComputeOptions& opts, uint64_t seed = 0);
+// Where a command's weights and caches live (model::plan_memory): on CUDA within
+// --max-gpu-memory (default: the device's free memory less 5 %), on the CPU all resident;
+// --resident-blocks caps the resident blocks on either. Logs the decision in one line when
+// anything streams or moves to the host; `lower` names the options that lower the need.
+model::MemoryPlan plan_residency(const RunContext& ctx, const ComputeOptions& opts,
+                                 const model::MemoryNeeds& needs, const std::string& lower);
 // What an experiment's stages are keyed by besides their inputs: {"device": "cuda"|"cpu",
 // "dtype": "bf16"|...}.
 nlohmann::json compute_tag(const RunContext& ctx);

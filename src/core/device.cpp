@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <sys/resource.h>
+
 #include <regex>
 
 #include "kldq/build_config.hpp"
@@ -12,6 +14,7 @@
 #include <ATen/Context.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
 #endif
 
@@ -87,6 +90,25 @@ std::string describe_out_of_memory(const std::string& message) {
                                   : fmt::format(" (budget {})", budget_option());
   return line +
          "; lower --batch, --seq-len or --samples, use a smaller model or dtype, or a larger card";
+}
+
+uint64_t peak_host_bytes() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<uint64_t>(u.ru_maxrss) * 1024;  // kilobytes on Linux
+}
+
+uint64_t device_free_bytes(c10::Device device) {
+#if KLDQ_WITH_CUDA_BUILD
+  if (device.is_cuda()) {
+    at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+    c10::cuda::CUDAGuard guard(device.index() < 0 ? 0 : device.index());
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) == cudaSuccess) return free;
+  }
+#endif
+  (void)device;
+  return 0;
 }
 
 std::string device_description(c10::Device device) {

@@ -71,10 +71,14 @@ PackedWeight PackedWeight::from_parts(const FormatSpec& spec, int64_t out, int64
 }
 
 PackedWeight PackedWeight::to(c10::Device device) const {
+  return map([&](const at::Tensor& t) { return t.to(device); });
+}
+
+PackedWeight PackedWeight::map(const std::function<at::Tensor(const at::Tensor&)>& f) const {
   PackedWeight p = *this;
-  p.codes = codes.to(device);
-  if (scales.defined()) p.scales = scales.to(device);
-  if (zeros.defined()) p.zeros = zeros.to(device);
+  if (codes.defined()) p.codes = f(codes);
+  if (scales.defined()) p.scales = f(scales);
+  if (zeros.defined()) p.zeros = f(zeros);
   return p;
 }
 

@@ -33,7 +33,7 @@ const Decoder::RopeTable& Decoder::rope(int64_t len) const {
 }
 
 at::Tensor Decoder::attention(int i, const at::Tensor& h) const {
-  const Block& b = blocks_[static_cast<size_t>(i)];
+  const Block& b = running(i);
   const int64_t B = h.size(0), T = h.size(1), d = config_.head_dim;
   const int64_t nq = config_.num_heads, nkv = config_.num_kv_heads;
   for (Proj p : {Proj::Q, Proj::K, Proj::V}) observe(i, p, h);
@@ -62,7 +62,7 @@ at::Tensor Decoder::attention(int i, const at::Tensor& h) const {
 }
 
 at::Tensor Decoder::mlp(int i, const at::Tensor& h) const {
-  const Block& b = blocks_[static_cast<size_t>(i)];
+  const Block& b = running(i);
   observe(i, Proj::GATE, h);
   observe(i, Proj::UP, h);
   at::Tensor act;  // [B, T, I]
@@ -98,7 +98,7 @@ at::Tensor Decoder::embed(const at::Tensor& ids) const {
 
 at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {
   check(i >= 0 && i < num_blocks(), fmt::format("block index {} out of range", i));
-  const Block& b = blocks_[static_cast<size_t>(i)];
+  const Block& b = running(i);
   const double eps = config_.rms_norm_eps;
   // Out of place first: callers cache block inputs and must get them back unchanged.
   auto [x, h] = kernels::add_rms_norm(

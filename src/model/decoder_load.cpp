@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <functional>
+#include <numeric>
+
 #include "kldq/core/error.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/decoder.hpp"
@@ -24,7 +27,7 @@ QLinear load_fused(WeightStore& ws, int block, std::initializer_list<Proj> projs
                    std::initializer_list<int64_t> outs, int64_t in, bool with_bias,
                    Decoder::Linears& linears) {
   const int64_t total = std::accumulate(outs.begin(), outs.end(), int64_t{0});
-  auto opts = at::TensorOptions().dtype(ws.dtype()).device(ws.device());
+  auto opts = at::TensorOptions().dtype(ws.dtype()).device(ws.device()).pinned_memory(ws.pinned());
   at::Tensor w = at::empty({total, in}, opts);  // [sum(out), in]
   at::Tensor b = with_bias ? at::empty({total}, opts) : at::Tensor();
   int64_t row = 0;
@@ -79,7 +82,8 @@ void load_group(WeightStore& ws, const LayerFormats& formats, int block,
 
 }  // namespace
 
-Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype) {
+Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype,
+                      const std::vector<bool>& streamed) {
   Decoder d;
   d.config_ = load_config(dir / "config.json");
   d.device_ = device;
@@ -92,8 +96,14 @@ Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10:
   d.workspace_ = std::make_shared<kernels::Workspace>();
   const int64_t H = c.hidden_size, I = c.intermediate_size, V = c.vocab_size;
   d.embed_ = ws.take("model.embed_tokens.weight", {V, H});
+  if (!streamed.empty() && streamed.size() != static_cast<size_t>(c.num_layers))
+    throw InternalError("Decoder::load: residency of another model");
   for (int i = 0; i < c.num_layers; ++i) {
     Block b;
+    b.streamed = !streamed.empty() && streamed[static_cast<size_t>(i)];
+    // Streamed blocks are kept on the host; pinned when the device is a GPU (asynchronous copies).
+    ws.set_target(b.streamed ? c10::Device(c10::kCPU) : device, b.streamed && device.is_cuda());
+    d.changed(b);
     const std::string prefix = fmt::format("model.layers.{}.", i);
     b.input_norm = ws.take(prefix + "input_layernorm.weight", {H});
     b.post_norm = ws.take(prefix + "post_attention_layernorm.weight", {H});
@@ -107,11 +117,32 @@ Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10:
         load_linear(ws, formats, i, Proj::DOWN, H, I, c.mlp_bias, d.workspace_);
     d.blocks_.push_back(std::move(b));
   }
+  ws.set_target(device, false);
   d.final_norm_ = ws.take("model.norm.weight", {H});
   d.lm_head_ = c.tie_word_embeddings ? d.embed_ : ws.take("lm_head.weight", {V, H});
   ws.accept_derived(c);
   ws.finish();
   return d;
+}
+
+MemoryNeeds Decoder::weight_needs(const std::filesystem::path& dir, c10::ScalarType dtype) {
+  const ModelConfig c = load_config(dir / "config.json");
+  const io::Checkpoint ck = io::Checkpoint::open(dir);
+  const LayerFormats formats = read_layer_formats(ck, c);
+  MemoryNeeds n;
+  n.blocks.assign(static_cast<size_t>(c.num_layers), 0);
+  // As load() holds them: packed parts as stored, every other tensor in the compute dtype.
+  for (const TensorSlot& t : expected_tensors(c, formats, read_input_scaled(ck, formats))) {
+    const uint64_t bytes = static_cast<uint64_t>(std::accumulate(t.shape.begin(), t.shape.end(),
+                                                                 int64_t{1}, std::multiplies<>())) *
+                           at::elementSize(t.dtype.value_or(dtype));
+    const bool in_block = t.name.starts_with("model.layers.");
+    if (in_block)
+      n.blocks[static_cast<size_t>(std::stoi(t.name.substr(13)))] += bytes;
+    else
+      n.fixed += bytes;
+  }
+  return n;
 }
 
 void Decoder::check_layer(LayerId id) const {
@@ -144,6 +175,7 @@ void Decoder::set_linear(LayerId id, QLinear layer) {
   if (attn) b.qkv = QLinear();
   if (gate_up) b.gate_up = QLinear();
   slot = std::move(layer);
+  changed(b);
 }
 
 void Decoder::quantize_layer(LayerId id, const formats::PackedWeight& packed,
@@ -152,10 +184,11 @@ void Decoder::quantize_layer(LayerId id, const formats::PackedWeight& packed,
   if (packed.out != old.out_features() || packed.in != old.in_features())
     throw InternalError(fmt::format("layer '{}': packed weight has a different shape", id.name()));
   // Copy the bias: a fused group's bias is a view into a buffer that may be released.
-  const at::Tensor bias = old.has_bias() ? old.bias().clone() : at::Tensor();
-  QLinear q(packed.to(device_), bias, dtype_, workspace_);
+  auto store = [&](const at::Tensor& t) { return to_storage(id.block, t); };
+  const at::Tensor bias = old.has_bias() ? store(old.bias().clone()) : at::Tensor();
+  QLinear q(packed.map(store), bias, dtype_, workspace_);
   if (input_scale.defined())
-    q.set_input_scale(input_scale.to(device_, dtype_));
+    q.set_input_scale(store(input_scale.to(dtype_)));
   else if (old.input_scale().defined())
     q.set_input_scale(old.input_scale());
   set_linear(id, std::move(q));
@@ -170,15 +203,20 @@ Decoder::Snapshot Decoder::snapshot() const {
 void Decoder::restore(const Snapshot& s) {
   check(s.blocks_.size() == blocks_.size(), "Decoder::restore: snapshot of another model");
   blocks_ = s.blocks_;
+  for (Block& b : blocks_) changed(b);
+}
+
+uint64_t Decoder::block_bytes(int i) const {
+  const Block& b = blocks_.at(static_cast<size_t>(i));
+  uint64_t n = b.input_norm.nbytes() + b.post_norm.nbytes();
+  for (const QLinear& l : b.linears) n += l.bytes();
+  return n;
 }
 
 uint64_t Decoder::weight_bytes() const {
   uint64_t n = embed_.nbytes() + final_norm_.nbytes();
   if (!lm_head_.is_same(embed_)) n += lm_head_.nbytes();
-  for (const Block& b : blocks_) {
-    n += b.input_norm.nbytes() + b.post_norm.nbytes();
-    for (const QLinear& l : b.linears) n += l.bytes();
-  }
+  for (int i = 0; i < num_blocks(); ++i) n += block_bytes(i);
   return n;
 }
 

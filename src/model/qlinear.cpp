@@ -45,6 +45,15 @@ void QLinear::set_input_scale(at::Tensor s) {
   input_scale_ = std::move(s);
 }
 
+QLinear QLinear::map(const std::function<at::Tensor(const at::Tensor&)>& f) const {
+  QLinear q = *this;
+  if (weight_.defined()) q.weight_ = f(weight_);
+  q.packed_ = packed_.map(f);
+  if (bias_.defined()) q.bias_ = f(bias_);
+  if (input_scale_.defined()) q.input_scale_ = f(input_scale_);
+  return q;
+}
+
 at::Tensor QLinear::effective_weight(at::ScalarType dtype) const {
   return is_packed() ? kernels::dequantize(packed_, dtype) : weight_.to(dtype);
 }

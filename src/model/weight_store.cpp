@@ -62,18 +62,29 @@ at::Tensor WeightStore::take_raw(const std::string& name, const std::vector<int6
   return checkpoint_.tensor(name);
 }
 
-at::Tensor WeightStore::take(const std::string& name, const std::vector<int64_t>& shape) {
+void WeightStore::set_target(c10::Device device, bool pinned) {
+  device_ = device;
+  pinned_ = pinned;
+}
+
+at::Tensor WeightStore::convert(const at::Tensor& raw, at::ScalarType dtype) const {
+  // Pinned: allocated pinned and filled from the file mapping, no intermediate copy.
+  if (pinned_)
+    return at::empty(raw.sizes(), raw.options().dtype(dtype).pinned_memory(true)).copy_(raw);
   // copy=true: never alias the file mapping, even when device and dtype already match.
+  return raw.to(device_, dtype, /*non_blocking=*/false, /*copy=*/true);
+}
+
+at::Tensor WeightStore::take(const std::string& name, const std::vector<int64_t>& shape) {
   const at::Tensor raw = take_raw(name, shape);
-  at::Tensor t = raw.to(device_, dtype_, /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor t = convert(raw, dtype_);
   check_finite(t, where(name), &raw);
   return t;
 }
 
 at::Tensor WeightStore::take_part(const std::string& name, const std::vector<int64_t>& shape,
                                   at::ScalarType dtype) {
-  at::Tensor t =
-      take_raw(name, shape, dtype).to(device_, dtype, /*non_blocking=*/false, /*copy=*/true);
+  at::Tensor t = convert(take_raw(name, shape, dtype), dtype);
   check_finite(t, where(name));  // scales and zero points; integer codes are skipped
   return t;
 }

@@ -60,21 +60,16 @@ void score(const Decoder& m, const std::vector<at::Tensor>& hs, const at::Tensor
   }
 }
 
-// Units scored together per batch of windows: their final hidden states ([B, T, H] each) are
-// held until the batch is scored, within 512 MiB, and at most 32 of them.
-size_t group_size(const Decoder& m, int64_t batch, int64_t T) {
-  const double per_unit = double(batch * T * m.config().hidden_size) * at::elementSize(m.dtype());
-  return static_cast<size_t>(std::clamp((512.0 * (1 << 20)) / per_unit, 1.0, 32.0));
-}
-
 // The model's layers in two states. A quantized state is written into the dense weight in
 // place (the packed layer's dequantized weight, exactly what its forward multiplies by), the
 // original kept aside until restored: the decoder keeps its fused q/k/v and gate/up GEMMs and
 // runs no dequantization per forward, and every state runs the reference's arithmetic. A layer
 // with an input scale ((x / s) W^T) is swapped in whole instead, since folding s into W would
-// round differently.
+// round differently. The weights written are the running ones (Decoder::live_linear): a streamed
+// block's device copy, so every change is undone before the loop leaves the block.
 struct States {
-  std::map<std::string, QLinear> dense, quantized;  // dense: the model's own weight views
+  std::map<std::string, QLinear> dense, quantized;  // the model's own layers; quantized kept
+                                                    // where their block's weights are kept
   std::map<std::string, at::Tensor> saved;          // originals of the layers now quantized
   States() = default;
   States(const States&) = delete;
@@ -97,23 +92,35 @@ struct States {
       const QLinear &d = dense.at(name), &q = quantized.at(name);
       if (q.input_scale().defined()) {
         m.set_linear(id, quant ? q : d);
-      } else if (quant && !saved.count(name)) {
-        saved.emplace(name, d.weight().clone());
-        d.weight().copy_(q.effective_weight(m.dtype()));
-      } else if (!quant && saved.count(name)) {
-        d.weight().copy_(saved.at(name));
+        continue;
+      }
+      if (quant == (saved.count(name) != 0)) continue;  // already so: no block brought in
+      const QLinear& live = m.live_linear(id);
+      if (quant) {
+        saved.emplace(name, live.weight().clone());
+        const QLinear on_device =
+            q.map([&](const at::Tensor& t) { return t.to(m.device(), /*non_blocking=*/true); });
+        live.weight().copy_(on_device.effective_weight(m.dtype()));
+      } else {
+        live.weight().copy_(saved.at(name));
         saved.erase(name);
       }
     }
   }
 };
 
+std::vector<LayerId> block_layers(int b) {
+  std::vector<LayerId> layers;
+  for (model::Proj p : model::kAllProjs) layers.push_back({b, p});
+  return layers;
+}
+
 // Runs every window through the model, block by block (each block over all windows, a batch at a
 // time), in the dense state or, with `quantized`, the fully quantized one; fills `inputs` (block
-// inputs, when not null) and `final` ([N, T, H]). Block-major, a block is quantized in place only
-// while it runs, so the originals set aside are one block's, not a copy of the whole model.
+// inputs, when not null; in host memory with `on_host`) and `final` ([N, T, H]). Block-major, a
+// block is quantized in place only while it runs, so the originals set aside are one block's.
 void cache_pass(Decoder& m, States& st, bool quantized, const at::Tensor& ids, int64_t batch,
-                std::vector<at::Tensor>* inputs, at::Tensor& final) {
+                std::vector<at::Tensor>* inputs, bool on_host, at::Tensor& final) {
   const int64_t N = ids.size(0), T = ids.size(1), H = m.config().hidden_size;
   final = at::empty({N, T, H}, at::TensorOptions().dtype(m.dtype()).device(m.device()));
   for (int64_t w = 0; w < N; w += batch) {
@@ -121,12 +128,12 @@ void cache_pass(Decoder& m, States& st, bool quantized, const at::Tensor& ids, i
     final.narrow(0, w, B).copy_(m.embed(ids.narrow(0, w, B)));
   }
   if (inputs) inputs->clear();
-  std::vector<LayerId> layers;
   for (int b = 0; b < m.num_blocks(); ++b) {
-    if (inputs) inputs->push_back(final.clone());
-    layers.clear();
-    for (const LayerId& id : m.linear_ids())
-      if (id.block == b) layers.push_back(id);
+    if (inputs)
+      inputs->push_back(on_host && m.device().is_cuda() ? final.to(c10::kCPU).pin_memory()
+                        : on_host                       ? final.to(c10::kCPU, false, true)
+                                                        : final.clone());
+    const std::vector<LayerId> layers = block_layers(b);
     st.set(m, layers, quantized);
     for (int64_t w = 0; w < N; w += batch) {
       const int64_t B = std::min(batch, N - w);
@@ -136,7 +143,44 @@ void cache_pass(Decoder& m, States& st, bool quantized, const at::Tensor& ids, i
   }
 }
 
+// One group of units on windows [w, w + B): each unit's final hidden state [B, T, H]. Block-major:
+// block b runs for every unit that has reached it (in the base state: dense for quantize-one,
+// quantized for restore-one), with the unit's own layers flipped while its first block runs. A
+// unit starts at its block from the cached input, or (naive) at block 0 from the embedding.
+std::vector<at::Tensor> run_group(Decoder& m, States& st, const std::vector<Unit>& units,
+                                  const std::vector<at::Tensor>& inputs, const at::Tensor& ids,
+                                  int64_t w, int64_t B, const Options& o) {
+  const bool restore = o.mode == Mode::RESTORE_ONE;
+  std::vector<at::Tensor> hs(units.size());  // [B, T, H] each
+  auto start = [&](const Unit& u) { return o.cached ? u.block : 0; };
+  int first = m.num_blocks();
+  for (const Unit& u : units) first = std::min(first, start(u));
+  for (int b = first; b < m.num_blocks(); ++b) {
+    const std::vector<LayerId> layers = block_layers(b);
+    st.set(m, layers, restore);
+    for (size_t k = 0; k < units.size(); ++k) {
+      const Unit& u = units[k];
+      if (b == start(u))
+        hs[k] = o.cached ? inputs[static_cast<size_t>(b)].narrow(0, w, B).to(m.device())
+                         : m.embed(ids.narrow(0, w, B));
+      if (b < start(u)) continue;
+      if (b == u.block) st.set(m, u.layers, !restore);
+      hs[k] = m.block(b, hs[k]);
+      if (b == u.block) st.set(m, u.layers, restore);
+    }
+    // A streamed block's copy goes back dense before the next block is brought in; a resident
+    // block keeps the base state (set once, undone at the end of the profile).
+    if (m.streamed(b)) st.set(m, layers, false);
+  }
+  return hs;
+}
+
 }  // namespace
+
+size_t group_size(const Decoder& m, int64_t batch, int64_t T, double bytes) {
+  const double per_unit = double(batch * T * m.config().hidden_size) * at::elementSize(m.dtype());
+  return static_cast<size_t>(std::clamp(bytes / per_unit, 1.0, 32.0));
+}
 
 Mode parse_mode(const std::string& s, const char* option) {
   if (s == "quantize-one") return Mode::QUANTIZE_ONE;
@@ -176,6 +220,31 @@ std::vector<Unit> make_units(const Decoder& m, Granularity g) {
   return units;
 }
 
+model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& c, const Options& o,
+                                int64_t N, int64_t T, c10::ScalarType dtype) {
+  const uint64_t e = c10::elementSize(dtype), state = uint64_t(N * T * c.hidden_size) * e;
+  uint64_t largest_layer = 0, largest_block = 0;
+  for (size_t b = 0; b < n.blocks.size(); ++b) {
+    for (model::Proj p : model::kAllProjs) {
+      const auto shape = model::linear_shape(c, p);
+      n.blocks[b] += o.base.bytes(shape[0], shape[1]);
+      largest_layer = std::max<uint64_t>(largest_layer, uint64_t(shape[0] * shape[1]));
+    }
+    largest_block = std::max(largest_block, n.blocks[b]);
+  }
+  const uint64_t batch_state = uint64_t(o.batch * T * c.hidden_size) * e;
+  const uint64_t group =
+      std::min<uint64_t>(32, std::max<uint64_t>(1, (512ULL << 20) / batch_state));
+  n.working = 2 * state +                // reference and baseline final states
+              2 * group * batch_state +  // unit states and their normed copies
+              model::forward_bytes(c, o.batch, T, dtype) + model::head_bytes(c, o.chunk, dtype) +
+              largest_block +          // one block's originals while quantized
+              4 * largest_layer * 4 +  // quantization temporaries (fp32)
+              (256ULL << 20);          // allocator rounding, cuBLAS workspace
+  n.caches = o.cached ? state * n.blocks.size() : 0;
+  return n;
+}
+
 Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLayers& quantized,
                    const Options& o) {
   check(ids.dim() == 2 && ids.size(1) >= 2 && o.batch >= 1 && o.chunk >= 1,
@@ -202,12 +271,24 @@ Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLaye
     if (ql == quantized.end())
       throw InternalError(fmt::format("run_profile: layer {} was not quantized", id.name()));
     // No workspace: only the proxies and input-scaled layers run these layers' forward.
-    QLinear q(ql->second.packed.to(m.device()), d.bias(), m.dtype(), nullptr);
+    auto store = [&](const at::Tensor& t) { return m.to_storage(id.block, t); };
+    QLinear q(ql->second.packed.map(store), d.bias(), m.dtype(), nullptr);
     const at::Tensor& s =
         ql->second.input_scale.defined() ? ql->second.input_scale : d.input_scale();
-    if (s.defined()) q.set_input_scale(s.to(m.device(), m.dtype()));
+    if (s.defined()) q.set_input_scale(store(s.to(m.dtype())));
     st.quantized.emplace(id.name(), std::move(q));
   }
+  bool streamed = false, scaled = false;
+  for (const LayerId& id : all) {
+    streamed = streamed || m.streamed(id.block);
+    scaled = scaled || st.quantized.at(id.name()).input_scale().defined();
+  }
+  // Both replace whole layers of the model, which a streamed block's device copy does not see.
+  if (streamed && (o.proxies || scaled))
+    throw UnsupportedError(fmt::format(
+        "profile: {} needs every block on the device, and the budget streams some (give a larger "
+        "--max-gpu-memory, or lower --batch or --samples)",
+        o.proxies ? "--proxies" : "a method with input scales (awq)"));
   const LayerProxies proxies =
       o.proxies ? layer_proxies(m, ids, st.dense, st.quantized, o.batch, o.chunk) : LayerProxies{};
   timer.lap(0);
@@ -215,9 +296,11 @@ Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLaye
   // Reference pass (dense): final hidden states, and block inputs for quantize-one.
   std::vector<at::Tensor> inputs;
   at::Tensor final_ref, final_q;
-  cache_pass(m, st, false, ids, o.batch, o.cached && !restore ? &inputs : nullptr, final_ref);
+  cache_pass(m, st, false, ids, o.batch, o.cached && !restore ? &inputs : nullptr, o.caches_on_host,
+             final_ref);
   // Fully quantized pass: the baseline, and block inputs for restore-one.
-  cache_pass(m, st, true, ids, o.batch, o.cached && restore ? &inputs : nullptr, final_q);
+  cache_pass(m, st, true, ids, o.batch, o.cached && restore ? &inputs : nullptr, o.caches_on_host,
+             final_q);
   Result result;
   {
     std::vector<Scores> s(1);
@@ -233,25 +316,18 @@ Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLaye
           "overflowed the compute dtype: try --dtype bf16 or fp32)");
   }
   timer.lap(1);
-  st.set(m, all, restore);  // the state units are perturbed from
   const std::vector<Unit> units = make_units(m, o.granularity);
   Progress progress(fmt::format("profile {}", mode_name(o.mode)),
                     static_cast<int64_t>(units.size()), "units");
-  const size_t group = group_size(m, o.batch, ids.size(1));
+  const size_t group = o.group ? o.group : group_size(m, o.batch, ids.size(1));
   for (size_t g0 = 0; g0 < units.size(); g0 += group) {
     const size_t G = std::min(group, units.size() - g0);
+    const std::vector<Unit> members(units.begin() + static_cast<std::ptrdiff_t>(g0),
+                                    units.begin() + static_cast<std::ptrdiff_t>(g0 + G));
     std::vector<Scores> s(G);
     for (int64_t w = 0; w < ids.size(0); w += o.batch) {
       const int64_t B = std::min(o.batch, ids.size(0) - w);
-      std::vector<at::Tensor> hs;  // G x [B, T, H]
-      for (size_t k = 0; k < G; ++k) {
-        const Unit& u = units[g0 + k];
-        st.set(m, u.layers, !restore);
-        hs.push_back(o.cached ? m.run_blocks(u.block, m.num_blocks(),
-                                             inputs[static_cast<size_t>(u.block)].narrow(0, w, B))
-                              : m.run_blocks(0, m.num_blocks(), m.embed(ids.narrow(0, w, B))));
-        st.set(m, u.layers, restore);
-      }
+      const std::vector<at::Tensor> hs = run_group(m, st, members, inputs, ids, w, B, o);
       timer.lap(2);
       score(m, hs, final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk, s);
       timer.lap(3);

@@ -117,7 +117,8 @@ at::Tensor search_scale(Decoder& m, int b, const ScaleGroup& g, const std::vecto
     for (Proj p : members) {
       const QLinear& d = dense.at(p);
       const auto& spec = formats.at(LayerId{b, p}.name());
-      QLinear trial(scaled_fake_quant(d.weight().to(at::kFloat), s, spec).to(m.dtype()), d.bias());
+      QLinear trial(scaled_fake_quant(d.weight().to(m.device(), at::kFloat), s, spec).to(m.dtype()),
+                    d.has_bias() ? d.bias().to(m.device()) : at::Tensor());
       trial.set_input_scale(s.to(m.dtype()));
       m.set_linear({b, p}, std::move(trial));
     }
@@ -206,13 +207,14 @@ void awq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerFo
     const auto& spec = formats.at(id.name());
     const Proj input = p == Proj::K || p == Proj::V ? Proj::Q : p == Proj::UP ? Proj::GATE : p;
     const at::Tensor s = scale.count(p) ? scale.at(p) : at::Tensor();
-    at::Tensor w = m.linear(id).weight().to(at::kFloat);  // [out, in]
+    at::Tensor w = m.linear(id).weight().to(m.device(), at::kFloat);  // [out, in]
     if (s.defined()) w = w * s;
     // q and k feed the attention scores through RoPE and softmax, where the reference found
     // clipping to hurt.
     if (p != Proj::Q && p != Proj::K) w = clip_search(w, x.at(input), s, spec, o, batch);
     QuantizedLayer q{formats::pack_on_grid(w, formats::make_grid(w, spec)), s};
     m.quantize_layer(id, q.packed, s);
+    q.packed = m.linear(id).packed();  // where the block keeps its weights
     out[id.name()] = std::move(q);
   }
 }

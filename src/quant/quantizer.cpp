@@ -30,6 +30,27 @@ bool copied_file(const fs::path& p) {
 
 }  // namespace
 
+model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& c,
+                                const model::LayerFormats& formats, const MethodOptions& o,
+                                int64_t N, int64_t T, c10::ScalarType dtype) {
+  const uint64_t H = static_cast<uint64_t>(c.hidden_size),
+                 I = static_cast<uint64_t>(c.intermediate_size), e = c10::elementSize(dtype);
+  for (const auto& [name, spec] : formats) {
+    const auto id = model::LayerId::parse(name);
+    if (!id || id->block >= static_cast<int>(n.blocks.size())) continue;
+    const auto shape = model::linear_shape(c, id->proj);
+    n.blocks[static_cast<size_t>(id->block)] += spec.bytes(shape[0], shape[1]);
+  }
+  const uint64_t tokens = static_cast<uint64_t>(N * T);
+  n.working = tokens * H * e +                                      // calibration hidden states
+              model::forward_bytes(c, o.batch, T, dtype) +          // one block's forward
+              3 * I * I * 4 +                                       // Hessian, its inverse (fp32)
+              4 * 2 * I * H * 4 +                                   // a stacked GPTQ problem
+              (o.method == "awq" ? tokens * (2 * H + I) * e : 0) +  // AWQ's layer inputs
+              (512ULL << 20);
+  return n;
+}
+
 void check_method(const std::string& method, const std::string& what) {
   if (method != "rtn" && method != "gptq" && method != "awq")
     throw ConfigError(
@@ -51,8 +72,11 @@ QuantizedLayers quantize_layers(model::Decoder& m, const model::LayerFormats& fo
   QuantizedLayers out;
   for (const auto& id : m.linear_ids()) {
     const auto f = formats.find(id.name());
-    if (f != formats.end())
-      out[id.name()] = {formats::quantize_rtn(m.linear(id).weight(), f->second), {}};
+    if (f == formats.end()) continue;
+    // On the device whatever the block's residency; kept where the block's weights are.
+    const formats::PackedWeight p =
+        formats::quantize_rtn(m.linear(id).weight().to(m.device()), f->second);
+    out[id.name()] = {p.map([&](const at::Tensor& t) { return m.to_storage(id.block, t); }), {}};
   }
   return out;
 }

@@ -82,7 +82,7 @@ void gptq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerF
       std::vector<at::Tensor> ws;
       std::string names;
       for (Proj p : projs) {
-        ws.push_back(m.linear({b, p}).weight().to(at::kFloat));
+        ws.push_back(m.linear({b, p}).weight().to(m.device(), at::kFloat));
         names += (names.empty() ? "" : "+") + LayerId{b, p}.name();
       }
       const GptqResult r = gptq_quantize(at::cat(ws, 0), h.matrix(), spec, o.gptq, names);
@@ -95,6 +95,7 @@ void gptq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerF
         QuantizedLayer q{
             formats::pack_on_grid(r.q.narrow(0, r0, rows), grid_rows(r.grid, r0, rows)), {}};
         m.quantize_layer({b, p}, q.packed);
+        q.packed = m.linear({b, p}).packed();  // where the block keeps its weights
         out[LayerId{b, p}.name()] = std::move(q);
         r0 += rows;
       }
@@ -141,8 +142,10 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
         const auto f = formats.find(id.name());
         if (f == formats.end() || formats::has_grid(f->second, m.linear(id).in_features()))
           continue;
-        QuantizedLayer q{formats::quantize_rtn(m.linear(id).weight(), f->second), {}};
+        QuantizedLayer q{formats::quantize_rtn(m.linear(id).weight().to(m.device()), f->second),
+                         {}};
         m.quantize_layer(id, q.packed);
+        q.packed = m.linear(id).packed();  // where the block keeps its weights
         out[id.name()] = std::move(q);
       }
       if (o.method == "gptq")

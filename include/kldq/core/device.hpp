@@ -18,6 +18,10 @@ void reset_peak_allocated_bytes(c10::Device device);
 // allocation beyond it fails with CUDA's out-of-memory error). ConfigError when `device` is not
 // CUDA or `bytes` exceeds the card's memory; `what` names the option in the message.
 void limit_device_memory(c10::Device device, uint64_t bytes, const std::string& what);
+// Peak resident host memory of this process so far (getrusage's maximum RSS).
+uint64_t peak_host_bytes();
+// Free memory of a CUDA device as the driver reports it (0 on CPU).
+uint64_t device_free_bytes(c10::Device device);
 // "NVIDIA H100 80GB HBM3" or "cpu".
 std::string device_description(c10::Device device);
 // One line for libtorch's multi-line CUDA out-of-memory message: what was being allocated, what

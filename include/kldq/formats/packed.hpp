@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,8 @@ struct PackedWeight {
                                  const std::vector<at::Tensor>& parts);
   // The same weight with every tensor on `device`.
   PackedWeight to(c10::Device device) const;
+  // The same weight with `f` applied to every tensor (moves, copies, pinning).
+  PackedWeight map(const std::function<at::Tensor(const at::Tensor&)>& f) const;
 };
 
 // Round-to-nearest quantization of w: [out, in] (any float dtype, CPU). NF4/FP4 follow

@@ -18,6 +18,7 @@
 #include "kldq/model/config.hpp"
 #include "kldq/model/layer_id.hpp"
 #include "kldq/model/qlinear.hpp"
+#include "kldq/model/residency.hpp"
 
 namespace kldq::model {
 
@@ -25,8 +26,17 @@ class Decoder {
   struct Block;
 
  public:
-  // Loads config.json and the safetensors weights of `dir` onto `device` in `dtype`.
-  static Decoder load(const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype);
+  // Loads config.json and the safetensors weights of `dir` onto `device` in `dtype`. Blocks
+  // marked in `streamed` (empty: none) stay in host memory (pinned for CUDA) and are copied to
+  // the device when they run (docs/ARCHITECTURE.md, "Residency and streaming").
+  static Decoder load(const std::filesystem::path& dir, c10::Device device, c10::ScalarType dtype,
+                      const std::vector<bool>& streamed = {});
+  // The device bytes load() would take for the checkpoint at `dir` in `dtype`, from its headers
+  // (embedding, head and final norm as `fixed`; each block's weights).
+  static MemoryNeeds weight_needs(const std::filesystem::path& dir, c10::ScalarType dtype);
+  // A decoder sharing every tensor of this one (nothing is copied), with its own stream slots:
+  // a model quantized in memory from a reference holds no second copy of the layers it keeps.
+  Decoder share() const;
 
   const ModelConfig& config() const { return config_; }
   c10::Device device() const { return device_; }
@@ -51,6 +61,23 @@ class Decoder {
   at::Tensor logits(const at::Tensor& normed) const;      // [..., H] -> [..., V]
   // embed -> all blocks -> head.
   at::Tensor forward(const at::Tensor& ids) const;
+
+  // Streaming. A streamed block runs from one of two device slots; the next streamed block is
+  // copied into the other on a separate CUDA stream while this one computes. The arithmetic is
+  // the resident block's: the same kernels on the same tensors' values.
+  bool streamed(int block) const;
+  // Where block `block`'s weights are kept: the compute device, or the host when streamed.
+  c10::Device storage_device(int block) const;
+  // `t` moved to where block `block` keeps its weights (pinned host memory when streamed).
+  at::Tensor to_storage(int block, const at::Tensor& t) const;
+  // The layer as the forward runs it now: the resident layer, or its copy in a device slot
+  // (brought in when absent). In-place changes to a streamed copy last until the slot is
+  // reused: make them, use them and undo them while working on that one block.
+  const QLinear& live_linear(LayerId id) const;
+  // Bytes copied host-to-device for streamed blocks since load.
+  uint64_t streamed_bytes() const;
+  // Exact bytes of block i's weights (linears and norms).
+  uint64_t block_bytes(int i) const;
 
   // Every decoder linear layer in model order (block, then q,k,v,o,gate,up,down).
   std::vector<LayerId> linear_ids() const;
@@ -91,16 +118,22 @@ class Decoder {
     Linears linears;
     // Fused GEMMs over the same input; the separate linears above are views into these.
     // Undefined once a member of the group was replaced.
-    QLinear qkv;      // [q_dim + 2 kv_dim, H]
-    QLinear gate_up;  // [2 I, H]
+    QLinear qkv;            // [q_dim + 2 kv_dim, H]
+    QLinear gate_up;        // [2 I, H]
+    bool streamed = false;  // kept on the host, run from a device slot
+    uint64_t version = 0;   // changes whenever a layer is replaced: device slots key on it
   };
+  class Streamer;  // the device slots of streamed blocks (decoder_stream.cpp)
   struct RopeTable {
     int64_t len = 0;
     at::Tensor cos, sin;  // [len, head_dim], compute dtype
   };
 
-  Decoder() = default;
+  Decoder();
   void check_layer(LayerId id) const;
+  // Block i as it runs: itself when resident, else its device copy.
+  const Block& running(int i) const;
+  void changed(Block& b);  // a new version (slots holding the old one are stale)
   const RopeTable& rope(int64_t len) const;
   void observe(int block, Proj p, const at::Tensor& x) const {
     if (observer_) observer_(LayerId{block, p}, x);
@@ -116,6 +149,7 @@ class Decoder {
   std::shared_ptr<kernels::Workspace> workspace_;  // shared by the packed layers
   mutable RopeTable rope_;  // grown on demand; the decoder is not shared across threads
   Observer observer_;
+  std::shared_ptr<Streamer> streamer_;  // never shared between decoders (share() makes a new one)
 };
 
 }  // namespace kldq::model

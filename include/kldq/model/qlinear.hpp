@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -36,6 +37,9 @@ class QLinear {
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }
   bool is_packed() const { return !weight_.defined() && packed_.codes.defined(); }
+  // The same layer with `f` applied to each of its tensors (weight or packed parts, bias, input
+  // scale); the workspace is shared. Moves a layer between host and device.
+  QLinear map(const std::function<at::Tensor(const at::Tensor&)>& f) const;
   // The dense weight [out, in]; undefined for packed layers.
   const at::Tensor& weight() const { return weight_; }
   const formats::PackedWeight& packed() const { return packed_; }

@@ -47,17 +47,22 @@ class WeightStore {
   // Throws IoError naming the unused tensors, if any.
   void finish() const;
 
+  // Where the next tensors go: `device`, in pinned host memory when `pinned` (streamed blocks).
+  void set_target(c10::Device device, bool pinned);
   c10::Device device() const { return device_; }
+  bool pinned() const { return pinned_; }
   c10::ScalarType dtype() const { return dtype_; }
 
  private:
   const io::TensorInfo& checked(const std::string& name, const std::vector<int64_t>& shape,
                                 std::optional<at::ScalarType> dtype) const;
-  std::string where(const std::string& name) const;  // "DIR: tensor 'NAME'"
+  std::string where(const std::string& name) const;                       // "DIR: tensor 'NAME'"
+  at::Tensor convert(const at::Tensor& raw, at::ScalarType dtype) const;  // a copy on the target
 
   const io::Checkpoint& checkpoint_;
   c10::Device device_;
   c10::ScalarType dtype_;
+  bool pinned_ = false;
   std::set<std::string> used_;
 };
 

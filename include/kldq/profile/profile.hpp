@@ -7,9 +7,11 @@
 // The cached path runs the calibration set through the model once per state (reference; fully
 // quantized) and keeps every block's input hidden states; a unit in block b then re-runs only
 // blocks b..L-1 from the cached input, and reference logits are recomputed from the cached final
-// hidden states a chunk at a time, shared by a group of units. Quantized weights are written into
-// the dense (fused) weights in place for a unit's pass. The naive path (a full forward per unit)
-// exists to test it.
+// hidden states a chunk at a time, shared by a group of units. A group's units run block-major
+// (block b once for every unit that has reached it), so a streamed block is brought to the device
+// once per group and batch; each unit still sees exactly the block sequence it would alone.
+// Quantized weights are written into the dense (fused) weights in place while a block runs and
+// undone before the next. The naive path (a full forward per unit) exists to test it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -47,11 +49,18 @@ struct Options {
   Mode mode = Mode::QUANTIZE_ONE;
   Granularity granularity = Granularity::LINEAR;
   formats::FormatSpec base;
-  int64_t batch = 8;     // calibration windows per forward
-  int64_t chunk = 1024;  // positions per LM head + KL
-  bool cached = true;    // false: a full forward per unit (the test oracle)
-  bool proxies = false;  // also the sensitivity proxies (proxies.hpp)
+  int64_t batch = 8;            // calibration windows per forward
+  int64_t chunk = 1024;         // positions per LM head + KL
+  bool cached = true;           // false: a full forward per unit (the test oracle)
+  bool proxies = false;         // also the sensitivity proxies (proxies.hpp)
+  bool caches_on_host = false;  // cached block inputs in host memory (model::MemoryPlan)
+  size_t group = 0;             // units per pass (0: as group_size() chooses)
 };
+
+// Units run together per batch of windows: their hidden states ([batch, T, H] each) are held
+// together, within `bytes` and at most 32 (each pass brings a streamed block in once).
+size_t group_size(const model::Decoder& m, int64_t batch, int64_t T,
+                  double bytes = 512.0 * (1 << 20));
 
 struct KlStats {
   double mean = 0, stderr_ = 0, top1 = 0;
@@ -68,6 +77,13 @@ struct Result {
   std::vector<UnitResult> units;
   KlStats baseline;  // the fully quantized model
 };
+
+// What a profile of N windows of T tokens needs on the device, given the checkpoint's weights
+// (model::Decoder::weight_needs): each block's weights plus its layers' quantized states, the
+// reference and baseline final states, a group's unit states, one block's forward, the LM head
+// scoring and one block's originals set aside; the cached block inputs as optional caches.
+model::MemoryNeeds memory_needs(model::MemoryNeeds weights, const model::ModelConfig& c,
+                                const Options& o, int64_t N, int64_t T, c10::ScalarType dtype);
 
 // `model` must be dense (unquantized); it is returned dense (with its fused groups split when
 // proxies were computed). ids: [N, T] int64 calibration windows; `quantized`: every linear

@@ -32,6 +32,13 @@ struct MethodOptions {
   int64_t batch = 8;  // calibration windows per forward
 };
 
+// Device bytes of quantizing with `o` on N calibration windows of T tokens (none for rtn): each
+// block's weights plus its packed layers of `formats`, the calibration hidden states, one block's
+// forward, the largest Hessian and GPTQ problem in fp32, and AWQ's cached layer inputs.
+model::MemoryNeeds memory_needs(model::MemoryNeeds weights, const model::ModelConfig& c,
+                                const model::LayerFormats& formats, const MethodOptions& o,
+                                int64_t N, int64_t T, c10::ScalarType dtype);
+
 // ConfigError naming `what` unless `method` is rtn, gptq or awq.
 void check_method(const std::string& method, const std::string& what);
 // gptq and awq need calibration windows; rtn none.
