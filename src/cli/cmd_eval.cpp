@@ -183,7 +183,7 @@ model::MemoryNeeds eval_needs(const EvalCliOptions& o, const std::optional<quant
       std::max<int64_t>(o.ppl.empty() ? 0 : in.ppl.ctx,
                         o.mmlu.empty() ? 0 : std::min<int64_t>(in.mmlu.max_len, 2048));
   n.working = 2 * model::forward_bytes(c, o.batch, T, ctx.dtype) +
-              model::head_bytes(c, 1024, ctx.dtype) + (512ULL << 20);
+              model::head_bytes(c, 1024, c10::elementSize(ctx.dtype) + 8) + (256ULL << 20);
   return n;
 }
 

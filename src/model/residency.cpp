@@ -96,9 +96,8 @@ uint64_t forward_bytes(const ModelConfig& c, int64_t rows, int64_t T, c10::Scala
   return static_cast<uint64_t>(bytes * 1.25);
 }
 
-uint64_t head_bytes(const ModelConfig& c, int64_t chunk, c10::ScalarType dtype) {
-  const auto e = static_cast<int64_t>(c10::elementSize(dtype));
-  return static_cast<uint64_t>(chunk * c.vocab_size * (2 * e + 4 * 4));
+uint64_t head_bytes(const ModelConfig& c, int64_t chunk, uint64_t per_logit) {
+  return static_cast<uint64_t>(chunk * c.vocab_size) * per_logit;
 }
 
 }  // namespace kldq::model

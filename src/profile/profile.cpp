@@ -235,12 +235,14 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& 
   const uint64_t batch_state = uint64_t(o.batch * T * c.hidden_size) * e;
   const uint64_t group =
       std::min<uint64_t>(32, std::max<uint64_t>(1, (512ULL << 20) / batch_state));
-  n.working = 2 * state +                // reference and baseline final states
-              2 * group * batch_state +  // unit states and their normed copies
-              model::forward_bytes(c, o.batch, T, dtype) + model::head_bytes(c, o.chunk, dtype) +
-              largest_block +          // one block's originals while quantized
-              4 * largest_layer * 4 +  // quantization temporaries (fp32)
-              (256ULL << 20);          // allocator rounding, cuBLAS workspace
+  // Quantizing the layers comes before the passes: the larger of the two phases counts.
+  const uint64_t quantize = 4 * largest_layer * 4;   // a layer in fp32 and its temporaries
+  const uint64_t passes = 2 * state +                // reference and baseline final states
+                          2 * group * batch_state +  // unit states and their normed copies
+                          model::forward_bytes(c, o.batch, T, dtype) +
+                          model::head_bytes(c, o.chunk, 2 * e) +
+                          largest_block;                    // one block's originals while quantized
+  n.working = std::max(quantize, passes) + (256ULL << 20);  // allocator rounding, cuBLAS
   n.caches = o.cached ? state * n.blocks.size() : 0;
   return n;
 }

@@ -50,9 +50,10 @@ MemoryPlan plan_memory(const MemoryNeeds& needs, uint64_t budget, int max_reside
 // sequences of T tokens (hidden states, q/k/v, attention output, the MLP's gate/up/activation),
 // a quarter more for the allocator's rounding and kernel workspaces.
 uint64_t forward_bytes(const ModelConfig& c, int64_t rows, int64_t T, c10::ScalarType dtype);
-// The LM head and fp32 scoring of `chunk` positions of two models (their logits, fp32
-// log-softmax and per-token KL temporaries).
-uint64_t head_bytes(const ModelConfig& c, int64_t chunk, c10::ScalarType dtype);
+// The LM head's scoring of `chunk` positions at `per_logit` bytes per logit: two models' logits
+// read by the fused KL kernel (2 x the dtype's size), or one model's logits and their fp32
+// log-softmax (the dtype's size + 8).
+uint64_t head_bytes(const ModelConfig& c, int64_t chunk, uint64_t per_logit);
 
 // "13.9 GiB".
 std::string gib(uint64_t bytes);
