@@ -352,6 +352,8 @@ int run_eval(const EvalCliOptions& o) {
   j["peak_host_bytes"] = peak_host_bytes();
   j["residency"] = residency.describe(needs);
   j["streamed_bytes"] = m.streamed_bytes() + (ref ? ref->streamed_bytes() : 0);
+  log::debug("eval: {} copied host-to-device for streamed blocks; peak host memory {}",
+             model::gib(j["streamed_bytes"].get<uint64_t>()), model::gib(peak_host_bytes()));
   j["seconds"] = seconds_since(t0);
   if (!predictions.empty()) io::write_file_atomic(pred_path, predictions);
   io::write_file_atomic(out, j.dump(2) + "\n");

@@ -113,6 +113,8 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   j["peak_host_bytes"] = peak_host_bytes();
   j["residency"] = residency.describe(needs);
   j["streamed_bytes"] = m.streamed_bytes();
+  log::debug("profile: {} copied host-to-device for streamed blocks; peak host memory {}",
+             model::gib(m.streamed_bytes()), model::gib(peak_host_bytes()));
   // Both texts are made before either file is written, and the CSV is removed again if the JSON
   // cannot be written: no partial output.
   const std::string json_text = j.dump(2) + "\n";

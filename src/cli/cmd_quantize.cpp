@@ -85,6 +85,9 @@ int run_quantize(const QuantizeOptions& o) {
   if (decoder && decoder->device().is_cuda())
     line += fmt::format(", peak CUDA memory {:.2f} GiB",
                         double(peak_allocated_bytes(decoder->device())) / double(1ULL << 30));
+  if (decoder && decoder->streamed_bytes())
+    line += fmt::format(", {} streamed host-to-device", model::gib(decoder->streamed_bytes()));
+  line += fmt::format(", peak host memory {}", model::gib(peak_host_bytes()));
   std::cout << line << "\n";
   return 0;
 }

@@ -43,8 +43,12 @@ void dry_run(const experiment::Experiment& e, const RunCliOptions& o,
   }
 }
 
-int run_run(const RunCliOptions& o) {
-  experiment::Experiment e = experiment::load_experiment(o.experiment);
+int run_run(const RunCliOptions& given) {
+  experiment::Experiment e = experiment::load_experiment(given.experiment);
+  // The file's budget unless the command line gives one; results do not depend on it (streamed
+  // blocks compute bit-identically), so it is not part of any stage key.
+  RunCliOptions o = given;
+  if (o.compute.max_gpu_memory.empty()) o.compute.max_gpu_memory = e.max_gpu_memory;
   if (!o.models.empty()) e.models = o.models;
   if (!o.output.empty()) e.output = o.output;
   if (e.models.empty())

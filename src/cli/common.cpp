@@ -55,25 +55,6 @@ nlohmann::json compute_tag(const RunContext& ctx) {
   return {{"device", ctx.device.is_cuda() ? "cuda" : "cpu"}, {"dtype", dtype_name(ctx.dtype)}};
 }
 
-uint64_t parse_size(const std::string& text, const std::string& what) {
-  static const std::pair<const char*, double> kUnits[] = {{"GiB", double(1ULL << 30)},
-                                                          {"MiB", double(1ULL << 20)},
-                                                          {"GB", 1e9},
-                                                          {"MB", 1e6},
-                                                          {"", double(1ULL << 30)}};
-  for (const auto& [unit, scale] : kUnits) {
-    const std::string u = unit;
-    if (text.size() <= u.size() || text.compare(text.size() - u.size(), u.size(), u) != 0) continue;
-    const std::optional<double> v = parse_number(text.substr(0, text.size() - u.size()));
-    // At least one byte, and within uint64_t (the cast of a larger double is undefined).
-    if (v && *v * scale >= 1 && *v * scale < 0x1p64) return static_cast<uint64_t>(*v * scale);
-    break;
-  }
-  throw ConfigError(fmt::format(
-      "{} {}: expected a positive size such as 22GiB, 512MiB or 24GB (a bare number is GiB)", what,
-      text));
-}
-
 quant::Plan read_plan_for(const std::string& plan_path, const std::string& model) {
   quant::Plan plan = quant::Plan::from_json(io::read_json_file(plan_path, true), plan_path);
   if (plan.planner.is_object() && plan.planner.contains("model_fingerprint")) {

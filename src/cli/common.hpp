@@ -50,8 +50,6 @@ model::MemoryPlan plan_residency(const RunContext& ctx, const ComputeOptions& op
 // What an experiment's stages are keyed by besides their inputs: {"device": "cuda"|"cpu",
 // "dtype": "bf16"|...}.
 nlohmann::json compute_tag(const RunContext& ctx);
-// "22GiB", "512MiB", "24GB", "24" (GiB) -> bytes; ConfigError naming `what` otherwise.
-uint64_t parse_size(const std::string& text, const std::string& what);
 
 // The quantization method and its settings (--method, --damp, --act-order, --group) and, for
 // commands that take them, the calibration windows (--calib, --samples, --seq-len, --seed).

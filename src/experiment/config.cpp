@@ -139,22 +139,26 @@ nlohmann::json Point::to_json() const {
 nlohmann::json Experiment::resolved() const {
   nlohmann::json pts = nlohmann::json::array();
   for (const Point& p : points) pts.push_back(p.to_json());
-  return {{"name", name},
-          {"models", models},
-          {"data", {{"calib", calib}, {"ppl", ppl}, {"mmlu", mmlu}}},
-          {"calibration", {{"samples", samples}, {"seq_len", seq_len}, {"seed", calib_seed}}},
-          {"profile", {{"proxies", proxies}}},
-          {"plan", {{"candidates", candidates}}},
-          {"eval",
-           {{"ppl_protocol", eval.ppl_protocol},
-            {"ctx", eval.ctx},
-            {"kld", eval.kld},
-            {"mmlu_protocol", eval.mmlu_protocol},
-            {"shots", eval.shots},
-            {"mmlu_limit", eval.mmlu_limit},
-            {"batch", eval.batch}}},
-          {"output", output},
-          {"points", pts}};
+  nlohmann::json j = {
+      {"name", name},
+      {"models", models},
+      {"data", {{"calib", calib}, {"ppl", ppl}, {"mmlu", mmlu}}},
+      {"calibration", {{"samples", samples}, {"seq_len", seq_len}, {"seed", calib_seed}}},
+      {"profile", {{"proxies", proxies}}},
+      {"plan", {{"candidates", candidates}}},
+      {"eval",
+       {{"ppl_protocol", eval.ppl_protocol},
+        {"ctx", eval.ctx},
+        {"kld", eval.kld},
+        {"mmlu_protocol", eval.mmlu_protocol},
+        {"shots", eval.shots},
+        {"mmlu_limit", eval.mmlu_limit},
+        {"batch", eval.batch}}},
+      {"output", output},
+      {"points", pts}};
+  // Only when given: the budget changes where weights live, not any result.
+  if (!max_gpu_memory.empty()) j["max_gpu_memory"] = max_gpu_memory;
+  return j;
 }
 
 namespace {
@@ -211,10 +215,15 @@ namespace {
 
 Experiment from_yaml(const YAML::Node& root, const std::string& path) {
   const Node top{root, path, ""};
-  top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output"});
+  top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output",
+            "max_gpu_memory"});
   Experiment e;
   e.path = path;
   e.name = top.at("name").text();
+  if (top.has("max_gpu_memory")) {
+    e.max_gpu_memory = top.at("max_gpu_memory").text();
+    parse_size(e.max_gpu_memory, path + ": max_gpu_memory");
+  }
   if (top.has("models"))
     for (const Node& m : top.at("models").values()) e.models.push_back(m.text());
   if (top.has("data")) {

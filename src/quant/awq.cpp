@@ -214,7 +214,7 @@ void awq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerFo
     if (p != Proj::Q && p != Proj::K) w = clip_search(w, x.at(input), s, spec, o, batch);
     QuantizedLayer q{formats::pack_on_grid(w, formats::make_grid(w, spec)), s};
     m.quantize_layer(id, q.packed, s);
-    q.packed = m.linear(id).packed();  // where the block keeps its weights
+    q.packed = q.packed.map([&](const at::Tensor& t) { return m.to_storage(b, t); });
     out[id.name()] = std::move(q);
   }
 }

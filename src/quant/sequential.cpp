@@ -95,7 +95,7 @@ void gptq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerF
         QuantizedLayer q{
             formats::pack_on_grid(r.q.narrow(0, r0, rows), grid_rows(r.grid, r0, rows)), {}};
         m.quantize_layer({b, p}, q.packed);
-        q.packed = m.linear({b, p}).packed();  // where the block keeps its weights
+        q.packed = q.packed.map([&](const at::Tensor& t) { return m.to_storage(b, t); });
         out[LayerId{b, p}.name()] = std::move(q);
         r0 += rows;
       }
@@ -145,7 +145,7 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
         QuantizedLayer q{formats::quantize_rtn(m.linear(id).weight().to(m.device()), f->second),
                          {}};
         m.quantize_layer(id, q.packed);
-        q.packed = m.linear(id).packed();  // where the block keeps its weights
+        q.packed = q.packed.map([&](const at::Tensor& t) { return m.to_storage(b, t); });
         out[id.name()] = std::move(q);
       }
       if (o.method == "gptq")

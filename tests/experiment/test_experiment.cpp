@@ -98,6 +98,12 @@ TEST_CASE("experiment: each schema error names the file and key path", "[experim
   has("name: x\neval: {kld: maybe}\n", "eval.kld: expected true or false, got \"maybe\"");
   has("name: x\neval: [1]\n", "eval: expected a mapping, got a list");
   has("", "expected a mapping, got nothing");  // an empty file
+  has("name: x\nmax_gpu_memory: 22XB\n",
+      "max_gpu_memory 22XB: expected a positive size such as 22GiB");
+  const auto e = load_text(dir, "budget.yaml", "name: x\nmax_gpu_memory: 22GiB\n");
+  CHECK(e.max_gpu_memory == "22GiB");
+  CHECK(e.resolved()["max_gpu_memory"] == "22GiB");
+  CHECK_FALSE(load_text(dir, "none.yaml", "name: x\n").resolved().contains("max_gpu_memory"));
   has("name: x\ncalibration: {samples: 1e30}\n", "calibration.samples: expected an integer");
   // A sweep is bounded before it is expanded: 3 x 100 x 100 x 100 points, refused with the count.
   {

@@ -207,3 +207,31 @@ TEST_CASE("streaming on CUDA: pinned host blocks and the copy stream change no b
     CHECK(at::equal(got.at(name).packed.scales.cpu(), q.packed.scales.cpu()));
   }
 }
+
+TEST_CASE("--resident-blocks: the residency line, its record, and the same profile",
+          "[model][cli]") {
+  // The embedded WikiText model (4 blocks, its own tokenizer) and the demo's calibration text.
+  const std::string model = KLDQ_SOURCE_DIR "/models/wikitext-qwen2-4m";
+  const std::string calib = KLDQ_SOURCE_DIR "/data/demo/wiki.test.tail.txt";
+  kldq::test::TempDir dir("residency");
+  const std::string base = "-v profile " + model + " --base int4_g32 --calib " + calib +
+                           " --samples 4 --seq-len 32 --batch 2 --device cpu";
+  const auto a = kldq::test::run_kldq(base + " -o " + (dir / "a.json").string());
+  const auto b =
+      kldq::test::run_kldq(base + " --resident-blocks 1 -o " + (dir / "b.json").string());
+  INFO(a.err << b.err);
+  REQUIRE(a.rc == 0);
+  REQUIRE(b.rc == 0);
+  CHECK_THAT(b.err, HasText("kldq info: resident: embed, head, block 3 ("));
+  CHECK_THAT(b.err, HasText("; streamed: blocks 0-2 ("));
+  CHECK_THAT(b.err, HasText("copied host-to-device for streamed blocks"));
+  CHECK(a.err.find("streamed: ") == std::string::npos);
+  const auto ja = nlohmann::json::parse(kldq::test::read_text(dir / "a.json"));
+  const auto jb = nlohmann::json::parse(kldq::test::read_text(dir / "b.json"));
+  CHECK(ja["units"] == jb["units"]);  // every number, bit for bit
+  CHECK(ja["baseline_kl"] == jb["baseline_kl"]);
+  CHECK(ja["streamed_bytes"] == 0);
+  CHECK(jb["streamed_bytes"].get<uint64_t>() > 0);
+  CHECK(jb["residency"].get<std::string>().starts_with("resident: embed, head, block 3 ("));
+  CHECK(jb["peak_host_bytes"].get<uint64_t>() > 0);
+}

@@ -28,6 +28,8 @@ c10::Device parse_device(std::string_view text, std::string_view option = "--dev
 // The whole of `text` as a finite decimal number ("20", "2.5e3"); nullopt otherwise (the
 // option parsers then name the option and what they expected).
 std::optional<double> parse_number(const std::string& text);
+// "22GiB", "512MiB", "24GB", "24" (GiB) -> bytes; ConfigError naming `what` otherwise.
+uint64_t parse_size(const std::string& text, const std::string& what);
 
 // Resolves empty device/dtype strings to the defaults and applies the thread count.
 RunContext make_context(std::string_view device, std::string_view dtype, uint64_t seed,

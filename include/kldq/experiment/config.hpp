@@ -44,8 +44,9 @@ struct Experiment {
   std::vector<std::string> candidates;  // plan.candidates: extra formats for budget points
   bool proxies = false;                 // profile.proxies: kldq profile --proxies
   EvalSpec eval;
-  std::string output;         // default results/<name>
-  std::vector<Point> points;  // the sweep, expanded, duplicates removed, in order
+  std::string output;          // default results/<name>
+  std::string max_gpu_memory;  // "" = the command line's (--max-gpu-memory) or the default
+  std::vector<Point> points;   // the sweep, expanded, duplicates removed, in order
   // The whole configuration with every default filled in (config.resolved.yaml's content).
   nlohmann::json resolved() const;
   // resolved() as YAML, keys sorted (config.resolved.yaml).
