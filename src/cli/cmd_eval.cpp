@@ -158,6 +158,8 @@ std::optional<quant::Plan> plan_from(const EvalCliOptions& o) {
 // the reference shares MODEL's when it is MODEL), a separate --reference's weights block by
 // block, and the working set of one batch of windows or prompts through both models.
 model::MemoryNeeds eval_needs(const EvalCliOptions& o, const std::optional<quant::Plan>& plan,
+                              const quant::MethodOptions& method,
+                              const std::optional<calib::Calibration>& cal,
                               const model::ModelConfig& c, const Inputs& in, bool separate_ref,
                               const RunContext& ctx) {
   model::MemoryNeeds n = model::Decoder::weight_needs(o.model, ctx.dtype);
@@ -184,6 +186,11 @@ model::MemoryNeeds eval_needs(const EvalCliOptions& o, const std::optional<quant
                         o.mmlu.empty() ? 0 : std::min<int64_t>(in.mmlu.max_len, 2048));
   n.working = 2 * model::forward_bytes(c, o.batch, T, ctx.dtype) +
               model::head_bytes(c, 1024, c10::elementSize(ctx.dtype) + 8) + (256ULL << 20);
+  // In-memory GPTQ/AWQ comes first and may need more (hidden states, Hessians, inputs).
+  if (plan && cal)
+    n.working = std::max(n.working, quant::memory_needs(n, c, {}, method, cal->ids.size(0),
+                                                        cal->ids.size(1), ctx.dtype)
+                                        .working);
   return n;
 }
 
@@ -271,7 +278,7 @@ int run_eval(const EvalCliOptions& o) {
   const bool need_ref =
       (o.kld || (!o.mmlu.empty() && !in.ref_predictions)) && (!o.reference.empty() || quantize);
   const model::MemoryNeeds needs =
-      eval_needs(o, plan, config, in, need_ref && !o.reference.empty(), ctx);
+      eval_needs(o, plan, method, cal, config, in, need_ref && !o.reference.empty(), ctx);
   const model::MemoryPlan residency =
       plan_residency(ctx, o.compute, needs, "--batch, --ctx or --mmlu's prompt length");
   std::string described;

@@ -77,10 +77,17 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   const RunContext ctx = context_from(o.compute);
   // The profile's windows serve its method too: the profile needs them whatever the method.
   const calib::Calibration cal = *method_calibration(o.method, "gptq", o.model);
-  const model::MemoryNeeds needs =
-      profile::memory_needs(model::Decoder::weight_needs(o.model, ctx.dtype),
-                            model::load_config(std::filesystem::path(o.model) / "config.json"), po,
+  const model::ModelConfig config =
+      model::load_config(std::filesystem::path(o.model) / "config.json");
+  model::MemoryNeeds needs =
+      profile::memory_needs(model::Decoder::weight_needs(o.model, ctx.dtype), config, po,
                             cal.ids.size(0), cal.ids.size(1), ctx.dtype);
+  // A calibrated method's quantization comes first and may need more than the passes.
+  if (quant::needs_calibration(method.method))
+    needs.working = std::max(
+        needs.working,
+        quant::memory_needs(needs, config, {}, method, cal.ids.size(0), cal.ids.size(1), ctx.dtype)
+            .working);
   const model::MemoryPlan residency =
       plan_residency(ctx, o.compute, needs, "--batch, --samples or --seq-len");
   po.caches_on_host = residency.caches_on_host;

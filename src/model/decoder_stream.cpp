@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "kldq/build_config.hpp"
+#include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/model/decoder.hpp"
 
@@ -179,6 +180,14 @@ const Decoder::Block& Decoder::running(int i) const {
 const QLinear& Decoder::live_linear(LayerId id) const {
   check_layer(id);
   return running(id.block).linears[static_cast<int>(id.proj)];
+}
+
+void Decoder::drop_copies() {
+  // Freed slot memory returns to the side stream's pool; nothing may still read it.
+  device_synchronize(device_);
+  const uint64_t bytes = streamer_->bytes;
+  streamer_ = std::make_shared<Streamer>();
+  streamer_->bytes = bytes;
 }
 
 uint64_t Decoder::streamed_bytes() const {

@@ -78,6 +78,7 @@ struct States {
   ~States() {
     try {
       for (const auto& [name, w] : saved) dense.at(name).weight().copy_(w);
+      if (model) model->drop_copies();  // a streamed copy may still hold a quantized state
       if (model)
         for (const LayerId& id : model->linear_ids())
           if (quantized.count(id.name()) && quantized.at(id.name()).input_scale().defined())
@@ -168,9 +169,11 @@ std::vector<at::Tensor> run_group(Decoder& m, States& st, const std::vector<Unit
       hs[k] = m.block(b, hs[k]);
       if (b == u.block) st.set(m, u.layers, restore);
     }
-    // A streamed block's copy goes back dense before the next block is brought in; a resident
-    // block keeps the base state (set once, undone at the end of the profile).
-    if (m.streamed(b)) st.set(m, layers, false);
+    // Back to dense before the next block: a streamed block's copy may be dropped, and the
+    // originals set aside stay one block's (restore-one would otherwise hold a second copy of
+    // every resident weight). The cost, a block's dequantization per group and batch, is small
+    // against the group's forwards.
+    st.set(m, layers, false);
   }
   return hs;
 }

@@ -76,7 +76,7 @@ at::Tensor scored_output(const Decoder& m, int b, const ScaleGroup& g, const at:
     case Scored::LAYER:
       break;
   }
-  return m.linear({b, g.projs.front()}).forward(x);
+  return m.live_linear({b, g.projs.front()}).forward(x);  // a streamed block's device copy
 }
 
 // mean |x| per input channel over all tokens: x [N, T, in] -> [in] fp32.

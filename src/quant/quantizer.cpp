@@ -42,11 +42,12 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& 
     n.blocks[static_cast<size_t>(id->block)] += spec.bytes(shape[0], shape[1]);
   }
   const uint64_t tokens = static_cast<uint64_t>(N * T);
-  n.working = tokens * H * e +                                      // calibration hidden states
-              model::forward_bytes(c, o.batch, T, dtype) +          // one block's forward
-              3 * I * I * 4 +                                       // Hessian, its inverse (fp32)
-              4 * 2 * I * H * 4 +                                   // a stacked GPTQ problem
-              (o.method == "awq" ? tokens * (2 * H + I) * e : 0) +  // AWQ's layer inputs
+  n.working = tokens * H * e +                              // calibration hidden states
+              model::forward_bytes(c, o.batch, T, dtype) +  // one block's forward
+              3 * I * I * 4 +                               // Hessian, its inverse (fp32)
+              4 * 2 * I * H * 4 +                           // a stacked GPTQ problem
+              // AWQ's captured layer inputs (q, o, gate, down), briefly twice while joined.
+              (o.method == "awq" ? 2 * tokens * (2 * H + uint64_t(c.q_dim()) + I) * e : 0) +
               (512ULL << 20);
   return n;
 }

@@ -194,17 +194,20 @@ TEST_CASE("streaming on CUDA: pinned host blocks and the copy stream change no b
   for (int b = 0; b < 2; ++b)
     for (model::Proj p : model::kAllProjs)
       formats[model::LayerId{b, p}.name()] = kldq::formats::FormatSpec::parse("int4_g32");
-  kldq::quant::MethodOptions o;
-  o.method = "gptq";
-  o.batch = 2;
-  auto r = load(gpu, at::kBFloat16);
-  auto s = load(gpu, at::kBFloat16, {true, true});
-  const auto want = kldq::quant::quantize_layers(r, formats, o, calib);
-  const auto got = kldq::quant::quantize_layers(s, formats, o, calib);
-  for (const auto& [name, q] : want) {
-    INFO(name);
-    CHECK(at::equal(got.at(name).packed.codes.cpu(), q.packed.codes.cpu()));
-    CHECK(at::equal(got.at(name).packed.scales.cpu(), q.packed.scales.cpu()));
+  for (const std::string method : {"gptq", "awq"}) {  // awq scores single layers of a slot too
+    INFO(method);
+    kldq::quant::MethodOptions o;
+    o.method = method;
+    o.batch = 2;
+    auto r = load(gpu, at::kBFloat16);
+    auto s = load(gpu, at::kBFloat16, {true, true});
+    const auto want = kldq::quant::quantize_layers(r, formats, o, calib);
+    const auto got = kldq::quant::quantize_layers(s, formats, o, calib);
+    for (const auto& [name, q] : want) {
+      INFO(name);
+      CHECK(at::equal(got.at(name).packed.codes.cpu(), q.packed.codes.cpu()));
+      CHECK(at::equal(got.at(name).packed.scales.cpu(), q.packed.scales.cpu()));
+    }
   }
 }
 

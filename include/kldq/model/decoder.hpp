@@ -74,6 +74,9 @@ class Decoder {
   // (brought in when absent). In-place changes to a streamed copy last until the slot is
   // reused: make them, use them and undo them while working on that one block.
   const QLinear& live_linear(LayerId id) const;
+  // Forgets the device copies of streamed blocks (after an error left one changed in place);
+  // waits for queued work first.
+  void drop_copies();
   // Bytes copied host-to-device for streamed blocks since load.
   uint64_t streamed_bytes() const;
   // Exact bytes of block i's weights (linears and norms).
@@ -149,7 +152,8 @@ class Decoder {
   std::shared_ptr<kernels::Workspace> workspace_;  // shared by the packed layers
   mutable RopeTable rope_;  // grown on demand; the decoder is not shared across threads
   Observer observer_;
-  std::shared_ptr<Streamer> streamer_;  // never shared between decoders (share() makes a new one)
+  std::shared_ptr<Streamer> streamer_;  // copies share it (slots are keyed by block address);
+                                        // share() makes a new one
 };
 
 }  // namespace kldq::model
