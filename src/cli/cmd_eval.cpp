@@ -176,10 +176,11 @@ model::MemoryNeeds eval_needs(const EvalCliOptions& o, const std::optional<quant
   if (separate_ref) {
     const model::MemoryNeeds r = model::Decoder::weight_needs(o.reference, ctx.dtype);
     n.fixed += r.fixed;
-    if (r.blocks.size() != n.blocks.size())
-      throw ConfigError(fmt::format("--reference {}: {} blocks, MODEL has {}", o.reference,
-                                    r.blocks.size(), n.blocks.size()));
-    for (size_t b = 0; b < n.blocks.size(); ++b) n.blocks[b] += r.blocks[b];
+    // Block i of both streams together; a reference of another depth stays resident whole.
+    if (r.blocks.size() == n.blocks.size())
+      for (size_t b = 0; b < n.blocks.size(); ++b) n.blocks[b] += r.blocks[b];
+    else
+      for (uint64_t bytes : r.blocks) n.fixed += bytes;
   }
   const int64_t T =
       std::max<int64_t>(o.ppl.empty() ? 0 : in.ppl.ctx,
@@ -202,8 +203,13 @@ std::pair<model::Decoder, std::optional<model::Decoder>> load_models(
     const RunContext& ctx, bool need_ref, const std::vector<bool>& streamed,
     std::string& described) {
   std::optional<model::Decoder> ref;
-  if (need_ref && !o.reference.empty())
-    ref = model::Decoder::load(o.reference, ctx.device, ctx.dtype, streamed);
+  if (need_ref && !o.reference.empty()) {
+    const bool same_depth =
+        model::load_config(std::filesystem::path(o.reference) / "config.json").num_layers ==
+        static_cast<int>(streamed.size());
+    ref = model::Decoder::load(o.reference, ctx.device, ctx.dtype,
+                               same_depth ? streamed : std::vector<bool>());
+  }
   described = o.model;
   if (!plan)
     return {model::Decoder::load(o.model, ctx.device, ctx.dtype, streamed), std::move(ref)};
