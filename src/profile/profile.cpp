@@ -178,11 +178,17 @@ std::vector<at::Tensor> run_group(Decoder& m, States& st, const std::vector<Unit
   return hs;
 }
 
+// Units whose states ([batch, T, H] each) fit in `bytes`, at least 1 and at most 32.
+size_t units_per_group(const model::ModelConfig& c, int64_t batch, int64_t T, c10::ScalarType dtype,
+                       double bytes) {
+  const double per_unit = double(batch * T * c.hidden_size) * double(c10::elementSize(dtype));
+  return static_cast<size_t>(std::clamp(bytes / per_unit, 1.0, 32.0));
+}
+
 }  // namespace
 
 size_t group_size(const Decoder& m, int64_t batch, int64_t T, double bytes) {
-  const double per_unit = double(batch * T * m.config().hidden_size) * at::elementSize(m.dtype());
-  return static_cast<size_t>(std::clamp(bytes / per_unit, 1.0, 32.0));
+  return units_per_group(m.config(), batch, T, m.dtype(), bytes);
 }
 
 Mode parse_mode(const std::string& s, const char* option) {
@@ -236,8 +242,7 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& 
     largest_block = std::max(largest_block, n.blocks[b]);
   }
   const uint64_t batch_state = uint64_t(o.batch * T * c.hidden_size) * e;
-  const uint64_t group =
-      std::min<uint64_t>(32, std::max<uint64_t>(1, (512ULL << 20) / batch_state));
+  const uint64_t group = units_per_group(c, o.batch, T, dtype, 512.0 * (1 << 20));
   // Quantizing the layers comes before the passes: the larger of the two phases counts.
   const uint64_t quantize = 4 * largest_layer * 4;   // a layer in fp32 and its temporaries
   const uint64_t passes = 2 * state +                // reference and baseline final states

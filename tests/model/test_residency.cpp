@@ -57,6 +57,36 @@ profile::Result profile_of(c10::Device device, c10::ScalarType dtype, std::vecto
   return profile::run_profile(m, ids, kldq::test::rtn_layers(m, o.base), o);
 }
 
+// GPTQ and AWQ (int4_g32 everywhere) of a resident and a fully streamed tiny model give the same
+// codes, scales and input scales.
+void same_quantization(c10::Device device, c10::ScalarType dtype) {
+  at::manual_seed(4);
+  const at::Tensor calib = at::randint(512, {4, 32}, at::kLong);
+  kldq::model::LayerFormats formats;
+  for (int b = 0; b < 2; ++b)
+    for (model::Proj p : model::kAllProjs)
+      formats[model::LayerId{b, p}.name()] = kldq::formats::FormatSpec::parse("int4_g32");
+  for (const std::string method : {"gptq", "awq"}) {  // awq scores single layers of a slot too
+    INFO(method);
+    kldq::quant::MethodOptions o;
+    o.method = method;
+    o.batch = 2;
+    auto r = load(device, dtype);
+    auto s = load(device, dtype, {true, true});
+    const auto want = kldq::quant::quantize_layers(r, formats, o, calib);
+    const auto got = kldq::quant::quantize_layers(s, formats, o, calib);
+    REQUIRE(got.size() == want.size());
+    for (const auto& [name, q] : want) {
+      INFO(name);
+      const auto& g = got.at(name);
+      CHECK(at::equal(g.packed.codes.cpu(), q.packed.codes.cpu()));
+      CHECK(at::equal(g.packed.scales.cpu(), q.packed.scales.cpu()));
+      CHECK(g.input_scale.defined() == q.input_scale.defined());
+      if (q.input_scale.defined()) CHECK(at::equal(g.input_scale.cpu(), q.input_scale.cpu()));
+    }
+  }
+}
+
 }  // namespace
 
 TEST_CASE("residency plan: caches leave first, then the earliest blocks stream", "[model]") {
@@ -141,31 +171,7 @@ TEST_CASE("streamed profiles equal resident ones bit for bit", "[model][profile]
 }
 
 TEST_CASE("gptq and awq of a streamed model equal the resident ones", "[model][quant]") {
-  at::manual_seed(4);
-  const at::Tensor calib = at::randint(512, {4, 32}, at::kLong);
-  kldq::model::LayerFormats formats;
-  for (int b = 0; b < 2; ++b)
-    for (model::Proj p : model::kAllProjs)
-      formats[model::LayerId{b, p}.name()] = kldq::formats::FormatSpec::parse("int4_g32");
-  for (const std::string method : {"gptq", "awq"}) {
-    INFO(method);
-    kldq::quant::MethodOptions o;
-    o.method = method;
-    o.batch = 2;
-    auto r = load(c10::kCPU, at::kFloat);
-    auto s = load(c10::kCPU, at::kFloat, {true, true});
-    const auto want = kldq::quant::quantize_layers(r, formats, o, calib);
-    const auto got = kldq::quant::quantize_layers(s, formats, o, calib);
-    REQUIRE(got.size() == want.size());
-    for (const auto& [name, q] : want) {
-      INFO(name);
-      const auto& g = got.at(name);
-      CHECK(at::equal(g.packed.codes, q.packed.codes));
-      CHECK(at::equal(g.packed.scales, q.packed.scales));
-      CHECK(g.input_scale.defined() == q.input_scale.defined());
-      if (q.input_scale.defined()) CHECK(at::equal(g.input_scale.cpu(), q.input_scale.cpu()));
-    }
-  }
+  same_quantization(c10::kCPU, at::kFloat);
 }
 
 TEST_CASE("streaming on CUDA: pinned host blocks and the copy stream change no bit",
@@ -188,27 +194,7 @@ TEST_CASE("streaming on CUDA: pinned host blocks and the copy stream change no b
     same_units(profile_of(gpu, at::kBFloat16, {}, mode, true, false),
                profile_of(gpu, at::kBFloat16, {true, true}, mode, true, true));
   }
-  at::manual_seed(4);
-  const at::Tensor calib = at::randint(512, {4, 32}, at::kLong);
-  kldq::model::LayerFormats formats;
-  for (int b = 0; b < 2; ++b)
-    for (model::Proj p : model::kAllProjs)
-      formats[model::LayerId{b, p}.name()] = kldq::formats::FormatSpec::parse("int4_g32");
-  for (const std::string method : {"gptq", "awq"}) {  // awq scores single layers of a slot too
-    INFO(method);
-    kldq::quant::MethodOptions o;
-    o.method = method;
-    o.batch = 2;
-    auto r = load(gpu, at::kBFloat16);
-    auto s = load(gpu, at::kBFloat16, {true, true});
-    const auto want = kldq::quant::quantize_layers(r, formats, o, calib);
-    const auto got = kldq::quant::quantize_layers(s, formats, o, calib);
-    for (const auto& [name, q] : want) {
-      INFO(name);
-      CHECK(at::equal(got.at(name).packed.codes.cpu(), q.packed.codes.cpu()));
-      CHECK(at::equal(got.at(name).packed.scales.cpu(), q.packed.scales.cpu()));
-    }
-  }
+  same_quantization(gpu, at::kBFloat16);
 }
 
 TEST_CASE("--resident-blocks: the residency line, its record, and the same profile",
