@@ -4,8 +4,9 @@
 #   sensitivity_<model>_<base>_<method>_<granularity>_<mode>   per-unit KL of each profile
 #   proxy_vs_kl_<model>_<base>_<method>_<granularity>_<mode>   cheap proxies vs measured KL
 #   frontier_<model>            flip rate and KL against weight memory, bf16 reference as a star
-#   metrics_vs_memory_<model>   perplexity and MMLU accuracy against weight memory
-#   methods_<model>             rtn/gptq/awq side by side (only with more than one method)
+#   metrics_vs_memory_<model>   perplexity, accuracies and decode speed against weight memory
+#   methods_<model>             rtn/hqq/gptq/awq side by side (only with more than one method)
+#   method_frontier_<model>     KL vs bits per weight, one frontier per method (several methods)
 #   scaling                     KL and flip rate against model size (only with several models)
 # Usage: plot_results.py RESULTS_DIR [-o OUTDIR]; prints each written file, one per line.
 # Exit: 0 ok (plots lacking data are skipped with a note on stderr), 1 not a results directory,
@@ -211,7 +212,7 @@ def main(argv=None):
         jobs.append((f"sensitivity_{tail}", P.sensitivity, (prof, name, f"sensitivity_{tail}")))
         jobs.append((f"proxy_vs_kl_{tail}", P.proxy_vs_kl, (prof, name, f"proxy_vs_kl_{tail}")))
     for m in [m for m in models if m["runs"]]:
-        for fn in (R.frontier, R.metrics_vs_memory, R.methods):
+        for fn in (R.frontier, R.metrics_vs_memory, R.methods, R.method_frontier):
             jobs.append((f"{fn.__name__}_{m['stem']}", fn, (m,)))
     jobs.append(("scaling", R.scaling, (models,)))
     written, failed = [], []

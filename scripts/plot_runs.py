@@ -1,14 +1,18 @@
 # Sweep figures of `kldq report` (see scripts/plot_results.py) from runs.jsonl records: the
-# memory frontier (frontier_*), perplexity/MMLU against memory (metrics_vs_memory_*), the method
-# comparison (methods_*) and the model-size scaling (scaling).
+# memory frontier (frontier_*), perplexity/MMLU/zero-shot tasks' mean/decode speed against
+# memory (metrics_vs_memory_*), the method
+# comparison (methods_*), KL against bits per weight with one frontier per method
+# (method_frontier_*) and the model-size scaling (scaling).
 # A model here is a dict: name, stem, params, ref (reference metrics dict), runs (records).
 import plot_lib as L
 from matplotlib.ticker import FuncFormatter, NullFormatter
 from plot_lib import num, plt
 
-METHOD_COLORS = {"rtn": "#1f77b4", "gptq": "#d62728", "awq": "#2ca02c"}
+METHOD_COLORS = {"rtn": "#1f77b4", "hqq": "#9467bd", "gptq": "#d62728", "awq": "#2ca02c"}
 YLABELS = {"kl_mean": "KL vs bf16 (per token)", "flip_rate": "MMLU answer flip rate",
-           "ppl": "perplexity", "mmlu_acc": "MMLU accuracy"}
+           "ppl": "perplexity", "mmlu_acc": "MMLU accuracy",
+           "tasks_mean": "zero-shot tasks, mean accuracy",
+           "decode_tps_b1": "decode tokens/s, batch 1", "decode_tps_b16": "decode tokens/s, batch 16"}
 
 
 def _bases(runs):
@@ -104,9 +108,47 @@ def frontier(model, outdir, written):
                    reference)
 
 
+def method_frontier(model, outdir, written):
+    """KL against bits per weight, one colour per method: every point, and the method's Pareto
+    frontier (the least KL reached at each size) as its curve."""
+    stem = f"method_frontier_{model['stem']}"
+    runs = [r for r in model["runs"] if isinstance(r.get("method"), str)
+            and num(r.get("bits_per_weight")) is not None and num(r.get("kl_mean")) is not None]
+    meths = sorted({r["method"] for r in runs},
+                   key=lambda m: (list(METHOD_COLORS).index(m) if m in METHOD_COLORS else 9, m))
+    if len(meths) < 2:
+        L.note(f"runs use {len(meths)} method(s) with KL: skipping {stem}")
+        return
+    fig, ax = plt.subplots(figsize=(7.0, 4.8), layout="constrained")
+    for m in meths:
+        pts = sorted((num(r["bits_per_weight"]), num(r["kl_mean"])) for r in runs
+                     if r["method"] == m)
+        color = METHOD_COLORS.get(m)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14, alpha=0.45, color=color)
+        front, best = [], float("inf")
+        for x, y in pts:  # increasing size: keep each point that lowers the best KL so far
+            if y < best:
+                front.append((x, y))
+                best = y
+        ax.plot([p[0] for p in front], [p[1] for p in front], marker="o", color=color, label=m)
+    kls = [num(r["kl_mean"]) for r in runs]
+    if min(kls) > 0:
+        ax.set_yscale("log")  # KLs of 2 to 8 bits span orders of magnitude
+    else:
+        L.zero_log_scale(ax, kls)
+    ax.set_xlabel("bits per weight (linear layers)")
+    ax.set_ylabel(YLABELS["kl_mean"])
+    ax.set_title(f"Methods: KL vs size (frontier per method) — {model['name']}")
+    ax.legend()
+    L.save(fig, outdir, stem, written)
+
+
 def metrics_vs_memory(model, outdir, written):
     def reference(ax, ykey, ref_bytes, div):
         val = num(model["ref"].get(ykey))
+        if val is None and ykey.startswith("decode_tps_"):  # the reference's metrics: "speed"
+            speed = model["ref"].get("speed") or {}
+            val = num((speed.get(ykey.removeprefix("decode_tps_")) or {}).get("decode_tokens_per_second"))
         if val is None:  # the runs carry the reference's value too
             val = next((num(r.get(ykey + "_ref")) for r in model["runs"]
                         if num(r.get(ykey + "_ref")) is not None), None)
@@ -115,8 +157,10 @@ def metrics_vs_memory(model, outdir, written):
                        label="bf16 reference", zorder=1)
             ax.annotate(f"bf16 {val:.4g}", (0.005, val), xycoords=("axes fraction", "data"),
                         textcoords="offset points", xytext=(2, 3), fontsize=7)
-    _memory_panels(model, [("ppl", None), ("mmlu_acc", None)],
-                   f"metrics_vs_memory_{model['stem']}", "Perplexity and MMLU vs memory",
+    # Panels without data (no MMLU, no zero-shot tasks, no speed) are left out by _memory_panels.
+    _memory_panels(model, [("ppl", None), ("mmlu_acc", None), ("tasks_mean", None),
+                           ("decode_tps_b1", None), ("decode_tps_b16", None)],
+                   f"metrics_vs_memory_{model['stem']}", "Perplexity, accuracy and speed vs memory",
                    outdir, written, reference)
 
 
@@ -144,7 +188,10 @@ def methods(model, outdir, written):
     cells = {}  # (series key less method, position) -> method -> runs
     for r in runs:
         if r.get("method") in meths:
+            # HQQ's int4_g64_fz sits beside the other methods' int4_g64: the same grid and
+            # group, with float zero points.
             k = L.series_key(r)
+            k = (k[0].removesuffix("_fz") if k[0] else k[0],) + k[1:]
             gk = (tuple(v or "" for i, v in enumerate(k) if i != 1), L.order_value(r))
             cells.setdefault(gk, {}).setdefault(r["method"], []).append(r)
     # Only settings run with several methods compare methods; the rest is in frontier_*.

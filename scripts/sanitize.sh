@@ -6,7 +6,7 @@
 # docs/ARCHITECTURE.md ("Testing"). Run it on a machine with more cores when you can:
 #
 #   scripts/sanitize.sh [ctest args]          KLDQ_FUZZ_SECONDS=N for the fuzz pass (default 30)
-#   KLDQ_ASAN_SHARDS=16 scripts/sanitize.sh   the Catch2 suite in 16 parallel shards (Catch2 3),
+#   KLDQ_ASAN_SHARDS=16 scripts/sanitize.sh   the Catch2 suite's test cases on 16 parallel workers,
 #                                             and every fuzz target at once; logs in build-asan/
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,14 +31,22 @@ SHARDS="${KLDQ_ASAN_SHARDS:-1}"
 if [ "$SHARDS" -le 1 ]; then
   exec ctest --test-dir "$BUILD" -L cpu --output-on-failure "$@"
 fi
-# Parallel form: each shard is single-threaded (the shards are the parallelism).
+# Parallel form: one process per test case, handed out dynamically to $SHARDS workers (a static
+# split leaves the long CLI cases of one shard running alone); each single-threaded.
 export OMP_NUM_THREADS=1
+mkdir -p "$BUILD/asan-cases"
+rm -f "$BUILD"/asan-cases/*
+# Names one per line (Catch2 2: --list-test-names-only; 3: --list-tests -v quiet), with the
+# test-spec characters escaped for -f.
+LIST=(--list-test-names-only)
+"$BUILD/tests/kldq_tests" "${LIST[@]}" >/dev/null 2>&1 || LIST=(--list-tests --verbosity quiet)
+"$BUILD/tests/kldq_tests" "~[cuda]" "${LIST[@]}" | sed -e '/^\s*$/d' -e 's/\([],[\\*]\)/\\\1/g' |
+  awk -v d="$BUILD/asan-cases" '{ f = sprintf("%s/%03d.name", d, NR); print > f; close(f) }'
 pids=()
-for i in $(seq 0 $((SHARDS - 1))); do
-  "$BUILD/tests/kldq_tests" "~[cuda]" --shard-count "$SHARDS" --shard-index "$i" \
-    >"$BUILD/asan-shard-$i.log" 2>&1 &
-  pids+=($!)
-done
+(ls "$BUILD"/asan-cases/*.name | xargs -P "$SHARDS" -I{} sh -c \
+  '"$0" -f "$1" > "${1%.name}.log" 2>&1 || echo "$1" >> "$(dirname "$1")/failed"' \
+  "$BUILD/tests/kldq_tests" {}) &
+pids+=($!)
 targets=$("$BUILD/tests/kldq_fuzz" --list)
 for t in $targets; do
   "$BUILD/tests/kldq_fuzz" --seconds "${KLDQ_FUZZ_SECONDS:-30}" --out "$BUILD/fuzz-out" "$t" \
@@ -47,9 +55,15 @@ for t in $targets; do
 done
 rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=1; done
-for f in "$BUILD"/asan-shard-*.log; do
-  echo "$(basename "$f"): $(grep -E "test cases|All tests passed" "$f" | tail -1)"
-  grep -q -E "ERROR: AddressSanitizer|runtime error:|FAILED" "$f" && { rc=1; tail -60 "$f"; }
+cases=$(ls "$BUILD"/asan-cases/*.log | wc -l)
+echo "test cases under ASan/UBSan: $cases run, $(cat "$BUILD/asan-cases/failed" 2>/dev/null | wc -l) failed"
+for f in "$BUILD"/asan-cases/*.log; do
+  if grep -q -E "ERROR: AddressSanitizer|runtime error:|FAILED|No test cases matched" "$f" ||
+    ! grep -q "All tests passed" "$f"; then
+    rc=1
+    echo "== $(cat "${f%.log}.name")"
+    tail -60 "$f"
+  fi
 done
 for t in $targets; do tail -1 "$BUILD/asan-fuzz-$t.log"; done
 exit $rc

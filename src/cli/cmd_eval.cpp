@@ -1,7 +1,8 @@
 // `kldq eval MODEL [--reference REF] [--base FORMAT | --plan PLAN] [--ppl FILE] [--kld]
-// [--mmlu DIR|JSONL] -o metrics.json`: perplexity (gptq, llamacpp or sliding protocol), KL
-// divergence against the reference, MMLU accuracy (5-shot or chat 0-shot) with per-question
-// predictions and answer flips, and the memory report (docs/PROTOCOLS.md).
+// [--mmlu DIR|JSONL] [--tasks LIST --tasks-dir DIR] [--speed] -o metrics.json`: perplexity (gptq,
+// llamacpp or sliding protocol), KL divergence against the reference, MMLU accuracy (5-shot or chat
+// 0-shot) and zero-shot task accuracies with per-item predictions and answer flips, and the
+// memory report (docs/PROTOCOLS.md).
 #include <fmt/format.h>
 
 #include <chrono>
@@ -9,6 +10,9 @@
 #include <optional>
 
 #include "commands.hpp"
+#include "eval_inputs.hpp"
+#include "eval_speed.hpp"
+#include "eval_tasks.hpp"
 #include "kldq/build_config.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
@@ -34,124 +38,25 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// The evaluation data, read and checked before any model is loaded.
-struct Inputs {
-  eval::PplOptions ppl;
-  std::vector<int32_t> tokens;
-  std::vector<eval::Window> windows;
-  eval::MmluOptions mmlu;
-  eval::MmluData mmlu_data;
-  std::vector<eval::MmluItem> items;
-  eval::AnswerTokens answers;
-  std::string mmlu_tag;  // "5shot:5"
-  std::optional<std::vector<eval::MmluPrediction>> ref_predictions;
-  std::string ppl_sha256, mmlu_sha256;  // hashed before any model runs
-};
-
-// Protocol settings from the options alone (errors before any file is read).
-Inputs settings_from(const EvalCliOptions& o, int64_t max_ctx) {
-  Inputs in;
-  if (!o.ppl.empty()) {
-    in.ppl.protocol = eval::parse_ppl_protocol(o.ppl_protocol, "--ppl-protocol");
-    const int64_t ctx = o.ctx > 0                                        ? o.ctx
-                        : in.ppl.protocol == eval::PplProtocol::LLAMACPP ? 512
-                                                                         : 2048;
-    in.ppl.ctx = std::min(ctx, max_ctx);
-    if (o.stride > 0 && in.ppl.protocol != eval::PplProtocol::SLIDING)
-      throw ConfigError("--stride: only the sliding protocol has a stride");
-    if (o.stride > in.ppl.ctx)
-      throw ConfigError(fmt::format("--stride {} exceeds the window of {}", o.stride, in.ppl.ctx));
-    in.ppl.stride = o.stride;
-    in.ppl.batch = o.batch;
-  }
-  if (!o.mmlu.empty()) {
-    in.mmlu.protocol = eval::parse_mmlu_protocol(o.mmlu_protocol, "--mmlu-protocol");
-    const bool chat = in.mmlu.protocol == eval::MmluProtocol::CHAT0SHOT;
-    if (chat && o.shots > 0) throw ConfigError("--shots: chat0shot is a 0-shot protocol");
-    in.mmlu.shots = o.shots >= 0 ? o.shots : chat ? 0 : 5;
-    in.mmlu.limit = o.mmlu_limit;
-    in.mmlu.batch = o.batch;
-    in.mmlu.max_len = max_ctx;
-    in.mmlu_tag = fmt::format("{}:{}", chat ? "chat0shot" : "5shot", in.mmlu.shots);
-  }
-  return in;
-}
-
-// The evaluation data, read, tokenized and checked before any model is loaded.
-void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in) {
-  if (!o.ppl.empty()) {
-    // The BOS the tokenizer puts in front of a text, if any (not an appended EOS).
-    const auto with = tok.encode("a", true), without = tok.encode("a", false);
-    const bool adds_bos = with.size() > without.size() &&
-                          std::equal(without.begin(), without.end(), with.begin() + 1);
-    const std::string text = io::read_corpus(o.ppl);
-    if (text.empty()) throw ConfigError(fmt::format("--ppl: {} is empty", o.ppl));
-    in.tokens = tok.encode(text, false);
-    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && adds_bos) {
-      // llama-perplexity tokenizes with BOS in front of the stream, then writes BOS over each
-      // window's first token.
-      in.ppl.bos = with.front();
-      in.tokens.insert(in.tokens.begin(), in.ppl.bos);
-    }
-    const auto n = static_cast<int64_t>(in.tokens.size());
-    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && n < 2 * in.ppl.ctx)
-      throw ConfigError(
-          fmt::format("--ppl: {} has {} tokens; the llamacpp protocol needs at "
-                      "least 2 x ctx = {}, as llama-perplexity does",
-                      o.ppl, n, 2 * in.ppl.ctx));
-    in.windows = eval::make_windows(n, in.ppl);
-    if (in.windows.empty())
-      throw ConfigError(fmt::format("--ppl: {} has {} tokens, fewer than one window of {}", o.ppl,
-                                    n, in.ppl.ctx));
-    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && in.ppl.ctx < 4)
-      throw ConfigError(
-          "--ctx: the llamacpp protocol scores the second half of each window; "
-          "it needs at least 4 tokens");
-    in.ppl_sha256 = sha256_path(o.ppl);
-  }
-  if (!o.mmlu.empty()) {
-    in.mmlu_data = eval::load_mmlu(o.mmlu);
-    in.items = eval::mmlu_items(in.mmlu_data, in.mmlu);
-    in.answers = eval::mmlu_answer_tokens(tok, in.mmlu_data, in.items.front(), in.mmlu);
-    in.mmlu_sha256 = sha256_path(o.mmlu);
-    if (!o.reference_predictions.empty()) {
-      std::string proto;
-      in.ref_predictions = eval::read_predictions(o.reference_predictions, &proto);
-      if (proto != in.mmlu_tag)
-        throw ConfigError(fmt::format("--reference-predictions {}: protocol {}, this run's is {}",
-                                      o.reference_predictions, proto, in.mmlu_tag));
-    }
-  }
-}
-
-// Token ids the models have embeddings for: a tokenizer with more added tokens than the model's
-// vocabulary would otherwise index out of range on the device.
-void check_vocabulary(const Inputs& in, int64_t vocab) {
-  int64_t top = -1;
-  for (int32_t t : in.tokens) top = std::max<int64_t>(top, t);
-  for (const auto& a : in.answers)
-    for (int32_t t : a) top = std::max<int64_t>(top, t);
-  if (top >= vocab)
-    throw ConfigError(
-        fmt::format("the tokenizer produced token id {}, outside the model's "
-                    "vocabulary of {}",
-                    top, vocab));
-}
-
-// The plan of --base or --plan (read, and checked against MODEL, before any data); none when
-// MODEL is evaluated as it is.
-std::optional<quant::Plan> plan_from(const EvalCliOptions& o) {
-  if (o.base.empty() && o.plan.empty()) return std::nullopt;
-  if (!o.plan.empty()) {
-    if (o.method.group) throw ConfigError("--group: applies to --base, not to --plan");
-    quant::Plan plan = read_plan_for(o.plan, o.model);
-    if (!o.method.method.empty()) plan.method = o.method.method;
-    return plan;
-  }
-  quant::Plan plan;
-  plan.method = o.method.method.empty() ? "rtn" : o.method.method;
-  plan.base = base_format(o.base, o.method.group, "--base");
-  return plan;
+// Device bytes of one batch of task items (tasks_score.cpp): B items' shared prefixes [B, P]
+// run into a cache of S = P + Tr columns, copied to one row per choice, and the choices' rests
+// [B C, Tr] attending over it; attention scores counted in fp32 as the math kernel makes them
+// (CUDA's fused kernels make fewer). A batch wider than the context runs its inputs whole.
+uint64_t tasks_working(const TaskInputs& t, int64_t batch, const model::ModelConfig& c,
+                       c10::ScalarType dtype) {
+  const uint64_t B = uint64_t(batch), R = B * uint64_t(t.max_choices), e = c10::elementSize(dtype);
+  const uint64_t heads = uint64_t(c.num_heads), ctx = uint64_t(c.max_position_embeddings);
+  const uint64_t P = uint64_t(t.max_shared), Tr = uint64_t(t.max_rest), S = std::min(P + Tr, ctx);
+  const uint64_t kv = 2 * uint64_t(c.num_layers) * uint64_t(c.kv_dim()) * S * e;  // per row
+  const uint64_t prefix =
+      model::forward_bytes(c, int64_t(B), int64_t(P), dtype) + 4 * B * heads * P * S;
+  const uint64_t rest =
+      model::forward_bytes(c, int64_t(R), int64_t(Tr), dtype) + R * Tr * S * (4 * heads + 1);
+  const uint64_t cached = (B + R) * kv + std::max(prefix, rest);
+  if (P + Tr <= ctx) return cached;
+  const uint64_t T = std::min(uint64_t(t.max_tokens), ctx);  // whole inputs, causal
+  return std::max(cached,
+                  model::forward_bytes(c, int64_t(R), int64_t(T), dtype) + 4 * R * heads * T * T);
 }
 
 // Device bytes of the evaluation: MODEL's weights (plus the packed layers of an in-memory plan;
@@ -163,16 +68,7 @@ model::MemoryNeeds eval_needs(const EvalCliOptions& o, const std::optional<quant
                               const model::ModelConfig& c, const Inputs& in, bool separate_ref,
                               const RunContext& ctx) {
   model::MemoryNeeds n = model::Decoder::weight_needs(o.model, ctx.dtype);
-  if (plan) {
-    std::vector<model::LayerId> ids;
-    for (int b = 0; b < c.num_layers; ++b)
-      for (model::Proj p : model::kAllProjs) ids.push_back({b, p});
-    for (const auto& [name, spec] : plan->resolve(ids)) {
-      const model::LayerId id = *model::LayerId::parse(name);  // names from the resolver
-      const auto shape = model::linear_shape(c, id.proj);
-      n.blocks[static_cast<size_t>(id.block)] += spec.bytes(shape[0], shape[1]);
-    }
-  }
+  if (plan) add_plan_bytes(n, *plan, c);
   if (separate_ref) {
     const model::MemoryNeeds r = model::Decoder::weight_needs(o.reference, ctx.dtype);
     n.fixed += r.fixed;
@@ -187,11 +83,16 @@ model::MemoryNeeds eval_needs(const EvalCliOptions& o, const std::optional<quant
                         o.mmlu.empty() ? 0 : std::min<int64_t>(in.mmlu.max_len, 2048));
   n.working = 2 * model::forward_bytes(c, o.batch, T, ctx.dtype) +
               model::head_bytes(c, 1024, c10::elementSize(ctx.dtype) + 8) + (256ULL << 20);
-  // In-memory GPTQ/AWQ comes first and may need more (hidden states, Hessians, inputs).
-  if (plan && cal)
-    n.working = std::max(n.working, quant::memory_needs(n, c, {}, method, cal->ids.size(0),
-                                                        cal->ids.size(1), ctx.dtype)
-                                        .working);
+  // MMLU's shared prefixes: a batch's keys and values over all blocks (and the one-row prefix),
+  // and the attention mask [batch, 1, T, T] with its intermediates.
+  const uint64_t L = uint64_t(std::min<int64_t>(c.max_position_embeddings, 2048));
+  if (!o.mmlu.empty())
+    n.working += 2 * uint64_t(c.num_layers) * uint64_t(o.batch + 1) * uint64_t(c.kv_dim()) * L *
+                     c10::elementSize(ctx.dtype) +
+                 4 * uint64_t(o.batch) * L * L;
+  if (!o.tasks.empty()) n.working += tasks_working(in.tasks, o.batch, c, ctx.dtype);
+  if (o.speed) n.working += speed_working(c, SpeedProtocol{}, ctx.dtype);
+  if (plan) add_quantize_working(n, method, cal, c, ctx.dtype);
   return n;
 }
 
@@ -221,17 +122,50 @@ std::pair<model::Decoder, std::optional<model::Decoder>> load_models(
   return {std::move(m), std::move(ref)};
 }
 
+// The lines printed after an evaluation: perplexity and KL, MMLU and flips.
+std::string summary_lines(const nlohmann::json& j, const std::string& mmlu_tag) {
+  std::string line;
+  if (j.contains("ppl")) {
+    line += fmt::format("ppl {:.4f} over {} tokens", j["ppl"].get<double>(),
+                        j["tokens"].get<int64_t>());
+    if (j.contains("ppl_ref"))
+      line += fmt::format(" (reference {:.4f})", j["ppl_ref"].get<double>());
+    if (j.contains("kl_mean"))
+      line += fmt::format("; KL {:.6f} ± {:.6f}, same top-1 {:.4f}", j["kl_mean"].get<double>(),
+                          j["kl_stderr"].get<double>(), j["top1_agree"].get<double>());
+    if (j.contains("plan_predicted_kl"))
+      line += fmt::format(" (the plan predicted {:.6f})", j["plan_predicted_kl"].get<double>());
+    line += "\n";
+  }
+  if (j.contains("mmlu_acc")) {
+    line += fmt::format("MMLU {} accuracy {:.4f} over {} questions", mmlu_tag,
+                        j["mmlu_acc"].get<double>(), j["mmlu_n"].get<int64_t>());
+    if (j.contains("flip_rate"))
+      line += fmt::format(" (reference {:.4f}); flips {:.4f}, answer changes {:.4f}",
+                          j["mmlu_acc_ref"].get<double>(), j["flip_rate"].get<double>(),
+                          j["answer_change_rate"].get<double>());
+    line += "\n";
+  }
+  return line;
+}
+
 }  // namespace
 
 int run_eval(const EvalCliOptions& o) {
   const auto t0 = Clock::now();
-  if (o.ppl.empty() && o.mmlu.empty())
-    throw ConfigError("nothing to evaluate: give --ppl and/or --mmlu");
+  if (o.ppl.empty() && o.mmlu.empty() && o.tasks.empty() && !o.speed)
+    throw ConfigError("nothing to evaluate: give --ppl, --mmlu, --tasks and/or --speed");
   if (o.kld && o.ppl.empty())
     throw ConfigError("--kld: needs --ppl (KL is measured on its windows)");
   if (!o.base.empty() && !o.plan.empty()) throw ConfigError("--base and --plan exclude each other");
   if (!o.reference_predictions.empty() && o.mmlu.empty())
     throw ConfigError("--reference-predictions: needs --mmlu");
+  for (const auto& [given, what] :
+       {std::pair{!o.tasks_dir.empty(), "--tasks-dir"},
+        {o.tasks_limit > 0, "--tasks-limit"},
+        {!o.task_predictions.empty(), "--task-predictions"},
+        {!o.reference_task_predictions.empty(), "--reference-task-predictions"}})
+    if (given && o.tasks.empty()) throw ConfigError(fmt::format("{}: needs --tasks", what));
   const bool quantize = !o.base.empty() || !o.plan.empty();
   if (!quantize && (!o.method.method.empty() || !o.method.calib.empty() || o.method.group ||
                     o.method.gptq_given || o.method.window_given))
@@ -241,8 +175,9 @@ int run_eval(const EvalCliOptions& o) {
   if (o.kld && !quantize && o.reference.empty())
     throw ConfigError("--kld: needs --reference (or --base/--plan, which use MODEL as reference)");
   // Outputs are checked before any work: never a directory, never one of the inputs.
-  const std::vector<fs::path> inputs = {
-      o.model, o.reference, o.plan, o.ppl, o.mmlu, o.reference_predictions, o.method.calib};
+  const std::vector<fs::path> inputs = {o.model,        o.reference, o.plan,
+                                        o.ppl,          o.mmlu,      o.reference_predictions,
+                                        o.method.calib, o.tasks_dir, o.reference_task_predictions};
   const fs::path out = file_output(o.out, "-o", inputs);
   const fs::path pred_path =
       o.mmlu.empty() ? fs::path()
@@ -250,13 +185,22 @@ int run_eval(const EvalCliOptions& o) {
                                        ? fs::path(out).replace_extension(".predictions.jsonl")
                                        : fs::path(o.predictions),
                                    "--predictions", inputs);
+  const fs::path task_pred_path =
+      o.tasks.empty()
+          ? fs::path()
+          : file_output(o.task_predictions.empty() ? fs::path(out).replace_extension(".tasks.jsonl")
+                                                   : fs::path(o.task_predictions),
+                        "--task-predictions", inputs);
   if (pred_path == out)
     throw ConfigError(fmt::format("--predictions {}: the same file as -o", pred_path.string()));
+  if (task_pred_path == out || (!pred_path.empty() && task_pred_path == pred_path))
+    throw ConfigError(fmt::format("--task-predictions {}: the same file as another output",
+                                  task_pred_path.string()));
   for (const auto& dir : {o.model, o.reference})
     if (!dir.empty() && !fs::is_directory(dir))
       throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
 
-  const std::optional<quant::Plan> plan = plan_from(o);
+  const std::optional<quant::Plan> plan = plan_from(o.model, o.base, o.plan, o.method);
   const RunContext ctx = context_from(o.compute);
   // Windows and prompts must fit both models' context and vocabulary.
   model::ModelConfig config = model::load_config(fs::path(o.model) / "config.json");
@@ -269,7 +213,9 @@ int run_eval(const EvalCliOptions& o) {
   Inputs in = settings_from(o, config.max_position_embeddings);
   const auto tokenizer = io::Tokenizer::load(o.reference.empty() ? o.model : o.reference);
   read_data(o, *tokenizer, in);
+  in.tasks = read_tasks(o, *tokenizer, config.max_position_embeddings, config.vocab_size);
   check_vocabulary(in, config.vocab_size);
+  if (o.speed) check_speed_protocol(config, SpeedProtocol{});
 
   // Calibration for gptq/awq, from MODEL's tokenizer (the one the plan's layers are fitted on).
   // The method's settings (a plan's recorded ones under the command line's), resolved once.
@@ -281,8 +227,9 @@ int run_eval(const EvalCliOptions& o) {
   }
   // The reference: --reference, else MODEL itself unquantized when it was quantized here and
   // something needs it (KL, or MMLU flips without saved reference predictions).
-  const bool need_ref =
-      (o.kld || (!o.mmlu.empty() && !in.ref_predictions)) && (!o.reference.empty() || quantize);
+  const bool need_ref = (o.kld || (!o.mmlu.empty() && !in.ref_predictions) ||
+                         (!o.tasks.empty() && o.reference_task_predictions.empty())) &&
+                        (!o.reference.empty() || quantize);
   const model::MemoryNeeds needs =
       eval_needs(o, plan, method, cal, config, in, need_ref && !o.reference.empty(), ctx);
   const model::MemoryPlan residency =
@@ -361,6 +308,11 @@ int run_eval(const EvalCliOptions& o) {
                           {"sha256", in.mmlu_sha256},   {"predictions", pred_path.string()}};
     predictions = eval::predictions_jsonl(preds, in.mmlu_tag);
   }
+  std::string more_lines, task_predictions;
+  if (!o.tasks.empty())
+    task_predictions =
+        run_tasks(in.tasks, o, m, ref ? &*ref : nullptr, task_pred_path.string(), j, more_lines);
+  if (o.speed) j["speed"] = measure_speed(m, SpeedProtocol{}, more_lines);
   j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
   j["peak_host_bytes"] = peak_host_bytes();
   j["residency"] = residency.describe(needs);
@@ -369,31 +321,11 @@ int run_eval(const EvalCliOptions& o) {
              model::gib(j["streamed_bytes"].get<uint64_t>()), model::gib(peak_host_bytes()));
   j["seconds"] = seconds_since(t0);
   if (!predictions.empty()) io::write_file_atomic(pred_path, predictions);
+  if (!task_predictions.empty()) io::write_file_atomic(task_pred_path, task_predictions);
   io::write_file_atomic(out, j.dump(2) + "\n");
 
-  std::string line;
-  if (j.contains("ppl")) {
-    line += fmt::format("ppl {:.4f} over {} tokens", j["ppl"].get<double>(),
-                        j["tokens"].get<int64_t>());
-    if (j.contains("ppl_ref"))
-      line += fmt::format(" (reference {:.4f})", j["ppl_ref"].get<double>());
-    if (j.contains("kl_mean"))
-      line += fmt::format("; KL {:.6f} ± {:.6f}, same top-1 {:.4f}", j["kl_mean"].get<double>(),
-                          j["kl_stderr"].get<double>(), j["top1_agree"].get<double>());
-    if (j.contains("plan_predicted_kl"))
-      line += fmt::format(" (the plan predicted {:.6f})", j["plan_predicted_kl"].get<double>());
-    line += "\n";
-  }
-  if (j.contains("mmlu_acc")) {
-    line += fmt::format("MMLU {} accuracy {:.4f} over {} questions", in.mmlu_tag,
-                        j["mmlu_acc"].get<double>(), j["mmlu_n"].get<int64_t>());
-    if (j.contains("flip_rate"))
-      line += fmt::format(" (reference {:.4f}); flips {:.4f}, answer changes {:.4f}",
-                          j["mmlu_acc_ref"].get<double>(), j["flip_rate"].get<double>(),
-                          j["answer_change_rate"].get<double>());
-    line += "\n";
-  }
-  std::cout << line
+  const std::string line = summary_lines(j, in.mmlu_tag);
+  std::cout << line << more_lines
             << fmt::format("weights {} bytes, {:.3f} bits per weight (linear layers)\n",
                            j["weight_bytes"].get<uint64_t>(), j["bits_per_weight"].get<double>());
   return 0;
@@ -414,6 +346,8 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_option("--stride", opts->stride, "sliding: tokens between windows (default ctx/2)")
       ->check(CLI::PositiveNumber);
   sub->add_flag("--kld", opts->kld, "KL divergence against the reference, per token");
+  sub->add_flag("--speed", opts->speed,
+                "prefill and decode tokens/s of MODEL (prompt 128, 256 new, batch 1 and 16)");
   sub->add_option("--mmlu", opts->mmlu, "MMLU directory (dev/, test/ CSVs) or JSONL file");
   sub->add_option("--mmlu-protocol", opts->mmlu_protocol, "5shot (default) or chat0shot");
   sub->add_option("--shots", opts->shots, "dev examples per prompt (5shot protocol; default 5)")
@@ -424,7 +358,17 @@ void register_eval(CLI::App& app, Action& action) {
                   "per-question MMLU predictions, JSONL (default: beside -o)");
   sub->add_option("--reference-predictions", opts->reference_predictions,
                   "flips against a previous run's predictions instead of running the reference");
-  sub->add_option("--batch", opts->batch, "windows or prompts per forward (default 1)")
+  sub->add_option("--tasks", opts->tasks,
+                  "zero-shot tasks, comma-separated: arc_easy, arc_challenge, hellaswag, piqa, "
+                  "winogrande, boolq, openbookqa, or NAME for --tasks-dir/NAME.jsonl");
+  sub->add_option("--tasks-dir", opts->tasks_dir, "directory of the task files");
+  sub->add_option("--tasks-limit", opts->tasks_limit, "first N items of each task")
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--task-predictions", opts->task_predictions,
+                  "per-item task predictions, JSONL (default: beside -o, .tasks.jsonl)");
+  sub->add_option("--reference-task-predictions", opts->reference_task_predictions,
+                  "task flips against a previous run's predictions instead of the reference");
+  sub->add_option("--batch", opts->batch, "windows, prompts or task items per forward (default 1)")
       ->check(CLI::PositiveNumber);
   sub->add_option("-o,--output", opts->out, "metrics JSON")->required();
   add_method_options(*sub, opts->method, true);

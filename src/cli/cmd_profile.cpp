@@ -1,8 +1,8 @@
-// `kldq profile MODEL --base FORMAT [--method rtn|gptq|awq] --calib FILE [--samples N] [--seq-len
-// T]
-// [--seed S] [--mode quantize-one|restore-one] [--granularity linear|half-block|block]
-// [--batch B] [--naive] [--proxies] [--csv FILE] -o profile.json`: per-unit KL sensitivity and
-// optionally its proxies (docs/PROTOCOLS.md, "Sensitivity profile"); the units also as CSV.
+// `kldq profile MODEL --base FORMAT [--method rtn|hqq|gptq|awq] --calib FILE [--samples N]
+// [--seq-len T] [--seed S] [--mode quantize-one|restore-one]
+// [--granularity linear|half-block|block] [--batch B] [--naive] [--proxies] [--csv FILE] -o
+// profile.json`: per-unit KL sensitivity and optionally its proxies (docs/PROTOCOLS.md,
+// "Sensitivity profile"); the units also as CSV.
 #include <fmt/format.h>
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 // `kldq quantize MODEL (--base FORMAT [--group G] [--keep PATTERN ...] | --plan PLAN)
-// [--method rtn|gptq|awq [--calib FILE --samples N --seq-len T --seed S --damp D --act-order]]
+// [--method rtn|hqq|gptq|awq [--calib FILE --samples N --seq-len T --seed S --damp D --act-order]]
 // -o OUT`: writes a quantized checkpoint (docs/FORMATS.md, "Quantized checkpoints").
 #include <fmt/format.h>
 
@@ -54,10 +54,13 @@ int run_quantize(const QuantizeOptions& o) {
   const quant::MethodOptions method = method_options(o.method, plan.method, &plan);
   log::info("quantize {}: {}/{} with {} override(s) -> {}", o.model, plan.method, plan.base.name(),
             plan.overrides.size(), o.out);
-  if (!quant::needs_calibration(method.method) &&
-      (!o.compute.device.empty() || !o.compute.dtype.empty()))
-    log::warn("--device, --dtype: not used; {} quantizes as it streams the checkpoint on the CPU",
-              method.method);
+  if (method.method == "rtn" && (!o.compute.device.empty() || !o.compute.dtype.empty()))
+    log::warn("--device, --dtype: not used; rtn quantizes as it streams the checkpoint on the CPU");
+  if (method.method == "hqq" && !o.compute.dtype.empty())
+    log::warn("--dtype: not used; hqq fits each weight in fp32");
+  // HQQ fits each weight on the device as the checkpoint streams (one layer there at a time).
+  const c10::Device fit_device =
+      method.method == "hqq" ? context_from(o.compute).device : c10::Device(c10::kCPU);
   quant::CalibratedSource calibrated;
   std::optional<model::Decoder> decoder;
   // Checked for every method: calibration options given to rtn are an error.
@@ -78,7 +81,8 @@ int run_quantize(const QuantizeOptions& o) {
     calibrated = {&*decoder, cal->ids, cal->identity};
   }
   const auto t0 = std::chrono::steady_clock::now();
-  quant::write_quantized_checkpoint(o.model, o.out, plan, method, calibrated, {.force = o.force});
+  quant::write_quantized_checkpoint(o.model, o.out, plan, method, calibrated,
+                                    {.force = o.force, .device = fit_device});
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::string line =
       fmt::format("quantized {} ({}) in {:.1f} s -> {}", o.model, method.method, secs, o.out);

@@ -37,13 +37,15 @@ int run_plan(const PlanCliOptions& o);
 struct EvalCliOptions {
   std::string model, reference, base, plan, ppl, ppl_protocol = "gptq", out;
   std::string mmlu, mmlu_protocol = "5shot", predictions, reference_predictions;
-  int64_t ctx = 0, stride = 0, batch = 1, mmlu_limit = 0;
+  std::string tasks, tasks_dir, task_predictions, reference_task_predictions;
+  int64_t ctx = 0, stride = 0, batch = 1, mmlu_limit = 0, tasks_limit = 0;
   int shots = -1;
   bool kld = false;
+  bool speed = false;       // prefill and decode tokens/s (eval_speed.hpp)
   MethodCliOptions method;  // quantization in memory (--base, --plan): method and calibration
   ComputeOptions compute;
 };
-// `kldq eval`: writes `out` (metrics JSON) and the MMLU predictions beside it.
+// `kldq eval`: writes `out` (metrics JSON) and the MMLU and task predictions beside it.
 int run_eval(const EvalCliOptions& o);
 
 struct RunCliOptions {

@@ -15,6 +15,7 @@
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/model/config.hpp"
+#include "kldq/model/layout.hpp"
 
 namespace kldq::cli {
 
@@ -68,8 +69,8 @@ quant::Plan read_plan_for(const std::string& plan_path, const std::string& model
   return plan;
 }
 
-void add_method_options(CLI::App& sub, MethodCliOptions& o, bool with_calibration) {
-  sub.add_option("--method", o.method, "rtn (default), gptq or awq");
+void add_method_options(CLI::App& sub, MethodCliOptions& o, bool with_calibration, bool with_seed) {
+  sub.add_option("--method", o.method, "rtn (default), hqq (int _fz formats), gptq or awq");
   sub.add_option("--group", o.group, "group (int) or block (nf4, fp4) size of --base")
       ->check(CLI::PositiveNumber);
   sub.add_option("--damp", o.damp, "gptq: dampening, a fraction of the Hessian's mean diagonal")
@@ -82,7 +83,7 @@ void add_method_options(CLI::App& sub, MethodCliOptions& o, bool with_calibratio
       ->check(CLI::PositiveNumber);
   sub.add_option("--seq-len", o.seq_len, "tokens per calibration window T (default 512)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-  sub.add_option("--seed", o.seed, "calibration window selection seed (default 0)");
+  if (with_seed) sub.add_option("--seed", o.seed, "calibration window selection seed (default 0)");
 }
 
 void note_method_options(const CLI::App& sub, MethodCliOptions& o) {
@@ -127,6 +128,7 @@ quant::MethodOptions method_options(const MethodCliOptions& o, const std::string
   if (const auto r = recorded_for(plan, m.method)) {
     m.gptq = r->options.gptq;
     m.awq = r->options.awq;
+    m.hqq = r->options.hqq;
     if (o.damp_given) m.gptq.damp = o.damp;
     if (o.act_order_given) m.gptq.act_order = o.act_order;
   }
@@ -202,6 +204,48 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
         fmt::format("--calib: the tokenizer produced ids outside the model's vocabulary of {}",
                     config.vocab_size));
   return cal;
+}
+
+std::optional<quant::Plan> plan_from(const std::string& model, const std::string& base,
+                                     const std::string& plan, const MethodCliOptions& method) {
+  if (base.empty() && plan.empty()) return std::nullopt;
+  if (!base.empty() && !plan.empty()) throw ConfigError("--base and --plan exclude each other");
+  if (!plan.empty()) {
+    if (method.group) throw ConfigError("--group: applies to --base, not to --plan");
+    quant::Plan p = read_plan_for(plan, model);
+    if (!method.method.empty()) p.method = method.method;
+    return p;
+  }
+  quant::Plan p;
+  p.method = method.method.empty() ? "rtn" : method.method;
+  p.base = base_format(base, method.group, "--base");
+  return p;
+}
+
+void add_plan_bytes(model::MemoryNeeds& needs, const quant::Plan& plan,
+                    const model::ModelConfig& c) {
+  std::vector<model::LayerId> ids;
+  for (int b = 0; b < c.num_layers; ++b)
+    for (model::Proj p : model::kAllProjs) ids.push_back({b, p});
+  for (const auto& [name, spec] : plan.resolve(ids)) {
+    const model::LayerId id = *model::LayerId::parse(name);  // names from the resolver
+    const auto shape = model::linear_shape(c, id.proj);
+    needs.blocks[static_cast<size_t>(id.block)] += spec.bytes(shape[0], shape[1]);
+  }
+}
+
+void add_quantize_working(model::MemoryNeeds& n, const quant::MethodOptions& method,
+                          const std::optional<calib::Calibration>& cal, const model::ModelConfig& c,
+                          c10::ScalarType dtype) {
+  // HQQ fits one layer at a time in fp32 with about ten copies of it.
+  if (method.method == "hqq")
+    n.working = std::max<uint64_t>(
+        n.working, 10 * 4 * uint64_t(c.intermediate_size) * uint64_t(c.hidden_size));
+  // In-memory GPTQ/AWQ comes first and may need more (hidden states, Hessians, inputs).
+  if (cal)
+    n.working = std::max(
+        n.working,
+        quant::memory_needs(n, c, {}, method, cal->ids.size(0), cal->ids.size(1), dtype).working);
 }
 
 }  // namespace kldq::cli

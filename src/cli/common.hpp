@@ -29,6 +29,7 @@ void register_profile(CLI::App& app, Action& action);
 void register_plan(CLI::App& app, Action& action);
 void register_run(CLI::App& app, Action& action);
 void register_report(CLI::App& app, Action& action);
+void register_generate(CLI::App& app, Action& action);
 
 struct ComputeOptions {
   std::string device;  // "" = cuda when present, else cpu
@@ -67,7 +68,9 @@ struct MethodCliOptions {
   bool gptq_given = false;    // --damp or --[no-]act-order
   bool window_given = false;  // --samples, --seq-len or --seed
 };
-void add_method_options(CLI::App& sub, MethodCliOptions& opts, bool with_calibration);
+// `with_seed` false leaves --seed to the command (the calibration seed is then the plan's or 0).
+void add_method_options(CLI::App& sub, MethodCliOptions& opts, bool with_calibration,
+                        bool with_seed = true);
 // Records which of those options the command line gave; call from the subcommand's callback.
 void note_method_options(const CLI::App& sub, MethodCliOptions& opts);
 // The method's settings; `method` overrides opts.method when not empty. ConfigError when GPTQ's
@@ -93,5 +96,17 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& opt
 // Reads a plan file (`--plan`); a plan made by `kldq plan` must come from a profile of `model`
 // (the checkpoint fingerprints agree), else ConfigError naming both.
 quant::Plan read_plan_for(const std::string& plan_path, const std::string& model);
+// The plan of --base or --plan for `model` (read and checked before any data; --method overrides
+// a plan's); none when both are empty (the model as it is).
+std::optional<quant::Plan> plan_from(const std::string& model, const std::string& base,
+                                     const std::string& plan, const MethodCliOptions& method);
+// Raises needs.working to what quantizing in memory with `method` takes first: HQQ's fit of one
+// layer, or GPTQ/AWQ's calibration states, Hessians and inputs (with `cal`).
+void add_quantize_working(model::MemoryNeeds& needs, const quant::MethodOptions& method,
+                          const std::optional<calib::Calibration>& cal, const model::ModelConfig& c,
+                          c10::ScalarType dtype);
+// Adds the packed layers of `plan` (held beside the model's weights, block by block) to `needs`.
+void add_plan_bytes(model::MemoryNeeds& needs, const quant::Plan& plan,
+                    const model::ModelConfig& c);
 
 }  // namespace kldq::cli

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <system_error>
 
 #include "common.hpp"
 #include "kldq/build_config.hpp"
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
   kldq::cli::register_plan(app, action);
   kldq::cli::register_run(app, action);
   kldq::cli::register_report(app, action);
+  kldq::cli::register_generate(app, action);
 
   try {
     app.parse(argc, argv);
@@ -57,17 +59,26 @@ int main(int argc, char** argv) {
     kldq::log::error("{}", kldq::describe_out_of_memory(e.what_without_backtrace()));
     return kldq::kExitRuntime;
   } catch (const c10::Error& e) {
-    // One line: libtorch's messages continue with context and hints on later lines.
+    // Bad input is refused by kldq's own checks before it reaches libtorch, so an error raised
+    // inside libtorch is a kldq bug: said so, in one line (libtorch's messages continue with
+    // context and C++ hints on later lines).
     const std::string what = e.what_without_backtrace();
-    kldq::log::error("libtorch: {}", what.substr(0, what.find('\n')));
+    kldq::log::error(
+        "internal error in libtorch (a bug in kldq; please report it with the "
+        "command line): {}",
+        what.substr(0, what.find('\n')));
     return kldq::kExitRuntime;
   } catch (const std::bad_alloc&) {
     kldq::log::error(
         "out of host memory; lower --batch, --seq-len or --samples, or use a machine with more "
         "RAM");
     return kldq::kExitRuntime;
-  } catch (const std::exception& e) {
+  } catch (const std::system_error& e) {  // the OS refused (disk full, permissions): paths named
     kldq::log::error("{}", e.what());
+    return kldq::kExitRuntime;
+  } catch (const std::exception& e) {
+    kldq::log::error("internal error (a bug in kldq; please report it with the command line): {}",
+                     e.what());
     return kldq::kExitRuntime;
   } catch (...) {
     kldq::log::error("internal error: an unknown exception (a bug in kldq; please report it)");

@@ -20,6 +20,7 @@
 #include "kldq/core/log.hpp"
 #include "kldq/core/output.hpp"
 #include "kldq/core/progress.hpp"
+#include "kldq/eval/tasks.hpp"
 #include "kldq/experiment/results.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/io/json_util.hpp"
@@ -163,10 +164,17 @@ class Runner {
       v.mmlu = e_.mmlu, v.mmlu_protocol = e_.eval.mmlu_protocol;
       v.shots = e_.eval.mmlu_protocol == "chat0shot" ? -1 : int(e_.eval.shots);
       v.mmlu_limit = e_.eval.mmlu_limit, v.batch = e_.eval.batch, v.compute = o_.compute;
+      v.speed = e_.eval.speed;
       if (s.inputs.contains("calibration")) set_calibration(v.method);
       // Flips against the reference stage's saved predictions: the bf16 model's MMLU runs once.
       if (s.kind == "eval" && !e_.mmlu.empty())
         v.reference_predictions = (fs::path(reference) / "metrics.predictions.jsonl").string();
+      if (!e_.eval.tasks.empty()) {
+        v.tasks = fmt::format("{}", fmt::join(e_.eval.tasks, ","));
+        v.tasks_dir = e_.tasks_dir, v.tasks_limit = e_.eval.tasks_limit;
+        if (s.kind == "eval")  // likewise the reference's task predictions
+          v.reference_task_predictions = (fs::path(reference) / "metrics.tasks.jsonl").string();
+      }
       v.out = file.string();
       run_eval(v);
     }
@@ -196,6 +204,8 @@ class Runner {
     const nlohmann::json m = io::read_json_file(by_key.at(ev.key));
     for (const std::string& k : ex::kRecordMetrics)
       if (m.contains(k)) r[k] = m[k];
+    r.update(ex::task_record_metrics(m));
+    r.update(ex::speed_record_metrics(m));
     if (m.contains("weight_bytes"))
       r["weight_gib"] = m["weight_bytes"].get<double>() / double(uint64_t{1} << 30);
     return r;
@@ -246,6 +256,13 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
   };
   need(e.ppl, "data.ppl", false);
   need(e.mmlu, "data.mmlu", true);
+  need(e.tasks_dir, "data.tasks", true);
+  if (!e.eval.tasks.empty()) try {
+      (void)eval::parse_task_list(fmt::format("{}", fmt::join(e.eval.tasks, ",")), e.tasks_dir,
+                                  "eval.tasks");
+    } catch (const ConfigError& err) {
+      throw ConfigError(fmt::format("{}: {}", e.path, err.what()));
+    }
   bool profiles = false;
   for (size_t i : points)
     profiles |= e.points[i].planner != "uniform" || quant::needs_calibration(e.points[i].method);
@@ -253,8 +270,9 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
     throw ConfigError(fmt::format(
         "{}: data.calib: needed by the sweep's profiles and gptq/awq quantization", e.path));
   if (profiles) need(e.calib, "data.calib", false);
-  if (e.ppl.empty() && e.mmlu.empty())
-    throw ConfigError(fmt::format("{}: data: give ppl and/or mmlu (nothing to evaluate)", e.path));
+  if (e.ppl.empty() && e.mmlu.empty() && e.tasks_dir.empty())
+    throw ConfigError(
+        fmt::format("{}: data: give ppl, mmlu and/or tasks (nothing to evaluate)", e.path));
   check_models(e, profiles);
 
   const nlohmann::json compute = compute_tag(context_from(o.compute));

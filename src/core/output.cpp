@@ -7,11 +7,13 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <list>
@@ -186,6 +188,52 @@ void check_not_input(const fs::path& dir, const char* option, const std::vector<
   check_inputs(output_path(dir, option), option, inputs, /*out_exists=*/false);
 }
 
+namespace {
+
+// A new temporary file named `name` (its last six characters, XXXXXX, are replaced), marked and
+// locked: -1 and errno on failure. The file gets its name only once it carries the marker and
+// the lock: it is made unnamed in `dir` (O_TMPFILE), marked, locked and then linked in, so a
+// SIGKILL at any moment leaves either nothing or a temporary a later kldq removes. Where the
+// file system has no O_TMPFILE (or /proc is absent), mkostemp, where a kill in the few calls
+// before the marker leaves an unmarked temporary that nothing removes (as a user's file).
+int create_marked_file(const fs::path& dir, std::string& name) {
+  const auto mark = [](int fd) {
+    ::fchmod(fd, default_mode(0666));
+    ::flock(fd, LOCK_EX);
+    ::fsetxattr(fd, kTempAttr, "1", 1, 0);  // where supported (see the header)
+  };
+  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0) {
+    mark(fd);
+    const std::string self = "/proc/self/fd/" + std::to_string(fd);
+    static constexpr char kChars[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      unsigned char r[6] = {};
+      if (::getrandom(r, sizeof r, 0) != ssize_t(sizeof r)) {
+        errno = ENOSYS;  // no random names this way: mkostemp's below
+        break;
+      }
+      for (size_t i = 0; i < 6; ++i) name[name.size() - 6 + i] = kChars[r[i] % 62];
+      if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0)
+        return fd;
+      if (errno != EEXIST) break;
+    }
+    const int err = errno;
+    ::close(fd);
+    std::fill(name.end() - 6, name.end(), 'X');
+    if (err != ENOENT && err != EPERM && err != ENOSYS) {  // else: this way is not available
+      errno = err;
+      return -1;
+    }
+  }
+  const int m = ::mkostemp(name.data(), O_CLOEXEC);
+  if (m >= 0) mark(m);
+  return m;
+}
+
+}  // namespace
+
 TempOutput::TempOutput(const fs::path& dst, Kind kind) : dst_(dst), kind_(kind) {
   std::string templ =
       (dst.parent_path() / ("." + dst.filename().string() + kTempInfix + "XXXXXX")).string();
@@ -201,14 +249,11 @@ TempOutput::TempOutput(const fs::path& dst, Kind kind) : dst_(dst), kind_(kind) 
   const auto slot = reg.insert(reg.end(), templ);
   std::string& name = *slot;
   if (kind == Kind::FILE) {
-    fd_ = ::mkostemp(name.data(), O_CLOEXEC);
+    fd_ = create_marked_file(dst.parent_path(), name);
     if (fd_ < 0) {
       reg.erase(slot);
       fail("a temporary file");
     }
-    ::fchmod(fd_, default_mode(0666));
-    ::flock(fd_, LOCK_EX);
-    ::fsetxattr(fd_, kTempAttr, "1", 1, 0);  // where supported (see the header)
   } else {
     if (!::mkdtemp(name.data())) {
       reg.erase(slot);

@@ -68,20 +68,13 @@ std::vector<MmluPrediction> read_predictions(const std::filesystem::path& path,
   return out;
 }
 
-nlohmann::json flip_summary(const std::vector<MmluPrediction>& ref,
-                            const std::vector<MmluPrediction>& m, const std::string& what) {
-  if (ref.size() != m.size())
-    throw ConfigError(
-        fmt::format("{}: {} reference predictions for {} questions", what, ref.size(), m.size()));
+nlohmann::json flip_rates(const std::vector<Answered>& ref, const std::vector<Answered>& m,
+                          const std::string& acc_ref_key) {
+  check(ref.size() == m.size(), "flip_rates: lists of different lengths");
   int64_t flips = 0, changes = 0, c2w = 0, w2c = 0, ref_correct = 0;
   for (size_t i = 0; i < m.size(); ++i) {
-    const auto &r = ref[i], &q = m[i];
-    if (r.subject != q.subject || r.index != q.index || r.answer != q.answer)
-      throw ConfigError(fmt::format(
-          "{}: reference question {} is {} #{}, this run's is {} #{}: not the same questions", what,
-          i + 1, r.subject, r.index, q.subject, q.index));
-    const bool rc = r.pred == r.answer, qc = q.pred == q.answer;
-    ref_correct += rc, flips += rc != qc, changes += r.pred != q.pred;
+    const bool rc = ref[i].pred == ref[i].answer, qc = m[i].pred == m[i].answer;
+    ref_correct += rc, flips += rc != qc, changes += ref[i].pred != m[i].pred;
     c2w += rc && !qc, w2c += !rc && qc;
   }
   const int64_t n = static_cast<int64_t>(m.size());
@@ -94,7 +87,24 @@ nlohmann::json flip_summary(const std::vector<MmluPrediction>& ref,
           {"c2w_rate_ci", rate(c2w, n)},
           {"w2c", w2c},
           {"w2c_rate_ci", rate(w2c, n)},
-          {"mmlu_acc_ref", double(ref_correct) / dn}};
+          {acc_ref_key, double(ref_correct) / dn}};
+}
+
+nlohmann::json flip_summary(const std::vector<MmluPrediction>& ref,
+                            const std::vector<MmluPrediction>& m, const std::string& what) {
+  if (ref.size() != m.size())
+    throw ConfigError(
+        fmt::format("{}: {} reference predictions for {} questions", what, ref.size(), m.size()));
+  std::vector<Answered> a, b;
+  for (size_t i = 0; i < m.size(); ++i) {
+    const auto &r = ref[i], &q = m[i];
+    if (r.subject != q.subject || r.index != q.index || r.answer != q.answer)
+      throw ConfigError(fmt::format(
+          "{}: reference question {} is {} #{}, this run's is {} #{}: not the same questions", what,
+          i + 1, r.subject, r.index, q.subject, q.index));
+    a.push_back({r.answer, r.pred}), b.push_back({q.answer, q.pred});
+  }
+  return flip_rates(a, b, "mmlu_acc_ref");
 }
 
 }  // namespace kldq::eval

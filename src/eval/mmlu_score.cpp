@@ -1,13 +1,18 @@
 // Batched MMLU scoring: answer log-likelihoods from the final hidden states of right-padded
-// prompt batches (docs/PROTOCOLS.md, "MMLU").
+// prompt batches (docs/PROTOCOLS.md, "MMLU"). A subject's prompts share their few-shot prefix:
+// its tokens (the longest common token prefix of the subject's sequences) run once into a KV
+// cache, and every sequence's remaining tokens run as continuations of it, at the same positions
+// as in the full prompt (the same computation, by causality).
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/progress.hpp"
+#include "kldq/eval/loglik.hpp"
 #include "kldq/eval/mmlu.hpp"
 
 namespace kldq::eval {
@@ -21,6 +26,58 @@ struct Request {
   std::vector<int32_t> ids;      // input tokens, truncated from the left to max_len
   std::vector<int64_t> targets;  // choice >= 0: the answer's tokens
 };
+
+struct Scorer {
+  const model::Decoder& model;
+  const std::vector<Request>& reqs;
+  bool single;
+  at::Tensor letters;  // [4] int64 on the device: the answers' first tokens
+  std::vector<MmluPrediction>& out;
+
+  // Requests `idx` in one forward (eval/loglik.hpp). With `prefix` (a one-row cache of the first
+  // P tokens every one of them shares), only each request's tokens after the first P run.
+  void batch(const std::vector<size_t>& idx, const model::Decoder::KvCache* prefix) const {
+    const int64_t P = prefix ? prefix->len : 0;
+    std::vector<ScoredSequence> seqs;
+    std::vector<int64_t> targets;
+    int64_t T = 0;
+    for (size_t i : idx) {
+      const Request& q = reqs[i];
+      seqs.push_back({&q.ids, P, single ? 1 : static_cast<int64_t>(q.targets.size())});
+      if (!single) targets.insert(targets.end(), q.targets.begin(), q.targets.end());
+      T = std::max<int64_t>(T, static_cast<int64_t>(q.ids.size()) - P);
+    }
+    std::optional<model::Decoder::KvCache> cache;
+    if (prefix)  // the prefix's keys and values copied into every row
+      cache = expand_cache(model, *prefix, std::vector<int64_t>(idx.size(), 0), P + T);
+    // The columns read at each scored row: the four letters, or the answer's next token.
+    const at::Tensor columns =
+        single ? letters.view({1, 4}).expand({int64_t(idx.size()), 4}).contiguous()  // [R, 4]
+               : at::tensor(targets).view({-1, 1});                                  // [R, 1]
+    const at::Tensor picked = scored_logprobs(model, seqs, cache ? &*cache : nullptr, columns);
+    const double* v = picked.data_ptr<double>();
+    for (size_t r = 0, row = 0; r < idx.size(); ++r) {
+      const Request& q = reqs[idx[r]];
+      MmluPrediction& p = out[q.item];
+      if (single) {
+        for (int c = 0; c < 4; ++c) p.logprobs[c] = v[row * 4 + c];
+        ++row;
+      } else {
+        double sum = 0;  // log-likelihood of the whole answer: sum over its tokens
+        for (size_t k = 0; k < q.targets.size(); ++k) sum += v[row++];
+        p.logprobs[q.choice] = sum;
+      }
+    }
+  }
+};
+
+// The tokens every request of `group` starts with, leaving each the positions it scores.
+int64_t group_prefix(const std::vector<Request>& reqs, const std::vector<size_t>& group) {
+  std::vector<ScoredSequence> seqs;
+  for (size_t i : group)
+    seqs.push_back({&reqs[i].ids, 0, std::max<int64_t>(1, int64_t(reqs[i].targets.size()))});
+  return common_prefix(seqs);
+}
 
 }  // namespace
 
@@ -55,58 +112,38 @@ std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::To
       reqs.push_back(std::move(r));
     }
   }
-  // Longest first, so a batch's padding is small and memory peaks at the start.
-  std::vector<size_t> order(reqs.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return reqs[a].ids.size() > reqs[b].ids.size(); });
+  // One group per subject when prefixes are shared (requests come in item order, items in
+  // subject order), else one group of everything.
+  std::vector<std::vector<size_t>> groups;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (groups.empty() ||
+        (o.shared_prefix && items[reqs[i].item].subject != items[reqs[i - 1].item].subject))
+      groups.emplace_back();
+    groups.back().push_back(i);
+  }
   std::vector<int64_t> first_tokens;
   for (const auto& a : answers) first_tokens.push_back(a.front());
-  const at::Tensor letters = at::tensor(first_tokens).to(model.device());  // [4] int64
+  const Scorer scorer{model, reqs, single, at::tensor(first_tokens).to(model.device()), out};
 
   at::InferenceMode guard;
   Progress progress(label, static_cast<int64_t>(reqs.size()), "sequences");
-  for (size_t b = 0; b < order.size(); b += static_cast<size_t>(o.batch)) {
-    const size_t n = std::min(order.size() - b, static_cast<size_t>(o.batch));
-    const int64_t T = static_cast<int64_t>(reqs[order[b]].ids.size());
-    // Right padding with token 0: causal attention keeps it out of every real position.
-    std::vector<int64_t> flat(n * static_cast<size_t>(T), 0), row_b, row_t, targets;
-    for (size_t r = 0; r < n; ++r) {
-      const Request& q = reqs[order[b + r]];
-      const int64_t len = static_cast<int64_t>(q.ids.size());
-      std::copy(q.ids.begin(), q.ids.end(), flat.begin() + static_cast<int64_t>(r) * T);
-      const int64_t scored = single ? 1 : static_cast<int64_t>(q.targets.size());
-      for (int64_t k = 0; k < scored; ++k) {
-        row_b.push_back(static_cast<int64_t>(r));
-        row_t.push_back(len - scored + k);
-        if (!single) targets.push_back(q.targets[static_cast<size_t>(k)]);
-      }
+  for (std::vector<size_t>& g : groups) {
+    std::optional<model::Decoder::KvCache> prefix;
+    const int64_t P = o.shared_prefix ? group_prefix(reqs, g) : 0;
+    if (P > 0) {
+      const std::vector<int32_t>& a = reqs[g.front()].ids;
+      prefix = model.new_cache({0}, P);
+      model.run_cached(at::tensor(std::vector<int64_t>(a.begin(), a.begin() + P)).view({1, P}),
+                       *prefix);
     }
-    const at::Tensor ids = at::tensor(flat).view({static_cast<int64_t>(n), T});      // [n, T]
-    const at::Tensor h = model.run_blocks(0, model.num_blocks(), model.embed(ids));  // [n, T, H]
-    const at::Tensor rows =
-        h.index({at::tensor(row_b).to(h.device()), at::tensor(row_t).to(h.device())});  // [R, H]
-    const at::Tensor lp =
-        at::log_softmax(model.head(rows.unsqueeze(0)).squeeze(0), -1, at::kFloat);  // [R, V]
-    const at::Tensor picked =
-        (single ? lp.index_select(1, letters)                                       // [R, 4]
-                : lp.gather(1, at::tensor(targets).to(lp.device()).view({-1, 1})))  // [R, 1]
-            .to(at::kCPU, at::kDouble)
-            .contiguous();
-    const double* v = picked.data_ptr<double>();
-    for (size_t r = 0, row = 0; r < n; ++r) {
-      const Request& q = reqs[order[b + r]];
-      MmluPrediction& p = out[q.item];
-      if (single) {
-        for (int c = 0; c < 4; ++c) p.logprobs[c] = v[row * 4 + c];
-        ++row;
-      } else {
-        double sum = 0;  // log-likelihood of the whole answer: sum over its tokens
-        for (size_t k = 0; k < q.targets.size(); ++k) sum += v[row++];
-        p.logprobs[q.choice] = sum;
-      }
+    // Longest first, so a batch's padding is small and memory peaks at the start.
+    std::stable_sort(g.begin(), g.end(),
+                     [&](size_t a, size_t b) { return reqs[a].ids.size() > reqs[b].ids.size(); });
+    for (size_t b = 0; b < g.size(); b += static_cast<size_t>(o.batch)) {
+      const size_t n = std::min(g.size() - b, static_cast<size_t>(o.batch));
+      scorer.batch({g.begin() + long(b), g.begin() + long(b + n)}, prefix ? &*prefix : nullptr);
+      progress.advance(static_cast<int64_t>(n));
     }
-    progress.advance(static_cast<int64_t>(n));
   }
   for (auto& p : out)
     p.pred = static_cast<int>(std::max_element(p.logprobs.begin(), p.logprobs.end()) -

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <set>
@@ -14,6 +15,7 @@
 #include "kldq/core/fs.hpp"
 #include "kldq/formats/format.hpp"
 #include "kldq/plan/planner.hpp"
+#include "kldq/quant/quantizer.hpp"
 
 namespace kldq::experiment {
 namespace {
@@ -113,7 +115,7 @@ std::string format_name(const Node& v) {
 }
 
 std::string method_name(const Node& v) {
-  return one_of(v, {"rtn", "gptq", "awq"});
+  return one_of(v, {"rtn", "hqq", "gptq", "awq"});
 }
 
 double percent(const Node& v) {
@@ -156,6 +158,14 @@ nlohmann::json Experiment::resolved() const {
         {"batch", eval.batch}}},
       {"output", output},
       {"points", pts}};
+  // Only when given, so the stage keys of experiments without tasks stay as they were.
+  if (!eval.tasks.empty()) {
+    j["data"]["tasks"] = tasks_dir;
+    j["eval"]["tasks"] = eval.tasks, j["eval"]["tasks_limit"] = eval.tasks_limit;
+  }
+  // Only when asked for, likewise (speed is measured, not computed: it keys the stages so that
+  // turning it on runs the evaluations again).
+  if (eval.speed) j["eval"]["speed"] = true;
   // Only when given: the budget changes where weights live, not any result.
   if (!max_gpu_memory.empty()) j["max_gpu_memory"] = max_gpu_memory;
   return j;
@@ -213,65 +223,9 @@ std::string Experiment::resolved_yaml() const {
 
 namespace {
 
-Experiment from_yaml(const YAML::Node& root, const std::string& path) {
-  const Node top{root, path, ""};
-  top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output",
-            "max_gpu_memory"});
-  Experiment e;
-  e.path = path;
-  e.name = top.at("name").text();
-  if (top.has("max_gpu_memory")) {
-    e.max_gpu_memory = top.at("max_gpu_memory").text();
-    parse_size(e.max_gpu_memory, path + ": max_gpu_memory");
-  }
-  if (top.has("models"))
-    for (const Node& m : top.at("models").values()) e.models.push_back(m.text());
-  if (top.has("data")) {
-    const Node d = top.at("data");
-    d.only({"calib", "ppl", "mmlu"});
-    if (d.has("calib")) e.calib = d.at("calib").text();
-    if (d.has("ppl")) e.ppl = d.at("ppl").text();
-    if (d.has("mmlu")) e.mmlu = d.at("mmlu").text();
-  }
-  if (top.has("calibration")) {
-    const Node c = top.at("calibration");
-    c.only({"samples", "seq_len", "seed"});
-    if (c.has("samples")) e.samples = c.at("samples").count(1);
-    if (c.has("seq_len")) e.seq_len = c.at("seq_len").count(2);
-    if (c.has("seed")) e.calib_seed = uint64_t(c.at("seed").count(0));
-  }
-  Point def{"nf4", "rtn", "linear", "quantize-one", "", {}, "", {}, {}};
-  if (top.has("profile")) {
-    const Node p = top.at("profile");
-    p.only({"base", "method", "granularity", "mode", "proxies"});
-    if (p.has("proxies")) e.proxies = p.at("proxies").flag();
-    if (p.has("base")) def.base = format_name(p.at("base"));
-    if (p.has("method")) def.method = method_name(p.at("method"));
-    if (p.has("granularity"))
-      def.granularity = one_of(p.at("granularity"), {"linear", "half-block", "block"});
-    if (p.has("mode")) def.mode = one_of(p.at("mode"), {"quantize-one", "restore-one"});
-  }
-  if (top.has("plan")) {
-    const Node p = top.at("plan");
-    p.only({"candidates"});
-    for (const Node& c : p.at("candidates").values()) e.candidates.push_back(format_name(c));
-  }
-  if (top.has("eval")) {
-    const Node v = top.at("eval");
-    v.only({"ppl_protocol", "ctx", "kld", "mmlu_protocol", "shots", "mmlu_limit", "batch"});
-    if (v.has("ppl_protocol"))
-      e.eval.ppl_protocol = one_of(v.at("ppl_protocol"), {"gptq", "llamacpp", "sliding"});
-    if (v.has("ctx")) e.eval.ctx = v.at("ctx").count(2);
-    if (v.has("kld")) e.eval.kld = v.at("kld").flag();
-    if (v.has("mmlu_protocol"))
-      e.eval.mmlu_protocol = one_of(v.at("mmlu_protocol"), {"5shot", "chat0shot"});
-    if (v.has("shots")) e.eval.shots = v.at("shots").count(0);
-    if (v.has("mmlu_limit")) e.eval.mmlu_limit = v.at("mmlu_limit").count(0);
-    if (v.has("batch")) e.eval.batch = v.at("batch").count(1);
-  }
-  e.output = top.has("output") ? top.at("output").text() : "results/" + e.name;
-
-  // The sweep: a list of candidate values per dimension, in this order (the last varies fastest).
+// The cartesian product of one sweep mapping's dimensions over the defaults, in this order (the
+// last varies fastest); bounded before expansion by the product of the dimensions' sizes.
+std::vector<Point> expand_sweep(const Node& sweep, const Point& def, const std::string& path) {
   using Parse = std::function<void(Point&, const Node&)>;
   const std::vector<std::pair<const char*, Parse>> dims = {
       {"base", [](Point& p, const Node& v) { p.base = format_name(v); }},
@@ -301,17 +255,14 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
        }},
       {"seed", [](Point& p, const Node& v) { p.seed = uint64_t(v.count(0)); }},
   };
-  const Node sweep =
-      top.has("sweep") ? top.at("sweep") : Node{YAML::Node(YAML::NodeType::Map), path, "sweep"};
   sweep.only({"base", "method", "granularity", "mode", "planner", "restore_top", "by", "budget_bpw",
               "seed"});
-  // Bounded before expansion: the product of the dimensions' sizes, refused with its count.
   double product = 1;
   for (const auto& [name, parse] : dims)
     if (sweep.has(name)) product *= double(std::max<size_t>(1, sweep.at(name).values().size()));
   if (product > double(kMaxSweepPoints))
-    throw ConfigError(fmt::format("{}: sweep: {:.0f} points; at most {} (split it into files)",
-                                  path, product, kMaxSweepPoints));
+    throw ConfigError(fmt::format("{}: {}: {:.0f} points; at most {} (split it into files)", path,
+                                  sweep.key, product, kMaxSweepPoints));
   std::vector<Point> points{def};
   for (const auto& [name, parse] : dims) {
     if (!sweep.has(name)) continue;
@@ -319,6 +270,97 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
     for (const Point& p : points)
       for (const Node& v : sweep.at(name).values()) next.push_back(p), parse(next.back(), v);
     points = std::move(next);
+  }
+  return points;
+}
+
+Experiment from_yaml(const YAML::Node& root, const std::string& path) {
+  const Node top{root, path, ""};
+  top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output",
+            "max_gpu_memory"});
+  Experiment e;
+  e.path = path;
+  e.name = top.at("name").text();
+  if (top.has("max_gpu_memory")) {
+    e.max_gpu_memory = top.at("max_gpu_memory").text();
+    parse_size(e.max_gpu_memory, path + ": max_gpu_memory");
+  }
+  if (top.has("models"))
+    for (const Node& m : top.at("models").values()) e.models.push_back(m.text());
+  if (top.has("data")) {
+    const Node d = top.at("data");
+    d.only({"calib", "ppl", "mmlu", "tasks"});
+    if (d.has("calib")) e.calib = d.at("calib").text();
+    if (d.has("ppl")) e.ppl = d.at("ppl").text();
+    if (d.has("mmlu")) e.mmlu = d.at("mmlu").text();
+    if (d.has("tasks")) e.tasks_dir = d.at("tasks").text();
+  }
+  if (top.has("calibration")) {
+    const Node c = top.at("calibration");
+    c.only({"samples", "seq_len", "seed"});
+    if (c.has("samples")) e.samples = c.at("samples").count(1);
+    if (c.has("seq_len")) e.seq_len = c.at("seq_len").count(2);
+    if (c.has("seed")) e.calib_seed = uint64_t(c.at("seed").count(0));
+  }
+  Point def{"nf4", "rtn", "linear", "quantize-one", "", {}, "", {}, {}};
+  if (top.has("profile")) {
+    const Node p = top.at("profile");
+    p.only({"base", "method", "granularity", "mode", "proxies"});
+    if (p.has("proxies")) e.proxies = p.at("proxies").flag();
+    if (p.has("base")) def.base = format_name(p.at("base"));
+    if (p.has("method")) def.method = method_name(p.at("method"));
+    if (p.has("granularity"))
+      def.granularity = one_of(p.at("granularity"), {"linear", "half-block", "block"});
+    if (p.has("mode")) def.mode = one_of(p.at("mode"), {"quantize-one", "restore-one"});
+  }
+  if (top.has("plan")) {
+    const Node p = top.at("plan");
+    p.only({"candidates"});
+    for (const Node& c : p.at("candidates").values()) e.candidates.push_back(format_name(c));
+  }
+  if (top.has("eval")) {
+    const Node v = top.at("eval");
+    v.only({"ppl_protocol", "ctx", "kld", "mmlu_protocol", "shots", "mmlu_limit", "batch", "tasks",
+            "tasks_limit", "speed"});
+    if (v.has("ppl_protocol"))
+      e.eval.ppl_protocol = one_of(v.at("ppl_protocol"), {"gptq", "llamacpp", "sliding"});
+    if (v.has("ctx")) e.eval.ctx = v.at("ctx").count(2);
+    if (v.has("kld")) e.eval.kld = v.at("kld").flag();
+    if (v.has("mmlu_protocol"))
+      e.eval.mmlu_protocol = one_of(v.at("mmlu_protocol"), {"5shot", "chat0shot"});
+    if (v.has("shots")) e.eval.shots = v.at("shots").count(0);
+    if (v.has("mmlu_limit")) e.eval.mmlu_limit = v.at("mmlu_limit").count(0);
+    if (v.has("batch")) e.eval.batch = v.at("batch").count(1);
+    if (v.has("tasks"))
+      for (const Node& t : v.at("tasks").values()) {  // a list, or "arc_easy,piqa"
+        std::stringstream names(t.text());
+        for (std::string n; std::getline(names, n, ',');) e.eval.tasks.push_back(n);
+      }
+    if (v.has("tasks_limit")) e.eval.tasks_limit = v.at("tasks_limit").count(0);
+    if (v.has("speed")) e.eval.speed = v.at("speed").flag();
+  }
+  if (e.eval.tasks.empty() != e.tasks_dir.empty())
+    throw ConfigError(fmt::format("{}: {}", path,
+                                  e.tasks_dir.empty()
+                                      ? "eval.tasks: needs data.tasks (the tasks' directory)"
+                                      : "data.tasks: needs eval.tasks (the tasks to run)"));
+  e.output = top.has("output") ? top.at("output").text() : "results/" + e.name;
+
+  // The sweep: one mapping, or a list of them whose points are joined (duplicates dropped).
+  const Node sweep =
+      top.has("sweep") ? top.at("sweep") : Node{YAML::Node(YAML::NodeType::Map), path, "sweep"};
+  std::vector<Point> points;
+  if (sweep.n.IsSequence()) {
+    if (sweep.n.size() == 0) sweep.fail("a mapping or a non-empty list of mappings");
+    for (size_t i = 0; i < sweep.n.size(); ++i) {
+      std::vector<Point> part = expand_sweep(sweep.at(i), def, path);
+      points.insert(points.end(), part.begin(), part.end());
+      if (points.size() > kMaxSweepPoints)
+        throw ConfigError(fmt::format("{}: sweep: more than {} points (split it into files)", path,
+                                      kMaxSweepPoints));
+    }
+  } else {
+    points = expand_sweep(sweep, def, path);
   }
   std::set<std::string> seen;
   for (Point& p : points) {
@@ -330,6 +372,31 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
           fmt::format("{}: sweep.restore_top: needed by the {} planner", path, p.planner));
     if (p.planner == "budget" && !p.budget_bpw)
       throw ConfigError(fmt::format("{}: sweep.budget_bpw: needed by the budget planner", path));
+    // HQQ and the _fz formats go together (quant::check_formats says so per layer, later); in
+    // a sweep an int base with method hqq names its _fz variant, so one `base` list serves every
+    // method of a methods table.
+    p.base = quant::method_format(p.method, p.base);
+    std::vector<std::string> used{p.base};
+    if (p.planner == "budget")
+      for (const auto& c : e.candidates) used.push_back(quant::method_format(p.method, c));
+    for (const auto& f : used) {
+      const auto spec = formats::FormatSpec::parse(f);
+      if (spec.dense() || (p.method == "hqq") == spec.float_zero) continue;
+      throw ConfigError(fmt::format(
+          "{}: {} {} with method {}: hqq quantizes to the int _fz formats (e.g. int4_g64_fz), "
+          "and only hqq makes them",
+          path, f == p.base ? "base" : "plan.candidates:", f, p.method));
+    }
+    // The planner's own rule (plan/planner.cpp), checked before any work: profiles of several
+    // bases add up only as quantize-one KLs.
+    const bool several = std::any_of(used.begin() + 1, used.end(), [&](const std::string& f) {
+      return f != p.base && !formats::FormatSpec::parse(f).dense();
+    });
+    if (p.planner == "budget" && several && p.mode == "restore-one")
+      throw ConfigError(fmt::format(
+          "{}: a budget point over plan.candidates needs profile mode quantize-one (restore-one "
+          "KL gains of different bases start from different baselines and do not add up)",
+          path));
     // Drop what the point's planner does not use, so that equal work is one point.
     if (!restoring) p.percent.reset(), p.by.clear();
     if (restoring && p.by.empty()) p.by = "count";

@@ -4,12 +4,14 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
+#include "kldq/eval/tasks.hpp"
 #include "kldq/io/csv.hpp"
 #include "kldq/io/json_util.hpp"
 
@@ -150,11 +152,82 @@ std::vector<nlohmann::json> read_all_runs(const fs::path& dir) {
   return all;
 }
 
+nlohmann::json task_record_metrics(const nlohmann::json& m) {
+  nlohmann::json r = nlohmann::json::object();
+  if (!m.contains("tasks") || !m["tasks"].is_object() || m["tasks"].empty()) return r;
+  double sum = 0, sum_ref = 0;
+  bool all_ref = true;
+  r["task_names"] = nlohmann::json::array();
+  for (const auto& [name, t] : m["tasks"].items()) {
+    r["task_names"].push_back(name);
+    const bool norm = t.contains("acc_norm");
+    for (const char* k : {"acc", "acc_norm", "flip_rate"})
+      if (t.contains(k)) r[name + "_" + k] = t[k];
+    sum += t.value(norm ? "acc_norm" : "acc", 0.0);
+    const char* ref = norm ? "acc_norm_ref" : "acc_ref";
+    all_ref = all_ref && t.contains(ref);
+    sum_ref += t.value(ref, 0.0);
+  }
+  const auto n = double(m["tasks"].size());
+  r["tasks_mean"] = sum / n;
+  if (all_ref) r["tasks_mean_ref"] = sum_ref / n;
+  return r;
+}
+
+const std::vector<std::string> kSpeedColumns = {"prefill_tps_b1", "decode_tps_b1",
+                                                "prefill_tps_b16", "decode_tps_b16"};
+
+nlohmann::json speed_record_metrics(const nlohmann::json& m) {
+  nlohmann::json r = nlohmann::json::object();
+  if (!m.contains("speed") || !m["speed"].is_object()) return r;
+  for (const auto& [batch, v] : m["speed"].items()) {
+    if (!v.is_object()) continue;  // "prompt", "new_tokens"
+    for (const auto& [key, col] : {std::pair{"prefill_tokens_per_second", "prefill_tps_"},
+                                   std::pair{"decode_tokens_per_second", "decode_tps_"}})
+      if (v.contains(key)) r[std::string(col) + batch] = v[key];  // e.g. decode_tps_b16
+  }
+  return r;
+}
+
+std::vector<std::string> task_columns(const std::vector<nlohmann::json>& records) {
+  std::vector<std::string> names;  // tasks seen, built-in ones first in their order
+  for (const auto& r : records)
+    if (r.contains("task_names") && r["task_names"].is_array())
+      for (const auto& t : r["task_names"]) {
+        if (!t.is_string()) continue;
+        const auto& name = t.get_ref<const std::string&>();
+        if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+      }
+  const auto& b = eval::builtin_tasks();
+  auto rank = [&](const std::string& n) {
+    return size_t(std::find(b.begin(), b.end(), n) - b.begin());
+  };
+  std::sort(names.begin(), names.end(), [&](const std::string& x, const std::string& y) {
+    return rank(x) != rank(y) ? rank(x) < rank(y) : x < y;
+  });
+  // A column only where some record has it (WinoGrande and BoolQ have no acc_norm).
+  auto present = [&](const std::string& k) {
+    return std::any_of(records.begin(), records.end(),
+                       [&](const auto& r) { return r.contains(k); });
+  };
+  std::vector<std::string> cols;
+  for (const auto& n : names)
+    for (const char* k : {"_acc", "_acc_norm", "_flip_rate"})
+      if (present(n + k)) cols.push_back(n + k);
+  for (const char* k : {"tasks_mean", "tasks_mean_ref"})
+    if (present(k)) cols.push_back(k);
+  return cols;
+}
+
 std::string summary_csv(const std::vector<nlohmann::json>& records) {
-  auto row = [](auto&& field) {
+  std::vector<std::string> columns = kSummaryColumns;
+  for (const auto& c : task_columns(records)) columns.push_back(c);
+  for (const auto& c : kSpeedColumns)  // only where measured (eval.speed)
+    if (std::any_of(records.begin(), records.end(), [&](const auto& r) { return r.contains(c); }))
+      columns.push_back(c);
+  auto row = [&](auto&& field) {
     std::string line;
-    for (size_t c = 0; c < kSummaryColumns.size(); ++c)
-      line += (c ? "," : "") + field(kSummaryColumns[c]);
+    for (size_t c = 0; c < columns.size(); ++c) line += (c ? "," : "") + field(columns[c]);
     return line + "\r\n";
   };
   std::string text = row([](const std::string& k) { return io::csv_field(k); });
@@ -163,25 +236,87 @@ std::string summary_csv(const std::vector<nlohmann::json>& records) {
   return text;
 }
 
+namespace {
+
+// How the plans' predicted KLs tracked the measured ones: the mean of |predicted - measured| /
+// measured over the points that have both, and the worst point; "" when none has.
+std::string prediction_line(const std::vector<nlohmann::json>& records) {
+  double sum = 0, worst = -1;
+  int n = 0;
+  std::string worst_point;
+  for (const auto& r : records) {
+    const auto p = r.find("plan_predicted_kl"), m = r.find("kl_mean");
+    if (p == r.end() || m == r.end() || !p->is_number() || !m->is_number()) continue;
+    const double measured = m->get<double>();
+    if (!(measured > 0)) continue;
+    const double rel = std::abs(p->get<double>() - measured) / measured;
+    sum += rel, ++n;
+    if (rel > worst)
+      worst = rel, worst_point = r.value("label", r.value("point", nlohmann::json())).dump();
+  }
+  if (n == 0) return "";
+  return fmt::format(
+      "\nPlanner predictions against measured KL: mean relative error {:.1f} % over {} point(s); "
+      "worst {:.1f} % ({}).\n",
+      100 * sum / n, n, 100 * worst, worst_point);
+}
+
+// The zero-shot tasks per point: each task's headline accuracy (acc_norm where the task defines
+// it, else acc) with its flip rate, and their mean; "" without tasks.
+std::string tasks_markdown(const std::vector<nlohmann::json>& records) {
+  std::vector<std::string> names;
+  for (const auto& c : task_columns(records))
+    if (c.size() > 4 && c.compare(c.size() - 4, 4, "_acc") == 0)
+      names.push_back(c.substr(0, c.size() - 4));
+  if (names.empty()) return "";
+  std::string head = "| model | # |", rule = "|---|---|";
+  for (const auto& n : names) head += " " + n + " |", rule += "---|";
+  std::string text =
+      "\nZero-shot tasks (acc_norm where the task defines it, else acc; flip rate in "
+      "brackets):\n\n" +
+      head + " mean |\n" + rule + "---|\n";
+  auto cell = [](const nlohmann::json& r, const std::string& k) {
+    const auto v = r.value(k, nlohmann::json());
+    return v.is_number() ? fmt::format("{:.4f}", v.get<double>()) : std::string();
+  };
+  for (const auto& r : records) {
+    text += fmt::format("| {} | {} |", r.value("model_name", ""),
+                        r.value("point", nlohmann::json()).dump());
+    for (const auto& n : names) {
+      std::string c = cell(r, n + "_acc_norm");
+      if (c.empty()) c = cell(r, n + "_acc");
+      if (const std::string f = cell(r, n + "_flip_rate"); !f.empty()) c += " (" + f + ")";
+      text += " " + c + " |";
+    }
+    text += " " + cell(r, "tasks_mean") + " |\n";
+  }
+  return text;
+}
+
+}  // namespace
+
 std::string summary_markdown(const std::vector<nlohmann::json>& records) {
   struct Col {
     const char* key;
     const char* title;
     const char* fmt;  // "" for text
   };
-  static const Col cols[] = {{"model_name", "model", ""},
-                             {"point", "#", ""},
-                             {"label", "plan", ""},
-                             {"bits_per_weight", "bpw", "{:.3f}"},
-                             {"weight_gib", "GiB", "{:.4f}"},
-                             {"ppl", "ppl", "{:.4f}"},
-                             {"kl_mean", "KL", "{:.5f}"},
-                             {"kl_stderr", "± KL", "{:.5f}"},
-                             {"plan_predicted_kl", "predicted KL", "{:.5f}"},
-                             {"top1_agree", "top-1", "{:.4f}"},
-                             {"mmlu_acc", "MMLU", "{:.4f}"},
-                             {"flip_rate", "flips", "{:.4f}"}};
+  std::vector<Col> cols = {{"model_name", "model", ""},
+                           {"point", "#", ""},
+                           {"label", "plan", ""},
+                           {"bits_per_weight", "bpw", "{:.3f}"},
+                           {"weight_gib", "GiB", "{:.4f}"},
+                           {"ppl", "ppl", "{:.4f}"},
+                           {"kl_mean", "KL", "{:.5f}"},
+                           {"kl_stderr", "± KL", "{:.5f}"},
+                           {"plan_predicted_kl", "predicted KL", "{:.5f}"},
+                           {"top1_agree", "top-1", "{:.4f}"},
+                           {"mmlu_acc", "MMLU", "{:.4f}"},
+                           {"flip_rate", "flips", "{:.4f}"}};
   std::string head = "|", rule = "|";
+  if (std::any_of(records.begin(), records.end(),
+                  [](const auto& r) { return r.contains("tasks_mean"); }))
+    cols.push_back({"tasks_mean", "tasks", "{:.4f}"});
   for (const auto& c : cols) head += fmt::format(" {} |", c.title), rule += "---|";
   std::string text = head + "\n" + rule + "\n";
   for (const auto& r : records) {
@@ -197,7 +332,7 @@ std::string summary_markdown(const std::vector<nlohmann::json>& records) {
     }
     text += "\n";
   }
-  return text;
+  return text + prediction_line(records) + tasks_markdown(records);
 }
 
 }  // namespace kldq::experiment

@@ -8,6 +8,7 @@
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/hash.hpp"
+#include "kldq/eval/tasks.hpp"
 #include "kldq/experiment/config.hpp"
 #include "kldq/quant/quantizer.hpp"
 
@@ -36,14 +37,22 @@ Stage make(const std::string& kind, const std::string& model, nlohmann::json inp
 std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
                                const std::string& model_id, const std::vector<size_t>& selected,
                                const nlohmann::json& compute) {
-  const nlohmann::json data = {
-      {"ppl", identity(e.ppl)}, {"mmlu", identity(e.mmlu)}, {"eval", e.resolved()["eval"]}};
+  // MMLU's scoring ("shared-prefix": each subject's prefix cached, since 0.1.0's KV cache) keys
+  // the evaluations, so results of the earlier full-prompt scoring are not mixed in.
+  nlohmann::json data = {{"ppl", identity(e.ppl)},
+                         {"mmlu", identity(e.mmlu)},
+                         {"mmlu_scoring", "shared-prefix"},
+                         {"eval", e.resolved()["eval"]}};
+  // The selected tasks' files only: another file in the directory is no new work.
+  for (const std::string& t : e.eval.tasks)
+    for (const auto& f : eval::task_files(t, e.tasks_dir))
+      data["tasks"][t].push_back(identity(f.string()));
   const nlohmann::json calibration = {{"file", identity(e.calib)},
                                       {"samples", e.samples},
                                       {"seq_len", e.seq_len},
                                       {"seed", e.calib_seed}};
   std::vector<Stage> out;
-  if (!e.ppl.empty() || !e.mmlu.empty())
+  if (!e.ppl.empty() || !e.mmlu.empty() || !e.tasks_dir.empty())
     out.push_back(make("reference", model, {{"model", model_id}, {"data", data}}, compute));
 
   // Profiles, each once, in the order the points first need them; a point's plan depends on
@@ -55,8 +64,10 @@ std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
     if (p.planner == "uniform") continue;
     std::vector<std::string> bases{p.base};
     if (p.planner == "budget")
-      for (const auto& c : e.candidates)
+      for (const auto& name : e.candidates) {
+        const std::string c = quant::method_format(p.method, name);  // hqq: the _fz variant
         if (c != p.base && c != "bf16") bases.push_back(c);
+      }
     for (const auto& base : bases) {
       const nlohmann::json in = {
           {"model", model_id},   {"calibration", calibration},   {"base", base},

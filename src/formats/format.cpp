@@ -83,9 +83,11 @@ FormatSpec FormatSpec::parse(std::string_view text, std::string_view what) {
   for (size_t i = used; i < parts.size(); ++i) {
     const std::string_view p = parts[i];
     if (p == "asym" && int_format(spec.format))
-      spec.asymmetric = true;
+      spec.asymmetric = true, spec.float_zero = false;
+    else if (p == "fz" && int_format(spec.format))
+      spec.asymmetric = spec.float_zero = true;
     else if (p == "sym" && int_format(spec.format))
-      spec.asymmetric = false;
+      spec.asymmetric = spec.float_zero = false;
     else if (p.size() > 1 && p[0] == 'g' && int_format(spec.format))
       spec.group = parse_number(p.substr(1), text, what);
     else if (p.size() > 1 && p[0] == 'b' && row->blocking == Blocking::FLAT_BLOCK)
@@ -111,7 +113,8 @@ FormatSpec FormatSpec::parse(std::string_view text, std::string_view what) {
 std::string FormatSpec::name() const {
   const FormatTraits& t = traits();
   std::string n = t.name;
-  if (t.blocking == Blocking::GROUP) n += fmt::format("_g{}{}", group, asymmetric ? "_asym" : "");
+  if (t.blocking == Blocking::GROUP)
+    n += fmt::format("_g{}{}", group, float_zero ? "_fz" : asymmetric ? "_asym" : "");
   if (t.blocking == Blocking::FLAT_BLOCK && group != t.default_group)
     n += fmt::format("_b{}", group);
   if (per_tensor) n += "_tensor";
@@ -129,7 +132,8 @@ uint64_t FormatSpec::bytes(int64_t out, int64_t in) const {
     case Blocking::GROUP: {
       const uint64_t groups = o * div_up(i, static_cast<uint64_t>(group));
       const uint64_t codes = o * div_up(i * static_cast<uint64_t>(t.code_bits), 8);
-      return codes + groups * 2 + (asymmetric ? groups : 0);  // fp16 scales, uint8 zero points
+      // fp16 scales; uint8 zero points (asym) or fp16 ones (fz)
+      return codes + groups * 2 + (float_zero ? 2 * groups : asymmetric ? groups : 0);
     }
     case Blocking::FLAT_BLOCK:
       return div_up(n, 2) + div_up(n, static_cast<uint64_t>(group)) * 4;  // nibbles, fp32 absmax

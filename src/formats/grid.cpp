@@ -64,7 +64,8 @@ at::Tensor codes_of(const at::Tensor& w, const FormatSpec& spec, const at::Tenso
 void check_grid(const FormatSpec& spec, int64_t in) {
   if (!has_grid(spec, in))
     throw UnsupportedError(fmt::format(
-        "format {} has no quantization grid for {} input columns (calibrated methods need int2/3/4,"
+        "format {} has no quantization grid for {} input columns (calibrated methods need int2/3/4 "
+        "without _fz,"
         " int8, per-channel fp8, or nf4/fp4 with the input size a multiple of the block)",
         spec.name(), in));
 }
@@ -76,6 +77,7 @@ bool has_grid(const FormatSpec& spec, int64_t in) {
     case Format::INT2:
     case Format::INT3:
     case Format::INT4:
+      return !spec.float_zero;  // fz: HQQ's own, no round-to-nearest grid
     case Format::INT8:
       return true;
     case Format::FP8_E4M3:

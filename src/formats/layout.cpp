@@ -2,6 +2,8 @@
 // packed weights between devices.
 #include <ATen/ATen.h>
 
+#include <fmt/format.h>
+
 #include "kldq/core/error.hpp"
 #include "kldq/formats/packed.hpp"
 
@@ -36,7 +38,8 @@ std::vector<PackedPart> packed_layout(const FormatSpec& spec, int64_t out, int64
       std::vector<PackedPart> parts = {
           {"weight_packed", at::kByte, {out, (in * t.code_bits + 7) / 8}},
           {"weight_scale", at::kHalf, {out, groups}}};
-      if (spec.asymmetric) parts.push_back({"weight_zero", at::kByte, {out, groups}});
+      if (spec.asymmetric)
+        parts.push_back({"weight_zero", spec.float_zero ? at::kHalf : at::kByte, {out, groups}});
       return parts;
     }
     case Format::NF4:
@@ -80,6 +83,28 @@ PackedWeight PackedWeight::map(const std::function<at::Tensor(const at::Tensor&)
   if (scales.defined()) p.scales = f(scales);
   if (zeros.defined()) p.zeros = f(zeros);
   return p;
+}
+
+void PackedWeight::check_values(const std::string& where) const {
+  // Shapes and dtypes were checked against packed_layout by the caller; codes need no check
+  // (every bit pattern of a packed code is a grid point), zero points and scales do.
+  // fz zero points are any finite float (HQQ fits them freely; finiteness is checked at load).
+  if (zeros.defined() && zeros.numel() > 0 && !spec.float_zero) {
+    const int64_t top = (int64_t{1} << spec.traits().code_bits) - 1;
+    const int64_t max = zeros.max().item<int64_t>();
+    if (max > top)
+      throw IoError(
+          fmt::format("{}: weight_zero holds zero point {} outside the {}-bit code range [0, {}]",
+                      where, max, spec.traits().code_bits, top));
+  }
+  if (scales.defined() && scales.numel() > 0) {
+    const int64_t negative = scales.lt(0).sum().item<int64_t>();
+    if (negative > 0)
+      throw IoError(
+          fmt::format("{}: weight_scale holds {} negative scale(s) (scales are absolute "
+                      "values: {} stores them >= 0)",
+                      where, negative, spec.name()));
+  }
 }
 
 }  // namespace kldq::formats

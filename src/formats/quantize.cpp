@@ -13,6 +13,7 @@
 // round() is round-half-to-even (torch.round). Scales of all-zero groups are 0; their codes
 // decode to 0.
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <array>
@@ -227,6 +228,10 @@ PackedWeight quantize_rtn(const at::Tensor& w_in, const FormatSpec& spec) {
     case Format::INT4:
     case Format::INT3:
     case Format::INT2:
+      if (spec.float_zero)  // its zero points are fitted: quant::quantize_hqq makes them
+        throw UnsupportedError(
+            fmt::format("format {} holds HQQ's fitted zero points: quantize it with --method hqq",
+                        spec.name()));
       return quantize_int(w, p);
     case Format::NF4:
     case Format::FP4:

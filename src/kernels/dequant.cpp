@@ -52,7 +52,9 @@ void dequantize_cuda(const formats::PackedWeight& p, const at::Tensor& dst) {
     case Format::INT4:
     case Format::INT3:
     case Format::INT2:
-      cuda::dequant_int_group(t, ptr<uint8_t>(codes), ptr<uint16_t>(scales), ptr<uint8_t>(zeros),
+      cuda::dequant_int_group(t, ptr<uint8_t>(codes), ptr<uint16_t>(scales),
+                              p.spec.float_zero ? nullptr : ptr<uint8_t>(zeros),
+                              p.spec.float_zero ? ptr<uint16_t>(zeros) : nullptr,
                               p.spec.traits().code_bits, rows, cols, p.spec.group, dst.data_ptr(),
                               vec, stream);
       return;

@@ -133,24 +133,29 @@ struct Decode4bit {
   }
 };
 
-// int2/3/4 LSB-first: code j of a chunk is bits [j*b, (j+1)*b) of its b bytes. kFlatGroups: the
+// int2/3/4 LSB-first: code j of a chunk is bits [j*b, (j+1)*b) of its b bytes; w = (code - zero) *
+// scale with the zero point a uint8 (asym), an fp16 (fz, HQQ) or 2^(b-1) (sym). kFlatGroups: the
 // groups tile every row exactly (cols % group == 0), so the vector path finds a chunk's group as
 // 8 idx >> log2(group) without the row (and the compiler drops the row division).
 template <bool kFlatGroups>
 struct DecodeIntGroup {
   const uint8_t* codes;
   const uint16_t* scales;
-  const uint8_t* zeros;
+  const uint8_t* zeros;       // uint8 [rows, groups] or nullptr
+  const uint16_t* zeros_f16;  // fp16 [rows, groups] or nullptr
   int bits;
   int64_t row_bytes, groups, cols;
   int group, group_shift;
   struct Raw {
     uint32_t w;
     float scale;
-    int zero;
+    float zero;  // integer zero points are exact in fp32, so code - zero is as in int
   };
   __device__ Raw scale_zero_at(int64_t g, uint32_t w) const {
-    return {w, __half2float(__ushort_as_half(scales[g])), zeros ? zeros[g] : 1 << (bits - 1)};
+    const float zero = zeros_f16 ? __half2float(__ushort_as_half(zeros_f16[g]))
+                       : zeros   ? float(zeros[g])
+                                 : float(1 << (bits - 1));
+    return {w, __half2float(__ushort_as_half(scales[g])), zero};
   }
   __device__ Raw scale_zero(int64_t r, int64_t c0, uint32_t w) const {
     return scale_zero_at(r * groups + c0 / group, w);
@@ -171,7 +176,7 @@ struct DecodeIntGroup {
     const uint32_t mask = (1u << bits) - 1;
 #pragma unroll
     for (int j = 0; j < 8; ++j)
-      v[j] = __fmul_rn(float(int((raw.w >> (j * bits)) & mask) - raw.zero), raw.scale);
+      v[j] = __fmul_rn(__fsub_rn(float((raw.w >> (j * bits)) & mask), raw.zero), raw.scale);
   }
   __device__ void decode(int64_t r, int64_t c0, int valid, const float* table,
                          float (&v)[8]) const {
@@ -272,16 +277,17 @@ void dequant_4bit(Dtype t, bool fp4, const uint8_t* codes, const float* absmax, 
 }
 
 void dequant_int_group(Dtype t, const uint8_t* codes, const uint16_t* scales, const uint8_t* zeros,
-                       int bits, int64_t rows, int64_t cols, int group, void* out, bool vec,
-                       void* stream) {
+                       const uint16_t* zeros_f16, int bits, int64_t rows, int64_t cols, int group,
+                       void* out, bool vec, void* stream) {
   const int64_t row_bytes = (cols * bits + 7) / 8, groups = (cols + group - 1) / group;
   const int shift = log2_exact(group);
   if (cols % group == 0) {
-    const DecodeIntGroup<true> d{codes, scales, zeros, bits, row_bytes, groups, cols, group, shift};
+    const DecodeIntGroup<true> d{codes,     scales, zeros, zeros_f16, bits,
+                                 row_bytes, groups, cols,  group,     shift};
     launch(t, d, out, rows, cols, vec, 0, stream, "dequant_int_group");
   } else {
-    const DecodeIntGroup<false> d{codes,  scales, zeros, bits, row_bytes,
-                                  groups, cols,   group, shift};
+    const DecodeIntGroup<false> d{codes,     scales, zeros, zeros_f16, bits,
+                                  row_bytes, groups, cols,  group,     shift};
     launch(t, d, out, rows, cols, vec, 0, stream, "dequant_int_group");
   }
 }

@@ -16,10 +16,11 @@ void dequant_4bit(Dtype t, bool fp4, const uint8_t* codes, const float* absmax, 
                   int64_t cols, int block, void* out, bool vec, void* stream);
 
 // int2/3/4 groups: codes [rows, ceil(cols * bits / 8)] LSB-first, scales fp16 [rows, groups],
-// zeros uint8 [rows, groups] or nullptr (symmetric: zero point 2^(bits-1)).
+// zeros uint8 [rows, groups] (asym) or zeros_f16 fp16 [rows, groups] (fz) or neither (symmetric:
+// zero point 2^(bits-1)).
 void dequant_int_group(Dtype t, const uint8_t* codes, const uint16_t* scales, const uint8_t* zeros,
-                       int bits, int64_t rows, int64_t cols, int group, void* out, bool vec,
-                       void* stream);
+                       const uint16_t* zeros_f16, int bits, int64_t rows, int64_t cols, int group,
+                       void* out, bool vec, void* stream);
 
 // int8 per row: codes [rows, cols] int8, scales fp16 [rows].
 void dequant_int8(Dtype t, const int8_t* codes, const uint16_t* scales, int64_t rows, int64_t cols,

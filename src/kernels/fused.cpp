@@ -29,7 +29,9 @@ at::Tensor rms_norm_reference(const at::Tensor& x, const at::Tensor& weight, dou
 at::Tensor rope_reference(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
   at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);  // cos/sin [T, 1, d]
+  // cos/sin [T, d] -> [T, 1, d]; per-row tables [B, T, d] -> [B, T, 1, d]
+  const int64_t at_heads = cos.dim() == 2 ? 1 : 2;
+  return x * cos.unsqueeze(at_heads) + rotated * sin.unsqueeze(at_heads);
 }
 
 #if KLDQ_WITH_CUDA_BUILD
@@ -115,11 +117,12 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
         "rope: x must be [B, T, n, d] with even d > 0");
   check_like(x, cos, "rope");
   check_like(x, sin, "rope");
-  check(cos.dim() == 2 && cos.size(0) == x.size(1) && cos.size(1) == x.size(3) &&
-            cos.sizes() == sin.sizes(),
-        "rope: cos/sin must be [T, d]");
+  const bool per_row = cos.dim() == 3;  // [B, T, d]: each row its own positions
+  check((cos.dim() == 2 || (per_row && cos.size(0) == x.size(0))) && cos.size(-2) == x.size(1) &&
+            cos.size(-1) == x.size(3) && cos.sizes() == sin.sizes(),
+        "rope: cos/sin must be [T, d] or [B, T, d]");
 #if KLDQ_WITH_CUDA_BUILD
-  if (use_cuda(x) && x.stride(3) == 1 && !records_grad({&x, &cos, &sin})) {
+  if (!per_row && use_cuda(x) && x.stride(3) == 1 && !records_grad({&x, &cos, &sin})) {
     const c10::cuda::CUDAGuard guard(x.device());
     const at::Tensor c = cos.contiguous(), s = sin.contiguous();
     at::Tensor out = at::empty(x.sizes(), x.options());  // contiguous [B, T, n, d]

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <optional>
+
 #include "kldq/core/error.hpp"
 #include "kldq/kernels/fused.hpp"
 
@@ -33,6 +35,10 @@ const Decoder::RopeTable& Decoder::rope(int64_t len) const {
 }
 
 at::Tensor Decoder::attention(int i, const at::Tensor& h) const {
+  return attend(i, h, nullptr);
+}
+
+at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache) const {
   const Block& b = running(i);
   const int64_t B = h.size(0), T = h.size(1), d = config_.head_dim;
   const int64_t nq = config_.num_heads, nkv = config_.num_kv_heads;
@@ -46,15 +52,31 @@ at::Tensor Decoder::attention(int i, const at::Tensor& h) const {
     k = b.linears[static_cast<int>(Proj::K)].forward(h);
     v = b.linears[static_cast<int>(Proj::V)].forward(h);
   }
-  const RopeTable& r = rope(T);
-  const at::Tensor cos = r.cos.narrow(0, 0, T), sin = r.sin.narrow(0, 0, T);
+  at::Tensor cos, sin;  // [T, d] at positions 0..T-1, or [B, T, d] per row from the cache
+  if (cache) {
+    cos = cache->cos, sin = cache->sin;
+  } else {
+    const RopeTable& r = rope(T);
+    cos = r.cos.narrow(0, 0, T), sin = r.sin.narrow(0, 0, T);
+  }
   // [B, T, n, d] -> rope -> [B, n, T, d] for SDPA
   q = kernels::rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);
   k = kernels::rope(k.view({B, T, nkv, d}), cos, sin).transpose(1, 2);
   v = v.view({B, T, nkv, d}).transpose(1, 2);
+  std::optional<at::Tensor> mask;  // none: causal over the T tokens alone
+  if (cache) {
+    // Appended at columns len..len+T-1; attention over all capacity columns, masked (fixed
+    // shapes from step to step: decoder_cache.cpp).
+    const int64_t len = cache->len;
+    cache->k[i].narrow(2, len, T).copy_(k);
+    cache->v[i].narrow(2, len, T).copy_(v);
+    k = cache->k[i];  // [B, nkv, capacity, d]
+    v = cache->v[i];
+    mask = cache->mask;
+  }
   // Causal attention; GQA handled inside SDPA (no repeated K/V copies). Scale 1/sqrt(d).
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0,
-                                                    /*is_causal=*/true, /*scale=*/std::nullopt,
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0,
+                                                    /*is_causal=*/!cache, /*scale=*/std::nullopt,
                                                     /*enable_gqa=*/nkv != nq);
   out = out.transpose(1, 2).reshape({B, T, nq * d});  // [B, T, q_dim]
   observe(i, Proj::O, out);
@@ -97,12 +119,16 @@ at::Tensor Decoder::embed(const at::Tensor& ids) const {
 }
 
 at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {
+  return run_block(i, hidden, nullptr);
+}
+
+at::Tensor Decoder::run_block(int i, const at::Tensor& hidden, KvCache* cache) const {
   check(i >= 0 && i < num_blocks(), fmt::format("block index {} out of range", i));
   const Block& b = running(i);
   const double eps = config_.rms_norm_eps;
   // Out of place first: callers cache block inputs and must get them back unchanged.
   auto [x, h] = kernels::add_rms_norm(
-      hidden, attention(i, kernels::rms_norm(hidden, b.input_norm, eps)), b.post_norm, eps);
+      hidden, attend(i, kernels::rms_norm(hidden, b.input_norm, eps), cache), b.post_norm, eps);
   // When autograd records, the residual sum is saved for the norm's backward: add out of place.
   return x.requires_grad() ? x + mlp(i, h) : x.add_(mlp(i, h));
 }

@@ -58,7 +58,9 @@ QLinear load_linear(WeightStore& ws, const LayerFormats& formats, int block, Pro
   std::vector<at::Tensor> parts;
   for (const auto& part : formats::packed_layout(f->second, out, in))
     parts.push_back(ws.take_part(base + "." + part.suffix, part.shape, part.dtype));
-  QLinear q(formats::PackedWeight::from_parts(f->second, out, in, parts), b, ws.dtype(), workspace);
+  const auto packed = formats::PackedWeight::from_parts(f->second, out, in, parts);
+  packed.check_values(fmt::format("{}: layer '{}'", ws.dir(), base));
+  QLinear q(packed, b, ws.dtype(), workspace);
   if (ws.has(base + ".input_scale")) q.set_input_scale(ws.take(base + ".input_scale", {in}));
   return q;
 }

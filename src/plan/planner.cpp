@@ -190,7 +190,9 @@ std::vector<Candidate> candidates_for(const std::vector<Profile>& ps, const Requ
 }  // namespace
 
 double Profile::cost(size_t u) const {
-  return mode == "restore-one" ? baseline_kl - units[u].kl_mean : units[u].kl_mean;
+  // A unit measured below zero (restore-one noise: restoring it changed KL by less than the
+  // measurement's spread) counts as harmless, so predictions stay valid KLs.
+  return std::max(0.0, mode == "restore-one" ? baseline_kl - units[u].kl_mean : units[u].kl_mean);
 }
 
 Profile Profile::from_json(const json& j, const std::string& path) {
@@ -333,12 +335,13 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
         "the command line's settings and calibration",
         anchor.path, anchor.method);
   uint64_t bytes = 0;
-  double predicted = anchor.baseline_kl;
+  double chosen = 0, anchored = 0;  // the units' summed costs: as planned, all at the anchor base
   json formats = json::object();
   for (size_t u = 0; u < n; ++u) {
     const Candidate& c = cands[pick[u]];
     bytes += c.bytes(anchor, u);
-    predicted += c.cost(u) - anchor.cost(u);
+    chosen += c.cost(u);
+    anchored += anchor.cost(u);
     formats[anchor.units[u].id] = c.spec.name();
     if (pick[u] == base) continue;
     // Half-block and block units name every linear below them.
@@ -346,6 +349,15 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
         anchor.granularity == "linear" ? anchor.units[u].id : anchor.units[u].id + ".*";
     plan.overrides.push_back({quant::LayerSelector(pattern, "plan"), c.spec});
   }
+  // The measured baseline scaled by the plan's share of the summed unit costs: >= 0, the
+  // baseline at the anchor's uniform plan, 0 with every unit restored, monotone in what is
+  // restored. Unit KLs are not additive (they sum to more than the whole model's KL when units
+  // interact sub-additively), so the plain additive model, baseline - sum of restored costs,
+  // went below zero; the share keeps the same ranking (the knapsack minimises the same sum).
+  // (Every unit measured harmless, anchored = 0: the uniform plan still predicts the baseline.)
+  const double predicted = anchored > 0         ? anchor.baseline_kl * chosen / anchored
+                           : chosen == anchored ? anchor.baseline_kl
+                                                : chosen;
   std::vector<std::string> paths;
   for (const Profile& p : ps) paths.push_back(p.path);
   plan.planner = {{"strategy", strategy_name(r.strategy)},

@@ -244,7 +244,8 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& 
   const uint64_t batch_state = uint64_t(o.batch * T * c.hidden_size) * e;
   const uint64_t group = units_per_group(c, o.batch, T, dtype, 512.0 * (1 << 20));
   // Quantizing the layers comes before the passes: the larger of the two phases counts.
-  const uint64_t quantize = 4 * largest_layer * 4;   // a layer in fp32 and its temporaries
+  // A layer in fp32 and its temporaries; HQQ's steps (_fz formats) hold about ten such copies.
+  const uint64_t quantize = (o.base.float_zero ? 10 : 4) * largest_layer * 4;
   const uint64_t passes = 2 * state +                // reference and baseline final states
                           2 * group * batch_state +  // unit states and their normed copies
                           model::forward_bytes(c, o.batch, T, dtype) +

@@ -53,9 +53,41 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& 
 }
 
 void check_method(const std::string& method, const std::string& what) {
-  if (method != "rtn" && method != "gptq" && method != "awq")
+  if (method != "rtn" && method != "hqq" && method != "gptq" && method != "awq")
     throw ConfigError(
-        fmt::format("{}: unknown method '{}' (one of: rtn, gptq, awq)", what, method));
+        fmt::format("{}: unknown method '{}' (one of: rtn, hqq, gptq, awq)", what, method));
+}
+
+void check_formats(const std::string& method, const model::LayerFormats& formats) {
+  for (const auto& [layer, spec] : formats) {
+    const bool dense = spec.dense();
+    const bool int_grouped = spec.traits().blocking == formats::Blocking::GROUP;
+    if (method == "hqq" && !dense && !spec.float_zero) {
+      formats::FormatSpec fz = spec;
+      fz.asymmetric = fz.float_zero = true;
+      throw ConfigError(fmt::format(
+          "layer {}: --method hqq fits float zero points, which {} cannot hold; use {}", layer,
+          spec.name(), int_grouped ? fz.name() : "an int2/3/4 _fz format (e.g. int4_g64_fz)"));
+    }
+    if (method != "hqq" && spec.float_zero)
+      throw ConfigError(
+          fmt::format("layer {}: format {} holds HQQ's fitted zero points; use "
+                      "--method hqq (or the _asym format with --method {})",
+                      layer, spec.name(), method));
+  }
+}
+
+std::string method_format(const std::string& method, const std::string& format) {
+  formats::FormatSpec spec = formats::FormatSpec::parse(format);
+  if (method == "hqq" && spec.traits().blocking == formats::Blocking::GROUP)
+    spec.asymmetric = spec.float_zero = true;
+  return spec.name();
+}
+
+formats::PackedWeight quantize_weight(const at::Tensor& w, const formats::FormatSpec& spec,
+                                      const MethodOptions& o, const std::string& what) {
+  if (o.method == "hqq" && spec.float_zero) return quantize_hqq(w, spec, o.hqq, what);
+  return formats::quantize_rtn(w, spec);
 }
 
 bool needs_calibration(const std::string& method) {
@@ -65,6 +97,7 @@ bool needs_calibration(const std::string& method) {
 QuantizedLayers quantize_layers(model::Decoder& m, const model::LayerFormats& formats,
                                 const MethodOptions& o, const at::Tensor& calib) {
   check_method(o.method, "--method");
+  check_formats(o.method, formats);
   for (const auto& id : m.linear_ids())
     if (formats.count(id.name()) && m.linear(id).is_packed())
       throw ConfigError(fmt::format("layer {} is already quantized ({}); quantize the original",
@@ -76,7 +109,7 @@ QuantizedLayers quantize_layers(model::Decoder& m, const model::LayerFormats& fo
     if (f == formats.end()) continue;
     // On the device whatever the block's residency; kept where the block's weights are.
     const formats::PackedWeight p =
-        formats::quantize_rtn(m.linear(id).weight().to(m.device()), f->second);
+        quantize_weight(m.linear(id).weight().to(m.device()), f->second, o, "layer " + id.name());
     out[id.name()] = {p.map([&](const at::Tensor& t) { return m.to_storage(id.block, t); }), {}};
   }
   return out;
@@ -96,17 +129,22 @@ nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& calibra
   if (o.method == "awq")
     j["awq"] = {
         {"grid", o.awq.grid}, {"clip_steps", o.awq.clip_steps}, {"max_shrink", o.awq.max_shrink}};
+  if (o.method == "hqq")
+    j["hqq"] = {{"lp_norm", o.hqq.lp_norm},
+                {"beta", o.hqq.beta},
+                {"iters", o.hqq.iters},
+                {"round_zero", o.hqq.round_zero ? nlohmann::json(*o.hqq.round_zero) : nullptr}};
   if (!calibration.is_null()) j["calibration"] = calibration;
   return j;
 }
 
 RecordedMethod method_from_json(const nlohmann::json& j, const std::string& where) {
-  io::json_keys(j, {"method", "gptq", "awq", "calibration"}, where);
+  io::json_keys(j, {"method", "gptq", "awq", "hqq", "calibration"}, where);
   RecordedMethod r;
   MethodOptions& o = r.options;
   o.method = io::json_string(io::json_member(j, "method", where), where + ".method");
   check_method(o.method, where + ".method");
-  for (const char* m : {"gptq", "awq"})
+  for (const char* m : {"gptq", "awq", "hqq"})
     if (j.contains(m) && o.method != m)
       throw ConfigError(
           fmt::format("{}.{}: settings of {}, but the method is {}", where, m, m, o.method));
@@ -129,6 +167,17 @@ RecordedMethod method_from_json(const nlohmann::json& j, const std::string& wher
         io::json_int(io::json_member(a, "clip_steps", at), at + ".clip_steps", 1, 1000));
     o.awq.max_shrink =
         io::json_number(io::json_member(a, "max_shrink", at), at + ".max_shrink", 0.0, 0.99);
+  }
+  if (j.contains("hqq")) {
+    const std::string at = where + ".hqq";
+    const nlohmann::json& h = j["hqq"];
+    io::json_keys(h, {"lp_norm", "beta", "iters", "round_zero"}, at);
+    o.hqq.lp_norm = io::json_number(io::json_member(h, "lp_norm", at), at + ".lp_norm", 0.1, 2.0);
+    o.hqq.beta = io::json_number(io::json_member(h, "beta", at), at + ".beta", 1e-6, 1e6);
+    o.hqq.iters =
+        static_cast<int>(io::json_int(io::json_member(h, "iters", at), at + ".iters", 0, 1000));
+    const nlohmann::json& rz = io::json_member(h, "round_zero", at);
+    if (!rz.is_null()) o.hqq.round_zero = io::json_bool(rz, at + ".round_zero");
   }
   if (j.contains("calibration")) {
     const std::string at = where + ".calibration";
@@ -169,6 +218,7 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
   const model::LayerFormats formats = plan.resolve(ids, &unmatched);
   for (const auto& pattern : unmatched)
     log::warn("layer pattern '{}' matches no layer of {}", pattern, src.string());
+  check_formats(method.method, formats);
   // Calibrated methods quantize the whole model first; RTN quantizes each layer as it streams.
   QuantizedLayers layers;
   if (needs_calibration(method.method)) {
@@ -213,9 +263,10 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
         const auto l = layers.find(layer);
         // Dense formats (kept layers) come from the checkpoint, as RTN's do: the calibrated
         // decoder holds them in its compute dtype, which may round them differently.
-        const formats::Format k = formats.at(layer).format;
-        if (l == layers.end() || k == formats::Format::BF16 || k == formats::Format::FP16) {
-          parts = formats::quantize_rtn(stored(layer + ".weight"), formats.at(layer)).parts();
+        if (l == layers.end() || formats.at(layer).dense()) {
+          const at::Tensor w = stored(layer + ".weight").to(options.device);
+          parts =
+              quantize_weight(w, formats.at(layer), method, "layer " + layer).to(c10::kCPU).parts();
         } else {
           parts = l->second.packed.to(c10::kCPU).parts();
           if (l->second.input_scale.defined())

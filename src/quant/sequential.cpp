@@ -115,8 +115,7 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
   for (const LayerId& id : m.linear_ids()) {
     const auto f = formats.find(id.name());
     if (f == formats.end()) continue;
-    const formats::Format k = f->second.format;
-    if (k == formats::Format::BF16 || k == formats::Format::FP16) continue;
+    if (f->second.dense()) continue;
     if (!formats::has_grid(f->second, m.linear(id).in_features()))
       throw UnsupportedError(fmt::format(
           "--method {}: layer {}: format {} has no quantization grid for {} inputs ({} needs "

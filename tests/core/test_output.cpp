@@ -3,9 +3,12 @@
 // and only a dead process's marked temporaries are removed (never a user's file by its name).
 #include "kldq/core/output.hpp"
 
+#include <signal.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
+
+#include <random>
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
@@ -144,4 +147,32 @@ TEST_CASE("temporaries: unpredictable, removed unless committed, stale ones by m
   CHECK(read_text(dir / ".x.kldq-tmp-abcdef") == "mine too");
   CHECK(read_text(dir / "sub" / ".y.kldq-tmp-123456" / "data") == "mine");
   CHECK(hidden_entries(dir.path()).size() == (xattrs ? 2u : 3u));
+}
+
+TEST_CASE("temporaries: a kill at any moment leaves nothing that later runs cannot remove",
+          "[core]") {
+  kldq::test::TempDir dir("out-kill");
+  const bool xattrs = ::setxattr(dir.path().c_str(), "user.kldq.probe", "1", 1, 0) == 0;
+  if (!xattrs) KLDQ_SKIP("no user xattrs on the temporary directory's file system");
+  // Children write and commit files as fast as they can and die by SIGKILL at random moments:
+  // mostly inside TempOutput's creation, commit or removal. A temporary must never exist by
+  // name without its marker and lock.
+  std::mt19937 rng(7);
+  for (int child = 0; child < 40; ++child) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      for (int i = 0;; ++i) {
+        kldq::TempOutput f(dir / ("f" + std::to_string(i % 3) + ".json"),
+                           kldq::TempOutput::Kind::FILE);
+        if (i % 2) f.commit();
+      }
+    }
+    ::usleep(std::uniform_int_distribution<unsigned>(200, 3000)(rng));
+    ::kill(pid, SIGKILL);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    kldq::remove_stale_temporaries(dir.path(), false);
+    for (const auto& e : fs::directory_iterator(dir.path()))
+      CHECK(e.path().filename().string().find(".kldq-tmp-") == std::string::npos);
+  }
 }

@@ -172,3 +172,42 @@ TEST_CASE("kldq eval MMLU 5-shot on the tiny model agrees with transformers",
   CHECK(n == 110);
   CHECK(m["mmlu_acc"].get<double>() == Approx(correct / 110.0));
 }
+
+TEST_CASE("MMLU with each subject's shared prefix cached equals the full prompts (CPU fp32)",
+          "[eval][mmlu]") {
+  const kldq::test::fs::path data_dir = KLDQ_SOURCE_DIR "/data/demo/mmlu";
+  const eval::MmluData data = eval::load_mmlu(data_dir);
+  // The 4M model (one-token answers, 5-shot prompts within its context) and stories260K
+  // (" A" is two tokens: each answer its own sequence; 5-shot prompts beyond its 512-token
+  // context: left truncation, which leaves little to share).
+  // The last case: one question of one subject with two-token answers sharing their first token
+  // (the shared prefix must stop before the first answer token).
+  for (auto [name, limit] : {std::pair<const char*, int64_t>{"wikitext-qwen2-4m", 0},
+                             {"stories260k-qwen2", 0},
+                             {"stories260k-qwen2", 1}}) {
+    const auto dir = kldq::test::fs::path(KLDQ_SOURCE_DIR "/models") / name;
+    const auto model = kldq::model::Decoder::load(dir, c10::kCPU, c10::kFloat);
+    const auto tok = kldq::io::Tokenizer::load(dir);
+    eval::MmluOptions o;
+    o.shots = 5;
+    o.batch = 7;
+    o.limit = limit;
+    o.max_len = model.config().max_position_embeddings;
+    const auto items = eval::mmlu_items(data, o);
+    const auto answers = eval::mmlu_answer_tokens(*tok, data, items.front(), o);
+    o.shared_prefix = false;
+    const auto full = eval::score_mmlu(model, *tok, data, items, answers, o, "");
+    o.shared_prefix = true;
+    const auto shared = eval::score_mmlu(model, *tok, data, items, answers, o, "");
+    REQUIRE(full.size() == items.size());
+    REQUIRE(shared.size() == items.size());
+    double worst = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      for (int c = 0; c < 4; ++c)
+        worst = std::max(worst, std::abs(full[i].logprobs[c] - shared[i].logprobs[c]));
+      CHECK(full[i].pred == shared[i].pred);
+    }
+    INFO(name << " limit " << limit << ": max |log-probability difference| " << worst);
+    CHECK(worst <= 1e-4);
+  }
+}

@@ -8,6 +8,7 @@
 #include "support/catch.hpp"
 
 namespace ex = kldq::experiment;
+namespace fs = std::filesystem;
 using kldq::test::run_kldq;
 
 namespace {
@@ -91,7 +92,49 @@ TEST_CASE("experiment: each schema error names the file and key path", "[experim
   has("name: x\nsweep: {base: [nf4, nf5]}\n", "sweep.base[1]: expected a format name");
   has("name: x\nsweep: {base: []}\n",
       "sweep.base: expected a value or a non-empty list, got a list");
-  has("name: x\nprofile: {method: hqq}\n", "profile.method: expected one of rtn, gptq, awq");
+  has("name: x\nprofile: {method: hq}\n", "profile.method: expected one of rtn, hqq, gptq, awq");
+  has("name: x\nsweep: {method: hqq, base: nf4}\n", "base nf4 with method hqq: hqq quantizes");
+  has("name: x\neval: {tasks: [piqa]}\n", "eval.tasks: needs data.tasks");
+  has("name: x\ndata: {tasks: mc}\n", "data.tasks: needs eval.tasks");
+  has("name: x\ndata: {tasks: mc}\neval: {tasks: piqa, tasks_limit: -1}\n",
+      "eval.tasks_limit: expected an integer >= 0");
+  has("name: x\nsweep: {method: gptq, base: int4_g64_fz}\n",
+      "base int4_g64_fz with method gptq: hqq quantizes");
+  CHECK(load_text(dir, "hqq.yaml", "name: x\nsweep: {method: hqq, base: int2_g32_fz}\n")
+            .points.size() == 1);
+  // With hqq an int group format stands for its _fz variant (base and candidates alike).
+  {
+    const auto m = load_text(dir, "m.yaml",
+                             "name: x\nplan: {candidates: [int4_g64, bf16]}\n"
+                             "sweep: {method: [rtn, hqq], base: int3_g64, budget_bpw: 4}\n");
+    REQUIRE(m.points.size() == 2);
+    CHECK(m.points[0].base == "int3_g64");
+    CHECK(m.points[1].base == "int3_g64_fz");
+  }
+  has("name: x\nplan: {candidates: [int4_g64, fp8_e4m3]}\n"
+      "sweep: {method: hqq, base: int3_g64, budget_bpw: 4}\n",
+      "plan.candidates: fp8_e4m3 with method hqq: hqq quantizes");
+  has("name: x\nplan: {candidates: int4_g64_fz}\nsweep: {base: nf4, budget_bpw: 5}\n",
+      "plan.candidates: int4_g64_fz with method rtn");
+  // A list of sweeps: their points joined in order, duplicates once.
+  {
+    const auto l = load_text(dir, "l.yaml", R"(
+name: x
+sweep:
+  - {base: [nf4, int8], planner: uniform}
+  - {base: int8, planner: [uniform, restore-top], restore_top: 10}
+)");
+    REQUIRE(l.points.size() == 3);
+    CHECK(l.points[0].base == "nf4");
+    CHECK(l.points[1].to_json() ==
+          nlohmann::json::parse(R"({"base":"int8","method":"rtn","planner":"uniform"})"));
+    CHECK(l.points[2].planner == "restore-top");
+  }
+  has("name: x\nplan: {candidates: int4_g64}\nsweep: {base: nf4, budget_bpw: 5, mode: "
+      "restore-one}\n",
+      "a budget point over plan.candidates needs profile mode quantize-one");
+  has("name: x\nsweep: []\n", "sweep: expected a mapping or a non-empty list of mappings");
+  has("name: x\nsweep:\n  - {base: nf4}\n  - {bass: nf4}\n", "sweep[1].bass: unknown key");
   has("name: x\nsweep: {planner: teleport}\n", "sweep.planner: expected one of restore-top");
   has("name: x\nsweep: {planner: restore-top}\n", "sweep.restore_top: needed by the restore-top");
   has("name: x\nsweep: {budget_bpw: -1}\n", "sweep.budget_bpw: expected bits per weight");
@@ -127,15 +170,14 @@ TEST_CASE("experiment: each schema error names the file and key path", "[experim
 
 TEST_CASE("experiment: stages, their keys, and shards", "[experiment]") {
   kldq::test::TempDir dir("exp-stages");
-  const auto e = load_text(dir, "e.yaml", R"(
-name: s
-data: {calib: c.txt, ppl: p.txt}
+  const std::string sweep = R"(
 sweep:
   planner: [uniform, restore-top, budget]
   restore_top: [5, 10]
   budget_bpw: 5
 plan: {candidates: [int8, bf16]}
-)");
+)";
+  const auto e = load_text(dir, "e.yaml", "name: s\ndata: {calib: c.txt, ppl: p.txt}" + sweep);
   // uniform (1) + restore-top x {5, 10} (2) + budget (1).
   REQUIRE(e.points.size() == 4);
   const auto all = ex::shard_points(e, "");
@@ -170,6 +212,29 @@ plan: {candidates: [int8, bf16]}
   CHECK(seen == all);
   CHECK(ex::shard_points(e, "3/4").size() == 1);
   CHECK(ex::plan_stages(e, "m", "fp", {}, cpu).size() == 1);  // an empty shard: the reference only
+  // Zero-shot tasks are part of every evaluation's identity (reference included).
+  const auto et = load_text(dir, "t.yaml",
+                            "name: s\ndata: {calib: c.txt, ppl: p.txt, tasks: mc}\n"
+                            "eval: {tasks: [piqa, boolq], tasks_limit: 10}" +
+                                sweep);
+  CHECK(et.eval.tasks == std::vector<std::string>{"piqa", "boolq"});
+  const auto stt = ex::plan_stages(et, "m", "fp", all, cpu);
+  CHECK(stt[0].key != st[0].key);
+  CHECK(stt[1].key == st[1].key);  // profiles do not evaluate tasks
+  CHECK(stt[4].key != st[4].key);
+  // Keyed by the selected tasks' files only: another file in the directory changes nothing.
+  fs::create_directories(dir / "mc/piqa");
+  kldq::test::write_text(dir / "mc/piqa/valid.jsonl", "{}\n");
+  kldq::test::write_text(dir / "mc/piqa/valid-labels.lst", "0\n");
+  const auto etd =
+      load_text(dir, "d.yaml",
+                "name: s\ndata: {calib: c.txt, ppl: p.txt, tasks: " + (dir / "mc").string() +
+                    "}\neval: {tasks: piqa}" + sweep);
+  const std::string before = ex::plan_stages(etd, "m", "fp", all, cpu)[0].key;
+  kldq::test::write_text(dir / "mc/other.jsonl", "{}\n");
+  CHECK(ex::plan_stages(etd, "m", "fp", all, cpu)[0].key == before);
+  kldq::test::write_text(dir / "mc/piqa/valid-labels.lst", "1\n");
+  CHECK(ex::plan_stages(etd, "m", "fp", all, cpu)[0].key != before);
   for (const char* bad : {"3/3", "1", "a/b", "-1/2", "0/0", "0.5/2"})
     CHECK_THROWS_AS(ex::shard_points(e, bad), kldq::ConfigError);
 }

@@ -152,7 +152,7 @@ TEST_CASE("kldq run configs/demo.yaml: killed twice, resumed, reported", "[exper
     CHECK(now.at(path) == stamp);
   }
   CHECK_THAT(r.err, HasText("finished before"));
-  CHECK(temp_files(out).empty());
+  for (const auto& t : temp_files(out)) FAIL_CHECK("temporary left behind: " << t);
   // summary.csv: a header and one row per point; the final table on stdout.
   std::istringstream csv(kldq::test::read_text(out / "summary.csv"));
   size_t rows = 0;
@@ -210,6 +210,9 @@ TEST_CASE("kldq run configs/demo.yaml: killed twice, resumed, reported", "[exper
   CHECK(rep.out == kldq::test::read_text(out / "summary.csv"));
   for (const char* f : {"summary.md", "summary.csv", "summary.json"})
     CHECK(fs::is_regular_file(out / "report" / f));
+  // The summary says how the plans' predicted KLs tracked the measured ones.
+  CHECK_THAT(kldq::test::read_text(out / "report" / "summary.md"),
+             HasText("Planner predictions against measured KL: mean relative error"));
   if (kldq::test::python_with("matplotlib")) {
     size_t png = 0, svg = 0;
     for (const auto& f : fs::directory_iterator(out / "report")) {

@@ -5,7 +5,8 @@
 // when the parser accepts it or throws kldq::Error; anything else (another exception type, a
 // crash, more than 10 s on one input) is a finding: the input is saved and the run fails.
 //
-//   kldq_fuzz [--seconds S] [--seed N] [--out DIR] [--list] [TARGET...]  (default: all, 15 s each)
+//   kldq_fuzz [--seconds S] [--seed N] [--from I] [--out DIR] [--list] [TARGET...]  (default: all,
+//   15 s each)
 // Inputs come from a seeded generator; a run is time-bounded, so the input of a finding is saved
 // (an exception's beside the report, a crash's by the signal handler as TARGET-crash in --out).
 #include <fcntl.h>
@@ -122,7 +123,10 @@ struct Stats {
   double seconds = 0;
 };
 
-Stats run_target(const Target& t, double seconds, uint64_t seed, const fs::path& out) {
+// Inputs before iteration `from` are generated (the sequence is one seeded stream) but not run,
+// so a finding at iteration N replays in seconds with --from N.
+Stats run_target(const Target& t, double seconds, uint64_t seed, uint64_t from,
+                 const fs::path& out) {
   Stats st;
   std::mt19937_64 g(seed);
   const auto t0 = std::chrono::steady_clock::now();
@@ -137,6 +141,10 @@ Stats run_target(const Target& t, double seconds, uint64_t seed, const fs::path&
     if (st.runs % 16 != 0)
       for (int m = 1 + int(g() % 8); m > 0; --m) mutate(in, g, t.seeds);
     if (in.size() > kMaxInput) in.resize(kMaxInput);
+    if (st.runs < from) {
+      ++st.runs;
+      continue;
+    }
     g_iteration = int(st.runs);
     g_input = &in;
     ::alarm(10);
@@ -164,7 +172,7 @@ Stats run_target(const Target& t, double seconds, uint64_t seed, const fs::path&
 
 int main(int argc, char** argv) {
   double seconds = 15;
-  uint64_t seed = 1;
+  uint64_t seed = 1, from = 0;
   fs::path out = fs::temp_directory_path() / "kldq-fuzz";
   std::vector<std::string> only;
   bool list = false;
@@ -174,6 +182,8 @@ int main(int argc, char** argv) {
       seconds = std::stod(argv[++i]);
     else if (a == "--seed" && i + 1 < argc)
       seed = std::stoull(argv[++i]);
+    else if (a == "--from" && i + 1 < argc)
+      from = std::stoull(argv[++i]);
     else if (a == "--out" && i + 1 < argc)
       out = argv[++i];
     else if (a == "--list")
@@ -203,7 +213,7 @@ int main(int argc, char** argv) {
               "findings");
   for (const Target& t : targets) {
     if (!only.empty() && std::find(only.begin(), only.end(), t.name) == only.end()) continue;
-    const Stats st = run_target(t, seconds, seed, out);
+    const Stats st = run_target(t, seconds, seed, from, out);
     findings += st.findings;
     std::printf("%-12s %10llu %10.0f %10llu %10llu %9llu\n", t.name.c_str(),
                 (unsigned long long)st.runs, double(st.runs) / st.seconds,

@@ -13,6 +13,7 @@
 
 #include "kldq/core/error.hpp"
 #include "kldq/eval/mmlu.hpp"
+#include "kldq/eval/tasks.hpp"
 #include "kldq/experiment/config.hpp"
 #include "kldq/io/corpus.hpp"
 #include "kldq/io/json_util.hpp"
@@ -104,6 +105,8 @@ std::vector<Target> all_targets(const fs::path& work) {
   fs::create_directories(work / "tok");
   fs::create_directories(work / "mmlu" / "test");
   fs::create_directories(work / "mmlu" / "dev");
+  fs::create_directories(work / "tasks" / "hellaswag");
+  fs::create_directories(work / "tasks" / "winogrande");
   const std::string text =
       slurp(fs::path(KLDQ_SOURCE_DIR) / "data/demo/wiki.test.head.txt").substr(0, 2000) +
       " \xe4\xbd\xa0\xe5\xa5\xbd 123456 'll   \n\n\r\n ";
@@ -193,6 +196,36 @@ std::vector<Target> all_targets(const fs::path& work) {
          put(work / "mmlu" / "dev" / "marketing_dev.csv", in);
          (void)eval::load_mmlu(work / "mmlu");
        }});
+  // The zero-shot task readers: one input as a generic task, as HellaSwag's 6-line text and as
+  // WinoGrande's JSONL (the first 30 items of each seed file from ../shared/data/mc when present).
+  std::vector<std::string> task_seeds = {
+      R"({"context": "2+2=", "choices": ["4", "5"], "answer": 0})"
+      "\n"
+      R"({"context": "caf\u00e9 ", "choices": ["a", "b", "c"], "answer": 2})",
+      "Roof: A man is on a roof. he\n2\nis [title] up.\n  takes [x] off\nx\ny\n",
+      R"({"qID": "q", "sentence": "A beat B so _ won.", "option1": "A", "option2": "B",)"
+      R"( "answer": "2"})"};
+  for (const std::string& f :
+       seeds_of({"mc/hellaswag/hellaswag_val_full.txt", "mc/winogrande/dev.jsonl",
+                 "mc/arc_easy/ARC-Easy-Test.jsonl"})) {
+    size_t cut = 0;
+    for (int line = 0; line < 180 && cut != std::string::npos; ++line) cut = f.find('\n', cut + 1);
+    task_seeds.push_back(f.substr(0, cut));
+  }
+  t.push_back({"tasks", task_seeds, [work](const std::string& in) {
+                 put(work / "tasks" / "mine.jsonl", in);
+                 put(work / "tasks" / "hellaswag" / "hellaswag_val_full.txt", in);
+                 put(work / "tasks" / "winogrande" / "dev.jsonl", in);
+                 std::exception_ptr refused;  // rethrown when all three refuse (a refusal)
+                 int accepted = 0;
+                 for (const char* name : {"mine", "hellaswag", "winogrande"}) try {
+                     (void)eval::load_task(name, work / "tasks", 0);
+                     ++accepted;
+                   } catch (const Error&) {
+                     refused = std::current_exception();
+                   }
+                 if (accepted == 0) std::rethrow_exception(refused);
+               }});
   t.push_back({"corpus",
                {R"({"text": "Hello world."})"
                 "\n"

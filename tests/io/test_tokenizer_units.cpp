@@ -1,6 +1,10 @@
 // Tokenizer building blocks against hand-derived expectations: UTF-8 replacement as Python's
 // errors="replace", regex semantics (leftmost-first, greedy with backtracking, lookahead,
 // case-insensitive groups), NFC, and malformed tokenizer.json files naming the JSON path.
+#include <nlohmann/json.hpp>
+
+#include <random>
+
 #include "kldq/core/error.hpp"
 #include "kldq/io/tokenizer/regex.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
@@ -200,4 +204,89 @@ TEST_CASE("a minimal tokenizer.json encodes with merges and decodes", "[io][toke
   CHECK(tok->encode("abab") == std::vector<int32_t>{2, 2});
   CHECK(tok->encode("aba") == std::vector<int32_t>{2, 0});
   CHECK(tok->decode({2, 0}) == "ab a");  // no decoder: tokens joined with spaces
+}
+
+namespace {
+
+// A tokenizer over kModel's vocabulary with the added tokens `added` (ids 3, 4, ...).
+std::unique_ptr<kldq::io::Tokenizer> with_added(const kldq::test::TempDir& dir,
+                                                const std::vector<std::string>& added) {
+  nlohmann::json list = nlohmann::json::array();
+  for (size_t i = 0; i < added.size(); ++i)
+    list.push_back({{"id", 3 + i}, {"content", added[i]}, {"special", true}});
+  kldq::test::write_text(dir / "tokenizer.json",
+                         "{" + kModel + R"(, "added_tokens": )" + list.dump() + "}");
+  return kldq::io::Tokenizer::load(dir.path());
+}
+
+}  // namespace
+
+TEST_CASE("added tokens match leftmost-longest, in linear time", "[io][tokenizer]") {
+  kldq::test::TempDir dir("tok-added");
+  const auto plain = with_added(dir, {});
+  // Oracle: at each position the longest added token starting there (the first listed of equal
+  // ones), else one character of plain text; text runs encoded by the vocabulary alone.
+  auto expected = [&](const std::vector<std::string>& added, const std::string& s) {
+    std::vector<int32_t> ids;
+    std::string run;
+    auto flush = [&] {
+      for (int32_t id : plain->encode(run, false)) ids.push_back(id);
+      run.clear();
+    };
+    for (size_t pos = 0; pos < s.size();) {
+      int best = -1;
+      for (size_t i = 0; i < added.size(); ++i)
+        if (s.compare(pos, added[i].size(), added[i]) == 0 &&
+            (best < 0 || added[i].size() > added[best].size()))
+          best = static_cast<int>(i);
+      if (best < 0) {
+        run += s[pos++];
+        continue;
+      }
+      flush();
+      ids.push_back(3 + best);
+      pos += added[best].size();
+    }
+    flush();
+    return ids;
+  };
+  std::mt19937 rng(7);
+  auto random_string = [&](size_t max_len) {
+    std::string s(1 + rng() % max_len, 'a');
+    for (char& c : s) c = "ab"[rng() % 2];
+    return s;
+  };
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<std::string> added;
+    for (int i = 0, n = 1 + static_cast<int>(rng() % 8); i < n; ++i)
+      added.push_back(random_string(6));
+    const std::string text = random_string(60);
+    INFO("trial " << trial << ": " << text);
+    CHECK(with_added(dir, added)->encode(text, false) == expected(added, text));
+  }
+  // 1,000 tokens a^k b sharing every prefix, over 200,000 a's that none of them matches: a scan
+  // trying each token at each position takes ~10^11 steps, the automaton one per character.
+  std::vector<std::string> hostile;
+  for (int k = 1; k <= 1000; ++k) hostile.push_back(std::string(k, 'a') + "b");
+  const auto tok = with_added(dir, hostile);
+  CHECK(tok->encode(std::string(200000, 'a'), false) ==
+        plain->encode(std::string(200000, 'a'), false));
+  CHECK(tok->encode(std::string(300, 'a') + "b", false) == std::vector<int32_t>{3 + 299});
+}
+
+TEST_CASE("vocabulary and added-token ids and lengths are bounded", "[io][tokenizer][errors]") {
+  // A vocabulary id of 2*10^8 (a fuzz finding) sized the id table to 200M strings: 8 s of page
+  // faults and 6 GB. Ids are bounded by the vocabulary size + 2^20; the bound itself is accepted.
+  CHECK_THAT(load_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 200000059},
+                           "merges": []}})"),
+             HasText("model.vocab") && HasText("'b' has an invalid id (0 to 1048578"));
+  CHECK(load_error(R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1048578},
+                     "merges": []}})") == "(no error)");
+  CHECK_THAT(
+      load_error("{" + kModel + R"(, "added_tokens": [{"id": 1073741824, "content": "x"}]})"),
+      HasText("added_tokens[0].id") && HasText("invalid id"));
+  const std::string long_token(1'000'001, 'x');
+  CHECK_THAT(load_error("{" + kModel + R"(, "added_tokens": [{"id": 3, "content": ")" + long_token +
+                        R"("}]})"),
+             HasText("added_tokens[0].content") && HasText("longer than 1000000 characters"));
 }

@@ -6,6 +6,7 @@
 #include "kldq/formats/packed.hpp"
 #include "kldq/kernels/dequant.hpp"
 #include "kldq/model/qlinear.hpp"
+#include "kldq/quant/hqq.hpp"
 #include "support/catch.hpp"
 
 namespace f = kldq::formats;
@@ -27,12 +28,15 @@ TEST_CASE("CUDA dequantization equals the CPU reference bit for bit", "[cuda][ke
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
       {1, 1}, {7, 13}, {3, 172}, {64, 172}, {172, 64}, {5, 200}, {33, 96}, {256, 4096}, {1, 8}};
   for (const char* name :
-       {"nf4", "nf4_b32", "nf4_b4096", "fp4", "int4_g128", "int4_g32_asym", "int3_g64",
-        "int3_g128_asym", "int2_g32", "int2_g64_asym", "int8", "fp8_e4m3", "fp8_e4m3_tensor",
-        "fp8_e5m2", "fp8_e4m3_noscale", "bf16", "fp16"}) {
+       {"nf4",           "nf4_b32",  "nf4_b4096",       "fp4",         "int4_g128",
+        "int4_g32_asym", "int3_g64", "int3_g128_asym",  "int2_g32",    "int2_g64_asym",
+        "int8",          "fp8_e4m3", "fp8_e4m3_tensor", "fp8_e5m2",    "fp8_e4m3_noscale",
+        "bf16",          "fp16",     "int4_g64_fz",     "int3_g32_fz", "int2_g128_fz"}) {
     for (const auto& [out, in] : shapes) {
       const at::Tensor w = at::randn({out, in}) * 0.05;
-      const f::PackedWeight p = f::quantize_rtn(w, f::FormatSpec::parse(name));
+      const auto spec = f::FormatSpec::parse(name);  // fz: fp16 zero points, made by HQQ
+      const f::PackedWeight p =
+          spec.float_zero ? kldq::quant::quantize_hqq(w, spec, {}) : f::quantize_rtn(w, spec);
       const f::PackedWeight g = p.to(c10::kCUDA);
       const at::Tensor ref = f::dequantize(p);  // [out, in] fp32
       for (auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {

@@ -310,3 +310,41 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
     CHECK_THROWS_WITH(plan::parse_percent(s, "--restore-top"),
                       HasText("expected a percentage from 0 to 100"));
 }
+
+TEST_CASE("planner: predictions are valid KLs when unit KLs are not additive", "[plan]") {
+  // Units whose KLs sum to twice the whole model's (sub-additive interactions), one restore-one
+  // unit measured below zero: the additive model would predict 0.5 - 0.8 < 0 at 50 % restored.
+  plan::Profile p = profile("nf4", 1.0, 0.5);
+  p.baseline_kl = 0.5;  // unit costs 0.1, 0.4, 0.2, 0.3 sum to 1.0
+  plan::Request r;
+  r.strategy = plan::Strategy::RESTORE_TOP;
+  double last = p.baseline_kl;
+  for (double pct : {0.0, 25.0, 50.0, 75.0, 100.0}) {
+    r.percent = pct;
+    const double kl = plan::make_plan({p}, r).planner["predicted_kl"].get<double>();
+    INFO(pct << " % -> " << kl);
+    CHECK(kl >= 0);
+    CHECK(kl <= last + 1e-15);  // monotone in what is restored
+    last = kl;
+  }
+  r.percent = 50;  // u1 and u3 restored: 0.3 of the summed 1.0 stays -> 0.5 x 0.3
+  CHECK(plan::make_plan({p}, r).planner["predicted_kl"].get<double>() == Approx(0.15));
+  r.percent = 0;
+  CHECK(plan::make_plan({p}, r).planner["predicted_kl"].get<double>() == Approx(0.5));
+  r.percent = 100;
+  CHECK(plan::make_plan({p}, r).planner["predicted_kl"].get<double>() == 0.0);
+  // restore-one: a unit whose restoration raised KL (noise) counts 0, not a negative cost.
+  plan::Profile ro = p;
+  ro.mode = "restore-one";
+  for (auto& u : ro.units) u.kl_mean = 0.5 - u.kl_mean;  // gains 0.1, 0.4, 0.2, 0.3
+  ro.units[0].kl_mean = 0.6;                             // gain -0.1
+  CHECK(ro.cost(0) == 0.0);
+  // Every unit measured harmless: the uniform plan still predicts the measured baseline.
+  plan::Profile flat = ro;
+  for (auto& u : flat.units) u.kl_mean = 0.7;
+  plan::Request uniform;
+  uniform.strategy = plan::Strategy::UNIFORM;
+  CHECK(plan::make_plan({flat}, uniform).planner["predicted_kl"].get<double>() == 0.5);
+  r.percent = 25;  // u1 restored: 0.5 x (0.2 + 0.3) / 0.9
+  CHECK(plan::make_plan({ro}, r).planner["predicted_kl"].get<double>() == Approx(0.5 * 0.5 / 0.9));
+}

@@ -236,9 +236,15 @@ TEST_CASE("kldq quantize rejects bad formats and methods and leaves no output", 
   const auto method = run_kldq("quantize " + tiny + " --base int4 --method gptq -o " + out);
   CHECK(method.rc == 2);
   CHECK_THAT(method.err, HasText("--method gptq: needs calibration text (--calib FILE)"));
-  const auto unknown = run_kldq("quantize " + tiny + " --base int4 --method hqq -o " + out);
+  const auto unknown = run_kldq("quantize " + tiny + " --base int4 --method hq -o " + out);
   CHECK(unknown.rc == 2);
-  CHECK_THAT(unknown.err, HasText("--method: unknown method 'hqq' (one of: rtn, gptq, awq)"));
+  CHECK_THAT(unknown.err, HasText("--method: unknown method 'hq' (one of: rtn, hqq, gptq, awq)"));
+  const auto hqq = run_kldq("quantize " + tiny + " --base int4 --method hqq -o " + out);
+  CHECK(hqq.rc == 2);
+  CHECK_THAT(hqq.err, HasText("--method hqq fits float zero points") && HasText("int4_g128_fz"));
+  const auto fz = run_kldq("quantize " + tiny + " --base int4_g64_fz -o " + out);
+  CHECK(fz.rc == 2);
+  CHECK_THAT(fz.err, HasText("format int4_g64_fz holds HQQ's fitted zero points"));
   const auto none = run_kldq("quantize " + tiny + " -o " + out);
   CHECK(none.rc == 2);
   CHECK_FALSE(kldq::test::fs::exists(out));
@@ -263,6 +269,16 @@ void rewrite(const kldq::test::fs::path& dir, const std::map<std::string, std::s
   kldq::io::write_safetensors(dir / "model.safetensors", tensors, metadata);
 }
 
+// The IoError that loading the checkpoint `dir` raises, or "loaded".
+std::string load_message(const kldq::test::fs::path& dir) {
+  try {
+    m::Decoder::load(dir, c10::kCPU, c10::kFloat);
+  } catch (const kldq::IoError& e) {
+    return e.what();
+  }
+  return "loaded";
+}
+
 }  // namespace
 
 TEST_CASE("quantized checkpoints with missing or contradicting metadata are refused",
@@ -274,14 +290,7 @@ TEST_CASE("quantized checkpoints with missing or contradicting metadata are refu
           .rc == 0);
   const auto file = kldq::io::SafetensorsFile::open(out / "model.safetensors");
   const auto metadata = file->metadata();
-  auto load_error = [&] {
-    try {
-      m::Decoder::load(out, c10::kCPU, c10::kFloat);
-    } catch (const kldq::IoError& e) {
-      return std::string(e.what());
-    }
-    return std::string("loaded");
-  };
+  auto load_error = [&] { return load_message(out); };
   SECTION("metadata missing") {
     rewrite(out, {{"format", "pt"}});
     CHECK_THAT(load_error(), HasText("no safetensors header carries the 'kldq.formats'"));
@@ -319,5 +328,70 @@ TEST_CASE("quantized checkpoints with missing or contradicting metadata are refu
     kldq::test::write_text(out / "quantization.json", plan.dump());
     CHECK_THAT(load_error(),
                HasText("quantization.json") && HasText("model.layers.0.mlp.down_proj' is nf4"));
+  }
+}
+
+TEST_CASE("quantized checkpoints whose tensors contradict their metadata are refused",
+          "[quant][errors]") {
+  kldq::test::TempDir dir("quant-bad-values");
+  const auto out = dir / "q";
+  const std::string dense = "model.layers.0.self_attn.q_proj", layer = "model.layers.1.mlp.up_proj";
+  REQUIRE(run_kldq("quantize " + kldq::test::tiny_model().string() +
+                   " --base int4_g32_asym --keep " + dense + " -o " + out.string())
+              .rc == 0);
+  const auto metadata = kldq::io::SafetensorsFile::open(out / "model.safetensors")->metadata();
+  auto load_error = [&] { return load_message(out); };
+  REQUIRE(load_error() == "loaded");
+  // The header metadata and quantization.json with one layer's entry set to `format` ("": none).
+  auto set_format = [&](const std::string& name, const std::string& format) {
+    auto md = metadata;
+    auto j = nlohmann::json::parse(md["kldq.formats"]);
+    auto plan = nlohmann::json::parse(kldq::test::read_text(out / "quantization.json"));
+    if (format.empty()) {
+      j.erase(name);
+      plan["layers"].erase(name);
+    } else {
+      j[name] = format;
+      plan["layers"][name] = format;
+    }
+    md["kldq.formats"] = j.dump();
+    kldq::test::write_text(out / "quantization.json", plan.dump());
+    return md;
+  };
+  // A stored tensor edited in place, metadata unchanged.
+  auto edit = [&](const std::string& name, const std::function<at::Tensor(at::Tensor)>& f) {
+    rewrite(out, metadata,
+            [&](const std::string& n, at::Tensor t) { return n == name ? f(t) : t; });
+  };
+  SECTION("a zero point beyond the 4-bit code range") {
+    edit(layer + ".weight_zero", [](at::Tensor t) { return t.index_put_({0, 0}, 16); });
+    CHECK_THAT(load_error(), HasText(layer) && HasText("zero point 16 outside the 4-bit code "
+                                                       "range [0, 15]"));
+  }
+  SECTION("a negative scale") {
+    edit(layer + ".weight_scale", [](at::Tensor t) { return t.neg(); });
+    CHECK_THAT(load_error(), HasText(layer) && HasText("negative scale(s)"));
+  }
+  SECTION("a symmetric format over asymmetric tensors: the zero points are left over") {
+    rewrite(out, set_format(layer, "int4_g32"));
+    CHECK_THAT(load_error(), HasText("not used") && HasText(layer + ".weight_zero"));
+  }
+  SECTION("a dense layer listed as packed") {
+    rewrite(out, set_format(dense, "int4_g32_asym"));
+    CHECK_THAT(load_error(), HasText("missing tensor '" + dense + ".weight_packed'"));
+  }
+  SECTION("a packed layer missing from the metadata") {
+    rewrite(out, set_format(layer, ""));
+    CHECK_THAT(load_error(), HasText("missing tensor '" + layer + ".weight'"));
+  }
+  SECTION("quantization.json without a packed layer") {
+    auto plan = nlohmann::json::parse(kldq::test::read_text(out / "quantization.json"));
+    plan["layers"].erase(layer);
+    kldq::test::write_text(out / "quantization.json", plan.dump());
+    CHECK_THAT(load_error(), HasText("quantization.json") && HasText(layer) && HasText("absent"));
+  }
+  SECTION("a group size the stored scales do not have") {
+    rewrite(out, set_format(layer, "int4_g64_asym"));
+    CHECK_THAT(load_error(), HasText(layer + ".weight_scale' has shape"));
   }
 }

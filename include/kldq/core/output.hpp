@@ -2,8 +2,9 @@
 // replace, checked before any work; and temporaries that cannot destroy anything but themselves.
 //
 // A temporary is created beside its destination (so the final rename is atomic) under an
-// unpredictable name `.<name>.kldq-tmp-XXXXXX`, exclusively (mkstemp/mkdtemp), and is locked
-// (flock) for as long as this process holds it. A directory temporary holds the marker file
+// unpredictable name `.<name>.kldq-tmp-XXXXXX`, exclusively (a file: made unnamed with
+// O_TMPFILE, marked and locked before it is linked under that name; a directory: mkdtemp), and is
+// locked (flock) for as long as this process holds it. A directory temporary holds the marker file
 // `.kldq-output`, which is also its lock and stays in the finished output: it is how `--force`
 // recognises a directory kldq wrote. Temporaries are removed by their owner's destructor, by the
 // signal handler on SIGINT/SIGTERM/SIGHUP, and (after a SIGKILL) by a later kldq that finds one

@@ -21,10 +21,18 @@ std::string predictions_jsonl(const std::vector<MmluPrediction>& preds,
 std::vector<MmluPrediction> read_predictions(const std::filesystem::path& path,
                                              std::string* protocol);
 
-// flip_rate (correctness changed), answer_change_rate (letter changed), c2w and w2c counts, each
-// rate with its 95 % Wilson interval (`*_ci`: [low, high]), and the reference's accuracy
-// (mmlu_acc_ref). ConfigError naming `what` when the two lists are not the same questions in the
-// same order with the same answers.
+// One question's gold answer and prediction, as flips compare them.
+struct Answered {
+  int answer = 0, pred = 0;
+};
+// flip_rate (correctness changed), answer_change_rate (prediction changed), c2w and w2c counts,
+// each rate with its 95 % Wilson interval (`*_ci`: [low, high]), and the reference's accuracy
+// under `acc_ref_key`; `ref` and `m` are the same questions in the same order.
+nlohmann::json flip_rates(const std::vector<Answered>& ref, const std::vector<Answered>& m,
+                          const std::string& acc_ref_key);
+
+// flip_rates of MMLU predictions and the reference's accuracy (mmlu_acc_ref). ConfigError naming
+// `what` when the two lists are not the same questions in the same order with the same answers.
 nlohmann::json flip_summary(const std::vector<MmluPrediction>& reference,
                             const std::vector<MmluPrediction>& model, const std::string& what);
 

@@ -46,6 +46,9 @@ struct MmluOptions {
   int64_t limit = 0;    // first N test items in subject order (0: all)
   int64_t batch = 1;    // prompts per forward
   int64_t max_len = 0;  // prompt tokens kept (left truncation); the model's context
+  // Each subject's common token prefix runs once into a KV cache and the rest of every prompt
+  // as its continuation (the same positions and tokens; false: every prompt whole).
+  bool shared_prefix = true;
 };
 
 // The test items scored, in subject order, after `limit`. ConfigError when there are none, or
@@ -75,12 +78,13 @@ struct MmluPrediction {
   bool truncated = false;  // the prompt was cut from the left to max_len tokens
 };
 
-// Scores `items` with `model`: prompts tokenized without special tokens, sorted by length and
-// right-padded in batches (causal attention: padding after the last real token cannot change
-// it, so results do not depend on the batch size). When every answer is one token, one sequence
-// per question gives all four log-probabilities at its last position; otherwise each answer is
-// scored as its own sequence (prompt + answer tokens), as lm-evaluation-harness does. Draws a
-// progress bar labelled `label`.
+// Scores `items` with `model`: prompts tokenized without special tokens, the tokens every
+// sequence of a subject starts with (its few-shot prefix) run once when `shared_prefix`, the
+// rest sorted by length and right-padded in batches (causal attention: padding after the last real
+// token cannot change it, so results do not depend on the batch size). When every answer is one
+// token, one sequence per question gives all four log-probabilities at its last position; otherwise
+// each answer is scored as its own sequence (prompt + answer tokens), as lm-evaluation-harness
+// does. Draws a progress bar labelled `label`.
 std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::Tokenizer& tokenizer,
                                        const MmluData& data, const std::vector<MmluItem>& items,
                                        const AnswerTokens& answers, const MmluOptions& options,

@@ -33,12 +33,16 @@ struct EvalSpec {
   int64_t shots = 5;
   int64_t mmlu_limit = 0;  // 0: every question
   int64_t batch = 8;
+  std::vector<std::string> tasks;  // zero-shot tasks (data.tasks holds their files)
+  int64_t tasks_limit = 0;         // 0: every item
+  bool speed = false;              // eval --speed at every evaluation (and the reference's)
 };
 
 struct Experiment {
   std::string path, name;
   std::vector<std::string> models;
   std::string calib, ppl, mmlu;  // data files; "" when not given
+  std::string tasks_dir;         // data.tasks: the zero-shot tasks' directory
   int64_t samples = 128, seq_len = 512;
   uint64_t calib_seed = 0;
   std::vector<std::string> candidates;  // plan.candidates: extra formats for budget points

@@ -39,8 +39,21 @@ void write_runs(const std::filesystem::path& file, const std::vector<nlohmann::j
 // IoError when there is no runs file.
 std::vector<nlohmann::json> read_all_runs(const std::filesystem::path& dir);
 
-// The summary table's columns, in order.
+// The summary table's columns, in order; summary.csv adds the zero-shot tasks' columns
+// (task_columns) when the records have any.
 extern const std::vector<std::string> kSummaryColumns;
+// A run record's zero-shot task fields from an evaluation's metrics ("tasks"): <task>_acc,
+// <task>_acc_norm, <task>_flip_rate, task_names, and tasks_mean (the mean over tasks of acc_norm
+// where the task defines it, else acc) with tasks_mean_ref (the reference's). Empty without tasks.
+nlohmann::json task_record_metrics(const nlohmann::json& metrics);
+// A run record's decode-speed fields from an evaluation's metrics ("speed", eval --speed):
+// prefill_tps_b<N> and decode_tps_b<N> (tokens/s at batch N). Empty without speed.
+nlohmann::json speed_record_metrics(const nlohmann::json& metrics);
+// The speed columns summary.csv adds where some record has them.
+extern const std::vector<std::string> kSpeedColumns;
+// The task columns present in `records` (those some record has): built-in tasks in their
+// order, then others by name.
+std::vector<std::string> task_columns(const std::vector<nlohmann::json>& records);
 std::string summary_csv(const std::vector<nlohmann::json>& records);
 // A markdown table of the main columns, numbers rounded for reading.
 std::string summary_markdown(const std::vector<nlohmann::json>& records);

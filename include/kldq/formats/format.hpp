@@ -48,13 +48,16 @@ struct FormatSpec {
   Format format = Format::BF16;
   int group = 0;            // group (int) or block (nf4/fp4) size; 0 when not grouped
   bool asymmetric = false;  // int formats: zero point per group
+  bool float_zero = false;  // int formats, `_fz`: asymmetric with fp16 zero points (HQQ)
   bool per_tensor = false;  // fp8: one scale for the whole weight
 
-  // Parses a format name with optional suffixes (_g32/_g64/_g128, _asym, _b64..._b4096,
+  // Parses a format name with optional suffixes (_g32/_g64/_g128, _asym, _fz, _b64..._b4096,
   // _tensor); ConfigError naming `what` for anything else.
   static FormatSpec parse(std::string_view text, std::string_view what = "format");
   std::string name() const;
   const FormatTraits& traits() const { return formats::traits(format); }
+  // bf16 or fp16: stored as a plain weight, no codes.
+  bool dense() const { return format == Format::BF16 || format == Format::FP16; }
   // Exact storage of an [out, in] weight: codes + scales + zero points, in bytes.
   uint64_t bytes(int64_t out, int64_t in) const;
   double bits_per_weight(int64_t out, int64_t in) const {

@@ -44,6 +44,10 @@ struct PackedWeight {
   PackedWeight to(c10::Device device) const;
   // The same weight with `f` applied to every tensor (moves, copies, pinning).
   PackedWeight map(const std::function<at::Tensor(const at::Tensor&)>& f) const;
+  // Stored values no kldq writer produces and a reader would silently turn into other weights:
+  // zero points beyond the format's code range, negative scales. IoError: "`where`: weight_zero
+  // holds ...".
+  void check_values(const std::string& where) const;
 };
 
 // Round-to-nearest quantization of w: [out, in] (any float dtype, CPU). NF4/FP4 follow

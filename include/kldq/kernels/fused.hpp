@@ -21,7 +21,9 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const
                                                const at::Tensor& weight, double eps);
 
 // Rotate-half RoPE: x: [B, T, n, d] (any strides, unit stride on d), cos/sin: [T, d] in x's
-// dtype -> contiguous [B, T, n, d]: T(T(x * cos) + T(rotate_half(x) * sin)).
+// dtype -> contiguous [B, T, n, d]: T(T(x * cos) + T(rotate_half(x) * sin)). cos/sin may also
+// be [B, T, d] (each row at its own positions, as a left-padded batch in a KV cache needs); that
+// form runs the reference composition on every device.
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 // SwiGLU on a fused gate|up projection: gate_up: [..., 2I] contiguous -> [..., I] =

@@ -62,6 +62,27 @@ class Decoder {
   // embed -> all blocks -> head.
   at::Tensor forward(const at::Tensor& ids) const;
 
+  // Keys and values of a batch of B sequences for incremental decoding (decoder_cache.cpp). The
+  // batch is left-padded: row b's tokens start at column pad[b] (its position 0); columns
+  // [0, len) are filled. Per block k[i], v[i]: [B, kv_heads, capacity, head_dim], compute dtype,
+  // on the device.
+  struct KvCache {
+    std::vector<at::Tensor> k, v;
+    std::vector<int64_t> pad;  // [B] leading pad columns per row
+    int64_t len = 0, capacity = 0;
+    // The step in progress (set by run_cached): cos/sin [B, T, d] at each row's positions and
+    // the attention mask [B, 1, T, capacity] (true: attend).
+    at::Tensor cos, sin, mask;
+  };
+  // An empty cache for pad.size() rows of at most `capacity` columns; ConfigError naming the
+  // limit when capacity exceeds max_position_embeddings.
+  KvCache new_cache(std::vector<int64_t> pad, int64_t capacity) const;
+  // ids [B, T] placed at columns len..len+T-1 -> hidden [B, T, H] after the last block (head()
+  // gives logits); the tokens' keys and values are appended. Outputs at pad columns are
+  // meaningless (finite). With no padding the logits equal forward()'s up to the attention
+  // kernel's summation order.
+  at::Tensor run_cached(const at::Tensor& ids, KvCache& cache) const;
+
   // Streaming. A streamed block runs from one of two device slots; the next streamed block is
   // copied into the other on a separate CUDA stream while this one computes. The arithmetic is
   // the resident block's: the same kernels on the same tensors' values.
@@ -138,6 +159,9 @@ class Decoder {
   const Block& running(int i) const;
   void changed(Block& b);  // a new version (slots holding the old one are stale)
   const RopeTable& rope(int64_t len) const;
+  // The forward's attention and block, optionally appending to and attending over a cache.
+  at::Tensor attend(int i, const at::Tensor& h, KvCache* cache) const;
+  at::Tensor run_block(int i, const at::Tensor& hidden, KvCache* cache) const;
   void observe(int block, Proj p, const at::Tensor& x) const {
     if (observer_) observer_(LayerId{block, p}, x);
   }

@@ -26,6 +26,7 @@ class WeightStore {
   WeightStore(const io::Checkpoint& checkpoint, c10::Device device, c10::ScalarType dtype);
 
   bool has(const std::string& name) const { return checkpoint_.contains(name); }
+  std::string dir() const { return checkpoint_.dir().string(); }
   // Checks that every slot exists with its shape and a float dtype, reading headers only, so a
   // mismatched checkpoint fails before any buffer is allocated.
   void validate(const std::vector<TensorSlot>& slots) const;

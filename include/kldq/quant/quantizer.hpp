@@ -1,7 +1,8 @@
-// Quantization methods (rtn, gptq, awq) behind one entry point, quantize_layers, and applying
-// their result to a decoder in memory or writing it as a checkpoint. RTN rounds each weight on
-// its own; GPTQ and AWQ run the calibration windows through the model block by block, each block
-// fed by the already quantized blocks before it (docs/PROTOCOLS.md, "Calibrated quantization").
+// Quantization methods (rtn, hqq, gptq, awq) behind one entry point, quantize_layers, and
+// applying their result to a decoder in memory or writing it as a checkpoint. RTN and HQQ
+// quantize each weight on its own; GPTQ and AWQ run the calibration windows through the model block
+// by block, each block fed by the already quantized blocks before it (docs/PROTOCOLS.md,
+// "Calibrated quantization").
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -15,6 +16,7 @@
 #include "kldq/formats/packed.hpp"
 #include "kldq/model/decoder.hpp"
 #include "kldq/quant/gptq.hpp"
+#include "kldq/quant/hqq.hpp"
 #include "kldq/quant/plan.hpp"
 
 namespace kldq::quant {
@@ -26,7 +28,8 @@ struct AwqOptions {
 };
 
 struct MethodOptions {
-  std::string method = "rtn";  // rtn, gptq or awq
+  std::string method = "rtn";  // rtn, hqq, gptq or awq
+  HqqOptions hqq;
   GptqOptions gptq;
   AwqOptions awq;
   int64_t batch = 8;  // calibration windows per forward
@@ -39,13 +42,27 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds weights, const model::ModelCo
                                 const model::LayerFormats& formats, const MethodOptions& o,
                                 int64_t N, int64_t T, c10::ScalarType dtype);
 
-// ConfigError naming `what` unless `method` is rtn, gptq or awq.
+// ConfigError naming `what` unless `method` is rtn, hqq, gptq or awq.
 void check_method(const std::string& method, const std::string& what);
-// gptq and awq need calibration windows; rtn none.
+// gptq and awq need calibration windows; rtn and hqq none.
 bool needs_calibration(const std::string& method);
+// ConfigError unless every layer of `formats` suits `method`: hqq needs _fz int formats (or a
+// dense one for restored layers) and the other methods none; the message names the layer and
+// the format to use instead.
+void check_formats(const std::string& method, const model::LayerFormats& formats);
+// The format `method` makes of the format named `format`: an int2/3/4 group format's _fz
+// variant for hqq (the sweeps of experiment files name one base for every method), else
+// `format` itself (by its canonical name).
+std::string method_format(const std::string& method, const std::string& format);
+// A calibration-free method's packed weight of w: [out, in] (rtn, and the casts of dense
+// formats for every method; hqq on w's device).
+// `what` names the layer in errors.
+formats::PackedWeight quantize_weight(const at::Tensor& w, const formats::FormatSpec& spec,
+                                      const MethodOptions& options, const std::string& what);
 
 // The method and its settings as recorded in artifacts: {"method", "gptq": {damp, block,
-// act_order} or "awq": {grid, clip_steps, max_shrink}, "calibration": `calibration` unless null}.
+// act_order} or "awq": {grid, clip_steps, max_shrink} or "hqq": {lp_norm, beta, iters,
+// round_zero (null: 4 bits only)}, "calibration": `calibration` unless null}.
 nlohmann::json method_json(const MethodOptions& options, const nlohmann::json& calibration);
 
 // A recorded method_json read back: the settings, and the calibration windows' identity when
@@ -83,7 +100,8 @@ QuantizedLayers quantize_layers(model::Decoder& model, const model::LayerFormats
 void apply_layers(model::Decoder& model, const QuantizedLayers& layers);
 
 struct WriteOptions {
-  bool force = false;  // replace an existing checkpoint at the output
+  bool force = false;              // replace an existing checkpoint at the output
+  c10::Device device = c10::kCPU;  // where hqq fits each streamed weight
 };
 
 // Quantizes the checkpoint `src` with `plan` and writes `out`: model.safetensors (packed tensors,

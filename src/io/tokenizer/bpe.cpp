@@ -29,9 +29,11 @@ Bpe::Bpe(const JsonPath& model) {
   }
   const JsonPath vocab = model["vocab"];
   if (!vocab.json().is_object()) vocab.fail("expected an object of token -> id");
+  const int64_t max_id = static_cast<int64_t>(vocab.json().size()) + kMaxIdGap;
   for (const auto& [token, id] : vocab.json().items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > (1 << 30))
-      vocab.fail(fmt::format("token '{}' has an invalid id", token));
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > max_id)
+      vocab.fail(fmt::format("token '{}' has an invalid id (0 to {}: the vocabulary and {} more)",
+                             token, max_id, kMaxIdGap));
     const auto i = static_cast<int32_t>(id.get<int64_t>());
     vocab_[token] = i;
     if (id_to_token_.size() <= static_cast<size_t>(i)) id_to_token_.resize(i + 1);

@@ -13,6 +13,11 @@
 
 namespace kldq::io {
 
+// Token ids index a table (id -> token): a hostile id would size it to gigabytes. Ids may leave at
+// most this many unused slots past the tokens a file defines (docs/ARCHITECTURE.md, "Untrusted
+// input"); real tokenizers number their tokens densely.
+inline constexpr int64_t kMaxIdGap = int64_t(1) << 20;
+
 class Bpe {
  public:
   // Parses the "model" object (vocab and merges validated against each other).

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <map>
-#include <unordered_map>
 
 #include "bpe.hpp"
 #include "hf_pipeline.hpp"
@@ -14,9 +13,13 @@
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/io/tokenizer/unicode.hpp"
+#include "longest_match.hpp"
 
 namespace kldq::io {
 namespace {
+
+// Limits on hostile files (docs/ARCHITECTURE.md, "Untrusted input").
+constexpr size_t kMaxAddedChars = 1'000'000;
 
 struct AddedToken {
   std::u32string content;
@@ -43,8 +46,6 @@ class HfTokenizer final : public Tokenizer {
  private:
   // Splits text pieces around the added tokens whose `normalized` flag equals `normalized`.
   void split_added(std::vector<Piece>& pieces, bool normalized) const;
-  // The longest added token (of the given kind) at s[pos], or nullptr.
-  const AddedToken* added_at(const std::u32string& s, size_t pos, bool normalized) const;
   void parse_post_processor(const JsonPath& pp);
   void encode_text(std::u32string text, bool at_start, std::vector<int32_t>& out) const;
 
@@ -53,8 +54,9 @@ class HfTokenizer final : public Tokenizer {
   std::optional<PreTokenizer> pre_tokenizer_;
   std::optional<Decoder> decoder_;
   std::vector<AddedToken> added_;  // `normalized` ones hold their normalized text
-  // Indices into added_ by first character, longest token first; [0]: raw, [1]: normalized.
-  std::unordered_map<char32_t, std::vector<size_t>> by_first_[2];
+  // [0]: raw, [1]: normalized tokens; a match's index picks from added_of_ of the same kind.
+  LongestMatch matcher_[2];
+  std::vector<size_t> added_of_[2];
   std::vector<int32_t> prefix_ids_, suffix_ids_;  // post-processor template around the text
   std::vector<std::string> id_to_token_;
   std::vector<char> special_;  // by id
@@ -76,10 +78,17 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
   if (root.has("decoder")) decoder_ = Decoder::parse(root["decoder"]);
   if (root.has("added_tokens")) {
     const JsonPath added = root["added_tokens"];
+    // Ids past the vocabulary leave gaps in id_to_token_: bounded so a hostile id cannot make it
+    // huge. Real tokenizers number added tokens right after the vocabulary.
+    const int64_t max_id = static_cast<int64_t>(id_to_token_.size() + added.size()) + kMaxIdGap;
+    size_t chars = 0;
     for (size_t i = 0; i < added.size(); ++i) {
       const JsonPath a = added[i];
       const int64_t id = a["id"].integer();
-      if (id < 0 || id > (1 << 30)) a["id"].fail("invalid id");
+      if (id < 0 || id > max_id)
+        a["id"].fail(
+            fmt::format("invalid id (0 to {}: the vocabulary, the added tokens and {} more)",
+                        max_id, kMaxIdGap));
       AddedToken t{unicode::decode_utf8(a["content"].str()),
                    static_cast<int32_t>(id),
                    a.bool_or("special", false),
@@ -88,8 +97,17 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
                    a.bool_or("single_word", false),
                    a.bool_or("normalized", false)};
       if (t.content.empty()) a["content"].fail("empty added token");
+      if ((chars += t.content.size()) > kMaxAddedChars)
+        a["content"].fail(
+            fmt::format("added tokens longer than {} characters in all", kMaxAddedChars));
       // tokenizers matches (and decodes) a `normalized` token by its normalized text.
-      if (t.normalized && normalizer_) normalizer_->apply(t.content);
+      if (t.normalized && normalizer_) {
+        normalizer_->apply(t.content);
+        // Counted again as matched: a normalizer may expand the text (raw + normalized count).
+        if ((chars += t.content.size()) > kMaxAddedChars)
+          a["content"].fail(fmt::format("added tokens longer than {} characters in all, normalized",
+                                        kMaxAddedChars));
+      }
       if (t.content.empty()) a["content"].fail("added token normalizes to nothing");
       if (id_to_token_.size() <= static_cast<size_t>(id)) id_to_token_.resize(id + 1);
       id_to_token_[id] = unicode::encode_utf8(t.content);
@@ -98,13 +116,12 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
   }
   special_.assign(id_to_token_.size(), 0);
   for (const auto& t : added_) special_[t.id] = t.special;
-  for (size_t i = 0; i < added_.size(); ++i)
-    by_first_[added_[i].normalized][added_[i].content[0]].push_back(i);
-  for (auto& index : by_first_)
-    for (auto& [c, list] : index)
-      std::stable_sort(list.begin(), list.end(), [&](size_t x, size_t y) {
-        return added_[x].content.size() > added_[y].content.size();
-      });
+  std::vector<std::u32string> patterns[2];
+  for (size_t i = 0; i < added_.size(); ++i) {
+    patterns[added_[i].normalized].push_back(added_[i].content);
+    added_of_[added_[i].normalized].push_back(i);
+  }
+  for (int k = 0; k < 2; ++k) matcher_[k] = LongestMatch(patterns[k]);
   if (root.has("post_processor")) parse_post_processor(root["post_processor"]);
   description_ = fmt::format("tokenizer.json: BPE, {} tokens, {} added", bpe_->id_to_token().size(),
                              added_.size());
@@ -147,16 +164,6 @@ void HfTokenizer::parse_post_processor(const JsonPath& pp) {
   }
 }
 
-const AddedToken* HfTokenizer::added_at(const std::u32string& s, size_t pos,
-                                        bool normalized) const {
-  const auto& index = by_first_[normalized];
-  auto it = index.find(s[pos]);
-  if (it == index.end()) return nullptr;
-  for (size_t i : it->second)
-    if (s.compare(pos, added_[i].content.size(), added_[i].content) == 0) return &added_[i];
-  return nullptr;
-}
-
 void HfTokenizer::split_added(std::vector<Piece>& pieces, bool normalized) const {
   std::vector<Piece> out;
   for (auto& p : pieces) {
@@ -165,13 +172,14 @@ void HfTokenizer::split_added(std::vector<Piece>& pieces, bool normalized) const
       continue;
     }
     const std::u32string& s = p.text;
+    const std::vector<int32_t> longest = matcher_[normalized].longest_at(s);  // [s.size()]
     size_t pos = 0, emitted = 0;
     while (pos < s.size()) {
-      const AddedToken* hit = added_at(s, pos, normalized);
-      if (!hit) {
+      if (longest[pos] < 0) {
         ++pos;
         continue;
       }
+      const AddedToken* hit = &added_[added_of_[normalized][longest[pos]]];
       if (hit->single_word) {
         // As tokenizers: a single_word match inside a word (Rust regex \w on either side) is
         // dropped, and its text stays plain (no shorter token is tried in its place).

@@ -1,0 +1,41 @@
+// The data of `kldq eval` (perplexity windows, MMLU questions, zero-shot tasks, saved reference
+// predictions): options resolved, files read, tokenized and checked before any model is loaded.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "commands.hpp"
+#include "eval_tasks.hpp"
+#include "kldq/eval/mmlu.hpp"
+#include "kldq/eval/perplexity.hpp"
+#include "kldq/io/tokenizer/tokenizer.hpp"
+
+namespace kldq::cli {
+
+// The evaluation data, read and checked before any model is loaded.
+struct Inputs {
+  eval::PplOptions ppl;
+  std::vector<int32_t> tokens;
+  std::vector<eval::Window> windows;
+  eval::MmluOptions mmlu;
+  eval::MmluData mmlu_data;
+  std::vector<eval::MmluItem> items;
+  eval::AnswerTokens answers;
+  std::string mmlu_tag;  // "5shot:5"
+  std::optional<std::vector<eval::MmluPrediction>> ref_predictions;
+  std::string ppl_sha256, mmlu_sha256;  // hashed before any model runs
+  TaskInputs tasks;
+};
+
+// Protocol settings from the options alone (errors before any file is read); `max_ctx`: the
+// models' context.
+Inputs settings_from(const EvalCliOptions& o, int64_t max_ctx);
+// Reads, tokenizes and checks the perplexity text and MMLU (with saved reference predictions).
+void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in);
+// Token ids the models have embeddings for: a tokenizer with more added tokens than the model's
+// vocabulary would otherwise index out of range on the device.
+void check_vocabulary(const Inputs& in, int64_t vocab);
+
+}  // namespace kldq::cli

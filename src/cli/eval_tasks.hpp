@@ -1,0 +1,39 @@
+// The zero-shot tasks of `kldq eval --tasks` (docs/PROTOCOLS.md, "Zero-shot tasks"): read and
+// checked before any model loads, then scored on the model and its reference with flips.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "commands.hpp"
+#include "kldq/eval/tasks.hpp"
+
+namespace kldq::cli {
+
+struct TaskInputs {
+  std::vector<eval::Task> tasks;
+  std::vector<eval::TaskTokens> tokens;  // per task
+  // Per task: the reference's predictions read from --reference-task-predictions, if given.
+  std::vector<std::optional<std::vector<eval::TaskPrediction>>> ref;
+  eval::TaskOptions options;
+  // Over every item, for the memory estimate: the most choices, the longest input, the longest
+  // shared prefix and the longest input past its item's shared prefix.
+  int64_t max_choices = 0, max_tokens = 0, max_shared = 0, max_rest = 0;
+};
+
+// Reads --tasks from --tasks-dir (and --reference-task-predictions) and tokenizes them; `max_ctx`
+// and `vocab`: the models' context and vocabulary. Empty when --tasks is not given.
+TaskInputs read_tasks(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t max_ctx,
+                      int64_t vocab);
+
+// Scores every task on `m` (and `ref` when given and no saved reference predictions), adds
+// "tasks" and "tasks_settings" to `j` and returns the predictions JSONL. `summary` gets one line
+// per task.
+std::string run_tasks(const TaskInputs& in, const EvalCliOptions& o, const model::Decoder& m,
+                      const model::Decoder* ref, const std::string& pred_path, nlohmann::json& j,
+                      std::string& summary);
+
+}  // namespace kldq::cli

@@ -1,0 +1,125 @@
+// Generation: prefill of the left-padded prompts through the KV cache, then one cached step per
+// new token. Greedy decoding takes the argmax of the fp32 logits (first index on ties, as
+// torch.argmax), so it matches transformers' generate token for token where the logits agree.
+#include "kldq/eval/generate.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "kldq/core/error.hpp"
+#include "kldq/io/json_util.hpp"
+
+namespace kldq::eval {
+
+at::Tensor choose_tokens(const at::Tensor& logits, const Sampling& s, at::Generator& gen) {
+  at::Tensor x = logits.to(at::kCPU, at::kFloat);  // [B, V]
+  if (s.temperature <= 0) return x.argmax(-1);
+  // transformers' order: temperature, then top-k, then top-p, on the scaled logits.
+  x = x / s.temperature;
+  const double ninf = -std::numeric_limits<double>::infinity();
+  if (s.top_k > 0 && s.top_k < x.size(-1)) {
+    const at::Tensor kth = std::get<0>(x.topk(s.top_k, -1)).narrow(-1, s.top_k - 1, 1);
+    x = x.masked_fill(x < kth, ninf);
+  }
+  if (s.top_p < 1) {
+    // Ascending sort: drop the tokens whose cumulative probability stays within 1 - p (the
+    // least likely), always keeping the most likely one.
+    auto [sorted, order] = x.sort(-1, /*descending=*/false);
+    const at::Tensor cum = sorted.softmax(-1).cumsum(-1);  // [B, V]
+    at::Tensor drop = cum <= 1 - s.top_p;
+    drop.narrow(-1, x.size(-1) - 1, 1).fill_(false);
+    x = x.masked_fill(drop.scatter(-1, order, drop), ninf);
+  }
+  const at::Tensor p = x.softmax(-1);  // [B, V] fp32
+  if (!at::isfinite(p).all().item<bool>())
+    throw IoError("sampling: the model's logits are not finite (inf or NaN) for this prompt");
+  return at::multinomial(p, 1, /*replacement=*/false, gen).squeeze(-1);
+}
+
+std::vector<std::vector<int64_t>> generate(const model::Decoder& m,
+                                           const std::vector<std::vector<int64_t>>& prompts,
+                                           const GenerateOptions& o,
+                                           const std::function<void(size_t, int64_t)>& on_token,
+                                           GenerateStats* stats, at::Generator* gen) {
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  check(!prompts.empty(), "generate: no prompts");
+  const int64_t B = static_cast<int64_t>(prompts.size());
+  int64_t longest = 0;
+  for (const auto& p : prompts) {
+    check(!p.empty(), "generate: an empty prompt");
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
+  }
+  if (longest + o.max_new_tokens > m.config().max_position_embeddings)
+    throw ConfigError(fmt::format(
+        "the longest prompt ({} tokens) and {} new tokens exceed the model's context of {} "
+        "(max_position_embeddings)",
+        longest, o.max_new_tokens, m.config().max_position_embeddings));
+  std::vector<int64_t> pad;
+  // [B, longest] int64, left-padded; pad columns hold id 0 (never attended)
+  at::Tensor ids = at::zeros({B, longest}, at::kLong);
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& p = prompts[size_t(b)];
+    pad.push_back(longest - static_cast<int64_t>(p.size()));
+    ids[b].narrow(0, pad.back(), static_cast<int64_t>(p.size())).copy_(at::tensor(p, at::kLong));
+  }
+  std::vector<std::vector<int64_t>> out(prompts.size());
+  if (o.max_new_tokens <= 0) return out;
+  // The last new token is never fed back: the cache needs longest + max_new - 1 columns.
+  model::Decoder::KvCache cache = m.new_cache(pad, longest + o.max_new_tokens - 1);
+  at::Generator own = at::detail::createCPUGenerator(o.sampling.seed);
+  std::vector<bool> done(prompts.size(), false);
+  at::Tensor hidden = m.run_cached(ids, cache).narrow(1, longest - 1, 1);  // [B, 1, H]
+  auto t1 = t0;
+  for (int64_t step = 0; step < o.max_new_tokens; ++step) {
+    const at::Tensor next =
+        choose_tokens(m.head(hidden).select(1, 0), o.sampling, gen ? *gen : own);  // [B]
+    if (step == 0) t1 = Clock::now();
+    const int64_t* n = next.data_ptr<int64_t>();
+    bool all_done = true;
+    for (size_t b = 0; b < out.size(); ++b) {
+      if (done[b]) continue;
+      out[b].push_back(n[b]);
+      if (on_token) on_token(b, n[b]);
+      done[b] = std::find(o.stop.begin(), o.stop.end(), n[b]) != o.stop.end();
+      all_done = all_done && done[b];
+    }
+    if (all_done || step + 1 == o.max_new_tokens) break;
+    hidden = m.run_cached(next.view({B, 1}), cache);  // finished rows run on, unread
+  }
+  if (stats) {
+    const auto t2 = Clock::now();
+    stats->prefill_s += std::chrono::duration<double>(t1 - t0).count();
+    stats->decode_s += std::chrono::duration<double>(t2 - t1).count();
+    for (size_t b = 0; b < out.size(); ++b)
+      stats->prompt_tokens += static_cast<int64_t>(prompts[b].size()),
+          stats->new_tokens += static_cast<int64_t>(out[b].size());
+  }
+  return out;
+}
+
+std::vector<int64_t> stop_tokens(const std::filesystem::path& dir) {
+  for (const char* name : {"generation_config.json", "config.json"}) {
+    const auto file = dir / name;
+    if (!std::filesystem::is_regular_file(file)) continue;
+    const nlohmann::json j = io::read_json_file(file, /*config=*/true);
+    if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null()) continue;
+    const nlohmann::json& e = j["eos_token_id"];
+    std::vector<int64_t> ids;
+    for (const auto& v : e.is_array() ? e : nlohmann::json::array({e})) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0)
+        throw ConfigError(
+            fmt::format("{}: eos_token_id: expected a token id or a list of them, "
+                        "got {}",
+                        file.string(), e.dump()));
+      ids.push_back(v.get<int64_t>());
+    }
+    return ids;
+  }
+  return {};
+}
+
+}  // namespace kldq::eval

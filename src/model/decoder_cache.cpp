@@ -1,0 +1,75 @@
+// The decoder with a key/value cache: a left-padded batch prefilled and then extended a few
+// tokens at a time, each step attending over every cached column (generation, decode speed).
+//
+// Layout of one block's cache, row b (pad[b] = 2, len = 5, capacity = 8):
+//
+//   column    0    1    2    3    4    5    6    7
+//   token    pad  pad  t0   t1   t2   --   --   --      (t0 at position 0, t2 at position 2)
+//
+// A query at column c attends to key columns k with pad[b] <= k <= c. Pad columns attend to
+// themselves only, so their (unused) outputs stay finite. Every step attends over all
+// `capacity` columns (the unfilled ones masked and zeroed, so no NaN of uninitialised memory
+// reaches P.V): the attention's shapes stay fixed from step to step, so backends that plan per
+// shape (cuDNN's SDPA on Hopper) plan once rather than once per generated token.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "kldq/core/error.hpp"
+#include "kldq/model/decoder.hpp"
+
+namespace kldq::model {
+
+Decoder::KvCache Decoder::new_cache(std::vector<int64_t> pad, int64_t capacity) const {
+  if (capacity > config_.max_position_embeddings)
+    throw ConfigError(
+        fmt::format("a cache of {} positions exceeds the model's context of {} "
+                    "(max_position_embeddings)",
+                    capacity, config_.max_position_embeddings));
+  check(!pad.empty() && capacity > 0, "new_cache: no rows or no capacity");
+  for (int64_t p : pad) check(p >= 0 && p < capacity, "new_cache: pad outside the capacity");
+  KvCache c;
+  const int64_t B = static_cast<int64_t>(pad.size());
+  const auto opts = at::TensorOptions().dtype(dtype_).device(device_);
+  for (int i = 0; i < num_blocks(); ++i) {
+    c.k.push_back(at::zeros({B, config_.num_kv_heads, capacity, config_.head_dim}, opts));
+    c.v.push_back(at::zeros({B, config_.num_kv_heads, capacity, config_.head_dim}, opts));
+  }
+  c.pad = std::move(pad);
+  c.capacity = capacity;
+  return c;
+}
+
+at::Tensor Decoder::run_cached(const at::Tensor& ids, KvCache& cache) const {
+  check(ids.dim() == 2 && ids.size(0) == static_cast<int64_t>(cache.pad.size()) && ids.size(1) > 0,
+        "run_cached: ids must be [B, T] with the cache's B");
+  const int64_t B = ids.size(0), T = ids.size(1), len = cache.len;
+  if (len + T > cache.capacity)
+    throw ConfigError(
+        fmt::format("{} tokens exceed the cache's capacity of {}", len + T, cache.capacity));
+  // Positions [B, T]: column - pad, clamped at 0 on pad columns; RoPE rows gathered from the
+  // same fp32-computed table the uncached forward uses (so position p rotates identically).
+  // Built on the device: no host tensor of the mask's size and no copy of it per step.
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
+  const at::Tensor pad = at::tensor(cache.pad, at::kLong).to(device_).view({B, 1});  // [B, 1]
+  const at::Tensor cols = at::arange(len, len + T, i64).view({1, T});                // [1, T]
+  const at::Tensor pos = (cols - pad).clamp_min(0);                                  // [B, T]
+  const int64_t K = cache.capacity;
+  const RopeTable& r = rope(K);  // built once for the cache's span
+  cache.cos = r.cos.index_select(0, pos.flatten()).view({B, T, config_.head_dim});
+  cache.sin = r.sin.index_select(0, pos.flatten()).view({B, T, config_.head_dim});
+  // Mask [B, 1, T, K]: key k visible to query column c iff k <= c and (k >= pad, or c is
+  // itself a pad column and k == c).
+  const at::Tensor keys = at::arange(K, i64).view({1, 1, K});  // [1, 1, K]
+  const at::Tensor q = cols.view({1, T, 1}), p = pad.view({B, 1, 1});
+  const at::Tensor real = (keys >= p).logical_and(keys <= q);  // [B, T, K]
+  const at::Tensor self_pad = (q < p).logical_and(keys == q);  // [B, T, K]
+  cache.mask = real.logical_or(self_pad).unsqueeze(1);         // [B, 1, T, K]
+
+  at::Tensor hidden = embed(ids);
+  for (int i = 0; i < num_blocks(); ++i) hidden = run_block(i, hidden, &cache);
+  cache.len = len + T;
+  cache.cos = cache.sin = cache.mask = at::Tensor();
+  return hidden;
+}
+
+}  // namespace kldq::model
