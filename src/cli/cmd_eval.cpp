@@ -306,6 +306,7 @@ int run_eval(const EvalCliOptions& o) {
     j["mmlu_settings"] = {{"protocol", in.mmlu_tag},    {"limit", in.mmlu.limit},
                           {"max_len", in.mmlu.max_len}, {"path", o.mmlu},
                           {"sha256", in.mmlu_sha256},   {"predictions", pred_path.string()}};
+    j["mmlu_settings"]["shared_prefix"] = in.mmlu.shared_prefix;
     predictions = eval::predictions_jsonl(preds, in.mmlu_tag);
   }
   std::string more_lines, task_predictions;
@@ -352,6 +353,9 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_option("--mmlu-protocol", opts->mmlu_protocol, "5shot (default) or chat0shot");
   sub->add_option("--shots", opts->shots, "dev examples per prompt (5shot protocol; default 5)")
       ->check(CLI::Range(0, 64));
+  sub->add_flag("--mmlu-unshared", opts->mmlu_unshared,
+                "run every MMLU prompt whole instead of each subject's few-shot prefix once "
+                "(the same scores; for benchmarks)");
   sub->add_option("--mmlu-limit", opts->mmlu_limit, "first N test questions in subject order")
       ->check(CLI::PositiveNumber);
   sub->add_option("--predictions", opts->predictions,

@@ -41,8 +41,9 @@ struct EvalCliOptions {
   int64_t ctx = 0, stride = 0, batch = 1, mmlu_limit = 0, tasks_limit = 0;
   int shots = -1;
   bool kld = false;
-  bool speed = false;       // prefill and decode tokens/s (eval_speed.hpp)
-  MethodCliOptions method;  // quantization in memory (--base, --plan): method and calibration
+  bool speed = false;          // prefill and decode tokens/s (eval_speed.hpp)
+  bool mmlu_unshared = false;  // every MMLU prompt run whole (benchmarks of the shared prefix)
+  MethodCliOptions method;     // quantization in memory (--base, --plan): method and calibration
   ComputeOptions compute;
 };
 // `kldq eval`: writes `out` (metrics JSON) and the MMLU and task predictions beside it.

@@ -33,6 +33,7 @@ Inputs settings_from(const EvalCliOptions& o, int64_t max_ctx) {
     in.mmlu.limit = o.mmlu_limit;
     in.mmlu.batch = o.batch;
     in.mmlu.max_len = max_ctx;
+    in.mmlu.shared_prefix = !o.mmlu_unshared;
     in.mmlu_tag = fmt::format("{}:{}", chat ? "chat0shot" : "5shot", in.mmlu.shots);
   }
   return in;

@@ -45,9 +45,10 @@ nlohmann::json measure_speed(const model::Decoder& m, const SpeedProtocol& p,
       prompts.emplace_back(row, row + p.prompt);
     }
     eval::GenerateOptions o;  // greedy; no stop ids: every row emits all new tokens
-    o.max_new_tokens = 8;     // warm-up: kernels load and pick algorithms, untimed
-    eval::generate(m, prompts, o);
     o.max_new_tokens = p.new_tokens;
+    // Warm-up, untimed: the same run once (kernels load lazily, cuBLAS and cuDNN plan per shape,
+    // and the cache's shapes depend on the number of new tokens).
+    eval::generate(m, prompts, o);
     eval::GenerateStats s;
     eval::generate(m, prompts, o, {}, &s);
     // The first new token belongs to the prefill (its logits come from the prompt's pass).
