@@ -40,18 +40,21 @@ double seconds_since(Clock::time_point t) {
 
 // Device bytes of one batch of task items (tasks_score.cpp): B items' shared prefixes [B, P]
 // run into a cache of S = P + Tr columns, copied to one row per choice, and the choices' rests
-// [B C, Tr] attending over it; attention scores counted in fp32 as the math kernel makes them
-// (CUDA's fused kernels make fewer). A batch wider than the context runs its inputs whole.
+// [B C, Tr] attending over it; attention counted as the math kernel allocates it (CUDA's fused
+// kernels allocate less). A batch wider than the context runs its inputs whole.
 uint64_t tasks_working(const TaskInputs& t, int64_t batch, const model::ModelConfig& c,
                        c10::ScalarType dtype) {
   const uint64_t B = uint64_t(batch), R = B * uint64_t(t.max_choices), e = c10::elementSize(dtype);
   const uint64_t heads = uint64_t(c.num_heads), ctx = uint64_t(c.max_position_embeddings);
   const uint64_t P = uint64_t(t.max_shared), Tr = uint64_t(t.max_rest), S = std::min(P + Tr, ctx);
   const uint64_t kv = 2 * uint64_t(c.num_layers) * uint64_t(c.kv_dim()) * S * e;  // per row
-  const uint64_t prefix =
-      model::forward_bytes(c, int64_t(B), int64_t(P), dtype) + 4 * B * heads * P * S;
-  const uint64_t rest =
-      model::forward_bytes(c, int64_t(R), int64_t(Tr), dtype) + R * Tr * S * (4 * heads + 1);
+  // The math kernel also repeats K and V to every query head over the S columns in fp32 and
+  // makes a float copy of the mask (4 + 1 bytes per mask entry with the boolean).
+  const uint64_t kv_math = 2 * S * uint64_t(c.q_dim()) * 4;  // per row
+  const uint64_t prefix = model::forward_bytes(c, int64_t(B), int64_t(P), dtype) +
+                          B * (P * S * (4 * heads + 5) + kv_math);
+  const uint64_t rest = model::forward_bytes(c, int64_t(R), int64_t(Tr), dtype) +
+                        R * (Tr * S * (4 * heads + 5) + kv_math);
   const uint64_t cached = (B + R) * kv + std::max(prefix, rest);
   if (P + Tr <= ctx) return cached;
   const uint64_t T = std::min(uint64_t(t.max_tokens), ctx);  // whole inputs, causal
@@ -160,6 +163,7 @@ int run_eval(const EvalCliOptions& o) {
   if (!o.base.empty() && !o.plan.empty()) throw ConfigError("--base and --plan exclude each other");
   if (!o.reference_predictions.empty() && o.mmlu.empty())
     throw ConfigError("--reference-predictions: needs --mmlu");
+  if (o.mmlu_unshared && o.mmlu.empty()) throw ConfigError("--mmlu-unshared: needs --mmlu");
   for (const auto& [given, what] :
        {std::pair{!o.tasks_dir.empty(), "--tasks-dir"},
         {o.tasks_limit > 0, "--tasks-limit"},
@@ -204,6 +208,7 @@ int run_eval(const EvalCliOptions& o) {
   const RunContext ctx = context_from(o.compute);
   // Windows and prompts must fit both models' context and vocabulary.
   model::ModelConfig config = model::load_config(fs::path(o.model) / "config.json");
+  if (o.speed) check_speed_protocol(config, SpeedProtocol{});  // MODEL alone generates
   if (!o.reference.empty()) {
     const model::ModelConfig rc = model::load_config(fs::path(o.reference) / "config.json");
     config.max_position_embeddings =
@@ -215,7 +220,6 @@ int run_eval(const EvalCliOptions& o) {
   read_data(o, *tokenizer, in);
   in.tasks = read_tasks(o, *tokenizer, config.max_position_embeddings, config.vocab_size);
   check_vocabulary(in, config.vocab_size);
-  if (o.speed) check_speed_protocol(config, SpeedProtocol{});
 
   // Calibration for gptq/awq, from MODEL's tokenizer (the one the plan's layers are fitted on).
   // The method's settings (a plan's recorded ones under the command line's), resolved once.
@@ -233,7 +237,10 @@ int run_eval(const EvalCliOptions& o) {
   const model::MemoryNeeds needs =
       eval_needs(o, plan, method, cal, config, in, need_ref && !o.reference.empty(), ctx);
   const model::MemoryPlan residency =
-      plan_residency(ctx, o.compute, needs, "--batch, --ctx or --mmlu's prompt length");
+      plan_residency(ctx, o.compute, needs,
+                     o.speed ? "--batch, --ctx or --mmlu's prompt length (--speed needs batch 16 "
+                               "of 384 positions)"
+                             : "--batch, --ctx or --mmlu's prompt length");
   std::string described;
   auto [m, ref] = load_models(o, plan, method, cal, ctx, need_ref, residency.streamed, described);
   const std::string ref_name = o.reference.empty() ? (ref ? o.model : "") : o.reference;

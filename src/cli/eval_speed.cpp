@@ -11,12 +11,13 @@
 
 namespace kldq::cli {
 
-void check_speed_protocol(const model::ModelConfig& c, const SpeedProtocol& p) {
+void check_speed_protocol(const model::ModelConfig& c, const SpeedProtocol& p,
+                          const std::string& what) {
   if (p.prompt + p.new_tokens > c.max_position_embeddings)
-    throw ConfigError(fmt::format(
-        "--speed: prompts of {} tokens and {} new tokens exceed the model's context of {} "
-        "(max_position_embeddings)",
-        p.prompt, p.new_tokens, c.max_position_embeddings));
+    throw ConfigError(
+        fmt::format("{}: prompts of {} tokens and {} new tokens exceed the model's context of {} "
+                    "(max_position_embeddings)",
+                    what, p.prompt, p.new_tokens, c.max_position_embeddings));
 }
 
 uint64_t speed_working(const model::ModelConfig& c, const SpeedProtocol& p, c10::ScalarType dtype) {
@@ -34,6 +35,9 @@ uint64_t speed_working(const model::ModelConfig& c, const SpeedProtocol& p, c10:
 nlohmann::json measure_speed(const model::Decoder& m, const SpeedProtocol& p,
                              std::string& summary) {
   check_speed_protocol(m.config(), p);
+  // As every other evaluation: no autograd records, and the layers' shared dequantization
+  // workspace (made under InferenceMode by an earlier evaluation) may be written in place.
+  at::InferenceMode guard;
   nlohmann::json j = {{"prompt", p.prompt}, {"new_tokens", p.new_tokens}};
   at::Generator gen = at::detail::createCPUGenerator(0);  // the same prompts on every run
   for (int64_t B : p.batches) {

@@ -19,8 +19,10 @@ struct SpeedProtocol {
   std::vector<int64_t> batches{1, 16};
 };
 
-// ConfigError naming max_position_embeddings when prompt + new tokens do not fit the context.
-void check_speed_protocol(const model::ModelConfig& c, const SpeedProtocol& p);
+// ConfigError naming `what` and max_position_embeddings when prompt + new tokens do not fit the
+// context.
+void check_speed_protocol(const model::ModelConfig& c, const SpeedProtocol& p,
+                          const std::string& what = "--speed");
 // Device bytes of the largest batch's cache and prefill.
 uint64_t speed_working(const model::ModelConfig& c, const SpeedProtocol& p, c10::ScalarType dtype);
 // Runs the protocol on `m` (a short warm-up first, untimed) and returns

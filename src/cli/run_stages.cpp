@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "commands.hpp"
+#include "eval_speed.hpp"
 #include "kldq/build_config.hpp"
 #include "kldq/calib/calibration.hpp"
 #include "kldq/core/context.hpp"
@@ -230,6 +231,8 @@ void check_models(const ex::Experiment& e, bool calibrated) {
     if (calibrated && e.seq_len > c.max_position_embeddings)
       throw ConfigError(fmt::format("{}: calibration.seq_len: {} exceeds {}'s {} positions", e.path,
                                     e.seq_len, m, c.max_position_embeddings));
+    if (e.eval.speed)
+      check_speed_protocol(c, SpeedProtocol{}, fmt::format("{}: eval.speed ({})", e.path, m));
     if (e.eval.ctx > c.max_position_embeddings)
       throw ConfigError(fmt::format("{}: eval.ctx: {} exceeds {}'s {} positions", e.path,
                                     e.eval.ctx, m, c.max_position_embeddings));

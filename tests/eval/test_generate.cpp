@@ -219,7 +219,11 @@ TEST_CASE("kldq eval --speed: tokens/s of every batch, refused past the context"
   using kldq::test::run_kldq;
   kldq::test::TempDir work("eval-speed");
   const fs::path out = work / "m.json";
-  auto r = run_kldq("eval " + kStories.string() + " --base int4_g64 --speed -o " + out.string());
+  // After a perplexity pass (under InferenceMode, which makes the packed layers' workspace).
+  auto r = run_kldq("eval " + kStories.string() +
+                    " --base int4_g64 --ppl " KLDQ_SOURCE_DIR
+                    "/data/demo/wiki.test.head.txt --ctx 128 --speed -o " +
+                    out.string());
   INFO(r.err);
   REQUIRE(r.rc == 0);
   const auto j = nlohmann::json::parse(kldq::test::read_text(out));
@@ -255,4 +259,8 @@ TEST_CASE("kldq eval --speed: tokens/s of every batch, refused past the context"
   CHECK(r.rc == 2);
   CHECK(r.err.find("max_position_embeddings") != std::string::npos);
   CHECK(!fs::exists(work / "no.json"));
+  r = run_kldq("eval " + kStories.string() + " --speed --mmlu-unshared -o " +
+               (work / "no.json").string());
+  CHECK(r.rc == 2);
+  CHECK(r.err.find("--mmlu-unshared: needs --mmlu") != std::string::npos);
 }

@@ -171,6 +171,26 @@ TEST_CASE("kldq eval MMLU 5-shot on the tiny model agrees with transformers",
   }
   CHECK(n == 110);
   CHECK(m["mmlu_acc"].get<double>() == Approx(correct / 110.0));
+  CHECK(m["mmlu_settings"]["shared_prefix"] == true);
+  // Every prompt run whole (--mmlu-unshared) gives the oracle's predictions too.
+  const auto u = run_kldq("eval " + model->string() + " --mmlu " + mmlu->string() +
+                          " --mmlu-limit 110 --batch 16 --mmlu-unshared --device cpu -o " +
+                          (dir / "u.json").string());
+  REQUIRE(u.rc == 0);
+  CHECK(nlohmann::json::parse(read_text(dir / "u.json"))["mmlu_settings"]["shared_prefix"] ==
+        false);
+  std::istringstream shared(read_text(dir / "m.predictions.jsonl")),
+      whole(read_text(dir / "u.predictions.jsonl"));
+  n = 0;
+  while (std::getline(shared, a) && std::getline(whole, b)) {
+    const auto x = nlohmann::json::parse(a), y = nlohmann::json::parse(b);
+    INFO("question " << n << ": " << a << "\n" << b);
+    CHECK(x["pred"] == y["pred"]);
+    for (int c = 0; c < 4; ++c)
+      CHECK(x["logprobs"][c].get<double>() == Approx(y["logprobs"][c].get<double>()).epsilon(1e-4));
+    ++n;
+  }
+  CHECK(n == 110);
 }
 
 TEST_CASE("MMLU with each subject's shared prefix cached equals the full prompts (CPU fp32)",

@@ -235,6 +235,18 @@ plan: {candidates: [int8, bf16]}
   CHECK(ex::plan_stages(etd, "m", "fp", all, cpu)[0].key == before);
   kldq::test::write_text(dir / "mc/piqa/valid-labels.lst", "1\n");
   CHECK(ex::plan_stages(etd, "m", "fp", all, cpu)[0].key != before);
+  // Decode speed keys the evaluations (a measurement: turning it on runs them again), not the
+  // profiles; off, the keys are those of an experiment that never heard of it.
+  const auto es = load_text(
+      dir, "s.yaml", "name: s\ndata: {calib: c.txt, ppl: p.txt}\neval: {speed: true}" + sweep);
+  CHECK(es.eval.speed);
+  const auto sts = ex::plan_stages(es, "m", "fp", all, cpu);
+  CHECK(sts[0].key != st[0].key);
+  CHECK(sts[1].key == st[1].key);
+  CHECK(sts[4].key != st[4].key);
+  const auto eo = load_text(
+      dir, "o.yaml", "name: s\ndata: {calib: c.txt, ppl: p.txt}\neval: {speed: false}" + sweep);
+  CHECK(ex::plan_stages(eo, "m", "fp", all, cpu)[4].key == st[4].key);
   for (const char* bad : {"3/3", "1", "a/b", "-1/2", "0/0", "0.5/2"})
     CHECK_THROWS_AS(ex::shard_points(e, bad), kldq::ConfigError);
 }
