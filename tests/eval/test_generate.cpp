@@ -247,6 +247,17 @@ TEST_CASE("kldq eval --speed: tokens/s of every batch, refused past the context"
   CHECK(rec["prefill_tps_b1"] == j["speed"]["b1"]["prefill_tokens_per_second"]);
   CHECK(rec.size() == 4);
   CHECK(kldq::experiment::speed_record_metrics(nlohmann::json::object()).empty());
+  // summary.csv: the four columns after the fixed ones, only when some record has them.
+  nlohmann::json with = rec, without = nlohmann::json::object();
+  with["point"] = 0, without["point"] = 1;
+  auto header = [](const std::vector<nlohmann::json>& records) {
+    const std::string csv = kldq::experiment::summary_csv(records);
+    return csv.substr(0, csv.find('\r'));
+  };
+  CHECK(header({with, without})
+            .ends_with(
+                "answer_change_rate,prefill_tps_b1,decode_tps_b1,prefill_tps_b16,decode_tps_b16"));
+  CHECK(header({without}).ends_with("answer_change_rate"));
   // A context shorter than prompt + new tokens (384): a usage error before loading, no output.
   const fs::path small = work / "ctx300";
   fs::create_directories(small);
