@@ -8,6 +8,7 @@
 #include "common.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/config.hpp"
+#include "kldq/model/foreign.hpp"
 #include "kldq/model/layout.hpp"
 #include "kldq/model/quantized.hpp"
 #include "kldq/model/weight_store.hpp"
@@ -31,7 +32,7 @@ struct LayerRow {
 int run_inspect(const InspectOptions& o) {
   const std::filesystem::path dir(o.model);
   const model::ModelConfig c = model::load_config(dir / "config.json");
-  const io::Checkpoint ck = io::Checkpoint::open(dir);
+  const io::Checkpoint ck = model::open_checkpoint(dir);
   // Header-only validation through the same checks the loader applies (shapes, dtypes, leftovers).
   model::WeightStore ws(ck, c10::kCPU, c10::kFloat);
   const model::LayerFormats formats = model::read_layer_formats(ck, c);

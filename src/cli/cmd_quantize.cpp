@@ -6,7 +6,7 @@
 #include <chrono>
 #include <iostream>
 
-#include "common.hpp"
+#include "commands.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
@@ -18,15 +18,7 @@
 namespace kldq::cli {
 namespace {
 
-struct QuantizeOptions {
-  std::string model, out, base, plan;
-  std::vector<std::string> keep;
-  bool force = false;
-  MethodCliOptions method;
-  ComputeOptions compute;
-};
-
-quant::Plan plan_from(const QuantizeOptions& o) {
+quant::Plan plan_from(const QuantizeCliOptions& o) {
   if (!o.plan.empty()) {
     if (!o.base.empty() || !o.keep.empty())
       throw ConfigError("--plan: give either --plan or --base/--keep, not both");
@@ -45,7 +37,9 @@ quant::Plan plan_from(const QuantizeOptions& o) {
   return p;
 }
 
-int run_quantize(const QuantizeOptions& o) {
+}  // namespace
+
+int run_quantize_cmd(const QuantizeCliOptions& o) {
   // The output is checked before the calibration, which may take minutes (again when written).
   directory_output(o.out, "-o", o.force, {o.model, o.plan, o.method.calib});
   const quant::Plan plan = plan_from(o);
@@ -96,10 +90,8 @@ int run_quantize(const QuantizeOptions& o) {
   return 0;
 }
 
-}  // namespace
-
 void register_quantize(CLI::App& app, Action& action) {
-  auto opts = std::make_shared<QuantizeOptions>();
+  auto opts = std::make_shared<QuantizeCliOptions>();
   auto* sub = app.add_subcommand("quantize", "write a quantized checkpoint");
   sub->add_option("MODEL", opts->model, "checkpoint directory")->required();
   sub->add_option("--base", opts->base,
@@ -113,7 +105,7 @@ void register_quantize(CLI::App& app, Action& action) {
   add_compute_options(*sub, opts->compute);
   sub->callback([&action, opts, sub] {
     note_method_options(*sub, opts->method);
-    action = [opts] { return run_quantize(*opts); };
+    action = [opts] { return run_quantize_cmd(*opts); };
   });
 }
 

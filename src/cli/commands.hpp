@@ -24,6 +24,23 @@ struct ProfileCliOptions {
 // `kldq profile`: writes `out` (and `csv`), prints the top units on stderr.
 int run_profile_cmd(const ProfileCliOptions& o);
 
+struct QuantizeCliOptions {
+  std::string model, out, base, plan;
+  std::vector<std::string> keep;
+  bool force = false;
+  MethodCliOptions method;
+  ComputeOptions compute;
+};
+// `kldq quantize`: writes the checkpoint `o.out`.
+int run_quantize_cmd(const QuantizeCliOptions& o);
+
+struct ExportCliOptions {
+  QuantizeCliOptions source;  // MODEL, and --plan/--base to quantize it first; out, force
+  std::string to;             // compressed-tensors | gguf
+};
+// `kldq export`: writes `source.out` (a directory for compressed-tensors, a file for gguf).
+int run_export_cmd(const ExportCliOptions& o);
+
 struct PlanCliOptions {
   std::vector<std::string> profiles, candidates;
   std::string restore_top, random, by, out;

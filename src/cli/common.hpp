@@ -24,6 +24,7 @@ void register_synth(CLI::App& app, Action& action);
 void register_logits(CLI::App& app, Action& action);
 void register_tokenize(CLI::App& app, Action& action);
 void register_quantize(CLI::App& app, Action& action);
+void register_export(CLI::App& app, Action& action);
 void register_eval(CLI::App& app, Action& action);
 void register_profile(CLI::App& app, Action& action);
 void register_plan(CLI::App& app, Action& action);

@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   kldq::cli::register_logits(app, action);
   kldq::cli::register_tokenize(app, action);
   kldq::cli::register_quantize(app, action);
+  kldq::cli::register_export(app, action);
   kldq::cli::register_eval(app, action);
   kldq::cli::register_profile(app, action);
   kldq::cli::register_plan(app, action);

@@ -100,13 +100,24 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
 }
 
 std::vector<std::string> Checkpoint::names() const {
-  std::vector<std::string> out;
-  out.reserve(where_.size());
-  for (const auto& [name, _] : where_) out.push_back(name);
-  return out;
+  std::set<std::string> out;
+  for (const auto& [name, _] : where_) out.insert(name);
+  for (const auto& [name, _] : derived_) out.insert(name);
+  return {out.begin(), out.end()};
+}
+
+void Checkpoint::overlay(std::map<std::string, Derived> derived, const std::set<std::string>& hidden,
+                         std::map<std::string, std::string> metadata) {
+  for (const auto& name : hidden) where_.erase(name);
+  for (auto& [name, d] : derived) {
+    where_.erase(name);
+    derived_[name] = std::move(d);
+  }
+  for (auto& [key, value] : metadata) overlay_meta_[key] = std::move(value);
 }
 
 const TensorInfo& Checkpoint::info(const std::string& name) const {
+  if (const auto d = derived_.find(name); d != derived_.end()) return d->second.info;
   auto it = where_.find(name);
   if (it == where_.end())
     throw IoError(fmt::format("{}: missing tensor '{}'", dir_.string(), name));
@@ -114,7 +125,13 @@ const TensorInfo& Checkpoint::info(const std::string& name) const {
 }
 
 at::Tensor Checkpoint::tensor(const std::string& name) const {
-  info(name);  // throws with the checkpoint's name when absent
+  const TensorInfo& i = info(name);  // throws with the checkpoint's name when absent
+  if (const auto d = derived_.find(name); d != derived_.end()) {
+    at::Tensor t = d->second.make();
+    check(t.scalar_type() == i.scalar_type && t.sizes().vec() == i.shape,
+          fmt::format("derived tensor '{}' differs from its declared dtype or shape", name));
+    return t;
+  }
   return files_[where_.at(name)]->tensor(name);
 }
 

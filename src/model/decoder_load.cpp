@@ -9,6 +9,7 @@
 #include "kldq/core/error.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/decoder.hpp"
+#include "kldq/model/foreign.hpp"
 #include "kldq/model/layout.hpp"
 #include "kldq/model/quantized.hpp"
 #include "kldq/model/weight_store.hpp"
@@ -91,7 +92,7 @@ Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10:
   d.device_ = device;
   d.dtype_ = dtype;
   const ModelConfig& c = d.config_;
-  const io::Checkpoint ck = io::Checkpoint::open(dir);
+  const io::Checkpoint ck = open_checkpoint(dir);
   WeightStore ws(ck, device, dtype);
   const LayerFormats formats = read_layer_formats(ck, c);
   ws.validate(expected_tensors(c, formats, read_input_scaled(ck, formats)));
@@ -129,7 +130,7 @@ Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10:
 
 MemoryNeeds Decoder::weight_needs(const std::filesystem::path& dir, c10::ScalarType dtype) {
   const ModelConfig c = load_config(dir / "config.json");
-  const io::Checkpoint ck = io::Checkpoint::open(dir);
+  const io::Checkpoint ck = open_checkpoint(dir);
   const LayerFormats formats = read_layer_formats(ck, c);
   MemoryNeeds n;
   n.blocks.assign(static_cast<size_t>(c.num_layers), 0);

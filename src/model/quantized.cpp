@@ -44,6 +44,10 @@ LayerFormats parse_formats(const std::string& json_text, const std::string& wher
 }  // namespace
 
 LayerFormats read_layer_formats(const io::Checkpoint& ck, const ModelConfig& config) {
+  // Another tool's checkpoint translated by open_checkpoint (model/foreign.hpp).
+  if (const auto o = ck.overlay_metadata().find(kFormatsKey); o != ck.overlay_metadata().end())
+    return parse_formats(o->second, (ck.dir() / "config.json").string() + ": quantization_config",
+                         config);
   LayerFormats formats;
   for (const auto& file : ck.files()) {
     const auto it = file->metadata().find(kFormatsKey);

@@ -11,6 +11,7 @@
 #include "kldq/core/output.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/io/json_util.hpp"
+#include "kldq/model/foreign.hpp"
 #include "kldq/model/quantized.hpp"
 #include "kldq/model/weight_store.hpp"
 #include "sequential.hpp"
@@ -20,15 +21,14 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Files of a checkpoint directory that are not weights: copied into quantized checkpoints.
-bool copied_file(const fs::path& p) {
+}  // namespace
+
+bool companion_file(const fs::path& p) {
   const std::string name = p.filename().string(), ext = p.extension().string();
   return fs::is_regular_file(p) && ext != ".safetensors" && ext != ".bin" && ext != ".pt" &&
          ext != ".pth" && name != "model.safetensors.index.json" && name != model::kPlanFile &&
          !name.starts_with(".");
 }
-
-}  // namespace
 
 model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& c,
                                 const model::LayerFormats& formats, const MethodOptions& o,
@@ -203,7 +203,7 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
                                 const WriteOptions& options) {
   const fs::path out = directory_output(out_arg, "-o", options.force, {src});
   const model::ModelConfig config = model::load_config(src / "config.json");
-  const io::Checkpoint ck = io::Checkpoint::open(src);
+  const io::Checkpoint ck = model::open_checkpoint(src);
   // The source must load as a plain checkpoint (header checks only, nothing is read yet).
   if (!model::read_layer_formats(ck, config).empty())
     throw ConfigError(
@@ -278,7 +278,7 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
     }
     writer.commit();
     for (const auto& entry : fs::directory_iterator(src))
-      if (copied_file(entry.path())) fs::copy_file(entry.path(), tmp / entry.path().filename());
+      if (companion_file(entry.path())) fs::copy_file(entry.path(), tmp / entry.path().filename());
     nlohmann::json plan_json = plan.to_json();
     plan_json["method"] = method.method;
     plan_json["method_settings"] = method_json(method, calibrated.identity);

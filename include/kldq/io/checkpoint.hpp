@@ -6,8 +6,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -40,10 +42,24 @@ class Checkpoint {
   // models; it is not a full hash of the weights.
   std::string fingerprint() const;
 
+  // Another tool's layout presented as kldq's (model/foreign.hpp): `derived` tensors are added or
+  // replace stored ones of the same name (made on demand by `make`, checked against `info`),
+  // `hidden` stored tensors disappear, and `metadata` is what the headers would carry.
+  struct Derived {
+    TensorInfo info;
+    std::function<at::Tensor()> make;
+  };
+  void overlay(std::map<std::string, Derived> derived, const std::set<std::string>& hidden,
+               std::map<std::string, std::string> metadata);
+  // Header metadata of the overlay (empty for checkpoints read as stored).
+  const std::map<std::string, std::string>& overlay_metadata() const { return overlay_meta_; }
+
  private:
   std::filesystem::path dir_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
   std::map<std::string, size_t> where_;  // tensor name -> index into files_
+  std::map<std::string, Derived> derived_;
+  std::map<std::string, std::string> overlay_meta_;
 };
 
 }  // namespace kldq::io

@@ -99,6 +99,10 @@ QuantizedLayers quantize_layers(model::Decoder& model, const model::LayerFormats
 // Replaces the layers of `model` named in `layers` by their quantized form.
 void apply_layers(model::Decoder& model, const QuantizedLayers& layers);
 
+// Files of a checkpoint directory that are not weights (config, tokenizer, generation config):
+// copied into the checkpoints kldq writes. Not quantization.json, hidden files or weights.
+bool companion_file(const std::filesystem::path& p);
+
 struct WriteOptions {
   bool force = false;              // replace an existing checkpoint at the output
   c10::Device device = c10::kCPU;  // where hqq fits each streamed weight

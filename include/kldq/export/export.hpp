@@ -1,0 +1,74 @@
+// Exports of quantized checkpoints to formats other tools load (docs/FORMATS.md, "Export"):
+// compressed-tensors (vLLM, transformers; a directory) and GGUF (llama.cpp; one file). The source
+// is a checkpoint kldq wrote (`kldq quantize`) or a plain one (every layer dense). Exact where the
+// target has the same codes and scales; otherwise the layer is re-quantized and the result says so.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "kldq/formats/packed.hpp"
+#include "kldq/io/checkpoint.hpp"
+#include "kldq/model/config.hpp"
+#include "kldq/model/layout.hpp"
+
+namespace kldq::exporting {
+
+enum class Target { COMPRESSED_TENSORS, GGUF };
+Target parse_target(const std::string& text, const std::string& what);
+const char* target_name(Target t);
+
+// A checkpoint to export: its config, tensors and the format of every quantized layer.
+class Source {
+ public:
+  // IoError/ConfigError naming `dir` when it does not load (checked as `kldq eval` checks it).
+  explicit Source(const std::filesystem::path& dir);
+  const std::filesystem::path& dir() const { return dir_; }
+  const model::ModelConfig& config() const { return config_; }
+  const io::Checkpoint& checkpoint() const { return ck_; }
+  const model::LayerFormats& formats() const { return formats_; }
+  const std::set<std::string>& input_scaled() const { return scaled_; }
+  // Every tensor of the checkpoint, in kldq's order (embeddings, blocks, norm, head).
+  const std::vector<model::TensorSlot>& slots() const { return slots_; }
+  // A quantized layer's stored tensors (views of the file).
+  formats::PackedWeight packed(const std::string& layer) const;
+  at::Tensor tensor(const std::string& name) const { return ck_.tensor(name); }
+
+ private:
+  std::filesystem::path dir_;
+  model::ModelConfig config_;
+  io::Checkpoint ck_;
+  model::LayerFormats formats_;
+  std::set<std::string> scaled_;
+  std::vector<model::TensorSlot> slots_;
+};
+
+struct ExportOptions {
+  bool force = false;              // replace an existing output kldq wrote
+  std::filesystem::path original;  // the unquantized checkpoint, when known: GGUF re-quantizes
+                                   // from its weights instead of kldq's dequantized ones
+};
+
+// What an export did: the layers written exactly and those re-quantized (layer -> "from -> to").
+struct ExportReport {
+  int exact_layers = 0;
+  std::map<std::string, std::string> requantized;
+  uint64_t bytes = 0;  // size of the written weights
+};
+
+// Writes a compressed-tensors checkpoint directory (config.json with quantization_config,
+// model.safetensors, tokenizer and other files copied). ConfigError naming the layers when a
+// format has no compressed-tensors equivalent or a fused group (q/k/v, gate/up) mixes schemes.
+ExportReport export_compressed_tensors(const Source& src, const std::filesystem::path& out,
+                                       const ExportOptions& options);
+
+// Writes one GGUF file for llama.cpp (architecture, tokenizer, tensors with per-tensor types).
+ExportReport export_gguf(const Source& src, const std::filesystem::path& out,
+                         const ExportOptions& options);
+
+}  // namespace kldq::exporting

@@ -1,0 +1,256 @@
+// compressed-tensors checkpoints presented in kldq's layout (the inverse of
+// src/export/compressed_tensors.cpp, which has the bit layouts):
+//
+//   pack-quantized int b in {2,3,4}, group G in {32,64,128}  ->  int<b>_g<G>[_asym]
+//   pack-quantized int 8, channel, symmetric                 ->  int8
+//   naive-/float-quantized float 8 (e4m3), channel / tensor   ->  fp8_e4m3[_tensor]
+//   ignored or untargeted layers                             ->  dense `.weight`
+//
+// weight_packed int32 rows are kldq's LSB-first code rows (bytes reinterpreted, padding dropped;
+// 8-bit values q + 128 become int8 q); weight_scale becomes fp16 (refused unless exact);
+// weight_zero_point's bit streams along the output dimension become kldq's uint8 [out, groups].
+#include "kldq/model/foreign.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "kldq/core/error.hpp"
+#include "kldq/formats/packed.hpp"
+#include "kldq/io/json_util.hpp"
+#include "kldq/io/tokenizer/regex.hpp"
+#include "kldq/io/tokenizer/unicode.hpp"
+#include "kldq/model/config.hpp"
+#include "kldq/model/layout.hpp"
+#include "kldq/model/quantized.hpp"
+
+namespace kldq::model {
+namespace {
+
+namespace fs = std::filesystem;
+using formats::Format;
+using formats::FormatSpec;
+using Derived = io::Checkpoint::Derived;
+
+// A compressed-tensors target or ignore entry: "re:REGEX" (Python's re.match: anchored at the
+// start only), a module name, or the class name "Linear" (every linear layer).
+class Target {
+ public:
+  Target(const std::string& text, const std::string& where) : text_(text) {
+    if (!text.starts_with("re:")) return;
+    std::string re = text.substr(3);
+    if (re.starts_with("^")) re.erase(0, 1);
+    if (re.ends_with("$") && !re.ends_with("\\$"))
+      re.pop_back();
+    else
+      re = "(?:" + re + ").*";
+    try {
+      regex_ = std::make_shared<io::Regex>(io::Regex::compile(re));
+    } catch (const Error& e) {
+      throw ConfigError(fmt::format("{}: target '{}': {}", where, text, e.what()));
+    }
+  }
+  bool matches(const std::string& module) const {
+    if (regex_) return regex_->full_match(io::unicode::decode_utf8(module));
+    return text_ == "Linear" || text_ == module;
+  }
+
+ private:
+  std::string text_;
+  std::shared_ptr<io::Regex> regex_;
+};
+
+std::vector<Target> targets(const nlohmann::json& list, const std::string& where) {
+  std::vector<Target> out;
+  if (list.is_null()) return out;
+  if (!list.is_array()) throw ConfigError(fmt::format("{}: expected a list of strings", where));
+  for (const auto& t : list) {
+    if (!t.is_string()) throw ConfigError(fmt::format("{}: expected a list of strings", where));
+    out.emplace_back(t.get<std::string>(), where);
+  }
+  return out;
+}
+
+// kldq's format of one config group's weights; ConfigError naming the group for the rest.
+FormatSpec group_format(const nlohmann::json& g, const std::string& top_format,
+                        const std::string& where) {
+  for (const char* key : {"input_activations", "output_activations"})
+    if (g.contains(key) && !g[key].is_null())
+      throw ConfigError(fmt::format("{}.{}: activation quantization is not supported (kldq "
+                                    "evaluates weight-only quantization)",
+                                    where, key));
+  const nlohmann::json& w = io::json_member(g, "weights", where);
+  const std::string at = where + ".weights";
+  const std::string format = g.value("format", top_format), type = w.value("type", "int"),
+                    strategy = w.value("strategy", "");
+  const int bits = w.value("num_bits", 0);
+  const bool sym = w.value("symmetric", true);
+  if (w.value("dynamic", false) != false)
+    throw ConfigError(fmt::format("{}.dynamic: dynamic weight scales are not supported", at));
+  if (w.contains("actorder") && w["actorder"] == "group")
+    throw ConfigError(fmt::format("{}.actorder: \"group\" (g_idx) is not supported", at));
+  auto refuse = [&] {
+    return ConfigError(fmt::format(
+        "{}: {} {}-bit {} {} weights in format '{}' have no exact kldq format (kldq reads "
+        "pack-quantized int2/3/4 groups of 32/64/128, pack-quantized int8 per channel, fp8 e4m3 "
+        "per channel or tensor)",
+        at, sym ? "symmetric" : "asymmetric", bits, type, strategy, format));
+  };
+  if (type == "float") {
+    if (bits != 8 || !sym || (format != "naive-quantized" && format != "float-quantized") ||
+        (strategy != "channel" && strategy != "tensor"))
+      throw refuse();
+    return FormatSpec::parse(strategy == "tensor" ? "fp8_e4m3_tensor" : "fp8_e4m3");
+  }
+  if (type != "int" || format != "pack-quantized") throw refuse();
+  if (bits == 8 && strategy == "channel" && sym) return FormatSpec::parse("int8");
+  const int group = w.value("group_size", 0);
+  if (bits < 2 || bits > 4 || strategy != "group" || (group != 32 && group != 64 && group != 128))
+    throw refuse();
+  return FormatSpec::parse(fmt::format("int{}_g{}{}", bits, group, sym ? "" : "_asym"));
+}
+
+// A float tensor as fp16, refused unless every value survives the conversion.
+at::Tensor exact_half(const at::Tensor& t, const std::string& what) {
+  const at::Tensor h = t.to(at::kHalf);
+  if (!at::equal(h.to(at::kFloat), t.to(at::kFloat)))
+    throw IoError(fmt::format("{}: scales that fp16 cannot hold exactly (kldq's int formats store "
+                              "fp16 scales)",
+                              what));
+  return h;
+}
+
+io::TensorInfo info(const std::string& name, at::ScalarType dtype, std::vector<int64_t> shape) {
+  io::TensorInfo i;
+  i.name = name;
+  i.dtype = io::safetensors_dtype_name(dtype);
+  i.scalar_type = dtype;
+  i.shape = std::move(shape);
+  i.end = static_cast<uint64_t>(i.numel()) * at::elementSize(dtype);  // bytes as kldq holds them
+  return i;
+}
+
+// The stored tensor `name`, checked to be `dtype` [shape].
+at::Tensor stored(const io::Checkpoint& ck, const std::string& name, at::ScalarType dtype,
+                  const std::vector<int64_t>& shape) {
+  const io::TensorInfo& i = ck.info(name);
+  if ((dtype != at::kFloat && i.scalar_type != dtype) || i.shape != shape)
+    throw IoError(fmt::format("{}: tensor '{}' is {} {}, expected {} [{}]", ck.dir().string(), name,
+                              i.dtype, fmt::join(i.shape, ", "), io::safetensors_dtype_name(dtype),
+                              fmt::join(shape, ", ")));
+  const at::Tensor t = ck.tensor(name);
+  if (dtype == at::kFloat && !at::isFloatingType(t.scalar_type()))
+    throw IoError(fmt::format("{}: tensor '{}' is not floating point", ck.dir().string(), name));
+  return t;
+}
+
+// Adds the kldq tensors of quantized layer `l` [out, in] to `d` and the stored ones it replaces
+// to `hidden`.
+void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec& s, int64_t out,
+               int64_t in, std::map<std::string, Derived>& d, std::set<std::string>& hidden) {
+  const std::string where = fmt::format("{}: layer '{}'", ck.dir().string(), l);
+  if (ck.contains(l + ".weight_g_idx"))
+    throw IoError(fmt::format("{}: act-order indices (weight_g_idx) are not supported", where));
+  if (s.format == Format::FP8_E4M3) {
+    const at::Tensor w = stored(ck, l + ".weight", at::kFloat8_e4m3fn, {out, in});
+    const int64_t n = s.per_tensor ? 1 : out;
+    const at::Tensor scale = ck.tensor(l + ".weight_scale");
+    if (scale.numel() != n || !at::isFloatingType(scale.scalar_type()))
+      throw IoError(fmt::format("{}: weight_scale must hold {} float value(s)", where, n));
+    hidden.insert(l + ".weight");
+    d[l + ".weight_packed"] = {info(l + ".weight_packed", at::kFloat8_e4m3fn, {out, in}),
+                               [w] { return w; }};
+    d[l + ".weight_scale"] = {info(l + ".weight_scale", at::kFloat, {n}),
+                              [scale, n] { return scale.to(at::kFloat).reshape({n}); }};
+    return;
+  }
+  const int b = s.traits().code_bits;
+  const int64_t words = (in * b + 31) / 32, groups = s.format == Format::INT8 ? 1 : in / s.group;
+  if (s.format != Format::INT8 && in % s.group != 0)
+    throw IoError(fmt::format("{}: {} columns are not whole groups of {}", where, in, s.group));
+  const at::Tensor shape = ck.tensor(l + ".weight_shape");
+  if (shape.numel() != 2 || shape.to(at::kLong)[0].item<int64_t>() != out ||
+      shape.to(at::kLong)[1].item<int64_t>() != in)
+    throw IoError(fmt::format("{}: weight_shape is not [{}, {}]", where, out, in));
+  const at::Tensor packed = stored(ck, l + ".weight_packed", at::kInt, {out, words});
+  const at::Tensor scale = stored(ck, l + ".weight_scale", at::kFloat, {out, groups});
+  hidden.insert(l + ".weight_shape");
+  if (s.format == Format::INT8) {  // stored q + 128 -> int8 q
+    d[l + ".weight_packed"] = {info(l + ".weight_packed", at::kChar, {out, in}), [packed, in] {
+                                 const at::Tensor u = packed.view(at::kByte).narrow(1, 0, in);
+                                 return (u.to(at::kShort) - 128).to(at::kChar).contiguous();
+                               }};
+    d[l + ".weight_scale"] = {info(l + ".weight_scale", at::kHalf, {out}),
+                              [scale, where] { return exact_half(scale, where).reshape({-1}); }};
+    return;
+  }
+  const int64_t bytes = (in * b + 7) / 8;
+  d[l + ".weight_packed"] = {info(l + ".weight_packed", at::kByte, {out, bytes}), [packed, bytes] {
+                               return packed.view(at::kByte).narrow(1, 0, bytes).contiguous();
+                             }};
+  d[l + ".weight_scale"] = {info(l + ".weight_scale", at::kHalf, {out, groups}),
+                            [scale, where] { return exact_half(scale, where); }};
+  if (!s.asymmetric) return;
+  const at::Tensor zp =
+      stored(ck, l + ".weight_zero_point", at::kInt, {(out * b + 31) / 32, groups});
+  hidden.insert(l + ".weight_zero_point");
+  d[l + ".weight_zero"] = {info(l + ".weight_zero", at::kByte, {out, groups}), [zp, b, out] {
+                             const at::Tensor streams = zp.t().contiguous().view(at::kByte);
+                             return formats::unpack_bits(streams, b, out).t().contiguous();
+                           }};
+}
+
+}  // namespace
+
+io::Checkpoint open_checkpoint(const fs::path& dir) {
+  io::Checkpoint ck = io::Checkpoint::open(dir);
+  const std::string where = (dir / "config.json").string() + ": quantization_config";
+  const nlohmann::json j = io::read_json_file(dir / "config.json", true);
+  if (!j.is_object() || !j.contains("quantization_config")) return ck;
+  const nlohmann::json& q = j["quantization_config"];
+  if (!q.is_object() || q.value("quant_method", "") != "compressed-tensors")
+    throw ConfigError(fmt::format("{}: quant_method '{}': kldq reads compressed-tensors "
+                                  "checkpoints and its own",
+                                  where, q.is_object() ? q.value("quant_method", "") : ""));
+  if (q.value("quantization_status", "compressed") != "compressed")
+    throw ConfigError(fmt::format("{}.quantization_status: '{}', expected 'compressed'", where,
+                                  q.value("quantization_status", "")));
+  for (const char* key : {"sparsity_config", "transform_config", "kv_cache_scheme"})
+    if (q.contains(key) && !q[key].is_null() && !q[key].empty())
+      throw ConfigError(fmt::format("{}.{}: not supported (kldq reads weight-only quantization)",
+                                    where, key));
+  const ModelConfig config = parse_config(j, (dir / "config.json").string());
+  const std::string top = q.value("format", "");
+  std::vector<std::pair<std::vector<Target>, FormatSpec>> groups;
+  for (const auto& [name, g] : io::json_member(q, "config_groups", where).items()) {
+    const std::string at = fmt::format("{}.config_groups.{}", where, name);
+    groups.push_back({targets(io::json_member(g, "targets", at), at + ".targets"),
+                      group_format(g, top, at)});
+  }
+  const std::vector<Target> ignore = targets(q.value("ignore", nlohmann::json()), where + ".ignore");
+  std::map<std::string, Derived> derived;
+  std::set<std::string> hidden;
+  nlohmann::json layer_formats = nlohmann::json::object();
+  for (int b = 0; b < config.num_layers; ++b)
+    for (Proj p : kAllProjs) {
+      const std::string name = LayerId{b, p}.name();
+      if (std::any_of(ignore.begin(), ignore.end(), [&](const Target& t) { return t.matches(name); }))
+        continue;
+      const FormatSpec* spec = nullptr;
+      for (const auto& [ts, s] : groups)
+        if (std::any_of(ts.begin(), ts.end(), [&](const Target& t) { return t.matches(name); })) {
+          if (spec && spec->name() != s.name())
+            throw ConfigError(fmt::format("{}: layer '{}' is targeted by groups of formats {} "
+                                          "and {}",
+                                          where, name, spec->name(), s.name()));
+          spec = &s;
+        }
+      if (!spec) continue;
+      const std::vector<int64_t> shape = linear_shape(config, p);
+      translate(ck, name, *spec, shape[0], shape[1], derived, hidden);
+      layer_formats[name] = spec->name();
+    }
+  ck.overlay(std::move(derived), hidden, {{kFormatsKey, layer_formats.dump()}});
+  return ck;
+}
+
+}  // namespace kldq::model
