@@ -59,6 +59,14 @@ class Target {
   std::shared_ptr<io::Regex> regex_;
 };
 
+// A string member, or `fallback` when absent or null (compressed-tensors writes nulls freely).
+std::string text(const nlohmann::json& j, const char* key, const std::string& fallback,
+                 const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  if (!j[key].is_string()) throw ConfigError(fmt::format("{}.{}: expected a string", where, key));
+  return j[key].get<std::string>();
+}
+
 std::vector<Target> targets(const nlohmann::json& list, const std::string& where) {
   std::vector<Target> out;
   if (list.is_null()) return out;
@@ -80,11 +88,13 @@ FormatSpec group_format(const nlohmann::json& g, const std::string& top_format,
                                     where, key));
   const nlohmann::json& w = io::json_member(g, "weights", where);
   const std::string at = where + ".weights";
-  const std::string format = g.value("format", top_format), type = w.value("type", "int"),
-                    strategy = w.value("strategy", "");
-  const int bits = w.value("num_bits", 0);
-  const bool sym = w.value("symmetric", true);
-  if (w.value("dynamic", false) != false)
+  const std::string format = text(g, "format", top_format, where),
+                    type = text(w, "type", "int", at), strategy = text(w, "strategy", "", at);
+  const nlohmann::json& nb = io::json_member(w, "num_bits", at);
+  if (!nb.is_number_integer()) throw ConfigError(fmt::format("{}.num_bits: expected an integer", at));
+  const int bits = nb.get<int>();
+  const bool sym = !w.contains("symmetric") || w["symmetric"] != false;
+  if (w.contains("dynamic") && !w["dynamic"].is_null() && w["dynamic"] != false)
     throw ConfigError(fmt::format("{}.dynamic: dynamic weight scales are not supported", at));
   if (w.contains("actorder") && w["actorder"] == "group")
     throw ConfigError(fmt::format("{}.actorder: \"group\" (g_idx) is not supported", at));
@@ -103,7 +113,9 @@ FormatSpec group_format(const nlohmann::json& g, const std::string& top_format,
   }
   if (type != "int" || format != "pack-quantized") throw refuse();
   if (bits == 8 && strategy == "channel" && sym) return FormatSpec::parse("int8");
-  const int group = w.value("group_size", 0);
+  const int group = w.contains("group_size") && w["group_size"].is_number_integer()
+                        ? w["group_size"].get<int>()
+                        : 0;
   if (bits < 2 || bits > 4 || strategy != "group" || (group != 32 && group != 64 && group != 128))
     throw refuse();
   return FormatSpec::parse(fmt::format("int{}_g{}{}", bits, group, sym ? "" : "_asym"));
@@ -195,7 +207,10 @@ void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec&
   hidden.insert(l + ".weight_zero_point");
   d[l + ".weight_zero"] = {info(l + ".weight_zero", at::kByte, {out, groups}), [zp, b, out] {
                              const at::Tensor streams = zp.t().contiguous().view(at::kByte);
-                             return formats::unpack_bits(streams, b, out).t().contiguous();
+                             return formats::unpack_bits(streams.narrow(1, 0, (out * b + 7) / 8),
+                                                         b, out)
+                                 .t()
+                                 .contiguous();
                            }};
 }
 
@@ -207,19 +222,23 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
   const nlohmann::json j = io::read_json_file(dir / "config.json", true);
   if (!j.is_object() || !j.contains("quantization_config")) return ck;
   const nlohmann::json& q = j["quantization_config"];
-  if (!q.is_object() || q.value("quant_method", "") != "compressed-tensors")
+  if (!q.is_object())
+    throw ConfigError(fmt::format("{}: expected an object", where));
+  const std::string method = text(q, "quant_method", "", where);
+  if (method != "compressed-tensors")
     throw ConfigError(fmt::format("{}: quant_method '{}': kldq reads compressed-tensors "
                                   "checkpoints and its own",
-                                  where, q.is_object() ? q.value("quant_method", "") : ""));
-  if (q.value("quantization_status", "compressed") != "compressed")
+                                  where, method));
+  const std::string status = text(q, "quantization_status", "compressed", where);
+  if (status != "compressed")
     throw ConfigError(fmt::format("{}.quantization_status: '{}', expected 'compressed'", where,
-                                  q.value("quantization_status", "")));
+                                  status));
   for (const char* key : {"sparsity_config", "transform_config", "kv_cache_scheme"})
     if (q.contains(key) && !q[key].is_null() && !q[key].empty())
       throw ConfigError(fmt::format("{}.{}: not supported (kldq reads weight-only quantization)",
                                     where, key));
   const ModelConfig config = parse_config(j, (dir / "config.json").string());
-  const std::string top = q.value("format", "");
+  const std::string top = text(q, "format", "", where);
   std::vector<std::pair<std::vector<Target>, FormatSpec>> groups;
   for (const auto& [name, g] : io::json_member(q, "config_groups", where).items()) {
     const std::string at = fmt::format("{}.config_groups.{}", where, name);
