@@ -21,7 +21,8 @@ int run_export_cmd(const ExportCliOptions& o) {
   const exporting::Target target = exporting::parse_target(o.to, "--to");
   const bool quantize_first = !q.plan.empty() || !q.base.empty();
   if (!quantize_first && (!q.keep.empty() || !q.method.method.empty() || !q.method.calib.empty()))
-    throw ConfigError("--keep, --method, --calib: apply when quantizing MODEL with --plan or --base");
+    throw ConfigError(
+        "--keep, --method, --calib: apply when quantizing MODEL with --plan or --base");
   // The output is checked before any work (and again when it is written).
   const std::vector<fs::path> inputs = {q.model, q.plan, q.method.calib};
   fs::path out;
@@ -50,9 +51,10 @@ int run_export_cmd(const ExportCliOptions& o) {
                                         ? exporting::export_gguf(src, out, options)
                                         : exporting::export_compressed_tensors(src, out, options);
   for (const auto& [layer, what] : r.requantized) log::warn("{}: re-quantized, {}", layer, what);
-  std::cout << fmt::format("exported {} to {} ({}): {} quantized layer(s) exact, {} re-quantized, {}",
-                           q.model, exporting::target_name(target), out.string(), r.exact_layers,
-                           r.requantized.size(), model::gib(r.bytes))
+  std::cout << fmt::format(
+                   "exported {} to {} ({}): {} quantized layer(s) exact, {} re-quantized, {}",
+                   q.model, exporting::target_name(target), out.string(), r.exact_layers,
+                   r.requantized.size(), model::gib(r.bytes))
             << "\n";
   return 0;
 }
@@ -60,9 +62,11 @@ int run_export_cmd(const ExportCliOptions& o) {
 void register_export(CLI::App& app, Action& action) {
   auto opts = std::make_shared<ExportCliOptions>();
   QuantizeCliOptions& q = opts->source;
-  auto* sub = app.add_subcommand("export", "write a checkpoint vLLM, transformers or llama.cpp load");
-  sub->add_option("MODEL", q.model,
-                  "a quantized checkpoint (kldq quantize), or a model to quantize with --plan/--base")
+  auto* sub =
+      app.add_subcommand("export", "write a checkpoint vLLM, transformers or llama.cpp load");
+  sub->add_option(
+         "MODEL", q.model,
+         "a quantized checkpoint (kldq quantize), or a model to quantize with --plan/--base")
       ->required();
   sub->add_option("--to", opts->to, "compressed-tensors (a directory) or gguf (one file)")
       ->required();

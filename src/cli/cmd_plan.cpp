@@ -43,6 +43,7 @@ plan::Request request_from(const PlanCliOptions& o) {
     throw ConfigError("--candidates: only with --budget-bpw");
   if (o.seed >= 0 && r.strategy != plan::Strategy::RANDOM)
     throw ConfigError("--seed: only with --random");
+  r.fused_groups = o.fused_groups;
   return r;
 }
 
@@ -94,6 +95,9 @@ void register_plan(CLI::App& app, Action& action) {
   sub->add_flag("--uniform", opts->uniform, "every unit at the profile's base format");
   sub->add_option("--random", opts->random, "restore a random P% of units (baseline)");
   sub->add_option("--seed", opts->seed, "seed of --random")->check(CLI::NonNegativeNumber);
+  sub->add_flag("--fused-groups", opts->fused_groups,
+                "decide each block's q/k/v and gate/up layers together (one format per group, as "
+                "vLLM's fused modules need; kldq export --to compressed-tensors requires it)");
   sub->add_option("-o,--output", opts->out, "plan JSON (default: stdout)");
   sub->callback([&action, opts] { action = [opts] { return run_plan(*opts); }; });
 }

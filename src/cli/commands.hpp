@@ -46,6 +46,7 @@ struct PlanCliOptions {
   std::string restore_top, random, by, out;
   double budget_bpw = std::nan("");  // NaN: not given
   bool uniform = false;
+  bool fused_groups = false;  // plan q/k/v and gate/up of a block together
   int64_t seed = -1;
 };
 // `kldq plan`: writes `out` (stdout when empty).

@@ -59,11 +59,14 @@ std::string unexportable(const FormatSpec& spec, int64_t in) {
     case Format::NF4:
     case Format::FP4:
       return fmt::format("no {} in compressed-tensors (nearest: int4_g{})", spec.traits().name,
-                         spec.group <= 32 ? 32 : spec.group <= 64 ? 64 : 128);
+                         spec.group <= 32   ? 32
+                         : spec.group <= 64 ? 64
+                                            : 128);
     case Format::INT4:
     case Format::INT3:
     case Format::INT2:
-      if (spec.float_zero) return "float zero points (_fz) are not in compressed-tensors (nearest: _asym)";
+      if (spec.float_zero)
+        return "float zero points (_fz) are not in compressed-tensors (nearest: _asym)";
       if (in % spec.group != 0)
         return fmt::format(
             "{} input columns are not whole groups of {} (compressed-tensors needs them; "
@@ -76,10 +79,15 @@ std::string unexportable(const FormatSpec& spec, int64_t in) {
 
 // The `weights` quantization arguments and the compressor format of a quantized layer.
 std::pair<nlohmann::json, std::string> scheme(const FormatSpec& spec) {
-  nlohmann::json w = {{"num_bits", spec.traits().code_bits}, {"type", "int"},
-                      {"symmetric", !spec.asymmetric}, {"dynamic", false},
-                      {"observer", "minmax"}, {"actorder", nullptr}, {"block_structure", nullptr},
-                      {"group_size", nullptr}, {"strategy", "channel"}};
+  nlohmann::json w = {{"num_bits", spec.traits().code_bits},
+                      {"type", "int"},
+                      {"symmetric", !spec.asymmetric},
+                      {"dynamic", false},
+                      {"observer", "minmax"},
+                      {"actorder", nullptr},
+                      {"block_structure", nullptr},
+                      {"group_size", nullptr},
+                      {"strategy", "channel"}};
   if (spec.format == Format::FP8_E4M3) {
     w["type"] = "float";
     w["strategy"] = spec.per_tensor ? "tensor" : "channel";
@@ -194,8 +202,11 @@ nlohmann::json quantization_config(const Source& src) {
       const auto [weights, format] = scheme(f->second);
       nlohmann::json& g = groups[weights.dump() + format];
       if (g.is_null())
-        g = {{"targets", nlohmann::json::array()}, {"weights", weights},
-             {"input_activations", nullptr}, {"output_activations", nullptr}, {"format", format}};
+        g = {{"targets", nlohmann::json::array()},
+             {"weights", weights},
+             {"input_activations", nullptr},
+             {"output_activations", nullptr},
+             {"format", format}};
       // The first member of a fused group also names vLLM's fused module (the group shares one
       // scheme, checked above): `(q_proj|qkv_proj)` matches in transformers and in vLLM alike.
       const size_t dot = name.rfind('.');
@@ -229,11 +240,9 @@ ExportReport export_compressed_tensors(const Source& src, const fs::path& out_ar
   for (const auto& s : src.slots()) {
     const bool quantized = s.layer && src.formats().count(s.layer->name()) &&
                            !src.formats().at(s.layer->name()).dense();
-    if (quantized && s.role == model::TensorRole::LINEAR_PART &&
-        s.name.ends_with(".weight_packed"))
-      order.push_back({s.name, [&src, l = s.layer->name()] {
-                         return layer_tensors(l, src.packed(l));
-                       }});
+    if (quantized && s.role == model::TensorRole::LINEAR_PART && s.name.ends_with(".weight_packed"))
+      order.push_back(
+          {s.name, [&src, l = s.layer->name()] { return layer_tensors(l, src.packed(l)); }});
     else if (!quantized || s.role == model::TensorRole::LINEAR_BIAS)
       order.push_back({s.name, [&src, n = s.name] { return Named{{n, src.tensor(n)}}; }});
   }

@@ -6,9 +6,8 @@
 //   bf16 / fp16 / dense    BF16 / F16 / F32 (as stored)            yes
 //   int4_g32 (symmetric)   Q4_0        yes: d = scale, q = stored code (x = (q - 8)·d)
 //   int8 (per row)         Q8_0        yes: every block's d = the row's scale, q = code
-//   int4_g32_asym          Q4_1        codes and scales kept, the min m = -zero·scale rounded to fp16
-//   nf4, fp4               IQ4_NL      re-quantized
-//   fp8 formats            Q8_0        re-quantized
+//   int4_g32_asym          Q4_1        codes and scales kept, the min m = -zero·scale rounded to
+//   fp16 nf4, fp4               IQ4_NL      re-quantized fp8 formats            Q8_0 re-quantized
 //   other int formats      Q4_0 (Q4_1 when asymmetric)   re-quantized
 //   rows not whole blocks  F32         kldq's dequantized weights, exactly
 //
@@ -35,8 +34,7 @@ using formats::Format;
 using io::GgmlType;
 
 // The 16 values of IQ4_NL (ggml-common.h kvalues_iq4nl), a non-uniform 4-bit grid.
-const float kIq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
-                          1,    13,   25,  38,  53,  69,  89,  113};
+const float kIq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 std::string gguf_name(const std::string& hf) {
   if (hf == "model.embed_tokens.weight") return "token_embd.weight";
@@ -139,19 +137,24 @@ Encoded choose(const std::optional<formats::FormatSpec>& f, at::ScalarType store
     case Format::INT4:
       if (f->group == 32 && !f->float_zero)
         return f->asymmetric ? Encoded{GgmlType::Q4_1,
-                                       from + " -> Q4_1: codes and scales kept, the minimum "
-                                              "-zero*scale rounded to fp16",
+                                       from +
+                                           " -> Q4_1: codes and scales kept, the minimum "
+                                           "-zero*scale rounded to fp16",
                                        true}
                              : Encoded{GgmlType::Q4_0, ""};
       return f->asymmetric ? Encoded{GgmlType::Q4_1, from + " -> Q4_1"}
                            : Encoded{GgmlType::Q4_0, from + " -> Q4_0"};
-    case Format::INT8: return {GgmlType::Q8_0, ""};
+    case Format::INT8:
+      return {GgmlType::Q8_0, ""};
     case Format::NF4:
-    case Format::FP4: return {GgmlType::IQ4_NL, from + " -> IQ4_NL"};
+    case Format::FP4:
+      return {GgmlType::IQ4_NL, from + " -> IQ4_NL"};
     case Format::FP8_E4M3:
     case Format::FP8_E5M2:
-    case Format::FP8_E4M3_NOSCALE: return {GgmlType::Q8_0, from + " -> Q8_0"};
-    default: return {GgmlType::Q4_0, from + " -> Q4_0"};
+    case Format::FP8_E4M3_NOSCALE:
+      return {GgmlType::Q8_0, from + " -> Q8_0"};
+    default:
+      return {GgmlType::Q4_0, from + " -> Q4_0"};
   }
 }
 
@@ -210,9 +213,10 @@ void add_model_metadata(io::GgufWriter& g, const Source& src, const std::string&
 ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOptions& options) {
   const model::ModelConfig& c = src.config();
   if (!src.input_scaled().empty())
-    throw ConfigError(fmt::format("{}: layer '{}' carries AWQ input scales, which the GGUF export "
-                                  "cannot fold yet (use gptq or rtn)",
-                                  src.dir().string(), *src.input_scaled().begin()));
+    throw ConfigError(
+        fmt::format("{}: layer '{}' carries AWQ input scales, which the GGUF export "
+                    "cannot fold yet (use gptq or rtn)",
+                    src.dir().string(), *src.input_scaled().begin()));
   const std::string arch = c.arch == model::Arch::QWEN2 ? "qwen2" : "llama";
   io::GgufWriter g;
   add_model_metadata(g, src, arch);
@@ -228,7 +232,8 @@ ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOpt
     const std::string hf = linear ? s.layer->name() + ".weight" : s.name;
     const bool q = hf.find(".q_proj.") != std::string::npos,
                k = hf.find(".k_proj.") != std::string::npos;
-    const int64_t heads = c.arch != model::Arch::QWEN2 && (q || k) ? (q ? c.num_heads : c.num_kv_heads) : 0;
+    const int64_t heads =
+        c.arch != model::Arch::QWEN2 && (q || k) ? (q ? c.num_heads : c.num_kv_heads) : 0;
     const std::vector<int64_t> shape = linear ? model::linear_shape(c, s.layer->proj) : s.shape;
     // Rows of bytes [shape[0], row bytes], in llama.cpp's q/k row order where it permutes.
     auto finish = [heads, rows = shape[0]](const at::Tensor& bytes) {
@@ -239,7 +244,9 @@ ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOpt
       const at::ScalarType stored = src.checkpoint().info(s.name).scalar_type;
       const bool f32 = s.role == model::TensorRole::NORM ||
                        s.role == model::TensorRole::LINEAR_BIAS || stored == at::kFloat;
-      const GgmlType type = f32 ? GgmlType::F32 : stored == at::kHalf ? GgmlType::F16 : GgmlType::BF16;
+      const GgmlType type = f32                   ? GgmlType::F32
+                            : stored == at::kHalf ? GgmlType::F16
+                                                  : GgmlType::BF16;
       const at::ScalarType dt = f32 ? at::kFloat : stored;
       g.add_tensor(gguf_name(s.name), type, shape,
                    [=, &src] { return finish(bytes_of(src.tensor(s.name).to(dt))); });

@@ -14,7 +14,14 @@ namespace kldq::exporting {
 namespace {
 
 namespace fs = std::filesystem;
-enum TokenType : int32_t { NORMAL = 1, UNKNOWN = 2, CONTROL = 3, USER_DEFINED = 4, UNUSED = 5, BYTE = 6 };
+enum TokenType : int32_t {
+  NORMAL = 1,
+  UNKNOWN = 2,
+  CONTROL = 3,
+  USER_DEFINED = 4,
+  UNUSED = 5,
+  BYTE = 6
+};
 
 // config.json's id for `key` (an integer or a list whose first entry is one), if any.
 std::optional<uint32_t> config_id(const nlohmann::json& config, const char* key) {
@@ -55,8 +62,10 @@ void add_sentencepiece(io::GgufWriter& g, const fs::path& file, int64_t vocab) {
   g.add_strings("tokenizer.ggml.tokens", tokens);
   g.add_f32s("tokenizer.ggml.scores", scores);
   g.add_i32s("tokenizer.ggml.token_type", types);
-  if (sp.bos_id() >= 0) g.add_u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(sp.bos_id()));
-  if (sp.eos_id() >= 0) g.add_u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(sp.eos_id()));
+  if (sp.bos_id() >= 0)
+    g.add_u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(sp.bos_id()));
+  if (sp.eos_id() >= 0)
+    g.add_u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(sp.eos_id()));
   if (sp.unk_id() >= 0)
     g.add_u32("tokenizer.ggml.unknown_token_id", static_cast<uint32_t>(sp.unk_id()));
   g.add_bool("tokenizer.ggml.add_bos_token", true);
@@ -68,9 +77,10 @@ void add_bpe(io::GgufWriter& g, const fs::path& file, int64_t vocab, const std::
   const std::string where = file.string();
   const nlohmann::json& model = io::json_member(j, "model", where);
   if (!model.is_object() || model.value("type", "") != "BPE")
-    throw ConfigError(fmt::format("{}: model.type: GGUF export needs a BPE tokenizer (or a "
-                                  "sentencepiece tokenizer.model)",
-                                  where));
+    throw ConfigError(
+        fmt::format("{}: model.type: GGUF export needs a BPE tokenizer (or a "
+                    "sentencepiece tokenizer.model)",
+                    where));
   std::vector<std::string> tokens(static_cast<size_t>(vocab));
   std::vector<int32_t> types(static_cast<size_t>(vocab), 0);
   auto place = [&](const std::string& text, int64_t id, int32_t type) {
@@ -109,8 +119,8 @@ void add_vocab(io::GgufWriter& g, const fs::path& dir, const model::ModelConfig&
     return;
   }
   if (!fs::exists(dir / "tokenizer.json"))
-    throw ConfigError(
-        fmt::format("{}: no tokenizer.json or tokenizer.model to write into the GGUF", dir.string()));
+    throw ConfigError(fmt::format("{}: no tokenizer.json or tokenizer.model to write into the GGUF",
+                                  dir.string()));
   add_bpe(g, dir / "tokenizer.json", c.vocab_size, arch);
   const nlohmann::json config = io::read_json_file(dir / "config.json", true);
   if (auto id = config_id(config, "bos_token_id")) g.add_u32("tokenizer.ggml.bos_token_id", *id);

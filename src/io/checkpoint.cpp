@@ -106,7 +106,8 @@ std::vector<std::string> Checkpoint::names() const {
   return {out.begin(), out.end()};
 }
 
-void Checkpoint::overlay(std::map<std::string, Derived> derived, const std::set<std::string>& hidden,
+void Checkpoint::overlay(std::map<std::string, Derived> derived,
+                         const std::set<std::string>& hidden,
                          std::map<std::string, std::string> metadata) {
   for (const auto& name : hidden) where_.erase(name);
   for (auto& [name, d] : derived) {

@@ -35,13 +35,18 @@ struct BlockInfo {
 };
 BlockInfo block_info(GgmlType t) {
   switch (t) {
-    case GgmlType::F32: return {1, 4};
+    case GgmlType::F32:
+      return {1, 4};
     case GgmlType::F16:
-    case GgmlType::BF16: return {1, 2};
+    case GgmlType::BF16:
+      return {1, 2};
     case GgmlType::Q4_0:
-    case GgmlType::IQ4_NL: return {32, 18};
-    case GgmlType::Q4_1: return {32, 20};
-    case GgmlType::Q8_0: return {32, 34};
+    case GgmlType::IQ4_NL:
+      return {32, 18};
+    case GgmlType::Q4_1:
+      return {32, 20};
+    case GgmlType::Q8_0:
+      return {32, 34};
   }
   throw InternalError("ggml type without a block layout");
 }
@@ -50,13 +55,20 @@ BlockInfo block_info(GgmlType t) {
 
 const char* ggml_type_name(GgmlType t) {
   switch (t) {
-    case GgmlType::F32: return "F32";
-    case GgmlType::F16: return "F16";
-    case GgmlType::BF16: return "BF16";
-    case GgmlType::Q4_0: return "Q4_0";
-    case GgmlType::Q4_1: return "Q4_1";
-    case GgmlType::Q8_0: return "Q8_0";
-    case GgmlType::IQ4_NL: return "IQ4_NL";
+    case GgmlType::F32:
+      return "F32";
+    case GgmlType::F16:
+      return "F16";
+    case GgmlType::BF16:
+      return "BF16";
+    case GgmlType::Q4_0:
+      return "Q4_0";
+    case GgmlType::Q4_1:
+      return "Q4_1";
+    case GgmlType::Q8_0:
+      return "Q8_0";
+    case GgmlType::IQ4_NL:
+      return "IQ4_NL";
   }
   return "?";
 }
@@ -102,9 +114,9 @@ void GgufWriter::add_tensor(const std::string& name, GgmlType type,
                             const std::vector<int64_t>& shape, std::function<at::Tensor()> bytes) {
   int64_t rows = 1;
   for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
-  tensors_.push_back(
-      {name, type, shape, ggml_row_bytes(type, shape.back()) * static_cast<uint64_t>(rows),
-       std::move(bytes)});
+  tensors_.push_back({name, type, shape,
+                      ggml_row_bytes(type, shape.back()) * static_cast<uint64_t>(rows),
+                      std::move(bytes)});
 }
 
 void GgufWriter::write(const std::filesystem::path& path) const {

@@ -83,15 +83,17 @@ FormatSpec group_format(const nlohmann::json& g, const std::string& top_format,
                         const std::string& where) {
   for (const char* key : {"input_activations", "output_activations"})
     if (g.contains(key) && !g[key].is_null())
-      throw ConfigError(fmt::format("{}.{}: activation quantization is not supported (kldq "
-                                    "evaluates weight-only quantization)",
-                                    where, key));
+      throw ConfigError(
+          fmt::format("{}.{}: activation quantization is not supported (kldq "
+                      "evaluates weight-only quantization)",
+                      where, key));
   const nlohmann::json& w = io::json_member(g, "weights", where);
   const std::string at = where + ".weights";
   const std::string format = text(g, "format", top_format, where),
                     type = text(w, "type", "int", at), strategy = text(w, "strategy", "", at);
   const nlohmann::json& nb = io::json_member(w, "num_bits", at);
-  if (!nb.is_number_integer()) throw ConfigError(fmt::format("{}.num_bits: expected an integer", at));
+  if (!nb.is_number_integer())
+    throw ConfigError(fmt::format("{}.num_bits: expected an integer", at));
   const int bits = nb.get<int>();
   const bool sym = !w.contains("symmetric") || w["symmetric"] != false;
   if (w.contains("dynamic") && !w["dynamic"].is_null() && w["dynamic"] != false)
@@ -125,9 +127,10 @@ FormatSpec group_format(const nlohmann::json& g, const std::string& top_format,
 at::Tensor exact_half(const at::Tensor& t, const std::string& what) {
   const at::Tensor h = t.to(at::kHalf);
   if (!at::equal(h.to(at::kFloat), t.to(at::kFloat)))
-    throw IoError(fmt::format("{}: scales that fp16 cannot hold exactly (kldq's int formats store "
-                              "fp16 scales)",
-                              what));
+    throw IoError(
+        fmt::format("{}: scales that fp16 cannot hold exactly (kldq's int formats store "
+                    "fp16 scales)",
+                    what));
   return h;
 }
 
@@ -207,8 +210,8 @@ void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec&
   hidden.insert(l + ".weight_zero_point");
   d[l + ".weight_zero"] = {info(l + ".weight_zero", at::kByte, {out, groups}), [zp, b, out] {
                              const at::Tensor streams = zp.t().contiguous().view(at::kByte);
-                             return formats::unpack_bits(streams.narrow(1, 0, (out * b + 7) / 8),
-                                                         b, out)
+                             return formats::unpack_bits(streams.narrow(1, 0, (out * b + 7) / 8), b,
+                                                         out)
                                  .t()
                                  .contiguous();
                            }};
@@ -222,45 +225,48 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
   const nlohmann::json j = io::read_json_file(dir / "config.json", true);
   if (!j.is_object() || !j.contains("quantization_config")) return ck;
   const nlohmann::json& q = j["quantization_config"];
-  if (!q.is_object())
-    throw ConfigError(fmt::format("{}: expected an object", where));
+  if (!q.is_object()) throw ConfigError(fmt::format("{}: expected an object", where));
   const std::string method = text(q, "quant_method", "", where);
   if (method != "compressed-tensors")
-    throw ConfigError(fmt::format("{}: quant_method '{}': kldq reads compressed-tensors "
-                                  "checkpoints and its own",
-                                  where, method));
+    throw ConfigError(
+        fmt::format("{}: quant_method '{}': kldq reads compressed-tensors "
+                    "checkpoints and its own",
+                    where, method));
   const std::string status = text(q, "quantization_status", "compressed", where);
   if (status != "compressed")
-    throw ConfigError(fmt::format("{}.quantization_status: '{}', expected 'compressed'", where,
-                                  status));
+    throw ConfigError(
+        fmt::format("{}.quantization_status: '{}', expected 'compressed'", where, status));
   for (const char* key : {"sparsity_config", "transform_config", "kv_cache_scheme"})
     if (q.contains(key) && !q[key].is_null() && !q[key].empty())
-      throw ConfigError(fmt::format("{}.{}: not supported (kldq reads weight-only quantization)",
-                                    where, key));
+      throw ConfigError(
+          fmt::format("{}.{}: not supported (kldq reads weight-only quantization)", where, key));
   const ModelConfig config = parse_config(j, (dir / "config.json").string());
   const std::string top = text(q, "format", "", where);
   std::vector<std::pair<std::vector<Target>, FormatSpec>> groups;
   for (const auto& [name, g] : io::json_member(q, "config_groups", where).items()) {
     const std::string at = fmt::format("{}.config_groups.{}", where, name);
-    groups.push_back({targets(io::json_member(g, "targets", at), at + ".targets"),
-                      group_format(g, top, at)});
+    groups.push_back(
+        {targets(io::json_member(g, "targets", at), at + ".targets"), group_format(g, top, at)});
   }
-  const std::vector<Target> ignore = targets(q.value("ignore", nlohmann::json()), where + ".ignore");
+  const std::vector<Target> ignore =
+      targets(q.value("ignore", nlohmann::json()), where + ".ignore");
   std::map<std::string, Derived> derived;
   std::set<std::string> hidden;
   nlohmann::json layer_formats = nlohmann::json::object();
   for (int b = 0; b < config.num_layers; ++b)
     for (Proj p : kAllProjs) {
       const std::string name = LayerId{b, p}.name();
-      if (std::any_of(ignore.begin(), ignore.end(), [&](const Target& t) { return t.matches(name); }))
+      if (std::any_of(ignore.begin(), ignore.end(),
+                      [&](const Target& t) { return t.matches(name); }))
         continue;
       const FormatSpec* spec = nullptr;
       for (const auto& [ts, s] : groups)
         if (std::any_of(ts.begin(), ts.end(), [&](const Target& t) { return t.matches(name); })) {
           if (spec && spec->name() != s.name())
-            throw ConfigError(fmt::format("{}: layer '{}' is targeted by groups of formats {} "
-                                          "and {}",
-                                          where, name, spec->name(), s.name()));
+            throw ConfigError(
+                fmt::format("{}: layer '{}' is targeted by groups of formats {} "
+                            "and {}",
+                            where, name, spec->name(), s.name()));
           spec = &s;
         }
       if (!spec) continue;

@@ -187,6 +187,89 @@ std::vector<Candidate> candidates_for(const std::vector<Profile>& ps, const Requ
   return out;
 }
 
+// Units decided together (indices into p.units, in model order): with `fused`, the q/k/v and the
+// gate/up layers of each block of a linear-granularity profile, the groups vLLM fuses into one
+// module and which therefore must share a format; every other unit alone.
+std::vector<std::vector<size_t>> decision_groups(const Profile& p, bool fused) {
+  std::vector<std::vector<size_t>> groups;
+  std::map<std::pair<int, int>, size_t> open;  // (block, 0 attention / 1 mlp) -> group
+  for (size_t u = 0; u < p.units.size(); ++u) {
+    const auto id = model::LayerId::parse(p.units[u].id);
+    const bool qkv = id && (id->proj == model::Proj::Q || id->proj == model::Proj::K ||
+                            id->proj == model::Proj::V);
+    const bool gate_up = id && (id->proj == model::Proj::GATE || id->proj == model::Proj::UP);
+    if (!fused || p.granularity != "linear" || (!qkv && !gate_up)) {
+      groups.push_back({u});
+      continue;
+    }
+    const auto [it, fresh] = open.emplace(std::pair{id->block, qkv ? 0 : 1}, groups.size());
+    if (fresh) groups.emplace_back();
+    groups[it->second].push_back(u);
+  }
+  return groups;
+}
+
+// `p` with one unit per group: summed parameters, bytes and costs (the additive model the
+// planners use throughout), stored so that Profile::cost returns the summed cost.
+Profile grouped(const Profile& p, const std::vector<std::vector<size_t>>& groups) {
+  Profile g = p;
+  g.units.clear();
+  for (const auto& members : groups) {
+    Profile::Unit unit;
+    unit.id = p.units[members.front()].id;
+    double cost = 0;
+    for (size_t u : members) {
+      unit.params += p.units[u].params;
+      unit.bytes_base += p.units[u].bytes_base;
+      unit.bytes_bf16 += p.units[u].bytes_bf16;
+      cost += p.cost(u);
+    }
+    unit.kl_mean = p.mode == "restore-one" ? p.baseline_kl - cost : cost;
+    g.units.push_back(unit);
+  }
+  return g;
+}
+
+// The chosen candidate per unit of `ps`: an index into `cands` (cands[0] is the anchor base
+// unless the budget's --candidates say otherwise; the restoring strategies use {base, bf16}).
+std::vector<size_t> select(const std::vector<Profile>& ps, const Request& r,
+                           const std::vector<Candidate>& cands) {
+  const Profile& anchor = ps.front();
+  const size_t n = anchor.units.size();
+  uint64_t params = 0;
+  for (const auto& u : anchor.units) params += u.params;
+  std::vector<size_t> pick(n, 0);
+  if (r.strategy == Strategy::RESTORE_TOP || r.strategy == Strategy::RANDOM) {
+    const std::vector<bool> take = take_percent(anchor, ranking(anchor, r), r);
+    for (size_t u = 0; u < n; ++u) pick[u] = take[u] ? cands.size() - 1 : 0;
+  } else if (r.strategy == Strategy::BUDGET) {
+    std::vector<std::vector<double>> cost(n);
+    std::vector<std::vector<uint64_t>> bytes(n);
+    uint64_t lo = 0, hi = 0;
+    for (size_t u = 0; u < n; ++u) {
+      for (const Candidate& c : cands) {
+        cost[u].push_back(c.cost(u));
+        bytes[u].push_back(c.bytes(anchor, u));
+      }
+      lo += *std::min_element(bytes[u].begin(), bytes[u].end());
+      hi += *std::max_element(bytes[u].begin(), bytes[u].end());
+    }
+    const double lo_bpw = 8.0 * double(lo) / double(params),
+                 hi_bpw = 8.0 * double(hi) / double(params);
+    // A budget given as the bits per weight of another plan must admit that plan's exact bytes:
+    // the relative slack absorbs the decimal rounding of the printed figure.
+    const double cap = r.budget_bpw * double(params) / 8.0 * (1 + 1e-12);
+    if (!(r.budget_bpw > 0) || cap < double(lo) || r.budget_bpw > hi_bpw * (1 + 1e-12))
+      throw ConfigError(
+          fmt::format("--budget-bpw {}: out of range; the candidates give {:.4f} to "
+                      "{:.4f} bits per weight",
+                      r.budget_bpw, lo_bpw, hi_bpw));
+    pick = solve_knapsack(cost, bytes, static_cast<uint64_t>(cap));
+    check(pick.size() == n, "plan: knapsack found no selection within a feasible budget");
+  }
+  return pick;
+}
+
 }  // namespace
 
 double Profile::cost(size_t u) const {
@@ -279,36 +362,15 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
   uint64_t params = 0;
   for (const auto& u : anchor.units) params += u.params;
 
-  // The chosen candidate per unit: index into cands (cands[0] is the anchor base unless the
-  // budget's --candidates say otherwise; the restoring strategies use {base, bf16}).
+  // The chosen candidate per unit, decided per group of units planned together.
+  const std::vector<std::vector<size_t>> groups = decision_groups(anchor, r.fused_groups);
   std::vector<size_t> pick(n, 0);
-  if (r.strategy == Strategy::RESTORE_TOP || r.strategy == Strategy::RANDOM) {
-    const std::vector<bool> take = take_percent(anchor, ranking(anchor, r), r);
-    for (size_t u = 0; u < n; ++u) pick[u] = take[u] ? cands.size() - 1 : 0;
-  } else if (r.strategy == Strategy::BUDGET) {
-    std::vector<std::vector<double>> cost(n);
-    std::vector<std::vector<uint64_t>> bytes(n);
-    uint64_t lo = 0, hi = 0;
-    for (size_t u = 0; u < n; ++u) {
-      for (const Candidate& c : cands) {
-        cost[u].push_back(c.cost(u));
-        bytes[u].push_back(c.bytes(anchor, u));
-      }
-      lo += *std::min_element(bytes[u].begin(), bytes[u].end());
-      hi += *std::max_element(bytes[u].begin(), bytes[u].end());
-    }
-    const double lo_bpw = 8.0 * double(lo) / double(params),
-                 hi_bpw = 8.0 * double(hi) / double(params);
-    // A budget given as the bits per weight of another plan must admit that plan's exact bytes:
-    // the relative slack absorbs the decimal rounding of the printed figure.
-    const double cap = r.budget_bpw * double(params) / 8.0 * (1 + 1e-12);
-    if (!(r.budget_bpw > 0) || cap < double(lo) || r.budget_bpw > hi_bpw * (1 + 1e-12))
-      throw ConfigError(
-          fmt::format("--budget-bpw {}: out of range; the candidates give {:.4f} to "
-                      "{:.4f} bits per weight",
-                      r.budget_bpw, lo_bpw, hi_bpw));
-    pick = solve_knapsack(cost, bytes, static_cast<uint64_t>(cap));
-    check(pick.size() == n, "plan: knapsack found no selection within a feasible budget");
+  {
+    std::vector<Profile> gps;
+    for (const Profile& p : ps) gps.push_back(r.fused_groups ? grouped(p, groups) : p);
+    const std::vector<size_t> chosen = select(gps, r, candidates_for(gps, r));
+    for (size_t g = 0; g < groups.size(); ++g)
+      for (size_t u : groups[g]) pick[u] = chosen[g];
   }
 
   // The plan's base: the profile's base when restoring; for a budget, the candidate holding the
@@ -380,6 +442,7 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
     plan.planner["by"] = r.by == By::COUNT ? "count" : "params";
   if (r.strategy == Strategy::RANDOM) plan.planner["seed"] = r.seed;
   if (r.strategy == Strategy::BUDGET) plan.planner["budget_bpw"] = r.budget_bpw;
+  if (r.fused_groups) plan.planner["fused_groups"] = true;
   return plan;
 }
 

@@ -88,18 +88,19 @@ TEST_CASE("compressed-tensors export: transformers' logits equal kldq's, read ba
     CHECK(qc.dump().find("qkv_proj") != std::string::npos);
 
     // (1) transformers + compressed-tensors (fp32, CPU) against kldq's forward of the plan.
-    kldq::test::write_text(tmp / "ids.json", "[[1, 5, 9, 13, 2, 7, 30, 61, 99, 3, 17, 40, 8],"
-                                             " [4, 4, 200, 31, 77, 12, 6, 250, 1, 90, 33, 2, 5]]");
-    const auto o = kldq::test::run_command(*py + " " KLDQ_SOURCE_DIR
-                                           "/tests/oracle/export_oracle.py ct-logits " +
-                                           (tmp / "ct").string() + " " + (tmp / "ids.json").string() +
-                                           " " + (tmp / "hf.safetensors").string());
+    kldq::test::write_text(tmp / "ids.json",
+                           "[[1, 5, 9, 13, 2, 7, 30, 61, 99, 3, 17, 40, 8],"
+                           " [4, 4, 200, 31, 77, 12, 6, 250, 1, 90, 33, 2, 5]]");
+    const auto o = kldq::test::run_command(
+        *py + " " KLDQ_SOURCE_DIR "/tests/oracle/export_oracle.py ct-logits " +
+        (tmp / "ct").string() + " " + (tmp / "ids.json").string() + " " +
+        (tmp / "hf.safetensors").string());
     INFO(o.err);
     REQUIRE(o.rc == 0);
     const at::Tensor want = read_tensor(tmp / "hf.safetensors", "logits");
     const auto m = kldq::model::Decoder::load(tmp / "q", c10::kCPU, c10::kFloat);
-    const at::Tensor ids = at::tensor({1, 5, 9, 13, 2, 7, 30, 61, 99, 3, 17, 40, 8, 4, 4, 200, 31, 77,
-                                       12, 6, 250, 1, 90, 33, 2, 5},
+    const at::Tensor ids = at::tensor({1, 5, 9,   13, 2,  7,  30, 61,  99, 3,  17, 40, 8,
+                                       4, 4, 200, 31, 77, 12, 6,  250, 1,  90, 33, 2,  5},
                                       at::kLong)
                                .reshape({2, 13});
     const at::Tensor got = m.forward(ids);
@@ -122,9 +123,9 @@ TEST_CASE("compressed-tensors' own compressor writes checkpoints kldq reads bit 
   REQUIRE(run_kldq("quantize " + kWiki.string() + " --plan " + (tmp / "plan.json").string() +
                    " -o " + (tmp / "q").string())
               .rc == 0);
-  const auto o = kldq::test::run_command(*py + " " KLDQ_SOURCE_DIR
-                                         "/tests/oracle/export_oracle.py ct-compress " +
-                                         (tmp / "q").string() + " " + (tmp / "theirs").string());
+  const auto o = kldq::test::run_command(
+      *py + " " KLDQ_SOURCE_DIR "/tests/oracle/export_oracle.py ct-compress " +
+      (tmp / "q").string() + " " + (tmp / "theirs").string());
   INFO(o.err);
   REQUIRE(o.rc == 0);
   // Their checkpoint: F32 scales (the model's dtype) and their packing; kldq's reading equals q.
@@ -195,11 +196,12 @@ nlohmann::json check_gguf(const std::string& py, const fs::path& dir, const fs::
   }
   for (const auto& [layer, spec] : src.formats())
     if (!spec.dense())
-      tensors.push_back({gguf_name(layer + ".weight"), kldq::formats::dequantize(src.packed(layer))});
+      tensors.push_back(
+          {gguf_name(layer + ".weight"), kldq::formats::dequantize(src.packed(layer))});
   kldq::io::write_safetensors(ref, tensors);
-  const auto o = kldq::test::run_command(py + " " KLDQ_SOURCE_DIR
-                                         "/tests/oracle/export_oracle.py gguf-check " +
-                                         gguf.string() + " " + ref.string());
+  const auto o = kldq::test::run_command(
+      py + " " KLDQ_SOURCE_DIR "/tests/oracle/export_oracle.py gguf-check " + gguf.string() + " " +
+      ref.string());
   INFO(o.err);
   REQUIRE(o.rc == 0);
   return nlohmann::json::parse(o.out);
@@ -207,8 +209,7 @@ nlohmann::json check_gguf(const std::string& py, const fs::path& dir, const fs::
 
 }  // namespace
 
-TEST_CASE("GGUF export: the gguf package dequantizes every tensor to kldq's weights",
-          "[export]") {
+TEST_CASE("GGUF export: the gguf package dequantizes every tensor to kldq's weights", "[export]") {
   const auto py = kldq::test::python_with("gguf numpy torch");
   REQUIRE(py);
   for (const fs::path& model : {kWiki, stories_llama()}) {
@@ -218,8 +219,8 @@ TEST_CASE("GGUF export: the gguf package dequantizes every tensor to kldq's weig
     REQUIRE(run_kldq("quantize " + model.string() + " --plan " + (tmp / "plan.json").string() +
                      " -o " + (tmp / "q").string())
                 .rc == 0);
-    const auto r = run_kldq("export " + (tmp / "q").string() + " --to gguf -o " +
-                            (tmp / "m.gguf").string());
+    const auto r =
+        run_kldq("export " + (tmp / "q").string() + " --to gguf -o " + (tmp / "m.gguf").string());
     INFO(r.err);
     REQUIRE(r.rc == 0);
     const nlohmann::json j = check_gguf(*py, tmp / "q", tmp / "m.gguf", tmp / "ref.safetensors");
@@ -230,7 +231,8 @@ TEST_CASE("GGUF export: the gguf package dequantizes every tensor to kldq's weig
     CHECK(meta[arch + ".block_count"] == config.num_layers);
     CHECK(meta[arch + ".attention.head_count_kv"] == config.num_kv_heads);
     CHECK(meta["tokenizer.ggml.tokens"] == "list[" + std::to_string(config.vocab_size) + "]");
-    CHECK(meta["tokenizer.ggml.model"] == (fs::exists(model / "tokenizer.model") ? "llama" : "gpt2"));
+    CHECK(meta["tokenizer.ggml.model"] ==
+          (fs::exists(model / "tokenizer.model") ? "llama" : "gpt2"));
     // Layers the export reported as re-quantized, by GGUF tensor name.
     std::map<std::string, std::string> requantized;
     const kldq::exporting::Source q(tmp / "q");
@@ -264,8 +266,7 @@ TEST_CASE("GGUF export: the gguf package dequantizes every tensor to kldq's weig
   }
 }
 
-TEST_CASE("GGUF export of an nf4 plan: IQ4_NL re-quantized from the original weights",
-          "[export]") {
+TEST_CASE("GGUF export of an nf4 plan: IQ4_NL re-quantized from the original weights", "[export]") {
   const auto py = kldq::test::python_with("gguf numpy torch");
   REQUIRE(py);
   kldq::test::TempDir tmp("export-iq4");
@@ -312,7 +313,8 @@ TEST_CASE("export refuses what the target cannot hold, and writes nothing", "[ex
   REQUIRE(run_kldq("export " + model + " --base int8 --to compressed-tensors -o " +
                    (tmp / "c").string())
               .rc == 0);
-  r = run_kldq("export " + model + " --base int8 --to compressed-tensors -o " + (tmp / "c").string());
+  r = run_kldq("export " + model + " --base int8 --to compressed-tensors -o " +
+               (tmp / "c").string());
   CHECK(r.rc == 2);
   CHECK(r.err.find("--force") != std::string::npos);
   kldq::test::write_text(tmp / "x.gguf", "keep");
@@ -339,9 +341,8 @@ TEST_CASE("export refuses what the target cannot hold, and writes nothing", "[ex
   r = edited("sparse", [](nlohmann::json& q) { q["sparsity_config"] = {{"format", "sparse-24"}}; });
   CHECK(r.rc == 2);
   CHECK(r.err.find("sparsity_config") != std::string::npos);
-  r = edited("bits", [](nlohmann::json& q) {
-    q["config_groups"]["group_0"]["weights"]["num_bits"] = 6;
-  });
+  r = edited("bits",
+             [](nlohmann::json& q) { q["config_groups"]["group_0"]["weights"]["num_bits"] = 6; });
   CHECK(r.rc == 2);
   CHECK(r.err.find("6-bit") != std::string::npos);
   r = edited("other", [](nlohmann::json& q) { q["quant_method"] = "gptq"; });

@@ -348,3 +348,55 @@ TEST_CASE("planner: predictions are valid KLs when unit KLs are not additive", "
   r.percent = 25;  // u1 restored: 0.5 x (0.2 + 0.3) / 0.9
   CHECK(plan::make_plan({ro}, r).planner["predicted_kl"].get<double>() == Approx(0.5 * 0.5 / 0.9));
 }
+
+TEST_CASE("planner: --fused-groups decides q/k/v and gate/up of a block together", "[plan]") {
+  // One block, 100 parameters per layer at 4 bits (50 bytes) or bf16 (200 bytes).
+  plan::Profile p = profile("nf4", 1.0, 0.5);
+  p.units.clear();
+  const std::vector<std::pair<std::string, double>> layers = {
+      {"self_attn.q_proj", 0.5}, {"self_attn.k_proj", 0.01}, {"self_attn.v_proj", 0.01},
+      {"self_attn.o_proj", 0.3}, {"mlp.gate_proj", 0.05},    {"mlp.up_proj", 0.05},
+      {"mlp.down_proj", 0.2}};
+  for (const auto& [name, kl] : layers)
+    p.units.push_back({"model.layers.0." + name, 100, 50, 200, kl, 0.001});
+  auto formats = [](const kldq::quant::Plan& pl) {
+    std::vector<std::string> out;
+    for (const auto& [id, f] : pl.planner["unit_formats"].items()) out.push_back(f);
+    return out;  // sorted by id: down, gate, up, k, o, q, v
+  };
+  plan::Request r;
+  r.strategy = plan::Strategy::RESTORE_TOP;
+  r.percent = 40;
+  // Per layer: round(0.4 * 7) = 3 most sensitive (q, o, down): q is split from k and v.
+  CHECK(formats(plan::make_plan({p}, r)) ==
+        std::vector<std::string>{"bf16", "nf4", "nf4", "nf4", "bf16", "bf16", "nf4"});
+  // Fused: four decisions {q,k,v} 0.52, {o} 0.3, {down} 0.2, {gate,up} 0.1; round(0.4 * 4) = 2.
+  r.fused_groups = true;
+  auto fused = plan::make_plan({p}, r);
+  CHECK(formats(fused) ==
+        std::vector<std::string>{"nf4", "nf4", "nf4", "bf16", "bf16", "bf16", "bf16"});
+  CHECK(fused.planner["predicted_kl"].get<double>() == Approx(1.0 * (0.1 + 0.2) / 1.12));
+  CHECK(fused.planner["fused_groups"] == true);
+  // Budget of 650 bytes (300 spare): per layer q + o (saves 0.8); fused, {q,k,v} needs 450, so
+  // o + down (0.5) beats {gate,up} (0.1).
+  r = {};
+  r.strategy = plan::Strategy::BUDGET;
+  r.budget_bpw = 8.0 * 650 / 700;
+  CHECK(formats(plan::make_plan({p}, r)) ==
+        std::vector<std::string>{"nf4", "nf4", "nf4", "nf4", "bf16", "bf16", "nf4"});
+  r.fused_groups = true;
+  CHECK(formats(plan::make_plan({p}, r)) ==
+        std::vector<std::string>{"bf16", "nf4", "nf4", "nf4", "bf16", "nf4", "nf4"});
+  // Random restoration keeps groups whole too, for every seed.
+  r = {};
+  r.strategy = plan::Strategy::RANDOM;
+  r.percent = 50;
+  r.fused_groups = true;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    r.seed = seed;
+    const auto f = formats(plan::make_plan({p}, r));
+    CHECK(f[3] == f[5]);  // k, q
+    CHECK(f[5] == f[6]);  // q, v
+    CHECK(f[1] == f[2]);  // gate, up
+  }
+}

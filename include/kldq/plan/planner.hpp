@@ -48,6 +48,9 @@ struct Request {
   double budget_bpw = 0;                // budget: average bits per weight of the linear layers
   std::vector<std::string> candidates;  // budget: formats (empty: every profiled base + bf16)
   uint64_t seed = 0;                    // random
+  // Decide the q/k/v and the gate/up layers of each block together (one format each group, as
+  // vLLM's fused modules need); the group's cost, bytes and parameters are its members' sums.
+  bool fused_groups = false;
 };
 
 // Parses "20%" or "20" into 20; ConfigError naming `what` outside 0..100.
