@@ -73,8 +73,10 @@ class Runner {
       if (s.kind == "reference") reference = dir.string();
       ++step;
       const std::string what = ex::stage_label(s, e_);
-      // A finished point: its plan and eval stages are skipped with it.
-      const bool recorded = s.point && done_points.count(eval_key_of(stages, i));
+      // A finished point: its plan and eval stages are skipped with it (its exports are their
+      // own artifacts).
+      const bool recorded =
+          s.point && s.kind != "export" && done_points.count(eval_key_of(stages, i));
       std::error_code ec;
       if (recorded || fs::is_regular_file(file, ec)) {
         log::info("[{}/{}] {} {}: {}", step, total, s.kind, what,
@@ -154,8 +156,11 @@ class Runner {
       if (pt.planner == "restore-top") p.restore_top = pct, p.by = pt.by;
       if (pt.planner == "random") p.random = pct, p.by = pt.by, p.seed = int64_t(*pt.seed);
       if (pt.planner == "budget") p.budget_bpw = *pt.budget_bpw;
+      p.fused_groups = e_.fused_groups;
       p.out = file.string();
       run_plan(p);
+    } else if (s.kind == "export") {
+      export_point(s, model, file, by_key);
     } else {
       EvalCliOptions v;
       v.model = model;
@@ -179,6 +184,28 @@ class Runner {
       v.out = file.string();
       run_eval(v);
     }
+  }
+
+  // kldq export of the point's plan; export.json (the artifact, written last) says where.
+  void export_point(const ex::Stage& s, const std::string& model, const fs::path& file,
+                    const std::map<std::string, fs::path>& by_key) {
+    const std::string to = s.inputs["to"];
+    ExportCliOptions x;
+    x.to = to;
+    x.source.model = model;
+    x.source.plan = by_key.at(s.inputs["plan"]).string();
+    x.source.compute = o_.compute;
+    if (s.inputs.contains("calibration")) set_calibration(x.source.method);
+    const std::string name = to == "gguf" ? "model.gguf" : "checkpoint";
+    x.source.out = (file.parent_path() / name).string();
+    x.source.force = true;  // a copy left by a run killed before export.json was written
+    run_export_cmd(x);
+    const nlohmann::json j = {{"to", to},
+                              {"path", name},
+                              {"point", *s.point},
+                              {"label", ex::point_label(e_.points[*s.point])},
+                              {"plan", fs::relative(by_key.at(s.inputs["plan"]), out_).string()}};
+    io::write_file_atomic(file, j.dump(2) + "\n");
   }
 
   nlohmann::json record(const std::string& model, const std::string& id,

@@ -13,6 +13,7 @@
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
+#include "kldq/export/export.hpp"
 #include "kldq/formats/format.hpp"
 #include "kldq/plan/planner.hpp"
 #include "kldq/quant/quantizer.hpp"
@@ -166,6 +167,8 @@ nlohmann::json Experiment::resolved() const {
   // Only when asked for, likewise (speed is measured, not computed: it keys the stages so that
   // turning it on runs the evaluations again).
   if (eval.speed) j["eval"]["speed"] = true;
+  if (fused_groups) j["plan"]["fused_groups"] = true;
+  if (!export_to.empty()) j["export"] = {{"to", export_to}};
   // Only when given: the budget changes where weights live, not any result.
   if (!max_gpu_memory.empty()) j["max_gpu_memory"] = max_gpu_memory;
   return j;
@@ -277,7 +280,7 @@ std::vector<Point> expand_sweep(const Node& sweep, const Point& def, const std::
 Experiment from_yaml(const YAML::Node& root, const std::string& path) {
   const Node top{root, path, ""};
   top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output",
-            "max_gpu_memory"});
+            "max_gpu_memory", "export"});
   Experiment e;
   e.path = path;
   e.name = top.at("name").text();
@@ -315,8 +318,16 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
   }
   if (top.has("plan")) {
     const Node p = top.at("plan");
-    p.only({"candidates"});
-    for (const Node& c : p.at("candidates").values()) e.candidates.push_back(format_name(c));
+    p.only({"candidates", "fused_groups"});
+    if (p.has("candidates"))
+      for (const Node& c : p.at("candidates").values()) e.candidates.push_back(format_name(c));
+    if (p.has("fused_groups")) e.fused_groups = p.at("fused_groups").flag();
+  }
+  if (top.has("export")) {
+    const Node x = top.at("export");
+    x.only({"to"});
+    for (const Node& t : x.at("to").values())
+      e.export_to.push_back(one_of(t, {"compressed-tensors", "gguf"}));
   }
   if (top.has("eval")) {
     const Node v = top.at("eval");
@@ -386,6 +397,21 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
           "{}: {} {} with method {}: hqq quantizes to the int _fz formats (e.g. int4_g64_fz), "
           "and only hqq makes them",
           path, f == p.base ? "base" : "plan.candidates:", f, p.method));
+    }
+    // What a compressed-tensors export of the point's plans would refuse, before any work.
+    if (std::count(e.export_to.begin(), e.export_to.end(), "compressed-tensors")) {
+      for (const auto& f : used) {
+        const std::string why =
+            exporting::compressed_tensors_unsupported(formats::FormatSpec::parse(f), 0);
+        if (!why.empty())
+          throw ConfigError(fmt::format("{}: export.to compressed-tensors: {} {}: {}", path,
+                                        f == p.base ? "base" : "plan.candidates:", f, why));
+      }
+      if (p.planner != "uniform" && p.granularity == "linear" && !e.fused_groups)
+        throw ConfigError(fmt::format(
+            "{}: export.to compressed-tensors: needs plan.fused_groups: true (vLLM fuses q/k/v "
+            "and gate/up, so each group must share one format)",
+            path));
     }
     // The planner's own rule (plan/planner.cpp), checked before any work: profiles of several
     // bases add up only as quantize-one KLs.

@@ -84,11 +84,19 @@ std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
   for (size_t i : selected) {
     const nlohmann::json in = {
         {"model", model_id}, {"point", e.points[i].to_json()}, {"profiles", point_profiles[i]}};
-    out.push_back(make("plan", model, in, compute, i));
-    nlohmann::json ev = {{"plan", out.back().key}, {"data", data}};
+    nlohmann::json plan_in = in;
+    if (e.fused_groups) plan_in["fused_groups"] = true;  // only when on: other keys stay
+    out.push_back(make("plan", model, plan_in, compute, i));
+    const std::string plan_key = out.back().key;
+    nlohmann::json ev = {{"plan", plan_key}, {"data", data}};
     // gptq and awq fit the plan's layers on the calibration windows when the model is evaluated.
     if (quant::needs_calibration(e.points[i].method)) ev["calibration"] = calibration;
     out.push_back(make("eval", model, ev, compute, i));
+    for (const std::string& to : e.export_to) {
+      nlohmann::json x = {{"plan", plan_key}, {"to", to}};
+      if (ev.contains("calibration")) x["calibration"] = calibration;
+      out.push_back(make("export", model, x, compute, i));
+    }
   }
   return out;
 }
@@ -98,7 +106,10 @@ std::string stage_dir(const Stage& s) {
 }
 
 std::string stage_artifact(const Stage& s) {
-  return s.kind == "profile" ? "profile.json" : s.kind == "plan" ? "plan.json" : "metrics.json";
+  return s.kind == "profile"  ? "profile.json"
+         : s.kind == "plan"   ? "plan.json"
+         : s.kind == "export" ? "export.json"
+                              : "metrics.json";
 }
 
 std::vector<size_t> shard_points(const Experiment& e, const std::string& shard) {

@@ -43,9 +43,9 @@ using Named = std::vector<std::pair<std::string, at::Tensor>>;
 static_assert(std::endian::native == std::endian::little,
               "pack-quantized export reinterprets little-endian bytes as int32");
 
-// Why `spec` has no compressed-tensors equivalent for an [out, in] weight ("" when it has one),
-// with the nearest exportable format.
-std::string unexportable(const FormatSpec& spec, int64_t in) {
+}  // namespace
+
+std::string compressed_tensors_unsupported(const FormatSpec& spec, int64_t in) {
   switch (spec.format) {
     case Format::BF16:
     case Format::FP16:
@@ -67,7 +67,7 @@ std::string unexportable(const FormatSpec& spec, int64_t in) {
     case Format::INT2:
       if (spec.float_zero)
         return "float zero points (_fz) are not in compressed-tensors (nearest: _asym)";
-      if (in % spec.group != 0)
+      if (in > 0 && in % spec.group != 0)
         return fmt::format(
             "{} input columns are not whole groups of {} (compressed-tensors needs them; "
             "nearest: int8 or a group that divides {})",
@@ -76,6 +76,8 @@ std::string unexportable(const FormatSpec& spec, int64_t in) {
   }
   return "unknown format";
 }
+
+namespace {
 
 // The `weights` quantization arguments and the compressor format of a quantized layer.
 std::pair<nlohmann::json, std::string> scheme(const FormatSpec& spec) {
@@ -152,7 +154,8 @@ void check_exportable(const Source& src) {
   std::vector<std::string> problems;
   for (const auto& [layer, spec] : src.formats()) {
     const auto id = model::LayerId::parse(layer);
-    const std::string why = unexportable(spec, model::linear_shape(src.config(), id->proj)[1]);
+    const std::string why =
+        compressed_tensors_unsupported(spec, model::linear_shape(src.config(), id->proj)[1]);
     if (!why.empty()) problems.push_back(fmt::format("{} ({}): {}", layer, spec.name(), why));
   }
   for (const auto& layer : src.input_scaled())

@@ -3,7 +3,10 @@
 // logits equal kldq's of the same plan; compressed-tensors' own compressor writes a checkpoint kldq
 // reads back bit for bit; the gguf package dequantizes every GGUF tensor to kldq's weights.
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include <map>
 
 #include "kldq/export/export.hpp"
 #include "kldq/io/safetensors.hpp"
@@ -348,4 +351,62 @@ TEST_CASE("export refuses what the target cannot hold, and writes nothing", "[ex
   r = edited("other", [](nlohmann::json& q) { q["quant_method"] = "gptq"; });
   CHECK(r.rc == 2);
   CHECK(r.err.find("quant_method 'gptq'") != std::string::npos);
+}
+
+TEST_CASE("kldq run exports every point's plan (export.to), fused groups planned together",
+          "[export][experiment]") {
+  kldq::test::TempDir dir("export-run");
+  const fs::path src = KLDQ_SOURCE_DIR;
+  const std::string head = fmt::format(
+      R"(name: exports
+models: ['{}']
+data: {{calib: '{}', ppl: '{}'}}
+calibration: {{samples: 4, seq_len: 64, seed: 0}}
+profile: {{method: rtn, mode: quantize-one}}
+eval: {{ctx: 128, kld: true}}
+output: '{}'
+)",
+      kWiki.string(), (src / "data/demo/wiki.test.tail.txt").string(),
+      (src / "data/demo/wiki.test.head.txt").string(), (dir / "out").string());
+  const std::string sweep = "sweep: {base: int4_g32, planner: restore-top, restore_top: 30}\n";
+  // Before any work: compressed-tensors needs fused groups, and formats it can hold.
+  kldq::test::write_text(dir / "a.yaml", head + sweep + "export: {to: [compressed-tensors]}\n");
+  auto r = run_kldq("run " + (dir / "a.yaml").string());
+  CHECK(r.rc == 2);
+  CHECK(r.err.find("needs plan.fused_groups: true") != std::string::npos);
+  kldq::test::write_text(dir / "b.yaml", head + "sweep: {base: nf4, planner: uniform}\n" +
+                                             "export: {to: [compressed-tensors]}\n");
+  r = run_kldq("run " + (dir / "b.yaml").string());
+  CHECK(r.rc == 2);
+  CHECK(r.err.find("base nf4: no nf4 in compressed-tensors") != std::string::npos);
+  CHECK(!fs::exists(dir / "out"));
+
+  kldq::test::write_text(dir / "e.yaml", head + sweep +
+                                             "plan: {fused_groups: true}\n"
+                                             "export: {to: [compressed-tensors, gguf]}\n");
+  r = run_kldq("run " + (dir / "e.yaml").string() + " --device cpu");
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+  std::map<std::string, fs::path> exported;  // target -> export stage directory
+  fs::path plan;
+  for (const auto& d : fs::directory_iterator(dir / "out" / "stages")) {
+    if (!fs::exists(d.path() / "export.json")) continue;
+    const auto j = nlohmann::json::parse(kldq::test::read_text(d.path() / "export.json"));
+    exported[j["to"]] = d.path() / j["path"].get<std::string>();
+    plan = dir / "out" / j["plan"].get<std::string>();
+  }
+  REQUIRE(exported.size() == 2);
+  const auto p = nlohmann::json::parse(kldq::test::read_text(plan));
+  CHECK(p["planner"]["fused_groups"] == true);
+  // The exported checkpoint holds exactly the plan's weights (kldq quantize --plan).
+  REQUIRE(run_kldq("quantize " + kWiki.string() + " --plan " + plan.string() + " -o " +
+                   (dir / "q").string())
+              .rc == 0);
+  check_same_weights(dir / "q", exported["compressed-tensors"]);
+  CHECK(fs::file_size(exported["gguf"]) > 0);
+  // Run again: every stage, the exports included, is reused.
+  r = run_kldq("run " + (dir / "e.yaml").string() + " --device cpu");
+  REQUIRE(r.rc == 0);
+  CHECK(r.err.find("export point 0") != std::string::npos);
+  CHECK(r.err.find(" ...") == std::string::npos);  // nothing ran
 }

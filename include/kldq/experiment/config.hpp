@@ -46,6 +46,8 @@ struct Experiment {
   int64_t samples = 128, seq_len = 512;
   uint64_t calib_seed = 0;
   std::vector<std::string> candidates;  // plan.candidates: extra formats for budget points
+  bool fused_groups = false;            // plan.fused_groups: kldq plan --fused-groups
+  std::vector<std::string> export_to;   // export.to: every point's plan exported (kldq export)
   bool proxies = false;                 // profile.proxies: kldq profile --proxies
   EvalSpec eval;
   std::string output;          // default results/<name>
@@ -71,15 +73,15 @@ Experiment load_experiment(const std::string& path);
 // computation (device type and dtype: a bf16 GPU run and an fp32 CPU run are different work),
 // and the kldq version.
 struct Stage {
-  std::string kind;  // reference, profile, plan, eval
+  std::string kind;  // reference, profile, plan, eval, export
   std::string model, key;
   nlohmann::json inputs;
   std::optional<size_t> point;  // the sweep point, for plan and eval
 };
 // The stages of `e` for one model, in the order they run: the reference evaluation, each
 // distinct profile, then a plan and an evaluation per sweep point (uniform points need no
-// profile). `points` selects sweep points (a shard). `compute`: {"device": "cpu"|"cuda",
-// "dtype": "fp32"|...}.
+// profile), followed by the point's exports (export.to). `points` selects sweep points (a shard).
+// `compute`: {"device": "cpu"|"cuda", "dtype": "fp32"|...}.
 std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
                                const std::string& model_id, const std::vector<size_t>& points,
                                const nlohmann::json& compute);

@@ -61,6 +61,10 @@ struct ExportReport {
   uint64_t bytes = 0;  // size of the written weights
 };
 
+// Why a layer of `spec` with `in` input columns has no compressed-tensors equivalent, with the
+// nearest format that has one; "" when it has one. `in` 0: the format alone (no shape checks).
+std::string compressed_tensors_unsupported(const formats::FormatSpec& spec, int64_t in);
+
 // Writes a compressed-tensors checkpoint directory (config.json with quantization_config,
 // model.safetensors, tokenizer and other files copied). ConfigError naming the layers when a
 // format has no compressed-tensors equivalent or a fused group (q/k/v, gate/up) mixes schemes.
