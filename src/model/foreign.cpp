@@ -4,7 +4,8 @@
 //   pack-quantized int b in {2,3,4}, group G in {32,64,128}  ->  int<b>_g<G>[_asym]
 //   pack-quantized int 8, channel, symmetric                 ->  int8
 //   naive-/float-quantized float 8 (e4m3), channel / tensor   ->  fp8_e4m3[_tensor]
-//   ignored or untargeted layers                             ->  dense `.weight`
+//   ignored or untargeted layers                             ->  bf16 / fp16 (as stored), or a
+//                                                                plain `.weight` of another dtype
 //
 // weight_packed int32 rows are kldq's LSB-first code rows (bytes reinterpreted, padding dropped;
 // 8-bit values q + 128 become int8 q); weight_scale becomes fp16 (refused unless exact);
@@ -256,9 +257,19 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
   for (int b = 0; b < config.num_layers; ++b)
     for (Proj p : kAllProjs) {
       const std::string name = LayerId{b, p}.name();
+      // Unquantized layers stored in bf16/fp16 are held as kldq's restored layers are (in
+      // their own precision, whatever the compute dtype), so memory and bits per weight compare.
+      auto dense = [&] {
+        const auto dt = ck.contains(name + ".weight") ? ck.info(name + ".weight").scalar_type
+                                                      : at::ScalarType::Undefined;
+        if (dt == at::kBFloat16 || dt == at::kHalf)
+          layer_formats[name] = dt == at::kBFloat16 ? "bf16" : "fp16";
+      };
       if (std::any_of(ignore.begin(), ignore.end(),
-                      [&](const Target& t) { return t.matches(name); }))
+                      [&](const Target& t) { return t.matches(name); })) {
+        dense();
         continue;
+      }
       const FormatSpec* spec = nullptr;
       for (const auto& [ts, s] : groups)
         if (std::any_of(ts.begin(), ts.end(), [&](const Target& t) { return t.matches(name); })) {
@@ -269,7 +280,10 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
                             where, name, spec->name(), s.name()));
           spec = &s;
         }
-      if (!spec) continue;
+      if (!spec) {
+        dense();
+        continue;
+      }
       const std::vector<int64_t> shape = linear_shape(config, p);
       translate(ck, name, *spec, shape[0], shape[1], derived, hidden);
       layer_formats[name] = spec->name();
