@@ -21,6 +21,12 @@ int main(int argc, char** argv) {
   // run to run (measured: GPTQ checkpoints differing between two runs at --threads 8 on 2 cores).
   // Read by MKL on its first call, so set before any; a user's own setting wins.
   ::setenv("MKL_DYNAMIC", "FALSE", /*overwrite=*/0);
+  // The residency plan fills --max-gpu-memory with what a command holds; with fixed-size cached
+  // segments, memory freed between a block's Hessians and its stacked problems stays split and
+  // a later allocation fails below the cap (measured: a 14B GPTQ under 22 GiB failed at 20 GiB
+  // allocated). Expandable segments map freed memory back into one range, so the cap is the
+  // limit. Read when libtorch's CUDA allocator starts (first CUDA use); a user's setting wins.
+  ::setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True", /*overwrite=*/0);
   CLI::App app{"kldq: KLD-guided mixed-precision quantization experiments for LLMs"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("kldq ") + KLDQ_VERSION_STRING);
