@@ -33,6 +33,15 @@ int run_export_cmd(const ExportCliOptions& o) {
   } else {
     out = directory_output(q.out, "-o", q.force, inputs);
   }
+  if (quantize_first) {  // what the export would refuse, before quantizing (GPTQ takes minutes)
+    const quant::Plan plan = plan_from(q);
+    const model::ModelConfig config = model::load_config(fs::path(q.model) / "config.json");
+    std::vector<model::LayerId> ids;
+    for (int b = 0; b < config.num_layers; ++b)
+      for (model::Proj p : model::kAllProjs) ids.push_back({b, p});
+    exporting::check_exportable(target, config, plan.resolve(ids), plan.method,
+                                q.plan.empty() ? "--base" : "--plan " + q.plan);
+  }
   std::optional<TempOutput> staging;
   fs::path source = q.model;
   if (quantize_first) {
@@ -47,6 +56,7 @@ int run_export_cmd(const ExportCliOptions& o) {
   const exporting::Source src(source);
   exporting::ExportOptions options{.force = q.force};
   if (quantize_first) options.original = q.model;
+  options.name = fs::absolute(q.model).lexically_normal().filename().string();
   const exporting::ExportReport r = target == exporting::Target::GGUF
                                         ? exporting::export_gguf(src, out, options)
                                         : exporting::export_compressed_tensors(src, out, options);
@@ -75,7 +85,8 @@ void register_export(CLI::App& app, Action& action) {
   sub->add_option("--keep", q.keep, "with --base: layers kept in bf16 (glob or re:REGEX)");
   sub->add_option("-o,--output", q.out, "output directory (compressed-tensors) or file (gguf)")
       ->required();
-  sub->add_flag("--force", q.force, "replace an existing output kldq wrote");
+  sub->add_flag("--force", q.force,
+                "replace an existing output (a directory only if kldq wrote it; any GGUF file)");
   add_method_options(*sub, q.method, true);
   add_compute_options(*sub, q.compute);
   sub->callback([&action, opts, sub] {

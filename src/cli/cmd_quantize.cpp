@@ -16,7 +16,6 @@
 #include "kldq/quant/quantizer.hpp"
 
 namespace kldq::cli {
-namespace {
 
 quant::Plan plan_from(const QuantizeCliOptions& o) {
   if (!o.plan.empty()) {
@@ -36,8 +35,6 @@ quant::Plan plan_from(const QuantizeCliOptions& o) {
     p.overrides.push_back({quant::LayerSelector(k, "--keep"), formats::FormatSpec::parse("bf16")});
   return p;
 }
-
-}  // namespace
 
 int run_quantize_cmd(const QuantizeCliOptions& o) {
   // The output is checked before the calibration, which may take minutes (again when written).

@@ -31,6 +31,8 @@ struct QuantizeCliOptions {
   MethodCliOptions method;
   ComputeOptions compute;
 };
+// The plan `o` names (--plan, or --base with --keep and --group), its method set from --method.
+quant::Plan plan_from(const QuantizeCliOptions& o);
 // `kldq quantize`: writes the checkpoint `o.out`.
 int run_quantize_cmd(const QuantizeCliOptions& o);
 

@@ -144,45 +144,6 @@ const FusedGroup kFusedGroups[] = {
     {"self_attn.qkv_proj", "qkv_proj", {model::Proj::Q, model::Proj::K, model::Proj::V}},
     {"mlp.gate_up_proj", "gate_up_proj", {model::Proj::GATE, model::Proj::UP}}};
 
-std::string format_of(const Source& src, const std::string& layer) {
-  const auto f = src.formats().find(layer);
-  return f == src.formats().end() ? "dense" : f->second.name();
-}
-
-// ConfigError naming every layer that cannot be exported, and every split fused group.
-void check_exportable(const Source& src) {
-  std::vector<std::string> problems;
-  for (const auto& [layer, spec] : src.formats()) {
-    const auto id = model::LayerId::parse(layer);
-    const std::string why =
-        compressed_tensors_unsupported(spec, model::linear_shape(src.config(), id->proj)[1]);
-    if (!why.empty()) problems.push_back(fmt::format("{} ({}): {}", layer, spec.name(), why));
-  }
-  for (const auto& layer : src.input_scaled())
-    problems.push_back(fmt::format(
-        "{}: carries AWQ input scales, which this export cannot fold yet (use gptq or rtn)",
-        layer));
-  for (int b = 0; b < src.config().num_layers; ++b)
-    for (const FusedGroup& g : kFusedGroups) {
-      std::string first = format_of(src, model::LayerId{b, g.members[0]}.name()), list;
-      bool split = false;
-      for (model::Proj p : g.members) {
-        const std::string name = model::LayerId{b, p}.name(), f = format_of(src, name);
-        split = split || f != first;
-        list += fmt::format("{}{} {}", list.empty() ? "" : ", ", name, f);
-      }
-      if (split)
-        problems.push_back(fmt::format(
-            "{}: vLLM fuses these into {} and needs one scheme for them (kldq plan --fused-groups "
-            "plans them together)",
-            list, g.fused));
-    }
-  if (problems.empty()) return;
-  std::string msg = fmt::format("{}: cannot export to compressed-tensors:", src.dir().string());
-  for (const auto& p : problems) msg += "\n  " + p;
-  throw ConfigError(msg);
-}
-
 // `re:` regex naming modules `parent.<leaf>` exactly (compressed-tensors and vLLM match targets
 // with re.match; the anchors keep layers.1 from matching layers.10).
 std::string exact_target(const std::string& parent, const std::string& leaf) {
@@ -233,10 +194,53 @@ nlohmann::json quantization_config(const Source& src) {
 
 }  // namespace
 
+void check_exportable(Target target, const model::ModelConfig& config,
+                      const model::LayerFormats& formats, const std::string& method,
+                      const std::string& what) {
+  std::vector<std::string> problems;
+  if (method == "awq")
+    problems.push_back(
+        "AWQ's input scales (kept per layer by kldq) cannot be folded into the exported model yet; "
+        "export a gptq or rtn plan");
+  auto format_of = [&](const std::string& layer) {  // every dense format is one scheme: ignored
+    const auto f = formats.find(layer);
+    return f == formats.end() || f->second.dense() ? std::string("dense") : f->second.name();
+  };
+  if (target == Target::COMPRESSED_TENSORS) {
+    for (const auto& [layer, spec] : formats) {
+      const auto id = model::LayerId::parse(layer);
+      const std::string why =
+          compressed_tensors_unsupported(spec, model::linear_shape(config, id->proj)[1]);
+      if (!why.empty()) problems.push_back(fmt::format("{} ({}): {}", layer, spec.name(), why));
+    }
+    for (int b = 0; b < config.num_layers; ++b)
+      for (const FusedGroup& g : kFusedGroups) {
+        const std::string first = format_of(model::LayerId{b, g.members[0]}.name());
+        std::string list;
+        bool split = false;
+        for (model::Proj p : g.members) {
+          const std::string name = model::LayerId{b, p}.name(), f = format_of(name);
+          split = split || f != first;
+          list += fmt::format("{}{} {}", list.empty() ? "" : ", ", name, f);
+        }
+        if (split)
+          problems.push_back(fmt::format(
+              "{}: vLLM fuses these into {} and needs one scheme for them (kldq plan "
+              "--fused-groups plans them together)",
+              list, g.fused));
+      }
+  }
+  if (problems.empty()) return;
+  std::string msg = fmt::format("{}: cannot export to {}:", what, target_name(target));
+  for (const auto& p : problems) msg += "\n  " + p;
+  throw ConfigError(msg);
+}
+
 ExportReport export_compressed_tensors(const Source& src, const fs::path& out_arg,
                                        const ExportOptions& options) {
   const fs::path out = directory_output(out_arg, "-o", options.force, {src.dir()});
-  check_exportable(src);
+  check_exportable(Target::COMPRESSED_TENSORS, src.config(), src.formats(),
+                   src.input_scaled().empty() ? "" : "awq", src.dir().string());
   // In checkpoint order: a quantized layer's tensors at its first stored part (weight_packed),
   // every other tensor as stored. Made twice (specs, then data): cheap views and small copies.
   std::vector<std::pair<std::string, std::function<Named()>>> order;

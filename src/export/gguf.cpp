@@ -153,8 +153,9 @@ Encoded choose(const std::optional<formats::FormatSpec>& f, at::ScalarType store
     case Format::FP8_E5M2:
     case Format::FP8_E4M3_NOSCALE:
       return {GgmlType::Q8_0, from + " -> Q8_0"};
-    default:
-      return {GgmlType::Q4_0, from + " -> Q4_0"};
+    default:  // the other int formats, re-quantized; asymmetric ones keep a minimum
+      return f->asymmetric ? Encoded{GgmlType::Q4_1, from + " -> Q4_1"}
+                           : Encoded{GgmlType::Q4_0, from + " -> Q4_0"};
   }
 }
 
@@ -181,10 +182,11 @@ at::Tensor permute_rows(const at::Tensor& r, int64_t heads) {
 }
 
 // Architecture keys as llama.cpp's converter writes them for qwen2 and llama.
-void add_model_metadata(io::GgufWriter& g, const Source& src, const std::string& arch) {
+void add_model_metadata(io::GgufWriter& g, const Source& src, const std::string& arch,
+                        const std::string& name) {
   const model::ModelConfig& c = src.config();
   g.add_string("general.architecture", arch);
-  g.add_string("general.name", fs::absolute(src.dir()).lexically_normal().filename().string());
+  g.add_string("general.name", name.empty() ? fs::absolute(src.dir()).lexically_normal().filename().string() : name);
   g.add_u32("general.alignment", 32);
   g.add_u32("general.quantization_version", 2);
   auto u32 = [&](const std::string& key, int64_t v) {
@@ -219,7 +221,7 @@ ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOpt
                     src.dir().string(), *src.input_scaled().begin()));
   const std::string arch = c.arch == model::Arch::QWEN2 ? "qwen2" : "llama";
   io::GgufWriter g;
-  add_model_metadata(g, src, arch);
+  add_model_metadata(g, src, arch, options.name);
   add_vocab(g, src.dir(), src.config(), arch);
   std::optional<io::Checkpoint> original;
   if (!options.original.empty()) original = io::Checkpoint::open(options.original);

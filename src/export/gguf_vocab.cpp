@@ -47,6 +47,9 @@ void add_sentencepiece(io::GgufWriter& g, const fs::path& file, int64_t vocab) {
   std::vector<std::string> tokens;
   std::vector<float> scores;
   std::vector<int32_t> types;
+  if (sp.GetPieceSize() > vocab)
+    throw ConfigError(fmt::format("{}: {} pieces, more than the model's vocab_size {}",
+                                  file.string(), sp.GetPieceSize(), vocab));
   for (int i = 0; i < sp.GetPieceSize(); ++i) {
     tokens.push_back(sp.IdToPiece(i));
     scores.push_back(sp.GetScore(i));
@@ -73,8 +76,15 @@ void add_sentencepiece(io::GgufWriter& g, const fs::path& file, int64_t vocab) {
 }
 
 void add_bpe(io::GgufWriter& g, const fs::path& file, int64_t vocab, const std::string& arch) {
-  const nlohmann::json j = io::read_json_file(file);
   const std::string where = file.string();
+  // llama.cpp picks its pre-tokenizer by name; kldq knows Qwen2's (the `qwen2` one). Another BPE
+  // tokenizer written with a guessed name would tokenize differently there, silently.
+  if (arch != "qwen2")
+    throw ConfigError(fmt::format("{}: GGUF export of a BPE tokenizer.json is built for Qwen2 "
+                                  "only (llama.cpp's pre-tokenizer 'qwen2'); this {} model needs a "
+                                  "sentencepiece tokenizer.model",
+                                  where, arch));
+  const nlohmann::json j = io::read_json_file(file);
   const nlohmann::json& model = io::json_member(j, "model", where);
   if (!model.is_object() || model.value("type", "") != "BPE")
     throw ConfigError(
@@ -90,18 +100,23 @@ void add_bpe(io::GgufWriter& g, const fs::path& file, int64_t vocab, const std::
     tokens[static_cast<size_t>(id)] = text;
     types[static_cast<size_t>(id)] = type;
   };
-  for (const auto& [text, id] : io::json_member(model, "vocab", where + ": model").items())
-    place(text, id.get<int64_t>(), NORMAL);
-  if (j.contains("added_tokens"))
-    for (const auto& t : j["added_tokens"])
-      place(t.value("content", ""), t.value("id", int64_t{-1}),
-            t.value("special", false) ? CONTROL : USER_DEFINED);
+  std::vector<std::string> merges;
+  try {  // a malformed entry is the file's error, not an internal one
+    for (const auto& [text, id] : io::json_member(model, "vocab", where + ": model").items())
+      place(text, id.get<int64_t>(), NORMAL);
+    if (j.contains("added_tokens"))
+      for (const auto& t : j["added_tokens"])
+        place(t.at("content").get<std::string>(), t.at("id").get<int64_t>(),
+              t.value("special", false) ? CONTROL : USER_DEFINED);
+    for (const auto& m : io::json_member(model, "merges", where + ": model"))
+      merges.push_back(m.is_array() ? m.at(0).get<std::string>() + " " + m.at(1).get<std::string>()
+                                    : m.get<std::string>());
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(fmt::format("{}: malformed vocab, added_tokens or merges ({})", where,
+                                  e.what()));
+  }
   for (size_t i = 0; i < tokens.size(); ++i)
     if (types[i] == 0) tokens[i] = fmt::format("[PAD{}]", i), types[i] = UNUSED;
-  std::vector<std::string> merges;
-  for (const auto& m : io::json_member(model, "merges", where + ": model"))
-    merges.push_back(m.is_array() ? m[0].get<std::string>() + " " + m[1].get<std::string>()
-                                  : m.get<std::string>());
   g.add_string("tokenizer.ggml.model", "gpt2");
   g.add_string("tokenizer.ggml.pre", arch == "qwen2" ? "qwen2" : "default");
   g.add_strings("tokenizer.ggml.tokens", tokens);
@@ -127,6 +142,12 @@ void add_vocab(io::GgufWriter& g, const fs::path& dir, const model::ModelConfig&
   if (auto id = config_id(config, "eos_token_id")) g.add_u32("tokenizer.ggml.eos_token_id", *id);
   if (auto id = config_id(config, "pad_token_id"))
     g.add_u32("tokenizer.ggml.padding_token_id", *id);
+  // The chat template, as llama.cpp's converter copies it from tokenizer_config.json.
+  if (fs::exists(dir / "tokenizer_config.json")) {
+    const nlohmann::json tc = io::read_json_file(dir / "tokenizer_config.json");
+    if (tc.is_object() && tc.contains("chat_template") && tc["chat_template"].is_string())
+      g.add_string("tokenizer.chat_template", tc["chat_template"].get<std::string>());
+  }
 }
 
 }  // namespace kldq::exporting

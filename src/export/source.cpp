@@ -1,5 +1,6 @@
 // The checkpoint an export reads: a quantized checkpoint kldq wrote, or a plain one, checked as
 // `kldq eval` checks it (headers, formats, shapes) before anything is written.
+#include <ATen/ATen.h>
 #include <fmt/format.h>
 
 #include "kldq/core/error.hpp"
@@ -31,6 +32,12 @@ Source::Source(const std::filesystem::path& dir)
   model::WeightStore(ck_, c10::kCPU, c10::kFloat).validate(slots_);
 }
 
+at::Tensor Source::tensor(const std::string& name) const {
+  const at::Tensor t = ck_.tensor(name);
+  model::check_finite(t, fmt::format("{}: tensor '{}'", dir_.string(), name));
+  return t;
+}
+
 formats::PackedWeight Source::packed(const std::string& layer) const {
   const auto f = formats_.find(layer);
   check(f != formats_.end(), "Source::packed: not a quantized layer");
@@ -40,7 +47,12 @@ formats::PackedWeight Source::packed(const std::string& layer) const {
   for (const auto& part : formats::packed_layout(f->second, shape[0], shape[1]))
     parts.push_back(ck_.tensor(layer + "." + part.suffix));
   formats::PackedWeight p = formats::PackedWeight::from_parts(f->second, shape[0], shape[1], parts);
-  p.check_values(fmt::format("{}: layer '{}'", dir_.string(), layer));
+  const std::string where = fmt::format("{}: layer '{}'", dir_.string(), layer);
+  p.check_values(where);
+  // As the decoder's loader checks them: an exported NaN or Inf would be served as garbage.
+  for (const at::Tensor& t : p.parts())
+    if (at::isFloatingType(t.scalar_type()) && !at::isfinite(t.to(at::kFloat)).all().item<bool>())
+      throw IoError(fmt::format("{}: holds NaN or Inf values", where));
   return p;
 }
 

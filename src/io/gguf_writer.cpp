@@ -7,6 +7,7 @@
 #include <bit>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/output.hpp"
@@ -138,13 +139,13 @@ void GgufWriter::write(const std::filesystem::path& path) const {
   head.resize((head.size() + kAlignment - 1) / kAlignment * kAlignment, '\0');
 
   TempOutput tmp(path, TempOutput::Kind::FILE);
-  std::FILE* f = fdopen(dup(tmp.fd()), "wb");
+  // Closed on every path (a tensor's maker may throw); the temporary is removed with `tmp`.
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(fdopen(dup(tmp.fd()), "wb"), &std::fclose);
+  std::FILE* f = file.get();
   if (!f) throw IoError(fmt::format("{}: cannot write", path.string()));
   auto write = [&](const void* p, size_t n) {
-    if (n && std::fwrite(p, 1, n, f) != n) {
-      std::fclose(f);
+    if (n && std::fwrite(p, 1, n, f) != n)
       throw IoError(fmt::format("{}: write failed (disk full?)", path.string()));
-    }
   };
   write(head.data(), head.size());
   static const char zeros[kAlignment] = {};
@@ -155,7 +156,8 @@ void GgufWriter::write(const std::filesystem::path& path) const {
     write(b.data_ptr(), t.bytes);
     write(zeros, (kAlignment - t.bytes % kAlignment) % kAlignment);
   }
-  if (std::fclose(f) != 0) throw IoError(fmt::format("{}: write failed", path.string()));
+  if (std::fclose(file.release()) != 0)
+    throw IoError(fmt::format("{}: write failed", path.string()));
   tmp.commit();
 }
 

@@ -32,18 +32,45 @@ using formats::Format;
 using formats::FormatSpec;
 using Derived = io::Checkpoint::Derived;
 
+// The top-level alternatives of a regex (split at `|` outside groups, classes and escapes).
+std::vector<std::string> alternatives(const std::string& re) {
+  std::vector<std::string> out(1);
+  int depth = 0;
+  bool in_class = false;
+  for (size_t i = 0; i < re.size(); ++i) {
+    const char c = re[i];
+    if (c == '\\' && i + 1 < re.size()) {
+      out.back() += re.substr(i++, 2);
+      continue;
+    }
+    if (in_class) in_class = c != ']';
+    else if (c == '[') in_class = true;
+    else if (c == '(') ++depth;
+    else if (c == ')') --depth;
+    else if (c == '|' && depth == 0) {
+      out.emplace_back();
+      continue;
+    }
+    out.back() += c;
+  }
+  return out;
+}
+
 // A compressed-tensors target or ignore entry: "re:REGEX" (Python's re.match: anchored at the
-// start only), a module name, or the class name "Linear" (every linear layer).
+// start; `$` ends an alternative), a module name, or the class name "Linear" (every linear
+// layer). kldq's matcher has no anchors: each top-level alternative loses its `^` and `$`, and
+// one without `$` may continue (`.*`); the whole must then match the module name.
 class Target {
  public:
-  Target(const std::string& text, const std::string& where) : text_(text) {
+  Target(const std::string& text, const std::string& where) : text_(text), where_(where) {
     if (!text.starts_with("re:")) return;
-    std::string re = text.substr(3);
-    if (re.starts_with("^")) re.erase(0, 1);
-    if (re.ends_with("$") && !re.ends_with("\\$"))
-      re.pop_back();
-    else
-      re = "(?:" + re + ").*";
+    std::string re;
+    for (std::string alt : alternatives(text.substr(3))) {
+      if (alt.starts_with("^")) alt.erase(0, 1);
+      const bool anchored = alt.ends_with("$") && !alt.ends_with("\\$");
+      if (anchored) alt.pop_back();
+      re += (re.empty() ? "" : "|") + ("(?:" + alt + ")" + (anchored ? "" : ".*"));
+    }
     try {
       regex_ = std::make_shared<io::Regex>(io::Regex::compile(re));
     } catch (const Error& e) {
@@ -51,12 +78,16 @@ class Target {
     }
   }
   bool matches(const std::string& module) const {
-    if (regex_) return regex_->full_match(io::unicode::decode_utf8(module));
-    return text_ == "Linear" || text_ == module;
+    if (!regex_) return text_ == "Linear" || text_ == module;
+    try {
+      return regex_->full_match(io::unicode::decode_utf8(module));
+    } catch (const Error& e) {  // a pattern past the matcher's bounds
+      throw ConfigError(fmt::format("{}: target '{}': {}", where_, text_, e.what()));
+    }
   }
 
  private:
-  std::string text_;
+  std::string text_, where_;
   std::shared_ptr<io::Regex> regex_;
 };
 
@@ -116,9 +147,11 @@ FormatSpec group_format(const nlohmann::json& g, const std::string& top_format,
   }
   if (type != "int" || format != "pack-quantized") throw refuse();
   if (bits == 8 && strategy == "channel" && sym) return FormatSpec::parse("int8");
-  const int group = w.contains("group_size") && w["group_size"].is_number_integer()
-                        ? w["group_size"].get<int>()
-                        : 0;
+  const nlohmann::json gs = w.contains("group_size") ? w["group_size"] : nlohmann::json();
+  if (!gs.is_null() && (!gs.is_number_integer() || gs.get<int64_t>() < 1 ||
+                        gs.get<int64_t>() > (int64_t{1} << 30)))
+    throw ConfigError(fmt::format("{}.group_size: expected a positive integer or null", at));
+  const int group = gs.is_null() ? 0 : gs.get<int>();
   if (bits < 2 || bits > 4 || strategy != "group" || (group != 32 && group != 64 && group != 128))
     throw refuse();
   return FormatSpec::parse(fmt::format("int{}_g{}{}", bits, group, sym ? "" : "_asym"));
@@ -170,8 +203,13 @@ void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec&
     const at::Tensor w = stored(ck, l + ".weight", at::kFloat8_e4m3fn, {out, in});
     const int64_t n = s.per_tensor ? 1 : out;
     const at::Tensor scale = ck.tensor(l + ".weight_scale");
-    if (scale.numel() != n || !at::isFloatingType(scale.scalar_type()))
-      throw IoError(fmt::format("{}: weight_scale must hold {} float value(s)", where, n));
+    const std::vector<int64_t> shape = scale.sizes().vec();
+    const bool shaped = s.per_tensor ? scale.numel() == 1 && scale.dim() <= 1
+                                     : shape == std::vector<int64_t>{out, 1} ||
+                                           shape == std::vector<int64_t>{out};
+    if (!shaped || !at::isFloatingType(scale.scalar_type()))
+      throw IoError(fmt::format("{}: weight_scale must be a float [{}]", where,
+                                s.per_tensor ? "1" : fmt::format("{}, 1", out)));
     hidden.insert(l + ".weight");
     d[l + ".weight_packed"] = {info(l + ".weight_packed", at::kFloat8_e4m3fn, {out, in}),
                                [w] { return w; }};
@@ -250,7 +288,13 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
         {targets(io::json_member(g, "targets", at), at + ".targets"), group_format(g, top, at)});
   }
   const std::vector<Target> ignore =
-      targets(q.value("ignore", nlohmann::json()), where + ".ignore");
+      targets(q.contains("ignore") ? q["ignore"] : nlohmann::json(), where + ".ignore");
+  for (const auto& name : ck.names())
+    if (name.ends_with(".input_scale") || name.ends_with(".input_global_scale") ||
+        name.ends_with(".weight_g_idx"))
+      throw IoError(fmt::format("{}: tensor '{}': activation scales and act-order indices are "
+                                "not supported (kldq reads weight-only quantization)",
+                                dir.string(), name));
   std::map<std::string, Derived> derived;
   std::set<std::string> hidden;
   nlohmann::json layer_formats = nlohmann::json::object();

@@ -27,7 +27,7 @@ bool companion_file(const fs::path& p) {
   const std::string name = p.filename().string(), ext = p.extension().string();
   return fs::is_regular_file(p) && ext != ".safetensors" && ext != ".bin" && ext != ".pt" &&
          ext != ".pth" && name != "model.safetensors.index.json" && name != model::kPlanFile &&
-         !name.starts_with(".");
+         name != "SHA256SUMS" && !name.starts_with(".");  // the source's checksums are not ours
 }
 
 model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& c,

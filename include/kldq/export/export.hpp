@@ -37,7 +37,8 @@ class Source {
   const std::vector<model::TensorSlot>& slots() const { return slots_; }
   // A quantized layer's stored tensors (views of the file).
   formats::PackedWeight packed(const std::string& layer) const;
-  at::Tensor tensor(const std::string& name) const { return ck_.tensor(name); }
+  // A stored tensor (a view of the file), IoError naming it when it holds NaN or Inf.
+  at::Tensor tensor(const std::string& name) const;
 
  private:
   std::filesystem::path dir_;
@@ -52,6 +53,7 @@ struct ExportOptions {
   bool force = false;              // replace an existing output kldq wrote
   std::filesystem::path original;  // the unquantized checkpoint, when known: GGUF re-quantizes
                                    // from its weights instead of kldq's dequantized ones
+  std::string name;                // the model's name (GGUF general.name); default: the source's
 };
 
 // What an export did: the layers written exactly and those re-quantized (layer -> "from -> to").
@@ -60,6 +62,12 @@ struct ExportReport {
   std::map<std::string, std::string> requantized;
   uint64_t bytes = 0;  // size of the written weights
 };
+
+// ConfigError, before any work, for what `target` would refuse of a plan resolved to `formats`
+// by `method` on a model of `config` (unexportable formats, split fused groups, AWQ's scales).
+void check_exportable(Target target, const model::ModelConfig& config,
+                      const model::LayerFormats& formats, const std::string& method,
+                      const std::string& what);
 
 // Why a layer of `spec` with `in` input columns has no compressed-tensors equivalent, with the
 // nearest format that has one; "" when it has one. `in` 0: the format alone (no shape checks).

@@ -27,7 +27,9 @@ class Checkpoint {
   const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
   // Every tensor name, sorted.
   std::vector<std::string> names() const;
-  bool contains(const std::string& name) const { return where_.count(name) != 0; }
+  bool contains(const std::string& name) const {
+    return where_.count(name) != 0 || derived_.count(name) != 0;
+  }
   // Header entry of `name` (IoError naming the checkpoint when absent).
   const TensorInfo& info(const std::string& name) const;
   // CPU tensor viewing the mapped file.

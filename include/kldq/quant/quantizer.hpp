@@ -100,7 +100,8 @@ QuantizedLayers quantize_layers(model::Decoder& model, const model::LayerFormats
 void apply_layers(model::Decoder& model, const QuantizedLayers& layers);
 
 // Files of a checkpoint directory that are not weights (config, tokenizer, generation config):
-// copied into the checkpoints kldq writes. Not quantization.json, hidden files or weights.
+// copied into the checkpoints kldq writes. Not quantization.json, SHA256SUMS (checksums of the
+// source's files), hidden files or weights.
 bool companion_file(const std::filesystem::path& p);
 
 struct WriteOptions {
