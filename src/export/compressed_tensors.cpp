@@ -224,10 +224,10 @@ void check_exportable(Target target, const model::ModelConfig& config,
           list += fmt::format("{}{} {}", list.empty() ? "" : ", ", name, f);
         }
         if (split)
-          problems.push_back(fmt::format(
-              "{}: vLLM fuses these into {} and needs one scheme for them (kldq plan "
-              "--fused-groups plans them together)",
-              list, g.fused));
+          problems.push_back(
+              fmt::format("{}: vLLM fuses these into {} and needs one scheme for them (kldq plan "
+                          "--fused-groups plans them together)",
+                          list, g.fused));
       }
   }
   if (problems.empty()) return;

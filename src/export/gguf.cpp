@@ -186,7 +186,9 @@ void add_model_metadata(io::GgufWriter& g, const Source& src, const std::string&
                         const std::string& name) {
   const model::ModelConfig& c = src.config();
   g.add_string("general.architecture", arch);
-  g.add_string("general.name", name.empty() ? fs::absolute(src.dir()).lexically_normal().filename().string() : name);
+  g.add_string("general.name", name.empty()
+                                   ? fs::absolute(src.dir()).lexically_normal().filename().string()
+                                   : name);
   g.add_u32("general.alignment", 32);
   g.add_u32("general.quantization_version", 2);
   auto u32 = [&](const std::string& key, int64_t v) {

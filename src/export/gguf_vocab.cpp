@@ -80,10 +80,11 @@ void add_bpe(io::GgufWriter& g, const fs::path& file, int64_t vocab, const std::
   // llama.cpp picks its pre-tokenizer by name; kldq knows Qwen2's (the `qwen2` one). Another BPE
   // tokenizer written with a guessed name would tokenize differently there, silently.
   if (arch != "qwen2")
-    throw ConfigError(fmt::format("{}: GGUF export of a BPE tokenizer.json is built for Qwen2 "
-                                  "only (llama.cpp's pre-tokenizer 'qwen2'); this {} model needs a "
-                                  "sentencepiece tokenizer.model",
-                                  where, arch));
+    throw ConfigError(
+        fmt::format("{}: GGUF export of a BPE tokenizer.json is built for Qwen2 "
+                    "only (llama.cpp's pre-tokenizer 'qwen2'); this {} model needs a "
+                    "sentencepiece tokenizer.model",
+                    where, arch));
   const nlohmann::json j = io::read_json_file(file);
   const nlohmann::json& model = io::json_member(j, "model", where);
   if (!model.is_object() || model.value("type", "") != "BPE")
@@ -112,8 +113,8 @@ void add_bpe(io::GgufWriter& g, const fs::path& file, int64_t vocab, const std::
       merges.push_back(m.is_array() ? m.at(0).get<std::string>() + " " + m.at(1).get<std::string>()
                                     : m.get<std::string>());
   } catch (const nlohmann::json::exception& e) {
-    throw ConfigError(fmt::format("{}: malformed vocab, added_tokens or merges ({})", where,
-                                  e.what()));
+    throw ConfigError(
+        fmt::format("{}: malformed vocab, added_tokens or merges ({})", where, e.what()));
   }
   for (size_t i = 0; i < tokens.size(); ++i)
     if (types[i] == 0) tokens[i] = fmt::format("[PAD{}]", i), types[i] = UNUSED;

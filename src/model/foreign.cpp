@@ -43,10 +43,14 @@ std::vector<std::string> alternatives(const std::string& re) {
       out.back() += re.substr(i++, 2);
       continue;
     }
-    if (in_class) in_class = c != ']';
-    else if (c == '[') in_class = true;
-    else if (c == '(') ++depth;
-    else if (c == ')') --depth;
+    if (in_class)
+      in_class = c != ']';
+    else if (c == '[')
+      in_class = true;
+    else if (c == '(')
+      ++depth;
+    else if (c == ')')
+      --depth;
     else if (c == '|' && depth == 0) {
       out.emplace_back();
       continue;
@@ -124,10 +128,15 @@ FormatSpec group_format(const nlohmann::json& g, const std::string& top_format,
   const std::string format = text(g, "format", top_format, where),
                     type = text(w, "type", "int", at), strategy = text(w, "strategy", "", at);
   const nlohmann::json& nb = io::json_member(w, "num_bits", at);
-  if (!nb.is_number_integer())
-    throw ConfigError(fmt::format("{}.num_bits: expected an integer", at));
+  if (!nb.is_number_integer() || nb.get<int64_t>() < 1 || nb.get<int64_t>() > 32)
+    throw ConfigError(fmt::format("{}.num_bits: expected an integer from 1 to 32", at));
   const int bits = nb.get<int>();
+  if (w.contains("symmetric") && !w["symmetric"].is_boolean() && !w["symmetric"].is_null())
+    throw ConfigError(fmt::format("{}.symmetric: expected true or false", at));
   const bool sym = !w.contains("symmetric") || w["symmetric"] != false;
+  if (w.contains("actorder") && !w["actorder"].is_null() && !w["actorder"].is_string() &&
+      !w["actorder"].is_boolean())
+    throw ConfigError(fmt::format("{}.actorder: expected a string, a boolean or null", at));
   if (w.contains("dynamic") && !w["dynamic"].is_null() && w["dynamic"] != false)
     throw ConfigError(fmt::format("{}.dynamic: dynamic weight scales are not supported", at));
   if (w.contains("actorder") && w["actorder"] == "group")
@@ -148,8 +157,8 @@ FormatSpec group_format(const nlohmann::json& g, const std::string& top_format,
   if (type != "int" || format != "pack-quantized") throw refuse();
   if (bits == 8 && strategy == "channel" && sym) return FormatSpec::parse("int8");
   const nlohmann::json gs = w.contains("group_size") ? w["group_size"] : nlohmann::json();
-  if (!gs.is_null() && (!gs.is_number_integer() || gs.get<int64_t>() < 1 ||
-                        gs.get<int64_t>() > (int64_t{1} << 30)))
+  if (!gs.is_null() &&
+      (!gs.is_number_integer() || gs.get<int64_t>() < 1 || gs.get<int64_t>() > (int64_t{1} << 30)))
     throw ConfigError(fmt::format("{}.group_size: expected a positive integer or null", at));
   const int group = gs.is_null() ? 0 : gs.get<int>();
   if (bits < 2 || bits > 4 || strategy != "group" || (group != 32 && group != 64 && group != 128))
@@ -204,9 +213,9 @@ void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec&
     const int64_t n = s.per_tensor ? 1 : out;
     const at::Tensor scale = ck.tensor(l + ".weight_scale");
     const std::vector<int64_t> shape = scale.sizes().vec();
-    const bool shaped = s.per_tensor ? scale.numel() == 1 && scale.dim() <= 1
-                                     : shape == std::vector<int64_t>{out, 1} ||
-                                           shape == std::vector<int64_t>{out};
+    const bool shaped =
+        s.per_tensor ? scale.numel() == 1 && scale.dim() <= 1
+                     : shape == std::vector<int64_t>{out, 1} || shape == std::vector<int64_t>{out};
     if (!shaped || !at::isFloatingType(scale.scalar_type()))
       throw IoError(fmt::format("{}: weight_scale must be a float [{}]", where,
                                 s.per_tensor ? "1" : fmt::format("{}, 1", out)));
@@ -292,9 +301,10 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
   for (const auto& name : ck.names())
     if (name.ends_with(".input_scale") || name.ends_with(".input_global_scale") ||
         name.ends_with(".weight_g_idx"))
-      throw IoError(fmt::format("{}: tensor '{}': activation scales and act-order indices are "
-                                "not supported (kldq reads weight-only quantization)",
-                                dir.string(), name));
+      throw IoError(
+          fmt::format("{}: tensor '{}': activation scales and act-order indices are "
+                      "not supported (kldq reads weight-only quantization)",
+                      dir.string(), name));
   std::map<std::string, Derived> derived;
   std::set<std::string> hidden;
   nlohmann::json layer_formats = nlohmann::json::object();

@@ -324,6 +324,13 @@ TEST_CASE("export refuses what the target cannot hold, and writes nothing", "[ex
   r = run_kldq("export " + model + " --base int8 --to gguf -o " + (tmp / "x.gguf").string());
   CHECK(r.rc == 2);
   CHECK(kldq::test::read_text(tmp / "x.gguf") == "keep");
+  // Refused before quantizing: AWQ's scales cannot be folded yet (no calibration is read).
+  r = run_kldq("export " + model +
+               " --base int4_g32 --method awq --calib /nonexistent --to gguf -o " +
+               (tmp / "awq.gguf").string());
+  CHECK(r.rc == 2);
+  CHECK(r.err.find("AWQ's input scales") != std::string::npos);
+  CHECK(!fs::exists(tmp / "awq.gguf"));
   r = run_kldq("export " + model + " --to onnx -o " + (tmp / "d").string());
   CHECK(r.rc == 2);
   CHECK(r.err.find("onnx") != std::string::npos);
@@ -348,6 +355,21 @@ TEST_CASE("export refuses what the target cannot hold, and writes nothing", "[ex
              [](nlohmann::json& q) { q["config_groups"]["group_0"]["weights"]["num_bits"] = 6; });
   CHECK(r.rc == 2);
   CHECK(r.err.find("6-bit") != std::string::npos);
+  r = edited("symmetric", [](nlohmann::json& q) {
+    q["config_groups"]["group_0"]["weights"]["symmetric"] = "false";
+  });
+  CHECK(r.rc == 2);
+  CHECK(r.err.find("symmetric: expected true or false") != std::string::npos);
+  // Python's re.match semantics: `$` ends one alternative only, so this still targets every
+  // layer (the first alternative matches a prefix).
+  r = edited("alternation", [](nlohmann::json& q) {
+    q["config_groups"]["group_0"]["targets"] = {"re:model\\.layers|.*k_proj$"};
+  });
+  INFO(r.err);
+  CHECK(r.rc == 0);
+  const size_t at = r.out.find("model.layers.3.mlp.down_proj");
+  REQUIRE(at != std::string::npos);
+  CHECK(r.out.substr(at, r.out.find('\n', at) - at).find("int8") != std::string::npos);
   r = edited("other", [](nlohmann::json& q) { q["quant_method"] = "gptq"; });
   CHECK(r.rc == 2);
   CHECK(r.err.find("quant_method 'gptq'") != std::string::npos);
