@@ -54,7 +54,8 @@ int run_export_cmd(const ExportCliOptions& o) {
     source = qo.out;
   }
   const exporting::Source src(source);
-  exporting::ExportOptions options{.force = q.force};
+  exporting::ExportOptions options;
+  options.force = q.force;
   if (quantize_first) options.original = q.model;
   options.name = fs::absolute(q.model).lexically_normal().filename().string();
   const exporting::ExportReport r = target == exporting::Target::GGUF
