@@ -36,11 +36,8 @@ int run_export_cmd(const ExportCliOptions& o) {
   if (quantize_first) {  // what the export would refuse, before quantizing (GPTQ takes minutes)
     const quant::Plan plan = plan_from(q);
     const model::ModelConfig config = model::load_config(fs::path(q.model) / "config.json");
-    std::vector<model::LayerId> ids;
-    for (int b = 0; b < config.num_layers; ++b)
-      for (model::Proj p : model::kAllProjs) ids.push_back({b, p});
-    exporting::check_exportable(target, config, plan.resolve(ids), plan.method,
-                                q.plan.empty() ? "--base" : "--plan " + q.plan);
+    exporting::check_exportable(target, config, plan.resolve(model::linear_ids(config)),
+                                plan.method, q.plan.empty() ? "--base" : "--plan " + q.plan);
   }
   std::optional<TempOutput> staging;
   fs::path source = q.model;

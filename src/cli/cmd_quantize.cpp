@@ -60,12 +60,10 @@ int run_quantize_cmd(const QuantizeCliOptions& o) {
     const RunContext ctx = context_from(o.compute);
     const model::ModelConfig config =
         model::load_config(std::filesystem::path(o.model) / "config.json");
-    std::vector<model::LayerId> ids;
-    for (int b = 0; b < config.num_layers; ++b)
-      for (model::Proj p : model::kAllProjs) ids.push_back({b, p});
-    const model::MemoryNeeds needs = quant::memory_needs(
-        model::Decoder::weight_needs(o.model, ctx.dtype), config, plan.resolve(ids), method,
-        cal->ids.size(0), cal->ids.size(1), ctx.dtype);
+    const model::MemoryNeeds needs =
+        quant::memory_needs(model::Decoder::weight_needs(o.model, ctx.dtype), config,
+                            plan.resolve(model::linear_ids(config)), method, cal->ids.size(0),
+                            cal->ids.size(1), ctx.dtype);
     const model::MemoryPlan residency =
         plan_residency(ctx, o.compute, needs, "--samples or --seq-len");
     decoder = model::Decoder::load(o.model, ctx.device, ctx.dtype, residency.streamed);

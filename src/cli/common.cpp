@@ -224,10 +224,7 @@ std::optional<quant::Plan> plan_from(const std::string& model, const std::string
 
 void add_plan_bytes(model::MemoryNeeds& needs, const quant::Plan& plan,
                     const model::ModelConfig& c) {
-  std::vector<model::LayerId> ids;
-  for (int b = 0; b < c.num_layers; ++b)
-    for (model::Proj p : model::kAllProjs) ids.push_back({b, p});
-  for (const auto& [name, spec] : plan.resolve(ids)) {
+  for (const auto& [name, spec] : plan.resolve(model::linear_ids(c))) {
     const model::LayerId id = *model::LayerId::parse(name);  // names from the resolver
     const auto shape = model::linear_shape(c, id.proj);
     needs.blocks[static_cast<size_t>(id.block)] += spec.bytes(shape[0], shape[1]);

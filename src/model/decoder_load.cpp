@@ -154,10 +154,7 @@ void Decoder::check_layer(LayerId id) const {
 }
 
 std::vector<LayerId> Decoder::linear_ids() const {
-  std::vector<LayerId> ids;
-  for (int i = 0; i < num_blocks(); ++i)
-    for (Proj p : kAllProjs) ids.push_back({i, p});
-  return ids;
+  return model::linear_ids(config_);
 }
 
 const QLinear& Decoder::linear(LayerId id) const {

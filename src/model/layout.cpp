@@ -7,6 +7,13 @@
 
 namespace kldq::model {
 
+std::vector<LayerId> linear_ids(const ModelConfig& c) {
+  std::vector<LayerId> ids;
+  for (int b = 0; b < c.num_layers; ++b)
+    for (Proj p : kAllProjs) ids.push_back({b, p});
+  return ids;
+}
+
 std::vector<int64_t> linear_shape(const ModelConfig& c, Proj p) {
   switch (p) {
     case Proj::Q:

@@ -211,11 +211,8 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
   model::WeightStore ws(ck, c10::kCPU, c10::kFloat);
   ws.validate(model::expected_tensors(config));
 
-  std::vector<model::LayerId> ids;
-  for (int b = 0; b < config.num_layers; ++b)
-    for (model::Proj p : model::kAllProjs) ids.push_back({b, p});
   std::vector<std::string> unmatched;
-  const model::LayerFormats formats = plan.resolve(ids, &unmatched);
+  const model::LayerFormats formats = plan.resolve(model::linear_ids(config), &unmatched);
   for (const auto& pattern : unmatched)
     log::warn("layer pattern '{}' matches no layer of {}", pattern, src.string());
   check_formats(method.method, formats);

@@ -59,6 +59,14 @@ void check_same_weights(const fs::path& a, const fs::path& b) {
   }
 }
 
+// `kldq quantize MODEL --plan PLAN -o OUT`, required to succeed.
+void quantize(const fs::path& model, const fs::path& plan, const fs::path& out) {
+  const auto r =
+      run_kldq("quantize " + model.string() + " --plan " + plan.string() + " -o " + out.string());
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+}
+
 at::Tensor read_tensor(const fs::path& file, const std::string& name) {
   return kldq::io::SafetensorsFile::open(file)->tensor(name).clone();
 }
@@ -73,9 +81,7 @@ TEST_CASE("compressed-tensors export: transformers' logits equal kldq's, read ba
     INFO(model.string());
     kldq::test::TempDir tmp("export-ct");
     kldq::test::write_text(tmp / "plan.json", mixed_plan());
-    REQUIRE(run_kldq("quantize " + model.string() + " --plan " + (tmp / "plan.json").string() +
-                     " -o " + (tmp / "q").string())
-                .rc == 0);
+    quantize(model, tmp / "plan.json", tmp / "q");
     const auto r = run_kldq("export " + model.string() + " --plan " + (tmp / "plan.json").string() +
                             " --to compressed-tensors -o " + (tmp / "ct").string());
     INFO(r.err);
@@ -123,9 +129,7 @@ TEST_CASE("compressed-tensors' own compressor writes checkpoints kldq reads bit 
     {"layers": "re:.*(gate|up)_proj", "format": "int4_g64_asym"},
     {"layers": "*.down_proj", "format": "int3_g32"},
     {"layers": "model.layers.2.self_attn.*", "format": "bf16"}]})");
-  REQUIRE(run_kldq("quantize " + kWiki.string() + " --plan " + (tmp / "plan.json").string() +
-                   " -o " + (tmp / "q").string())
-              .rc == 0);
+  quantize(kWiki, tmp / "plan.json", tmp / "q");
   const auto o = kldq::test::run_command(
       *py + " " KLDQ_SOURCE_DIR "/tests/oracle/export_oracle.py ct-compress " +
       (tmp / "q").string() + " " + (tmp / "theirs").string());
@@ -219,9 +223,7 @@ TEST_CASE("GGUF export: the gguf package dequantizes every tensor to kldq's weig
     INFO(model.string());
     kldq::test::TempDir tmp("export-gguf");
     kldq::test::write_text(tmp / "plan.json", mixed_plan());
-    REQUIRE(run_kldq("quantize " + model.string() + " --plan " + (tmp / "plan.json").string() +
-                     " -o " + (tmp / "q").string())
-                .rc == 0);
+    quantize(model, tmp / "plan.json", tmp / "q");
     const auto r =
         run_kldq("export " + (tmp / "q").string() + " --to gguf -o " + (tmp / "m.gguf").string());
     INFO(r.err);
@@ -421,9 +423,7 @@ output: '{}'
   const auto p = nlohmann::json::parse(kldq::test::read_text(plan));
   CHECK(p["planner"]["fused_groups"] == true);
   // The exported checkpoint holds exactly the plan's weights (kldq quantize --plan).
-  REQUIRE(run_kldq("quantize " + kWiki.string() + " --plan " + plan.string() + " -o " +
-                   (dir / "q").string())
-              .rc == 0);
+  quantize(kWiki, plan, dir / "q");
   check_same_weights(dir / "q", exported["compressed-tensors"]);
   CHECK(fs::file_size(exported["gguf"]) > 0);
   // Run again: every stage, the exports included, is reused.

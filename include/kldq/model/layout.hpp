@@ -31,6 +31,9 @@ struct TensorSlot {
 // [out, in] of projection `p` in every block.
 std::vector<int64_t> linear_shape(const ModelConfig& config, Proj p);
 
+// Every decoder linear layer of `config`, in model order (block by block, kAllProjs order).
+std::vector<LayerId> linear_ids(const ModelConfig& config);
+
 // HF layer id -> storage format of a quantized checkpoint's linear layers. Layers not listed are
 // dense `.weight` tensors of any float dtype.
 using LayerFormats = std::map<std::string, formats::FormatSpec>;
