@@ -37,7 +37,7 @@ int run_export_cmd(const ExportCliOptions& o) {
     const quant::Plan plan = plan_from(q);
     const model::ModelConfig config = model::load_config(fs::path(q.model) / "config.json");
     exporting::check_exportable(target, config, plan.resolve(model::linear_ids(config)),
-                                plan.method, q.plan.empty() ? "--base" : "--plan " + q.plan);
+                                q.plan.empty() ? "--base" : "--plan " + q.plan);
   }
   std::optional<TempOutput> staging;
   fs::path source = q.model;
@@ -58,6 +58,12 @@ int run_export_cmd(const ExportCliOptions& o) {
   const exporting::ExportReport r = target == exporting::Target::GGUF
                                         ? exporting::export_gguf(src, out, options)
                                         : exporting::export_compressed_tensors(src, out, options);
+  if (!r.folded.empty())
+    log::info(
+        "AWQ input scales of {} layer(s) folded into the norms and rows before them (-v "
+        "lists them; docs/FORMATS.md, \"Export\")",
+        r.folded.size());
+  for (const auto& [layer, into] : r.folded) log::debug("{}: input scale folded {}", layer, into);
   for (const auto& [layer, what] : r.requantized) log::warn("{}: re-quantized, {}", layer, what);
   std::cout << fmt::format(
                    "exported {} to {} ({}): {} quantized layer(s) exact, {} re-quantized, {}",

@@ -398,11 +398,6 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
           "and only hqq makes them",
           path, f == p.base ? "base" : "plan.candidates:", f, p.method));
     }
-    if (!e.export_to.empty() && p.method == "awq")
-      throw ConfigError(
-          fmt::format("{}: export.to: AWQ's input scales cannot be folded into an "
-                      "exported model yet; export gptq or rtn points",
-                      path));
     // What a compressed-tensors export of the point's plans would refuse, before any work.
     if (std::count(e.export_to.begin(), e.export_to.end(), "compressed-tensors")) {
       for (const auto& f : used) {

@@ -19,6 +19,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <bit>
 #include <functional>
 #include <map>
@@ -195,18 +196,18 @@ nlohmann::json quantization_config(const Source& src) {
 }  // namespace
 
 void check_exportable(Target target, const model::ModelConfig& config,
-                      const model::LayerFormats& formats, const std::string& method,
-                      const std::string& what) {
+                      const model::LayerFormats& formats, const std::string& what) {
   std::vector<std::string> problems;
-  if (method == "awq")
-    problems.push_back(
-        "AWQ's input scales (kept per layer by kldq) cannot be folded into the exported model yet; "
-        "export a gptq or rtn plan");
   auto format_of = [&](const std::string& layer) {  // every dense format is one scheme: ignored
     const auto f = formats.find(layer);
     return f == formats.end() || f->second.dense() ? std::string("dense") : f->second.name();
   };
   if (target == Target::COMPRESSED_TENSORS) {
+    if (std::none_of(formats.begin(), formats.end(),
+                     [](const auto& f) { return !f.second.dense(); }))
+      problems.push_back(
+          "no layer is quantized: transformers and vLLM load this model as it is, without a "
+          "compressed-tensors quantization_config");
     for (const auto& [layer, spec] : formats) {
       const auto id = model::LayerId::parse(layer);
       const std::string why =
@@ -239,8 +240,7 @@ void check_exportable(Target target, const model::ModelConfig& config,
 ExportReport export_compressed_tensors(const Source& src, const fs::path& out_arg,
                                        const ExportOptions& options) {
   const fs::path out = directory_output(out_arg, "-o", options.force, {src.dir()});
-  check_exportable(Target::COMPRESSED_TENSORS, src.config(), src.formats(),
-                   src.input_scaled().empty() ? "" : "awq", src.dir().string());
+  check_exportable(Target::COMPRESSED_TENSORS, src.config(), src.formats(), src.dir().string());
   // In checkpoint order: a quantized layer's tensors at its first stored part (weight_packed),
   // every other tensor as stored. Made twice (specs, then data): cheap views and small copies.
   std::vector<std::pair<std::string, std::function<Named()>>> order;
@@ -278,6 +278,7 @@ ExportReport export_compressed_tensors(const Source& src, const fs::path& out_ar
   tmp.commit();
   for (const auto& [layer, spec] : src.formats())
     if (!spec.dense()) ++report.exact_layers;
+  report.folded = src.folded();
   return report;
 }
 

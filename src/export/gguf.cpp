@@ -216,17 +216,15 @@ void add_model_metadata(io::GgufWriter& g, const Source& src, const std::string&
 
 ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOptions& options) {
   const model::ModelConfig& c = src.config();
-  if (!src.input_scaled().empty())
-    throw ConfigError(
-        fmt::format("{}: layer '{}' carries AWQ input scales, which the GGUF export "
-                    "cannot fold yet (use gptq or rtn)",
-                    src.dir().string(), *src.input_scaled().begin()));
   const std::string arch = c.arch == model::Arch::QWEN2 ? "qwen2" : "llama";
   io::GgufWriter g;
   add_model_metadata(g, src, arch, options.name);
   add_vocab(g, src.dir(), src.config(), arch);
   std::optional<io::Checkpoint> original;
-  if (!options.original.empty()) original = io::Checkpoint::open(options.original);
+  // A folded model's weights are no longer the original's (fold.cpp): they re-quantize from
+  // kldq's dequantized ones.
+  if (!options.original.empty() && src.folded().empty())
+    original = io::Checkpoint::open(options.original);
   ExportReport report;
   for (const auto& s : src.slots()) {
     const bool linear =
@@ -252,8 +250,10 @@ ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOpt
                             : stored == at::kHalf ? GgmlType::F16
                                                   : GgmlType::BF16;
       const at::ScalarType dt = f32 ? at::kFloat : stored;
-      g.add_tensor(gguf_name(s.name), type, shape,
-                   [=, &src] { return finish(bytes_of(src.tensor(s.name).to(dt))); });
+      g.add_tensor(gguf_name(s.name), type, shape, [=, &src] {
+        return finish(
+            bytes_of(dt == at::kFloat ? src.tensor_f32(s.name) : src.tensor(s.name).to(dt)));
+      });
       continue;
     }
     const std::string layer = s.layer->name();
@@ -282,6 +282,7 @@ ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOpt
   }
   g.write(out);
   report.bytes = fs::file_size(out);
+  report.folded = src.folded();
   return report;
 }
 

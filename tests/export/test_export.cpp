@@ -9,6 +9,7 @@
 #include <map>
 
 #include "kldq/export/export.hpp"
+#include "kldq/io/checkpoint.hpp"
 #include "kldq/io/safetensors.hpp"
 #include "kldq/model/decoder.hpp"
 #include "kldq/model/foreign.hpp"
@@ -117,6 +118,111 @@ TEST_CASE("compressed-tensors export: transformers' logits equal kldq's, read ba
     INFO("max |logit diff| " << diff);
     CHECK(diff <= 1e-4);
   }
+}
+
+namespace {
+
+const char* kIds =
+    "[[1, 5, 9, 13, 2, 7, 30, 61, 99, 3, 17, 40, 8, 100, 200, 300],"
+    " [4, 4, 200, 31, 77, 12, 6, 250, 1, 90, 33, 2, 5, 11, 12, 13]]";
+
+// Mean KL(p || q) per token of two [B, T, V] logits, in fp64.
+double mean_kl(const at::Tensor& p_logits, const at::Tensor& q_logits) {
+  const at::Tensor p = at::log_softmax(p_logits.to(at::kDouble), -1);
+  const at::Tensor q = at::log_softmax(q_logits.to(at::kDouble), -1);
+  return (p.exp() * (p - q)).sum(-1).mean().item<double>();
+}
+
+// kldq's fp32 CPU logits of kIds on the checkpoint `dir`.
+at::Tensor kldq_logits(const fs::path& dir) {
+  const auto ids = nlohmann::json::parse(kIds).get<std::vector<std::vector<int64_t>>>();
+  std::vector<int64_t> flat;
+  for (const auto& row : ids) flat.insert(flat.end(), row.begin(), row.end());
+  const auto m = kldq::model::Decoder::load(dir, c10::kCPU, c10::kFloat);
+  return m.forward(at::tensor(flat, at::kLong).reshape({static_cast<int64_t>(ids.size()), -1}));
+}
+
+// The export oracle's `args`, required to succeed.
+void oracle(const std::string& py, const std::string& args) {
+  const auto o =
+      kldq::test::run_command(py + " " KLDQ_SOURCE_DIR "/tests/oracle/export_oracle.py " + args);
+  INFO(o.err);
+  REQUIRE(o.rc == 0);
+}
+
+}  // namespace
+
+// AWQ's layers divide their input by a scale (kldq keeps it per layer); the exports fold it into
+// the norms, v's and up's rows and the dense members (src/export/fold.cpp). Oracle: transformers'
+// fp32 logits of each export against kldq's of the AWQ checkpoint itself. The fold rounds only
+// the folded rows' fp16 scales (<= 2^-11 relative) and the bf16 dense weights; a missing or wrong
+// fold changes the function by orders of magnitude more than the KL bound of 1e-6.
+TEST_CASE("AWQ plans export with their input scales folded, computing the AWQ model", "[export]") {
+  const auto py = kldq::test::python_with("transformers compressed_tensors gguf torch");
+  REQUIRE(py);
+  kldq::test::TempDir tmp("export-awq");
+  kldq::test::write_text(tmp / "ids.json", kIds);
+  // Without grouped-query attention o's scale is searched too, and folds into v's rows.
+  oracle(*py, "ungqa " + kWiki.string() + " " + (tmp / "m").string());
+  auto awq = [&](const fs::path& model, const std::string& plan, const fs::path& out) {
+    kldq::test::write_text(tmp / "plan.json", plan);
+    const auto r =
+        run_kldq("quantize " + model.string() + " --plan " + (tmp / "plan.json").string() +
+                 " --calib " KLDQ_SOURCE_DIR
+                 "/data/demo/wiki.test.tail.txt --samples 8"
+                 " --seq-len 128 -o " +
+                 out.string());
+    INFO(r.err);
+    REQUIRE(r.rc == 0);
+  };
+  awq(tmp / "m", R"({"method": "awq", "base": "int4_g32", "overrides": [
+      {"layers": "*.o_proj", "format": "int8"},
+      {"layers": "re:model\\.layers\\.1\\.mlp\\.(gate|up)_proj", "format": "int4_g32_asym"},
+      {"layers": "model.layers.2.self_attn.*", "format": "bf16"},
+      {"layers": "re:model\\.layers\\.3\\.mlp\\.(gate|up)_proj", "format": "bf16"}]})",
+      tmp / "q");
+  auto r = run_kldq("-v export " + (tmp / "q").string() + " --to compressed-tensors -o " +
+                    (tmp / "ct").string());
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+  CHECK(r.err.find("self_attn.o_proj: input scale folded into model.layers.0.self_attn.v_proj") !=
+        std::string::npos);
+  CHECK(r.err.find("mlp.down_proj: input scale folded into model.layers.3.mlp.up_proj") !=
+        std::string::npos);
+  oracle(*py, "ct-logits " + (tmp / "ct").string() + " " + (tmp / "ids.json").string() + " " +
+                  (tmp / "hf.safetensors").string());
+  const at::Tensor want = kldq_logits(tmp / "q");
+  const at::Tensor hf = read_tensor(tmp / "hf.safetensors", "logits");
+  CHECK(mean_kl(want, hf) < 1e-6);
+  // kldq reads the export as transformers does: no input scale is left.
+  CHECK((kldq_logits(tmp / "ct") - hf).abs().max().item<double>() <= 1e-4);
+  const auto ct = kldq::io::Checkpoint::open(tmp / "ct");
+  for (const auto& name : ct.names()) CHECK(name.find("input_scale") == std::string::npos);
+  // The norm took q/k/v's scale: gamma' s = gamma (fp32 arithmetic, kept in fp32).
+  const auto q = kldq::io::Checkpoint::open(tmp / "q");
+  const at::Tensor s = q.tensor("model.layers.0.self_attn.q_proj.input_scale").to(at::kFloat);
+  const at::Tensor g = q.tensor("model.layers.0.input_layernorm.weight").to(at::kFloat);
+  const at::Tensor g2 = ct.tensor("model.layers.0.input_layernorm.weight");
+  CHECK(g2.scalar_type() == at::kFloat);
+  CHECK(((g2 * s - g).abs() <= g.abs() * 1e-6).all().item<bool>());
+
+  // GGUF, on the model with GQA, splitting gate/up (the dense up's columns take gate's scale) and
+  // with exact types only (Q4_0, Q8_0, BF16): transformers dequantizes it with the gguf package.
+  awq(kWiki, R"({"method": "awq", "base": "int4_g32", "overrides": [
+      {"layers": "*.o_proj", "format": "int8"},
+      {"layers": "model.layers.1.mlp.down_proj", "format": "bf16"},
+      {"layers": "model.layers.3.mlp.up_proj", "format": "bf16"}]})",
+      tmp / "qg");
+  fs::create_directories(tmp / "g");
+  r = run_kldq("export " + (tmp / "qg").string() + " --to gguf -o " +
+               (tmp / "g" / "m.gguf").string());
+  INFO(r.err);
+  REQUIRE(r.rc == 0);
+  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file(kWiki / f, tmp / "g" / f);
+  oracle(*py, "gguf-logits " + (tmp / "g").string() + " m.gguf " + (tmp / "ids.json").string() +
+                  " " + (tmp / "hg.safetensors").string());
+  CHECK(mean_kl(kldq_logits(tmp / "qg"), read_tensor(tmp / "hg.safetensors", "logits")) < 1e-6);
 }
 
 TEST_CASE("compressed-tensors' own compressor writes checkpoints kldq reads bit for bit",
@@ -326,13 +432,12 @@ TEST_CASE("export refuses what the target cannot hold, and writes nothing", "[ex
   r = run_kldq("export " + model + " --base int8 --to gguf -o " + (tmp / "x.gguf").string());
   CHECK(r.rc == 2);
   CHECK(kldq::test::read_text(tmp / "x.gguf") == "keep");
-  // Refused before quantizing: AWQ's scales cannot be folded yet (no calibration is read).
-  r = run_kldq("export " + model +
-               " --base int4_g32 --method awq --calib /nonexistent --to gguf -o " +
-               (tmp / "awq.gguf").string());
+  // Refused before quantizing: a plan with no quantized layer has no compressed-tensors config.
+  r = run_kldq("export " + model + " --base bf16 --to compressed-tensors -o " +
+               (tmp / "dense").string());
   CHECK(r.rc == 2);
-  CHECK(r.err.find("AWQ's input scales") != std::string::npos);
-  CHECK(!fs::exists(tmp / "awq.gguf"));
+  CHECK(r.err.find("no layer is quantized") != std::string::npos);
+  CHECK(!fs::exists(tmp / "dense"));
   r = run_kldq("export " + model + " --to onnx -o " + (tmp / "d").string());
   CHECK(r.rc == 2);
   CHECK(r.err.find("onnx") != std::string::npos);

@@ -7,6 +7,12 @@
                            checkpoint SRC: every quantized layer's weight is dequantized here (from
                            kldq's documented layout, not kldq's code), given kldq's scales and zero
                            points, and compressed by ModelCompressor; kldq must read it back exactly.
+  gguf-logits DIR GGUF IDS OUT
+                           transformers reads the GGUF file (dequantizing it with the gguf package;
+                           DIR holds it and the tokenizer) and writes logits as ct-logits does.
+  ungqa SRC OUT            OUT: the model SRC without grouped-query attention, the same function:
+                           every key/value head repeated for the query heads that share it (as
+                           transformers' repeat_kv does), num_key_value_heads = num_attention_heads.
   gguf-check GGUF REF      the gguf package reads every tensor of GGUF and dequantizes it; REF
                            (safetensors, HF names, fp32) holds the weights kldq evaluates. Prints
                            one JSON line: per-tensor max |diff| (after undoing llama.cpp's q/k row
@@ -27,6 +33,33 @@ def ct_logits(model_dir, ids_path, out_path):
     with torch.no_grad():
         logits = model(ids).logits.float()
     save_file({"logits": logits.contiguous()}, out_path)
+
+
+def gguf_logits(model_dir, gguf_file, ids_path, out_path):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(model_dir, gguf_file=gguf_file, dtype=torch.float32).eval()
+    ids = torch.tensor(json.load(open(ids_path)))
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+    save_file({"logits": logits.contiguous()}, out_path)
+
+
+def ungqa(src, out):
+    import shutil
+    shutil.copytree(src, out)
+    cfg = json.load(open(f"{src}/config.json"))
+    heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    sd = load_file(f"{src}/model.safetensors")
+    for name in list(sd):
+        if ".k_proj." in name or ".v_proj." in name:
+            t = sd[name]
+            sd[name] = t.reshape(kv, -1, *t.shape[1:]).repeat_interleave(heads // kv, 0).reshape(-1, *t.shape[1:]).contiguous()
+    cfg["num_key_value_heads"] = heads
+    json.dump(cfg, open(f"{out}/config.json", "w"), indent=2)
+    import os
+    if os.path.exists(f"{out}/SHA256SUMS"):
+        os.remove(f"{out}/SHA256SUMS")
+    save_file(sd, f"{out}/model.safetensors", metadata={"format": "pt"})
 
 
 def unpack_rows(packed, bits, n):
@@ -131,6 +164,10 @@ if __name__ == "__main__":
         ct_logits(*sys.argv[2:5])
     elif cmd == "ct-compress":
         ct_compress(*sys.argv[2:4])
+    elif cmd == "gguf-logits":
+        gguf_logits(*sys.argv[2:6])
+    elif cmd == "ungqa":
+        ungqa(*sys.argv[2:4])
     elif cmd == "gguf-check":
         gguf_check(*sys.argv[2:4])
     else:

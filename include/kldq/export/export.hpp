@@ -23,7 +23,9 @@ enum class Target { COMPRESSED_TENSORS, GGUF };
 Target parse_target(const std::string& text, const std::string& what);
 const char* target_name(Target t);
 
-// A checkpoint to export: its config, tensors and the format of every quantized layer.
+// A checkpoint to export: its config, tensors and the format of every quantized layer. AWQ's input
+// scales are folded away at construction (src/export/fold.cpp; docs/FORMATS.md, "Export"): the
+// Source presents a model of the same function with no `.input_scale` tensors.
 class Source {
  public:
   // IoError/ConfigError naming `dir` when it does not load (checked as `kldq eval` checks it).
@@ -32,21 +34,30 @@ class Source {
   const model::ModelConfig& config() const { return config_; }
   const io::Checkpoint& checkpoint() const { return ck_; }
   const model::LayerFormats& formats() const { return formats_; }
-  const std::set<std::string>& input_scaled() const { return scaled_; }
+  // The layers whose input scales were folded, and where each went (layer -> "into ..."); a
+  // folded Source's quantized weights are no longer the original model's times a rounding.
+  const std::map<std::string, std::string>& folded() const { return folded_; }
   // Every tensor of the checkpoint, in kldq's order (embeddings, blocks, norm, head).
   const std::vector<model::TensorSlot>& slots() const { return slots_; }
   // A quantized layer's stored tensors (views of the file).
   formats::PackedWeight packed(const std::string& layer) const;
-  // A stored tensor (a view of the file), IoError naming it when it holds NaN or Inf.
+  // A stored tensor (a view of the file, or the folded tensor in its stored dtype), IoError
+  // naming it when it holds NaN or Inf.
   at::Tensor tensor(const std::string& name) const;
+  // The same in fp32, without the rounding to the stored dtype a folded tensor would get.
+  at::Tensor tensor_f32(const std::string& name) const;
 
  private:
   std::filesystem::path dir_;
   model::ModelConfig config_;
   io::Checkpoint ck_;
   model::LayerFormats formats_;
-  std::set<std::string> scaled_;
   std::vector<model::TensorSlot> slots_;
+  std::map<std::string, std::string> folded_;
+  std::map<std::string, at::Tensor> folded_tensors_;            // name -> fp32
+  std::map<std::string, formats::PackedWeight> folded_packed_;  // layer -> rescaled rows
+
+  void fold_input_scales(const std::set<std::string>& scaled);
 };
 
 struct ExportOptions {
@@ -60,14 +71,14 @@ struct ExportOptions {
 struct ExportReport {
   int exact_layers = 0;
   std::map<std::string, std::string> requantized;
-  uint64_t bytes = 0;  // size of the written weights
+  std::map<std::string, std::string> folded;  // Source::folded()
+  uint64_t bytes = 0;                         // size of the written weights
 };
 
 // ConfigError, before any work, for what `target` would refuse of a plan resolved to `formats`
-// by `method` on a model of `config` (unexportable formats, split fused groups, AWQ's scales).
+// on a model of `config` (unexportable formats, split fused groups).
 void check_exportable(Target target, const model::ModelConfig& config,
-                      const model::LayerFormats& formats, const std::string& method,
-                      const std::string& what);
+                      const model::LayerFormats& formats, const std::string& what);
 
 // Why a layer of `spec` with `in` input columns has no compressed-tensors equivalent, with the
 // nearest format that has one; "" when it has one. `in` 0: the format alone (no shape checks).
