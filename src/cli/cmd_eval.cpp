@@ -152,10 +152,8 @@ std::string summary_lines(const nlohmann::json& j, const std::string& mmlu_tag) 
   return line;
 }
 
-}  // namespace
-
-int run_eval(const EvalCliOptions& o) {
-  const auto t0 = Clock::now();
+// ConfigError for options that contradict each other or need another one.
+void check_options(const EvalCliOptions& o) {
   if (o.ppl.empty() && o.mmlu.empty() && o.tasks.empty() && !o.speed)
     throw ConfigError("nothing to evaluate: give --ppl, --mmlu, --tasks and/or --speed");
   if (o.kld && o.ppl.empty())
@@ -172,42 +170,87 @@ int run_eval(const EvalCliOptions& o) {
     if (given && o.tasks.empty()) throw ConfigError(fmt::format("{}: needs --tasks", what));
   const bool quantize = !o.base.empty() || !o.plan.empty();
   if (!quantize && (!o.method.method.empty() || !o.method.calib.empty() || o.method.group ||
-                    o.method.gptq_given || o.method.window_given))
+                    o.method.gptq_given() || o.method.window_given()))
     throw ConfigError(
         "--method, --group, --calib and the method's options quantize in memory; they need --base "
         "or --plan");
   if (o.kld && !quantize && o.reference.empty())
     throw ConfigError("--kld: needs --reference (or --base/--plan, which use MODEL as reference)");
+  for (const auto& dir : {o.model, o.reference})
+    if (!dir.empty() && !fs::is_directory(dir))
+      throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
+}
+
+struct Outputs {
+  fs::path metrics, predictions, task_predictions;  // -o, MMLU's and the tasks' predictions
+};
+
+Outputs outputs_of(const EvalCliOptions& o) {
+  Outputs r;
   // Outputs are checked before any work: never a directory, never one of the inputs.
   const std::vector<fs::path> inputs = {o.model,        o.reference, o.plan,
                                         o.ppl,          o.mmlu,      o.reference_predictions,
                                         o.method.calib, o.tasks_dir, o.reference_task_predictions};
-  const fs::path out = file_output(o.out, "-o", inputs);
-  const fs::path pred_path =
+  r.metrics = file_output(o.out, "-o", inputs);
+  r.predictions =
       o.mmlu.empty() ? fs::path()
                      : file_output(o.predictions.empty()
-                                       ? fs::path(out).replace_extension(".predictions.jsonl")
+                                       ? fs::path(r.metrics).replace_extension(".predictions.jsonl")
                                        : fs::path(o.predictions),
                                    "--predictions", inputs);
-  const fs::path task_pred_path =
-      o.tasks.empty()
-          ? fs::path()
-          : file_output(o.task_predictions.empty() ? fs::path(out).replace_extension(".tasks.jsonl")
-                                                   : fs::path(o.task_predictions),
-                        "--task-predictions", inputs);
-  if (pred_path == out)
-    throw ConfigError(fmt::format("--predictions {}: the same file as -o", pred_path.string()));
-  if (task_pred_path == out || (!pred_path.empty() && task_pred_path == pred_path))
+  r.task_predictions = o.tasks.empty()
+                           ? fs::path()
+                           : file_output(o.task_predictions.empty()
+                                             ? fs::path(r.metrics).replace_extension(".tasks.jsonl")
+                                             : fs::path(o.task_predictions),
+                                         "--task-predictions", inputs);
+  if (r.predictions == r.metrics)
+    throw ConfigError(fmt::format("--predictions {}: the same file as -o", r.predictions.string()));
+  if (r.task_predictions == r.metrics ||
+      (!r.predictions.empty() && r.task_predictions == r.predictions))
     throw ConfigError(fmt::format("--task-predictions {}: the same file as another output",
-                                  task_pred_path.string()));
-  for (const auto& dir : {o.model, o.reference})
-    if (!dir.empty() && !fs::is_directory(dir))
-      throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
+                                  r.task_predictions.string()));
+  return r;
+}
 
-  const std::optional<quant::Plan> plan = plan_from(o.model, o.base, o.plan, o.method);
-  const RunContext ctx = context_from(o.compute);
+// The run's memory, streaming and time figures.
+void add_run_stats(nlohmann::json& j, const RunContext& ctx, const std::string& residency,
+                   uint64_t streamed_bytes, Clock::time_point t0) {
+  j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
+  j["peak_host_bytes"] = peak_host_bytes();
+  j["residency"] = residency;
+  j["streamed_bytes"] = streamed_bytes;
+  log::debug("eval: {} copied host-to-device for streamed blocks; peak host memory {}",
+             model::gib(streamed_bytes), model::gib(peak_host_bytes()));
+  j["seconds"] = seconds_since(t0);
+}
+
+// What every metrics file starts with: the version, models, quantization and settings.
+nlohmann::json metrics_header(const EvalCliOptions& o, const std::optional<quant::Plan>& plan,
+                              const quant::MethodOptions& method,
+                              const std::optional<calib::Calibration>& cal, bool has_ref,
+                              const RunContext& ctx) {
+  // The reference evaluated against: --reference, or MODEL itself unquantized.
+  const std::string ref_name = o.reference.empty() ? (has_ref ? o.model : "") : o.reference;
+  nlohmann::json j = {{"kldq_version", KLDQ_VERSION_STRING},
+                      {"model", o.model},
+                      {"quantization", plan ? (o.plan.empty() ? plan->base.name() : o.plan) : ""},
+                      {"reference", ref_name},
+                      {"dtype", dtype_name(ctx.dtype)},
+                      {"device", ctx.device.str()},
+                      {"device_name", device_description(ctx.device)},
+                      {"batch", o.batch}};
+  if (plan)
+    j["method_settings"] = quant::method_json(method, cal ? cal->identity : nlohmann::json());
+  return j;
+}
+
+// MODEL's config with the context and vocabulary both models share (into `config`), the
+// tokenizer, and every measurement's data fitted to them.
+Inputs load_inputs(const EvalCliOptions& o, model::ModelConfig& config,
+                   std::unique_ptr<io::Tokenizer>& tokenizer) {
   // Windows and prompts must fit both models' context and vocabulary.
-  model::ModelConfig config = model::load_config(fs::path(o.model) / "config.json");
+  config = model::load_config(fs::path(o.model) / "config.json");
   if (o.speed) check_speed_protocol(config, SpeedProtocol{});  // MODEL alone generates
   if (!o.reference.empty()) {
     const model::ModelConfig rc = model::load_config(fs::path(o.reference) / "config.json");
@@ -216,19 +259,99 @@ int run_eval(const EvalCliOptions& o) {
     config.vocab_size = std::min(config.vocab_size, rc.vocab_size);
   }
   Inputs in = settings_from(o, config.max_position_embeddings);
-  const auto tokenizer = io::Tokenizer::load(o.reference.empty() ? o.model : o.reference);
+  tokenizer = io::Tokenizer::load(o.reference.empty() ? o.model : o.reference);
   read_data(o, *tokenizer, in);
   in.tasks = read_tasks(o, *tokenizer, config.max_position_embeddings, config.vocab_size);
   check_vocabulary(in, config.vocab_size);
+  return in;
+}
+
+// Perplexity (and KL against `ref`, when given) over the --ppl windows into `j`.
+void measure_ppl(const EvalCliOptions& o, const model::Decoder& m, const model::Decoder* r,
+                 const Inputs& in, const std::optional<quant::Plan>& plan,
+                 const std::string& described, nlohmann::json& j) {
+  const c10::Device device = m.device();
+  log::info("eval {}: perplexity ({}), {} tokens of {}, {} windows of {}", described,
+            eval::ppl_protocol_name(in.ppl.protocol), in.tokens.size(), o.ppl, in.windows.size(),
+            in.ppl.ctx);
+  if (device.is_cuda()) {
+    // Warm-up on the first window, not timed: CUDA loads kernels lazily and cuBLAS picks
+    // algorithms on first use, a one-time cost per process that the rate should not include.
+    eval::score_windows(m, r, in.tokens, {in.windows.front()}, in.ppl);
+    device_synchronize(device);
+  }
+  const auto t = Clock::now();
+  const eval::TokenScores s = eval::score_windows(m, r, in.tokens, in.windows, in.ppl);
+  device_synchronize(device);
+  const double secs = seconds_since(t);
+  j.update(eval::ppl_summary(s.nll, s.windows));
+  if (o.kld) {
+    const auto rs = eval::ppl_summary(s.nll_ref, s.windows, "_ref");
+    j["ppl_ref"] = rs["ppl_ref"], j["nll_mean_ref"] = rs["nll_mean_ref"];
+    j.update(eval::kl_summary(s));
+    // The plan's prediction from its profiles (their calibration text, not this one).
+    if (plan && plan->planner.contains("predicted_kl"))
+      j["plan_predicted_kl"] = plan->planner["predicted_kl"];
+  }
+  j["seconds_ppl"] = secs;
+  j["tokens_per_second"] = double(s.nll.size()) / secs;
+  j["ppl_settings"] = {{"protocol", eval::ppl_protocol_name(in.ppl.protocol)},
+                       {"ctx", in.ppl.ctx},
+                       {"stride", in.ppl.stride > 0 ? in.ppl.stride : in.ppl.ctx / 2},
+                       {"bos", in.ppl.bos},
+                       {"file", o.ppl},
+                       {"sha256", in.ppl_sha256}};
+  if (in.ppl.protocol != eval::PplProtocol::SLIDING) j["ppl_settings"].erase("stride");
+}
+
+// MMLU accuracy, and flips against the reference's predictions (saved, or of `ref`), into `j`;
+// returns the predictions JSONL.
+std::string measure_mmlu(const EvalCliOptions& o, const model::Decoder& m,
+                         const model::Decoder* ref, const io::Tokenizer& tokenizer, Inputs& in,
+                         const fs::path& predictions, const std::string& described,
+                         nlohmann::json& j) {
+  const c10::Device device = m.device();
+  log::info("eval {}: MMLU {} on {} questions of {}", described, in.mmlu_tag, in.items.size(),
+            o.mmlu);
+  const auto t = Clock::now();
+  const auto preds =
+      eval::score_mmlu(m, tokenizer, in.mmlu_data, in.items, in.answers, in.mmlu, "MMLU");
+  j.update(eval::mmlu_summary(preds));
+  if (!in.ref_predictions && ref)
+    in.ref_predictions = eval::score_mmlu(*ref, tokenizer, in.mmlu_data, in.items, in.answers,
+                                          in.mmlu, "MMLU reference");
+  if (in.ref_predictions)
+    j.update(eval::flip_summary(
+        *in.ref_predictions, preds,
+        o.reference_predictions.empty() ? "reference" : o.reference_predictions));
+  device_synchronize(device);
+  j["seconds_mmlu"] = seconds_since(t);
+  j["mmlu_settings"] = {{"protocol", in.mmlu_tag},    {"limit", in.mmlu.limit},
+                        {"max_len", in.mmlu.max_len}, {"path", o.mmlu},
+                        {"sha256", in.mmlu_sha256},   {"predictions", predictions.string()}};
+  j["mmlu_settings"]["shared_prefix"] = in.mmlu.shared_prefix;
+  return eval::predictions_jsonl(preds, in.mmlu_tag);
+}
+
+}  // namespace
+
+Printed run_eval(const EvalCliOptions& o) {
+  const auto t0 = Clock::now();
+  check_options(o);
+  const bool quantize = !o.base.empty() || !o.plan.empty();
+  const Outputs outs = outputs_of(o);
+  const std::optional<quant::Plan> plan = plan_from(o.model, o.base, o.plan, o.method);
+  const RunContext ctx = context_from(o.compute);
+  model::ModelConfig config;
+  std::unique_ptr<io::Tokenizer> tokenizer;
+  Inputs in = load_inputs(o, config, tokenizer);
 
   // Calibration for gptq/awq, from MODEL's tokenizer (the one the plan's layers are fitted on).
   // The method's settings (a plan's recorded ones under the command line's), resolved once.
-  quant::MethodOptions method;
-  std::optional<calib::Calibration> cal;
-  if (plan) {
-    method = method_options(o.method, plan->method, &*plan);
-    cal = method_calibration(o.method, method.method, o.model, &*plan);
-  }
+  const quant::MethodOptions method =
+      plan ? method_options(o.method, plan->method, &*plan) : quant::MethodOptions{};
+  const std::optional<calib::Calibration> cal =
+      plan ? method_calibration(o.method, method.method, o.model, &*plan) : std::nullopt;
   // The reference: --reference, else MODEL itself unquantized when it was quantized here and
   // something needs it (KL, or MMLU flips without saved reference predictions).
   const bool need_ref = (o.kld || (!o.mmlu.empty() && !in.ref_predictions) ||
@@ -243,100 +366,32 @@ int run_eval(const EvalCliOptions& o) {
                              : "--batch, --ctx or --mmlu's prompt length");
   std::string described;
   auto [m, ref] = load_models(o, plan, method, cal, ctx, need_ref, residency.streamed, described);
-  const std::string ref_name = o.reference.empty() ? (ref ? o.model : "") : o.reference;
 
-  nlohmann::json j = {
-      {"kldq_version", KLDQ_VERSION_STRING},
-      {"model", o.model},
-      {"quantization", quantize ? (o.plan.empty() ? plan->base.name() : o.plan) : ""},
-      {"reference", ref_name},
-      {"dtype", dtype_name(ctx.dtype)},
-      {"device", ctx.device.str()},
-      {"device_name", device_description(ctx.device)},
-      {"batch", o.batch}};
-  if (plan)
-    j["method_settings"] = quant::method_json(method, cal ? cal->identity : nlohmann::json());
+  nlohmann::json j = metrics_header(o, plan, method, cal, ref.has_value(), ctx);
   j.update(eval::memory_report(m));
   device_synchronize(ctx.device);
   reset_peak_allocated_bytes(ctx.device);
-  if (!o.ppl.empty()) {
-    log::info("eval {}: perplexity ({}), {} tokens of {}, {} windows of {}", described,
-              eval::ppl_protocol_name(in.ppl.protocol), in.tokens.size(), o.ppl, in.windows.size(),
-              in.ppl.ctx);
-    const model::Decoder* r = o.kld ? &*ref : nullptr;
-    if (ctx.device.is_cuda()) {
-      // Warm-up on the first window, not timed: CUDA loads kernels lazily and cuBLAS picks
-      // algorithms on first use, a one-time cost per process that the rate should not include.
-      eval::score_windows(m, r, in.tokens, {in.windows.front()}, in.ppl);
-      device_synchronize(ctx.device);
-    }
-    const auto t = Clock::now();
-    const eval::TokenScores s = eval::score_windows(m, r, in.tokens, in.windows, in.ppl);
-    device_synchronize(ctx.device);
-    const double secs = seconds_since(t);
-    j.update(eval::ppl_summary(s.nll, s.windows));
-    if (o.kld) {
-      const auto r = eval::ppl_summary(s.nll_ref, s.windows, "_ref");
-      j["ppl_ref"] = r["ppl_ref"], j["nll_mean_ref"] = r["nll_mean_ref"];
-      j.update(eval::kl_summary(s));
-      // The plan's prediction from its profiles (their calibration text, not this one).
-      if (plan && plan->planner.contains("predicted_kl"))
-        j["plan_predicted_kl"] = plan->planner["predicted_kl"];
-    }
-    j["seconds_ppl"] = secs;
-    j["tokens_per_second"] = double(s.nll.size()) / secs;
-    j["ppl_settings"] = {{"protocol", eval::ppl_protocol_name(in.ppl.protocol)},
-                         {"ctx", in.ppl.ctx},
-                         {"stride", in.ppl.stride > 0 ? in.ppl.stride : in.ppl.ctx / 2},
-                         {"bos", in.ppl.bos},
-                         {"file", o.ppl},
-                         {"sha256", in.ppl_sha256}};
-    if (in.ppl.protocol != eval::PplProtocol::SLIDING) j["ppl_settings"].erase("stride");
-  }
-  std::string predictions;
-  if (!o.mmlu.empty()) {
-    log::info("eval {}: MMLU {} on {} questions of {}", described, in.mmlu_tag, in.items.size(),
-              o.mmlu);
-    const auto t = Clock::now();
-    const auto preds =
-        eval::score_mmlu(m, *tokenizer, in.mmlu_data, in.items, in.answers, in.mmlu, "MMLU");
-    j.update(eval::mmlu_summary(preds));
-    if (!in.ref_predictions && ref)
-      in.ref_predictions = eval::score_mmlu(*ref, *tokenizer, in.mmlu_data, in.items, in.answers,
-                                            in.mmlu, "MMLU reference");
-    if (in.ref_predictions)
-      j.update(eval::flip_summary(
-          *in.ref_predictions, preds,
-          o.reference_predictions.empty() ? "reference" : o.reference_predictions));
-    device_synchronize(ctx.device);
-    j["seconds_mmlu"] = seconds_since(t);
-    j["mmlu_settings"] = {{"protocol", in.mmlu_tag},    {"limit", in.mmlu.limit},
-                          {"max_len", in.mmlu.max_len}, {"path", o.mmlu},
-                          {"sha256", in.mmlu_sha256},   {"predictions", pred_path.string()}};
-    j["mmlu_settings"]["shared_prefix"] = in.mmlu.shared_prefix;
-    predictions = eval::predictions_jsonl(preds, in.mmlu_tag);
-  }
+  if (!o.ppl.empty()) measure_ppl(o, m, o.kld ? &*ref : nullptr, in, plan, described, j);
+  const std::string predictions = o.mmlu.empty()
+                                      ? ""
+                                      : measure_mmlu(o, m, ref ? &*ref : nullptr, *tokenizer, in,
+                                                     outs.predictions, described, j);
   std::string more_lines, task_predictions;
   if (!o.tasks.empty())
-    task_predictions =
-        run_tasks(in.tasks, o, m, ref ? &*ref : nullptr, task_pred_path.string(), j, more_lines);
+    task_predictions = run_tasks(in.tasks, o, m, ref ? &*ref : nullptr,
+                                 outs.task_predictions.string(), j, more_lines);
   if (o.speed) j["speed"] = measure_speed(m, SpeedProtocol{}, more_lines);
-  j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
-  j["peak_host_bytes"] = peak_host_bytes();
-  j["residency"] = residency.describe(needs);
-  j["streamed_bytes"] = m.streamed_bytes() + (ref ? ref->streamed_bytes() : 0);
-  log::debug("eval: {} copied host-to-device for streamed blocks; peak host memory {}",
-             model::gib(j["streamed_bytes"].get<uint64_t>()), model::gib(peak_host_bytes()));
-  j["seconds"] = seconds_since(t0);
-  if (!predictions.empty()) io::write_file_atomic(pred_path, predictions);
-  if (!task_predictions.empty()) io::write_file_atomic(task_pred_path, task_predictions);
-  io::write_file_atomic(out, j.dump(2) + "\n");
+  add_run_stats(j, ctx, residency.describe(needs),
+                m.streamed_bytes() + (ref ? ref->streamed_bytes() : 0), t0);
+  if (!predictions.empty()) io::write_file_atomic(outs.predictions, predictions);
+  if (!task_predictions.empty()) io::write_file_atomic(outs.task_predictions, task_predictions);
+  io::write_file_atomic(outs.metrics, j.dump(2) + "\n");
 
   const std::string line = summary_lines(j, in.mmlu_tag);
-  std::cout << line << more_lines
-            << fmt::format("weights {} bytes, {:.3f} bits per weight (linear layers)\n",
-                           j["weight_bytes"].get<uint64_t>(), j["bits_per_weight"].get<double>());
-  return 0;
+  return {line + more_lines +
+              fmt::format("weights {} bytes, {:.3f} bits per weight (linear layers)\n",
+                          j["weight_bytes"].get<uint64_t>(), j["bits_per_weight"].get<double>()),
+          ""};
 }
 
 void register_eval(CLI::App& app, Action& action) {
@@ -379,15 +434,13 @@ void register_eval(CLI::App& app, Action& action) {
                   "per-item task predictions, JSONL (default: beside -o, .tasks.jsonl)");
   sub->add_option("--reference-task-predictions", opts->reference_task_predictions,
                   "task flips against a previous run's predictions instead of the reference");
-  sub->add_option("--batch", opts->batch, "windows, prompts or task items per forward (default 1)")
+  sub->add_option("--batch", opts->batch,
+                  "windows, prompts or task items per forward (default 8, as an experiment's eval)")
       ->check(CLI::PositiveNumber);
   sub->add_option("-o,--output", opts->out, "metrics JSON")->required();
   add_method_options(*sub, opts->method, true);
   add_compute_options(*sub, opts->compute);
-  sub->callback([&action, opts, sub] {
-    note_method_options(*sub, opts->method);
-    action = [opts] { return run_eval(*opts); };
-  });
+  sub->callback([&action, opts] { action = [opts] { return print(run_eval(*opts)); }; });
 }
 
 }  // namespace kldq::cli

@@ -16,7 +16,7 @@
 namespace kldq::cli {
 namespace fs = std::filesystem;
 
-int run_export_cmd(const ExportCliOptions& o) {
+Printed run_export_cmd(const ExportCliOptions& o) {
   const QuantizeCliOptions& q = o.source;
   const exporting::Target target = exporting::parse_target(o.to, "--to");
   const bool quantize_first = !q.plan.empty() || !q.base.empty();
@@ -47,7 +47,7 @@ int run_export_cmd(const ExportCliOptions& o) {
     QuantizeCliOptions qo = q;
     qo.out = (staging->path() / "quantized").string();
     qo.force = false;
-    run_quantize_cmd(qo);
+    log::debug("{}", run_quantize_cmd(qo).out);
     source = qo.out;
   }
   const exporting::Source src(source);
@@ -65,12 +65,11 @@ int run_export_cmd(const ExportCliOptions& o) {
         r.folded.size());
   for (const auto& [layer, into] : r.folded) log::debug("{}: input scale folded {}", layer, into);
   for (const auto& [layer, what] : r.requantized) log::warn("{}: re-quantized, {}", layer, what);
-  std::cout << fmt::format(
-                   "exported {} to {} ({}): {} quantized layer(s) exact, {} re-quantized, {}",
-                   q.model, exporting::target_name(target), out.string(), r.exact_layers,
-                   r.requantized.size(), model::gib(r.bytes))
-            << "\n";
-  return 0;
+  return {fmt::format("exported {} to {} ({}): {} quantized layer(s) exact, {} re-quantized, {}",
+                      q.model, exporting::target_name(target), out.string(), r.exact_layers,
+                      r.requantized.size(), model::gib(r.bytes)) +
+              "\n",
+          ""};
 }
 
 void register_export(CLI::App& app, Action& action) {
@@ -93,10 +92,7 @@ void register_export(CLI::App& app, Action& action) {
                 "replace an existing output (a directory only if kldq wrote it; any GGUF file)");
   add_method_options(*sub, q.method, true);
   add_compute_options(*sub, q.compute);
-  sub->callback([&action, opts, sub] {
-    note_method_options(*sub, opts->source.method);
-    action = [opts] { return run_export_cmd(*opts); };
-  });
+  sub->callback([&action, opts] { action = [opts] { return print(run_export_cmd(*opts)); }; });
 }
 
 }  // namespace kldq::cli

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "common.hpp"
+#include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
 #include "kldq/core/log.hpp"
@@ -237,17 +238,16 @@ int run_generate(const GenerateCliOptions& o) {
   at::Generator gen = at::detail::createCPUGenerator(o.sampling.seed);  // one for all batches
   std::string lines;
   eval::GenerateStats stats;
-  for (size_t first = 0; first < t.prompts.size(); first += size_t(rows)) {
-    const size_t last = std::min(t.prompts.size(), first + size_t(rows));
-    const std::vector<std::vector<int64_t>> part(t.prompts.begin() + long(first),
-                                                 t.prompts.begin() + long(last));
+  for (const auto [first, n] : batches(static_cast<int64_t>(t.prompts.size()), rows)) {
+    const std::vector<std::vector<int64_t>> part(t.prompts.begin() + first,
+                                                 t.prompts.begin() + first + n);
     const auto news = eval::generate(
         m, part, g, stream ? on_token : std::function<void(size_t, int64_t)>(), &stats, &gen);
     for (size_t i = 0; i < news.size(); ++i) {
       const auto& toks = news[i];
       const bool eos =
           !toks.empty() && std::find(g.stop.begin(), g.stop.end(), toks.back()) != g.stop.end();
-      lines += nlohmann::json({{"prompt", texts[first + i].text},
+      lines += nlohmann::json({{"prompt", texts[static_cast<size_t>(first) + i].text},
                                {"prompt_tokens", part[i].size()},
                                {"tokens", toks},
                                {"text", t.decode(toks)},
@@ -301,10 +301,7 @@ void register_generate(CLI::App& app, Action& action) {
   sub->add_option("-o,--output", opts->out, "write one JSON line per prompt here");
   add_method_options(*sub, opts->method, /*with_calibration=*/true, /*with_seed=*/false);
   add_compute_options(*sub, opts->compute);
-  sub->callback([&action, opts, sub] {
-    note_method_options(*sub, opts->method);
-    action = [opts] { return run_generate(*opts); };
-  });
+  sub->callback([&action, opts] { action = [opts] { return run_generate(*opts); }; });
 }
 
 }  // namespace kldq::cli

@@ -64,15 +64,20 @@ int run_plan(const PlanCliOptions& o) {
   else
     io::write_file_atomic(out, text);
 
+  std::cerr << plan_line(plan, profiles, out.string());
+  return 0;
+}
+
+std::string plan_line(const quant::Plan& plan, const std::vector<plan::Profile>& profiles,
+                      const std::string& out) {
   const auto& p = plan.planner;
-  std::cerr << fmt::format(
+  return fmt::format(
       "plan ({}): base {}, {} of {} units overridden; {:.4f} bits per weight; predicted KL "
       "{:.6f} (all {}: {:.6f}){}\n",
       p["strategy"].get<std::string>(), plan.base.name(), plan.overrides.size(),
       profiles.front().units.size(), p["bits_per_weight"].get<double>(),
       p["predicted_kl"].get<double>(), profiles.front().base, profiles.front().baseline_kl,
-      out.empty() ? "" : " -> " + out.string());
-  return 0;
+      out.empty() ? "" : " -> " + out);
 }
 
 void register_plan(CLI::App& app, Action& action) {

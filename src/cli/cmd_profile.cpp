@@ -57,10 +57,8 @@ std::string units_csv(const nlohmann::json& units) {
   return text;
 }
 
-}  // namespace
-
-int run_profile_cmd(const ProfileCliOptions& o) {
-  const auto t0 = std::chrono::steady_clock::now();
+// The command line's profile options (caches_on_host: decided with the residency).
+profile::Options options_of(const ProfileCliOptions& o) {
   profile::Options po;
   po.mode = profile::parse_mode(o.mode, "--mode");
   po.granularity = profile::parse_granularity(o.granularity, "--granularity");
@@ -68,6 +66,83 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   po.batch = o.batch;
   po.cached = !o.naive;
   po.proxies = o.proxies;
+  return po;
+}
+
+// Device bytes of the profile: the model's weights, the passes' working set and, for a calibrated
+// method, its quantization's, which comes first.
+model::MemoryNeeds profile_needs(const std::string& model, const profile::Options& po,
+                                 const quant::MethodOptions& method, const calib::Calibration& cal,
+                                 const RunContext& ctx) {
+  const model::ModelConfig config =
+      model::load_config(std::filesystem::path(model) / "config.json");
+  model::MemoryNeeds needs =
+      profile::memory_needs(model::Decoder::weight_needs(model, ctx.dtype), config, po,
+                            cal.ids.size(0), cal.ids.size(1), ctx.dtype);
+  // A calibrated method's quantization comes first and may need more than the passes.
+  if (quant::needs_calibration(method.method))
+    needs.working = std::max(
+        needs.working,
+        quant::memory_needs(needs, config, {}, method, cal.ids.size(0), cal.ids.size(1), ctx.dtype)
+            .working);
+  return needs;
+}
+
+// Writes profile.json, and the CSV when asked for. Both texts are made before either file is
+// written, and the CSV is removed again if the JSON cannot be written: no partial output.
+void write_profile(const std::filesystem::path& out, const std::filesystem::path& csv,
+                   const nlohmann::json& j) {
+  const std::string json_text = j.dump(2) + "\n";
+  if (!csv.empty()) {
+    io::write_file_atomic(csv, units_csv(j["units"]));
+    try {
+      io::write_file_atomic(out, json_text);
+    } catch (...) {
+      remove_tree(csv);
+      throw;
+    }
+  } else {
+    io::write_file_atomic(out, json_text);
+  }
+}
+
+// The table printed after a profile: the ten most sensitive units first (largest KL quantized
+// alone, or largest gain restored alone), and the proxies' Spearman correlations.
+std::string top_units(const profile::Result& r, const profile::Options& po,
+                      const nlohmann::json& j) {
+  std::vector<size_t> order(r.units.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  const bool restore = po.mode == profile::Mode::RESTORE_ONE;
+  auto key = [&](size_t i) {
+    return restore ? r.baseline.mean - r.units[i].kl.mean : r.units[i].kl.mean;
+  };
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key(a) > key(b); });
+  std::string table = fmt::format("baseline KL (all {}): {:.6f} ± {:.6f}\n{:<36} {:>12} {:>10}\n",
+                                  po.base.name(), r.baseline.mean, r.baseline.stderr_, "unit",
+                                  restore ? "KL gain" : "KL", "stderr");
+  for (size_t k = 0; k < std::min<size_t>(order.size(), 10); ++k) {
+    const auto& u = r.units[order[k]];
+    table += fmt::format("{:<36} {:>12.6f} {:>10.6f}\n", u.unit.id, key(order[k]), u.kl.stderr_);
+  }
+  if (po.proxies) {
+    const nlohmann::json& sp = j["proxies"]["spearman"];
+    auto corr = [&](const char* k) {
+      return sp[k].is_null() ? std::string("n/a") : fmt::format("{:+.3f}", sp[k].get<double>());
+    };
+    table += fmt::format(
+        "Spearman with {} over {} units: weight_mse {}, weight_sqnr_db {} (less error: expected "
+        "< 0), output_rel_error {}, fisher {}\n",
+        restore ? "KL gain" : "KL", r.units.size(), corr("weight_mse"), corr("weight_sqnr_db"),
+        corr("output_rel_error"), corr("fisher"));
+  }
+  return table;
+}
+
+}  // namespace
+
+Printed run_profile_cmd(const ProfileCliOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  profile::Options po = options_of(o);
   const quant::MethodOptions method = method_options(o.method, "");
   const std::vector<std::filesystem::path> inputs = {o.model, o.method.calib};
   const std::filesystem::path out = file_output(o.out, "-o", inputs);
@@ -77,24 +152,14 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   const RunContext ctx = context_from(o.compute);
   // The profile's windows serve its method too: the profile needs them whatever the method.
   const calib::Calibration cal = *method_calibration(o.method, "gptq", o.model);
-  const model::ModelConfig config =
-      model::load_config(std::filesystem::path(o.model) / "config.json");
-  model::MemoryNeeds needs =
-      profile::memory_needs(model::Decoder::weight_needs(o.model, ctx.dtype), config, po,
-                            cal.ids.size(0), cal.ids.size(1), ctx.dtype);
-  // A calibrated method's quantization comes first and may need more than the passes.
-  if (quant::needs_calibration(method.method))
-    needs.working = std::max(
-        needs.working,
-        quant::memory_needs(needs, config, {}, method, cal.ids.size(0), cal.ids.size(1), ctx.dtype)
-            .working);
+  const model::MemoryNeeds needs = profile_needs(o.model, po, method, cal, ctx);
   const model::MemoryPlan residency =
       plan_residency(ctx, o.compute, needs, "--batch, --samples or --seq-len");
   po.caches_on_host = residency.caches_on_host;
   model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype, residency.streamed);
   log::info("profile {}: {} {} units, {}/{}, {} x {} calibration tokens of {}", o.model, o.mode,
-            o.granularity, method.method, po.base.name(), o.method.samples, o.method.seq_len,
-            o.method.calib);
+            o.granularity, method.method, po.base.name(), cal.ids.size(0), cal.ids.size(1),
+            cal.identity.value("file", o.method.calib));
   reset_peak_allocated_bytes(ctx.device);
   const auto t1 = std::chrono::steady_clock::now();
   std::vector<model::LayerId> ids = m.linear_ids();
@@ -122,51 +187,11 @@ int run_profile_cmd(const ProfileCliOptions& o) {
   j["streamed_bytes"] = m.streamed_bytes();
   log::debug("profile: {} copied host-to-device for streamed blocks; peak host memory {}",
              model::gib(m.streamed_bytes()), model::gib(peak_host_bytes()));
-  // Both texts are made before either file is written, and the CSV is removed again if the JSON
-  // cannot be written: no partial output.
-  const std::string json_text = j.dump(2) + "\n";
-  if (!csv.empty()) {
-    io::write_file_atomic(csv, units_csv(j["units"]));
-    try {
-      io::write_file_atomic(out, json_text);
-    } catch (...) {
-      remove_tree(csv);
-      throw;
-    }
-  } else {
-    io::write_file_atomic(out, json_text);
-  }
+  write_profile(out, csv, j);
 
-  // The most sensitive units first (largest KL quantized alone, or largest gain restored alone).
-  std::vector<size_t> order(r.units.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  const bool restore = po.mode == profile::Mode::RESTORE_ONE;
-  auto key = [&](size_t i) {
-    return restore ? r.baseline.mean - r.units[i].kl.mean : r.units[i].kl.mean;
-  };
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key(a) > key(b); });
-  std::string table = fmt::format("baseline KL (all {}): {:.6f} ± {:.6f}\n{:<36} {:>12} {:>10}\n",
-                                  po.base.name(), r.baseline.mean, r.baseline.stderr_, "unit",
-                                  restore ? "KL gain" : "KL", "stderr");
-  for (size_t k = 0; k < std::min<size_t>(order.size(), 10); ++k) {
-    const auto& u = r.units[order[k]];
-    table += fmt::format("{:<36} {:>12.6f} {:>10.6f}\n", u.unit.id, key(order[k]), u.kl.stderr_);
-  }
-  if (po.proxies) {
-    const nlohmann::json& sp = j["proxies"]["spearman"];
-    auto corr = [&](const char* k) {
-      return sp[k].is_null() ? std::string("n/a") : fmt::format("{:+.3f}", sp[k].get<double>());
-    };
-    table += fmt::format(
-        "Spearman with {} over {} units: weight_mse {}, weight_sqnr_db {} (less error: expected "
-        "< 0), output_rel_error {}, fisher {}\n",
-        restore ? "KL gain" : "KL", r.units.size(), corr("weight_mse"), corr("weight_sqnr_db"),
-        corr("output_rel_error"), corr("fisher"));
-  }
-  std::cerr << table;
-  std::cout << fmt::format("profiled {} units in {:.1f} s -> {}\n", r.units.size(), secs,
-                           out.string());
-  return 0;
+  const std::string table = top_units(r, po, j);
+  return {fmt::format("profiled {} units in {:.1f} s -> {}\n", r.units.size(), secs, out.string()),
+          table};
 }
 
 void register_profile(CLI::App& app, Action& action) {
@@ -187,10 +212,7 @@ void register_profile(CLI::App& app, Action& action) {
   sub->add_option("--csv", opts->csv, "the per-unit results also as CSV");
   sub->add_option("-o,--output", opts->out, "profile JSON")->required();
   add_compute_options(*sub, opts->compute);
-  sub->callback([&action, opts, sub] {
-    note_method_options(*sub, opts->method);
-    action = [opts] { return run_profile_cmd(*opts); };
-  });
+  sub->callback([&action, opts] { action = [opts] { return print(run_profile_cmd(*opts)); }; });
 }
 
 }  // namespace kldq::cli

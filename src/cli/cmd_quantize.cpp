@@ -36,7 +36,7 @@ quant::Plan plan_from(const QuantizeCliOptions& o) {
   return p;
 }
 
-int run_quantize_cmd(const QuantizeCliOptions& o) {
+Printed run_quantize_cmd(const QuantizeCliOptions& o) {
   // The output is checked before the calibration, which may take minutes (again when written).
   directory_output(o.out, "-o", o.force, {o.model, o.plan, o.method.calib});
   const quant::Plan plan = plan_from(o);
@@ -81,8 +81,7 @@ int run_quantize_cmd(const QuantizeCliOptions& o) {
   if (decoder && decoder->streamed_bytes())
     line += fmt::format(", {} streamed host-to-device", model::gib(decoder->streamed_bytes()));
   line += fmt::format(", peak host memory {}", model::gib(peak_host_bytes()));
-  std::cout << line << "\n";
-  return 0;
+  return {line + "\n", ""};
 }
 
 void register_quantize(CLI::App& app, Action& action) {
@@ -98,10 +97,7 @@ void register_quantize(CLI::App& app, Action& action) {
   sub->add_flag("--force", opts->force, "replace an existing checkpoint at the output");
   add_method_options(*sub, opts->method, true);
   add_compute_options(*sub, opts->compute);
-  sub->callback([&action, opts, sub] {
-    note_method_options(*sub, opts->method);
-    action = [opts] { return run_quantize_cmd(*opts); };
-  });
+  sub->callback([&action, opts] { action = [opts] { return print(run_quantize_cmd(*opts)); }; });
 }
 
 }  // namespace kldq::cli

@@ -1,4 +1,4 @@
-// `kldq run EXPERIMENT [--model PATH]... [--output DIR] [--shard i/n] [--dry-run]`: an experiment
+// `kldq run EXPERIMENT [--model PATH]... [-o DIR] [--shard i/n] [--dry-run]`: an experiment
 // file's stages, run with caching and resume (run_stages.cpp), or with --dry-run the resolved sweep
 // and the stages that would run or be reused (docs/EXPERIMENTS.md).
 #include <fmt/format.h>
@@ -69,7 +69,7 @@ void register_run(CLI::App& app, Action& action) {
   sub->add_option("EXPERIMENT", opts->experiment, "experiment file, YAML or JSON")->required();
   sub->add_option("--model", opts->models, "checkpoint(s) replacing the file's models");
   sub->add_option("--shard", opts->shard, "i/n: only sweep points with index % n == i");
-  sub->add_option("--output", opts->output, "results directory replacing the file's output");
+  sub->add_option("-o,--output", opts->output, "results directory replacing the file's output");
   sub->add_flag("--dry-run", opts->dry_run, "print the resolved sweep and the stages");
   add_compute_options(*sub, opts->compute);
   sub->callback([&action, opts] { action = [opts] { return run_run(*opts); }; });

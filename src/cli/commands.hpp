@@ -10,8 +10,17 @@
 
 #include "common.hpp"
 #include "kldq/experiment/config.hpp"
+#include "kldq/plan/planner.hpp"
 
 namespace kldq::cli {
+
+// What a command prints: `out` on stdout (its result line), `err` on stderr (a table beside it).
+// The commands return it, so `kldq run` calls them without printing and logs it with -v.
+struct Printed {
+  std::string out, err;
+};
+// Prints `p` and returns exit status 0.
+int print(const Printed& p);
 
 struct ProfileCliOptions {
   std::string model, base, mode = "quantize-one", granularity = "linear";
@@ -22,7 +31,7 @@ struct ProfileCliOptions {
   ComputeOptions compute;
 };
 // `kldq profile`: writes `out` (and `csv`), prints the top units on stderr.
-int run_profile_cmd(const ProfileCliOptions& o);
+Printed run_profile_cmd(const ProfileCliOptions& o);
 
 struct QuantizeCliOptions {
   std::string model, out, base, plan;
@@ -34,14 +43,14 @@ struct QuantizeCliOptions {
 // The plan `o` names (--plan, or --base with --keep and --group), its method set from --method.
 quant::Plan plan_from(const QuantizeCliOptions& o);
 // `kldq quantize`: writes the checkpoint `o.out`.
-int run_quantize_cmd(const QuantizeCliOptions& o);
+Printed run_quantize_cmd(const QuantizeCliOptions& o);
 
 struct ExportCliOptions {
   QuantizeCliOptions source;  // MODEL, and --plan/--base to quantize it first; out, force
   std::string to;             // compressed-tensors | gguf
 };
 // `kldq export`: writes `source.out` (a directory for compressed-tensors, a file for gguf).
-int run_export_cmd(const ExportCliOptions& o);
+Printed run_export_cmd(const ExportCliOptions& o);
 
 struct PlanCliOptions {
   std::vector<std::string> profiles, candidates;
@@ -58,7 +67,8 @@ struct EvalCliOptions {
   std::string model, reference, base, plan, ppl, ppl_protocol = "gptq", out;
   std::string mmlu, mmlu_protocol = "5shot", predictions, reference_predictions;
   std::string tasks, tasks_dir, task_predictions, reference_task_predictions;
-  int64_t ctx = 0, stride = 0, batch = 1, mmlu_limit = 0, tasks_limit = 0;
+  int64_t ctx = 0, stride = 0, batch = 8, mmlu_limit = 0,
+          tasks_limit = 0;  // batch: as an experiment's eval
   int shots = -1;
   bool kld = false;
   bool speed = false;          // prefill and decode tokens/s (eval_speed.hpp)
@@ -67,7 +77,7 @@ struct EvalCliOptions {
   ComputeOptions compute;
 };
 // `kldq eval`: writes `out` (metrics JSON) and the MMLU and task predictions beside it.
-int run_eval(const EvalCliOptions& o);
+Printed run_eval(const EvalCliOptions& o);
 
 struct RunCliOptions {
   std::string experiment, shard, output;
@@ -75,6 +85,10 @@ struct RunCliOptions {
   bool dry_run = false;
   ComputeOptions compute;
 };
+// The line `kldq plan` prints on stderr about `plan`, made from `profiles`, written to `out`.
+std::string plan_line(const quant::Plan& plan, const std::vector<plan::Profile>& profiles,
+                      const std::string& out);
+
 // `kldq run` without --dry-run: runs the stages of `points` of `e` (models already resolved),
 // reusing finished ones, and prints the summary table.
 int run_experiment(const experiment::Experiment& e, const RunCliOptions& o,

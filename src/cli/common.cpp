@@ -7,6 +7,9 @@
 
 #include <cctype>
 
+#include <iostream>
+
+#include "commands.hpp"
 #include "kldq/core/context.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
@@ -18,6 +21,12 @@
 #include "kldq/model/layout.hpp"
 
 namespace kldq::cli {
+
+int print(const Printed& p) {
+  std::cerr << p.err;
+  std::cout << p.out;
+  return 0;
+}
 
 void add_compute_options(CLI::App& sub, ComputeOptions& opts) {
   sub.add_option("--device", opts.device, "cpu or cuda[:N] (default: cuda when present)");
@@ -73,31 +82,28 @@ void add_method_options(CLI::App& sub, MethodCliOptions& o, bool with_calibratio
   sub.add_option("--method", o.method, "rtn (default), hqq (int _fz formats), gptq or awq");
   sub.add_option("--group", o.group, "group (int) or block (nf4, fp4) size of --base")
       ->check(CLI::PositiveNumber);
-  sub.add_option("--damp", o.damp, "gptq: dampening, a fraction of the Hessian's mean diagonal")
+  // Each setting is stored only when given, so a plan's recorded one can be the default.
+  sub.add_option_function<double>(
+         "--damp", [&o](const double& v) { o.damp = v; },
+         "gptq: dampening, a fraction of the Hessian's mean diagonal (default 0.01)")
       ->check(CLI::Range(0.0, 1e4));
-  sub.add_flag("--act-order,!--no-act-order", o.act_order,
-               "gptq: columns by decreasing activation energy, static groups (default on)");
+  sub.add_flag_function(
+      "--act-order,!--no-act-order", [&o](int64_t count) { o.act_order = count > 0; },
+      "gptq: columns by decreasing activation energy, static groups (default on)");
   if (!with_calibration) return;
   sub.add_option("--calib", o.calib, "gptq/awq: calibration text or JSONL file");
-  sub.add_option("--samples", o.samples, "calibration windows N (default 128)")
+  sub.add_option_function<int64_t>(
+         "--samples", [&o](const int64_t& v) { o.samples = v; },
+         "calibration windows N (default 128)")
       ->check(CLI::PositiveNumber);
-  sub.add_option("--seq-len", o.seq_len, "tokens per calibration window T (default 512)")
+  sub.add_option_function<int64_t>(
+         "--seq-len", [&o](const int64_t& v) { o.seq_len = v; },
+         "tokens per calibration window T (default 512)")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
-  if (with_seed) sub.add_option("--seed", o.seed, "calibration window selection seed (default 0)");
-}
-
-void note_method_options(const CLI::App& sub, MethodCliOptions& o) {
-  auto given = [&](const char* name) {
-    const CLI::Option* opt = sub.get_option_no_throw(name);
-    return opt != nullptr && opt->count() > 0;
-  };
-  o.damp_given = given("--damp");
-  o.act_order_given = given("--act-order");
-  o.samples_given = given("--samples");
-  o.seq_len_given = given("--seq-len");
-  o.seed_given = given("--seed");
-  o.gptq_given = o.damp_given || o.act_order_given;
-  o.window_given = o.samples_given || o.seq_len_given || o.seed_given;
+  if (with_seed)
+    sub.add_option_function<uint64_t>(
+        "--seed", [&o](const uint64_t& v) { o.seed = v; },
+        "calibration window selection seed (default 0)");
 }
 
 namespace {
@@ -120,18 +126,16 @@ quant::MethodOptions method_options(const MethodCliOptions& o, const std::string
   quant::MethodOptions m;
   m.method = !method.empty() ? method : o.method.empty() ? "rtn" : o.method;
   quant::check_method(m.method, "--method");
-  if (o.gptq_given && m.method != "gptq")
+  if (o.gptq_given() && m.method != "gptq")
     throw ConfigError(fmt::format(
         "--damp, --act-order, --no-act-order: settings of gptq, but the method is {}", m.method));
-  m.gptq.damp = o.damp;
-  m.gptq.act_order = o.act_order;
   if (const auto r = recorded_for(plan, m.method)) {
     m.gptq = r->options.gptq;
     m.awq = r->options.awq;
     m.hqq = r->options.hqq;
-    if (o.damp_given) m.gptq.damp = o.damp;
-    if (o.act_order_given) m.gptq.act_order = o.act_order;
   }
+  if (o.damp) m.gptq.damp = *o.damp;
+  if (o.act_order) m.gptq.act_order = *o.act_order;
   return m;
 }
 
@@ -154,20 +158,19 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
                                                      const std::string& model,
                                                      const quant::Plan* plan) {
   if (!quant::needs_calibration(method)) {
-    if (!o.calib.empty() || o.window_given)
+    if (!o.calib.empty() || o.window_given())
       throw ConfigError(fmt::format(
           "--calib, --samples, --seq-len, --seed: {} uses no calibration (gptq and awq do)",
           method));
     return std::nullopt;
   }
-  calib::CalibrationSpec spec{o.calib, o.samples, o.seq_len, o.seed};
+  calib::CalibrationSpec spec;
+  spec.file = o.calib;
   const auto r = recorded_for(plan, method);
   const auto rc = r ? r->calibration : std::nullopt;
   const std::string recorded_at = plan ? plan->source + ".method_settings.calibration" : "";
   if (rc) {  // the plan's windows, where the command line names none
-    if (!o.samples_given) spec.samples = rc->samples;
-    if (!o.seq_len_given) spec.seq_len = rc->seq_len;
-    if (!o.seed_given) spec.seed = rc->seed;
+    spec.samples = rc->samples, spec.seq_len = rc->seq_len, spec.seed = rc->seed;
     if (o.calib.empty()) {
       if (!std::filesystem::is_regular_file(rc->file))
         throw ConfigError(fmt::format("{}.file {}: not found; give the text with --calib",
@@ -177,6 +180,9 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
                 spec.seq_len, rc->file, spec.seed);
     }
   }
+  spec.samples = o.samples.value_or(spec.samples);
+  spec.seq_len = o.seq_len.value_or(spec.seq_len);
+  spec.seed = o.seed.value_or(spec.seed);
   if (spec.file.empty())
     throw ConfigError(fmt::format("--method {}: needs calibration text (--calib FILE)", method));
   const model::ModelConfig config =
@@ -184,7 +190,7 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
   const auto tokenizer = io::Tokenizer::load(model);
   if (spec.seq_len > config.max_position_embeddings)
     throw ConfigError(fmt::format("{} {} exceeds the model's context of {}",
-                                  rc && !o.seq_len_given ? recorded_at + ".seq_len" : "--seq-len",
+                                  rc && !o.seq_len ? recorded_at + ".seq_len" : "--seq-len",
                                   spec.seq_len, config.max_position_embeddings));
   calib::Calibration cal = calib::make_calibration(spec, *tokenizer);
   if (rc) {  // other windows than the plan's fit other layers

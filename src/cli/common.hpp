@@ -58,22 +58,19 @@ nlohmann::json compute_tag(const RunContext& ctx);
 struct MethodCliOptions {
   std::string method;  // "" = rtn, or the plan's method
   int group = 0;       // 0 = the format's own
-  double damp = 0.01;
-  bool act_order = true;
+  // Set when given (on the command line, or by an experiment): the rest come from a plan's
+  // recorded settings, else the defaults (quant::GptqOptions, calib::CalibrationSpec).
+  std::optional<double> damp;
+  std::optional<bool> act_order;
   std::string calib;
-  int64_t samples = 128, seq_len = 512;
-  uint64_t seed = 0;
-  // Which of them the command line gave (note_method_options): the rest may come from a plan.
-  bool damp_given = false, act_order_given = false;
-  bool samples_given = false, seq_len_given = false, seed_given = false;
-  bool gptq_given = false;    // --damp or --[no-]act-order
-  bool window_given = false;  // --samples, --seq-len or --seed
+  std::optional<int64_t> samples, seq_len;
+  std::optional<uint64_t> seed;
+  bool gptq_given() const { return damp || act_order; }
+  bool window_given() const { return samples || seq_len || seed; }
 };
 // `with_seed` false leaves --seed to the command (the calibration seed is then the plan's or 0).
 void add_method_options(CLI::App& sub, MethodCliOptions& opts, bool with_calibration,
                         bool with_seed = true);
-// Records which of those options the command line gave; call from the subcommand's callback.
-void note_method_options(const CLI::App& sub, MethodCliOptions& opts);
 // The method's settings; `method` overrides opts.method when not empty. ConfigError when GPTQ's
 // options were given for another method. With a plan whose method_settings are of the same
 // method, its settings are the defaults and the command line's given options override them.

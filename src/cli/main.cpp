@@ -13,50 +13,10 @@
 #include "kldq/core/log.hpp"
 #include "kldq/core/output.hpp"
 
-int main(int argc, char** argv) {
-  // First, before any thread exists: an interrupted command removes its partial outputs.
-  kldq::install_cleanup_on_signals();
-  // Same inputs, same thread count, same bits: MKL (libtorch's CPU BLAS) by default picks fewer
-  // threads than asked when the machine is busy, which changes the summation order of a GEMM from
-  // run to run (measured: GPTQ checkpoints differing between two runs at --threads 8 on 2 cores).
-  // Read by MKL on its first call, so set before any; a user's own setting wins.
-  ::setenv("MKL_DYNAMIC", "FALSE", /*overwrite=*/0);
-  // The residency plan fills --max-gpu-memory with what a command holds; with fixed-size cached
-  // segments, memory freed between a block's Hessians and its stacked problems stays split and
-  // a later allocation fails below the cap (measured: a 14B GPTQ under 22 GiB failed at 20 GiB
-  // allocated). Expandable segments map freed memory back into one range, so the cap is the
-  // limit. Read when libtorch's CUDA allocator starts (first CUDA use); a user's setting wins.
-  ::setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True", /*overwrite=*/0);
-  CLI::App app{"kldq: KLD-guided mixed-precision quantization experiments for LLMs"};
-  app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("kldq ") + KLDQ_VERSION_STRING);
-  bool verbose = false, quiet = false;
-  app.add_flag("-v,--verbose", verbose, "more log output on stderr");
-  app.add_flag("-q,--quiet", quiet, "only warnings and errors on stderr");
+namespace {
 
-  kldq::cli::Action action;
-  kldq::cli::register_inspect(app, action);
-  kldq::cli::register_synth(app, action);
-  kldq::cli::register_logits(app, action);
-  kldq::cli::register_tokenize(app, action);
-  kldq::cli::register_quantize(app, action);
-  kldq::cli::register_export(app, action);
-  kldq::cli::register_eval(app, action);
-  kldq::cli::register_profile(app, action);
-  kldq::cli::register_plan(app, action);
-  kldq::cli::register_run(app, action);
-  kldq::cli::register_report(app, action);
-  kldq::cli::register_generate(app, action);
-
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : kldq::kExitUsage;
-  }
-  kldq::log::init(quiet     ? kldq::log::Level::QUIET
-                  : verbose ? kldq::log::Level::VERBOSE
-                            : kldq::log::Level::NORMAL);
+// Runs the command; every exception becomes one line on stderr and an exit code.
+int run_action(const kldq::cli::Action& action) {
   try {
     return action ? action() : kldq::kExitUsage;
   } catch (const kldq::Error& e) {
@@ -91,4 +51,56 @@ int main(int argc, char** argv) {
     kldq::log::error("internal error: an unknown exception (a bug in kldq; please report it)");
     return kldq::kExitRuntime;
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // First, before any thread exists: an interrupted command removes its partial outputs.
+  kldq::install_cleanup_on_signals();
+  // Same inputs, same thread count, same bits: MKL (libtorch's CPU BLAS) by default picks fewer
+  // threads than asked when the machine is busy, which changes the summation order of a GEMM from
+  // run to run (measured: GPTQ checkpoints differing between two runs at --threads 8 on 2 cores).
+  // Read by MKL on its first call, so set before any; a user's own setting wins.
+  ::setenv("MKL_DYNAMIC", "FALSE", /*overwrite=*/0);
+  // The residency plan fills --max-gpu-memory with what a command holds; with fixed-size cached
+  // segments, memory freed between a block's Hessians and its stacked problems stays split and
+  // a later allocation fails below the cap (measured: a 14B GPTQ under 22 GiB failed at 20 GiB
+  // allocated). Expandable segments map freed memory back into one range, so the cap is the
+  // limit. Read when libtorch's CUDA allocator starts (first CUDA use); a user's setting wins.
+  ::setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True", /*overwrite=*/0);
+  CLI::App app{"kldq: KLD-guided mixed-precision quantization experiments for LLMs"};
+  app.require_subcommand(1);
+  // -v/-q (options of kldq itself) are accepted after the subcommand too: a subcommand passes
+  // options it does not know up to kldq.
+  app.fallthrough();
+  app.set_version_flag("--version", std::string("kldq ") + KLDQ_VERSION_STRING);
+  bool verbose = false, quiet = false;
+  app.add_flag("-v,--verbose", verbose, "more log output on stderr");
+  app.add_flag("-q,--quiet", quiet, "only warnings and errors on stderr");
+
+  kldq::cli::Action action;
+  kldq::cli::register_inspect(app, action);
+  kldq::cli::register_synth(app, action);
+  kldq::cli::register_logits(app, action);
+  kldq::cli::register_tokenize(app, action);
+  kldq::cli::register_quantize(app, action);
+  kldq::cli::register_export(app, action);
+  kldq::cli::register_eval(app, action);
+  kldq::cli::register_profile(app, action);
+  kldq::cli::register_plan(app, action);
+  kldq::cli::register_run(app, action);
+  kldq::cli::register_report(app, action);
+  kldq::cli::register_generate(app, action);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : kldq::kExitUsage;
+  }
+  kldq::log::init(quiet     ? kldq::log::Level::QUIET
+                  : verbose ? kldq::log::Level::VERBOSE
+                            : kldq::log::Level::NORMAL);
+  return run_action(action);
 }

@@ -35,24 +35,6 @@ namespace {
 namespace fs = std::filesystem;
 namespace ex = experiment;
 
-// Collects what a command prints on std::cout and std::cerr (its result line, the profile's
-// table of top units), which `kldq run` replaces with its own progress lines and final table;
-// shown with -v. Logs and progress bars write to stderr directly and still show.
-class OutputCapture {
- public:
-  OutputCapture()
-      : out_(std::cout.rdbuf(buffer_.rdbuf())), err_(std::cerr.rdbuf(buffer_.rdbuf())) {}
-  ~OutputCapture() {
-    std::cout.rdbuf(out_);
-    std::cerr.rdbuf(err_);
-  }
-  std::string text() const { return buffer_.str(); }
-
- private:
-  std::ostringstream buffer_;
-  std::streambuf *out_, *err_;
-};
-
 class Runner {
  public:
   Runner(const ex::Experiment& e, const RunCliOptions& o, fs::path out, nlohmann::json compute)
@@ -91,11 +73,10 @@ class Runner {
       if (ec) throw IoError(fmt::format("{}: cannot create ({})", dir.string(), ec.message()));
       log::info("[{}/{}] {} {} ...", step, total, s.kind, what);
       const auto t0 = std::chrono::steady_clock::now();
-      {
-        OutputCapture capture;
-        execute(s, model, file, reference, by_key);
-        log::debug("{}", capture.text());
-      }
+      // What the stage's command would print (its result line, the profile's table of top
+      // units), which `kldq run` replaces with its own progress lines and final table.
+      const Printed printed = execute(s, model, file, reference, by_key);
+      log::debug("{}{}", printed.err, printed.out);
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       log::info("[{}/{}] {} {}: {:.1f} s", step, total, s.kind, what, secs);
@@ -120,9 +101,8 @@ class Runner {
   }
 
   void set_calibration(MethodCliOptions& m) const {
-    m.calib = e_.calib, m.samples = e_.samples, m.seq_len = e_.seq_len, m.seed = e_.calib_seed;
     // The experiment's windows, also over what a plan's method_settings record.
-    m.samples_given = m.seq_len_given = m.seed_given = true;
+    m.calib = e_.calib, m.samples = e_.samples, m.seq_len = e_.seq_len, m.seed = e_.calib_seed;
   }
 
   // The eval stage that follows the plan stage `i` (or is `i`).
@@ -130,8 +110,8 @@ class Runner {
     return stages[i].kind == "eval" ? stages[i].key : stages.at(i + 1).key;
   }
 
-  void execute(const ex::Stage& s, const std::string& model, const fs::path& file,
-               const std::string& reference, const std::map<std::string, fs::path>& by_key) {
+  Printed execute(const ex::Stage& s, const std::string& model, const fs::path& file,
+                  const std::string& reference, const std::map<std::string, fs::path>& by_key) {
     if (s.kind == "profile") {
       ProfileCliOptions p;
       p.model = model, p.base = s.inputs["base"], p.method.method = s.inputs["method"];
@@ -139,56 +119,73 @@ class Runner {
       set_calibration(p.method);
       p.proxies = e_.proxies, p.compute = o_.compute;
       p.out = file.string(), p.csv = (file.parent_path() / "profile.csv").string();
-      run_profile_cmd(p);
-    } else if (s.kind == "plan") {
-      const ex::Point& pt = e_.points[*s.point];
-      if (pt.planner == "uniform") {
-        quant::Plan plan;
-        plan.method = pt.method;
-        plan.base = formats::FormatSpec::parse(pt.base, "sweep.base");
-        plan.planner = {{"strategy", "uniform"}, {"experiment", e_.name}};
-        io::write_file_atomic(file, plan.to_json().dump(2) + "\n");
-        return;
-      }
-      PlanCliOptions p;
-      for (const auto& k : s.inputs["profiles"]) p.profiles.push_back(by_key.at(k).string());
-      const std::string pct = pt.percent ? fmt::format("{}%", *pt.percent) : "";
-      if (pt.planner == "restore-top") p.restore_top = pct, p.by = pt.by;
-      if (pt.planner == "random") p.random = pct, p.by = pt.by, p.seed = int64_t(*pt.seed);
-      if (pt.planner == "budget") p.budget_bpw = *pt.budget_bpw;
-      p.fused_groups = e_.fused_groups;
-      p.out = file.string();
-      run_plan(p);
-    } else if (s.kind == "export") {
-      export_point(s, model, file, by_key);
-    } else {
-      EvalCliOptions v;
-      v.model = model;
-      if (s.kind == "eval") v.plan = by_key.at(s.inputs["plan"]).string();
-      v.ppl = e_.ppl, v.ppl_protocol = e_.eval.ppl_protocol, v.ctx = e_.eval.ctx;
-      v.kld = s.kind == "eval" && e_.eval.kld && !e_.ppl.empty();
-      v.mmlu = e_.mmlu, v.mmlu_protocol = e_.eval.mmlu_protocol;
-      v.shots = e_.eval.mmlu_protocol == "chat0shot" ? -1 : int(e_.eval.shots);
-      v.mmlu_limit = e_.eval.mmlu_limit, v.batch = e_.eval.batch, v.compute = o_.compute;
-      v.speed = e_.eval.speed;
-      if (s.inputs.contains("calibration")) set_calibration(v.method);
-      // Flips against the reference stage's saved predictions: the bf16 model's MMLU runs once.
-      if (s.kind == "eval" && !e_.mmlu.empty())
-        v.reference_predictions = (fs::path(reference) / "metrics.predictions.jsonl").string();
-      if (!e_.eval.tasks.empty()) {
-        v.tasks = fmt::format("{}", fmt::join(e_.eval.tasks, ","));
-        v.tasks_dir = e_.tasks_dir, v.tasks_limit = e_.eval.tasks_limit;
-        if (s.kind == "eval")  // likewise the reference's task predictions
-          v.reference_task_predictions = (fs::path(reference) / "metrics.tasks.jsonl").string();
-      }
-      v.out = file.string();
-      run_eval(v);
+      return run_profile_cmd(p);
     }
+    if (s.kind == "plan") return plan_point(e_.points[*s.point], s, file, by_key);
+    if (s.kind == "export") return export_point(s, model, file, by_key);
+    return eval_stage(s, model, file, reference, by_key);
+  }
+
+  // The reference's or a point's evaluation, as `kldq eval` makes it.
+  Printed eval_stage(const ex::Stage& s, const std::string& model, const fs::path& file,
+                     const std::string& reference,
+                     const std::map<std::string, fs::path>& by_key) const {
+    EvalCliOptions v;
+    v.model = model;
+    if (s.kind == "eval") v.plan = by_key.at(s.inputs["plan"]).string();
+    v.ppl = e_.ppl, v.ppl_protocol = e_.eval.ppl_protocol, v.ctx = e_.eval.ctx;
+    v.kld = s.kind == "eval" && e_.eval.kld && !e_.ppl.empty();
+    v.mmlu = e_.mmlu, v.mmlu_protocol = e_.eval.mmlu_protocol;
+    v.shots = e_.eval.mmlu_protocol == "chat0shot" ? -1 : int(e_.eval.shots);
+    v.mmlu_limit = e_.eval.mmlu_limit, v.batch = e_.eval.batch, v.compute = o_.compute;
+    v.speed = e_.eval.speed;
+    if (s.inputs.contains("calibration")) set_calibration(v.method);
+    // Flips against the reference stage's saved predictions: the bf16 model's MMLU runs once.
+    if (s.kind == "eval" && !e_.mmlu.empty())
+      v.reference_predictions = (fs::path(reference) / "metrics.predictions.jsonl").string();
+    if (!e_.eval.tasks.empty()) {
+      v.tasks = fmt::format("{}", fmt::join(e_.eval.tasks, ","));
+      v.tasks_dir = e_.tasks_dir, v.tasks_limit = e_.eval.tasks_limit;
+      if (s.kind == "eval")  // likewise the reference's task predictions
+        v.reference_task_predictions = (fs::path(reference) / "metrics.tasks.jsonl").string();
+    }
+    v.out = file.string();
+    return run_eval(v);
+  }
+
+  // The point's plan: uniform, or from its profiles as `kldq plan` makes it.
+  Printed plan_point(const ex::Point& pt, const ex::Stage& s, const fs::path& file,
+                     const std::map<std::string, fs::path>& by_key) const {
+    if (pt.planner == "uniform") {
+      quant::Plan plan;
+      plan.method = pt.method;
+      plan.base = formats::FormatSpec::parse(pt.base, "sweep.base");
+      plan.planner = {{"strategy", "uniform"}, {"experiment", e_.name}};
+      io::write_file_atomic(file, plan.to_json().dump(2) + "\n");
+      return {};
+    }
+    std::vector<plan::Profile> profiles;
+    for (const auto& k : s.inputs["profiles"]) {
+      const std::string p = by_key.at(k).string();
+      profiles.push_back(plan::Profile::from_json(io::read_json_file(p, true), p));
+    }
+    plan::Request r;
+    r.strategy = pt.planner == "restore-top" ? plan::Strategy::RESTORE_TOP
+                 : pt.planner == "random"    ? plan::Strategy::RANDOM
+                                             : plan::Strategy::BUDGET;
+    if (pt.percent) r.percent = *pt.percent;
+    if (!pt.by.empty()) r.by = plan::parse_by(pt.by, e_.path + ": sweep.by");
+    if (pt.budget_bpw) r.budget_bpw = *pt.budget_bpw;
+    if (pt.seed) r.seed = *pt.seed;
+    r.fused_groups = e_.fused_groups;
+    const quant::Plan plan = plan::make_plan(profiles, r);
+    io::write_file_atomic(file, plan.to_json().dump(2) + "\n");
+    return {"", plan_line(plan, profiles, file.string())};
   }
 
   // kldq export of the point's plan; export.json (the artifact, written last) says where.
-  void export_point(const ex::Stage& s, const std::string& model, const fs::path& file,
-                    const std::map<std::string, fs::path>& by_key) {
+  Printed export_point(const ex::Stage& s, const std::string& model, const fs::path& file,
+                       const std::map<std::string, fs::path>& by_key) {
     const std::string to = s.inputs["to"];
     ExportCliOptions x;
     x.to = to;
@@ -199,13 +196,14 @@ class Runner {
     const std::string name = to == "gguf" ? "model.gguf" : "checkpoint";
     x.source.out = (file.parent_path() / name).string();
     x.source.force = true;  // a copy left by a run killed before export.json was written
-    run_export_cmd(x);
+    const Printed printed = run_export_cmd(x);
     const nlohmann::json j = {{"to", to},
                               {"path", name},
                               {"point", *s.point},
                               {"label", ex::point_label(e_.points[*s.point])},
                               {"plan", fs::relative(by_key.at(s.inputs["plan"]), out_).string()}};
     io::write_file_atomic(file, j.dump(2) + "\n");
+    return printed;
   }
 
   nlohmann::json record(const std::string& model, const std::string& id,

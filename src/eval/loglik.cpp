@@ -14,6 +14,7 @@
 
 #include <algorithm>
 
+#include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 
 namespace kldq::eval {
@@ -64,8 +65,7 @@ at::Tensor scored_logprobs(const model::Decoder& m, const std::vector<ScoredSequ
   // scores; fp32 log-softmax whatever the model's dtype (log-likelihoods sum many small terms).
   constexpr int64_t kRows = 1024;
   std::vector<at::Tensor> out;
-  for (int64_t r = 0; r < R; r += kRows) {
-    const int64_t k = std::min(kRows, R - r);
+  for (const auto [r, k] : batches(R, kRows)) {
     const at::Tensor lp =
         at::log_softmax(m.head(rows.narrow(0, r, k).unsqueeze(0)).squeeze(0), -1, at::kFloat);
     out.push_back(lp.gather(1, cols.narrow(0, r, k)));  // [k, columns]

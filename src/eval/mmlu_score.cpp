@@ -10,6 +10,7 @@
 #include <numeric>
 #include <optional>
 
+#include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/progress.hpp"
 #include "kldq/eval/loglik.hpp"
@@ -139,10 +140,9 @@ std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::To
     // Longest first, so a batch's padding is small and memory peaks at the start.
     std::stable_sort(g.begin(), g.end(),
                      [&](size_t a, size_t b) { return reqs[a].ids.size() > reqs[b].ids.size(); });
-    for (size_t b = 0; b < g.size(); b += static_cast<size_t>(o.batch)) {
-      const size_t n = std::min(g.size() - b, static_cast<size_t>(o.batch));
-      scorer.batch({g.begin() + long(b), g.begin() + long(b + n)}, prefix ? &*prefix : nullptr);
-      progress.advance(static_cast<int64_t>(n));
+    for (const auto [b, n] : batches(static_cast<int64_t>(g.size()), o.batch)) {
+      scorer.batch({g.begin() + b, g.begin() + b + n}, prefix ? &*prefix : nullptr);
+      progress.advance(n);
     }
   }
   for (auto& p : out)

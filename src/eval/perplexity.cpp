@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "kldq/core/batches.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
@@ -127,8 +128,7 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
     const at::Tensor target =
         ids.narrow(1, from + 1, S).reshape({B * S, 1}).to(model.device());  // [B*S, 1]
     timer.lap(1);
-    for (int64_t r = 0; r < B * S; r += o.chunk) {
-      const int64_t len = std::min(o.chunk, B * S - r);
+    for (const auto [r, len] : batches(B * S, o.chunk)) {
       const at::Tensor logits =
           model.head(h.narrow(0, r, len).unsqueeze(0)).squeeze(0);  // [len, V]
       const at::Tensor tgt = target.narrow(0, r, len).squeeze(1);   // [len]

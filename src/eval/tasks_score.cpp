@@ -13,6 +13,7 @@
 #include <numeric>
 #include <optional>
 
+#include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/progress.hpp"
 #include "kldq/eval/loglik.hpp"
@@ -167,10 +168,9 @@ std::vector<TaskPrediction> score_task(const model::Decoder& m, const Task& task
                    [&](size_t a, size_t b) { return t.longest[a] > t.longest[b]; });
   at::InferenceMode guard;
   Progress progress(label, static_cast<int64_t>(order.size()), "items");
-  for (size_t b = 0; b < order.size(); b += static_cast<size_t>(batch_items)) {
+  for (const auto [b, n] : batches(static_cast<int64_t>(order.size()), batch_items)) {
     std::vector<std::vector<size_t>> batch;
-    for (size_t k = b; k < std::min(order.size(), b + size_t(batch_items)); ++k)
-      batch.push_back(t.by_item[order[k]]);
+    for (int64_t k = b; k < b + n; ++k) batch.push_back(t.by_item[order[static_cast<size_t>(k)]]);
     try {
       score_batch(m, t.reqs, t.shared, batch, out);
     } catch (const IoError& e) {

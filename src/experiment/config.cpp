@@ -277,17 +277,8 @@ std::vector<Point> expand_sweep(const Node& sweep, const Point& def, const std::
   return points;
 }
 
-Experiment from_yaml(const YAML::Node& root, const std::string& path) {
-  const Node top{root, path, ""};
-  top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output",
-            "max_gpu_memory", "export"});
-  Experiment e;
-  e.path = path;
-  e.name = top.at("name").text();
-  if (top.has("max_gpu_memory")) {
-    e.max_gpu_memory = top.at("max_gpu_memory").text();
-    parse_size(e.max_gpu_memory, path + ": max_gpu_memory");
-  }
+// models, data and calibration: what every stage reads.
+void read_inputs(const Node& top, Experiment& e) {
   if (top.has("models"))
     for (const Node& m : top.at("models").values()) e.models.push_back(m.text());
   if (top.has("data")) {
@@ -305,6 +296,10 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
     if (c.has("seq_len")) e.seq_len = c.at("seq_len").count(2);
     if (c.has("seed")) e.calib_seed = uint64_t(c.at("seed").count(0));
   }
+}
+
+// profile: the sweep's defaults for base, method, granularity and mode, and the proxies.
+Point read_profile(const Node& top, Experiment& e) {
   Point def{"nf4", "rtn", "linear", "quantize-one", "", {}, "", {}, {}};
   if (top.has("profile")) {
     const Node p = top.at("profile");
@@ -316,6 +311,11 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
       def.granularity = one_of(p.at("granularity"), {"linear", "half-block", "block"});
     if (p.has("mode")) def.mode = one_of(p.at("mode"), {"quantize-one", "restore-one"});
   }
+  return def;
+}
+
+// plan and export.
+void read_plan_export(const Node& top, Experiment& e) {
   if (top.has("plan")) {
     const Node p = top.at("plan");
     p.only({"candidates", "fused_groups"});
@@ -329,6 +329,9 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
     for (const Node& t : x.at("to").values())
       e.export_to.push_back(one_of(t, {"compressed-tensors", "gguf"}));
   }
+}
+
+void read_eval(const Node& top, Experiment& e) {
   if (top.has("eval")) {
     const Node v = top.at("eval");
     v.only({"ppl_protocol", "ctx", "kld", "mmlu_protocol", "shots", "mmlu_limit", "batch", "tasks",
@@ -350,14 +353,10 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
     if (v.has("tasks_limit")) e.eval.tasks_limit = v.at("tasks_limit").count(0);
     if (v.has("speed")) e.eval.speed = v.at("speed").flag();
   }
-  if (e.eval.tasks.empty() != e.tasks_dir.empty())
-    throw ConfigError(fmt::format("{}: {}", path,
-                                  e.tasks_dir.empty()
-                                      ? "eval.tasks: needs data.tasks (the tasks' directory)"
-                                      : "data.tasks: needs eval.tasks (the tasks to run)"));
-  e.output = top.has("output") ? top.at("output").text() : "results/" + e.name;
+}
 
-  // The sweep: one mapping, or a list of them whose points are joined (duplicates dropped).
+// The sweep: one mapping, or a list of them whose points are joined (duplicates dropped).
+std::vector<Point> sweep_points(const Node& top, const Point& def, const std::string& path) {
   const Node sweep =
       top.has("sweep") ? top.at("sweep") : Node{YAML::Node(YAML::NodeType::Map), path, "sweep"};
   std::vector<Point> points;
@@ -373,63 +372,95 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
   } else {
     points = expand_sweep(sweep, def, path);
   }
-  std::set<std::string> seen;
-  for (Point& p : points) {
-    if (p.planner.empty())
-      p.planner = p.budget_bpw ? "budget" : p.percent ? "restore-top" : "uniform";
-    const bool restoring = p.planner == "restore-top" || p.planner == "random";
-    if (restoring && !p.percent)
-      throw ConfigError(
-          fmt::format("{}: sweep.restore_top: needed by the {} planner", path, p.planner));
-    if (p.planner == "budget" && !p.budget_bpw)
-      throw ConfigError(fmt::format("{}: sweep.budget_bpw: needed by the budget planner", path));
-    // HQQ and the _fz formats go together (quant::check_formats says so per layer, later); in
-    // a sweep an int base with method hqq names its _fz variant, so one `base` list serves every
-    // method of a methods table.
-    p.base = quant::method_format(p.method, p.base);
-    std::vector<std::string> used{p.base};
-    if (p.planner == "budget")
-      for (const auto& c : e.candidates) used.push_back(quant::method_format(p.method, c));
+  return points;
+}
+
+// Completes point p (its planner, its method's formats) and checks it against the rest of the
+// file, before any work; then drops what its planner does not use, so that equal work is one
+// point.
+void finish_point(Point& p, const Experiment& e, const std::string& path) {
+  if (p.planner.empty())
+    p.planner = p.budget_bpw ? "budget" : p.percent ? "restore-top" : "uniform";
+  const bool restoring = p.planner == "restore-top" || p.planner == "random";
+  if (restoring && !p.percent)
+    throw ConfigError(
+        fmt::format("{}: sweep.restore_top: needed by the {} planner", path, p.planner));
+  if (p.planner == "budget" && !p.budget_bpw)
+    throw ConfigError(fmt::format("{}: sweep.budget_bpw: needed by the budget planner", path));
+  // HQQ and the _fz formats go together (quant::check_formats says so per layer, later); in
+  // a sweep an int base with method hqq names its _fz variant, so one `base` list serves every
+  // method of a methods table.
+  p.base = quant::method_format(p.method, p.base);
+  std::vector<std::string> used{p.base};
+  if (p.planner == "budget")
+    for (const auto& c : e.candidates) used.push_back(quant::method_format(p.method, c));
+  for (const auto& f : used) {
+    const auto spec = formats::FormatSpec::parse(f);
+    if (spec.dense() || (p.method == "hqq") == spec.float_zero) continue;
+    throw ConfigError(fmt::format(
+        "{}: {} {} with method {}: hqq quantizes to the int _fz formats (e.g. int4_g64_fz), "
+        "and only hqq makes them",
+        path, f == p.base ? "base" : "plan.candidates:", f, p.method));
+  }
+  // What a compressed-tensors export of the point's plans would refuse, before any work.
+  if (std::count(e.export_to.begin(), e.export_to.end(), "compressed-tensors")) {
     for (const auto& f : used) {
-      const auto spec = formats::FormatSpec::parse(f);
-      if (spec.dense() || (p.method == "hqq") == spec.float_zero) continue;
-      throw ConfigError(fmt::format(
-          "{}: {} {} with method {}: hqq quantizes to the int _fz formats (e.g. int4_g64_fz), "
-          "and only hqq makes them",
-          path, f == p.base ? "base" : "plan.candidates:", f, p.method));
+      const std::string why =
+          exporting::compressed_tensors_unsupported(formats::FormatSpec::parse(f), 0);
+      if (!why.empty())
+        throw ConfigError(fmt::format("{}: export.to compressed-tensors: {} {}: {}", path,
+                                      f == p.base ? "base" : "plan.candidates:", f, why));
     }
-    // What a compressed-tensors export of the point's plans would refuse, before any work.
-    if (std::count(e.export_to.begin(), e.export_to.end(), "compressed-tensors")) {
-      for (const auto& f : used) {
-        const std::string why =
-            exporting::compressed_tensors_unsupported(formats::FormatSpec::parse(f), 0);
-        if (!why.empty())
-          throw ConfigError(fmt::format("{}: export.to compressed-tensors: {} {}: {}", path,
-                                        f == p.base ? "base" : "plan.candidates:", f, why));
-      }
-      if (p.planner != "uniform" && p.granularity == "linear" && !e.fused_groups)
-        throw ConfigError(fmt::format(
-            "{}: export.to compressed-tensors: needs plan.fused_groups: true (vLLM fuses q/k/v "
-            "and gate/up, so each group must share one format)",
-            path));
-    }
-    // The planner's own rule (plan/planner.cpp), checked before any work: profiles of several
-    // bases add up only as quantize-one KLs.
-    const bool several = std::any_of(used.begin() + 1, used.end(), [&](const std::string& f) {
-      return f != p.base && !formats::FormatSpec::parse(f).dense();
-    });
-    if (p.planner == "budget" && several && p.mode == "restore-one")
+    if (p.planner != "uniform" && p.granularity == "linear" && !e.fused_groups)
       throw ConfigError(fmt::format(
-          "{}: a budget point over plan.candidates needs profile mode quantize-one (restore-one "
-          "KL gains of different bases start from different baselines and do not add up)",
+          "{}: export.to compressed-tensors: needs plan.fused_groups: true (vLLM fuses q/k/v "
+          "and gate/up, so each group must share one format)",
           path));
-    // Drop what the point's planner does not use, so that equal work is one point.
-    if (!restoring) p.percent.reset(), p.by.clear();
-    if (restoring && p.by.empty()) p.by = "count";
-    if (p.planner != "budget") p.budget_bpw.reset();
-    if (p.planner != "random") p.seed.reset();
-    if (p.planner == "random" && !p.seed) p.seed = 0;
-    if (p.planner == "uniform") p.granularity.clear(), p.mode.clear();  // no profile needed
+  }
+  // The planner's own rule (plan/planner.cpp), checked before any work: profiles of several
+  // bases add up only as quantize-one KLs.
+  const bool several = std::any_of(used.begin() + 1, used.end(), [&](const std::string& f) {
+    return f != p.base && !formats::FormatSpec::parse(f).dense();
+  });
+  if (p.planner == "budget" && several && p.mode == "restore-one")
+    throw ConfigError(fmt::format(
+        "{}: a budget point over plan.candidates needs profile mode quantize-one (restore-one "
+        "KL gains of different bases start from different baselines and do not add up)",
+        path));
+  // Drop what the point's planner does not use, so that equal work is one point.
+  if (!restoring) p.percent.reset(), p.by.clear();
+  if (restoring && p.by.empty()) p.by = "count";
+  if (p.planner != "budget") p.budget_bpw.reset();
+  if (p.planner != "random") p.seed.reset();
+  if (p.planner == "random" && !p.seed) p.seed = 0;
+  if (p.planner == "uniform") p.granularity.clear(), p.mode.clear();  // no profile needed
+}
+
+Experiment from_yaml(const YAML::Node& root, const std::string& path) {
+  const Node top{root, path, ""};
+  top.only({"name", "models", "data", "calibration", "profile", "plan", "sweep", "eval", "output",
+            "max_gpu_memory", "export"});
+  Experiment e;
+  e.path = path;
+  e.name = top.at("name").text();
+  if (top.has("max_gpu_memory")) {
+    e.max_gpu_memory = top.at("max_gpu_memory").text();
+    parse_size(e.max_gpu_memory, path + ": max_gpu_memory");
+  }
+  read_inputs(top, e);
+  const Point def = read_profile(top, e);
+  read_plan_export(top, e);
+  read_eval(top, e);
+  if (e.eval.tasks.empty() != e.tasks_dir.empty())
+    throw ConfigError(fmt::format("{}: {}", path,
+                                  e.tasks_dir.empty()
+                                      ? "eval.tasks: needs data.tasks (the tasks' directory)"
+                                      : "data.tasks: needs eval.tasks (the tasks to run)"));
+  e.output = top.has("output") ? top.at("output").text() : "results/" + e.name;
+
+  std::set<std::string> seen;
+  for (Point& p : sweep_points(top, def, path)) {
+    finish_point(p, e, path);
     if (seen.insert(p.to_json().dump()).second) e.points.push_back(p);
   }
   return e;

@@ -69,80 +69,98 @@ formats::PackedWeight divide_rows(const formats::PackedWeight& p, const at::Tens
   return q;
 }
 
+// The fold of a whole model: each norm's divisor, each dense layer's column factor and each
+// layer's row divisor (all [n] fp32), and where every scaled layer's scale went.
+struct Folds {
+  std::map<std::string, at::Tensor> norms, cols, rows;
+  std::map<std::string, std::string> folded;
+};
+
+// The one scale of group `g` in block b ([in] fp32; undefined when no member is scaled), with
+// the members that carry none in `unscaled`. ConfigError when members' scales differ.
+at::Tensor group_scale(int b, const FoldGroup& g, const io::Checkpoint& ck,
+                       const std::set<std::string>& scaled, std::vector<std::string>& unscaled,
+                       const std::string& dir) {
+  at::Tensor s;
+  std::string first;
+  for (Proj p : g.members) {
+    const std::string name = LayerId{b, p}.name();
+    if (!scaled.count(name)) {
+      unscaled.push_back(name);
+      continue;
+    }
+    const at::Tensor t = ck.tensor(name + ".input_scale").to(at::kFloat);
+    if (!s.defined()) {
+      s = t, first = name;
+    } else if (!at::equal(s, t)) {
+      throw ConfigError(fmt::format(
+          "{}: layers '{}' and '{}' share one input but carry different AWQ input scales, which "
+          "cannot both be folded into {}",
+          dir, first, name, target_of(b, g)));
+    }
+  }
+  return s;
+}
+
+Folds plan_folds(const model::ModelConfig& c, const io::Checkpoint& ck,
+                 const model::LayerFormats& formats, const std::set<std::string>& scaled,
+                 const std::string& dir) {
+  Folds f;
+  for (int b = 0; b < c.num_layers; ++b)
+    for (const FoldGroup& g : kFoldGroups) {
+      std::vector<std::string> unscaled;
+      const at::Tensor s = group_scale(b, g, ck, scaled, unscaled, dir);
+      if (!s.defined()) continue;
+      std::string first;  // a scaled member, for messages
+      for (Proj p : g.members)
+        if (scaled.count(LayerId{b, p}.name()))
+          first = LayerId{b, p}.name(), f.folded[first] = "into " + target_of(b, g);
+      if (g.rows == Proj::V && c.num_kv_heads != c.num_heads)
+        throw ConfigError(fmt::format(
+            "{}: layer '{}' carries an AWQ input scale, which folds into v_proj's rows only "
+            "without grouped-query attention ({} key/value heads for {} heads)",
+            dir, first, c.num_kv_heads, c.num_heads));
+      for (const std::string& name : unscaled) {
+        const auto spec = formats.find(name);
+        if (spec != formats.end() && !spec->second.dense())
+          throw ConfigError(fmt::format(
+              "{}: layer '{}' is quantized without the AWQ input scale of '{}', which shares its "
+              "input; its codes cannot absorb the fold",
+              dir, name, first));
+        f.cols[name] = s;
+      }
+      (g.norm ? f.norms[target_of(b, g) + ".weight"] : f.rows[target_of(b, g)]) = s;
+    }
+  return f;
+}
+
 }  // namespace
 
 void Source::fold_input_scales(const std::set<std::string>& scaled) {
   if (scaled.empty()) return;
   const std::string dir = dir_.string();
-  auto quantized = [&](const std::string& layer) {
-    const auto f = formats_.find(layer);
-    return f != formats_.end() && !f->second.dense();
-  };
-  std::map<std::string, at::Tensor> cols,
-      rows;  // dense layer -> [in] factor; layer -> [out] divisor
-  for (int b = 0; b < config_.num_layers; ++b)
-    for (const FoldGroup& g : kFoldGroups) {
-      at::Tensor s;  // [in] fp32, the group's one scale
-      std::string first;
-      std::vector<std::string> unscaled;
-      for (Proj p : g.members) {
-        const std::string name = LayerId{b, p}.name();
-        if (!scaled.count(name)) {
-          unscaled.push_back(name);
-          continue;
-        }
-        const at::Tensor t = ck_.tensor(name + ".input_scale").to(at::kFloat);
-        if (!s.defined()) {
-          s = t, first = name;
-        } else if (!at::equal(s, t)) {
-          throw ConfigError(fmt::format(
-              "{}: layers '{}' and '{}' share one input but carry different AWQ input scales, "
-              "which cannot both be folded into {}",
-              dir, first, name, target_of(b, g)));
-        }
-      }
-      if (!s.defined()) continue;
-      if (g.rows == Proj::V && config_.num_kv_heads != config_.num_heads)
-        throw ConfigError(fmt::format(
-            "{}: layer '{}' carries an AWQ input scale, which folds into v_proj's rows only "
-            "without grouped-query attention ({} key/value heads for {} heads)",
-            dir, first, config_.num_kv_heads, config_.num_heads));
-      for (const std::string& name : unscaled) {
-        if (quantized(name))
-          throw ConfigError(fmt::format(
-              "{}: layer '{}' is quantized without the AWQ input scale of '{}', which shares its "
-              "input; its codes cannot absorb the fold",
-              dir, name, first));
-        cols[name] = s;
-      }
-      if (g.norm) {
-        const std::string n = target_of(b, g) + ".weight";
-        folded_tensors_[n] = tensor(n).to(at::kFloat) / s;
-      } else {
-        rows[target_of(b, g)] = s;
-      }
-      for (Proj p : g.members)
-        if (scaled.count(LayerId{b, p}.name()))
-          folded_[LayerId{b, p}.name()] = "into " + target_of(b, g);
-    }
+  const Folds f = plan_folds(config_, ck_, formats_, scaled, dir);
+  for (const auto& [norm, s] : f.norms) folded_tensors_[norm] = tensor(norm).to(at::kFloat) / s;
   std::set<std::string> touched;
-  for (const auto& [layer, _] : cols) touched.insert(layer);
-  for (const auto& [layer, _] : rows) touched.insert(layer);
+  for (const auto& [layer, _] : f.cols) touched.insert(layer);
+  for (const auto& [layer, _] : f.rows) touched.insert(layer);
   for (const std::string& layer : touched) {
-    const auto c = cols.find(layer);
-    const auto r = rows.find(layer);
-    if (quantized(layer)) {  // rows only: columns of a quantized member were refused above
+    const auto c = f.cols.find(layer);
+    const auto r = f.rows.find(layer);
+    const auto spec = formats_.find(layer);
+    if (spec != formats_.end() && !spec->second.dense()) {  // rows only (plan_folds checked)
       folded_packed_[layer] =
           divide_rows(packed(layer), r->second, dir + ": layer '" + layer + "'");
     } else {
       at::Tensor w = tensor(layer + ".weight").to(at::kFloat);  // [out, in]
-      if (c != cols.end()) w = w * c->second;
-      if (r != rows.end()) w = w / r->second.unsqueeze(1);
+      if (c != f.cols.end()) w = w * c->second;
+      if (r != f.rows.end()) w = w / r->second.unsqueeze(1);
       folded_tensors_[layer + ".weight"] = w;
     }
-    if (r != rows.end() && ck_.contains(layer + ".bias"))
+    if (r != f.rows.end() && ck_.contains(layer + ".bias"))
       folded_tensors_[layer + ".bias"] = tensor(layer + ".bias").to(at::kFloat) / r->second;
   }
+  folded_ = f.folded;
 }
 
 }  // namespace kldq::exporting

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 
+#include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/progress.hpp"
 #include "kldq/kernels/kl.hpp"
@@ -48,8 +49,7 @@ void score(const Decoder& m, const std::vector<at::Tensor>& hs, const at::Tensor
   std::vector<at::Tensor> hq;
   for (const at::Tensor& h : hs) hq.push_back(positions(h));
   const at::Tensor tgt = ids.narrow(1, 1, T - 1).reshape({rows}).to(m.device());
-  for (int64_t r = 0; r < rows; r += chunk) {
-    const int64_t len = std::min(chunk, rows - r);
+  for (const auto [r, len] : batches(rows, chunk)) {
     const at::Tensor ref = m.logits(hr.narrow(0, r, len));  // [len, V]
     for (size_t k = 0; k < hq.size(); ++k) {
       const auto t =
@@ -124,10 +124,8 @@ void cache_pass(Decoder& m, States& st, bool quantized, const at::Tensor& ids, i
                 std::vector<at::Tensor>* inputs, bool on_host, at::Tensor& final) {
   const int64_t N = ids.size(0), T = ids.size(1), H = m.config().hidden_size;
   final = at::empty({N, T, H}, at::TensorOptions().dtype(m.dtype()).device(m.device()));
-  for (int64_t w = 0; w < N; w += batch) {
-    const int64_t B = std::min(batch, N - w);
-    final.narrow(0, w, B).copy_(m.embed(ids.narrow(0, w, B)));
-  }
+  for (const Batch w : batches(N, batch))
+    final.narrow(0, w.start, w.size).copy_(m.embed(ids.narrow(0, w.start, w.size)));
   if (inputs) inputs->clear();
   for (int b = 0; b < m.num_blocks(); ++b) {
     if (inputs)
@@ -136,10 +134,8 @@ void cache_pass(Decoder& m, States& st, bool quantized, const at::Tensor& ids, i
                                                         : final.clone());
     const std::vector<LayerId> layers = block_layers(b);
     st.set(m, layers, quantized);
-    for (int64_t w = 0; w < N; w += batch) {
-      const int64_t B = std::min(batch, N - w);
-      final.narrow(0, w, B).copy_(m.block(b, final.narrow(0, w, B)));
-    }
+    for (const Batch w : batches(N, batch))
+      final.narrow(0, w.start, w.size).copy_(m.block(b, final.narrow(0, w.start, w.size)));
     st.set(m, layers, false);
   }
 }
@@ -315,11 +311,9 @@ Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLaye
   Result result;
   {
     std::vector<Scores> s(1);
-    for (int64_t w = 0; w < ids.size(0); w += o.batch) {
-      const int64_t B = std::min(o.batch, ids.size(0) - w);
+    for (const auto [w, B] : batches(ids.size(0), o.batch))
       score(m, {final_q.narrow(0, w, B)}, final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk,
             s);
-    }
     result.baseline = s[0].stats();
     if (!std::isfinite(result.baseline.mean))
       throw IoError(
@@ -336,8 +330,7 @@ Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLaye
     const std::vector<Unit> members(units.begin() + static_cast<std::ptrdiff_t>(g0),
                                     units.begin() + static_cast<std::ptrdiff_t>(g0 + G));
     std::vector<Scores> s(G);
-    for (int64_t w = 0; w < ids.size(0); w += o.batch) {
-      const int64_t B = std::min(o.batch, ids.size(0) - w);
+    for (const auto [w, B] : batches(ids.size(0), o.batch)) {
       const std::vector<at::Tensor> hs = run_group(m, st, members, inputs, ids, w, B, o);
       timer.lap(2);
       score(m, hs, final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk, s);

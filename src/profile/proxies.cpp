@@ -11,6 +11,7 @@
 #include <limits>
 #include <numeric>
 
+#include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 
 namespace kldq::profile {
@@ -52,12 +53,6 @@ struct RestoreLayers {
   }
 };
 
-// Clears a decoder's observer when the proxies' pass ends, also by an exception.
-struct ClearObserver {
-  Decoder& m;
-  ~ClearObserver() { m.set_observer({}); }
-};
-
 // The mean next-token cross-entropy of the windows `x` [B, T] (their B x (T-1) predictions),
 // back-propagated to every leaf of the decoder's graph. Memory stays at one block's graph:
 //   a forward without autograd keeps every block's input [B, T, H] (the observer, if set, sees
@@ -92,14 +87,8 @@ void backward_batch(Decoder& m, const at::Tensor& x, int64_t chunk) {
                                                      at::Reduction::Sum);
       (loss / rows).backward();
     }
-  at::Tensor grad = h.grad();  // d loss / d output of the block below
-  const Decoder::Observer observer = m.observer();
-  m.set_observer({});
-  struct Reset {
-    Decoder& m;
-    const Decoder::Observer& o;
-    ~Reset() { m.set_observer(o); }
-  } reset{m, observer};
+  at::Tensor grad = h.grad();                   // d loss / d output of the block below
+  const Decoder::ScopedObserver silent(m, {});  // the re-run blocks are not observed again
   for (int b = m.num_blocks() - 1; b >= 0; --b) {
     // Block 0's input (the embedding) needs no gradient.
     const at::Tensor in = inputs[static_cast<size_t>(b)].requires_grad_(b > 0);
@@ -140,16 +129,17 @@ int64_t calibration_gradients(Decoder& m, const at::Tensor& ids_in, int64_t batc
   }
   // A copy made outside InferenceMode: the loss saves its targets for backward.
   const at::Tensor ids = ids_in.clone();
-  int64_t batches = 0;
-  for (int64_t w = 0; w < ids.size(0); w += batch, ++batches) {
-    backward_batch(m, ids.narrow(0, w, std::min(batch, ids.size(0) - w)), chunk);
+  int64_t count = 0;
+  for (const auto [w, B] : batches(ids.size(0), batch)) {
+    ++count;
+    backward_batch(m, ids.narrow(0, w, B), chunk);
     at::NoGradGuard no_grad;
     for (size_t i = 0; i < leaves.size(); ++i) {
       fn(restore.ids[i], leaves[i].grad());
       leaves[i].mutable_grad() = at::Tensor();  // the next batch's gradient starts from zero
     }
   }
-  return batches;
+  return count;
 }
 
 LayerProxies layer_proxies(Decoder& m, const at::Tensor& ids, const Layers& dense,
@@ -176,7 +166,7 @@ LayerProxies layer_proxies(Decoder& m, const at::Tensor& ids, const Layers& dens
   // Device accumulators (0-dim double) per layer, read once at the end.
   std::map<std::string, at::Tensor> ref2, err2, fisher;
   at::Tensor last_x, last_xf;  // q/k/v and gate/up share one input: convert it once
-  m.set_observer([&](const LayerId& id, const at::Tensor& x) {
+  const auto observer = [&](const LayerId& id, const at::Tensor& x) {
     at::NoGradGuard no_grad;
     if (!x.is_same(last_x)) {
       last_x = x;
@@ -189,9 +179,9 @@ LayerProxies layer_proxies(Decoder& m, const at::Tensor& ids, const Layers& dens
     // and the sums run over every calibration token.
     accumulate(ref2[name], at::linear(last_xf, w).square().sum(at::kDouble));
     accumulate(err2[name], at::linear(last_xf, dw).square().sum(at::kDouble));
-  });
-  {
-    const ClearObserver clear{m};
+  };
+  {  // the calibration pass without autograd is observed; its re-run blocks are not
+    const Decoder::ScopedObserver observe(m, observer);
     calibration_gradients(m, ids, batch, chunk, [&](const LayerId& id, const at::Tensor& g) {
       const std::string name = id.name();
       accumulate(fisher[name],

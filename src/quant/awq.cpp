@@ -2,7 +2,7 @@
 // llm-compressor's default weight-magnitude term) on one decoder block, with the
 // scales kept explicit: a scaled layer computes y = (x / s) Q(W diag(s))^T + b (QLinear's input
 // scale), so nothing is folded into the RMSNorms or the previous layer and every layer stays
-// restorable on its own (DESIGN.md section 3; docs/PROTOCOLS.md, "AWQ").
+// restorable on its own (docs/PROTOCOLS.md, "AWQ").
 //
 //   scaling groups (layers sharing one input, one scale s: [in]):
 //     q, k, v   input: the input RMSNorm's output   scored on: the attention's output
@@ -25,6 +25,7 @@
 #include <limits>
 #include <map>
 
+#include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/formats/grid.hpp"
 
@@ -48,20 +49,14 @@ struct ScaleGroup {
 // up) and down's, each [N, T, in] in the compute dtype.
 std::map<Proj, at::Tensor> capture(Decoder& m, int b, const at::Tensor& hidden, int64_t batch) {
   std::map<Proj, std::vector<at::Tensor>> parts;
-  const Decoder::Observer previous = m.observer();
-  m.set_observer([&](LayerId id, const at::Tensor& x) {
-    if (id.block == b && (id.proj == Proj::Q || id.proj == Proj::O || id.proj == Proj::GATE ||
-                          id.proj == Proj::DOWN))
-      parts[id.proj].push_back(x.clone());
-  });
-  try {
-    for (int64_t w = 0; w < hidden.size(0); w += batch)
-      m.block(b, hidden.narrow(0, w, std::min(batch, hidden.size(0) - w)));
-  } catch (...) {
-    m.set_observer(previous);
-    throw;
+  {
+    const Decoder::ScopedObserver observe(m, [&](LayerId id, const at::Tensor& x) {
+      if (id.block == b && (id.proj == Proj::Q || id.proj == Proj::O || id.proj == Proj::GATE ||
+                            id.proj == Proj::DOWN))
+        parts[id.proj].push_back(x.clone());
+    });
+    for (const auto [w, n] : batches(hidden.size(0), batch)) m.block(b, hidden.narrow(0, w, n));
   }
-  m.set_observer(previous);
   std::map<Proj, at::Tensor> x;
   for (auto& [p, v] : parts) x[p] = at::cat(v, 0);
   return x;
@@ -82,11 +77,8 @@ at::Tensor scored_output(const Decoder& m, int b, const ScaleGroup& g, const at:
 // mean |x| per input channel over all tokens: x [N, T, in] -> [in] fp32.
 at::Tensor channel_mean_abs(const at::Tensor& x, int64_t batch) {
   at::Tensor sum = at::zeros({x.size(-1)}, x.options().dtype(at::kFloat));
-  for (int64_t w = 0; w < x.size(0); w += batch)
-    sum += x.narrow(0, w, std::min(batch, x.size(0) - w))
-               .abs()
-               .to(at::kFloat)
-               .sum(at::IntArrayRef{0, 1});
+  for (const auto [w, n] : batches(x.size(0), batch))
+    sum += x.narrow(0, w, n).abs().to(at::kFloat).sum(at::IntArrayRef{0, 1});
   return sum / static_cast<double>(x.size(0) * x.size(1));
 }
 
@@ -104,8 +96,8 @@ at::Tensor search_scale(Decoder& m, int b, const ScaleGroup& g, const std::vecto
                         const at::Tensor& x, const model::LayerFormats& formats,
                         const AwqOptions& o, int64_t batch) {
   std::vector<at::Tensor> ref;  // the dense scored output per batch
-  for (int64_t w = 0; w < x.size(0); w += batch)
-    ref.push_back(scored_output(m, b, g, x.narrow(0, w, std::min(batch, x.size(0) - w))));
+  for (const auto [w, n] : batches(x.size(0), batch))
+    ref.push_back(scored_output(m, b, g, x.narrow(0, w, n)));
   const at::Tensor mean = channel_mean_abs(x, batch);  // [in]
   std::map<Proj, QLinear> dense;
   for (Proj p : members) dense.emplace(p, m.linear({b, p}));
@@ -150,8 +142,8 @@ at::Tensor clip_search(const at::Tensor& w, const at::Tensor& x, const at::Tenso
   const int64_t G = (in + g - 1) / g, P = G * g;
   const at::Tensor wp = at::constant_pad_nd(w, {0, P - in}).view({out, G, g});
   at::Tensor gram = at::zeros({G, g, g}, w.options());  // per group: sum of x_g^T x_g
-  for (int64_t i = 0; i < x.size(0); i += batch) {
-    at::Tensor xb = x.narrow(0, i, std::min(batch, x.size(0) - i)).reshape({-1, in});
+  for (const auto [i, n] : batches(x.size(0), batch)) {
+    at::Tensor xb = x.narrow(0, i, n).reshape({-1, in});
     xb = xb.to(at::kFloat);
     if (s.defined()) xb = xb / s;
     xb = at::constant_pad_nd(xb, {0, P - in}).view({-1, G, g}).permute({1, 2, 0});  // [G, g, n]

@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include "awq.hpp"
+#include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
 #include "kldq/core/progress.hpp"
@@ -30,8 +31,7 @@ using model::Proj;
 // Runs block b over all windows of `hidden` [N, T, H] (outputs discarded unless `update`, which
 // writes them back into `hidden`).
 void run_block(Decoder& m, int b, const at::Tensor& hidden, int64_t batch, bool update) {
-  for (int64_t w = 0; w < hidden.size(0); w += batch) {
-    const int64_t n = std::min(batch, hidden.size(0) - w);
+  for (const auto [w, n] : batches(hidden.size(0), batch)) {
     const at::Tensor y = m.block(b, hidden.narrow(0, w, n));
     if (update) hidden.narrow(0, w, n).copy_(y);
   }
@@ -67,17 +67,12 @@ void gptq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerF
     if (sets.empty()) continue;
     Hessian h;
     const Proj first = step.front();
-    const Decoder::Observer previous = m.observer();
-    m.set_observer([&](LayerId id, const at::Tensor& x) {
-      if (id.block == b && id.proj == first) h.add(x);
-    });
-    try {
+    {
+      const Decoder::ScopedObserver observe(m, [&](LayerId id, const at::Tensor& x) {
+        if (id.block == b && id.proj == first) h.add(x);
+      });
       run_block(m, b, hidden, o.batch, false);
-    } catch (...) {
-      m.set_observer(previous);
-      throw;
     }
-    m.set_observer(previous);
     for (const auto& [spec, projs] : sets) {
       std::vector<at::Tensor> ws;
       std::string names;
@@ -128,10 +123,8 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
     const int64_t N = calib.size(0), T = calib.size(1), H = m.config().hidden_size;
     at::Tensor hidden =
         at::empty({N, T, H}, at::TensorOptions().dtype(m.dtype()).device(m.device()));
-    for (int64_t w = 0; w < N; w += o.batch) {
-      const int64_t n = std::min(o.batch, N - w);
+    for (const auto [w, n] : batches(N, o.batch))
       hidden.narrow(0, w, n).copy_(m.embed(calib.narrow(0, w, n)));
-    }
     Progress progress(fmt::format("{} calibration", o.method), m.num_blocks(), "blocks");
     double err = 0, rtn_err = 0;
     for (int b = 0; b < m.num_blocks(); ++b) {

@@ -127,7 +127,7 @@ TEST_CASE("kldq tokenize: ids, tokens, counts, JSONL, decode, errors", "[cli][to
   CHECK(run_kldq("tokenize --model " + (dir / "nothing").string() + " x").rc == 2);
 }
 
-TEST_CASE("--max-gpu-memory caps the CUDA allocator", "[cli][cuda]") {
+TEST_CASE("kldq --max-gpu-memory caps the CUDA allocator", "[cli][cuda]") {
   kldq::test::TempDir dir("cli-cap");
   const auto tiny = kldq::test::tiny_model().string();
   kldq::test::write_text(dir / "ids.json", "[[1, 2, 3, 4]]");

@@ -36,7 +36,7 @@ fs::path user_model(const kldq::test::TempDir& dir) {
 
 }  // namespace
 
-TEST_CASE("-o never destroys an input or a directory", "[cli][errors][outputs]") {
+TEST_CASE("kldq -o never destroys an input or a directory", "[cli][errors][outputs]") {
   kldq::test::TempDir dir("outputs");
   const fs::path model = user_model(dir);
   kldq::test::write_text(dir / "ids.json", "[[1, 2, 3]]");
@@ -75,7 +75,7 @@ TEST_CASE("-o never destroys an input or a directory", "[cli][errors][outputs]")
   }
 }
 
-TEST_CASE("--force replaces kldq's own checkpoint only", "[cli][errors][outputs]") {
+TEST_CASE("kldq --force replaces kldq's own checkpoint only", "[cli][errors][outputs]") {
   kldq::test::TempDir dir("outputs-force");
   const fs::path model = user_model(dir);
   const fs::path other = dir / "other";

@@ -23,7 +23,7 @@ bool same_bits(const at::Tensor& a, const at::Tensor& b) {
 }  // namespace
 
 TEST_CASE("CUDA dequantization equals the CPU reference bit for bit", "[cuda][kernels]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   at::manual_seed(11);
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
       {1, 1}, {7, 13}, {3, 172}, {64, 172}, {172, 64}, {5, 200}, {33, 96}, {256, 4096}, {1, 8}};
@@ -53,7 +53,7 @@ TEST_CASE("CUDA dequantization equals the CPU reference bit for bit", "[cuda][ke
 }
 
 TEST_CASE("QLinear on CUDA equals a dense GEMM on the dequantized weight", "[cuda][kernels]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   at::manual_seed(12);
   const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(at::kBFloat16);
   const at::Tensor x = at::randn({4, 9, 1536}, opts);
@@ -71,7 +71,7 @@ TEST_CASE("QLinear on CUDA equals a dense GEMM on the dequantized weight", "[cud
 
 TEST_CASE("RTN quantization on CUDA gives the CPU's packed tensors bit for bit",
           "[cuda][kernels]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   at::manual_seed(13);
   for (const char* name : {"nf4", "nf4_b128", "fp4", "int4_g128", "int4_g32_asym", "int3_g64",
                            "int3_g128_asym", "int2_g64", "int8", "fp8_e4m3", "fp8_e4m3_tensor",

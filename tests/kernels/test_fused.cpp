@@ -31,7 +31,7 @@ double max_ulps(const at::Tensor& a, const at::Tensor& b) {
 }  // namespace
 
 TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   at::manual_seed(3);
   for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
     auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);

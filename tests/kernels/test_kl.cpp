@@ -78,6 +78,6 @@ TEST_CASE("token KL on the CPU equals a float64 computation", "[kernels][kl]") {
 }
 
 TEST_CASE("fused token KL kernel equals a float64 computation", "[kernels][kl][cuda]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   run_cases(c10::Device(c10::kCUDA, 0));
 }

@@ -6,7 +6,7 @@
 #include "support/catch.hpp"
 
 TEST_CASE("decoder on CUDA matches the CPU forward", "[cuda][model]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   const auto cpu = kldq::model::Decoder::load(kldq::test::tiny_model(), c10::kCPU, c10::kFloat);
   const auto gpu32 = kldq::model::Decoder::load(kldq::test::tiny_model(), c10::kCUDA, c10::kFloat);
   const auto gpu16 =

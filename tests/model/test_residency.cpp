@@ -176,7 +176,7 @@ TEST_CASE("gptq and awq of a streamed model equal the resident ones", "[model][q
 
 TEST_CASE("streaming on CUDA: pinned host blocks and the copy stream change no bit",
           "[cuda][model]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   const c10::Device gpu(c10::kCUDA);
   {
     at::InferenceMode guard;
@@ -197,7 +197,7 @@ TEST_CASE("streaming on CUDA: pinned host blocks and the copy stream change no b
   same_quantization(gpu, at::kBFloat16);
 }
 
-TEST_CASE("--resident-blocks: the residency line, its record, and the same profile",
+TEST_CASE("profile --resident-blocks: the residency line, its record, and the same profile",
           "[model][cli]") {
   // The embedded WikiText model (4 blocks, its own tokenizer) and the demo's calibration text.
   const std::string model = KLDQ_SOURCE_DIR "/models/wikitext-qwen2-4m";

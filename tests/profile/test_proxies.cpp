@@ -126,14 +126,16 @@ TEST_CASE("decoder observer: each linear's input, as transformers' hooks see it"
     const at::Tensor last = m.forward(ids.narrow(0, kBatch, 2));  // without the observer
     std::map<std::string, std::vector<at::Tensor>> seen;
     std::vector<std::pair<LayerId, at::Tensor>> calls;
-    m.set_observer([&](const LayerId& id, const at::Tensor& x) {
-      calls.emplace_back(id, x);
-      seen[id.name()].push_back(x.reshape({-1, x.size(-1)}).clone());
-    });
     at::Tensor out;
-    for (int64_t w = 0; w < ids.size(0); w += kBatch)
-      out = m.forward(ids.narrow(0, w, std::min(kBatch, ids.size(0) - w)));
-    m.set_observer({});
+    {
+      const kldq::model::Decoder::ScopedObserver observe(
+          m, [&](const LayerId& id, const at::Tensor& x) {
+            calls.emplace_back(id, x);
+            seen[id.name()].push_back(x.reshape({-1, x.size(-1)}).clone());
+          });
+      for (int64_t w = 0; w < ids.size(0); w += kBatch)
+        out = m.forward(ids.narrow(0, w, std::min(kBatch, ids.size(0) - w)));
+    }
     CHECK(at::equal(out, last));         // the observer changes nothing
     REQUIRE(calls.size() == 2 * 2 * 7);  // batches x blocks x layers
     for (size_t c = 0; c < 14; ++c) CHECK(calls[c].first == m.linear_ids()[c]);  // model order
@@ -162,7 +164,8 @@ TEST_CASE("calibration gradients: squared gradients equal torch autograd's", "[p
   const at::Tensor before = m.forward(ids);
   std::map<std::string, at::Tensor> fisher;
   int observed = 0;  // the observer sees each batch's forward once
-  m.set_observer([&](const LayerId&, const at::Tensor&) { ++observed; });
+  std::optional<kldq::model::Decoder::ScopedObserver> observe;
+  observe.emplace(m, [&](const LayerId&, const at::Tensor&) { ++observed; });
   // chunk 7: several LM head chunks per window of 23 predictions, the last one partial; the
   // windows are an inference tensor here
   const int64_t batches = profile::calibration_gradients(
@@ -171,7 +174,7 @@ TEST_CASE("calibration gradients: squared gradients equal torch autograd's", "[p
         at::Tensor& f = fisher[id.name()];
         f = f.defined() ? f + g2 : g2;
       });
-  m.set_observer({});
+  observe.reset();
   CHECK(batches == 2);
   CHECK(observed == 2 * 14);
   REQUIRE(fisher.size() == 14);
@@ -274,7 +277,7 @@ TEST_CASE("proxies: a bf16 base, nulls in JSON, nothing without the option", "[p
 }
 
 TEST_CASE("proxies on CUDA: gradients equal the CPU's, bf16 proxies near fp32", "[cuda][profile]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   // On CUDA the fused RMSNorm, RoPE and SwiGLU kernels have no backward: with autograd
   // recording, the decoder must take their ATen compositions or gradients go missing.
   const at::Tensor ids = windows();

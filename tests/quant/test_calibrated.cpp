@@ -53,16 +53,16 @@ std::map<std::string, double> layer_errors(Decoder& ref, Decoder& qm, const at::
   for (int64_t w = 0; w < ids.size(0); w += 8) {
     const at::Tensor batch = ids.narrow(0, w, std::min<int64_t>(8, ids.size(0) - w));
     std::map<std::string, at::Tensor> yr, yq;
-    ref.set_observer([&](kldq::model::LayerId id, const at::Tensor& x) {
-      yr[id.name()] = ref.linear(id).forward(x).to(at::kDouble);
-    });
-    qm.set_observer([&](kldq::model::LayerId id, const at::Tensor& x) {
-      yq[id.name()] = qm.linear(id).forward(x).to(at::kDouble);
-    });
-    ref.forward(batch);
-    qm.forward(batch);
-    ref.set_observer({});
-    qm.set_observer({});
+    {
+      const Decoder::ScopedObserver r(ref, [&](kldq::model::LayerId id, const at::Tensor& x) {
+        yr[id.name()] = ref.linear(id).forward(x).to(at::kDouble);
+      });
+      const Decoder::ScopedObserver q(qm, [&](kldq::model::LayerId id, const at::Tensor& x) {
+        yq[id.name()] = qm.linear(id).forward(x).to(at::kDouble);
+      });
+      ref.forward(batch);
+      qm.forward(batch);
+    }
     for (const auto& [name, y] : yr) {
       acc[name].first += (yq.at(name) - y).square().sum().item<double>();
       acc[name].second += y.square().sum().item<double>();
@@ -317,7 +317,7 @@ TEST_CASE("quantize --plan re-fits with the plan's recorded settings and calibra
 
 TEST_CASE("gptq and awq on CUDA in bf16: the CPU's quality, the same stored formats",
           "[cuda][calibrated]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   const at::Tensor calib = windows(kCalib, 64, 256), eval = windows(kEval, 24, 256);
   auto ref = load();
   for (const std::string method : {"rtn", "gptq", "awq"}) {
@@ -357,7 +357,8 @@ TEST_CASE("gptq: a failure mid-model returns the decoder as it was", "[quant][ca
     before = m.forward(x);
   }
   bool observed = false;
-  m.set_observer([&](kldq::model::LayerId, const at::Tensor&) { observed = true; });
+  const Decoder::ScopedObserver observe(
+      m, [&](kldq::model::LayerId, const at::Tensor&) { observed = true; });
   q::MethodOptions o;
   o.method = "gptq";
   CHECK_THROWS_WITH(q::quantize_layers(m, all_layers(m, "int4_g64"), o, calib),

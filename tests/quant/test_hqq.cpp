@@ -90,7 +90,7 @@ TEST_CASE("hqq and the fz formats go together", "[quant][hqq][errors]") {
 }
 
 TEST_CASE("HQQ on CUDA fits what the CPU fits", "[cuda][hqq]") {
-  if (!at::hasCUDA()) KLDQ_SKIP("no CUDA device");
+  KLDQ_SKIP_NO_CUDA();
   at::manual_seed(21);
   const at::Tensor w = at::randn({512, 1536}) * 0.02;
   for (const char* name : {"int4_g64_fz", "int2_g32_fz"}) {

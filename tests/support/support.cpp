@@ -15,6 +15,11 @@
 
 namespace kldq::test {
 
+bool require_data() {
+  const char* v = std::getenv("KLDQ_REQUIRE_DATA");
+  return v && std::string(v) == "1";
+}
+
 TempDir::TempDir(const std::string& tag) {
   static std::atomic<int> counter{0};
   path_ = fs::temp_directory_path() /

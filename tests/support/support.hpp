@@ -28,6 +28,8 @@ class TempDir {
 
 // ../shared/data/<rel> next to the source tree (or $KLDQ_SHARED_DATA/<rel>), if present.
 std::optional<fs::path> shared_data(const std::string& rel);
+// True under KLDQ_REQUIRE_DATA=1: KLDQ_SKIP fails instead of skipping (support/catch.hpp).
+bool require_data();
 
 struct CommandResult {
   int rc = -1;

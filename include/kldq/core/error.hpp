@@ -8,7 +8,7 @@
 
 namespace kldq {
 
-// Exit codes of the kldq binary (DESIGN.md section 4).
+// Exit codes of the kldq binary (README.md, "Commands built so far": exit status).
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRuntime = 1;
 inline constexpr int kExitUsage = 2;

@@ -1,4 +1,4 @@
-// Experiment files (docs/EXPERIMENTS.md; DESIGN.md sections 4 and 10): the typed schema of the
+// Experiment files (docs/EXPERIMENTS.md): the typed schema of the
 // YAML or JSON file `kldq run` takes, validated whole before any work starts (every error names
 // the file and the full key path), the sweep expanded into its points, and the stages a run
 // needs, each named by a key that hashes its inputs.

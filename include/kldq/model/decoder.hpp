@@ -132,8 +132,22 @@ class Decoder {
   // consumes: an observer must not modify it. Calibration (Hessians, channel statistics) and the
   // profile's proxies use it; unset (the default), it costs one test per layer.
   using Observer = std::function<void(LayerId id, const at::Tensor& x)>;
-  void set_observer(Observer observer) { observer_ = std::move(observer); }
   const Observer& observer() const { return observer_; }
+  // Sets an observer (empty: none) for the guard's lifetime; the previous one comes back when the
+  // guard ends, also by an exception. The only way to set one.
+  class ScopedObserver {
+   public:
+    ScopedObserver(Decoder& m, Observer observer) : m_(m), previous_(std::move(m.observer_)) {
+      m_.observer_ = std::move(observer);
+    }
+    ~ScopedObserver() { m_.observer_ = std::move(previous_); }
+    ScopedObserver(const ScopedObserver&) = delete;
+    ScopedObserver& operator=(const ScopedObserver&) = delete;
+
+   private:
+    Decoder& m_;
+    Observer previous_;
+  };
 
  private:
   struct Block {

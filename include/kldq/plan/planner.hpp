@@ -1,4 +1,4 @@
-// Mixed-precision planners (docs/PROTOCOLS.md, "Plans"; DESIGN.md section 6): turn one or more
+// Mixed-precision planners (docs/PROTOCOLS.md, "Plans"): turn one or more
 // sensitivity profiles (profile.json of `kldq profile`) into a quant::Plan, by restoring the most
 // sensitive units, by a bits-per-weight budget over several candidate formats (a multiple-choice
 // knapsack solved by dynamic programming), or as the uniform and random baselines.

@@ -1,4 +1,4 @@
-// Sensitivity profiling (docs/PROTOCOLS.md, "Sensitivity profile"; DESIGN.md section 6): for
+// Sensitivity profiling (docs/PROTOCOLS.md, "Sensitivity profile"): for
 // every unit (a linear layer, a block's attention or MLP, or a whole block), the KL divergence of
 // the model's next-token distributions from the reference's on a calibration set, with only that
 // unit quantized (quantize-one) or only that unit restored in the fully quantized model

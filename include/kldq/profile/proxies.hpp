@@ -1,4 +1,4 @@
-// Cheap proxies of a unit's KL sensitivity (DESIGN.md section 6; docs/PROTOCOLS.md, "Sensitivity
+// Cheap proxies of a unit's KL sensitivity (docs/PROTOCOLS.md, "Sensitivity
 // profile", "Proxies"), computed in the profile's run, and their Spearman rank correlation with
 // the measured KL:
 //   weight MSE and SQNR of the quantization error dW = W - deq(Q(W));

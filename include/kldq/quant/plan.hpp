@@ -1,4 +1,4 @@
-// Quantization plans as data (DESIGN.md section 3): a method, a base format, and per-layer
+// Quantization plans as data (docs/PROTOCOLS.md, "Plans"): a method, a base format, and per-layer
 // overrides selected by glob (`model.layers.*.mlp.down_proj`) or regex (`re:...`) over HF layer
 // ids. quantization.json and `kldq plan` output use this schema (docs/FORMATS.md).
 #pragma once
