@@ -199,6 +199,33 @@ model::Decoder load_model(const GenerateCliOptions& o, const std::optional<quant
   return m;
 }
 
+// One JSON line of a generated row: its prompt, new tokens and text, and why it stopped.
+std::string result_line(const std::string& prompt, size_t prompt_tokens,
+                        const std::vector<int64_t>& toks, const Tokenized& t,
+                        const std::vector<int64_t>& stop) {
+  const bool eos = !toks.empty() && std::find(stop.begin(), stop.end(), toks.back()) != stop.end();
+  return nlohmann::json({{"prompt", prompt},
+                         {"prompt_tokens", prompt_tokens},
+                         {"tokens", toks},
+                         {"text", t.decode(toks)},
+                         {"stop", eos ? "eos" : "length"}})
+             .dump() +
+         "\n";
+}
+
+// The prefill and decode rates; decode: tokens after each row's first, over the time after the
+// first step.
+void log_rates(const eval::GenerateStats& stats, size_t prompts, int64_t rows,
+               const std::string& where) {
+  const auto rate = [](double n, double s) { return s > 0 ? n / s : 0.0; };
+  log::info(
+      "{} prompt(s), batch {}: prefill {} tokens in {:.3f} s ({:.0f} tokens/s), {} new "
+      "tokens in {:.3f} s of decoding ({:.1f} tokens/s){}",
+      prompts, rows, stats.prompt_tokens, stats.prefill_s,
+      rate(double(stats.prompt_tokens), stats.prefill_s), stats.new_tokens, stats.decode_s,
+      rate(double(stats.new_tokens) - double(prompts), stats.decode_s), where);
+}
+
 int run_generate(const GenerateCliOptions& o) {
   check_options(o);
   const fs::path out = o.out.empty() ? fs::path() : file_output(o.out, "-o", {o.model, o.prompts});
@@ -243,18 +270,9 @@ int run_generate(const GenerateCliOptions& o) {
                                                  t.prompts.begin() + first + n);
     const auto news = eval::generate(
         m, part, g, stream ? on_token : std::function<void(size_t, int64_t)>(), &stats, &gen);
-    for (size_t i = 0; i < news.size(); ++i) {
-      const auto& toks = news[i];
-      const bool eos =
-          !toks.empty() && std::find(g.stop.begin(), g.stop.end(), toks.back()) != g.stop.end();
-      lines += nlohmann::json({{"prompt", texts[static_cast<size_t>(first) + i].text},
-                               {"prompt_tokens", part[i].size()},
-                               {"tokens", toks},
-                               {"text", t.decode(toks)},
-                               {"stop", eos ? "eos" : "length"}})
-                   .dump() +
-               "\n";
-    }
+    for (size_t i = 0; i < news.size(); ++i)
+      lines += result_line(texts[static_cast<size_t>(first) + i].text, part[i].size(), news[i], t,
+                           g.stop);
   }
   if (stream) {
     const std::string all = t.decode(so_far);
@@ -264,15 +282,7 @@ int run_generate(const GenerateCliOptions& o) {
   } else {
     io::write_file_atomic(out, lines);
   }
-  // Decode rate: tokens after each row's first, over the time after the first step.
-  const auto rate = [](double n, double s) { return s > 0 ? n / s : 0.0; };
-  log::info(
-      "{} prompt(s), batch {}: prefill {} tokens in {:.3f} s ({:.0f} tokens/s), {} new "
-      "tokens in {:.3f} s of decoding ({:.1f} tokens/s){}",
-      texts.size(), rows, stats.prompt_tokens, stats.prefill_s,
-      rate(double(stats.prompt_tokens), stats.prefill_s), stats.new_tokens, stats.decode_s,
-      rate(double(stats.new_tokens) - double(texts.size()), stats.decode_s),
-      out.empty() ? "" : ", written to " + o.out);
+  log_rates(stats, texts.size(), rows, out.empty() ? "" : ", written to " + o.out);
   return 0;
 }
 

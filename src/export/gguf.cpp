@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <functional>
 #include <optional>
 
 #include "gguf_vocab.hpp"
@@ -153,10 +154,14 @@ Encoded choose(const std::optional<formats::FormatSpec>& f, at::ScalarType store
     case Format::FP8_E5M2:
     case Format::FP8_E4M3_NOSCALE:
       return {GgmlType::Q8_0, from + " -> Q8_0"};
-    default:  // the other int formats, re-quantized; asymmetric ones keep a minimum
+    case Format::INT3:  // the other int formats, re-quantized; asymmetric ones keep a minimum
+    case Format::INT2:
+    case Format::BF16:  // dense layers are written as stored, never here
+    case Format::FP16:
       return f->asymmetric ? Encoded{GgmlType::Q4_1, from + " -> Q4_1"}
                            : Encoded{GgmlType::Q4_0, from + " -> Q4_0"};
   }
+  throw InternalError("gguf: not a format");
 }
 
 // Rows of the GGUF tensor of a quantized layer, exact mappings from the stored codes.
@@ -212,6 +217,50 @@ void add_model_metadata(io::GgufWriter& g, const Source& src, const std::string&
   }
 }
 
+using Finish = std::function<at::Tensor(const at::Tensor&)>;
+
+// Embeddings, norms, biases and the head: norms and biases in F32, as llama.cpp's converter.
+void add_plain(io::GgufWriter& g, const Source& src, const model::TensorSlot& s,
+               const Finish& finish) {
+  const at::ScalarType stored = src.checkpoint().info(s.name).scalar_type;
+  const bool f32 = s.role == model::TensorRole::NORM || s.role == model::TensorRole::LINEAR_BIAS ||
+                   stored == at::kFloat;
+  const GgmlType type = f32 ? GgmlType::F32 : stored == at::kHalf ? GgmlType::F16 : GgmlType::BF16;
+  const at::ScalarType dt = f32 ? at::kFloat : stored;
+  g.add_tensor(gguf_name(s.name), type, s.shape, [=, &src] {
+    return finish(bytes_of(dt == at::kFloat ? src.tensor_f32(s.name) : src.tensor(s.name).to(dt)));
+  });
+}
+
+// A linear layer: dense as stored, packed exactly where llama.cpp has kldq's codes, else
+// re-quantized (from `original` when given) and reported.
+void add_linear(io::GgufWriter& g, const Source& src, const model::TensorSlot& s,
+                const std::vector<int64_t>& shape, const Finish& finish,
+                const std::optional<io::Checkpoint>& original, ExportReport& report) {
+  const std::string layer = s.layer->name();
+  const auto f = src.formats().find(layer);
+  const bool packed = f != src.formats().end() && !f->second.dense();
+  const at::ScalarType stored = packed ? at::kFloat : src.checkpoint().info(s.name).scalar_type;
+  const Encoded e = choose(packed ? std::optional(f->second) : std::nullopt, stored, shape[1]);
+  if (e.codes_kept)
+    report.requantized[layer] = e.requantized;
+  else if (!e.requantized.empty())
+    report.requantized[layer] = e.requantized + (original ? " from the original weights"
+                                                          : " from kldq's dequantized weights");
+  else if (packed)
+    ++report.exact_layers;
+  g.add_tensor(gguf_name(layer + ".weight"), e.type, shape, [=, &src, &original] {
+    if (!packed) return finish(bytes_of(src.tensor(s.name)));
+    if (e.requantized.empty() || e.codes_kept) return finish(exact_rows(src.packed(layer), e.type));
+    const at::Tensor w = original ? original->tensor(layer + ".weight").to(at::kFloat)
+                                  : formats::dequantize(src.packed(layer));
+    return finish(e.type == GgmlType::Q8_0     ? q8_0_of(w)
+                  : e.type == GgmlType::IQ4_NL ? iq4_nl_of(w)
+                  : e.type == GgmlType::Q4_1   ? q4_1_of(w)
+                                               : q4_0_of(w));
+  });
+}
+
 }  // namespace
 
 ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOptions& options) {
@@ -238,47 +287,14 @@ ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOpt
         c.arch != model::Arch::QWEN2 && (q || k) ? (q ? c.num_heads : c.num_kv_heads) : 0;
     const std::vector<int64_t> shape = linear ? model::linear_shape(c, s.layer->proj) : s.shape;
     // Rows of bytes [shape[0], row bytes], in llama.cpp's q/k row order where it permutes.
-    auto finish = [heads, rows = shape[0]](const at::Tensor& bytes) {
+    const Finish finish = [heads, rows = shape[0]](const at::Tensor& bytes) {
       const at::Tensor r = bytes.reshape({rows, -1});
       return (heads ? permute_rows(r, heads) : r).contiguous();
     };
-    if (!linear) {  // embeddings, norms, biases, head: norms and biases in F32, as llama.cpp's
-      const at::ScalarType stored = src.checkpoint().info(s.name).scalar_type;
-      const bool f32 = s.role == model::TensorRole::NORM ||
-                       s.role == model::TensorRole::LINEAR_BIAS || stored == at::kFloat;
-      const GgmlType type = f32                   ? GgmlType::F32
-                            : stored == at::kHalf ? GgmlType::F16
-                                                  : GgmlType::BF16;
-      const at::ScalarType dt = f32 ? at::kFloat : stored;
-      g.add_tensor(gguf_name(s.name), type, shape, [=, &src] {
-        return finish(
-            bytes_of(dt == at::kFloat ? src.tensor_f32(s.name) : src.tensor(s.name).to(dt)));
-      });
-      continue;
-    }
-    const std::string layer = s.layer->name();
-    const auto f = src.formats().find(layer);
-    const bool packed = f != src.formats().end() && !f->second.dense();
-    const at::ScalarType stored = packed ? at::kFloat : src.checkpoint().info(s.name).scalar_type;
-    const Encoded e = choose(packed ? std::optional(f->second) : std::nullopt, stored, shape[1]);
-    if (e.codes_kept)
-      report.requantized[layer] = e.requantized;
-    else if (!e.requantized.empty())
-      report.requantized[layer] = e.requantized + (original ? " from the original weights"
-                                                            : " from kldq's dequantized weights");
-    else if (packed)
-      ++report.exact_layers;
-    g.add_tensor(gguf_name(hf), e.type, shape, [=, &src, &original] {
-      if (!packed) return finish(bytes_of(src.tensor(s.name)));
-      if (e.requantized.empty() || e.codes_kept)
-        return finish(exact_rows(src.packed(layer), e.type));
-      const at::Tensor w = original ? original->tensor(layer + ".weight").to(at::kFloat)
-                                    : formats::dequantize(src.packed(layer));
-      return finish(e.type == GgmlType::Q8_0     ? q8_0_of(w)
-                    : e.type == GgmlType::IQ4_NL ? iq4_nl_of(w)
-                    : e.type == GgmlType::Q4_1   ? q4_1_of(w)
-                                                 : q4_0_of(w));
-    });
+    if (linear)
+      add_linear(g, src, s, shape, finish, original, report);
+    else
+      add_plain(g, src, s, finish);
   }
   g.write(out);
   report.bytes = fs::file_size(out);

@@ -56,9 +56,17 @@ at::Tensor codes_of(const at::Tensor& w, const FormatSpec& spec, const at::Tenso
       const at::Tensor x = (w * scale.clamp_min(1e-38f).reciprocal()).clamp(-1.0, 1.0);
       return nearest_codes_4bit(x, spec.format);
     }
-    default:
+    case Format::INT4:
+    case Format::INT3:
+    case Format::INT2:
+    case Format::BF16:  // no grid: make_grid refuses them (check_grid)
+    case Format::FP16:
+    case Format::FP8_E4M3:
+    case Format::FP8_E5M2:
+    case Format::FP8_E4M3_NOSCALE:
       return (at::round(w / nonzero_or_one(scale)) + zero).clamp(0, std::ldexp(1.0, bits) - 1);
   }
+  throw InternalError("codes_of: not a format");
 }
 
 void check_grid(const FormatSpec& spec, int64_t in) {
@@ -86,9 +94,12 @@ bool has_grid(const FormatSpec& spec, int64_t in) {
     case Format::NF4:
     case Format::FP4:
       return in % spec.group == 0;
-    default:
+    case Format::BF16:
+    case Format::FP16:
+    case Format::FP8_E4M3_NOSCALE:
       return false;
   }
+  throw InternalError("has_grid: not a format");
 }
 
 int64_t grid_group(const FormatSpec& spec, int64_t in) {
@@ -126,7 +137,9 @@ void group_params(const at::Tensor& w, const FormatSpec& spec, at::Tensor& scale
     case Format::FP4:
       scale = w.abs().amax(1);
       return;
-    default:
+    case Format::BF16:
+    case Format::FP16:
+    case Format::FP8_E4M3_NOSCALE:
       check_grid(spec, w.size(1));
   }
 }
@@ -167,9 +180,15 @@ at::Tensor round_to_grid(const at::Tensor& w, const FormatSpec& spec, const at::
              scale;
     case Format::INT8:
       return codes_of(w, spec, scale, zero) * scale;
-    default:
+    case Format::INT4:
+    case Format::INT3:
+    case Format::INT2:
+    case Format::BF16:  // no grid: never made (check_grid)
+    case Format::FP16:
+    case Format::FP8_E4M3_NOSCALE:
       return (codes_of(w, spec, scale, zero) - zero) * scale;
   }
+  throw InternalError("round_to_grid: not a format");
 }
 
 GroupRounder::GroupRounder(const FormatSpec& spec, at::Tensor scale, at::Tensor zero)
@@ -228,7 +247,14 @@ PackedWeight pack_on_grid(const at::Tensor& w_in, const Grid& g) {
       p.codes = pack_nibbles(q.to(at::kByte).reshape(-1));
       p.scales = g.scale.reshape(-1).contiguous();
       break;
-    default:
+    case Format::INT4:
+    case Format::INT3:
+    case Format::INT2:
+    case Format::BF16:  // no grid: never made (check_grid)
+    case Format::FP16:
+    case Format::FP8_E4M3:
+    case Format::FP8_E5M2:
+    case Format::FP8_E4M3_NOSCALE:
       p.codes = pack_bits(q.to(at::kByte), bits);
       p.scales = g.scale.to(at::kHalf).contiguous();
       if (g.spec.asymmetric) p.zeros = g.zero.to(at::kByte).contiguous();

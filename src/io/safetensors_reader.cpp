@@ -1,7 +1,8 @@
 // safetensors reader: mmap and header validation. Every check names the file and tensor, since
-// model files are untrusted input (docs/ARCHITECTURE.md, "Checkpoints and untrusted input"): the header length must fit the file,
-// the JSON must parse, dtypes must be known, shape x dtype size must equal the byte span, and
-// spans must tile the data section (no overlaps, no holes, nothing left over).
+// model files are untrusted input (docs/ARCHITECTURE.md, "Checkpoints and untrusted input"): the
+// header length must fit the file, the JSON must parse, dtypes must be known, shape x dtype size
+// must equal the byte span, and spans must tile the data section (no overlaps, no holes, nothing
+// left over).
 #include <ATen/ATen.h>
 #include <fcntl.h>
 #include <fmt/format.h>

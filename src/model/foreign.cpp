@@ -265,15 +265,9 @@ void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec&
                            }};
 }
 
-}  // namespace
-
-io::Checkpoint open_checkpoint(const fs::path& dir) {
-  io::Checkpoint ck = io::Checkpoint::open(dir);
-  const std::string where = (dir / "config.json").string() + ": quantization_config";
-  const nlohmann::json j = io::read_json_file(dir / "config.json", true);
-  if (!j.is_object() || !j.contains("quantization_config")) return ck;
-  const nlohmann::json& q = j["quantization_config"];
-  if (!q.is_object()) throw ConfigError(fmt::format("{}: expected an object", where));
+// ConfigError for a quantization_config kldq does not read: another quant_method, a status
+// other than compressed, sparsity, transforms or a kv-cache scheme.
+void check_scheme(const nlohmann::json& q, const std::string& where) {
   const std::string method = text(q, "quant_method", "", where);
   if (method != "compressed-tensors")
     throw ConfigError(
@@ -288,6 +282,29 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
     if (q.contains(key) && !q[key].is_null() && !q[key].empty())
       throw ConfigError(
           fmt::format("{}.{}: not supported (kldq reads weight-only quantization)", where, key));
+}
+
+// IoError for tensors of activation quantization or act-order.
+void check_weight_only(const io::Checkpoint& ck, const fs::path& dir) {
+  for (const auto& name : ck.names())
+    if (name.ends_with(".input_scale") || name.ends_with(".input_global_scale") ||
+        name.ends_with(".weight_g_idx"))
+      throw IoError(
+          fmt::format("{}: tensor '{}': activation scales and act-order indices are "
+                      "not supported (kldq reads weight-only quantization)",
+                      dir.string(), name));
+}
+
+}  // namespace
+
+io::Checkpoint open_checkpoint(const fs::path& dir) {
+  io::Checkpoint ck = io::Checkpoint::open(dir);
+  const std::string where = (dir / "config.json").string() + ": quantization_config";
+  const nlohmann::json j = io::read_json_file(dir / "config.json", true);
+  if (!j.is_object() || !j.contains("quantization_config")) return ck;
+  const nlohmann::json& q = j["quantization_config"];
+  if (!q.is_object()) throw ConfigError(fmt::format("{}: expected an object", where));
+  check_scheme(q, where);
   const ModelConfig config = parse_config(j, (dir / "config.json").string());
   const std::string top = text(q, "format", "", where);
   std::vector<std::pair<std::vector<Target>, FormatSpec>> groups;
@@ -298,13 +315,7 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
   }
   const std::vector<Target> ignore =
       targets(q.contains("ignore") ? q["ignore"] : nlohmann::json(), where + ".ignore");
-  for (const auto& name : ck.names())
-    if (name.ends_with(".input_scale") || name.ends_with(".input_global_scale") ||
-        name.ends_with(".weight_g_idx"))
-      throw IoError(
-          fmt::format("{}: tensor '{}': activation scales and act-order indices are "
-                      "not supported (kldq reads weight-only quantization)",
-                      dir.string(), name));
+  check_weight_only(ck, dir);
   std::map<std::string, Derived> derived;
   std::set<std::string> hidden;
   nlohmann::json layer_formats = nlohmann::json::object();

@@ -347,6 +347,76 @@ By parse_by(const std::string& s, const std::string& what) {
   throw ConfigError(fmt::format("{} {}: expected count or params", what, s));
 }
 
+namespace {
+
+// The chosen candidate per unit, decided per group of units planned together.
+std::vector<size_t> pick_per_unit(const std::vector<Profile>& ps, const Request& r) {
+  const std::vector<std::vector<size_t>> groups = decision_groups(ps.front(), r.fused_groups);
+  std::vector<size_t> pick(ps.front().units.size(), 0);
+  std::vector<Profile> gps;
+  for (const Profile& p : ps) gps.push_back(r.fused_groups ? grouped(p, groups) : p);
+  const std::vector<size_t> chosen = select(gps, r, candidates_for(gps, r));
+  for (size_t g = 0; g < groups.size(); ++g)
+    for (size_t u : groups[g]) pick[u] = chosen[g];
+  return pick;
+}
+
+// The plan's base: the profile's base when restoring; for a budget, the candidate holding the
+// most parameters (the fewest overrides).
+size_t base_candidate(const Profile& anchor, const std::vector<size_t>& pick, const Request& r) {
+  if (r.strategy != Strategy::BUDGET) return 0;
+  std::map<size_t, uint64_t> held;
+  for (size_t u = 0; u < pick.size(); ++u) held[pick[u]] += anchor.units[u].params;
+  size_t base = pick[0];
+  for (const auto& [c, p] : held)
+    if (p > held[base]) base = c;
+  return base;
+}
+
+// The settings the profile's layers were fitted with, and for gptq/awq the windows they were
+// fitted on (the profile's calibration): quantize --plan re-fits those layers.
+json fitted_settings(const Profile& anchor) {
+  json settings = anchor.method_settings;
+  if (!settings.is_null() && quant::needs_calibration(anchor.method))
+    settings["calibration"] = anchor.calibration;
+  if (settings.is_null() && quant::needs_calibration(anchor.method))
+    log::warn(
+        "{}: records no method_settings (an older kldq): quantize --plan will fit {} with "
+        "the command line's settings and calibration",
+        anchor.path, anchor.method);
+  return settings;
+}
+
+// plan.planner: the request, the profiles' identity, and what the plan predicts and weighs.
+json planner_record(const std::vector<Profile>& ps, const Request& r, double predicted,
+                    uint64_t params, uint64_t bytes) {
+  const Profile& anchor = ps.front();
+  std::vector<std::string> paths;
+  for (const Profile& p : ps) paths.push_back(p.path);
+  json planner = {{"strategy", strategy_name(r.strategy)},
+                  {"profiles", paths},
+                  {"model", anchor.model},
+                  {"model_fingerprint", anchor.fingerprint},
+                  {"calibration", anchor.calibration},
+                  {"mode", anchor.mode},
+                  {"granularity", anchor.granularity},
+                  {"anchor_base", anchor.base},
+                  {"anchor_baseline_kl", anchor.baseline_kl},
+                  {"predicted_kl", predicted},
+                  {"params", params},
+                  {"weight_bytes", bytes},
+                  {"bits_per_weight", 8.0 * double(bytes) / double(params)},
+                  {"kldq_version", KLDQ_VERSION_STRING}};
+  if (r.strategy == Strategy::RESTORE_TOP || r.strategy == Strategy::RANDOM)
+    planner["percent"] = r.percent, planner["by"] = r.by == By::COUNT ? "count" : "params";
+  if (r.strategy == Strategy::RANDOM) planner["seed"] = r.seed;
+  if (r.strategy == Strategy::BUDGET) planner["budget_bpw"] = r.budget_bpw;
+  if (r.fused_groups) planner["fused_groups"] = true;
+  return planner;
+}
+
+}  // namespace
+
 quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
   check_compatible(ps);
   const Profile& anchor = ps.front();
@@ -362,40 +432,12 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
   uint64_t params = 0;
   for (const auto& u : anchor.units) params += u.params;
 
-  // The chosen candidate per unit, decided per group of units planned together.
-  const std::vector<std::vector<size_t>> groups = decision_groups(anchor, r.fused_groups);
-  std::vector<size_t> pick(n, 0);
-  {
-    std::vector<Profile> gps;
-    for (const Profile& p : ps) gps.push_back(r.fused_groups ? grouped(p, groups) : p);
-    const std::vector<size_t> chosen = select(gps, r, candidates_for(gps, r));
-    for (size_t g = 0; g < groups.size(); ++g)
-      for (size_t u : groups[g]) pick[u] = chosen[g];
-  }
-
-  // The plan's base: the profile's base when restoring; for a budget, the candidate holding the
-  // most parameters (the fewest overrides).
-  size_t base = 0;
-  if (r.strategy == Strategy::BUDGET) {
-    std::map<size_t, uint64_t> held;
-    for (size_t u = 0; u < n; ++u) held[pick[u]] += anchor.units[u].params;
-    base = pick[0];
-    for (const auto& [c, p] : held)
-      if (p > held[base]) base = c;
-  }
+  const std::vector<size_t> pick = pick_per_unit(ps, r);
+  const size_t base = base_candidate(anchor, pick, r);
   quant::Plan plan;
   plan.method = anchor.method;
   plan.base = cands[base].spec;
-  // The settings the profile's layers were fitted with, and for gptq/awq the windows they were
-  // fitted on (the profile's calibration): quantize --plan re-fits those layers.
-  plan.method_settings = anchor.method_settings;
-  if (!plan.method_settings.is_null() && quant::needs_calibration(anchor.method))
-    plan.method_settings["calibration"] = anchor.calibration;
-  if (plan.method_settings.is_null() && quant::needs_calibration(anchor.method))
-    log::warn(
-        "{}: records no method_settings (an older kldq): quantize --plan will fit {} with "
-        "the command line's settings and calibration",
-        anchor.path, anchor.method);
+  plan.method_settings = fitted_settings(anchor);
   uint64_t bytes = 0;
   double chosen = 0, anchored = 0;  // the units' summed costs: as planned, all at the anchor base
   json formats = json::object();
@@ -420,29 +462,8 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
   const double predicted = anchored > 0         ? anchor.baseline_kl * chosen / anchored
                            : chosen == anchored ? anchor.baseline_kl
                                                 : chosen;
-  std::vector<std::string> paths;
-  for (const Profile& p : ps) paths.push_back(p.path);
-  plan.planner = {{"strategy", strategy_name(r.strategy)},
-                  {"profiles", paths},
-                  {"model", anchor.model},
-                  {"model_fingerprint", anchor.fingerprint},
-                  {"calibration", anchor.calibration},
-                  {"mode", anchor.mode},
-                  {"granularity", anchor.granularity},
-                  {"anchor_base", anchor.base},
-                  {"anchor_baseline_kl", anchor.baseline_kl},
-                  {"predicted_kl", predicted},
-                  {"params", params},
-                  {"weight_bytes", bytes},
-                  {"bits_per_weight", 8.0 * double(bytes) / double(params)},
-                  {"unit_formats", formats},
-                  {"kldq_version", KLDQ_VERSION_STRING}};
-  if (r.strategy == Strategy::RESTORE_TOP || r.strategy == Strategy::RANDOM)
-    plan.planner["percent"] = r.percent,
-    plan.planner["by"] = r.by == By::COUNT ? "count" : "params";
-  if (r.strategy == Strategy::RANDOM) plan.planner["seed"] = r.seed;
-  if (r.strategy == Strategy::BUDGET) plan.planner["budget_bpw"] = r.budget_bpw;
-  if (r.fused_groups) plan.planner["fused_groups"] = true;
+  plan.planner = planner_record(ps, r, predicted, params, bytes);
+  plan.planner["unit_formats"] = formats;
   return plan;
 }
 

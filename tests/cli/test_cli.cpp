@@ -15,6 +15,31 @@ TEST_CASE("kldq --help lists the subcommands; usage errors exit 2", "[cli]") {
   CHECK(run_kldq("").rc == 2);
   CHECK(run_kldq("inspect").rc == 2);  // missing MODEL
   CHECK(run_kldq("frobnicate").rc == 2);
+  CHECK(run_kldq("inspect " + kldq::test::tiny_model().string() + " --no-such-option").rc == 2);
+}
+
+TEST_CASE("-v and -q work after the subcommand too; run takes -o", "[cli]") {
+  kldq::test::TempDir dir("cli-verbosity");
+  const std::string eval = "eval " KLDQ_SOURCE_DIR
+                           "/models/wikitext-qwen2-4m --ppl " KLDQ_SOURCE_DIR
+                           "/data/demo/wiki.test.head.txt --ctx 64 --device cpu -o " +
+                           (dir / "m.json").string();
+  // eval says what it streamed at debug level (-v), and what it evaluates at info level (not -q).
+  const auto plain = run_kldq(eval);
+  const auto before = run_kldq("-v " + eval);
+  const auto after = run_kldq(eval + " -v");
+  const auto quiet = run_kldq(eval + " -q");
+  REQUIRE(plain.rc == 0);
+  REQUIRE(after.rc == 0);
+  REQUIRE(quiet.rc == 0);
+  CHECK_THAT(plain.err, HasText("info") && !HasText("debug"));
+  CHECK_THAT(before.err, HasText("debug: eval:"));
+  CHECK_THAT(after.err, HasText("debug: eval:"));
+  CHECK_THAT(quiet.err, !HasText("info"));
+  const auto dry = run_kldq("run " KLDQ_SOURCE_DIR "/configs/demo.yaml --dry-run -o " +
+                            (dir / "results").string());
+  REQUIRE(dry.rc == 0);
+  CHECK_THAT(dry.out, HasText("output " + (dir / "results").string()));
 }
 
 TEST_CASE("synth tiny then inspect --json reports hand-derived counts", "[cli]") {

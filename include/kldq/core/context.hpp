@@ -1,5 +1,6 @@
 // RunContext: the device, dtype, seed and thread count a command computes with, resolved
-// once from the command line (README.md, "Commands built so far": cuda when present, bf16 on cuda, fp32 on cpu).
+// once from the command line (README.md, "Commands built so far": cuda when present, bf16 on cuda,
+// fp32 on cpu).
 #pragma once
 
 #include <c10/core/Device.h>
