@@ -176,6 +176,10 @@ void check_options(const EvalCliOptions& o) {
         "or --plan");
   if (o.kld && !quantize && o.reference.empty())
     throw ConfigError("--kld: needs --reference (or --base/--plan, which use MODEL as reference)");
+}
+
+// ConfigError for a checkpoint directory that does not exist (after the outputs' checks).
+void check_checkpoints(const EvalCliOptions& o) {
   for (const auto& dir : {o.model, o.reference})
     if (!dir.empty() && !fs::is_directory(dir))
       throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
@@ -340,6 +344,7 @@ Printed run_eval(const EvalCliOptions& o) {
   check_options(o);
   const bool quantize = !o.base.empty() || !o.plan.empty();
   const Outputs outs = outputs_of(o);
+  check_checkpoints(o);
   const std::optional<quant::Plan> plan = plan_from(o.model, o.base, o.plan, o.method);
   const RunContext ctx = context_from(o.compute);
   model::ModelConfig config;

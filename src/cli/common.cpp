@@ -88,8 +88,9 @@ void add_method_options(CLI::App& sub, MethodCliOptions& o, bool with_calibratio
          "gptq: dampening, a fraction of the Hessian's mean diagonal (default 0.01)")
       ->check(CLI::Range(0.0, 1e4));
   sub.add_flag_function(
-      "--act-order,!--no-act-order", [&o](int64_t count) { o.act_order = count > 0; },
-      "gptq: columns by decreasing activation energy, static groups (default on)");
+         "--act-order,!--no-act-order", [&o](int64_t count) { o.act_order = count > 0; },
+         "gptq: columns by decreasing activation energy, static groups (default on)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // the last one given wins
   if (!with_calibration) return;
   sub.add_option("--calib", o.calib, "gptq/awq: calibration text or JSONL file");
   sub.add_option_function<int64_t>(
@@ -176,13 +177,14 @@ std::optional<calib::Calibration> method_calibration(const MethodCliOptions& o,
         throw ConfigError(fmt::format("{}.file {}: not found; give the text with --calib",
                                       recorded_at, rc->file));
       spec.file = rc->file;
-      log::info("calibration from the plan: {} x {} tokens of {} (seed {})", spec.samples,
-                spec.seq_len, rc->file, spec.seed);
     }
   }
   spec.samples = o.samples.value_or(spec.samples);
   spec.seq_len = o.seq_len.value_or(spec.seq_len);
   spec.seed = o.seed.value_or(spec.seed);
+  if (rc && o.calib.empty())
+    log::info("calibration from the plan: {} x {} tokens of {} (seed {})", spec.samples,
+              spec.seq_len, rc->file, spec.seed);
   if (spec.file.empty())
     throw ConfigError(fmt::format("--method {}: needs calibration text (--calib FILE)", method));
   const model::ModelConfig config =

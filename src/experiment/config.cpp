@@ -1,5 +1,6 @@
 // Experiment files: YAML/JSON reading with key-path errors, defaults, sweep expansion.
 #include "kldq/experiment/config.hpp"
+#include "kldq/experiment/results.hpp"
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -411,6 +412,11 @@ void finish_point(Point& p, const Experiment& e, const std::string& path) {
         throw ConfigError(fmt::format("{}: export.to compressed-tensors: {} {}: {}", path,
                                       f == p.base ? "base" : "plan.candidates:", f, why));
     }
+    if (formats::FormatSpec::parse(p.base).dense() || (restoring && *p.percent >= 100.0))
+      throw ConfigError(fmt::format(
+          "{}: export.to compressed-tensors: point {} quantizes no layer (nothing for a "
+          "compressed-tensors config to declare)",
+          path, point_label(p)));
     if (p.planner != "uniform" && p.granularity == "linear" && !e.fused_groups)
       throw ConfigError(fmt::format(
           "{}: export.to compressed-tensors: needs plan.fused_groups: true (vLLM fuses q/k/v "

@@ -12,9 +12,10 @@
 // A member of a group restored to a dense format carries no scale but sees x / s after the fold,
 // so its columns are multiplied by s. A quantized v or up is divided through its scales (per row,
 // or per (row, group/block)); its codes are untouched.
-// Rounding: the fold is computed in fp32 and rounded once to the stored dtype: fp16 weight scales
-// (relative error <= 2^-11), norm and dense weights in theirs (bf16 <= 2^-8; fp32 exact to 2^-24).
-// GGUF keeps norms in F32 (Source::tensor_f32), so only the scales and dense weights round there.
+// Rounding: the fold is computed in fp32 and rounded once. Folded norm weights are kept in fp32
+// (Source::tensor; a few KiB), folded weight scales round to their fp16 (relative error <= 2^-11;
+// a scale that would become subnormal or zero is refused), folded dense weights and biases to
+// their dtype (bf16 <= 2^-8).
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 

@@ -24,6 +24,7 @@
 
 #include "gguf_vocab.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/log.hpp"
 #include "kldq/export/export.hpp"
 #include "kldq/io/gguf.hpp"
 
@@ -274,6 +275,11 @@ ExportReport export_gguf(const Source& src, const fs::path& out, const ExportOpt
   // kldq's dequantized ones.
   if (!options.original.empty() && src.folded().empty())
     original = io::Checkpoint::open(options.original);
+  else if (!options.original.empty())
+    log::info(
+        "AWQ scales folded: layers without an exact GGUF type re-quantize from kldq's "
+        "dequantized weights, not from {}",
+        options.original.string());
   ExportReport report;
   for (const auto& s : src.slots()) {
     const bool linear =

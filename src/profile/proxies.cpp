@@ -78,8 +78,7 @@ void backward_batch(Decoder& m, const at::Tensor& x, int64_t chunk) {
   const at::Tensor tgt = x.narrow(1, 1, T - 1).to(m.device());  // [B, T-1]
   const double rows = static_cast<double>(B * (T - 1));
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T - 1; t += chunk) {
-      const int64_t len = std::min(chunk, T - 1 - t);
+    for (const auto [t, len] : batches(T - 1, chunk)) {
       // fp32 log-softmax, as transformers computes the loss from upcast logits.
       const at::Tensor logits =  // [len, V]
           m.head(h.select(0, b).narrow(0, t, len).unsqueeze(0)).squeeze(0).to(at::kFloat);

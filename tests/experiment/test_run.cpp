@@ -221,6 +221,10 @@ TEST_CASE("kldq run configs/demo.yaml: killed twice, resumed, reported", "[exper
     }
     CHECK(png >= 3);
     CHECK(svg == png);
+  } else if (kldq::test::require_data()) {
+    FAIL(
+        "the test Python has no matplotlib (KLDQ_REQUIRE_DATA is set: scripts/setup.sh installs "
+        "it)");
   } else {
     WARN("the test Python has no matplotlib: plots not checked");
   }

@@ -509,6 +509,14 @@ output: '{}'
   CHECK(r.rc == 2);
   CHECK(r.err.find("base nf4: no nf4 in compressed-tensors") != std::string::npos);
   CHECK(!fs::exists(dir / "out"));
+  kldq::test::write_text(dir / "c.yaml", head +
+                                             "sweep: {base: int4_g32, planner: restore-top, "
+                                             "restore_top: 100}\nplan: {fused_groups: true}\n"
+                                             "export: {to: [compressed-tensors]}\n");
+  r = run_kldq("run " + (dir / "c.yaml").string());
+  CHECK(r.rc == 2);
+  CHECK(r.err.find("quantizes no layer") != std::string::npos);
+  CHECK(!fs::exists(dir / "out"));
 
   kldq::test::write_text(dir / "e.yaml", head + sweep +
                                              "plan: {fused_groups: true}\n"

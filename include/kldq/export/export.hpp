@@ -41,8 +41,8 @@ class Source {
   const std::vector<model::TensorSlot>& slots() const { return slots_; }
   // A quantized layer's stored tensors (views of the file).
   formats::PackedWeight packed(const std::string& layer) const;
-  // A stored tensor (a view of the file, or the folded tensor in its stored dtype), IoError
-  // naming it when it holds NaN or Inf.
+  // A stored tensor (a view of the file; a folded linear weight or bias in its stored dtype, a
+  // folded norm weight in fp32), IoError naming it when it holds NaN or Inf.
   at::Tensor tensor(const std::string& name) const;
   // The same in fp32, without the rounding to the stored dtype a folded tensor would get.
   at::Tensor tensor_f32(const std::string& name) const;
