@@ -54,9 +54,7 @@ int run_plan(const PlanCliOptions& o) {
   const std::filesystem::path out =
       o.out.empty() ? std::filesystem::path()
                     : file_output(o.out, "-o", {o.profiles.begin(), o.profiles.end()});
-  std::vector<plan::Profile> profiles;
-  for (const auto& p : o.profiles)
-    profiles.push_back(plan::Profile::from_json(io::read_json_file(p, true), p));
+  const std::vector<plan::Profile> profiles = read_profiles(o.profiles);
   const quant::Plan plan = plan::make_plan(profiles, r);
   const std::string text = plan.to_json().dump(2) + "\n";
   if (out.empty())
@@ -66,6 +64,13 @@ int run_plan(const PlanCliOptions& o) {
 
   std::cerr << plan_line(plan, profiles, out.string());
   return 0;
+}
+
+std::vector<plan::Profile> read_profiles(const std::vector<std::string>& paths) {
+  std::vector<plan::Profile> profiles;
+  for (const auto& p : paths)
+    profiles.push_back(plan::Profile::from_json(io::read_json_file(p, true), p));
+  return profiles;
 }
 
 std::string plan_line(const quant::Plan& plan, const std::vector<plan::Profile>& profiles,

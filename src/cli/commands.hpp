@@ -85,6 +85,8 @@ struct RunCliOptions {
   bool dry_run = false;
   ComputeOptions compute;
 };
+// The profiles `kldq plan` reads: each file's JSON, checked (plan::Profile::from_json).
+std::vector<plan::Profile> read_profiles(const std::vector<std::string>& paths);
 // The line `kldq plan` prints on stderr about `plan`, made from `profiles`, written to `out`.
 std::string plan_line(const quant::Plan& plan, const std::vector<plan::Profile>& profiles,
                       const std::string& out);

@@ -164,11 +164,9 @@ class Runner {
       io::write_file_atomic(file, plan.to_json().dump(2) + "\n");
       return {};
     }
-    std::vector<plan::Profile> profiles;
-    for (const auto& k : s.inputs["profiles"]) {
-      const std::string p = by_key.at(k).string();
-      profiles.push_back(plan::Profile::from_json(io::read_json_file(p, true), p));
-    }
+    std::vector<std::string> paths;
+    for (const auto& k : s.inputs["profiles"]) paths.push_back(by_key.at(k).string());
+    const std::vector<plan::Profile> profiles = read_profiles(paths);
     plan::Request r;
     r.strategy = pt.planner == "restore-top" ? plan::Strategy::RESTORE_TOP
                  : pt.planner == "random"    ? plan::Strategy::RANDOM
