@@ -1,8 +1,9 @@
 // `kldq profile MODEL --base FORMAT [--method rtn|hqq|gptq|awq] --calib FILE [--samples N]
 // [--seq-len T] [--seed S] [--mode quantize-one|restore-one]
-// [--granularity linear|half-block|block] [--batch B] [--naive] [--proxies] [--csv FILE] -o
-// profile.json`: per-unit KL sensitivity and optionally its proxies (docs/PROTOCOLS.md,
-// "Sensitivity profile"); the units also as CSV.
+// [--granularity linear|half-block|block] [--batch B] [--naive] [--proxies] [--shard i/n]
+// [--csv FILE] -o profile.json`: per-unit KL sensitivity and optionally its proxies
+// (docs/PROTOCOLS.md, "Sensitivity profile"); the units also as CSV.
+// `kldq profile --merge SHARD.json... [--csv FILE] -o profile.json`: shards merged into one.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -23,6 +24,7 @@
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/io/csv.hpp"
 #include "kldq/io/json_util.hpp"
+#include "kldq/profile/merge.hpp"
 #include "kldq/profile/profile.hpp"
 
 namespace kldq::cli {
@@ -66,6 +68,7 @@ profile::Options options_of(const ProfileCliOptions& o) {
   po.batch = o.batch;
   po.cached = !o.naive;
   po.proxies = o.proxies;
+  po.shard = parse_shard(o.shard, "--shard", "units");
   return po;
 }
 
@@ -124,7 +127,8 @@ std::string top_units(const profile::Result& r, const profile::Options& po,
     const auto& u = r.units[order[k]];
     table += fmt::format("{:<36} {:>12.6f} {:>10.6f}\n", u.unit.id, key(order[k]), u.kl.stderr_);
   }
-  if (po.proxies) {
+  if (po.proxies && !po.shard.whole()) table += "Spearman correlations: after --merge\n";
+  if (po.proxies && po.shard.whole()) {
     const nlohmann::json& sp = j["proxies"]["spearman"];
     auto corr = [&](const char* k) {
       return sp[k].is_null() ? std::string("n/a") : fmt::format("{:+.3f}", sp[k].get<double>());
@@ -138,9 +142,32 @@ std::string top_units(const profile::Result& r, const profile::Options& po,
   return table;
 }
 
+// `kldq profile --merge`: the shards read and checked, then one profile written.
+Printed merge_profile_cmd(const ProfileCliOptions& o) {
+  if (!o.model.empty() || !o.base.empty() || !o.shard.empty())
+    throw ConfigError(
+        "profile --merge: give only the shard files, -o and --csv (the shards say "
+        "what was profiled)");
+  std::vector<std::filesystem::path> inputs(o.merge.begin(), o.merge.end());
+  const std::filesystem::path out = file_output(o.out, "-o", inputs);
+  const std::filesystem::path csv =
+      o.csv.empty() ? std::filesystem::path() : file_output(o.csv, "--csv", inputs);
+  if (csv == out) throw ConfigError(fmt::format("--csv {}: the same file as -o", o.csv));
+  std::vector<profile::ShardFile> shards;
+  for (const std::string& path : o.merge) shards.push_back({path, io::read_json_file(path, true)});
+  const nlohmann::json j = profile::merge_shards(shards);
+  write_profile(out, csv, j);
+  return {fmt::format("merged {} shards ({} units) -> {}\n", shards.size(), j["units"].size(),
+                      out.string()),
+          ""};
+}
+
 }  // namespace
 
 Printed run_profile_cmd(const ProfileCliOptions& o) {
+  if (!o.merge.empty()) return merge_profile_cmd(o);
+  if (o.model.empty() || o.base.empty() || o.method.calib.empty())
+    throw ConfigError("profile: MODEL, --base and --calib are required (or --merge SHARD.json...)");
   const auto t0 = std::chrono::steady_clock::now();
   profile::Options po = options_of(o);
   const quant::MethodOptions method = method_options(o.method, "");
@@ -190,17 +217,21 @@ Printed run_profile_cmd(const ProfileCliOptions& o) {
   write_profile(out, csv, j);
 
   const std::string table = top_units(r, po, j);
-  return {fmt::format("profiled {} units in {:.1f} s -> {}\n", r.units.size(), secs, out.string()),
+  return {fmt::format("profiled {} units{} in {:.1f} s -> {}\n", r.units.size(),
+                      po.shard.whole()
+                          ? ""
+                          : fmt::format(" (shard {} of {} units)", po.shard.name(), r.units_total),
+                      secs, out.string()),
           table};
 }
 
 void register_profile(CLI::App& app, Action& action) {
   auto opts = std::make_shared<ProfileCliOptions>();
   auto* sub = app.add_subcommand("profile", "per-unit KL sensitivity on a calibration set");
-  sub->add_option("MODEL", opts->model, "checkpoint directory (unquantized)")->required();
-  sub->add_option("--base", opts->base, "format the units are quantized to")->required();
+  // Required unless --merge (checked by run_profile_cmd).
+  sub->add_option("MODEL", opts->model, "checkpoint directory (unquantized)");
+  sub->add_option("--base", opts->base, "format the units are quantized to");
   add_method_options(*sub, opts->method, true);
-  sub->get_option("--calib")->required();
   sub->add_option("--mode", opts->mode, "quantize-one (default) or restore-one");
   sub->add_option("--granularity", opts->granularity, "linear (default), half-block or block");
   sub->add_option("--batch", opts->batch, "windows per forward (default 8)")
@@ -209,6 +240,10 @@ void register_profile(CLI::App& app, Action& action) {
   sub->add_flag("--proxies", opts->proxies,
                 "also weight MSE/SQNR, output error and Fisher proxies per unit, and their "
                 "Spearman correlation with the KL ranking");
+  sub->add_option("--shard", opts->shard,
+                  "i/n: only the units with index % n == i (merge the n shards with --merge)");
+  sub->add_option("--merge", opts->merge,
+                  "shard profiles (--shard) to merge into one profile, instead of profiling");
   sub->add_option("--csv", opts->csv, "the per-unit results also as CSV");
   sub->add_option("-o,--output", opts->out, "profile JSON")->required();
   add_compute_options(*sub, opts->compute);

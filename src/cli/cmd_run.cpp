@@ -22,7 +22,7 @@ void dry_run(const experiment::Experiment& e, const RunCliOptions& o,
   const nlohmann::json compute = compute_tag(context_from(o.compute));
   std::cout << fmt::format(
       "experiment {} ({}): {} sweep points{}, output {} ({} {})\n", e.name, o.experiment,
-      e.points.size(), o.shard.empty() ? "" : fmt::format(", shard {}: {}", o.shard, points.size()),
+      e.points.size(), o.shard.whole() ? "" : fmt::format(", shard {}: {}", o.shard.name(), points.size()),
       e.output, compute["device"].get<std::string>(), compute["dtype"].get<std::string>());
   for (size_t i : points)
     std::cout << fmt::format("  point {:>3}  {}\n", i, experiment::point_label(e.points[i]));
@@ -51,6 +51,7 @@ int run_run(const RunCliOptions& given) {
   if (o.compute.max_gpu_memory.empty()) o.compute.max_gpu_memory = e.max_gpu_memory;
   if (!o.models.empty()) e.models = o.models;
   if (!o.output.empty()) e.output = o.output;
+  o.shard = parse_shard(o.shard_arg, "--shard", "sweep points");
   if (e.models.empty())
     throw ConfigError(fmt::format("{}: models: missing (or give --model PATH)", o.experiment));
   const std::vector<size_t> points = experiment::shard_points(e, o.shard);
@@ -68,7 +69,7 @@ void register_run(CLI::App& app, Action& action) {
   auto* sub = app.add_subcommand("run", "run an experiment file: every stage, cached, resumable");
   sub->add_option("EXPERIMENT", opts->experiment, "experiment file, YAML or JSON")->required();
   sub->add_option("--model", opts->models, "checkpoint(s) replacing the file's models");
-  sub->add_option("--shard", opts->shard, "i/n: only sweep points with index % n == i");
+  sub->add_option("--shard", opts->shard_arg, "i/n: only sweep points with index % n == i");
   sub->add_option("-o,--output", opts->output, "results directory replacing the file's output");
   sub->add_flag("--dry-run", opts->dry_run, "print the resolved sweep and the stages");
   add_compute_options(*sub, opts->compute);

@@ -24,7 +24,8 @@ int print(const Printed& p);
 
 struct ProfileCliOptions {
   std::string model, base, mode = "quantize-one", granularity = "linear";
-  std::string out, csv;
+  std::string out, csv, shard;
+  std::vector<std::string> merge;  // shard profiles to merge instead of profiling
   int64_t batch = 8;
   bool naive = false, proxies = false;
   MethodCliOptions method;  // the base's method; its calibration is the profile's
@@ -80,7 +81,8 @@ struct EvalCliOptions {
 Printed run_eval(const EvalCliOptions& o);
 
 struct RunCliOptions {
-  std::string experiment, shard, output;
+  std::string experiment, shard_arg, output;
+  Shard shard;  // from shard_arg
   std::vector<std::string> models;
   bool dry_run = false;
   ComputeOptions compute;

@@ -342,7 +342,7 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
   const fs::path manifest_path = out / "manifest.json";
   // Checkpoint directories of a killed run (marked and unlocked; never by name alone). Not for
   // shards: they may run on hosts whose locks this one cannot see.
-  if (o.shard.empty()) remove_stale_temporaries(out, /*recursive=*/true);
+  if (o.shard.whole()) remove_stale_temporaries(out, /*recursive=*/true);
   io::write_file_atomic(out / "config.resolved.yaml", e.resolved_yaml());
   io::write_file_atomic(manifest_path, manifest.dump(2) + "\n");
 
@@ -362,7 +362,7 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
               old);
   ex::write_runs(runs_path, runs);
   log::info("experiment {}: {} sweep points{}, {} stages, results in {}", e.name, points.size(),
-            o.shard.empty() ? "" : " (shard " + o.shard + ")", total, out.string());
+            o.shard.whole() ? "" : " (shard " + o.shard.name() + ")", total, out.string());
   Runner runner(e, o, out, compute);
   Progress bar("experiment " + e.name, int64_t(total), "stages");
   size_t step = 0;

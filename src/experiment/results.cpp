@@ -69,12 +69,10 @@ std::string stage_label(const Stage& s, const Experiment& e) {
   return "bf16 model";
 }
 
-std::string runs_file_name(const std::string& shard) {
-  if (shard.empty()) return "runs.jsonl";
+std::string runs_file_name(const Shard& shard) {
+  if (shard.whole()) return "runs.jsonl";
   // From the numbers, so that "01/2" and "1/2" name one file.
-  const auto slash = shard.find('/');
-  return fmt::format("runs.shard-{}-of-{}.jsonl", std::stoul(shard.substr(0, slash)),
-                     std::stoul(shard.substr(slash + 1)));
+  return fmt::format("runs.shard-{}-of-{}.jsonl", shard.index, shard.count);
 }
 
 std::vector<nlohmann::json> read_runs(const fs::path& file) {

@@ -112,21 +112,10 @@ std::string stage_artifact(const Stage& s) {
                               : "metrics.json";
 }
 
-std::vector<size_t> shard_points(const Experiment& e, const std::string& shard) {
+std::vector<size_t> shard_points(const Experiment& e, const Shard& shard) {
   std::vector<size_t> out;
-  if (shard.empty()) {
-    for (size_t p = 0; p < e.points.size(); ++p) out.push_back(p);
-    return out;
-  }
-  const auto slash = shard.find('/');
-  const auto i = slash == std::string::npos ? std::nullopt : parse_number(shard.substr(0, slash));
-  const auto n = slash == std::string::npos ? std::nullopt : parse_number(shard.substr(slash + 1));
-  if (!i || !n || *n < 1 || *i < 0 || *i >= *n || *i != double(int64_t(*i)) ||
-      *n != double(int64_t(*n)))
-    throw ConfigError(fmt::format(
-        "--shard {}: expected i/n with 0 <= i < n (sweep points with index % n == i)", shard));
   for (size_t p = 0; p < e.points.size(); ++p)
-    if (p % size_t(*n) == size_t(*i)) out.push_back(p);
+    if (shard.owns(p)) out.push_back(p);
   return out;
 }
 

@@ -281,6 +281,10 @@ double Profile::cost(size_t u) const {
 Profile Profile::from_json(const json& j, const std::string& path) {
   Profile p;
   p.path = path;
+  if (j.is_object() && j.contains("shard"))
+    throw ConfigError(fmt::format(
+        "{}: a shard of a profile (shard: {}); merge the shards first (kldq profile --merge)", path,
+        j["shard"].dump()));
   p.mode = text(j, "mode", path);
   if (p.mode != "quantize-one" && p.mode != "restore-one")
     throw ConfigError(fmt::format("{}: mode: unknown mode '{}'", path, p.mode));

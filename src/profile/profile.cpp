@@ -321,7 +321,11 @@ Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLaye
           "overflowed the compute dtype: try --dtype bf16 or fp32)");
   }
   timer.lap(1);
-  const std::vector<Unit> units = make_units(m, o.granularity);
+  std::vector<Unit> units;  // the shard's units, in model order
+  const std::vector<Unit> all_units = make_units(m, o.granularity);
+  for (size_t k = 0; k < all_units.size(); ++k)
+    if (o.shard.owns(k)) units.push_back(all_units[k]);
+  result.units_total = all_units.size();
   Progress progress(fmt::format("profile {}", mode_name(o.mode)),
                     static_cast<int64_t>(units.size()), "units");
   const size_t group = o.group ? o.group : group_size(m, o.batch, ids.size(1));
@@ -387,6 +391,12 @@ nlohmann::json to_json(const Result& r, const Options& o, const std::string& met
                         {"granularity", granularity_name(o.granularity)},
                         {"base", o.base.name()},
                         {"method", method}};
+  if (!o.shard.whole()) {
+    // The correlations need every unit: merge_shards computes them.
+    out["shard"] = {{"index", o.shard.index}, {"count", o.shard.count}, {"units", r.units_total}};
+    if (o.proxies) out["proxies"] = {{"fisher_batch", o.batch}};
+    return out;
+  }
   if (o.proxies) {
     const bool restore = o.mode == Mode::RESTORE_ONE;
     std::vector<ProxyStats> p;

@@ -180,7 +180,7 @@ plan: {candidates: [int8, bf16]}
   const auto e = load_text(dir, "e.yaml", "name: s\ndata: {calib: c.txt, ppl: p.txt}" + sweep);
   // uniform (1) + restore-top x {5, 10} (2) + budget (1).
   REQUIRE(e.points.size() == 4);
-  const auto all = ex::shard_points(e, "");
+  const auto all = ex::shard_points(e, {});
   const nlohmann::json cpu = {{"device", "cpu"}, {"dtype", "fp32"}};
   const auto st = ex::plan_stages(e, "m", "fp", all, cpu);
   std::vector<std::string> kinds;
@@ -207,10 +207,12 @@ plan: {candidates: [int8, bf16]}
   // Shards partition the points.
   std::vector<size_t> seen;
   for (int i = 0; i < 3; ++i)
-    for (size_t p : ex::shard_points(e, std::to_string(i) + "/3")) seen.push_back(p);
+    for (size_t p :
+         ex::shard_points(e, kldq::parse_shard(std::to_string(i) + "/3", "--shard", "points")))
+      seen.push_back(p);
   std::sort(seen.begin(), seen.end());
   CHECK(seen == all);
-  CHECK(ex::shard_points(e, "3/4").size() == 1);
+  CHECK(ex::shard_points(e, kldq::parse_shard("3/4", "--shard", "points")).size() == 1);
   CHECK(ex::plan_stages(e, "m", "fp", {}, cpu).size() == 1);  // an empty shard: the reference only
   // Zero-shot tasks are part of every evaluation's identity (reference included).
   const auto et = load_text(dir, "t.yaml",
@@ -248,7 +250,7 @@ plan: {candidates: [int8, bf16]}
       dir, "o.yaml", "name: s\ndata: {calib: c.txt, ppl: p.txt}\neval: {speed: false}" + sweep);
   CHECK(ex::plan_stages(eo, "m", "fp", all, cpu)[4].key == st[4].key);
   for (const char* bad : {"3/3", "1", "a/b", "-1/2", "0/0", "0.5/2"})
-    CHECK_THROWS_AS(ex::shard_points(e, bad), kldq::ConfigError);
+    CHECK_THROWS_AS(kldq::parse_shard(bad, "--shard", "points"), kldq::ConfigError);
 }
 
 TEST_CASE("kldq run --dry-run on every shipped config; a run checks its data first",

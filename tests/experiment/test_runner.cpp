@@ -62,7 +62,7 @@ output: '{}'
   kldq::cli::RunCliOptions o;
   o.experiment = (dir / "e.yaml").string();
   o.compute.device = "cpu";
-  const std::vector<size_t> points = kldq::experiment::shard_points(e, "");
+  const std::vector<size_t> points = kldq::experiment::shard_points(e, {});
   REQUIRE(kldq::cli::run_experiment(e, o, points) == 0);
 
   // One record per point, carrying its evaluation's numbers.

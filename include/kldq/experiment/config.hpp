@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "kldq/core/shard.hpp"
+
 namespace kldq::experiment {
 
 // One sweep point: how the model is quantized and evaluated. Keys a point's planner does not
@@ -90,7 +92,7 @@ std::string stage_dir(const Stage& s);
 // Its main artifact, written last: the stage is finished exactly when stage_dir/this exists.
 std::string stage_artifact(const Stage& s);
 
-// "--shard i/n" -> the indices p of e.points with p % n == i; ConfigError naming the option.
-std::vector<size_t> shard_points(const Experiment& e, const std::string& shard);
+// The indices p of e.points with p % n == i (all of them for the whole list).
+std::vector<size_t> shard_points(const Experiment& e, const Shard& shard);
 
 }  // namespace kldq::experiment

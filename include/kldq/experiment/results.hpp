@@ -23,9 +23,9 @@ std::string point_label(const Point& p);
 // (nf4 rtn linear restore-top 10% by params)" (a plan or evaluation), "bf16 model" (reference).
 std::string stage_label(const Stage& s, const Experiment& e);
 
-// The runs file of a shard ("" or "i/n", already checked by shard_points): runs.jsonl, or
+// The runs file of a shard: runs.jsonl for the whole sweep, or
 // runs.shard-i-of-n.jsonl, so shards that share an output directory never write the same file.
-std::string runs_file_name(const std::string& shard);
+std::string runs_file_name(const Shard& shard);
 
 // The records of one runs file, in order; none when it does not exist. IoError naming the file
 // and line when a line is not a JSON object (the file is only ever replaced whole, so a torn

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "kldq/core/shard.hpp"
 #include "kldq/formats/format.hpp"
 #include "kldq/model/decoder.hpp"
 #include "kldq/profile/proxies.hpp"
@@ -55,6 +56,7 @@ struct Options {
   bool proxies = false;         // also the sensitivity proxies (proxies.hpp)
   bool caches_on_host = false;  // cached block inputs in host memory (model::MemoryPlan)
   size_t group = 0;             // units per pass (0: as group_size() chooses)
+  Shard shard;                  // only the units with index % count == index (merge_shards)
 };
 
 // Units run together per batch of windows: their hidden states ([batch, T, H] each) are held
@@ -76,6 +78,7 @@ struct UnitResult {
 struct Result {
   std::vector<UnitResult> units;
   KlStats baseline;  // the fully quantized model
+  size_t units_total = 0;  // units of the whole profile (more than units.size() in a shard)
 };
 
 // What a profile of N windows of T tokens needs on the device, given the checkpoint's weights
@@ -94,7 +97,8 @@ Result run_profile(model::Decoder& model, const at::Tensor& ids,
 // profile.json: "units" in model order ({id, params, bytes_base, bytes_bf16, kl_mean, kl_stderr,
 // top1_agree, and for restore-one kl_gain = baseline - kl}), "baseline_kl", "baseline_kl_stderr",
 // "baseline_top1_agree", "mode", "granularity", "base", "method"; with proxies, each unit's
-// add_proxy_keys and "proxies" (proxies_json against kl_mean or kl_gain).
+// add_proxy_keys and "proxies" (proxies_json against kl_mean or kl_gain). A shard's has its units
+// only, "shard": {index, count, units (of the whole profile)}, and no "proxies" (merge_shards).
 nlohmann::json to_json(const Result& r, const Options& o, const std::string& method);
 
 }  // namespace kldq::profile
