@@ -11,17 +11,10 @@
 # its all-resident compute time; 14b-rest = 14B eval (nf4 ppl + KL + 1000 MMLU questions) and
 # GPTQ under 22 GiB. KLDQ_MEM_SAMPLES (default 64) calibration windows of 512 tokens.
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-OUT="${OUT:-$ROOT/gpu-out}"
-mkdir -p "$OUT"
-PY="${KLDQ_GPU_PYTHON:-$(command -v python3)}"
-K="$ROOT/build-gpu/kldq"
-MODELS="${KLDQ_GPU_MODELS:-/tmp/kldq-models}"
-SHARED="$ROOT/.gpu/shared"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 CALIB="$SHARED/wikitext-2/wiki.test.raw"
 N="${KLDQ_MEM_SAMPLES:-64}"
 fail=0
-log() { echo "== $*" | tee -a "$OUT/check.log"; }
 [ -x "$K" ] || { log "bench_memory: $K is not built"; exit 1; }
 mkdir -p "$MODELS"
 synth() {

@@ -13,16 +13,8 @@
 # s_per_linear x 196 is the whole profile; saves device time). The 1.5B runs cap the allocator
 # at 22 GiB (--max-gpu-memory), what a 24 GB card such as an L4 leaves.
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-OUT="${OUT:-$ROOT/gpu-out}"
-mkdir -p "$OUT"
-PY="${KLDQ_GPU_PYTHON:-$(command -v python3)}"
-K="$ROOT/build-gpu/kldq"
-MODELS="${KLDQ_GPU_MODELS:-/tmp/kldq-models}"
-SHARED="$ROOT/.gpu/shared"
-BENCH="$ROOT/.gpu/bench"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 fail=0
-log() { echo "== $*" | tee -a "$OUT/check.log"; }
 [ -x "$K" ] || { log "bench_profile: $K is not built (run scripts/gpu/check.sh first)"; exit 1; }
 [ -d "$SHARED/qwen-tokenizer" ] || { log "bench_profile: needs $SHARED/qwen-tokenizer"; exit 1; }
 # Calibration text: the WikiText-2 test set (about 290k Qwen tokens; 32768 are drawn).

@@ -9,15 +9,8 @@
 # quantizes to int4_g128_fz, its float-zero form of int4 group 128), KLDQ_GPU_MEMORY (a
 # --max-gpu-memory for quantize and eval, e.g. 22GiB).
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-OUT="${OUT:-$ROOT/gpu-out}"
-mkdir -p "$OUT"
-PY="${KLDQ_GPU_PYTHON:-$(command -v python3)}"
-K="$ROOT/build-gpu/kldq"
-MODELS="${KLDQ_GPU_MODELS:-/tmp/kldq-models}"
-SHARED="$ROOT/.gpu/shared"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 fail=0
-log() { echo "== $*" | tee -a "$OUT/check.log"; }
 [ -x "$K" ] || { log "bench_quantize: $K is not built"; exit 1; }
 [ -d "$SHARED/qwen-tokenizer" ] || { log "bench_quantize: needs $SHARED/qwen-tokenizer"; exit 1; }
 CALIB="$SHARED/wikitext-2/wiki.test.raw"

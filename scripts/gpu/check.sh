@@ -8,16 +8,10 @@
 # .gpu/shared (real models, tokenizer, WikiText-2, MMLU: the data tests then run there too, and
 # the evaluation benchmark reads its text and tokenizer from it); see docs/GPU.md.
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-OUT="${OUT:-$ROOT/gpu-out}"
-mkdir -p "$OUT"
-PY="${KLDQ_GPU_PYTHON:-$(command -v python3)}"
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 BUILD="$ROOT/build-gpu"
-MODELS="${KLDQ_GPU_MODELS:-/tmp/kldq-models}"
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
-log() { echo "== $*" | tee -a "$OUT/check.log"; }
 fail=0
-SHARED="$ROOT/.gpu/shared"
 [ -d "$SHARED" ] && export KLDQ_SHARED_DATA="$SHARED"
 
 log "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"

@@ -4,14 +4,11 @@
 # and evaluates the compressed-tensors export against the model on the GPU beside kldq's own
 # checkpoint of the same plan: the two evaluations must agree exactly. Logs to $OUT.
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-OUT="${OUT:-$ROOT/gpu-out}"
-mkdir -p "$OUT"
-PY="${KLDQ_GPU_PYTHON:-$(command -v python3)}"
+LOG_NAME=export.log
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 BUILD="$ROOT/build-gpu"
 M=/tmp/kldq-models
 K="$BUILD/kldq"
-log() { echo "== $*" | tee -a "$OUT/export.log"; }
 TORCH_PREFIX="$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DKLDQ_CUDA=ON -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DKLDQ_PYTHON="$PY" >"$OUT/configure.log" 2>&1

@@ -5,14 +5,9 @@
 # (prompt 128, 256 new tokens, EOS ignored, batch 1 and 16) and the copy bandwidth of the same
 # GPU. Logs to $OUT (or ./gpu-out).
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-OUT="${OUT:-$ROOT/gpu-out}"
-mkdir -p "$OUT"
-PY="${KLDQ_GPU_PYTHON:-$(command -v python3)}"
-K="$ROOT/build-gpu/kldq"
-MODELS="${KLDQ_GPU_MODELS:-/tmp/kldq-models}"
+LOG_NAME=generate.log
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 M="$MODELS/qwen2.5-1.5b"
-log() { echo "== $*" | tee -a "$OUT/generate.log"; }
 mkdir -p "$MODELS"
 [ -f "$M/model.safetensors" ] || "$K" -q synth --shape qwen2.5-1.5b -o "$M" --device cuda --force
 

@@ -4,15 +4,11 @@
 # total, at --batch 16 and 64; the task files travel in .gpu/shared/mc (docs/GPU.md: copy
 # ../shared/data to .gpu/shared and name .gpu in `carry`). Logs to $OUT (or ./gpu-out).
 set -uo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-OUT="${OUT:-$ROOT/gpu-out}"
-mkdir -p "$OUT"
-K="$ROOT/build-gpu/kldq"
-MODELS="${KLDQ_GPU_MODELS:-/tmp/kldq-models}"
+LOG_NAME=tasks.log
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 M="$MODELS/qwen2.5-1.5b"
 MC="${KLDQ_TASKS_DIR:-$ROOT/.gpu/shared/mc}"
 TASKS=arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,openbookqa
-log() { echo "== $*" | tee -a "$OUT/tasks.log"; }
 [ -d "$MC" ] || { log "no task files in $MC"; exit 1; }
 mkdir -p "$MODELS"
 [ -f "$M/model.safetensors" ] || "$K" -q synth --shape qwen2.5-1.5b -o "$M" --device cuda --force

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstring>
 #include <iostream>
+#include <memory>
 #include <set>
 
 #include "commands.hpp"
@@ -176,25 +177,40 @@ Printed run_profile_cmd(const ProfileCliOptions& o) {
   const std::filesystem::path csv =
       o.csv.empty() ? std::filesystem::path() : file_output(o.csv, "--csv", inputs);
   if (csv == out) throw ConfigError(fmt::format("--csv {}: the same file as -o", o.csv));
-  const RunContext ctx = context_from(o.compute);
+  const std::vector<RunContext> contexts = contexts_from(o.compute, o.gpus);
+  const RunContext& ctx = contexts[0];
   // The profile's windows serve its method too: the profile needs them whatever the method.
   const calib::Calibration cal = *method_calibration(o.method, "gptq", o.model);
   const model::MemoryNeeds needs = profile_needs(o.model, po, method, cal, ctx);
-  const model::MemoryPlan residency =
-      plan_residency(ctx, o.compute, needs, "--batch, --samples or --seq-len");
-  po.caches_on_host = residency.caches_on_host;
-  model::Decoder m = model::Decoder::load(o.model, ctx.device, ctx.dtype, residency.streamed);
-  log::info("profile {}: {} {} units, {}/{}, {} x {} calibration tokens of {}", o.model, o.mode,
+  // One copy of the model per device, each within that device's budget.
+  std::vector<std::unique_ptr<model::Decoder>> copies;
+  std::vector<model::Decoder*> models;
+  std::vector<model::MemoryPlan> residency;
+  for (const RunContext& c : contexts) {
+    residency.push_back(plan_residency(c, o.compute, needs, "--batch, --samples or --seq-len"));
+    po.caches_on_host = po.caches_on_host || residency.back().caches_on_host;
+    copies.push_back(std::make_unique<model::Decoder>(
+        model::Decoder::load(o.model, c.device, c.dtype, residency.back().streamed)));
+    models.push_back(copies.back().get());
+    reset_peak_allocated_bytes(c.device);
+  }
+  model::Decoder& m = *models[0];
+  log::info("profile {}: {} {} units, {}/{}, {} x {} calibration tokens of {}{}", o.model, o.mode,
             o.granularity, method.method, po.base.name(), cal.ids.size(0), cal.ids.size(1),
-            cal.identity.value("file", o.method.calib));
-  reset_peak_allocated_bytes(ctx.device);
+            cal.identity.value("file", o.method.calib),
+            models.size() > 1 ? fmt::format(", on {} GPUs", models.size()) : "");
   const auto t1 = std::chrono::steady_clock::now();
-  std::vector<model::LayerId> ids = m.linear_ids();
   model::LayerFormats all;
-  for (const auto& id : ids) all[id.name()] = po.base;
+  for (const auto& id : m.linear_ids()) all[id.name()] = po.base;
+  // Quantized once, on the first device; each copy takes the same packed layers.
   const quant::QuantizedLayers quantized = quant::quantize_layers(m, all, method, cal.ids);
-  const profile::Result r = profile::run_profile(m, cal.ids, quantized, po);
-  device_synchronize(ctx.device);
+  const profile::Result r = profile::run_profile(models, cal.ids, quantized, po);
+  uint64_t peak = 0, streamed = 0;
+  for (const model::Decoder* d : models) {
+    device_synchronize(d->device());
+    peak = std::max(peak, peak_allocated_bytes(d->device()));
+    streamed += d->streamed_bytes();
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   nlohmann::json j = profile::to_json(r, po, method.method);
   // The calibration identity is the profile's own ("calibration"): the method fits on it.
@@ -208,12 +224,16 @@ Printed run_profile_cmd(const ProfileCliOptions& o) {
   j["device_name"] = device_description(ctx.device);
   j["seconds_profile"] = secs;
   j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
+  j["peak_cuda_bytes"] = peak;  // the largest of the devices'
   j["peak_host_bytes"] = peak_host_bytes();
-  j["residency"] = residency.describe(needs);
-  j["streamed_bytes"] = m.streamed_bytes();
+  j["residency"] = residency[0].describe(needs);
+  j["streamed_bytes"] = streamed;
+  if (models.size() > 1) {
+    j["devices"] = nlohmann::json::array();
+    for (const model::Decoder* d : models) j["devices"].push_back(d->device().str());
+  }
   log::debug("profile: {} copied host-to-device for streamed blocks; peak host memory {}",
-             model::gib(m.streamed_bytes()), model::gib(peak_host_bytes()));
+             model::gib(streamed), model::gib(peak_host_bytes()));
   write_profile(out, csv, j);
 
   const std::string table = top_units(r, po, j);
@@ -240,6 +260,9 @@ void register_profile(CLI::App& app, Action& action) {
   sub->add_flag("--proxies", opts->proxies,
                 "also weight MSE/SQNR, output error and Fisher proxies per unit, and their "
                 "Spearman correlation with the KL ranking");
+  sub->add_option("--gpus", opts->gpus,
+                  "all or device indices such as 0,2,3: one copy of the model per GPU, units "
+                  "handed out as GPUs finish them (default: one device, as --device)");
   sub->add_option("--shard", opts->shard,
                   "i/n: only the units with index % n == i (merge the n shards with --merge)");
   sub->add_option("--merge", opts->merge,

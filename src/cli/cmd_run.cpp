@@ -22,8 +22,9 @@ void dry_run(const experiment::Experiment& e, const RunCliOptions& o,
   const nlohmann::json compute = compute_tag(context_from(o.compute));
   std::cout << fmt::format(
       "experiment {} ({}): {} sweep points{}, output {} ({} {})\n", e.name, o.experiment,
-      e.points.size(), o.shard.whole() ? "" : fmt::format(", shard {}: {}", o.shard.name(), points.size()),
-      e.output, compute["device"].get<std::string>(), compute["dtype"].get<std::string>());
+      e.points.size(),
+      o.shard.whole() ? "" : fmt::format(", shard {}: {}", o.shard.name(), points.size()), e.output,
+      compute["device"].get<std::string>(), compute["dtype"].get<std::string>());
   for (size_t i : points)
     std::cout << fmt::format("  point {:>3}  {}\n", i, experiment::point_label(e.points[i]));
   for (const std::string& model : e.models) {

@@ -24,7 +24,7 @@ int print(const Printed& p);
 
 struct ProfileCliOptions {
   std::string model, base, mode = "quantize-one", granularity = "linear";
-  std::string out, csv, shard;
+  std::string out, csv, shard, gpus;
   std::vector<std::string> merge;  // shard profiles to merge instead of profiling
   int64_t batch = 8;
   bool naive = false, proxies = false;

@@ -5,7 +5,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cctype>
+#include <sstream>
 
 #include <iostream>
 
@@ -59,6 +61,44 @@ RunContext context_from(const ComputeOptions& opts, uint64_t seed) {
   RunContext ctx = make_context(opts.device, opts.dtype, seed, opts.threads);
   if (cap) limit_device_memory(ctx.device, cap, "--max-gpu-memory " + opts.max_gpu_memory);
   return ctx;
+}
+
+std::vector<RunContext> contexts_from(const ComputeOptions& opts, const std::string& gpus) {
+  if (gpus.empty()) return {context_from(opts)};
+  if (!opts.device.empty())
+    throw ConfigError(
+        fmt::format("--gpus {} and --device {}: give one of them", gpus, opts.device));
+  const int count = cuda_device_count();
+  if (count == 0)
+    throw ConfigError(
+        fmt::format("--gpus {}: no CUDA device (this build or machine has none)", gpus));
+  std::vector<int> indices;
+  if (gpus == "all") {
+    for (int i = 0; i < count; ++i) indices.push_back(i);
+  } else {
+    const std::string bad =
+        fmt::format("--gpus {}: expected all or device indices such as 0,2,3", gpus);
+    if (gpus.back() == ',') throw ConfigError(bad);
+    std::istringstream in(gpus);
+    for (std::string item; std::getline(in, item, ',');) {
+      if (item.empty() || item.size() > 4 || item.find_first_not_of("0123456789") != item.npos)
+        throw ConfigError(bad);
+      const int i = std::stoi(item);
+      if (i >= count)
+        throw ConfigError(
+            fmt::format("--gpus {}: no CUDA device {} (this machine has {})", gpus, i, count));
+      if (std::find(indices.begin(), indices.end(), i) != indices.end())
+        throw ConfigError(fmt::format("--gpus {}: device {} given twice", gpus, i));
+      indices.push_back(i);
+    }
+  }
+  std::vector<RunContext> out;
+  for (int i : indices) {
+    ComputeOptions one = opts;
+    one.device = fmt::format("cuda:{}", i);
+    out.push_back(context_from(one));
+  }
+  return out;
 }
 
 nlohmann::json compute_tag(const RunContext& ctx) {

@@ -43,6 +43,11 @@ struct ComputeOptions {
 void add_compute_options(CLI::App& sub, ComputeOptions& opts);
 // The run's context; applies --threads and --max-gpu-memory.
 RunContext context_from(const ComputeOptions& opts, uint64_t seed = 0);
+// `--gpus all | I,J,...`: one context per CUDA device named (CUDA's numbering: `--gpus 0` is the
+// first GPU alone, as the default on a CUDA machine), each as context_from gives it with
+// --max-gpu-memory applied per device; "" is context_from's one context. ConfigError for no CUDA
+// device, an index out of range, one given twice, other text, or --device given as well.
+std::vector<RunContext> contexts_from(const ComputeOptions& opts, const std::string& gpus);
 // Where a command's weights and caches live (model::plan_memory): on CUDA within
 // --max-gpu-memory (default: the device's free memory less 5 %), on the CPU all resident;
 // --resident-blocks caps the resident blocks on either. Logs the decision in one line when

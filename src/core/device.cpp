@@ -28,7 +28,18 @@ std::string& budget_option() {  // "--max-gpu-memory 22GiB" once limit_device_me
 
 void device_synchronize(c10::Device device) {
 #if KLDQ_WITH_CUDA_BUILD
-  if (device.is_cuda()) c10::cuda::device_synchronize();
+  if (device.is_cuda()) {  // that device, not the thread's current one
+    const c10::cuda::CUDAGuard guard(device.index() < 0 ? 0 : device.index());
+    c10::cuda::device_synchronize();
+  }
+#endif
+}
+
+int cuda_device_count() {
+#if KLDQ_WITH_CUDA_BUILD
+  return int(c10::cuda::device_count());
+#else
+  return 0;
 #endif
 }
 

@@ -20,7 +20,7 @@ namespace {
 const std::set<std::string> kPerRun = {"units",           "shard",           "proxies",
                                        "model",           "device",          "seconds",
                                        "seconds_profile", "peak_cuda_bytes", "peak_host_bytes",
-                                       "residency",       "streamed_bytes"};
+                                       "residency",       "streamed_bytes",  "devices"};
 
 size_t count_field(const ShardFile& f, const char* key) {
   const nlohmann::json& v = f.json["shard"][key];
@@ -152,6 +152,7 @@ nlohmann::json merge_shards(const std::vector<ShardFile>& files) {
   const size_t n = shards.size(), total = count_field(files[0], "units");
   nlohmann::json out = shards[0]->json;
   out.erase("shard");
+  out.erase("devices");  // the first shard's GPUs; the others' may differ
   out["units"] = nlohmann::json::array();
   std::set<std::string> ids;
   for (size_t k = 0; k < total; ++k) {

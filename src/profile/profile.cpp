@@ -1,4 +1,5 @@
-// Sensitivity profile: unit list, cached block inputs, per-unit KL against the reference.
+// Sensitivity profile: unit list, memory needs, the passes of one or several devices (groups of
+// units handed out as devices finish them), profile.json.
 #include "kldq/profile/profile.hpp"
 
 #include <ATen/ATen.h>
@@ -8,177 +9,182 @@
 #include <cmath>
 #include <map>
 
+#include <c10/core/DeviceGuard.h>
+
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
+
 #include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/progress.hpp"
-#include "kldq/kernels/kl.hpp"
+#include "passes.hpp"
 
 namespace kldq::profile {
 namespace {
 
-using model::Decoder;
-using model::LayerId;
-using model::QLinear;
-
-// Per-token KL and top-1 agreement, accumulated over batches.
-struct Scores {
-  std::vector<at::Tensor> kl, top1;
-  KlStats stats() const {
-    const at::Tensor k = at::cat(kl).to(at::kCPU, at::kDouble);
-    const int64_t n = k.numel();
-    KlStats s;
-    s.mean = k.mean().item<double>();
-    s.stderr_ = n > 1 ? k.std().item<double>() / std::sqrt(double(n)) : 0.0;
-    s.top1 = at::cat(top1).to(at::kCPU, at::kDouble).mean().item<double>();
-    return s;
-  }
-};
-
-// KL of several final hidden states `hs[k]` [B, T, H] of `m` against the reference's `h_ref`,
-// positions 0..T-2 (each predicts the next calibration token), LM heads a chunk of positions at
-// a time. Each chunk's reference logits are computed once and shared by every state: for
-// 1.5B the LM head is a third of a unit's work, so scoring units in groups removes most of the
-// reference's share. Each state is normalised once, over all its windows, before its chunks.
-void score(const Decoder& m, const std::vector<at::Tensor>& hs, const at::Tensor& h_ref,
-           const at::Tensor& ids, int64_t chunk, std::vector<Scores>& out) {
-  const int64_t B = h_ref.size(0), T = h_ref.size(1), H = h_ref.size(2), rows = B * (T - 1);
-  auto positions = [&](const at::Tensor& h) {  // normed [B*(T-1), H]
-    return m.final_norm(h).narrow(1, 0, T - 1).reshape({rows, H});
-  };
-  const at::Tensor hr = positions(h_ref);
-  std::vector<at::Tensor> hq;
-  for (const at::Tensor& h : hs) hq.push_back(positions(h));
-  const at::Tensor tgt = ids.narrow(1, 1, T - 1).reshape({rows}).to(m.device());
-  for (const auto [r, len] : batches(rows, chunk)) {
-    const at::Tensor ref = m.logits(hr.narrow(0, r, len));  // [len, V]
-    for (size_t k = 0; k < hq.size(); ++k) {
-      const auto t =
-          kernels::token_kl(m.logits(hq[k].narrow(0, r, len)), ref, tgt.narrow(0, r, len));
-      out[k].kl.push_back(t.kl);
-      out[k].top1.push_back(t.same_top1);
-    }
-  }
-}
-
-// The model's layers in two states. A quantized state is written into the dense weight in
-// place (the packed layer's dequantized weight, exactly what its forward multiplies by), the
-// original kept aside until restored: the decoder keeps its fused q/k/v and gate/up GEMMs and
-// runs no dequantization per forward, and every state runs the reference's arithmetic. A layer
-// with an input scale ((x / s) W^T) is swapped in whole instead, since folding s into W would
-// round differently. The weights written are the running ones (Decoder::live_linear): a streamed
-// block's device copy, so every change is undone before the loop leaves the block.
-struct States {
-  std::map<std::string, QLinear> dense, quantized;  // the model's own layers; quantized kept
-                                                    // where their block's weights are kept
-  std::map<std::string, at::Tensor> saved;          // originals of the layers now quantized
-  States() = default;
-  States(const States&) = delete;
-  States& operator=(const States&) = delete;
-  // The model is returned dense also when a pass throws.
-  ~States() {
-    try {
-      for (const auto& [name, w] : saved) dense.at(name).weight().copy_(w);
-      if (model) model->drop_copies();  // a streamed copy may still hold a quantized state
-      if (model)
-        for (const LayerId& id : model->linear_ids())
-          if (quantized.count(id.name()) && quantized.at(id.name()).input_scale().defined())
-            model->set_linear(id, dense.at(id.name()));
-    } catch (...) {  // a device error already being reported; nothing more to do
-    }
-  }
-  Decoder* model = nullptr;  // for the destructor's swaps
-  void set(Decoder& m, const std::vector<LayerId>& ids, bool quant) {
-    for (const LayerId& id : ids) {
-      const std::string name = id.name();
-      const QLinear &d = dense.at(name), &q = quantized.at(name);
-      if (q.input_scale().defined()) {
-        m.set_linear(id, quant ? q : d);
-        continue;
-      }
-      if (quant == (saved.count(name) != 0)) continue;  // already so: no block brought in
-      const QLinear& live = m.live_linear(id);
-      if (quant) {
-        saved.emplace(name, live.weight().clone());
-        const QLinear on_device =
-            q.map([&](const at::Tensor& t) { return t.to(m.device(), /*non_blocking=*/true); });
-        live.weight().copy_(on_device.effective_weight(m.dtype()));
-      } else {
-        live.weight().copy_(saved.at(name));
-        saved.erase(name);
-      }
-    }
-  }
-};
-
-std::vector<LayerId> block_layers(int b) {
-  std::vector<LayerId> layers;
-  for (model::Proj p : model::kAllProjs) layers.push_back({b, p});
-  return layers;
-}
-
-// Runs every window through the model, block by block (each block over all windows, a batch at a
-// time), in the dense state or, with `quantized`, the fully quantized one; fills `inputs` (block
-// inputs, when not null; in host memory with `on_host`) and `final` ([N, T, H]). Block-major, a
-// block is quantized in place only while it runs, so the originals set aside are one block's.
-void cache_pass(Decoder& m, States& st, bool quantized, const at::Tensor& ids, int64_t batch,
-                std::vector<at::Tensor>* inputs, bool on_host, at::Tensor& final) {
-  const int64_t N = ids.size(0), T = ids.size(1), H = m.config().hidden_size;
-  final = at::empty({N, T, H}, at::TensorOptions().dtype(m.dtype()).device(m.device()));
-  for (const Batch w : batches(N, batch))
-    final.narrow(0, w.start, w.size).copy_(m.embed(ids.narrow(0, w.start, w.size)));
-  if (inputs) inputs->clear();
-  for (int b = 0; b < m.num_blocks(); ++b) {
-    if (inputs)
-      inputs->push_back(on_host && m.device().is_cuda() ? final.to(c10::kCPU).pin_memory()
-                        : on_host                       ? final.to(c10::kCPU, false, true)
-                                                        : final.clone());
-    const std::vector<LayerId> layers = block_layers(b);
-    st.set(m, layers, quantized);
-    for (const Batch w : batches(N, batch))
-      final.narrow(0, w.start, w.size).copy_(m.block(b, final.narrow(0, w.start, w.size)));
-    st.set(m, layers, false);
-  }
-}
-
-// One group of units on windows [w, w + B): each unit's final hidden state [B, T, H]. Block-major:
-// block b runs for every unit that has reached it (in the base state: dense for quantize-one,
-// quantized for restore-one), with the unit's own layers flipped while its first block runs. A
-// unit starts at its block from the cached input, or (naive) at block 0 from the embedding.
-std::vector<at::Tensor> run_group(Decoder& m, States& st, const std::vector<Unit>& units,
-                                  const std::vector<at::Tensor>& inputs, const at::Tensor& ids,
-                                  int64_t w, int64_t B, const Options& o) {
-  const bool restore = o.mode == Mode::RESTORE_ONE;
-  std::vector<at::Tensor> hs(units.size());  // [B, T, H] each
-  auto start = [&](const Unit& u) { return o.cached ? u.block : 0; };
-  int first = m.num_blocks();
-  for (const Unit& u : units) first = std::min(first, start(u));
-  for (int b = first; b < m.num_blocks(); ++b) {
-    const std::vector<LayerId> layers = block_layers(b);
-    st.set(m, layers, restore);
-    for (size_t k = 0; k < units.size(); ++k) {
-      const Unit& u = units[k];
-      if (b == start(u))
-        hs[k] = o.cached ? inputs[static_cast<size_t>(b)].narrow(0, w, B).to(m.device())
-                         : m.embed(ids.narrow(0, w, B));
-      if (b < start(u)) continue;
-      if (b == u.block) st.set(m, u.layers, !restore);
-      hs[k] = m.block(b, hs[k]);
-      if (b == u.block) st.set(m, u.layers, restore);
-    }
-    // Back to dense before the next block: a streamed block's copy may be dropped, and the
-    // originals set aside stay one block's (restore-one would otherwise hold a second copy of
-    // every resident weight). The cost, a block's dequantization per group and batch, is small
-    // against the group's forwards.
-    st.set(m, layers, false);
-  }
-  return hs;
-}
-
+using namespace detail;  // NOLINT: the passes of this module
 // Units whose states ([batch, T, H] each) fit in `bytes`, at least 1 and at most 32.
 size_t units_per_group(const model::ModelConfig& c, int64_t batch, int64_t T, c10::ScalarType dtype,
                        double bytes) {
   const double per_unit = double(batch * T * c.hidden_size) * double(c10::elementSize(dtype));
   return static_cast<size_t>(std::clamp(bytes / per_unit, 1.0, 32.0));
+}
+
+// The layers' two states of model `m`: its own dense layers, and `quantized` held as `m` holds
+// its weights (on the device, or in host memory for a streamed block).
+void make_states(Decoder& m, const quant::QuantizedLayers& quantized, States& st) {
+  st.model = &m;
+  for (const LayerId& id : m.linear_ids()) {
+    const QLinear& l = m.linear(id);
+    if (l.is_packed())
+      throw ConfigError(
+          fmt::format("profile: layer {} is already quantized ({}); profile the "
+                      "unquantized checkpoint",
+                      id.name(), l.format_name()));
+    st.dense.emplace(id.name(), l);  // views into fused buffers stay valid: shared storage
+  }
+  for (const LayerId& id : m.linear_ids()) {
+    const QLinear& d = st.dense.at(id.name());
+    const auto ql = quantized.find(id.name());
+    if (ql == quantized.end())
+      throw InternalError(fmt::format("run_profile: layer {} was not quantized", id.name()));
+    // No workspace: only the proxies and input-scaled layers run these layers' forward.
+    auto store = [&](const at::Tensor& t) { return m.to_storage(id.block, t); };
+    QLinear q(ql->second.packed.map(store), d.bias(), m.dtype(), nullptr);
+    const at::Tensor& s =
+        ql->second.input_scale.defined() ? ql->second.input_scale : d.input_scale();
+    if (s.defined()) q.set_input_scale(store(s.to(m.dtype())));
+    st.quantized.emplace(id.name(), std::move(q));
+  }
+}
+
+// Both replace whole layers of the model, which a streamed block's device copy does not see.
+void check_streaming(const Decoder& m, const States& st, const Options& o) {
+  bool streamed = false, scaled = false;
+  for (const LayerId& id : m.linear_ids()) {
+    streamed = streamed || m.streamed(id.block);
+    scaled = scaled || st.quantized.at(id.name()).input_scale().defined();
+  }
+  if (streamed && (o.proxies || scaled))
+    throw UnsupportedError(fmt::format(
+        "profile: {} needs every block on the device, and the budget streams some (give a larger "
+        "--max-gpu-memory, or lower --batch or --samples)",
+        o.proxies ? "--proxies" : "a method with input scales (awq)"));
+}
+
+// One model's profile work: its layer states, the reference and fully quantized passes (with the
+// cached block inputs), then any group of units. The model is returned dense when it ends.
+class Session {
+ public:
+  Session(Decoder& m, const at::Tensor& ids, const quant::QuantizedLayers& quantized,
+          const Options& o, bool with_proxies)
+      : m_(m),
+        ids_(ids),
+        o_(o),
+        timer_(m.device(), {"quantize + proxies", "reference and baseline passes", "unit blocks",
+                            "unit heads + KL"}) {
+    timer_.start();
+    make_states(m, quantized, st_);
+    check_streaming(m, st_, o);
+    if (o.proxies && with_proxies)
+      proxies_ = layer_proxies(m, ids, st_.dense, st_.quantized, o.batch, o.chunk);
+    // The proxies leave the grouped projections unfused, which rounds differently from the
+    // fused GEMMs: the other workers' models are put in the same state.
+    if (o.proxies && !with_proxies)
+      for (const LayerId& id : m.linear_ids()) m.set_linear(id, st_.dense.at(id.name()));
+    timer_.lap(0);
+    const bool restore = o.mode == Mode::RESTORE_ONE;
+    // Reference pass (dense): final hidden states, and block inputs for quantize-one.
+    cache_pass(m, st_, false, ids, o.batch, o.cached && !restore ? &inputs_ : nullptr,
+               o.caches_on_host, final_ref_);
+    // Fully quantized pass: the baseline, and block inputs for restore-one.
+    at::Tensor final_q;
+    cache_pass(m, st_, true, ids, o.batch, o.cached && restore ? &inputs_ : nullptr,
+               o.caches_on_host, final_q);
+    std::vector<Scores> s(1);
+    for (const auto [w, B] : batches(ids.size(0), o.batch))
+      score(m, {final_q.narrow(0, w, B)}, final_ref_.narrow(0, w, B), ids.narrow(0, w, B), o.chunk,
+            s);
+    baseline_ = s[0].stats();
+    if (!std::isfinite(baseline_.mean))
+      throw IoError(
+          "profile: the KL of the fully quantized model is not finite (activations "
+          "overflowed the compute dtype: try --dtype bf16 or fp32)");
+    timer_.lap(1);
+  }
+  ~Session() { timer_.report(); }
+  const KlStats& baseline() const { return baseline_; }
+  const LayerProxies& proxies() const { return proxies_; }
+
+  // The KL of each unit of `group` (one pass per batch of windows for all of them).
+  std::vector<KlStats> run(const std::vector<Unit>& group) {
+    std::vector<Scores> s(group.size());
+    for (const auto [w, B] : batches(ids_.size(0), o_.batch)) {
+      const std::vector<at::Tensor> hs = run_group(m_, st_, group, inputs_, ids_, w, B, o_);
+      timer_.lap(2);
+      score(m_, hs, final_ref_.narrow(0, w, B), ids_.narrow(0, w, B), o_.chunk, s);
+      timer_.lap(3);
+    }
+    std::vector<KlStats> out;
+    for (size_t k = 0; k < group.size(); ++k) {
+      out.push_back(s[k].stats());
+      // Weights are checked at load: a non-finite KL means activations overflowed. An error, so
+      // a profile never records null sensitivities.
+      if (!std::isfinite(out.back().mean))
+        throw IoError(fmt::format(
+            "profile: unit {}: the KL is not finite (its activations overflowed the compute "
+            "dtype; fp16 overflows where bf16 does not: try --dtype bf16 or fp32)",
+            group[k].id));
+    }
+    return out;
+  }
+
+ private:
+  Decoder& m_;
+  const at::Tensor& ids_;
+  const Options& o_;
+  PhaseTimer timer_;
+  States st_;
+  LayerProxies proxies_;
+  std::vector<at::Tensor> inputs_;
+  at::Tensor final_ref_;
+  KlStats baseline_;
+};
+
+// A unit's result: its KL and the sizes of its layers.
+UnitResult unit_result(const Decoder& m, const Unit& u, const KlStats& kl, const Options& o) {
+  UnitResult r{u, 0, 0, 0, kl};
+  for (const LayerId& id : u.layers) {
+    const QLinear& d = m.linear(id);
+    r.params += static_cast<uint64_t>(d.in_features() * d.out_features());
+    // The format's stored bytes, not the held weight's: a dense base (bf16, fp16) is held in
+    // the compute dtype, 4 bytes per weight on an fp32 run.
+    r.bytes_base += o.base.bytes(d.out_features(), d.in_features());
+  }
+  r.bytes_bf16 = 2 * r.params;
+  return r;
+}
+
+// work(w) for w in [0, n): in this thread when n is 1, else one thread each; the first exception
+// is rethrown once all have ended (the others stop at their next group).
+template <class Work>
+void run_workers(size_t n, Work& work) {
+  if (n == 1) return work(0);
+  std::vector<std::exception_ptr> errors(n);
+  std::vector<std::thread> threads;
+  for (size_t w = 0; w < n; ++w)
+    threads.emplace_back([&, w] {
+      try {
+        work(w);
+      } catch (...) {
+        errors[w] = std::current_exception();
+      }
+    });
+  for (std::thread& t : threads) t.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 }  // namespace
@@ -254,116 +260,62 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& 
 
 Result run_profile(Decoder& m, const at::Tensor& ids, const quant::QuantizedLayers& quantized,
                    const Options& o) {
-  check(ids.dim() == 2 && ids.size(1) >= 2 && o.batch >= 1 && o.chunk >= 1,
-        "run_profile: bad calibration windows or options");
-  at::InferenceMode guard;
-  PhaseTimer timer(m.device(), {"quantize + proxies", "reference and baseline passes",
-                                "unit blocks", "unit heads + KL"});
-  timer.start();
-  const std::vector<LayerId> all = m.linear_ids();
-  States st;
-  st.model = &m;
-  for (const LayerId& id : all) {
-    const QLinear& l = m.linear(id);
-    if (l.is_packed())
-      throw ConfigError(
-          fmt::format("profile: layer {} is already quantized ({}); profile the "
-                      "unquantized checkpoint",
-                      id.name(), l.format_name()));
-    st.dense.emplace(id.name(), l);  // views into fused buffers stay valid: shared storage
-  }
-  for (const LayerId& id : all) {
-    const QLinear& d = st.dense.at(id.name());
-    const auto ql = quantized.find(id.name());
-    if (ql == quantized.end())
-      throw InternalError(fmt::format("run_profile: layer {} was not quantized", id.name()));
-    // No workspace: only the proxies and input-scaled layers run these layers' forward.
-    auto store = [&](const at::Tensor& t) { return m.to_storage(id.block, t); };
-    QLinear q(ql->second.packed.map(store), d.bias(), m.dtype(), nullptr);
-    const at::Tensor& s =
-        ql->second.input_scale.defined() ? ql->second.input_scale : d.input_scale();
-    if (s.defined()) q.set_input_scale(store(s.to(m.dtype())));
-    st.quantized.emplace(id.name(), std::move(q));
-  }
-  bool streamed = false, scaled = false;
-  for (const LayerId& id : all) {
-    streamed = streamed || m.streamed(id.block);
-    scaled = scaled || st.quantized.at(id.name()).input_scale().defined();
-  }
-  // Both replace whole layers of the model, which a streamed block's device copy does not see.
-  if (streamed && (o.proxies || scaled))
-    throw UnsupportedError(fmt::format(
-        "profile: {} needs every block on the device, and the budget streams some (give a larger "
-        "--max-gpu-memory, or lower --batch or --samples)",
-        o.proxies ? "--proxies" : "a method with input scales (awq)"));
-  const LayerProxies proxies =
-      o.proxies ? layer_proxies(m, ids, st.dense, st.quantized, o.batch, o.chunk) : LayerProxies{};
-  timer.lap(0);
-  const bool restore = o.mode == Mode::RESTORE_ONE;
-  // Reference pass (dense): final hidden states, and block inputs for quantize-one.
-  std::vector<at::Tensor> inputs;
-  at::Tensor final_ref, final_q;
-  cache_pass(m, st, false, ids, o.batch, o.cached && !restore ? &inputs : nullptr, o.caches_on_host,
-             final_ref);
-  // Fully quantized pass: the baseline, and block inputs for restore-one.
-  cache_pass(m, st, true, ids, o.batch, o.cached && restore ? &inputs : nullptr, o.caches_on_host,
-             final_q);
-  Result result;
-  {
-    std::vector<Scores> s(1);
-    for (const auto [w, B] : batches(ids.size(0), o.batch))
-      score(m, {final_q.narrow(0, w, B)}, final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk,
-            s);
-    result.baseline = s[0].stats();
-    if (!std::isfinite(result.baseline.mean))
-      throw IoError(
-          "profile: the KL of the fully quantized model is not finite (activations "
-          "overflowed the compute dtype: try --dtype bf16 or fp32)");
-  }
-  timer.lap(1);
-  std::vector<Unit> units;  // the shard's units, in model order
-  const std::vector<Unit> all_units = make_units(m, o.granularity);
+  return run_profile(std::vector<Decoder*>{&m}, ids, quantized, o);
+}
+
+Result run_profile(const std::vector<Decoder*>& models, const at::Tensor& ids,
+                   const quant::QuantizedLayers& quantized, const Options& o) {
+  check(!models.empty() && ids.dim() == 2 && ids.size(1) >= 2 && o.batch >= 1 && o.chunk >= 1,
+        "run_profile: no model, or bad calibration windows or options");
+  Decoder& first = *models[0];
+  const std::vector<Unit> all_units = make_units(first, o.granularity);
+  std::vector<Unit> units;  // the shard's, in model order
   for (size_t k = 0; k < all_units.size(); ++k)
     if (o.shard.owns(k)) units.push_back(all_units[k]);
-  result.units_total = all_units.size();
-  Progress progress(fmt::format("profile {}", mode_name(o.mode)),
-                    static_cast<int64_t>(units.size()), "units");
-  const size_t group = o.group ? o.group : group_size(m, o.batch, ids.size(1));
-  for (size_t g0 = 0; g0 < units.size(); g0 += group) {
-    const size_t G = std::min(group, units.size() - g0);
-    const std::vector<Unit> members(units.begin() + static_cast<std::ptrdiff_t>(g0),
-                                    units.begin() + static_cast<std::ptrdiff_t>(g0 + G));
-    std::vector<Scores> s(G);
-    for (const auto [w, B] : batches(ids.size(0), o.batch)) {
-      const std::vector<at::Tensor> hs = run_group(m, st, members, inputs, ids, w, B, o);
-      timer.lap(2);
-      score(m, hs, final_ref.narrow(0, w, B), ids.narrow(0, w, B), o.chunk, s);
-      timer.lap(3);
-    }
-    for (size_t k = 0; k < G; ++k) {
-      const Unit& u = units[g0 + k];
-      UnitResult r{u, 0, 0, 0, s[k].stats()};
-      // Weights are checked at load: a non-finite KL means activations overflowed. An error, so
-      // a profile never records null sensitivities.
-      if (!std::isfinite(r.kl.mean))
-        throw IoError(fmt::format(
-            "profile: unit {}: the KL is not finite (its activations overflowed the compute "
-            "dtype; fp16 overflows where bf16 does not: try --dtype bf16 or fp32)",
-            u.id));
-      for (const LayerId& id : u.layers) {
-        const QLinear& d = st.dense.at(id.name());
-        r.params += static_cast<uint64_t>(d.in_features() * d.out_features());
-        // The format's stored bytes, not the held weight's: a dense base (bf16, fp16) is held in
-        // the compute dtype, 4 bytes per weight on an fp32 run.
-        r.bytes_base += o.base.bytes(d.out_features(), d.in_features());
+  const size_t group = o.group ? o.group : group_size(first, o.batch, ids.size(1));
+  std::vector<std::vector<Unit>> groups;
+  for (size_t g0 = 0; g0 < units.size(); g0 += group)
+    groups.emplace_back(units.begin() + std::ptrdiff_t(g0),
+                        units.begin() + std::ptrdiff_t(std::min(units.size(), g0 + group)));
+
+  Progress progress(fmt::format("profile {}", mode_name(o.mode)), int64_t(units.size()), "units");
+  std::mutex progress_mutex;
+  std::atomic<size_t> next{0};
+  std::vector<std::vector<KlStats>> kl(groups.size());
+  std::vector<KlStats> baselines(models.size());
+  LayerProxies proxies;
+  // Worker w: its model's passes, then groups taken one at a time until none is left (so fast
+  // and slow devices, and early and late groups, balance). The first worker computes the proxies.
+  auto work = [&](size_t w) {
+    const c10::DeviceGuard device(models[w]->device());
+    at::InferenceMode guard;
+    try {
+      Session session(*models[w], ids, quantized, o, w == 0);
+      baselines[w] = session.baseline();
+      if (w == 0) proxies = session.proxies();
+      for (size_t g; (g = next.fetch_add(1)) < groups.size();) {
+        kl[g] = session.run(groups[g]);
+        const std::lock_guard<std::mutex> lock(progress_mutex);
+        progress.advance(int64_t(groups[g].size()));
       }
-      r.bytes_bf16 = 2 * r.params;
-      result.units.push_back(std::move(r));
+    } catch (...) {
+      next = groups.size();  // the other workers stop after their current group
+      throw;
     }
-    progress.advance(static_cast<int64_t>(G));
-  }
-  timer.report();
-  st.set(m, all, false);
+  };
+  run_workers(models.size(), work);
+  for (const KlStats& b : baselines)
+    if (b.mean != baselines[0].mean)
+      throw IoError(fmt::format(
+          "profile: the devices disagree on the fully quantized model's KL ({} vs {}); they must "
+          "be of one type to give identical results",
+          baselines[0].mean, b.mean));
+  Result result;
+  result.baseline = baselines[0];
+  result.units_total = all_units.size();
+  for (size_t g = 0; g < groups.size(); ++g)
+    for (size_t k = 0; k < groups[g].size(); ++k)
+      result.units.push_back(unit_result(first, groups[g][k], kl[g][k], o));
   if (o.proxies)
     for (UnitResult& r : result.units) r.proxies = unit_proxies(proxies, r.unit.layers);
   return result;

@@ -3,6 +3,7 @@
 // merging refuses shards that are missing, repeated, of another split or of another run.
 #include <ATen/ATen.h>
 
+#include "kldq/core/device.hpp"
 #include "kldq/core/shard.hpp"
 #include "kldq/io/csv.hpp"
 #include "kldq/profile/merge.hpp"
@@ -69,6 +70,33 @@ TEST_CASE("profile shards: the same units bit for bit; merged equals the whole p
   nlohmann::json merged = profile::merge_shards(files);
   CHECK(merged["shards"] == n);
   check_same_profile(merged, whole_json);
+}
+
+TEST_CASE("profile on several devices: groups handed out, the profile of one device bit for bit",
+          "[profile]") {
+  // Three CPU "devices" (three copies of the model, three threads): the scheduling, the per-worker
+  // passes and the assembly are those of several GPUs.
+  auto load = [] {
+    return kldq::model::Decoder::load(kldq::test::tiny_model(), c10::Device(c10::kCPU), at::kFloat);
+  };
+  auto m0 = load(), m1 = load(), m2 = load();
+  at::manual_seed(8);
+  const at::Tensor ids = at::randint(m0.config().vocab_size, {5, 20}, at::kLong);
+  profile::Options o;
+  o.base = kldq::formats::FormatSpec::parse("nf4");
+  o.batch = 2;
+  o.group = 2;  // several groups per worker
+  o.proxies = true;
+  o.mode = GENERATE(profile::Mode::QUANTIZE_ONE, profile::Mode::RESTORE_ONE);
+  const auto layers = kldq::test::rtn_layers(m0, o.base);
+  const nlohmann::json one = profile::to_json(profile::run_profile(m0, ids, layers, o), o, "rtn");
+  const profile::Result r = profile::run_profile({&m0, &m1, &m2}, ids, layers, o);
+  check_same_profile(profile::to_json(r, o, "rtn"), one);
+  o.shard = {1, 2};  // a shard on several devices: its units only
+  const profile::Result s = profile::run_profile({&m1, &m2}, ids, layers, o);
+  REQUIRE(s.units.size() == o.shard.size_of(r.units.size()));
+  for (size_t k = 0; k < s.units.size(); ++k)
+    CHECK(s.units[k].kl.mean == r.units[1 + 2 * k].kl.mean);
 }
 
 TEST_CASE("Shard: i/n parsed, items owned round-robin, bad text refused", "[profile]") {
@@ -140,6 +168,25 @@ TEST_CASE("kldq profile --shard, --merge on stories260K; merging refuses what do
   };
   for (const auto& [args, text] : bad) {
     const auto r = run_kldq("profile --merge " + args + " -o " + path("bad.json"));
+    INFO(args << "\n" << r.err);
+    CHECK(r.rc == 2);
+    CHECK_THAT(r.err, HasText(text));
+    CHECK_FALSE(kldq::test::fs::exists(dir / "bad.json"));
+  }
+  // --gpus names CUDA devices only (the several-device path itself is tested above and on CUDA
+  // by scripts/gpu/check.sh).
+  const bool cuda = kldq::cuda_device_count() > 0;
+  const std::string no_device = "profile " + model->string() + " --base nf4 --calib " +
+                                calib->string() + " --samples 8 --seq-len 128 ";
+  std::vector<std::pair<std::string, std::string>> bad_gpus = {
+      {"--gpus 0 --device cpu", "--gpus 0 and --device cpu: give one of them"},
+      {"--gpus 0,,1", cuda ? "--gpus 0,,1: expected all or device indices" : "no CUDA device"},
+      {"--gpus 1,", cuda ? "--gpus 1,: expected all or device indices" : "no CUDA device"},
+      {"--gpus 0,0", cuda ? "--gpus 0,0: device 0 given twice" : "no CUDA device"},
+      {"--gpus 99", cuda ? "--gpus 99: no CUDA device 99" : "no CUDA device"}};
+  if (!cuda) bad_gpus.emplace_back("--gpus all", "--gpus all: no CUDA device");
+  for (const auto& [args, text] : bad_gpus) {
+    const auto r = run_kldq(no_device + args + " -o " + path("bad.json"));
     INFO(args << "\n" << r.err);
     CHECK(r.rc == 2);
     CHECK_THAT(r.err, HasText(text));

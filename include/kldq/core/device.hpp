@@ -11,6 +11,8 @@ namespace kldq {
 
 // Waits for all queued work on `device` (CUDA); nothing on CPU.
 void device_synchronize(c10::Device device);
+// Visible CUDA devices (0 in a build without CUDA).
+int cuda_device_count();
 // Peak bytes allocated by libtorch's CUDA caching allocator since the last reset; 0 on CPU.
 uint64_t peak_allocated_bytes(c10::Device device);
 void reset_peak_allocated_bytes(c10::Device device);

@@ -77,7 +77,7 @@ struct UnitResult {
 
 struct Result {
   std::vector<UnitResult> units;
-  KlStats baseline;  // the fully quantized model
+  KlStats baseline;        // the fully quantized model
   size_t units_total = 0;  // units of the whole profile (more than units.size() in a shard)
 };
 
@@ -92,6 +92,14 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds weights, const model::ModelCo
 // proxies were computed). ids: [N, T] int64 calibration windows; `quantized`: every linear
 // layer's quantized form at the base format (quant::quantize_layers with the profile's method).
 Result run_profile(model::Decoder& model, const at::Tensor& ids,
+                   const quant::QuantizedLayers& quantized, const Options& options);
+// The same profile computed by several copies of the model (one per device, each loaded as
+// above): each runs the reference and fully quantized passes, then takes groups of units one at a
+// time until none is left; the first also computes the proxies. Every unit's result is the one
+// run_profile on its device gives (a unit's KL does not depend on the units it is grouped with),
+// so on devices of one type the profile is bit-identical to a single device's. An IoError when
+// the devices' baselines differ (devices of different types).
+Result run_profile(const std::vector<model::Decoder*>& models, const at::Tensor& ids,
                    const quant::QuantizedLayers& quantized, const Options& options);
 
 // profile.json: "units" in model order ({id, params, bytes_base, bytes_bf16, kl_mean, kl_stderr,
