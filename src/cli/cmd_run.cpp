@@ -72,6 +72,9 @@ void register_run(CLI::App& app, Action& action) {
   sub->add_option("--model", opts->models, "checkpoint(s) replacing the file's models");
   sub->add_option("--shard", opts->shard_arg, "i/n: only sweep points with index % n == i");
   sub->add_option("-o,--output", opts->output, "results directory replacing the file's output");
+  sub->add_option("--gpus", opts->gpus,
+                  "all or device indices such as 0,2,3: profiles on those GPUs (kldq profile "
+                  "--gpus), the other stages on the first");
   sub->add_flag("--dry-run", opts->dry_run, "print the resolved sweep and the stages");
   add_compute_options(*sub, opts->compute);
   sub->callback([&action, opts] { action = [opts] { return run_run(*opts); }; });

@@ -81,7 +81,7 @@ struct EvalCliOptions {
 Printed run_eval(const EvalCliOptions& o);
 
 struct RunCliOptions {
-  std::string experiment, shard_arg, output;
+  std::string experiment, shard_arg, output, gpus;
   Shard shard;  // from shard_arg
   std::vector<std::string> models;
   bool dry_run = false;

@@ -117,7 +117,8 @@ class Runner {
       p.model = model, p.base = s.inputs["base"], p.method.method = s.inputs["method"];
       p.mode = s.inputs["mode"], p.granularity = s.inputs["granularity"];
       set_calibration(p.method);
-      p.proxies = e_.proxies, p.compute = o_.compute;
+      p.proxies = e_.proxies, p.compute = o_.compute, p.gpus = o_.gpus;
+      if (!p.gpus.empty()) p.compute.device.clear();  // --gpus names the devices
       p.out = file.string(), p.csv = (file.parent_path() / "profile.csv").string();
       return run_profile_cmd(p);
     }
@@ -271,8 +272,9 @@ void check_models(const ex::Experiment& e, bool calibrated) {
 
 }  // namespace
 
-int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
+int run_experiment(const ex::Experiment& e, const RunCliOptions& given,
                    const std::vector<size_t>& points) {
+  RunCliOptions o = given;
   // Everything the stages read is checked before any work (exit 2, naming the config key).
   auto need = [&](const std::string& path, const char* key, bool dir_ok) {
     std::error_code ec;
@@ -301,7 +303,10 @@ int run_experiment(const ex::Experiment& e, const RunCliOptions& o,
         fmt::format("{}: data: give ppl, mmlu and/or tasks (nothing to evaluate)", e.path));
   check_models(e, profiles);
 
-  const nlohmann::json compute = compute_tag(context_from(o.compute));
+  // --gpus: profiles on those GPUs; the other stages on the first (checked here, before any work).
+  const std::vector<RunContext> contexts = contexts_from(o.compute, o.gpus);
+  if (!o.gpus.empty()) o.compute.device = contexts[0].device.str();
+  const nlohmann::json compute = compute_tag(contexts[0]);
   const fs::path out = output_path(e.output, "output");
   // The runner writes into its directory (never replaces it); a model is never beneath it.
   check_not_input(out, "output", {e.models.begin(), e.models.end()});
