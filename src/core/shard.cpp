@@ -1,7 +1,9 @@
-// Shards: parsing "i/n".
+// Shards: parsing "i/n"; checking that shard files belong together.
 #include "kldq/core/shard.hpp"
 
 #include <fmt/format.h>
+
+#include <fmt/ranges.h>
 
 #include <charconv>
 
@@ -17,7 +19,87 @@ bool parse_count(const std::string& s, size_t& out) {
   return ec == std::errc() && end == s.data() + s.size();
 }
 
+Shard shard_of(const ShardFile& f, const char* made_by) {
+  if (!f.json.is_object() || !f.json.contains("shard") || !f.json["shard"].is_object())
+    throw ConfigError(
+        fmt::format("{}: not a shard (no \"shard\" key; {} writes one)", f.path, made_by));
+  const Shard s{shard_field(f, "index"), shard_field(f, "count")};
+  if (s.count < 1 || s.index >= s.count)
+    throw ConfigError(fmt::format("{}: shard {}: expected 0 <= index < count", f.path, s.name()));
+  return s;
+}
+
+std::string shown(const nlohmann::json& v) {
+  std::string text = v.dump();
+  return text.size() > 80 ? text.substr(0, 77) + "..." : text;
+}
+
+// "key.sub[2]: a vs b" for the first place where two values differ.
+std::string difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& at) {
+  if (a.is_object() && b.is_object()) {
+    for (const auto& [k, v] : a.items())
+      if (!b.contains(k) || b[k] != v)
+        return difference(v, b.value(k, nlohmann::json()), at + "." + k);
+    for (const auto& [k, v] : b.items())
+      if (!a.contains(k)) return difference(nlohmann::json(), v, at + "." + k);
+  }
+  if (a.is_array() && b.is_array() && a.size() == b.size())
+    for (size_t i = 0; i < a.size(); ++i)
+      if (a[i] != b[i]) return difference(a[i], b[i], fmt::format("{}[{}]", at, i));
+  return fmt::format("{}: {} vs {}", at, shown(a), shown(b));
+}
+
+void check_agree(const ShardFile& a, const ShardFile& b, const std::set<std::string>& per_run) {
+  for (const auto& [key, value] : a.json.items())
+    if (!per_run.count(key) && (!b.json.contains(key) || b.json[key] != value))
+      throw ConfigError(fmt::format("{} and {} disagree on {}", a.path, b.path,
+                                    difference(value, b.json.value(key, nlohmann::json()), key)));
+  for (const auto& [key, value] : b.json.items())
+    if (!per_run.count(key) && !a.json.contains(key))
+      throw ConfigError(fmt::format("{} has {} and {} does not", b.path, key, a.path));
+}
+
 }  // namespace
+
+size_t shard_field(const ShardFile& f, const char* key) {
+  const nlohmann::json& v = f.json["shard"][key];
+  if (!v.is_number_unsigned())
+    throw ConfigError(
+        fmt::format("{}: shard.{}: expected a non-negative whole number", f.path, key));
+  return v.get<size_t>();
+}
+
+double run_figure(const ShardFile& f, const char* key) {
+  if (!f.json.contains(key)) return 0;
+  if (!f.json[key].is_number())
+    throw ConfigError(fmt::format("{}: {}: expected a number", f.path, key));
+  return f.json[key].get<double>();
+}
+
+std::vector<const ShardFile*> check_shards(const std::vector<ShardFile>& files, const char* what,
+                                           const char* made_by,
+                                           const std::set<std::string>& per_run) {
+  if (files.empty()) throw ConfigError(fmt::format("{}: no shard files given", what));
+  const Shard first = shard_of(files[0], made_by);
+  std::vector<const ShardFile*> by_index(first.count, nullptr);
+  for (const ShardFile& f : files) {
+    const Shard s = shard_of(f, made_by);
+    if (s.count != first.count)
+      throw ConfigError(fmt::format("{} is shard {} but {} is shard {}: shards of different splits",
+                                    files[0].path, first.name(), f.path, s.name()));
+    if (by_index[s.index])
+      throw ConfigError(
+          fmt::format("{} and {} are both shard {}", by_index[s.index]->path, f.path, s.name()));
+    by_index[s.index] = &f;
+    check_agree(files[0], f, per_run);
+  }
+  std::vector<std::string> missing;
+  for (size_t i = 0; i < first.count; ++i)
+    if (!by_index[i]) missing.push_back(Shard{i, first.count}.name());
+  if (!missing.empty())
+    throw ConfigError(fmt::format("{}: shard(s) {} missing", what, fmt::join(missing, ", ")));
+  return by_index;
+}
 
 std::string Shard::name() const {
   return fmt::format("{}/{}", index, count);

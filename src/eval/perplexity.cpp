@@ -103,14 +103,21 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
   Progress progress("perplexity", static_cast<int64_t>(windows.size()), "windows");
   PhaseTimer timer(model.device(),
                    {"model blocks", "reference blocks", "heads + per-token scores"});
-  for (size_t w = 0; w < windows.size();) {
+  for (size_t w = 0, batch = 0; w < windows.size(); ++batch) {
     // A batch: consecutive windows of the same length and scored range.
     const Window& first = windows[w];
     size_t end = w;
-    std::vector<int64_t> flat_ids;
     while (end < windows.size() && static_cast<int64_t>(end - w) < o.batch &&
-           windows[end].length == first.length && windows[end].score_from == first.score_from) {
-      const Window& x = windows[end++];
+           windows[end].length == first.length && windows[end].score_from == first.score_from)
+      ++end;
+    if (!o.shard.owns(batch)) {  // another shard's batch: the same batches in every shard
+      progress.advance(int64_t(end - w));
+      w = end;
+      continue;
+    }
+    std::vector<int64_t> flat_ids;
+    for (size_t k = w; k < end; ++k) {
+      const Window& x = windows[k];
       check(x.begin >= 0 && x.begin + x.length <= static_cast<int64_t>(tokens.size()),
             "score_windows: window out of range");
       flat_ids.insert(flat_ids.end(), tokens.begin() + x.begin,
@@ -150,6 +157,7 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
     }
     timer.lap(2);
     s.windows += B;
+    for (size_t k = w; k < end; ++k) s.scored.push_back({int64_t(k), S});
     progress.advance(B);
     w = end;
   }

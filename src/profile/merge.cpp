@@ -22,26 +22,6 @@ const std::set<std::string> kPerRun = {"units",           "shard",           "pr
                                        "seconds_profile", "peak_cuda_bytes", "peak_host_bytes",
                                        "residency",       "streamed_bytes",  "devices"};
 
-size_t count_field(const ShardFile& f, const char* key) {
-  const nlohmann::json& v = f.json["shard"][key];
-  if (!v.is_number_unsigned())
-    throw ConfigError(
-        fmt::format("{}: shard.{}: expected a non-negative whole number", f.path, key));
-  return v.get<size_t>();
-}
-
-Shard shard_of(const ShardFile& f) {
-  if (!f.json.is_object() || !f.json.contains("shard") || !f.json["shard"].is_object())
-    throw ConfigError(fmt::format(
-        "{}: not a profile shard (no \"shard\" key; kldq profile --shard i/n writes one)", f.path));
-  if (!f.json.contains("units") || !f.json["units"].is_array())
-    throw ConfigError(fmt::format("{}: units: expected an array", f.path));
-  const Shard s{count_field(f, "index"), count_field(f, "count")};
-  if (s.count < 1 || s.index >= s.count)
-    throw ConfigError(fmt::format("{}: shard {}: expected 0 <= index < count", f.path, s.name()));
-  return s;
-}
-
 // A unit as kldq profile writes it: an id, its KL and, where the profile has them, the gain and
 // the proxies (numbers, or null where not finite).
 void check_units(const ShardFile& f) {
@@ -66,69 +46,20 @@ void check_units(const ShardFile& f) {
   }
 }
 
-// A run's own figure (seconds, bytes): 0 where absent.
-double figure(const ShardFile& f, const char* key) {
-  if (!f.json.contains(key)) return 0;
-  if (!f.json[key].is_number())
-    throw ConfigError(fmt::format("{}: {}: expected a number", f.path, key));
-  return f.json[key].get<double>();
-}
-
-std::string shown(const nlohmann::json& v) {
-  std::string text = v.dump();
-  return text.size() > 80 ? text.substr(0, 77) + "..." : text;
-}
-
-// "key.sub[2]: a vs b" for the first place where two values differ.
-std::string difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& at) {
-  if (a.is_object() && b.is_object()) {
-    for (const auto& [k, v] : a.items())
-      if (!b.contains(k) || b[k] != v)
-        return difference(v, b.value(k, nlohmann::json()), at + "." + k);
-    for (const auto& [k, v] : b.items())
-      if (!a.contains(k)) return difference(nlohmann::json(), v, at + "." + k);
-  }
-  if (a.is_array() && b.is_array() && a.size() == b.size())
-    for (size_t i = 0; i < a.size(); ++i)
-      if (a[i] != b[i]) return difference(a[i], b[i], fmt::format("{}[{}]", at, i));
-  return fmt::format("{}: {} vs {}", at, shown(a), shown(b));
-}
-
-// Every shard given once, all of one split, and agreeing on what was profiled.
-std::vector<const ShardFile*> check_shards(const std::vector<ShardFile>& files) {
-  if (files.empty()) throw ConfigError("profile --merge: no shard files given");
-  const Shard first = shard_of(files[0]);
-  std::vector<const ShardFile*> by_index(first.count, nullptr);
-  for (const ShardFile& f : files) {
-    const Shard s = shard_of(f);
-    if (s.count != first.count)
-      throw ConfigError(fmt::format("{} is shard {} but {} is shard {}: shards of different splits",
-                                    files[0].path, first.name(), f.path, s.name()));
-    if (by_index[s.index])
-      throw ConfigError(
-          fmt::format("{} and {} are both shard {}", by_index[s.index]->path, f.path, s.name()));
-    by_index[s.index] = &f;
-    check_units(f);
-    if (f.json.contains("proxies") != files[0].json.contains("proxies"))
-      throw ConfigError(fmt::format("{} and {} disagree on --proxies", files[0].path, f.path));
-    for (const auto& [key, value] : files[0].json.items())
-      if (!kPerRun.count(key) && (!f.json.contains(key) || f.json[key] != value))
-        throw ConfigError(fmt::format("{} and {} disagree on {}", files[0].path, f.path,
-                                      difference(value, f.json.value(key, nlohmann::json()), key)));
-    for (const auto& [key, value] : f.json.items())
-      if (!kPerRun.count(key) && !files[0].json.contains(key))
-        throw ConfigError(fmt::format("{} has {} and {} does not", f.path, key, files[0].path));
-  }
-  std::vector<std::string> missing;
-  for (size_t i = 0; i < first.count; ++i)
-    if (!by_index[i]) missing.push_back(Shard{i, first.count}.name());
-  if (!missing.empty())
-    throw ConfigError(
-        fmt::format("profile --merge: shard(s) {} missing", fmt::join(missing, ", ")));
-  const size_t total = count_field(files[0], "units");
+// Every shard given once, all of one split, and agreeing on what was profiled; its units as a
+// profile writes them.
+std::vector<const ShardFile*> checked(const std::vector<ShardFile>& files) {
+  const std::vector<const ShardFile*> by_index =
+      check_shards(files, "profile --merge", "kldq profile --shard i/n", kPerRun);
+  const size_t total = shard_field(files[0], "units");
   for (const ShardFile* f : by_index) {
-    const Shard s = shard_of(*f);
-    if (count_field(*f, "units") != total || f->json["units"].size() != s.size_of(total))
+    if (!f->json.contains("units") || !f->json["units"].is_array())
+      throw ConfigError(fmt::format("{}: units: expected an array", f->path));
+    check_units(*f);
+    if (f->json.contains("proxies") != files[0].json.contains("proxies"))
+      throw ConfigError(fmt::format("{} and {} disagree on --proxies", files[0].path, f->path));
+    const Shard s{shard_field(*f, "index"), shard_field(*f, "count")};
+    if (shard_field(*f, "units") != total || f->json["units"].size() != s.size_of(total))
       throw ConfigError(fmt::format("{}: shard {} holds {} units; {} of a profile of {} expected",
                                     f->path, s.name(), f->json["units"].size(), s.size_of(total),
                                     total));
@@ -148,8 +79,8 @@ ProxyStats proxies_of(const nlohmann::json& u) {
 }  // namespace
 
 nlohmann::json merge_shards(const std::vector<ShardFile>& files) {
-  const std::vector<const ShardFile*> shards = check_shards(files);
-  const size_t n = shards.size(), total = count_field(files[0], "units");
+  const std::vector<const ShardFile*> shards = checked(files);
+  const size_t n = shards.size(), total = shard_field(files[0], "units");
   nlohmann::json out = shards[0]->json;
   out.erase("shard");
   out.erase("devices");  // the first shard's GPUs; the others' may differ
@@ -164,11 +95,11 @@ nlohmann::json merge_shards(const std::vector<ShardFile>& files) {
   }
   double seconds = 0, seconds_profile = 0, streamed = 0, peak_cuda = 0, peak_host = 0;
   for (const ShardFile* f : shards) {
-    seconds += figure(*f, "seconds");
-    seconds_profile += figure(*f, "seconds_profile");
-    streamed += figure(*f, "streamed_bytes");
-    peak_cuda = std::max(peak_cuda, figure(*f, "peak_cuda_bytes"));
-    peak_host = std::max(peak_host, figure(*f, "peak_host_bytes"));
+    seconds += run_figure(*f, "seconds");
+    seconds_profile += run_figure(*f, "seconds_profile");
+    streamed += run_figure(*f, "streamed_bytes");
+    peak_cuda = std::max(peak_cuda, run_figure(*f, "peak_cuda_bytes"));
+    peak_host = std::max(peak_host, run_figure(*f, "peak_host_bytes"));
   }
   out["seconds"] = seconds;  // the work of all shards, not the wall time of a parallel run
   out["seconds_profile"] = seconds_profile;

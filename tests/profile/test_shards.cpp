@@ -163,7 +163,7 @@ TEST_CASE("kldq profile --shard, --merge on stories260K; merging refuses what do
       {s0 + " " + other_calib, "disagree on calibration.seed"},
       {s0 + " " + other_base, "disagree on baseline_kl"},
       {s0 + " " + other_fp, "disagree on model_fingerprint"},
-      {s0 + " " + path("whole.json"), "not a profile shard"},
+      {s0 + " " + path("whole.json"), "not a shard (no \"shard\" key; kldq profile --shard i/n"},
       {s0 + " " + s1 + " --base nf4", "give only the shard files"},
   };
   for (const auto& [args, text] : bad) {

@@ -4,8 +4,12 @@
 // the blocks after its own).
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <cstddef>
+#include <set>
 #include <string>
+#include <vector>
 
 namespace kldq {
 
@@ -23,5 +27,24 @@ struct Shard {
 // "i/n" with 0 <= i < n; "" is the whole list. A ConfigError naming `option` and saying what the
 // shard selects (`items`, e.g. "sweep points") otherwise.
 Shard parse_shard(const std::string& text, const char* option, const char* items);
+
+// A shard's output as read for merging: its file (for messages) and its JSON, which records
+// "shard": {"index", "count", ...}.
+struct ShardFile {
+  std::string path;
+  nlohmann::json json;
+};
+
+// The files in shard order after checking, each with one ConfigError naming the files: every
+// file is a shard (`made_by` says what writes one), all of one split, each given once, none
+// missing; and they agree on every top-level key except `per_run` (the first differing place is
+// named: "a.json and b.json disagree on calibration.seed: 0 vs 1"). `what` names the merge.
+std::vector<const ShardFile*> check_shards(const std::vector<ShardFile>& files, const char* what,
+                                           const char* made_by,
+                                           const std::set<std::string>& per_run);
+// A whole number in the file's "shard" object.
+size_t shard_field(const ShardFile& f, const char* key);
+// A run's own figure (seconds, bytes) in the file: 0 where absent.
+double run_figure(const ShardFile& f, const char* key);
 
 }  // namespace kldq

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kldq/core/shard.hpp"
 #include "kldq/model/decoder.hpp"
 
 namespace kldq::eval {
@@ -27,6 +28,7 @@ struct PplOptions {
   int32_t bos = -1;      // llamacpp: id written over each window's first token (-1: none)
   int64_t batch = 1;     // windows per forward
   int64_t chunk = 1024;  // positions per LM head + fp32 log-softmax
+  Shard shard;           // only the batches with index % n == i (eval::merge_shards)
 };
 
 // One window: tokens [begin, begin + length) of the stream; positions score_from .. length-2
@@ -45,10 +47,16 @@ struct TokenScores {
   std::vector<double> kl;       // KL(P_ref || P_model) per token
   std::vector<uint8_t> same_top1;
   int64_t windows = 0;
+  struct Scored {
+    int64_t window = 0, tokens = 0;  // index in the window list; its scored tokens
+  };
+  std::vector<Scored> scored;  // the windows scored, in order (a shard's are some of them)
 };
 
 // Scores `windows` of `tokens` (consecutive windows of equal shape share a forward, up to
-// options.batch). `reference` may be null (no KL). Draws a progress bar.
+// options.batch). `reference` may be null (no KL). Draws a progress bar. With a shard, the
+// batches are formed from all windows as without one, and only the shard's are run: each
+// window's scores are then bit-identical to the whole run's.
 TokenScores score_windows(const model::Decoder& model, const model::Decoder* reference,
                           const std::vector<int32_t>& tokens, const std::vector<Window>& windows,
                           const PplOptions& options);

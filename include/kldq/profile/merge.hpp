@@ -8,12 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "kldq/core/shard.hpp"
+
 namespace kldq::profile {
 
-struct ShardFile {
-  std::string path;     // for messages
-  nlohmann::json json;  // the shard's profile.json (profile::to_json with a shard)
-};
+using kldq::ShardFile;  // a shard's profile.json (profile::to_json with a shard)
 
 // The merged profile. ConfigError naming the files, before anything is merged, when a file is not
 // a shard, two files are the same shard, a shard is missing, the shards were split differently,
