@@ -21,6 +21,7 @@
 #include "kldq/core/output.hpp"
 #include "kldq/eval/flips.hpp"
 #include "kldq/eval/memory.hpp"
+#include "kldq/eval/merge.hpp"
 #include "kldq/eval/perplexity.hpp"
 #include "kldq/io/corpus.hpp"
 #include "kldq/io/json_util.hpp"
@@ -162,6 +163,13 @@ void check_options(const EvalCliOptions& o) {
   if (!o.reference_predictions.empty() && o.mmlu.empty())
     throw ConfigError("--reference-predictions: needs --mmlu");
   if (o.mmlu_unshared && o.mmlu.empty()) throw ConfigError("--mmlu-unshared: needs --mmlu");
+  // A shard's measurements must merge into the whole run's exactly; these do not shard.
+  for (const auto& [given, what] : {std::pair{!o.tasks.empty(), "--tasks"},
+                                    {o.speed, "--speed"},
+                                    {o.mmlu_unshared, "--mmlu-unshared"}})
+    if (given && !o.shard.empty())
+      throw ConfigError(
+          fmt::format("{}: not with --shard (only perplexity, KL and MMLU are sharded)", what));
   for (const auto& [given, what] :
        {std::pair{!o.tasks_dir.empty(), "--tasks-dir"},
         {o.tasks_limit > 0, "--tasks-limit"},
@@ -275,9 +283,13 @@ void measure_ppl(const EvalCliOptions& o, const model::Decoder& m, const model::
                  const Inputs& in, const std::optional<quant::Plan>& plan,
                  const std::string& described, nlohmann::json& j) {
   const c10::Device device = m.device();
-  log::info("eval {}: perplexity ({}), {} tokens of {}, {} windows of {}", described,
+  log::info("eval {}: perplexity ({}), {} tokens of {}, {} windows of {}{}", described,
             eval::ppl_protocol_name(in.ppl.protocol), in.tokens.size(), o.ppl, in.windows.size(),
-            in.ppl.ctx);
+            in.ppl.ctx,
+            in.ppl.shard.whole()
+                ? ""
+                : fmt::format(" (shard {}: the batches with index % {} == {})", in.ppl.shard.name(),
+                              in.ppl.shard.count, in.ppl.shard.index));
   if (device.is_cuda()) {
     // Warm-up on the first window, not timed: CUDA loads kernels lazily and cuBLAS picks
     // algorithms on first use, a one-time cost per process that the rate should not include.
@@ -289,6 +301,7 @@ void measure_ppl(const EvalCliOptions& o, const model::Decoder& m, const model::
   device_synchronize(device);
   const double secs = seconds_since(t);
   j.update(eval::ppl_summary(s.nll, s.windows));
+  if (!in.ppl.shard.whole()) j["shard_data"]["ppl"] = eval::ppl_shard_data(s);
   if (o.kld) {
     const auto rs = eval::ppl_summary(s.nll_ref, s.windows, "_ref");
     j["ppl_ref"] = rs["ppl_ref"], j["nll_mean_ref"] = rs["nll_mean_ref"];
@@ -334,12 +347,51 @@ std::string measure_mmlu(const EvalCliOptions& o, const model::Decoder& m,
                         {"max_len", in.mmlu.max_len}, {"path", o.mmlu},
                         {"sha256", in.mmlu_sha256},   {"predictions", predictions.string()}};
   j["mmlu_settings"]["shared_prefix"] = in.mmlu.shared_prefix;
+  if (!in.ppl.shard.whole())
+    j["shard_data"]["mmlu"] = eval::mmlu_shard_data(
+        preds, in.ref_predictions ? &*in.ref_predictions : nullptr,
+        o.reference_predictions.empty() ? "reference" : o.reference_predictions, in.mmlu_tag,
+        in.mmlu_subjects);
   return eval::predictions_jsonl(preds, in.mmlu_tag);
+}
+
+// `kldq eval --merge`: the shards read and checked, then one run's metrics and predictions.
+Printed merge_eval_cmd(const EvalCliOptions& o) {
+  if (!o.model.empty() || !o.ppl.empty() || !o.mmlu.empty() || !o.shard.empty() ||
+      !o.base.empty() || !o.plan.empty() || o.kld)
+    throw ConfigError(
+        "eval --merge: give only the shard files, -o and --predictions (the shards "
+        "say what was evaluated)");
+  const std::vector<fs::path> inputs(o.merge.begin(), o.merge.end());
+  const fs::path metrics = file_output(o.out, "-o", inputs);
+  std::vector<ShardFile> shards;
+  for (const std::string& path : o.merge) shards.push_back({path, io::read_json_file(path, true)});
+  eval::MergedEval merged = eval::merge_shards(shards);
+  fs::path predictions;
+  if (!merged.predictions_jsonl.empty()) {
+    predictions = file_output(o.predictions.empty()
+                                  ? fs::path(metrics).replace_extension(".predictions.jsonl")
+                                  : fs::path(o.predictions),
+                              "--predictions", inputs);
+    if (predictions == metrics)
+      throw ConfigError(fmt::format("--predictions {}: the same file as -o", predictions.string()));
+    merged.metrics["mmlu_settings"]["predictions"] = predictions.string();
+    io::write_file_atomic(predictions, merged.predictions_jsonl);
+  }
+  io::write_file_atomic(metrics, merged.metrics.dump(2) + "\n");
+  return {
+      fmt::format("merged {} shards -> {}\n", shards.size(), metrics.string()) +
+          summary_lines(merged.metrics, merged.metrics.contains("mmlu_settings")
+                                            ? merged.metrics["mmlu_settings"].value("protocol", "")
+                                            : ""),
+      ""};
 }
 
 }  // namespace
 
 Printed run_eval(const EvalCliOptions& o) {
+  if (!o.merge.empty()) return merge_eval_cmd(o);
+  if (o.model.empty()) throw ConfigError("eval: MODEL is required (or --merge SHARD.json...)");
   const auto t0 = Clock::now();
   check_options(o);
   const bool quantize = !o.base.empty() || !o.plan.empty();
@@ -350,6 +402,8 @@ Printed run_eval(const EvalCliOptions& o) {
   model::ModelConfig config;
   std::unique_ptr<io::Tokenizer> tokenizer;
   Inputs in = load_inputs(o, config, tokenizer);
+  const Shard shard = parse_shard(o.shard, "--shard", "perplexity batches and MMLU subjects");
+  if (!shard.whole()) shard_inputs(shard, in);
 
   // Calibration for gptq/awq, from MODEL's tokenizer (the one the plan's layers are fitted on).
   // The method's settings (a plan's recorded ones under the command line's), resolved once.
@@ -373,6 +427,8 @@ Printed run_eval(const EvalCliOptions& o) {
   auto [m, ref] = load_models(o, plan, method, cal, ctx, need_ref, residency.streamed, described);
 
   nlohmann::json j = metrics_header(o, plan, method, cal, ref.has_value(), ctx);
+  if (!shard.whole())
+    j["shard"] = {{"index", shard.index}, {"count", shard.count}, {"windows", in.windows.size()}};
   j.update(eval::memory_report(m));
   device_synchronize(ctx.device);
   reset_peak_allocated_bytes(ctx.device);
@@ -402,7 +458,8 @@ Printed run_eval(const EvalCliOptions& o) {
 void register_eval(CLI::App& app, Action& action) {
   auto opts = std::make_shared<EvalCliOptions>();
   auto* sub = app.add_subcommand("eval", "perplexity, KL, MMLU and flips against a reference");
-  sub->add_option("MODEL", opts->model, "checkpoint or quantized checkpoint")->required();
+  // Required unless --merge (checked by run_eval).
+  sub->add_option("MODEL", opts->model, "checkpoint or quantized checkpoint");
   sub->add_option("--reference", opts->reference, "reference checkpoint (default: MODEL)");
   sub->add_option("--base", opts->base, "quantize MODEL in memory to this format first");
   sub->add_option("--plan", opts->plan, "quantize MODEL in memory with this plan first");
@@ -442,6 +499,11 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_option("--batch", opts->batch,
                   "windows, prompts or task items per forward (default 8, as an experiment's eval)")
       ->check(CLI::PositiveNumber);
+  sub->add_option("--shard", opts->shard,
+                  "i/n: only the perplexity batches and MMLU subjects with index % n == i (merge "
+                  "the n shards with --merge)");
+  sub->add_option("--merge", opts->merge,
+                  "shard metrics (--shard) to merge into one run's metrics, instead of evaluating");
   sub->add_option("-o,--output", opts->out, "metrics JSON")->required();
   add_method_options(*sub, opts->method, true);
   add_compute_options(*sub, opts->compute);

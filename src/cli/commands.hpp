@@ -68,6 +68,8 @@ struct EvalCliOptions {
   std::string model, reference, base, plan, ppl, ppl_protocol = "gptq", out;
   std::string mmlu, mmlu_protocol = "5shot", predictions, reference_predictions;
   std::string tasks, tasks_dir, task_predictions, reference_task_predictions;
+  std::string shard;               // "i/n" (eval/merge.hpp)
+  std::vector<std::string> merge;  // shard metrics to merge instead of evaluating
   int64_t ctx = 0, stride = 0, batch = 8, mmlu_limit = 0,
           tasks_limit = 0;  // batch: as an experiment's eval
   int shots = -1;

@@ -1,6 +1,8 @@
 // Reading the data of `kldq eval` before any model loads (eval_inputs.hpp).
 #include "eval_inputs.hpp"
 
+#include <set>
+
 #include <fmt/format.h>
 
 #include "kldq/core/error.hpp"
@@ -83,6 +85,24 @@ void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in) {
                                       o.reference_predictions, proto, in.mmlu_tag));
     }
   }
+}
+
+void shard_inputs(const Shard& shard, Inputs& in) {
+  in.ppl.shard = shard;
+  std::set<std::string> owned;
+  std::vector<eval::MmluItem> items;
+  std::string last;
+  for (const eval::MmluItem& item : in.items) {
+    if (item.subject != last) {  // items come in subject order
+      if (shard.owns(in.mmlu_subjects++)) owned.insert(item.subject);
+      last = item.subject;
+    }
+    if (owned.count(item.subject)) items.push_back(item);
+  }
+  in.items = std::move(items);
+  if (in.ref_predictions)
+    std::erase_if(*in.ref_predictions,
+                  [&](const eval::MmluPrediction& p) { return !owned.count(p.subject); });
 }
 
 void check_vocabulary(const Inputs& in, int64_t vocab) {

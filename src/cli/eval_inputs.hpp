@@ -23,7 +23,8 @@ struct Inputs {
   eval::MmluData mmlu_data;
   std::vector<eval::MmluItem> items;
   eval::AnswerTokens answers;
-  std::string mmlu_tag;  // "5shot:5"
+  std::string mmlu_tag;      // "5shot:5"
+  size_t mmlu_subjects = 0;  // of the whole run (shard_inputs)
   std::optional<std::vector<eval::MmluPrediction>> ref_predictions;
   std::string ppl_sha256, mmlu_sha256;  // hashed before any model runs
   TaskInputs tasks;
@@ -37,5 +38,9 @@ void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in);
 // Token ids the models have embeddings for: a tokenizer with more added tokens than the model's
 // vocabulary would otherwise index out of range on the device.
 void check_vocabulary(const Inputs& in, int64_t vocab);
+// A shard's inputs (eval/merge.hpp): the perplexity batches with index % n == i (in.ppl.shard)
+// and the MMLU questions (and saved reference predictions) of the subjects with index % n == i;
+// in.mmlu_subjects: the subjects of the whole run.
+void shard_inputs(const Shard& shard, Inputs& in);
 
 }  // namespace kldq::cli

@@ -39,7 +39,13 @@ std::string predictions_jsonl(const std::vector<MmluPrediction>& preds,
 
 std::vector<MmluPrediction> read_predictions(const std::filesystem::path& path,
                                              std::string* protocol) {
-  std::istringstream in(read_input_file(path, kMaxDataBytes, /*config=*/true));
+  return parse_predictions(read_input_file(path, kMaxDataBytes, /*config=*/true), path.string(),
+                           protocol);
+}
+
+std::vector<MmluPrediction> parse_predictions(const std::string& text, const std::string& where,
+                                              std::string* protocol) {
+  std::istringstream in(text);
   std::vector<MmluPrediction> out;
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
@@ -61,8 +67,7 @@ std::vector<MmluPrediction> read_predictions(const std::filesystem::path& path,
         throw IoError(fmt::format("protocol {} differs from the first row's {}", proto, *protocol));
       out.push_back(std::move(p));
     } catch (const std::exception& e) {
-      throw IoError(
-          fmt::format("{}:{}: not a kldq prediction row ({})", path.string(), n, e.what()));
+      throw IoError(fmt::format("{}:{}: not a kldq prediction row ({})", where, n, e.what()));
     }
   }
   return out;

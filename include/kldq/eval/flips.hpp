@@ -20,6 +20,9 @@ std::string predictions_jsonl(const std::vector<MmluPrediction>& preds,
 // `protocol`: the protocol of the rows.
 std::vector<MmluPrediction> read_predictions(const std::filesystem::path& path,
                                              std::string* protocol);
+// The same from text; errors name `where` and the line.
+std::vector<MmluPrediction> parse_predictions(const std::string& text, const std::string& where,
+                                              std::string* protocol);
 
 // One question's gold answer and prediction, as flips compare them.
 struct Answered {

@@ -1,0 +1,256 @@
+// Evaluation shards: their per-token scores and predictions recorded, checked and merged back
+// into one run's metrics.
+#include "kldq/eval/merge.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "kldq/core/error.hpp"
+#include "kldq/eval/flips.hpp"
+
+namespace kldq::eval {
+namespace {
+
+// The keys that say what was evaluated; every shard must agree on them (mmlu_settings without
+// its predictions file, which is each shard's own). Every other key is a measurement, recomputed
+// from the shards' data, or a figure of the run.
+const std::set<std::string> kIdentity = {"kldq_version",
+                                         "model",
+                                         "quantization",
+                                         "reference",
+                                         "dtype",
+                                         "device_name",
+                                         "batch",
+                                         "method_settings",
+                                         "ppl_settings",
+                                         "mmlu_settings",
+                                         "plan_predicted_kl",
+                                         "weight_bytes",
+                                         "weight_bytes_linear",
+                                         "weight_bytes_by_format",
+                                         "bits_per_weight",
+                                         "layers"};
+
+// A shard's per-token scores of one window.
+struct WindowScores {
+  const ShardFile* file = nullptr;
+  int64_t window = 0, tokens = 0;
+  size_t offset = 0;  // of its first token in the shard's arrays
+};
+
+template <class T>
+std::vector<T> array_of(const ShardFile& f, const nlohmann::json& j, const char* key) {
+  try {
+    return j.at(key).get<std::vector<T>>();
+  } catch (const nlohmann::json::exception&) {
+    throw ConfigError(
+        fmt::format("{}: shard_data.ppl.{}: expected an array of numbers", f.path, key));
+  }
+}
+
+// The whole run's per-token scores, windows in order.
+TokenScores merge_ppl(const std::vector<const ShardFile*>& shards, bool with_reference) {
+  const size_t total = shard_field(*shards[0], "windows");
+  std::vector<WindowScores> windows;
+  std::map<const ShardFile*, nlohmann::json> data;
+  for (const ShardFile* f : shards) {
+    const nlohmann::json& d = f->json["shard_data"]["ppl"];
+    size_t offset = 0;
+    for (const auto& w : d.at("windows")) {
+      const auto pair = w.get<std::vector<int64_t>>();
+      if (pair.size() != 2 || pair[0] < 0 || size_t(pair[0]) >= total || pair[1] < 0)
+        throw ConfigError(
+            fmt::format("{}: shard_data.ppl.windows: bad entry {}", f->path, w.dump()));
+      windows.push_back({f, pair[0], pair[1], offset});
+      offset += size_t(pair[1]);
+    }
+    if (array_of<double>(*f, d, "nll").size() != offset)
+      throw ConfigError(fmt::format("{}: shard_data.ppl.nll: {} tokens, its windows have {}",
+                                    f->path, d["nll"].size(), offset));
+  }
+  std::sort(windows.begin(), windows.end(),
+            [](const auto& a, const auto& b) { return a.window < b.window; });
+  for (size_t k = 0; k < total; ++k) {
+    if (k >= windows.size() || windows[k].window > int64_t(k))
+      throw ConfigError(fmt::format("eval --merge: window {} is in no shard", k));
+    if (windows[k].window < int64_t(k))
+      throw ConfigError(fmt::format("{}: window {} is also in another shard", windows[k].file->path,
+                                    windows[k].window));
+  }
+  if (windows.size() > total)
+    throw ConfigError(fmt::format("{}: window {} is also in another shard",
+                                  windows[total].file->path, windows[total].window));
+  TokenScores s;
+  s.windows = int64_t(total);
+  std::map<const ShardFile*, std::map<std::string, std::vector<double>>> arrays;
+  for (const ShardFile* f : shards) {
+    const nlohmann::json& d = f->json["shard_data"]["ppl"];
+    for (const char* key : {"nll", "nll_ref", "kl", "same_top1"})
+      if (key == std::string("nll") || with_reference)
+        arrays[f][key] = array_of<double>(*f, d, key);
+  }
+  for (const WindowScores& w : windows) {
+    auto& a = arrays[w.file];
+    auto append = [&](std::vector<double>& to, const char* key) {
+      const std::vector<double>& from = a[key];
+      if (from.size() < w.offset + size_t(w.tokens))
+        throw ConfigError(
+            fmt::format("{}: shard_data.ppl.{}: fewer values than tokens", w.file->path, key));
+      to.insert(to.end(), from.begin() + std::ptrdiff_t(w.offset),
+                from.begin() + std::ptrdiff_t(w.offset + size_t(w.tokens)));
+    };
+    append(s.nll, "nll");
+    if (!with_reference) continue;
+    append(s.nll_ref, "nll_ref");
+    append(s.kl, "kl");
+    std::vector<double> top1;
+    append(top1, "same_top1");
+    for (double t : top1) s.same_top1.push_back(uint8_t(t != 0));
+  }
+  return s;
+}
+
+// Runs of consecutive predictions of one subject.
+std::vector<std::vector<MmluPrediction>> by_subject(const std::vector<MmluPrediction>& preds) {
+  std::vector<std::vector<MmluPrediction>> runs;
+  for (const MmluPrediction& p : preds) {
+    if (runs.empty() || runs.back().back().subject != p.subject) runs.emplace_back();
+    runs.back().push_back(p);
+  }
+  return runs;
+}
+
+// The whole run's predictions (key "predictions" or "reference"), subjects in order: subject k
+// is the (k / n)-th of shard k % n.
+std::vector<MmluPrediction> merge_mmlu(const std::vector<const ShardFile*>& shards, const char* key,
+                                       std::string& protocol) {
+  const size_t n = shards.size();
+  const size_t subjects = shards[0]->json["shard_data"]["mmlu"].value("subjects", size_t(0));
+  std::vector<std::vector<std::vector<MmluPrediction>>> runs;
+  for (size_t i = 0; i < n; ++i) {
+    const ShardFile& f = *shards[i];
+    const nlohmann::json& d = f.json["shard_data"]["mmlu"];
+    if (!d.contains(key) || !d[key].is_string())
+      throw ConfigError(fmt::format("{}: shard_data.mmlu.{}: missing", f.path, key));
+    runs.push_back(by_subject(parse_predictions(d[key].get<std::string>(),
+                                                f.path + ": shard_data.mmlu." + key, &protocol)));
+    const size_t want = Shard{i, n}.size_of(subjects);
+    if (runs.back().size() != want)
+      throw ConfigError(fmt::format("{}: {} MMLU subjects; shard {} of {} subjects has {}", f.path,
+                                    runs.back().size(), Shard{i, n}.name(), subjects, want));
+  }
+  std::vector<MmluPrediction> out;
+  for (size_t k = 0; k < subjects; ++k) {
+    const auto& run = runs[k % n][k / n];
+    out.insert(out.end(), run.begin(), run.end());
+  }
+  return out;
+}
+
+// The shards' files with each shard's own predictions path left out, for the agreement check.
+std::vector<ShardFile> comparable(const std::vector<ShardFile>& files,
+                                  std::set<std::string>& per_run) {
+  std::vector<ShardFile> out = files;
+  for (ShardFile& f : out) {
+    if (f.json.is_object() && f.json.contains("mmlu_settings") &&
+        f.json["mmlu_settings"].is_object())
+      f.json["mmlu_settings"].erase("predictions");
+    if (f.json.is_object())
+      for (const auto& [k, v] : f.json.items())
+        if (!kIdentity.count(k)) per_run.insert(k);
+  }
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json ppl_shard_data(const TokenScores& s) {
+  nlohmann::json windows = nlohmann::json::array();
+  for (const TokenScores::Scored& w : s.scored) windows.push_back({w.window, w.tokens});
+  nlohmann::json j = {{"windows", windows}, {"nll", s.nll}};
+  if (!s.nll_ref.empty() || !s.kl.empty()) {
+    j["nll_ref"] = s.nll_ref, j["kl"] = s.kl;
+    j["same_top1"] = std::vector<int>(s.same_top1.begin(), s.same_top1.end());
+  }
+  return j;
+}
+
+nlohmann::json mmlu_shard_data(const std::vector<MmluPrediction>& predictions,
+                               const std::vector<MmluPrediction>* reference,
+                               const std::string& reference_what, const std::string& protocol,
+                               size_t subjects) {
+  nlohmann::json j = {{"predictions", predictions_jsonl(predictions, protocol)},
+                      {"subjects", subjects}};
+  if (reference) {
+    j["reference"] = predictions_jsonl(*reference, protocol);
+    j["reference_what"] = reference_what;
+  }
+  return j;
+}
+
+MergedEval merge_shards(const std::vector<ShardFile>& files) {
+  std::set<std::string> per_run;
+  const std::vector<ShardFile> same = comparable(files, per_run);
+  const std::vector<const ShardFile*> order =
+      check_shards(same, "eval --merge", "kldq eval --shard i/n", per_run);
+  std::vector<const ShardFile*> shards;  // the originals, in shard order
+  for (const ShardFile* f : order) shards.push_back(&files[size_t(f - same.data())]);
+  for (const ShardFile* f : shards)
+    if (!f->json.contains("shard_data") || !f->json["shard_data"].is_object())
+      throw ConfigError(fmt::format("{}: shard_data: missing", f->path));
+  const nlohmann::json& first = shards[0]->json;
+  MergedEval out;
+  nlohmann::json& j = out.metrics;
+  for (const auto& [k, v] : first.items())
+    if (kIdentity.count(k)) j[k] = v;
+  double seconds = 0, seconds_ppl = 0, seconds_mmlu = 0, streamed = 0, peak_cuda = 0, peak_host = 0;
+  for (const ShardFile* f : shards) {
+    seconds += run_figure(*f, "seconds");
+    seconds_ppl += run_figure(*f, "seconds_ppl");
+    seconds_mmlu += run_figure(*f, "seconds_mmlu");
+    streamed += run_figure(*f, "streamed_bytes");
+    peak_cuda = std::max(peak_cuda, run_figure(*f, "peak_cuda_bytes"));
+    peak_host = std::max(peak_host, run_figure(*f, "peak_host_bytes"));
+  }
+  try {
+    if (first["shard_data"].contains("ppl")) {
+      const bool kl = first.contains("kl_mean");
+      const TokenScores s = merge_ppl(shards, kl);
+      j.update(ppl_summary(s.nll, s.windows));
+      if (kl) {
+        const auto rs = ppl_summary(s.nll_ref, s.windows, "_ref");
+        j["ppl_ref"] = rs["ppl_ref"], j["nll_mean_ref"] = rs["nll_mean_ref"];
+        j.update(kl_summary(s));
+      }
+      j["seconds_ppl"] = seconds_ppl;
+      j["tokens_per_second"] = double(s.nll.size()) / seconds_ppl;
+    }
+    if (first["shard_data"].contains("mmlu")) {
+      std::string protocol;
+      const std::vector<MmluPrediction> preds = merge_mmlu(shards, "predictions", protocol);
+      j.update(mmlu_summary(preds));
+      if (first["shard_data"]["mmlu"].contains("reference")) {
+        std::string ref_protocol;
+        j.update(flip_summary(merge_mmlu(shards, "reference", ref_protocol), preds,
+                              first["shard_data"]["mmlu"].value("reference_what", "reference")));
+      }
+      j["seconds_mmlu"] = seconds_mmlu;
+      out.predictions_jsonl = predictions_jsonl(preds, protocol);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(fmt::format("eval --merge: a shard's data is malformed ({})", e.what()));
+  }
+  for (const char* key : {"device", "residency"})  // the first shard's
+    if (first.contains(key)) j[key] = first[key];
+  j["seconds"] = seconds;  // the work of all shards, not the wall time of a parallel run
+  j["streamed_bytes"] = uint64_t(streamed);
+  j["peak_cuda_bytes"] = uint64_t(peak_cuda);
+  j["peak_host_bytes"] = uint64_t(peak_host);
+  j["shards"] = shards.size();
+  return out;
+}
+
+}  // namespace kldq::eval
