@@ -28,10 +28,6 @@ constexpr FormatTraits kFormats[] = {
     {Format::FP4, "fp4", 4, Blocking::FLAT_BLOCK, 64, 32, 0.17},
 };
 
-bool int_format(Format f) {
-  return f == Format::INT4 || f == Format::INT3 || f == Format::INT2;
-}
-
 int parse_number(std::string_view s, std::string_view text, std::string_view what) {
   int v = 0;
   auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
@@ -45,6 +41,10 @@ uint64_t div_up(uint64_t a, uint64_t b) {
 }
 
 }  // namespace
+
+bool int_grouped(Format f) {
+  return f == Format::INT4 || f == Format::INT3 || f == Format::INT2;
+}
 
 const FormatTraits& traits(Format f) {
   for (const auto& row : kFormats)
@@ -82,13 +82,13 @@ FormatSpec FormatSpec::parse(std::string_view text, std::string_view what) {
   spec.group = row->default_group;
   for (size_t i = used; i < parts.size(); ++i) {
     const std::string_view p = parts[i];
-    if (p == "asym" && int_format(spec.format))
+    if (p == "asym" && int_grouped(spec.format))
       spec.asymmetric = true, spec.float_zero = false;
-    else if (p == "fz" && int_format(spec.format))
+    else if (p == "fz" && int_grouped(spec.format))
       spec.asymmetric = spec.float_zero = true;
-    else if (p == "sym" && int_format(spec.format))
+    else if (p == "sym" && int_grouped(spec.format))
       spec.asymmetric = spec.float_zero = false;
-    else if (p.size() > 1 && p[0] == 'g' && int_format(spec.format))
+    else if (p.size() > 1 && p[0] == 'g' && int_grouped(spec.format))
       spec.group = parse_number(p.substr(1), text, what);
     else if (p.size() > 1 && p[0] == 'b' && row->blocking == Blocking::FLAT_BLOCK)
       spec.group = parse_number(p.substr(1), text, what);
@@ -101,7 +101,7 @@ FormatSpec FormatSpec::parse(std::string_view text, std::string_view what) {
       throw ConfigError(
           fmt::format("{}: '{}': unknown option '{}' for {}", what, text, p, row->name));
   }
-  if (int_format(spec.format) && spec.group != 32 && spec.group != 64 && spec.group != 128)
+  if (int_grouped(spec.format) && spec.group != 32 && spec.group != 64 && spec.group != 128)
     throw ConfigError(fmt::format("{}: '{}': group size must be 32, 64 or 128", what, text));
   if (row->blocking == Blocking::FLAT_BLOCK &&
       (spec.group < 32 || spec.group > 4096 || (spec.group & (spec.group - 1)) != 0))

@@ -21,18 +21,6 @@
 namespace kldq::formats {
 namespace {
 
-bool int_grouped(Format f) {
-  return f == Format::INT4 || f == Format::INT3 || f == Format::INT2;
-}
-
-float fp8_max(Format f) {
-  return f == Format::FP8_E5M2 ? 57344.f : 448.f;
-}
-
-at::ScalarType fp8_type(Format f) {
-  return f == Format::FP8_E5M2 ? at::kFloat8_e5m2 : at::kFloat8_e4m3fn;
-}
-
 // x in fp8, saturated at the format's largest value: PyTorch's cast gives NaN (e4m3fn) or inf
 // (e5m2) beyond it. RTN never gets there (the scale is the row's absmax / max), but GPTQ's
 // error updates can carry a column past its row's original maximum.
@@ -79,6 +67,14 @@ void check_grid(const FormatSpec& spec, int64_t in) {
 }
 
 }  // namespace
+
+float fp8_max(Format f) {
+  return f == Format::FP8_E5M2 ? 57344.f : 448.f;
+}
+
+at::ScalarType fp8_type(Format f) {
+  return f == Format::FP8_E5M2 ? at::kFloat8_e5m2 : at::kFloat8_e4m3fn;
+}
 
 bool has_grid(const FormatSpec& spec, int64_t in) {
   switch (spec.format) {

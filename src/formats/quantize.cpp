@@ -176,13 +176,6 @@ at::Tensor dequantize_int(const PackedWeight& p) {
   return (q - per_column(zero, g, p.in)) * per_column(p.scales.to(at::kFloat), g, p.in);
 }
 
-float fp8_max(Format f) {
-  return f == Format::FP8_E5M2 ? 57344.f : 448.f;
-}
-at::ScalarType fp8_type(Format f) {
-  return f == Format::FP8_E5M2 ? at::kFloat8_e5m2 : at::kFloat8_e4m3fn;
-}
-
 }  // namespace
 
 uint64_t PackedWeight::bytes() const {

@@ -43,6 +43,8 @@ struct FormatTraits {
 
 // The traits table, one row per Format.
 const FormatTraits& traits(Format f);
+// int4, int3, int2: grouped integer codes with group, asymmetric and float-zero variants.
+bool int_grouped(Format f);
 
 struct FormatSpec {
   Format format = Format::BF16;

@@ -66,4 +66,9 @@ PackedWeight pack_on_grid(const at::Tensor& w, const Grid& grid);
 // reciprocal instead, which rounds differently from the CPU's division).
 at::Tensor ieee_div(const at::Tensor& a, double b);
 
+// The fp8 formats' largest finite value (e5m2 57344, e4m3fn 448) and PyTorch dtype, the one
+// place the quantizers (RTN here and in quantize.cpp, GPTQ/AWQ through grids) take them from.
+float fp8_max(Format f);
+at::ScalarType fp8_type(Format f);
+
 }  // namespace kldq::formats
