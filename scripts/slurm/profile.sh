@@ -9,7 +9,8 @@
 #
 # Extra sbatch options for both jobs go in KLDQ_SBATCH_ARGS (e.g. "--partition=gpu --account=x").
 # The shards are kept in OUTPUT.shards/ (a failed task can be resubmitted alone with
-# `sbatch --array=I ...`, then the merge by hand).
+# `KLDQ_SHARDS=SHARDS sbatch --array=I scripts/slurm/profile.sbatch ...`, then the merge by
+# hand). Relative paths are this directory's.
 set -euo pipefail
 if [[ $# -lt 3 ]]; then
   echo "usage: scripts/slurm/profile.sh SHARDS OUTPUT.json MODEL [kldq profile options]" >&2
@@ -25,9 +26,11 @@ fi
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="${KLDQ_ROOT:-$(dirname "$(dirname "$HERE")")}"
 KLDQ="${KLDQ_BIN:-$ROOT/build/kldq}"
+OUT="$(realpath -m "$OUT")"
+KLDQ="$(realpath -m "$KLDQ")"
 DIR="$OUT.shards"
 read -r -a EXTRA <<<"${KLDQ_SBATCH_ARGS:-}"
-array=$(KLDQ_ROOT="$ROOT" KLDQ_BIN="$KLDQ" sbatch --parsable "${EXTRA[@]}" \
+array=$(KLDQ_ROOT="$ROOT" KLDQ_BIN="$KLDQ" KLDQ_SHARDS="$SHARDS" sbatch --parsable "${EXTRA[@]}" \
   --array="0-$((SHARDS - 1))" --export=ALL "$HERE/profile.sbatch" "$DIR" "$@")
 array="${array%%;*}"  # "jobid;cluster" on federated clusters
 files=()

@@ -16,6 +16,7 @@
 #include "kldq/build_config.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/fs.hpp"
 #include "kldq/core/hash.hpp"
 #include "kldq/core/log.hpp"
 #include "kldq/core/output.hpp"
@@ -293,7 +294,9 @@ void measure_ppl(const EvalCliOptions& o, const model::Decoder& m, const model::
   if (device.is_cuda()) {
     // Warm-up on the first window, not timed: CUDA loads kernels lazily and cuBLAS picks
     // algorithms on first use, a one-time cost per process that the rate should not include.
-    eval::score_windows(m, r, in.tokens, {in.windows.front()}, in.ppl);
+    eval::PplOptions whole = in.ppl;
+    whole.shard = {};  // a shard may not own the first window
+    eval::score_windows(m, r, in.tokens, {in.windows.front()}, whole);
     device_synchronize(device);
   }
   const auto t = Clock::now();
@@ -301,7 +304,7 @@ void measure_ppl(const EvalCliOptions& o, const model::Decoder& m, const model::
   device_synchronize(device);
   const double secs = seconds_since(t);
   j.update(eval::ppl_summary(s.nll, s.windows));
-  if (!in.ppl.shard.whole()) j["shard_data"]["ppl"] = eval::ppl_shard_data(s);
+  if (!in.ppl.shard.whole()) j["shard_data"]["ppl"] = eval::ppl_shard_data(s, o.kld);
   if (o.kld) {
     const auto rs = eval::ppl_summary(s.nll_ref, s.windows, "_ref");
     j["ppl_ref"] = rs["ppl_ref"], j["nll_mean_ref"] = rs["nll_mean_ref"];
@@ -357,8 +360,9 @@ std::string measure_mmlu(const EvalCliOptions& o, const model::Decoder& m,
 
 // `kldq eval --merge`: the shards read and checked, then one run's metrics and predictions.
 Printed merge_eval_cmd(const EvalCliOptions& o) {
-  if (!o.model.empty() || !o.ppl.empty() || !o.mmlu.empty() || !o.shard.empty() ||
-      !o.base.empty() || !o.plan.empty() || o.kld)
+  if (!o.model.empty() || !o.reference.empty() || !o.ppl.empty() || !o.mmlu.empty() ||
+      !o.tasks.empty() || !o.shard.empty() || !o.base.empty() || !o.plan.empty() || o.kld ||
+      o.speed || !o.reference_predictions.empty() || !o.method.calib.empty())
     throw ConfigError(
         "eval --merge: give only the shard files, -o and --predictions (the shards "
         "say what was evaluated)");
@@ -378,7 +382,12 @@ Printed merge_eval_cmd(const EvalCliOptions& o) {
     merged.metrics["mmlu_settings"]["predictions"] = predictions.string();
     io::write_file_atomic(predictions, merged.predictions_jsonl);
   }
-  io::write_file_atomic(metrics, merged.metrics.dump(2) + "\n");
+  try {
+    io::write_file_atomic(metrics, merged.metrics.dump(2) + "\n");
+  } catch (...) {  // no partial output
+    if (!predictions.empty()) remove_tree(predictions);
+    throw;
+  }
   return {
       fmt::format("merged {} shards -> {}\n", shards.size(), metrics.string()) +
           summary_lines(merged.metrics, merged.metrics.contains("mmlu_settings")

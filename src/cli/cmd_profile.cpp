@@ -145,7 +145,8 @@ std::string top_units(const profile::Result& r, const profile::Options& po,
 
 // `kldq profile --merge`: the shards read and checked, then one profile written.
 Printed merge_profile_cmd(const ProfileCliOptions& o) {
-  if (!o.model.empty() || !o.base.empty() || !o.shard.empty())
+  if (!o.model.empty() || !o.base.empty() || !o.shard.empty() || !o.gpus.empty() || o.proxies ||
+      o.naive || !o.method.calib.empty() || !o.method.method.empty())
     throw ConfigError(
         "profile --merge: give only the shard files, -o and --csv (the shards say "
         "what was profiled)");

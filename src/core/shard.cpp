@@ -5,7 +5,9 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <charconv>
+#include <map>
 
 #include "kldq/core/error.hpp"
 
@@ -62,11 +64,11 @@ void check_agree(const ShardFile& a, const ShardFile& b, const std::set<std::str
 }  // namespace
 
 size_t shard_field(const ShardFile& f, const char* key) {
-  const nlohmann::json& v = f.json["shard"][key];
-  if (!v.is_number_unsigned())
+  const nlohmann::json& s = f.json.at("shard");  // checked by shard_of
+  if (!s.contains(key) || !s[key].is_number_unsigned())
     throw ConfigError(
         fmt::format("{}: shard.{}: expected a non-negative whole number", f.path, key));
-  return v.get<size_t>();
+  return s[key].get<size_t>();
 }
 
 double run_figure(const ShardFile& f, const char* key) {
@@ -81,23 +83,29 @@ std::vector<const ShardFile*> check_shards(const std::vector<ShardFile>& files, 
                                            const std::set<std::string>& per_run) {
   if (files.empty()) throw ConfigError(fmt::format("{}: no shard files given", what));
   const Shard first = shard_of(files[0], made_by);
-  std::vector<const ShardFile*> by_index(first.count, nullptr);
+  std::map<size_t, const ShardFile*> given;  // by index: a corrupt count allocates nothing
   for (const ShardFile& f : files) {
     const Shard s = shard_of(f, made_by);
     if (s.count != first.count)
       throw ConfigError(fmt::format("{} is shard {} but {} is shard {}: shards of different splits",
                                     files[0].path, first.name(), f.path, s.name()));
-    if (by_index[s.index])
+    if (given.count(s.index))
       throw ConfigError(
-          fmt::format("{} and {} are both shard {}", by_index[s.index]->path, f.path, s.name()));
-    by_index[s.index] = &f;
+          fmt::format("{} and {} are both shard {}", given[s.index]->path, f.path, s.name()));
+    given[s.index] = &f;
     check_agree(files[0], f, per_run);
   }
-  std::vector<std::string> missing;
-  for (size_t i = 0; i < first.count; ++i)
-    if (!by_index[i]) missing.push_back(Shard{i, first.count}.name());
-  if (!missing.empty())
-    throw ConfigError(fmt::format("{}: shard(s) {} missing", what, fmt::join(missing, ", ")));
+  if (given.size() < first.count) {
+    std::vector<std::string> missing;
+    for (size_t i = 0; i < first.count && missing.size() <= 16; ++i)
+      if (!given.count(i)) missing.push_back(Shard{i, first.count}.name());
+    throw ConfigError(fmt::format(
+        "{}: shard(s) {}{} missing", what,
+        fmt::join(missing.begin(), missing.begin() + std::min<size_t>(missing.size(), 16), ", "),
+        missing.size() > 16 ? ", ..." : ""));
+  }
+  std::vector<const ShardFile*> by_index;
+  for (const auto& [index, f] : given) by_index.push_back(f);
   return by_index;
 }
 

@@ -167,11 +167,11 @@ std::vector<ShardFile> comparable(const std::vector<ShardFile>& files,
 
 }  // namespace
 
-nlohmann::json ppl_shard_data(const TokenScores& s) {
+nlohmann::json ppl_shard_data(const TokenScores& s, bool with_reference) {
   nlohmann::json windows = nlohmann::json::array();
   for (const TokenScores::Scored& w : s.scored) windows.push_back({w.window, w.tokens});
   nlohmann::json j = {{"windows", windows}, {"nll", s.nll}};
-  if (!s.nll_ref.empty() || !s.kl.empty()) {
+  if (with_reference) {  // also when the shard scored no window
     j["nll_ref"] = s.nll_ref, j["kl"] = s.kl;
     j["same_top1"] = std::vector<int>(s.same_top1.begin(), s.same_top1.end());
   }
@@ -198,9 +198,29 @@ MergedEval merge_shards(const std::vector<ShardFile>& files) {
       check_shards(same, "eval --merge", "kldq eval --shard i/n", per_run);
   std::vector<const ShardFile*> shards;  // the originals, in shard order
   for (const ShardFile* f : order) shards.push_back(&files[size_t(f - same.data())]);
-  for (const ShardFile* f : shards)
+  // Every shard holds the same measurements as objects (the first's decide what is merged).
+  for (const ShardFile* f : shards) {
     if (!f->json.contains("shard_data") || !f->json["shard_data"].is_object())
       throw ConfigError(fmt::format("{}: shard_data: missing", f->path));
+    const nlohmann::json& d = f->json["shard_data"];
+    const nlohmann::json& d0 = shards[0]->json["shard_data"];
+    for (const char* key : {"ppl", "mmlu"}) {
+      if (d.contains(key) != (d0.is_object() && d0.contains(key)))
+        throw ConfigError(fmt::format("{} and {} disagree on shard_data.{} (one has it)",
+                                      shards[0]->path, f->path, key));
+      if (d.contains(key) && !d[key].is_object())
+        throw ConfigError(fmt::format("{}: shard_data.{}: expected an object", f->path, key));
+    }
+    if (d.contains("ppl") && !(d["ppl"].contains("windows") && d["ppl"]["windows"].is_array()))
+      throw ConfigError(fmt::format("{}: shard_data.ppl.windows: expected an array", f->path));
+    if (f->json.contains("kl_mean") != shards[0]->json.contains("kl_mean"))
+      throw ConfigError(fmt::format("{} and {} disagree on --kld", shards[0]->path, f->path));
+    if (d.contains("mmlu") && d["mmlu"].contains("reference") != d0["mmlu"].contains("reference"))
+      throw ConfigError(
+          fmt::format("{} and {} disagree on MMLU flips (one has the reference's "
+                      "predictions)",
+                      shards[0]->path, f->path));
+  }
   const nlohmann::json& first = shards[0]->json;
   MergedEval out;
   nlohmann::json& j = out.metrics;

@@ -342,7 +342,9 @@ nlohmann::json to_json(const Result& r, const Options& o, const std::string& met
                         {"mode", mode_name(o.mode)},
                         {"granularity", granularity_name(o.granularity)},
                         {"base", o.base.name()},
-                        {"method", method}};
+                        {"method", method},
+                        {"batch", o.batch},  // windows per forward: GEMM shapes, so the bits
+                        {"cached", o.cached}};
   if (!o.shard.whole()) {
     // The correlations need every unit: merge_shards computes them.
     out["shard"] = {{"index", o.shard.index}, {"count", o.shard.count}, {"units", r.units_total}};

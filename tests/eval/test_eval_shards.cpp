@@ -39,13 +39,18 @@ TEST_CASE("kldq eval --shard, --merge: the whole run's metrics and predictions e
   const std::string sliding = "eval " + model->string() + " --base nf4 --ppl " + path("t.txt") +
                               " --ppl-protocol sliding --ctx 96 --stride 40 --kld --device cpu "
                               "--batch 3";
+  // Two batches of windows and three shards: the last scores no window.
+  kldq::test::write_text(dir / "few.txt", kldq::test::read_text(*wiki).substr(0, 400));
+  const std::string few = "eval " + model->string() + " --base nf4 --ppl " + path("few.txt") +
+                          " --ctx 64 --kld --device cpu --batch 2";
   auto ok = [&](const std::string& args) {
     const auto r = run_kldq(args);
     INFO(args << "\n" << r.err);
     REQUIRE(r.rc == 0);
   };
   for (const auto& [name, command, n] :
-       {std::tuple{"full", full, 3}, std::tuple{"sliding", sliding, 2}}) {
+       {std::tuple{"full", full, 3}, std::tuple{"sliding", sliding, 2},
+        std::tuple{"few", few, 3}}) {
     INFO(name);
     const std::string whole = path(std::string(name) + ".json");
     ok(command + " -o " + whole);
@@ -60,6 +65,11 @@ TEST_CASE("kldq eval --shard, --merge: the whole run's metrics and predictions e
     const auto w = nlohmann::json::parse(kldq::test::read_text(whole));
     const auto m = nlohmann::json::parse(kldq::test::read_text(merged));
     CHECK(m["shards"] == n);
+    if (std::string(name) == "few") {  // the premise: the last shard has no window
+      CHECK(w["windows"].get<int>() <= 4);
+      const auto last = nlohmann::json::parse(kldq::test::read_text(dir / "few-2.json"));
+      CHECK(last["shard_data"]["ppl"]["windows"].empty());
+    }
     CHECK(w.contains("kl_p99"));
     check_same_metrics(w, m);
     if (w.contains("mmlu_acc")) {

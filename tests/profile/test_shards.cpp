@@ -155,6 +155,7 @@ TEST_CASE("kldq profile --shard, --merge on stories260K; merging refuses what do
   const std::string other_split = edited("split.json", [](auto& j) { j["shard"]["count"] = 3; });
   const std::string other_base = edited("base.json", [](auto& j) { j["baseline_kl"] = 0.5; });
   const std::string other_fp = edited("fp.json", [](auto& j) { j["model_fingerprint"] = "x"; });
+  const std::string other_batch = edited("batch.json", [](auto& j) { j["batch"] = 4; });
   const std::string s0 = path("s0.json"), s1 = path("s1.json");
   const std::vector<std::pair<std::string, std::string>> bad = {
       {s0, "shard(s) 1/2 missing"},
@@ -163,6 +164,7 @@ TEST_CASE("kldq profile --shard, --merge on stories260K; merging refuses what do
       {s0 + " " + other_calib, "disagree on calibration.seed"},
       {s0 + " " + other_base, "disagree on baseline_kl"},
       {s0 + " " + other_fp, "disagree on model_fingerprint"},
+      {s0 + " " + other_batch, "disagree on batch: 8 vs 4"},
       {s0 + " " + path("whole.json"), "not a shard (no \"shard\" key; kldq profile --shard i/n"},
       {s0 + " " + s1 + " --base nf4", "give only the shard files"},
   };

@@ -18,8 +18,8 @@
 namespace kldq::eval {
 
 // "shard_data.ppl": the windows scored ([[window, tokens], ...]) and the per-token nll (and, with
-// a reference, nll_ref, kl, same_top1), in window order.
-nlohmann::json ppl_shard_data(const TokenScores& s);
+// a reference, nll_ref, kl, same_top1, empty when the shard has no window), in window order.
+nlohmann::json ppl_shard_data(const TokenScores& s, bool with_reference);
 // "shard_data.mmlu": the predictions (and the reference's, with what they came from) as JSONL
 // text, and the subjects of the whole run.
 nlohmann::json mmlu_shard_data(const std::vector<MmluPrediction>& predictions,
