@@ -368,8 +368,7 @@ Printed merge_eval_cmd(const EvalCliOptions& o) {
         "say what was evaluated)");
   const std::vector<fs::path> inputs(o.merge.begin(), o.merge.end());
   const fs::path metrics = file_output(o.out, "-o", inputs);
-  std::vector<ShardFile> shards;
-  for (const std::string& path : o.merge) shards.push_back({path, io::read_json_file(path, true)});
+  const std::vector<ShardFile> shards = read_shard_files(o.merge);
   eval::MergedEval merged = eval::merge_shards(shards);
   fs::path predictions;
   if (!merged.predictions_jsonl.empty()) {

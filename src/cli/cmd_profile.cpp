@@ -155,8 +155,7 @@ Printed merge_profile_cmd(const ProfileCliOptions& o) {
   const std::filesystem::path csv =
       o.csv.empty() ? std::filesystem::path() : file_output(o.csv, "--csv", inputs);
   if (csv == out) throw ConfigError(fmt::format("--csv {}: the same file as -o", o.csv));
-  std::vector<profile::ShardFile> shards;
-  for (const std::string& path : o.merge) shards.push_back({path, io::read_json_file(path, true)});
+  const std::vector<ShardFile> shards = read_shard_files(o.merge);
   const nlohmann::json j = profile::merge_shards(shards);
   write_profile(out, csv, j);
   return {fmt::format("merged {} shards ({} units) -> {}\n", shards.size(), j["units"].size(),

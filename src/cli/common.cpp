@@ -101,6 +101,12 @@ std::vector<RunContext> contexts_from(const ComputeOptions& opts, const std::str
   return out;
 }
 
+std::vector<ShardFile> read_shard_files(const std::vector<std::string>& paths) {
+  std::vector<ShardFile> shards;
+  for (const std::string& path : paths) shards.push_back({path, io::read_json_file(path, true)});
+  return shards;
+}
+
 nlohmann::json compute_tag(const RunContext& ctx) {
   return {{"device", ctx.device.is_cuda() ? "cuda" : "cpu"}, {"dtype", dtype_name(ctx.dtype)}};
 }

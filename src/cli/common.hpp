@@ -9,6 +9,7 @@
 
 #include "kldq/calib/calibration.hpp"
 #include "kldq/core/context.hpp"
+#include "kldq/core/shard.hpp"
 #include "kldq/model/residency.hpp"
 #include "kldq/quant/plan.hpp"
 #include "kldq/quant/quantizer.hpp"
@@ -48,6 +49,8 @@ RunContext context_from(const ComputeOptions& opts, uint64_t seed = 0);
 // --max-gpu-memory applied per device; "" is context_from's one context. ConfigError for no CUDA
 // device, an index out of range, one given twice, other text, or --device given as well.
 std::vector<RunContext> contexts_from(const ComputeOptions& opts, const std::string& gpus);
+// The JSON files of `--merge`, each named for messages.
+std::vector<ShardFile> read_shard_files(const std::vector<std::string>& paths);
 // Where a command's weights and caches live (model::plan_memory): on CUDA within
 // --max-gpu-memory (default: the device's free memory less 5 %), on the CPU all resident;
 // --resident-blocks caps the resident blocks on either. Logs the decision in one line when

@@ -61,6 +61,14 @@ void check_agree(const ShardFile& a, const ShardFile& b, const std::set<std::str
       throw ConfigError(fmt::format("{} has {} and {} does not", b.path, key, a.path));
 }
 
+// A run's own figure (seconds, bytes) in the file: 0 where absent.
+double run_figure(const ShardFile& f, const char* key) {
+  if (!f.json.contains(key)) return 0;
+  if (!f.json[key].is_number())
+    throw ConfigError(fmt::format("{}: {}: expected a number", f.path, key));
+  return f.json[key].get<double>();
+}
+
 }  // namespace
 
 size_t shard_field(const ShardFile& f, const char* key) {
@@ -71,11 +79,23 @@ size_t shard_field(const ShardFile& f, const char* key) {
   return s[key].get<size_t>();
 }
 
-double run_figure(const ShardFile& f, const char* key) {
-  if (!f.json.contains(key)) return 0;
-  if (!f.json[key].is_number())
-    throw ConfigError(fmt::format("{}: {}: expected a number", f.path, key));
-  return f.json[key].get<double>();
+double summed_figure(const std::vector<const ShardFile*>& shards, const char* key) {
+  double sum = 0;
+  for (const ShardFile* f : shards) sum += run_figure(*f, key);
+  return sum;
+}
+
+void add_run_figures(const std::vector<const ShardFile*>& shards, nlohmann::json& out) {
+  double peak_cuda = 0, peak_host = 0;
+  for (const ShardFile* f : shards) {
+    peak_cuda = std::max(peak_cuda, run_figure(*f, "peak_cuda_bytes"));
+    peak_host = std::max(peak_host, run_figure(*f, "peak_host_bytes"));
+  }
+  out["seconds"] = summed_figure(shards, "seconds");
+  out["streamed_bytes"] = uint64_t(summed_figure(shards, "streamed_bytes"));
+  out["peak_cuda_bytes"] = uint64_t(peak_cuda);
+  out["peak_host_bytes"] = uint64_t(peak_host);
+  out["shards"] = shards.size();
 }
 
 std::vector<const ShardFile*> check_shards(const std::vector<ShardFile>& files, const char* what,

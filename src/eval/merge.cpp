@@ -226,15 +226,9 @@ MergedEval merge_shards(const std::vector<ShardFile>& files) {
   nlohmann::json& j = out.metrics;
   for (const auto& [k, v] : first.items())
     if (kIdentity.count(k)) j[k] = v;
-  double seconds = 0, seconds_ppl = 0, seconds_mmlu = 0, streamed = 0, peak_cuda = 0, peak_host = 0;
-  for (const ShardFile* f : shards) {
-    seconds += run_figure(*f, "seconds");
-    seconds_ppl += run_figure(*f, "seconds_ppl");
-    seconds_mmlu += run_figure(*f, "seconds_mmlu");
-    streamed += run_figure(*f, "streamed_bytes");
-    peak_cuda = std::max(peak_cuda, run_figure(*f, "peak_cuda_bytes"));
-    peak_host = std::max(peak_host, run_figure(*f, "peak_host_bytes"));
-  }
+  add_run_figures(shards, j);
+  const double seconds_ppl = summed_figure(shards, "seconds_ppl");
+  const double seconds_mmlu = summed_figure(shards, "seconds_mmlu");
   try {
     if (first["shard_data"].contains("ppl")) {
       const bool kl = first.contains("kl_mean");
@@ -265,11 +259,6 @@ MergedEval merge_shards(const std::vector<ShardFile>& files) {
   }
   for (const char* key : {"device", "residency"})  // the first shard's
     if (first.contains(key)) j[key] = first[key];
-  j["seconds"] = seconds;  // the work of all shards, not the wall time of a parallel run
-  j["streamed_bytes"] = uint64_t(streamed);
-  j["peak_cuda_bytes"] = uint64_t(peak_cuda);
-  j["peak_host_bytes"] = uint64_t(peak_host);
-  j["shards"] = shards.size();
   return out;
 }
 

@@ -93,20 +93,8 @@ nlohmann::json merge_shards(const std::vector<ShardFile>& files) {
                                     u["id"].get<std::string>()));
     out["units"].push_back(u);
   }
-  double seconds = 0, seconds_profile = 0, streamed = 0, peak_cuda = 0, peak_host = 0;
-  for (const ShardFile* f : shards) {
-    seconds += run_figure(*f, "seconds");
-    seconds_profile += run_figure(*f, "seconds_profile");
-    streamed += run_figure(*f, "streamed_bytes");
-    peak_cuda = std::max(peak_cuda, run_figure(*f, "peak_cuda_bytes"));
-    peak_host = std::max(peak_host, run_figure(*f, "peak_host_bytes"));
-  }
-  out["seconds"] = seconds;  // the work of all shards, not the wall time of a parallel run
-  out["seconds_profile"] = seconds_profile;
-  out["streamed_bytes"] = uint64_t(streamed);
-  out["peak_cuda_bytes"] = uint64_t(peak_cuda);
-  out["peak_host_bytes"] = uint64_t(peak_host);
-  out["shards"] = n;
+  add_run_figures(shards, out);
+  out["seconds_profile"] = summed_figure(shards, "seconds_profile");
   if (out.contains("proxies")) {  // the correlations, over every unit
     const bool restore = out.contains("mode") && out["mode"] == "restore-one";
     std::vector<ProxyStats> p;

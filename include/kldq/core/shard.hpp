@@ -44,7 +44,11 @@ std::vector<const ShardFile*> check_shards(const std::vector<ShardFile>& files, 
                                            const std::set<std::string>& per_run);
 // A whole number in the file's "shard" object.
 size_t shard_field(const ShardFile& f, const char* key);
-// A run's own figure (seconds, bytes) in the file: 0 where absent.
-double run_figure(const ShardFile& f, const char* key);
+// A run's own figure (seconds, bytes) summed over the shards (0 where a file has none).
+double summed_figure(const std::vector<const ShardFile*>& shards, const char* key);
+// The merged run's figures common to every merge: "seconds" (the work of all shards, not the
+// wall time of a parallel run) and "streamed_bytes" summed, "peak_cuda_bytes" and
+// "peak_host_bytes" their maxima, and "shards".
+void add_run_figures(const std::vector<const ShardFile*>& shards, nlohmann::json& out);
 
 }  // namespace kldq
