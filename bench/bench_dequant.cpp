@@ -1,6 +1,8 @@
 // Dequantization-throughput benchmark: GB/s of bf16 written by the dequantization kernels, beside
 // the device-to-device copy bandwidth (bytes read + written by a bf16 tensor copy) measured in the
-// same run on the same GPU. Prints one JSON line per format and shape.
+// same run on the same GPU. Prints one JSON line per format and shape. Then the fused
+// dequantize + GEMV of decode steps (1, 4 and 16 rows): GB/s of packed weight bytes read, against
+// the same copy bandwidth, beside dequantize-then-GEMM and the bf16 GEMM of the same product.
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
 
@@ -58,6 +60,28 @@ int main(int argc, char** argv) {
                           {"copy_read_plus_written_gb_s", copy_gbs},
                           {"ratio_to_copy", gbs / copy_gbs}};
       std::cout << j.dump() << std::endl;
+      for (int64_t m : {1, 4, 16}) {
+        const at::Tensor x = at::randn({m, in}, bf16);
+        const double fused = time_per_call(dev, iters, [&] { kldq::kernels::gemv(p, x, {}); });
+        const double two = time_per_call(dev, iters, [&] {
+          kldq::kernels::dequantize_into(p, dst);
+          at::linear(x, dst);
+        });
+        const double dense = time_per_call(dev, iters, [&] { at::linear(x, src); });
+        const double wgbs = p.bytes() / fused / 1e9;
+        std::cout << nlohmann::json{{"what", "gemv"},
+                                    {"format", spec.name()},
+                                    {"shape", {out, in}},
+                                    {"rows", m},
+                                    {"us_fused", fused * 1e6},
+                                    {"us_dequant_gemm", two * 1e6},
+                                    {"us_bf16_gemm", dense * 1e6},
+                                    {"weight_gb_s", wgbs},
+                                    {"ratio_to_copy", wgbs / copy_gbs},
+                                    {"bf16_ratio_to_copy", bytes / dense / 1e9 / copy_gbs}}
+                         .dump()
+                  << std::endl;
+      }
     }
   }
   return 0;

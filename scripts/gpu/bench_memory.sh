@@ -9,7 +9,8 @@
 # Steps (default "small 7b"): small = 1.5B profile and eval under 4 GiB, and the refusal of an
 # impossible 1 GiB; 7b = 7B profile under 22 GiB; 14b = 14B profile under 22 GiB and against
 # its all-resident compute time; 14b-rest = 14B eval (nf4 ppl + KL + 1000 MMLU questions) and
-# GPTQ under 22 GiB. KLDQ_MEM_SAMPLES (default 64) calibration windows of 512 tokens.
+# GPTQ under 22 GiB; 14b-run = a two-point `kldq run` of the 14B (uniform nf4 and int8, perplexity
+# + KL) with max_gpu_memory 22GiB in the experiment file. KLDQ_MEM_SAMPLES (default 64) calibration windows of 512 tokens.
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 CALIB="$SHARED/wikitext-2/wiki.test.raw"
@@ -103,6 +104,26 @@ for step in ${@:-small 7b}; do
       grep -E "resident:|quantized" "$Q" | sed 's/^/   /' | tee -a "$OUT/check.log"
       echo "{\"what\": \"gptq_14b_cap22\", \"s\": $(( $(date +%s) - s ))}" | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
       rm -rf /tmp/q14 ;;
+    14b-run)
+      synth qwen2.5-14b
+      head -c 600000 "$CALIB" > "$OUT/wiki600k.txt"
+      R=/tmp/run14; rm -rf "$R"
+      cat > "$OUT/two.yaml" <<YEOF
+name: two-14b
+models: [$MODELS/qwen2.5-14b]
+data: {ppl: $OUT/wiki600k.txt}
+sweep: {planner: uniform, base: [nf4, int8]}
+eval: {ctx: 2048, kld: true, batch: 4}
+max_gpu_memory: 22GiB
+output: $R
+YEOF
+      s=$(date +%s)
+      "$K" -v run "$OUT/two.yaml" > "$OUT/run14.log" 2>&1 || { fail=1; tail -5 "$OUT/run14.log"; }
+      grep -E "resident:|\\[[0-9]+/[0-9]+\\]" "$OUT/run14.log" | sed 's/^/   /' | tee -a "$OUT/check.log"
+      for m in "$R"/stages/*/metrics.json; do [ -f "$m" ] && report run_stage qwen2.5-14b 22GiB "$m"; done
+      echo "{\"what\": \"run_14b_cap22\", \"points\": $(wc -l < "$R/runs.jsonl" 2>/dev/null || echo 0), \"s\": $(( $(date +%s) - s ))}" \
+        | tee -a "$OUT/bench.jsonl" "$OUT/check.log"
+      cp "$R/summary.csv" "$R/runs.jsonl" "$OUT/" 2>/dev/null ;;
   esac
 done
 log "bench_memory done (fail=$fail)"

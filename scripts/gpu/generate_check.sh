@@ -39,26 +39,63 @@ print(json.dumps({"what": "generate_parity", "prompts": len(hf), "identical": sa
                   "first_divergence": first}))
 PYEOF
 
-# Decode speed: kldq and transformers on the same shape, prompt 128, 256 new, EOS ignored.
-"$PY" - "$OUT" <<'PYEOF'
-import json, sys, random
-random.seed(0)
-for b in (1, 16):
-    with open(f"{sys.argv[1]}/speed_{b}.jsonl", "w") as f:
-        for _ in range(b): f.write(json.dumps({"ids": [random.randrange(150000) for _ in range(128)]}) + "\n")
-PYEOF
-for b in 1 16; do
-  for fmt in "" "--base nf4" "--base int4_g128"; do
-    "$K" generate "$M" --prompts "$OUT/speed_$b.jsonl" --max-new-tokens 8 --ignore-eos --batch "$b" $fmt -o "$OUT/warm.jsonl" 2>/dev/null  # warm-up
-    log "kldq batch $b ${fmt:-bf16}: $("$K" generate "$M" --prompts "$OUT/speed_$b.jsonl" --max-new-tokens 256 --ignore-eos --batch "$b" $fmt -o "$OUT/speed_out.jsonl" 2>&1 | grep -o 'prefill.*')"
-  done
-done
-"$PY" "$ROOT/.gpu/bench/hf_decode.py" --shape qwen2.5-1.5b --batches 1,16 2>/dev/null | tee -a "$OUT/generate.log"
-"$PY" - <<'PYEOF' | tee -a "$OUT/generate.log"
+# Decode speed (issue 20): `kldq eval --speed` (prompt 128, 256 new, EOS ignored, batch 1 and
+# 16, decode steps replayed from a CUDA graph) per shape and format, the eager steps
+# (--no-cuda-graph) at batch 1 for comparison, transformers' generate (hf_decode.py) and the copy
+# bandwidth, all in this job; then each rate as a fraction of the bandwidth limit: bytes read per
+# step (the weights a step reads: linear layers, norms and the LM head, not the embedding table
+# unless tied; plus the whole K/V cache, which attention reads over every capacity column) per
+# second against the copy's bytes read + written per second.
+"$PY" - <<'PYEOF' | tee -a "$OUT/generate.log" "$OUT/bench.jsonl"
 import json, torch
 x = torch.empty(2**30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
 for _ in range(3): y.copy_(x)
 torch.cuda.synchronize(); s, e = torch.cuda.Event(True), torch.cuda.Event(True)
 s.record(); [y.copy_(x) for _ in range(10)]; e.record(); torch.cuda.synchronize()
 print(json.dumps({"what": "copy_bandwidth_GBps", "value": round(2 * 10 * 2**30 / (s.elapsed_time(e) / 1e3) / 1e9, 1)}))
+PYEOF
+"$PY" - "$OUT" <<'PYEOF'
+import json, sys, random
+random.seed(0)
+with open(f"{sys.argv[1]}/speed_1.jsonl", "w") as f:
+    f.write(json.dumps({"ids": [random.randrange(150000) for _ in range(128)]}) + "\n")
+PYEOF
+for shape in ${KLDQ_GEN_SHAPES:-qwen2.5-1.5b qwen2.5-7b}; do
+  MS="$MODELS/$shape"
+  [ -f "$MS/model.safetensors" ] || "$K" -q synth --shape "$shape" -o "$MS" --device cuda --force
+  for fmt in bf16 nf4 int4_g128; do
+    base=""; [ "$fmt" != bf16 ] && base="--base $fmt"
+    "$K" -q eval "$MS" $base --speed --device cuda -o "$OUT/speed_${shape}_$fmt.json" > /dev/null \
+      2>> "$OUT/generate.log" || log "kldq eval --speed $shape $fmt failed"
+  done
+  for fmt in bf16 nf4; do
+    base=""; [ "$fmt" != bf16 ] && base="--base $fmt"
+    log "eager steps, $shape $fmt batch 1: $("$K" generate "$MS" $base --prompts "$OUT/speed_1.jsonl" --max-new-tokens 256 \
+      --ignore-eos --batch 1 --no-cuda-graph -o "$OUT/speed_out.jsonl" 2>&1 | grep -o 'prefill.*')"
+  done
+  "$PY" "$ROOT/.gpu/bench/hf_decode.py" --shape "$shape" --batches 1,16 2>/dev/null \
+    | sed "s/^/{\"peer\":\"hf_decode\",\"shape\":\"$shape\",\"line\":/; s/$/}/" | tee -a "$OUT/generate.log" "$OUT/bench.jsonl"
+done
+"$PY" - "$OUT" "$MODELS" ${KLDQ_GEN_SHAPES:-qwen2.5-1.5b qwen2.5-7b} <<'PYEOF' | tee -a "$OUT/generate.log" "$OUT/bench.jsonl"
+import json, sys
+out, models, shapes = sys.argv[1], sys.argv[2], sys.argv[3:]
+copy = [json.loads(l)["value"] for l in open(f"{out}/bench.jsonl") if '"copy_bandwidth_GBps"' in l][-1]
+for shape in shapes:
+    c = json.load(open(f"{models}/{shape}/config.json"))
+    L, H, V = c["num_hidden_layers"], c["hidden_size"], c["vocab_size"]
+    kv = c["num_key_value_heads"] * (c.get("head_dim") or H // c["num_attention_heads"])
+    for fmt in ("bf16", "nf4", "int4_g128"):
+        try:
+            j = json.load(open(f"{out}/speed_{shape}_{fmt}.json"))
+        except (OSError, ValueError):
+            continue
+        sp = j["speed"]
+        cols = sp["prompt"] + sp["new_tokens"]
+        w = j["weight_bytes"] - (0 if c.get("tie_word_embeddings") else V * H * 2)
+        for b in (1, 16):
+            tps = sp[f"b{b}"]["decode_tokens_per_second"]
+            step_bytes = w + 2 * L * b * kv * cols * 2
+            print(json.dumps({"what": "decode_speed", "shape": shape, "format": fmt, "batch": b,
+                              "tokens_per_s": round(tps, 1), "bytes_per_step_gb": round(step_bytes / 1e9, 3),
+                              "fraction_of_copy_bandwidth": round(tps / b * step_bytes / 1e9 / copy, 3)}))
 PYEOF

@@ -31,7 +31,7 @@ struct GenerateCliOptions {
   std::string model, base, plan, prompt, prompts, out;
   int64_t max_new_tokens = 128, batch = 16;
   eval::Sampling sampling;
-  bool chat = false, ignore_eos = false;
+  bool chat = false, ignore_eos = false, no_cuda_graph = false;
   MethodCliOptions method;
   ComputeOptions compute;
 };
@@ -246,7 +246,8 @@ int run_generate(const GenerateCliOptions& o) {
   const model::Decoder m = load_model(o, plan, config, rows, t.longest + o.max_new_tokens);
 
   eval::GenerateOptions g{o.max_new_tokens, o.sampling,
-                          o.ignore_eos ? std::vector<int64_t>() : eval::stop_tokens(o.model)};
+                          o.ignore_eos ? std::vector<int64_t>() : eval::stop_tokens(o.model),
+                          !o.no_cuda_graph};
   // One prompt without -o streams its text: the decoded new tokens, printed as they grow (a
   // token that ends inside a UTF-8 sequence waits; text that a later token rewrites, as some
   // decoders' clean-up does, is printed whole at the end instead).
@@ -306,6 +307,8 @@ void register_generate(CLI::App& app, Action& action) {
   sub->add_flag("--chat", opts->chat, "wrap each prompt in the model's ChatML chat format");
   sub->add_flag("--ignore-eos", opts->ignore_eos,
                 "generate --max-new-tokens for every prompt (speed measurements)");
+  sub->add_flag("--no-cuda-graph", opts->no_cuda_graph,
+                "launch each decode step's kernels one by one (default: replay a CUDA graph)");
   sub->add_option("--batch", opts->batch, "prompts generated together (default 16)")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
   sub->add_option("-o,--output", opts->out, "write one JSON line per prompt here");

@@ -11,12 +11,15 @@
 
 #include "kldq/core/error.hpp"
 #include "kldq/io/json_util.hpp"
+#include "kldq/model/decode_graph.hpp"
 
 namespace kldq::eval {
 
 at::Tensor choose_tokens(const at::Tensor& logits, const Sampling& s, at::Generator& gen) {
+  // Greedy: the argmax on the logits' device (widening to fp32 is exact and keeps the order;
+  // ties take the first index there as on the CPU), so only [B] ids cross to the host.
+  if (s.temperature <= 0) return logits.argmax(-1).to(at::kCPU);
   at::Tensor x = logits.to(at::kCPU, at::kFloat);  // [B, V]
-  if (s.temperature <= 0) return x.argmax(-1);
   // transformers' order: temperature, then top-k, then top-p, on the scaled logits.
   x = x / s.temperature;
   const double ninf = -std::numeric_limits<double>::infinity();
@@ -72,11 +75,12 @@ std::vector<std::vector<int64_t>> generate(const model::Decoder& m,
   model::Decoder::KvCache cache = m.new_cache(pad, longest + o.max_new_tokens - 1);
   at::Generator own = at::detail::createCPUGenerator(o.sampling.seed);
   std::vector<bool> done(prompts.size(), false);
-  at::Tensor hidden = m.run_cached(ids, cache).narrow(1, longest - 1, 1);  // [B, 1, H]
+  // [B, V] logits of each row's last prompt token
+  at::Tensor logits = m.head(m.run_cached(ids, cache).narrow(1, longest - 1, 1)).select(1, 0);
+  model::DecodeGraph steps(m, cache, o.cuda_graph);
   auto t1 = t0;
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    const at::Tensor next =
-        choose_tokens(m.head(hidden).select(1, 0), o.sampling, gen ? *gen : own);  // [B]
+    const at::Tensor next = choose_tokens(logits, o.sampling, gen ? *gen : own);  // [B] CPU
     if (step == 0) t1 = Clock::now();
     const int64_t* n = next.data_ptr<int64_t>();
     bool all_done = true;
@@ -88,7 +92,7 @@ std::vector<std::vector<int64_t>> generate(const model::Decoder& m,
       all_done = all_done && done[b];
     }
     if (all_done || step + 1 == o.max_new_tokens) break;
-    hidden = m.run_cached(next.view({B, 1}), cache);  // finished rows run on, unread
+    logits = steps.step(next);  // finished rows run on, unread
   }
   if (stats) {
     const auto t2 = Clock::now();

@@ -9,22 +9,11 @@
 //
 // Values are computed as the CPU reference does (code value x scale, one fp32 product, then one
 // rounding to the output dtype), so the output equals formats::dequantize bit for bit.
-#include <cuda_fp8.h>
-
-#include "cuda_common.cuh"
+#include "decode_cuda.cuh"
 #include "dequant_cuda.hpp"
 
 namespace kldq::kernels::cuda {
 namespace {
-
-// bitsandbytes' NF4 and FP4 code values (the tables of src/formats/quantize.cpp).
-__constant__ float kTables[2][16] = {
-    {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-     -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f},
-    {0.0f, 0.0052083333f, 0.6666667f, 1.0f, 0.33333334f, 0.5f, 0.16666667f, 0.25f, -0.0f,
-     -0.0052083333f, -0.6666667f, -1.0f, -0.33333334f, -0.5f, -0.16666667f, -0.25f}};
 
 // Stores 8 values (one rounding each) to dst; one or two 16-byte stores when `vec`.
 template <class T>
@@ -54,8 +43,7 @@ __device__ void store8(T* dst, const float (&v)[8], int valid, bool vec) {
 template <class T, class D>
 __global__ void dequant_kernel(D d, T* __restrict__ out, int64_t rows, int64_t cols, int table) {
   __shared__ float smem[16];
-  if (threadIdx.x < 16) smem[threadIdx.x] = kTables[table][threadIdx.x];
-  __syncthreads();
+  load_table(smem, table);
   const int64_t per_row = (cols + 7) / 8, total = rows * per_row;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -79,8 +67,7 @@ template <class T, class D>
 __global__ void dequant_vec_kernel(D d, T* __restrict__ out, int64_t chunks, uint32_t per_row,
                                    int table) {
   __shared__ float smem[16];
-  if (threadIdx.x < 16) smem[threadIdx.x] = kTables[table][threadIdx.x];
-  __syncthreads();
+  load_table(smem, table);
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; first < chunks;
        first += stride * kUnroll) {
@@ -100,134 +87,6 @@ __global__ void dequant_vec_kernel(D d, T* __restrict__ out, int64_t chunks, uin
     }
   }
 }
-
-// nf4/fp4 byte k = [code(2k) : 4 | code(2k+1) : 4] over the flattened weight; a vector chunk
-// is 4 bytes (one aligned 32-bit load, byte 0 in the low bits) inside one block.
-struct Decode4bit {
-  const uint8_t* codes;
-  const float* absmax;
-  int64_t cols;
-  int block_shift;
-  struct Raw {
-    uint32_t w;
-    float a;
-  };
-  __device__ Raw load(int64_t idx, uint32_t) const {
-    return {reinterpret_cast<const uint32_t*>(codes)[idx], absmax[(idx * 8) >> block_shift]};
-  }
-  __device__ void decode(const Raw& raw, const float* table, float (&v)[8]) const {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const uint32_t byte = (raw.w >> (8 * (j / 2))) & 0xFFu;
-      v[j] = __fmul_rn(table[j % 2 == 0 ? byte >> 4 : byte & 0xFu], raw.a);
-    }
-  }
-  // General path: the chunk may start on an odd element and span two blocks.
-  __device__ void decode(int64_t r, int64_t c0, int valid, const float* table,
-                         float (&v)[8]) const {
-    for (int j = 0; j < valid; ++j) {
-      const int64_t i = r * cols + c0 + j;
-      const uint32_t byte = codes[i / 2];
-      v[j] = __fmul_rn(table[i % 2 == 0 ? byte >> 4 : byte & 0xFu], absmax[i >> block_shift]);
-    }
-  }
-};
-
-// int2/3/4 LSB-first: code j of a chunk is bits [j*b, (j+1)*b) of its b bytes; w = (code - zero) *
-// scale with the zero point a uint8 (asym), an fp16 (fz, HQQ) or 2^(b-1) (sym). kFlatGroups: the
-// groups tile every row exactly (cols % group == 0), so the vector path finds a chunk's group as
-// 8 idx >> log2(group) without the row (and the compiler drops the row division).
-template <bool kFlatGroups>
-struct DecodeIntGroup {
-  const uint8_t* codes;
-  const uint16_t* scales;
-  const uint8_t* zeros;       // uint8 [rows, groups] or nullptr
-  const uint16_t* zeros_f16;  // fp16 [rows, groups] or nullptr
-  int bits;
-  int64_t row_bytes, groups, cols;
-  int group, group_shift;
-  struct Raw {
-    uint32_t w;
-    float scale;
-    float zero;  // integer zero points are exact in fp32, so code - zero is as in int
-  };
-  __device__ Raw scale_zero_at(int64_t g, uint32_t w) const {
-    const float zero = zeros_f16 ? __half2float(__ushort_as_half(zeros_f16[g]))
-                       : zeros   ? float(zeros[g])
-                                 : float(1 << (bits - 1));
-    return {w, __half2float(__ushort_as_half(scales[g])), zero};
-  }
-  __device__ Raw scale_zero(int64_t r, int64_t c0, uint32_t w) const {
-    return scale_zero_at(r * groups + c0 / group, w);
-  }
-  __device__ Raw load(int64_t idx, uint32_t r) const {
-    const uint8_t* src = codes + idx * bits;  // rows are whole chunks: row_bytes = per_row * b
-    uint32_t w;
-    if (bits == 4)
-      w = reinterpret_cast<const uint32_t*>(codes)[idx];
-    else if (bits == 2)
-      w = reinterpret_cast<const uint16_t*>(codes)[idx];
-    else
-      w = uint32_t(src[0]) | uint32_t(src[1]) << 8 | uint32_t(src[2]) << 16;
-    if (kFlatGroups) return scale_zero_at((idx * 8) >> group_shift, w);
-    return scale_zero(r, idx * 8 - int64_t(r) * cols, w);
-  }
-  __device__ void decode(const Raw& raw, const float*, float (&v)[8]) const {
-    const uint32_t mask = (1u << bits) - 1;
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      v[j] = __fmul_rn(__fsub_rn(float((raw.w >> (j * bits)) & mask), raw.zero), raw.scale);
-  }
-  __device__ void decode(int64_t r, int64_t c0, int valid, const float* table,
-                         float (&v)[8]) const {
-    const uint8_t* src = codes + r * row_bytes + (c0 / 8) * bits;
-    uint32_t w = 0;
-    for (int j = 0; j < (valid * bits + 7) / 8; ++j) w |= uint32_t(src[j]) << (8 * j);
-    decode(scale_zero(r, c0, w), table, v);
-  }
-};
-
-// int8 and fp8: one byte per code, a per-row (or per-tensor, or no) scale.
-struct DecodeByte {
-  const uint8_t* codes;
-  const void* scales;  // fp16 [rows] (int8), fp32 [rows] / [1] (fp8), or nullptr
-  int kind;            // 0 int8, 1 fp8 e4m3, 2 fp8 e5m2
-  bool per_tensor;
-  int64_t cols;
-  struct Raw {
-    uint2 q;
-    float scale;
-  };
-  __device__ float scale_of(int64_t r) const {
-    if (!scales) return 1.0f;
-    if (kind == 0) return __half2float(__ushort_as_half(static_cast<const uint16_t*>(scales)[r]));
-    return static_cast<const float*>(scales)[per_tensor ? 0 : r];
-  }
-  __device__ Raw load(int64_t idx, uint32_t r) const {
-    return {reinterpret_cast<const uint2*>(codes)[idx], scale_of(r)};
-  }
-  __device__ void decode(const Raw& raw, const float*, float (&v)[8]) const {
-    uint8_t q[8];
-    *reinterpret_cast<uint2*>(q) = raw.q;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      float x;
-      if (kind == 0) {
-        x = float(static_cast<int8_t>(q[j]));
-      } else {  // fp8 -> fp16 is exact for both encodings
-        x = __half2float(__half(__nv_cvt_fp8_to_halfraw(q[j], kind == 2 ? __NV_E5M2 : __NV_E4M3)));
-      }
-      v[j] = scales ? __fmul_rn(x, raw.scale) : x;
-    }
-  }
-  __device__ void decode(int64_t r, int64_t c0, int valid, const float* table,
-                         float (&v)[8]) const {
-    Raw raw{make_uint2(0, 0), scale_of(r)};
-    uint8_t* q = reinterpret_cast<uint8_t*>(&raw.q);
-    for (int j = 0; j < valid; ++j) q[j] = codes[r * cols + c0 + j];
-    decode(raw, table, v);
-  }
-};
 
 // Blocks of a persistent grid: enough to fill every SM of the current device a few times.
 unsigned persistent_blocks(int64_t work, int threads) {

@@ -65,11 +65,11 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache) const {
   v = v.view({B, T, nkv, d}).transpose(1, 2);
   std::optional<at::Tensor> mask;  // none: causal over the T tokens alone
   if (cache) {
-    // Appended at columns len..len+T-1; attention over all capacity columns, masked (fixed
+    // Written at the step's columns (a device index: no host offset, so a CUDA graph can
+    // replay the step at the next column); attention over all capacity columns, masked (fixed
     // shapes from step to step: decoder_cache.cpp).
-    const int64_t len = cache->len;
-    cache->k[i].narrow(2, len, T).copy_(k);
-    cache->v[i].narrow(2, len, T).copy_(v);
+    cache->k[i].index_copy_(2, cache->cols, k);
+    cache->v[i].index_copy_(2, cache->cols, v);
     k = cache->k[i];  // [B, nkv, capacity, d]
     v = cache->v[i];
     mask = cache->mask;

@@ -34,6 +34,7 @@ Decoder::KvCache Decoder::new_cache(std::vector<int64_t> pad, int64_t capacity) 
     c.k.push_back(at::zeros({B, config_.num_kv_heads, capacity, config_.head_dim}, opts));
     c.v.push_back(at::zeros({B, config_.num_kv_heads, capacity, config_.head_dim}, opts));
   }
+  c.pad_rows = at::tensor(pad, at::kLong).to(device_).view({B, 1});  // [B, 1]
   c.pad = std::move(pad);
   c.capacity = capacity;
   return c;
@@ -42,33 +43,38 @@ Decoder::KvCache Decoder::new_cache(std::vector<int64_t> pad, int64_t capacity) 
 at::Tensor Decoder::run_cached(const at::Tensor& ids, KvCache& cache) const {
   check(ids.dim() == 2 && ids.size(0) == static_cast<int64_t>(cache.pad.size()) && ids.size(1) > 0,
         "run_cached: ids must be [B, T] with the cache's B");
-  const int64_t B = ids.size(0), T = ids.size(1), len = cache.len;
+  const int64_t T = ids.size(1), len = cache.len;
   if (len + T > cache.capacity)
     throw ConfigError(
         fmt::format("{} tokens exceed the cache's capacity of {}", len + T, cache.capacity));
+  const auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
+  at::Tensor hidden = cached_step(ids, cache, at::arange(len, len + T, i64));
+  cache.len = len + T;
+  return hidden;
+}
+
+at::Tensor Decoder::cached_step(const at::Tensor& ids, KvCache& cache,
+                                const at::Tensor& cols) const {
+  // Device work only (no host copy, no sync), so a CUDA graph can capture it (decode_graph.cpp).
+  const int64_t B = ids.size(0), T = ids.size(1), K = cache.capacity;
   // Positions [B, T]: column - pad, clamped at 0 on pad columns; RoPE rows gathered from the
   // same fp32-computed table the uncached forward uses (so position p rotates identically).
-  // Built on the device: no host tensor of the mask's size and no copy of it per step.
-  const auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
-  const at::Tensor pad = at::tensor(cache.pad, at::kLong).to(device_).view({B, 1});  // [B, 1]
-  const at::Tensor cols = at::arange(len, len + T, i64).view({1, T});                // [1, T]
-  const at::Tensor pos = (cols - pad).clamp_min(0);                                  // [B, T]
-  const int64_t K = cache.capacity;
+  const at::Tensor pos = (cols.view({1, T}) - cache.pad_rows).clamp_min(0);  // [B, T]
   const RopeTable& r = rope(K);  // built once for the cache's span
   cache.cos = r.cos.index_select(0, pos.flatten()).view({B, T, config_.head_dim});
   cache.sin = r.sin.index_select(0, pos.flatten()).view({B, T, config_.head_dim});
   // Mask [B, 1, T, K]: key k visible to query column c iff k <= c and (k >= pad, or c is
   // itself a pad column and k == c).
-  const at::Tensor keys = at::arange(K, i64).view({1, 1, K});  // [1, 1, K]
-  const at::Tensor q = cols.view({1, T, 1}), p = pad.view({B, 1, 1});
+  const at::Tensor keys = at::arange(K, cols.options()).view({1, 1, K});  // [1, 1, K]
+  const at::Tensor q = cols.view({1, T, 1}), p = cache.pad_rows.view({B, 1, 1});
   const at::Tensor real = (keys >= p).logical_and(keys <= q);  // [B, T, K]
   const at::Tensor self_pad = (q < p).logical_and(keys == q);  // [B, T, K]
   cache.mask = real.logical_or(self_pad).unsqueeze(1);         // [B, 1, T, K]
+  cache.cols = cols;
 
   at::Tensor hidden = embed(ids);
   for (int i = 0; i < num_blocks(); ++i) hidden = run_block(i, hidden, &cache);
-  cache.len = len + T;
-  cache.cos = cache.sin = cache.mask = at::Tensor();
+  cache.cos = cache.sin = cache.mask = cache.cols = at::Tensor();
   return hidden;
 }
 

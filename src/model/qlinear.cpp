@@ -1,5 +1,6 @@
-// QLinear: dense GEMM (cuBLAS / CPU BLAS through at::linear), or dequantize into the shared
-// workspace (kernels::dequantize_into) followed by the same GEMM.
+// QLinear: dense GEMM (cuBLAS / CPU BLAS through at::linear); for packed weights the fused
+// dequantize + GEMV kernel when a CUDA input has at most 16 rows (decode steps), else dequantize
+// into the shared workspace (kernels::dequantize_into) followed by the same GEMM.
 #include "kldq/model/qlinear.hpp"
 
 #include <ATen/ATen.h>
@@ -60,6 +61,9 @@ at::Tensor QLinear::effective_weight(at::ScalarType dtype) const {
 
 at::Tensor QLinear::forward(const at::Tensor& x) const {
   const at::Tensor xs = input_scale_.defined() ? x / input_scale_ : x;
+  // A few rows (a decode step): each packed weight read once, no bf16 copy in the workspace.
+  if (is_packed() && kernels::gemv_applies(packed_, xs, bias_))
+    return kernels::gemv(packed_, xs, bias_);
   at::Tensor w = weight_;  // [out, in] in x's dtype
   if (is_packed()) {
     w = workspace_ ? workspace_->get(out_ * in_, x.scalar_type(), x.device()).view({out_, in_})

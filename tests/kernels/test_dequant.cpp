@@ -1,6 +1,7 @@
 // CUDA dequantization kernels against the CPU reference dequantizer, bit for bit: every format,
 // odd shapes (172 columns, single rows, sizes that are not multiples of 8), the vector and the
-// scalar paths, fp32/fp16/bf16 outputs; and QLinear on CUDA against a dense GEMM.
+// scalar paths, fp32/fp16/bf16 outputs; the fused dequantize + GEMV against a float64 product of
+// the dequantized weights; and QLinear on CUDA (both paths) against a dense GEMM.
 #include <ATen/ATen.h>
 
 #include "kldq/formats/packed.hpp"
@@ -56,7 +57,8 @@ TEST_CASE("QLinear on CUDA equals a dense GEMM on the dequantized weight", "[cud
   KLDQ_SKIP_NO_CUDA();
   at::manual_seed(12);
   const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(at::kBFloat16);
-  const at::Tensor x = at::randn({4, 9, 1536}, opts);
+  const at::Tensor x = at::randn({4, 9, 1536}, opts);      // 36 rows: dequantize + GEMM
+  const at::Tensor step = at::randn({16, 1, 1536}, opts);  // a decode step: the fused GEMV
   const at::Tensor b = at::randn({512}, opts);
   auto ws = std::make_shared<kldq::kernels::Workspace>();
   for (const char* name : {"nf4", "int4_g128", "int8", "fp8_e4m3"}) {
@@ -65,7 +67,13 @@ TEST_CASE("QLinear on CUDA equals a dense GEMM on the dequantized weight", "[cud
         f::quantize_rtn(at::randn({512, 1536}) * 0.02, f::FormatSpec::parse(name));
     const kldq::model::QLinear layer(p.to(c10::kCUDA), b, at::kBFloat16, ws);
     const at::Tensor wd = f::dequantize(p).to(opts);
+    CHECK_FALSE(kldq::kernels::gemv_applies(layer.packed(), x, b));
     CHECK(at::equal(layer.forward(x), at::linear(x, wd, b)));
+    REQUIRE(kldq::kernels::gemv_applies(layer.packed(), step, b));
+    const at::Tensor got = layer.forward(step).to(at::kFloat),
+                     want = at::linear(step, wd, b).to(at::kFloat);
+    // Same bf16 weights and inputs, fp32 sums in another order: within bf16 rounding.
+    CHECK((got - want).abs().max().item<float>() <= 0x1p-7 * want.abs().max().item<float>());
   }
 }
 
@@ -90,6 +98,51 @@ TEST_CASE("RTN quantization on CUDA gives the CPU's packed tensors bit for bit",
         const at::Tensor g = gpu[i].cpu();
         CHECK(at::equal(g.view(at::kByte), cpu[i].view(at::kByte)));
       }
+    }
+  }
+}
+
+TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequantized weights",
+          "[cuda][kernels]") {
+  KLDQ_SKIP_NO_CUDA();
+  at::manual_seed(14);
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 8},   {7, 64},     {33, 96},
+                                                           {5, 200}, {256, 1536}, {96, 4104}};
+  for (const char* name : {"nf4", "nf4_b32", "fp4", "int4_g128", "int4_g32_asym", "int3_g64",
+                           "int3_g128_asym", "int2_g64", "int8", "fp8_e4m3", "fp8_e4m3_tensor",
+                           "fp8_e5m2", "fp8_e4m3_noscale", "int4_g64_fz"}) {
+    for (const auto& [out, in] : shapes) {
+      const auto spec = f::FormatSpec::parse(name);
+      const at::Tensor w = at::randn({out, in}) * 0.05;
+      const f::PackedWeight p =
+          spec.float_zero ? kldq::quant::quantize_hqq(w, spec, {}) : f::quantize_rtn(w, spec);
+      const f::PackedWeight g = p.to(c10::kCUDA);
+      for (auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+        const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(dtype);
+        // The weights the GEMM path would use: dequantized, rounded once to dtype.
+        const at::Tensor wq = f::dequantize(p).to(dtype).to(at::kDouble);  // [out, in]
+        for (int64_t m : {1, 2, 3, 5, 16}) {
+          INFO(name << " [" << out << ", " << in << "] " << c10::toString(dtype) << " rows " << m);
+          const at::Tensor x = at::randn({1, m, in}, opts);
+          const at::Tensor bias = m % 2 ? at::randn({out}, opts) : at::Tensor();
+          REQUIRE(kldq::kernels::gemv_applies(g, x, bias));
+          const at::Tensor y = kldq::kernels::gemv(g, x, bias).cpu().to(at::kDouble);
+          const at::Tensor xd = x.cpu().to(at::kDouble);
+          at::Tensor ref = at::matmul(xd, wq.t());  // [1, m, out]
+          if (bias.defined()) ref = ref + bias.cpu().to(at::kDouble);
+          // Bound: one rounding of the output to dtype plus fp32 summation error over `in` terms.
+          const double rel = dtype == at::kBFloat16 ? 0x1p-8
+                             : dtype == at::kHalf   ? 0x1p-11
+                                                    : 0x1p-23;
+          const at::Tensor mag = at::matmul(xd.abs(), wq.abs().t());
+          const at::Tensor bound = ref.abs() * rel + mag * (in * 0x1p-24) + 1e-30;
+          CHECK((y - ref).abs().le(bound).all().item<bool>());
+        }
+      }
+      // More rows than the kernel takes, or a misaligned x: not taken.
+      const at::Tensor big = at::randn({17, in}, at::TensorOptions().device(c10::kCUDA));
+      CHECK_FALSE(kldq::kernels::gemv_applies(g, big, {}));
+      CHECK_FALSE(kldq::kernels::gemv_applies(g, big.flatten().narrow(0, 1, in).view({1, in}), {}));
     }
   }
 }

@@ -23,6 +23,8 @@ struct GenerateOptions {
   int64_t max_new_tokens = 128;
   Sampling sampling;
   std::vector<int64_t> stop;  // a row ends after emitting one of these (empty: never)
+  bool cuda_graph = true;     // replay decode steps from a CUDA graph where the model allows
+                              // (model/decode_graph.hpp); false: every step launched eagerly
 };
 
 // Wall time of the two phases (the first token's choice ends the prefill; each later step reads

@@ -15,6 +15,15 @@ void dequantize_into(const formats::PackedWeight& p, const at::Tensor& dst);
 // p -> new [p.out, p.in] tensor of `dtype` on p's device.
 at::Tensor dequantize(const formats::PackedWeight& p, at::ScalarType dtype);
 
+// Fused dequantize + matmul for a few rows of activations (decode steps): x [..., p.in] with at
+// most 16 rows -> [..., p.out] in x's dtype, bias [p.out] added when defined; each weight is
+// read once (src/kernels/gemv_cuda.cu), no dequantized copy. The weights are the ones
+// dequantize_into gives in x's dtype; only the fp32 summation order differs from a GEMM's.
+// gemv_applies: CUDA tensors on one device, fp32/fp16/bf16, a packed (not dense) format,
+// p.in % 8 == 0, contiguous and aligned tensors; gemv checks it.
+bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias);
+at::Tensor gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias);
+
 // A scratch buffer for dequantize-then-matmul, grown on demand and reused by every packed layer
 // of one decoder: get() may return the previous call's memory, so a result is valid until the
 // next get() (one decoder runs on one stream at a time). Not shared across threads.

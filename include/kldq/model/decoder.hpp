@@ -69,10 +69,11 @@ class Decoder {
   struct KvCache {
     std::vector<at::Tensor> k, v;
     std::vector<int64_t> pad;  // [B] leading pad columns per row
+    at::Tensor pad_rows;       // the same, [B, 1] int64 on the device
     int64_t len = 0, capacity = 0;
-    // The step in progress (set by run_cached): cos/sin [B, T, d] at each row's positions and
-    // the attention mask [B, 1, T, capacity] (true: attend).
-    at::Tensor cos, sin, mask;
+    // The step in progress (set by cached_step): cos/sin [B, T, d] at each row's positions, the
+    // attention mask [B, 1, T, capacity] (true: attend) and the columns written, [T] int64.
+    at::Tensor cos, sin, mask, cols;
   };
   // An empty cache for pad.size() rows of at most `capacity` columns; ConfigError naming the
   // limit when capacity exceeds max_position_embeddings.
@@ -82,6 +83,10 @@ class Decoder {
   // meaningless (finite). With no padding the logits equal forward()'s up to the attention
   // kernel's summation order.
   at::Tensor run_cached(const at::Tensor& ids, KvCache& cache) const;
+  // run_cached's device work for ids [B, T] written at columns `cols` ([T] int64 on the
+  // device), without checks or host bookkeeping (cache.len is the caller's): what a CUDA graph
+  // of a decode step captures (model/decode_graph.hpp).
+  at::Tensor cached_step(const at::Tensor& ids, KvCache& cache, const at::Tensor& cols) const;
 
   // Streaming. A streamed block runs from one of two device slots; the next streamed block is
   // copied into the other on a separate CUDA stream while this one computes. The arithmetic is

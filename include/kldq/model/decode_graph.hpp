@@ -1,0 +1,45 @@
+// Decode steps of a KV cache (one new token per row) replayed from a CUDA graph: a step of a
+// 28-block model is some 600 small kernels, whose launches, not the weights' bytes, bound the
+// speed of batch-1 decoding when each is launched from the host. The first step runs eagerly
+// (it also warms up cuBLAS and the attention backend on the capture stream) and is then captured
+// once; every later step copies its token ids into the graph's input and replays it.
+//
+// A replay runs exactly the captured kernels on the same addresses, so its logits equal the
+// eager step's bit for bit (tested). Where a graph cannot be used (a CPU decoder, streamed
+// blocks, an observer, or `enabled` false) every step runs eagerly through run_cached.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+
+#include "kldq/model/decoder.hpp"
+
+namespace kldq::model {
+
+class DecodeGraph {
+ public:
+  // Steps of `cache` (B rows) through `m`; both must outlive this object, and the cache is
+  // extended only through step() meanwhile.
+  DecodeGraph(const Decoder& m, Decoder::KvCache& cache, bool enabled = true);
+  ~DecodeGraph();
+  DecodeGraph(const DecodeGraph&) = delete;
+  DecodeGraph& operator=(const DecodeGraph&) = delete;
+  // Whether steps of m can be captured: CUDA, every block resident, no observer.
+  static bool supported(const Decoder& m);
+  // next: [B] int64 token ids (any device) appended at column cache.len -> the step's logits
+  // [B, V] (compute dtype, on the device; valid until the next step). ConfigError when the
+  // cache is full.
+  at::Tensor step(const at::Tensor& next);
+  // Whether steps replay a captured graph (false until the second step, and when unsupported).
+  bool captured() const;
+
+ private:
+  struct Graph;  // the CUDA graph and its static tensors (decode_graph.cpp)
+  const Decoder& m_;
+  Decoder::KvCache& cache_;
+  bool enabled_;
+  std::unique_ptr<Graph> graph_;
+};
+
+}  // namespace kldq::model

@@ -1,0 +1,111 @@
+// Fused dequantize + GEMV dispatch (gemv_cuda.cu): which products it takes (CUDA, at most
+// kGemvMaxRows rows of activations, whole 8-weight chunks, aligned tensors) and the argument
+// marshalling. Everything else goes through dequantize_into + at::linear (model/qlinear.cpp).
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
+
+#include <optional>
+
+#include "kldq/build_config.hpp"
+#include "kldq/core/error.hpp"
+#include "kldq/kernels/dequant.hpp"
+
+#if KLDQ_WITH_CUDA_BUILD
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "gemv_cuda.hpp"
+#endif
+
+namespace kldq::kernels {
+
+#if KLDQ_WITH_CUDA_BUILD
+namespace {
+
+using formats::Format;
+
+bool aligned(const at::Tensor& t, size_t a) {
+  return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % a == 0;
+}
+
+// The kernel's view of p, or nullopt for a format it does not decode (dense).
+std::optional<cuda::PackedView> view_of(const formats::PackedWeight& p) {
+  cuda::PackedView v;
+  v.codes = static_cast<const uint8_t*>(p.codes.data_ptr());
+  v.scales = p.scales.defined() ? p.scales.data_ptr() : nullptr;
+  v.zeros = p.zeros.defined() ? p.zeros.data_ptr() : nullptr;
+  v.rows = p.out, v.cols = p.in, v.group = p.spec.group;
+  switch (p.spec.format) {
+    case Format::NF4:
+    case Format::FP4:
+      v.kind = cuda::PackedView::Kind::FourBit, v.fp4 = p.spec.format == Format::FP4;
+      return v;
+    case Format::INT4:
+    case Format::INT3:
+    case Format::INT2:
+      v.kind = cuda::PackedView::Kind::IntGroup, v.float_zero = p.spec.float_zero;
+      v.bits = p.spec.traits().code_bits;
+      return v;
+    case Format::INT8:
+      v.kind = cuda::PackedView::Kind::Int8;
+      return v;
+    case Format::FP8_E4M3:
+    case Format::FP8_E5M2:
+    case Format::FP8_E4M3_NOSCALE:
+      v.kind = cuda::PackedView::Kind::Fp8, v.e5m2 = p.spec.format == Format::FP8_E5M2;
+      v.per_tensor = p.spec.per_tensor;
+      return v;
+    case Format::BF16:
+    case Format::FP16:
+      return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+#endif
+
+bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias) {
+#if KLDQ_WITH_CUDA_BUILD
+  const auto t = x.scalar_type();
+  if (!x.is_cuda() || !p.codes.defined() || p.codes.device() != x.device()) return false;
+  if (t != at::kBFloat16 && t != at::kHalf && t != at::kFloat) return false;
+  if (bias.defined() && bias.scalar_type() != t) return false;
+  // The kernel has no backward: while autograd records, the differentiable GEMM runs.
+  if (at::GradMode::is_enabled() && x.requires_grad()) return false;
+  if (x.dim() < 1 || x.size(-1) != p.in || p.in % 8 != 0 || !x.is_contiguous()) return false;
+  if (x.numel() / p.in > cuda::kGemvMaxRows || x.numel() == 0) return false;
+  const bool contiguous = p.codes.is_contiguous() &&
+                          (!p.scales.defined() || p.scales.is_contiguous()) &&
+                          (!p.zeros.defined() || p.zeros.is_contiguous());
+  // x rows are read 8 elements at a time (16 or 32 bytes), codes up to 8 bytes at a time.
+  return contiguous && aligned(x, 8 * x.element_size()) && aligned(p.codes, 8) &&
+         view_of(p).has_value();
+#else
+  (void)p, (void)x, (void)bias;
+  return false;
+#endif
+}
+
+at::Tensor gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias) {
+  check(gemv_applies(p, x, bias), "gemv: the product does not meet the fused kernel's conditions");
+#if KLDQ_WITH_CUDA_BUILD
+  const c10::cuda::CUDAGuard guard(x.device());
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = p.out;
+  at::Tensor y = at::empty(shape, x.options());  // [..., out]
+  const auto t = x.scalar_type();
+  const cuda::Dtype dt = t == at::kFloat  ? cuda::Dtype::F32
+                         : t == at::kHalf ? cuda::Dtype::F16
+                                          : cuda::Dtype::BF16;
+  cuda::gemv_packed(dt, *view_of(p), x.data_ptr(), x.numel() / p.in,
+                    bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(),
+                    c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+  return y;
+#else
+  return {};
+#endif
+}
+
+}  // namespace kldq::kernels

@@ -1,0 +1,140 @@
+// Fused dequantize + GEMV for packed weights and a few rows of activations (decode steps of
+// batch 1..16): each weight byte is read once from device memory, with no dequantized copy in a
+// workspace. Layout of the work:
+//
+//   block b: warps 0..3 -> output rows 4b .. 4b+3 (one warp per row r)
+//   warp of row r:  lane l takes chunks l, l+32, l+64, ... of the row (a chunk: 8 weights,
+//                   b bytes of codes), kUnroll chunks' loads in flight before decoding;
+//                   chunk k multiplies columns 8k..8k+7 of every x row (16-byte loads of x,
+//                   which the whole grid shares through L1/L2)
+//   reduction:      fp32 partial sums of the 32 lanes by warp shuffles; lane 0 writes y[:, r]
+//
+// Numerics: each weight is decoded as the dequantization kernel does (code value x scale, one
+// fp32 product) and rounded to the activations' dtype, i.e. exactly the weight the
+// dequantize-then-GEMM path hands to cuBLAS; products are summed in fp32 (as cuBLAS does for
+// bf16/fp16), bias added in fp32, one rounding of the result. Only the order of the sum differs.
+#include "decode_cuda.cuh"
+#include "gemv_cuda.hpp"
+
+#include <type_traits>
+
+namespace kldq::kernels::cuda {
+namespace {
+
+constexpr int kWarps = 4;   // rows (warps) per block: small layers still spread over the SMs
+constexpr int kUnroll = 8;  // chunk loads in flight per lane
+
+template <class T, class D, int kM>
+__global__ void __launch_bounds__(32 * kWarps)
+    gemv_kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
+                int64_t rows, uint32_t per_row, int table) {
+  __shared__ float smem[16];
+  load_table(smem, table);
+  const int lane = threadIdx.x & 31;
+  const int64_t r = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (r >= rows) return;  // whole warps: the shuffles below see full warps only
+  const int64_t cols = int64_t(per_row) * 8, base = r * per_row;
+  float acc[kM];
+#pragma unroll
+  for (int b = 0; b < kM; ++b) acc[b] = 0.f;
+  for (uint32_t k0 = lane; k0 < per_row; k0 += 32 * kUnroll) {
+    typename D::Raw raw[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t k = k0 + 32 * u;
+      if (k < per_row) raw[u] = d.load(base + k, static_cast<uint32_t>(r));
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint32_t k = k0 + 32 * u;
+      if (k >= per_row) break;
+      float v[8];
+      d.decode(raw[u], smem, v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = round_to<T>(v[j]);
+#pragma unroll
+      for (int b = 0; b < kM; ++b) {
+        if (b >= m) break;
+        const Pack<T, 8> xv = load_pack<T, 8>(x + b * cols + int64_t(k) * 8);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[b] = fmaf(v[j], Conv<T>::to_float(xv.e[j]), acc[b]);
+      }
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < kM; ++b)
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], off);
+  if (lane != 0) return;
+  const float add = bias ? Conv<T>::to_float(bias[r]) : 0.f;
+  for (int b = 0; b < m; ++b) y[b * rows + r] = Conv<T>::from_float(acc[b] + add);
+}
+
+template <class D>
+void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, const void* bias,
+            void* y, int table, void* stream) {
+  if (w.rows == 0 || m == 0) return;
+  const auto s = static_cast<cudaStream_t>(stream);
+  const unsigned blocks = static_cast<unsigned>((w.rows + kWarps - 1) / kWarps);
+  const auto per_row = static_cast<uint32_t>(w.cols / 8);
+  dispatch(t, [&](auto tag) {
+    using T = decltype(tag);
+    auto go = [&](auto rows_tag) {
+      constexpr int M = decltype(rows_tag)::value;
+      gemv_kernel<T, D, M><<<blocks, 32 * kWarps, 0, s>>>(
+          d, static_cast<const T*>(x), static_cast<int>(m), static_cast<const T*>(bias),
+          static_cast<T*>(y), w.rows, per_row, table);
+    };
+    // Accumulators per x row are registers: instantiated for 1, 4 and 16 rows.
+    if (m == 1)
+      go(std::integral_constant<int, 1>{});
+    else if (m <= 4)
+      go(std::integral_constant<int, 4>{});
+    else
+      go(std::integral_constant<int, 16>{});
+  });
+  check_launch("gemv_packed");
+}
+
+int log2_exact(int v) {
+  int s = 0;
+  while ((1 << s) < v) ++s;
+  return s;
+}
+
+}  // namespace
+
+void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
+                 void* stream) {
+  if (m > kGemvMaxRows || w.cols % 8 != 0)
+    throw std::runtime_error("gemv_packed: needs at most 16 rows and cols % 8 == 0");
+  const auto* u16 = static_cast<const uint16_t*>(w.scales);
+  switch (w.kind) {
+    case PackedView::Kind::FourBit:
+      return launch(
+          t, Decode4bit{w.codes, static_cast<const float*>(w.scales), w.cols, log2_exact(w.group)},
+          w, x, m, bias, y, w.fp4 ? 1 : 0, stream);
+    case PackedView::Kind::IntGroup: {
+      const int64_t row_bytes = w.cols * w.bits / 8, groups = (w.cols + w.group - 1) / w.group;
+      const auto* z8 = w.float_zero ? nullptr : static_cast<const uint8_t*>(w.zeros);
+      const auto* z16 = w.float_zero ? static_cast<const uint16_t*>(w.zeros) : nullptr;
+      if (w.cols % w.group == 0)
+        return launch(t,
+                      DecodeIntGroup<true>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
+                                           w.group, log2_exact(w.group)},
+                      w, x, m, bias, y, 0, stream);
+      return launch(t,
+                    DecodeIntGroup<false>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
+                                          w.group, log2_exact(w.group)},
+                    w, x, m, bias, y, 0, stream);
+    }
+    case PackedView::Kind::Int8:
+      return launch(t, DecodeByte{w.codes, w.scales, 0, false, w.cols}, w, x, m, bias, y, 0,
+                    stream);
+    case PackedView::Kind::Fp8:
+      return launch(t, DecodeByte{w.codes, w.scales, w.e5m2 ? 2 : 1, w.per_tensor, w.cols}, w, x, m,
+                    bias, y, 0, stream);
+  }
+}
+
+}  // namespace kldq::kernels::cuda

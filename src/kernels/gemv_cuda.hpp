@@ -1,0 +1,33 @@
+// Raw-pointer launcher of the fused dequantize + GEMV kernel (gemv_cuda.cu). Internal to the
+// kernels module: no ATen types.
+#pragma once
+
+#include <cstdint>
+
+#include "fused_cuda.hpp"
+
+namespace kldq::kernels::cuda {
+
+// The stored tensors of one packed [rows, cols] weight (layouts in docs/FORMATS.md).
+struct PackedView {
+  enum class Kind { FourBit, IntGroup, Int8, Fp8 };
+  Kind kind = Kind::FourBit;
+  const uint8_t* codes = nullptr;
+  const void* scales = nullptr;  // fp32 absmax (4-bit), fp16 (int), fp32 (fp8), or nullptr
+  const void* zeros = nullptr;   // uint8 (asym int) or fp16 (float_zero), or nullptr
+  bool fp4 = false, float_zero = false, e5m2 = false, per_tensor = false;
+  int bits = 0;   // int group formats: code bits
+  int group = 0;  // int group size, or the 4-bit absmax block
+  int64_t rows = 0, cols = 0;
+};
+
+// The most rows of x the kernel takes: beyond, dequantize + GEMM reads the weight once for
+// many rows and is faster.
+constexpr int64_t kGemvMaxRows = 16;
+
+// y[m, rows] = x[m, cols] . W^T (+ bias[rows]) for m <= kGemvMaxRows; x, y contiguous in dtype t,
+// x rows aligned to 8 elements (cols % 8 == 0), codes 8-byte aligned.
+void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
+                 void* stream);
+
+}  // namespace kldq::kernels::cuda

@@ -1,0 +1,109 @@
+// DecodeGraph: eager first step, one capture, replays (model/decode_graph.hpp).
+//
+// What the graph holds, fixed at capture:
+//   ids   [B, 1] int64   the step's input: step() copies the next tokens here before a replay
+//   col   [1] int64      the column the step writes: the graph itself adds 1 after each step
+//   out   [B, V]         the logits the replay writes
+// plus every intermediate of the step in the graph's private memory pool. The cache tensors
+// (k, v) are written in place at `col`, as the eager step writes them at cache.len.
+#include "kldq/model/decode_graph.hpp"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "kldq/build_config.hpp"
+#include "kldq/core/error.hpp"
+#include "kldq/core/log.hpp"
+
+#if KLDQ_WITH_CUDA_BUILD
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace kldq::model {
+
+struct DecodeGraph::Graph {
+#if KLDQ_WITH_CUDA_BUILD
+  at::cuda::CUDAGraph graph;
+#endif
+  at::Tensor ids, col, out;
+};
+
+DecodeGraph::DecodeGraph(const Decoder& m, Decoder::KvCache& cache, bool enabled)
+    : m_(m), cache_(cache), enabled_(enabled && supported(m)) {}
+
+DecodeGraph::~DecodeGraph() = default;
+
+bool DecodeGraph::supported(const Decoder& m) {
+#if KLDQ_WITH_CUDA_BUILD
+  if (!m.device().is_cuda() || m.observer()) return false;
+  for (int i = 0; i < m.num_blocks(); ++i)
+    if (m.streamed(i)) return false;  // streaming copies on a second stream, host-ordered
+  return true;
+#else
+  (void)m;
+  return false;
+#endif
+}
+
+bool DecodeGraph::captured() const {
+  return graph_ != nullptr;
+}
+
+at::Tensor DecodeGraph::step(const at::Tensor& next) {
+  const int64_t B = static_cast<int64_t>(cache_.pad.size());
+  check(next.dim() == 1 && next.size(0) == B, "DecodeGraph::step: next must be [B] token ids");
+  const at::Tensor ids = next.view({B, 1}).to(m_.device(), at::kLong);  // [B, 1]
+  if (!enabled_) return m_.head(m_.run_cached(ids, cache_)).select(1, 0);
+  if (cache_.len + 1 > cache_.capacity)
+    throw ConfigError(fmt::format("{} tokens exceed the cache's capacity of {}", cache_.len + 1,
+                                  cache_.capacity));
+#if KLDQ_WITH_CUDA_BUILD
+  if (graph_) {
+    graph_->ids.copy_(ids);
+    graph_->graph.replay();
+    ++cache_.len;
+    return graph_->out;
+  }
+  // First step: eager, on the stream that then captures, so every lazily created resource
+  // (cuBLAS workspaces, attention plans, the RoPE table) exists before the capture.
+  const c10::DeviceIndex dev = m_.device().index();
+  c10::cuda::device_synchronize();
+  at::Tensor logits;
+  auto g = std::make_unique<Graph>();
+  {
+    const c10::cuda::CUDAStreamGuard on(c10::cuda::getStreamFromPool(false, dev));
+    logits = m_.head(m_.run_cached(ids, cache_)).select(1, 0);  // [B, V]
+    g->ids = ids.clone();
+    g->col = at::full({1}, cache_.len, ids.options());  // the next step's column
+    try {
+      g->graph.capture_begin();
+      g->out = m_.head(m_.cached_step(g->ids, cache_, g->col)).select(1, 0);
+      g->col.add_(1);
+      g->graph.capture_end();
+    } catch (const c10::Error& e) {
+      // Not silent: the steps then run eagerly (slower, the same results). The failed capture
+      // is ended so the stream leaves capture mode.
+      cudaGraph_t partial = nullptr;
+      cudaStreamEndCapture(c10::cuda::getCurrentCUDAStream(dev).stream(), &partial);
+      if (partial) cudaGraphDestroy(partial);
+      (void)cudaGetLastError();
+      log::warn("decoding without a CUDA graph: capturing the decode step failed ({})",
+                e.what_without_backtrace());
+      enabled_ = false;
+      c10::cuda::device_synchronize();
+      return logits;
+    }
+  }
+  c10::cuda::device_synchronize();
+  log::debug("decode steps of {} row(s) replay a CUDA graph", B);
+  graph_ = std::move(g);
+  return logits;
+#else
+  return m_.head(m_.run_cached(ids, cache_)).select(1, 0);
+#endif
+}
+
+}  // namespace kldq::model
