@@ -20,35 +20,12 @@
 #include <cmath>
 
 #include "kldq/core/error.hpp"
+#include "kldq/formats/code_tables.hpp"
 #include "kldq/formats/grid.hpp"
 #include "kldq/formats/packed.hpp"
 
 namespace kldq::formats {
-namespace {
-
-// bitsandbytes' 4-bit code tables (values for codes 0..15). NF4 as bitsandbytes stores it; FP4
-// with its exact values (bitsandbytes' CUDA decoder; its CPU table rounds them to 4 decimals).
-constexpr std::array<float, 16> kNF4 = {-1.0f,
-                                        -0.6961928009986877f,
-                                        -0.5250730514526367f,
-                                        -0.39491748809814453f,
-                                        -0.28444138169288635f,
-                                        -0.18477343022823334f,
-                                        -0.09105003625154495f,
-                                        0.0f,
-                                        0.07958029955625534f,
-                                        0.16093020141124725f,
-                                        0.24611230194568634f,
-                                        0.33791524171829224f,
-                                        0.44070982933044434f,
-                                        0.5626170039176941f,
-                                        0.7229568362236023f,
-                                        1.0f};
-constexpr std::array<float, 16> kFP4 = {
-    0.0f,  0.0052083333f,  0.6666667f,  1.0f,  0.33333334f,  0.5f,  0.16666667f,  0.25f,
-    -0.0f, -0.0052083333f, -0.6666667f, -1.0f, -0.33333334f, -0.5f, -0.16666667f, -0.25f};
-
-}  // namespace
+namespace {}  // namespace
 
 // The code is the table entry whose interval between midpoints holds x (x on a midpoint takes the
 // lower, as std::lower_bound / searchsorted(side=left)).
@@ -73,7 +50,7 @@ at::Tensor nearest_codes_4bit(const at::Tensor& x, Format f) {
 }
 
 const std::array<float, 16>& code_table_4bit(Format f) {
-  return f == Format::NF4 ? kNF4 : kFP4;
+  return f == Format::NF4 ? kNF4Codes : kFP4Codes;
 }
 
 at::Tensor pack_nibbles(const at::Tensor& codes) {

@@ -13,22 +13,27 @@
 #include <cuda_fp8.h>
 
 #include "cuda_common.cuh"
+#include "kldq/formats/code_tables.hpp"
 
 namespace kldq::kernels::cuda {
 
-// bitsandbytes' NF4 and FP4 code values (the tables of src/formats/quantize.cpp).
-// Defined once per translation unit that includes this header (each kernel file its own copy).
-static __constant__ float kTables[2][16] = {
-    {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-     -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-     0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-     0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f},
-    {0.0f, 0.0052083333f, 0.6666667f, 1.0f, 0.33333334f, 0.5f, 0.16666667f, 0.25f, -0.0f,
-     -0.0052083333f, -0.6666667f, -1.0f, -0.33333334f, -0.5f, -0.16666667f, -0.25f}};
+// A 4-bit format's code values (kldq/formats/code_tables.hpp), passed to the kernels by value
+// (kernel parameters live in constant memory) and copied to shared memory by load_table.
+struct CodeTable {
+  float v[16];
+};
 
-// Loads a format's code table into shared memory `smem` [16]; every thread of the block calls it.
-__device__ inline void load_table(float* smem, int table) {
-  if (threadIdx.x < 16) smem[threadIdx.x] = kTables[table][threadIdx.x];
+// The table of fp4 (true) or nf4 (false); the others' kernels ignore it.
+inline CodeTable code_table(bool fp4) {
+  const auto& src = fp4 ? formats::kFP4Codes : formats::kNF4Codes;
+  CodeTable t{};
+  for (int i = 0; i < 16; ++i) t.v[i] = src[i];
+  return t;
+}
+
+// Copies `table` into shared memory `smem` [16]; every thread of the block calls it.
+__device__ inline void load_table(float* smem, const CodeTable& table) {
+  if (threadIdx.x < 16) smem[threadIdx.x] = table.v[threadIdx.x];
   __syncthreads();
 }
 

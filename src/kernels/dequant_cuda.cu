@@ -41,7 +41,8 @@ __device__ void store8(T* dst, const float (&v)[8], int valid, bool vec) {
 // c0..c0+valid-1 of row r, reading codes byte by byte. `table` is the format's 16-entry code table
 // in shared memory (unused by the others).
 template <class T, class D>
-__global__ void dequant_kernel(D d, T* __restrict__ out, int64_t rows, int64_t cols, int table) {
+__global__ void dequant_kernel(D d, T* __restrict__ out, int64_t rows, int64_t cols,
+                               CodeTable table) {
   __shared__ float smem[16];
   load_table(smem, table);
   const int64_t per_row = (cols + 7) / 8, total = rows * per_row;
@@ -65,7 +66,7 @@ constexpr int kUnroll = 4;
 
 template <class T, class D>
 __global__ void dequant_vec_kernel(D d, T* __restrict__ out, int64_t chunks, uint32_t per_row,
-                                   int table) {
+                                   CodeTable table) {
   __shared__ float smem[16];
   load_table(smem, table);
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
@@ -102,7 +103,7 @@ unsigned persistent_blocks(int64_t work, int threads) {
 }
 
 template <class D>
-void launch(Dtype t, const D& d, void* out, int64_t rows, int64_t cols, bool vec, int table,
+void launch(Dtype t, const D& d, void* out, int64_t rows, int64_t cols, bool vec, CodeTable table,
             void* stream, const char* what) {
   const int64_t per_row = (cols + 7) / 8, chunks = rows * per_row;
   if (chunks == 0) return;
@@ -131,8 +132,8 @@ int log2_exact(int v) {
 
 void dequant_4bit(Dtype t, bool fp4, const uint8_t* codes, const float* absmax, int64_t rows,
                   int64_t cols, int block, void* out, bool vec, void* stream) {
-  launch(t, Decode4bit{codes, absmax, cols, log2_exact(block)}, out, rows, cols, vec, fp4 ? 1 : 0,
-         stream, "dequant_4bit");
+  launch(t, Decode4bit{codes, absmax, cols, log2_exact(block)}, out, rows, cols, vec,
+         code_table(fp4), stream, "dequant_4bit");
 }
 
 void dequant_int_group(Dtype t, const uint8_t* codes, const uint16_t* scales, const uint8_t* zeros,
@@ -143,24 +144,24 @@ void dequant_int_group(Dtype t, const uint8_t* codes, const uint16_t* scales, co
   if (cols % group == 0) {
     const DecodeIntGroup<true> d{codes,     scales, zeros, zeros_f16, bits,
                                  row_bytes, groups, cols,  group,     shift};
-    launch(t, d, out, rows, cols, vec, 0, stream, "dequant_int_group");
+    launch(t, d, out, rows, cols, vec, CodeTable{}, stream, "dequant_int_group");
   } else {
     const DecodeIntGroup<false> d{codes,     scales, zeros, zeros_f16, bits,
                                   row_bytes, groups, cols,  group,     shift};
-    launch(t, d, out, rows, cols, vec, 0, stream, "dequant_int_group");
+    launch(t, d, out, rows, cols, vec, CodeTable{}, stream, "dequant_int_group");
   }
 }
 
 void dequant_int8(Dtype t, const int8_t* codes, const uint16_t* scales, int64_t rows, int64_t cols,
                   void* out, bool vec, void* stream) {
   launch(t, DecodeByte{reinterpret_cast<const uint8_t*>(codes), scales, 0, false, cols}, out, rows,
-         cols, vec, 0, stream, "dequant_int8");
+         cols, vec, CodeTable{}, stream, "dequant_int8");
 }
 
 void dequant_fp8(Dtype t, bool e5m2, const uint8_t* codes, const float* scales, bool per_tensor,
                  int64_t rows, int64_t cols, void* out, bool vec, void* stream) {
-  launch(t, DecodeByte{codes, scales, e5m2 ? 2 : 1, per_tensor, cols}, out, rows, cols, vec, 0,
-         stream, "dequant_fp8");
+  launch(t, DecodeByte{codes, scales, e5m2 ? 2 : 1, per_tensor, cols}, out, rows, cols, vec,
+         CodeTable{}, stream, "dequant_fp8");
 }
 
 }  // namespace kldq::kernels::cuda

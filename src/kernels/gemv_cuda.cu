@@ -27,7 +27,7 @@ constexpr int kUnroll = 8;  // chunk loads in flight per lane
 template <class T, class D, int kM>
 __global__ void __launch_bounds__(32 * kWarps)
     gemv_kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
-                int64_t rows, uint32_t per_row, int table) {
+                int64_t rows, uint32_t per_row, CodeTable table) {
   __shared__ float smem[16];
   load_table(smem, table);
   const int lane = threadIdx.x & 31;
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(32 * kWarps)
 
 template <class D>
 void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, const void* bias,
-            void* y, int table, void* stream) {
+            void* y, CodeTable table, void* stream) {
   if (w.rows == 0 || m == 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
   const unsigned blocks = static_cast<unsigned>((w.rows + kWarps - 1) / kWarps);
@@ -113,7 +113,7 @@ void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const v
     case PackedView::Kind::FourBit:
       return launch(
           t, Decode4bit{w.codes, static_cast<const float*>(w.scales), w.cols, log2_exact(w.group)},
-          w, x, m, bias, y, w.fp4 ? 1 : 0, stream);
+          w, x, m, bias, y, code_table(w.fp4), stream);
     case PackedView::Kind::IntGroup: {
       const int64_t row_bytes = w.cols * w.bits / 8, groups = (w.cols + w.group - 1) / w.group;
       const auto* z8 = w.float_zero ? nullptr : static_cast<const uint8_t*>(w.zeros);
@@ -122,18 +122,18 @@ void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const v
         return launch(t,
                       DecodeIntGroup<true>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
                                            w.group, log2_exact(w.group)},
-                      w, x, m, bias, y, 0, stream);
+                      w, x, m, bias, y, CodeTable{}, stream);
       return launch(t,
                     DecodeIntGroup<false>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
                                           w.group, log2_exact(w.group)},
-                    w, x, m, bias, y, 0, stream);
+                    w, x, m, bias, y, CodeTable{}, stream);
     }
     case PackedView::Kind::Int8:
-      return launch(t, DecodeByte{w.codes, w.scales, 0, false, w.cols}, w, x, m, bias, y, 0,
-                    stream);
+      return launch(t, DecodeByte{w.codes, w.scales, 0, false, w.cols}, w, x, m, bias, y,
+                    CodeTable{}, stream);
     case PackedView::Kind::Fp8:
       return launch(t, DecodeByte{w.codes, w.scales, w.e5m2 ? 2 : 1, w.per_tensor, w.cols}, w, x, m,
-                    bias, y, 0, stream);
+                    bias, y, CodeTable{}, stream);
   }
 }
 
