@@ -1,7 +1,8 @@
 // Dequantization-throughput benchmark: GB/s of bf16 written by the dequantization kernels, beside
 // the device-to-device copy bandwidth (bytes read + written by a bf16 tensor copy) measured in the
 // same run on the same GPU. Prints one JSON line per format and shape. Then the fused
-// dequantize + GEMV of decode steps (1, 4 and 16 rows): GB/s of packed weight bytes read, against
+// dequantize + GEMV of decode steps (1, 4 and 16 rows; the kernel takes at most 4, so 16 times
+// the dequantize + GEMM it falls back to): GB/s of packed weight bytes read, against
 // the same copy bandwidth, beside dequantize-then-GEMM and the bf16 GEMM of the same product.
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>

@@ -190,8 +190,7 @@ void check_options(const EvalCliOptions& o) {
 // ConfigError for a checkpoint directory that does not exist (after the outputs' checks).
 void check_checkpoints(const EvalCliOptions& o) {
   for (const auto& dir : {o.model, o.reference})
-    if (!dir.empty() && !fs::is_directory(dir))
-      throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
+    if (!dir.empty()) require_checkpoint_dir(dir);
 }
 
 struct Outputs {
@@ -272,6 +271,8 @@ Inputs load_inputs(const EvalCliOptions& o, model::ModelConfig& config,
     config.vocab_size = std::min(config.vocab_size, rc.vocab_size);
   }
   Inputs in = settings_from(o, config.max_position_embeddings);
+  // --speed alone generates from random ids: no tokenizer needed (synthesized checkpoints).
+  if (o.ppl.empty() && o.mmlu.empty() && o.tasks.empty()) return in;
   tokenizer = io::Tokenizer::load(o.reference.empty() ? o.model : o.reference);
   read_data(o, *tokenizer, in);
   in.tasks = read_tasks(o, *tokenizer, config.max_position_embeddings, config.vocab_size);

@@ -133,8 +133,7 @@ model::MemoryNeeds generate_needs(const GenerateCliOptions& o,
 void check_options(const GenerateCliOptions& o) {
   if (o.prompt.empty() == o.prompts.empty())
     throw ConfigError("give exactly one of --prompt TEXT and --prompts FILE.jsonl");
-  if (!fs::is_directory(o.model))
-    throw ConfigError(fmt::format("{}: no such checkpoint directory", o.model));
+  require_checkpoint_dir(o.model);
   const eval::Sampling& s = o.sampling;
   // Below 1e-3 the scaled fp32 logits overflow; such a temperature is greedy in effect.
   if (!(s.temperature == 0 || (s.temperature >= 1e-3 && s.temperature <= 1e4)))

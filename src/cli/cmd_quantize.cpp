@@ -39,6 +39,7 @@ quant::Plan plan_from(const QuantizeCliOptions& o) {
 Printed run_quantize_cmd(const QuantizeCliOptions& o) {
   // The output is checked before the calibration, which may take minutes (again when written).
   directory_output(o.out, "-o", o.force, {o.model, o.plan, o.method.calib});
+  require_checkpoint_dir(o.model);
   const quant::Plan plan = plan_from(o);
   // A plan's recorded settings (quantization.json, `kldq plan` from a gptq/awq profile) are the
   // defaults: --plan re-fits the layers it describes.

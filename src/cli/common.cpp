@@ -101,6 +101,11 @@ std::vector<RunContext> contexts_from(const ComputeOptions& opts, const std::str
   return out;
 }
 
+void require_checkpoint_dir(const std::string& dir) {
+  if (!std::filesystem::is_directory(dir))
+    throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
+}
+
 std::vector<ShardFile> read_shard_files(const std::vector<std::string>& paths) {
   std::vector<ShardFile> shards;
   for (const std::string& path : paths) shards.push_back({path, io::read_json_file(path, true)});

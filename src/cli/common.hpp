@@ -33,6 +33,10 @@ void register_run(CLI::App& app, Action& action);
 void register_report(CLI::App& app, Action& action);
 void register_generate(CLI::App& app, Action& action);
 
+// ConfigError "DIR: no such checkpoint directory" unless `dir` is a directory (checked before
+// any work or log line that names the model).
+void require_checkpoint_dir(const std::string& dir);
+
 struct ComputeOptions {
   std::string device;  // "" = cuda when present, else cpu
   std::string dtype;   // "" = bf16 on cuda, fp32 on cpu

@@ -1,5 +1,5 @@
 // Fused dequantize + GEMV for packed weights and a few rows of activations (decode steps of
-// batch 1..16): each weight byte is read once from device memory, with no dequantized copy in a
+// batch 1..4): each weight byte is read once from device memory, with no dequantized copy in a
 // workspace. Layout of the work:
 //
 //   block b: warps 0..3 -> output rows 4b .. 4b+3 (one warp per row r)
@@ -85,13 +85,13 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
           d, static_cast<const T*>(x), static_cast<int>(m), static_cast<const T*>(bias),
           static_cast<T*>(y), w.rows, per_row, table);
     };
-    // Accumulators per x row are registers: instantiated for 1, 4 and 16 rows.
+    // Accumulators per x row are registers: instantiated for 1, 2 and 4 rows.
     if (m == 1)
       go(std::integral_constant<int, 1>{});
-    else if (m <= 4)
-      go(std::integral_constant<int, 4>{});
+    else if (m == 2)
+      go(std::integral_constant<int, 2>{});
     else
-      go(std::integral_constant<int, 16>{});
+      go(std::integral_constant<int, 4>{});
   });
   check_launch("gemv_packed");
 }
@@ -107,7 +107,7 @@ int log2_exact(int v) {
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
                  void* stream) {
   if (m > kGemvMaxRows || w.cols % 8 != 0)
-    throw std::runtime_error("gemv_packed: needs at most 16 rows and cols % 8 == 0");
+    throw std::runtime_error("gemv_packed: needs at most kGemvMaxRows rows and cols % 8 == 0");
   const auto* u16 = static_cast<const uint16_t*>(w.scales);
   switch (w.kind) {
     case PackedView::Kind::FourBit:

@@ -1,5 +1,5 @@
 // QLinear: dense GEMM (cuBLAS / CPU BLAS through at::linear); for packed weights the fused
-// dequantize + GEMV kernel when a CUDA input has at most 16 rows (decode steps), else dequantize
+// dequantize + GEMV kernel when a CUDA input has at most 4 rows (decode steps), else dequantize
 // into the shared workspace (kernels::dequantize_into) followed by the same GEMM.
 #include "kldq/model/qlinear.hpp"
 

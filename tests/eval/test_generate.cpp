@@ -258,6 +258,13 @@ TEST_CASE("kldq eval --speed: tokens/s of every batch, refused past the context"
             .ends_with(
                 "answer_change_rate,prefill_tps_b1,decode_tps_b1,prefill_tps_b16,decode_tps_b16"));
   CHECK(header({without}).ends_with("answer_change_rate"));
+  // --speed alone generates from random ids: a checkpoint without a tokenizer (synthesized) works.
+  REQUIRE_FALSE(fs::exists(kldq::test::tiny_model() / "tokenizer.json"));
+  r = run_kldq("eval " + kldq::test::tiny_model().string() + " --speed -o " +
+               (work / "tiny.json").string());
+  INFO(r.err);
+  CHECK(r.rc == 0);
+  CHECK(nlohmann::json::parse(kldq::test::read_text(work / "tiny.json"))["speed"].contains("b16"));
   // A context shorter than prompt + new tokens (384): a usage error before loading, no output.
   const fs::path small = work / "ctx300";
   fs::create_directories(small);

@@ -57,8 +57,8 @@ TEST_CASE("QLinear on CUDA equals a dense GEMM on the dequantized weight", "[cud
   KLDQ_SKIP_NO_CUDA();
   at::manual_seed(12);
   const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(at::kBFloat16);
-  const at::Tensor x = at::randn({4, 9, 1536}, opts);      // 36 rows: dequantize + GEMM
-  const at::Tensor step = at::randn({16, 1, 1536}, opts);  // a decode step: the fused GEMV
+  const at::Tensor x = at::randn({4, 9, 1536}, opts);     // 36 rows: dequantize + GEMM
+  const at::Tensor step = at::randn({4, 1, 1536}, opts);  // a decode step: the fused GEMV
   const at::Tensor b = at::randn({512}, opts);
   auto ws = std::make_shared<kldq::kernels::Workspace>();
   for (const char* name : {"nf4", "int4_g128", "int8", "fp8_e4m3"}) {
@@ -121,7 +121,7 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
         const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(dtype);
         // The weights the GEMM path would use: dequantized, rounded once to dtype.
         const at::Tensor wq = f::dequantize(p).to(dtype).to(at::kDouble);  // [out, in]
-        for (int64_t m : {1, 2, 3, 5, 16}) {
+        for (int64_t m : {1, 2, 3, 4}) {
           INFO(name << " [" << out << ", " << in << "] " << c10::toString(dtype) << " rows " << m);
           const at::Tensor x = at::randn({1, m, in}, opts);
           const at::Tensor bias = m % 2 ? at::randn({out}, opts) : at::Tensor();
@@ -140,7 +140,7 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
         }
       }
       // More rows than the kernel takes, or a misaligned x: not taken.
-      const at::Tensor big = at::randn({17, in}, at::TensorOptions().device(c10::kCUDA));
+      const at::Tensor big = at::randn({5, in}, at::TensorOptions().device(c10::kCUDA));
       CHECK_FALSE(kldq::kernels::gemv_applies(g, big, {}));
       CHECK_FALSE(kldq::kernels::gemv_applies(g, big.flatten().narrow(0, 1, in).view({1, in}), {}));
     }

@@ -16,7 +16,7 @@ void dequantize_into(const formats::PackedWeight& p, const at::Tensor& dst);
 at::Tensor dequantize(const formats::PackedWeight& p, at::ScalarType dtype);
 
 // Fused dequantize + matmul for a few rows of activations (decode steps): x [..., p.in] with at
-// most 16 rows -> [..., p.out] in x's dtype, bias [p.out] added when defined; each weight is
+// most 4 rows -> [..., p.out] in x's dtype, bias [p.out] added when defined; each weight is
 // read once (src/kernels/gemv_cuda.cu), no dequantized copy. The weights are the ones
 // dequantize_into gives in x's dtype; only the fp32 summation order differs from a GEMM's.
 // gemv_applies: CUDA tensors on one device, fp32/fp16/bf16, a packed (not dense) format,
