@@ -25,7 +25,6 @@
 #include "kldq/formats/packed.hpp"
 
 namespace kldq::formats {
-namespace {}  // namespace
 
 // The code is the table entry whose interval between midpoints holds x (x on a midpoint takes the
 // lower, as std::lower_bound / searchsorted(side=left)).

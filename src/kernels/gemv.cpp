@@ -3,7 +3,6 @@
 // marshalling. Everything else goes through dequantize_into + at::linear (model/qlinear.cpp).
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
-#include <fmt/format.h>
 
 #include <optional>
 
@@ -71,11 +70,15 @@ bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at:
   const auto t = x.scalar_type();
   if (!x.is_cuda() || !p.codes.defined() || p.codes.device() != x.device()) return false;
   if (t != at::kBFloat16 && t != at::kHalf && t != at::kFloat) return false;
-  if (bias.defined() && bias.scalar_type() != t) return false;
+  if (bias.defined() && (bias.scalar_type() != t || bias.device() != x.device() ||
+                         !bias.is_contiguous() || bias.numel() != p.out))
+    return false;
   // The kernel has no backward: while autograd records, the differentiable GEMM runs.
   if (at::GradMode::is_enabled() && x.requires_grad()) return false;
   if (x.dim() < 1 || x.size(-1) != p.in || p.in % 8 != 0 || !x.is_contiguous()) return false;
   if (x.numel() / p.in > cuda::kGemvMaxRows || x.numel() == 0) return false;
+  for (const at::Tensor* t : {&p.scales, &p.zeros})
+    if (t->defined() && t->device() != x.device()) return false;
   const bool contiguous = p.codes.is_contiguous() &&
                           (!p.scales.defined() || p.scales.is_contiguous()) &&
                           (!p.zeros.defined() || p.zeros.is_contiguous());

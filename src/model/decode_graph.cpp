@@ -55,8 +55,17 @@ bool DecodeGraph::captured() const {
 at::Tensor DecodeGraph::step(const at::Tensor& next) {
   const int64_t B = static_cast<int64_t>(cache_.pad.size());
   check(next.dim() == 1 && next.size(0) == B, "DecodeGraph::step: next must be [B] token ids");
+  // Eagerly, the ids reach Decoder::embed where they are (its range check runs on host ids);
+  // a replay reads them from the graph's device input, so they are checked here first.
+  if (!enabled_) return m_.head(m_.run_cached(next.view({B, 1}), cache_)).select(1, 0);
+  if (next.is_cpu() && next.numel() > 0) {
+    const auto [lo, hi] = at::aminmax(next);
+    const int64_t l = lo.item<int64_t>(), h = hi.item<int64_t>();
+    if (l < 0 || h >= m_.config().vocab_size)
+      throw ConfigError(fmt::format("token id {} is outside the model's vocabulary [0, {})",
+                                    l < 0 ? l : h, m_.config().vocab_size));
+  }
   const at::Tensor ids = next.view({B, 1}).to(m_.device(), at::kLong);  // [B, 1]
-  if (!enabled_) return m_.head(m_.run_cached(ids, cache_)).select(1, 0);
   if (cache_.len + 1 > cache_.capacity)
     throw ConfigError(fmt::format("{} tokens exceed the cache's capacity of {}", cache_.len + 1,
                                   cache_.capacity));
@@ -83,18 +92,18 @@ at::Tensor DecodeGraph::step(const at::Tensor& next) {
       g->out = m_.head(m_.cached_step(g->ids, cache_, g->col)).select(1, 0);
       g->col.add_(1);
       g->graph.capture_end();
-    } catch (const c10::Error& e) {
-      // Not silent: the steps then run eagerly (slower, the same results). The failed capture
-      // is ended so the stream leaves capture mode.
+    } catch (const std::exception& e) {
+      // The stream leaves capture mode, then one clear error: a half-captured graph leaves the
+      // allocator's capture pool in a state only a new process cleans up, so no eager fallback.
       cudaGraph_t partial = nullptr;
       cudaStreamEndCapture(c10::cuda::getCurrentCUDAStream(dev).stream(), &partial);
       if (partial) cudaGraphDestroy(partial);
       (void)cudaGetLastError();
-      log::warn("decoding without a CUDA graph: capturing the decode step failed ({})",
-                e.what_without_backtrace());
-      enabled_ = false;
-      c10::cuda::device_synchronize();
-      return logits;
+      const auto* c10e = dynamic_cast<const c10::Error*>(&e);
+      throw Error(
+          fmt::format("capturing the decode step as a CUDA graph failed ({}); kldq generate "
+                      "--no-cuda-graph launches the steps one by one",
+                      c10e ? c10e->what_without_backtrace() : e.what()));
     }
   }
   c10::cuda::device_synchronize();

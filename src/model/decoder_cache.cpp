@@ -43,6 +43,8 @@ Decoder::KvCache Decoder::new_cache(std::vector<int64_t> pad, int64_t capacity) 
 at::Tensor Decoder::run_cached(const at::Tensor& ids, KvCache& cache) const {
   check(ids.dim() == 2 && ids.size(0) == static_cast<int64_t>(cache.pad.size()) && ids.size(1) > 0,
         "run_cached: ids must be [B, T] with the cache's B");
+  check(cache.pad_rows.defined() && cache.pad_rows.size(0) == ids.size(0),
+        "run_cached: a cache made by new_cache");
   const int64_t T = ids.size(1), len = cache.len;
   if (len + T > cache.capacity)
     throw ConfigError(

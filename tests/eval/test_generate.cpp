@@ -260,6 +260,7 @@ TEST_CASE("kldq eval --speed: tokens/s of every batch, refused past the context"
   CHECK(header({without}).ends_with("answer_change_rate"));
   // --speed alone generates from random ids: a checkpoint without a tokenizer (synthesized) works.
   REQUIRE_FALSE(fs::exists(kldq::test::tiny_model() / "tokenizer.json"));
+  REQUIRE_FALSE(fs::exists(kldq::test::tiny_model() / "tokenizer.model"));
   r = run_kldq("eval " + kldq::test::tiny_model().string() + " --speed -o " +
                (work / "tiny.json").string());
   INFO(r.err);

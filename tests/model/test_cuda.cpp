@@ -36,7 +36,9 @@ namespace {
 // of each of `next`'s columns fed one at a time after a prefill of `prompt`.
 std::vector<at::Tensor> decode_steps(const kldq::model::Decoder& m, const at::Tensor& prompt,
                                      const at::Tensor& next, bool graph) {
-  kldq::model::Decoder::KvCache c = m.new_cache({0, 3, 5}, prompt.size(1) + next.size(1));
+  std::vector<int64_t> pad = {0, 3, 5, 1, 2, 4};  // row b's leading pad columns
+  pad.resize(size_t(prompt.size(0)));
+  kldq::model::Decoder::KvCache c = m.new_cache(pad, prompt.size(1) + next.size(1));
   m.run_cached(prompt, c);
   kldq::model::DecodeGraph g(m, c, graph);
   std::vector<at::Tensor> out;
@@ -69,11 +71,17 @@ TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps bit for
     }
     REQUIRE(kldq::model::DecodeGraph::supported(m));
     const int64_t V = m.config().vocab_size;
+    // 3 rows: packed layers take the fused GEMV; 6 rows: dequantize + GEMM, captured too.
     const at::Tensor prompt = at::randint(V, {3, 12}, at::kLong),
                      next = at::randint(V, {3, 7}, at::kLong);
     const auto eager = decode_steps(m, prompt, next, false);
     const auto graph = decode_steps(m, prompt, next, true);
     for (size_t t = 0; t < eager.size(); ++t) CHECK(at::equal(eager[t], graph[t]));
+    const at::Tensor prompt6 = at::randint(V, {6, 12}, at::kLong),
+                     next6 = at::randint(V, {6, 7}, at::kLong);
+    const auto eager6 = decode_steps(m, prompt6, next6, false);
+    const auto graph6 = decode_steps(m, prompt6, next6, true);
+    for (size_t t = 0; t < eager6.size(); ++t) CHECK(at::equal(eager6[t], graph6[t]));
     // Row 0 (no padding) against the uncached forward of its whole sequence: bf16 noise only.
     const at::Tensor full = m.forward(at::cat({prompt, next}, 1).narrow(0, 0, 1));  // [1, 19, V]
     for (size_t t = 0; t + 1 < eager.size(); ++t) {

@@ -6,7 +6,8 @@
 //
 // A replay runs exactly the captured kernels on the same addresses, so its logits equal the
 // eager step's bit for bit (tested). Where a graph cannot be used (a CPU decoder, streamed
-// blocks, an observer, or `enabled` false) every step runs eagerly through run_cached.
+// blocks, an observer, or `enabled` false) every step runs eagerly through run_cached. A capture
+// that fails is an error (kldq::Error) naming `kldq generate --no-cuda-graph`.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,8 +20,9 @@ namespace kldq::model {
 
 class DecodeGraph {
  public:
-  // Steps of `cache` (B rows) through `m`; both must outlive this object, and the cache is
-  // extended only through step() meanwhile.
+  // Steps of `cache` (B rows) through `m`; both must outlive this object. Meanwhile the cache is
+  // extended only through step() and `m` runs nothing else: the graph reads memory `m` owns
+  // and may replace when used otherwise (its RoPE table, the packed layers' workspace).
   DecodeGraph(const Decoder& m, Decoder::KvCache& cache, bool enabled = true);
   ~DecodeGraph();
   DecodeGraph(const DecodeGraph&) = delete;
