@@ -31,6 +31,13 @@ inline CodeTable code_table(bool fp4) {
   return t;
 }
 
+// log2 of a power of two (groups and 4-bit blocks), for the decoders' shifts.
+inline int log2_exact(int v) {
+  int s = 0;
+  while ((1 << s) < v) ++s;
+  return s;
+}
+
 // Copies `table` into shared memory `smem` [16]; every thread of the block calls it.
 __device__ inline void load_table(float* smem, const CodeTable& table) {
   if (threadIdx.x < 16) smem[threadIdx.x] = table.v[threadIdx.x];

@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "dequant_cuda.hpp"
+#include "torch_cuda.hpp"
 #endif
 
 namespace kldq::kernels {
@@ -26,17 +27,10 @@ const T* ptr(const at::Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
 }
 
-bool aligned(const void* p, size_t a) {
-  return reinterpret_cast<uintptr_t>(p) % a == 0;
-}
-
 void dequantize_cuda(const formats::PackedWeight& p, const at::Tensor& dst) {
   const c10::cuda::CUDAGuard guard(dst.device());
-  void* stream = c10::cuda::getCurrentCUDAStream(dst.device().index()).stream();
-  const at::ScalarType st = dst.scalar_type();
-  const cuda::Dtype t = st == at::kFloat  ? cuda::Dtype::F32
-                        : st == at::kHalf ? cuda::Dtype::F16
-                                          : cuda::Dtype::BF16;
+  void* stream = stream_of(dst);
+  const cuda::Dtype t = cuda_dtype(dst.scalar_type());
   const at::Tensor codes = p.codes.contiguous();
   const at::Tensor scales = p.scales.defined() ? p.scales.contiguous() : at::Tensor();
   const at::Tensor zeros = p.zeros.defined() ? p.zeros.contiguous() : at::Tensor();

@@ -122,12 +122,6 @@ void launch(Dtype t, const D& d, void* out, int64_t rows, int64_t cols, bool vec
   check_launch(what);
 }
 
-int log2_exact(int v) {
-  int s = 0;
-  while ((1 << s) < v) ++s;
-  return s;
-}
-
 }  // namespace
 
 void dequant_4bit(Dtype t, bool fp4, const uint8_t* codes, const float* absmax, int64_t rows,

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "fused_cuda.hpp"
+#include "torch_cuda.hpp"
 #endif
 
 namespace kldq::kernels {
@@ -39,14 +40,6 @@ at::Tensor rope_reference(const at::Tensor& x, const at::Tensor& cos, const at::
 bool use_cuda(const at::Tensor& x) {
   const auto t = x.scalar_type();
   return x.is_cuda() && (t == at::kFloat || t == at::kHalf || t == at::kBFloat16);
-}
-
-cuda::Dtype cuda_dtype(at::ScalarType t) {
-  return t == at::kFloat ? cuda::Dtype::F32 : t == at::kHalf ? cuda::Dtype::F16 : cuda::Dtype::BF16;
-}
-
-void* stream_of(const at::Tensor& x) {
-  return c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
 }
 
 // The CUDA kernels have no backward: while autograd records (grad mode on and an operand

@@ -15,6 +15,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "gemv_cuda.hpp"
+#include "torch_cuda.hpp"
 #endif
 
 namespace kldq::kernels {
@@ -23,10 +24,6 @@ namespace kldq::kernels {
 namespace {
 
 using formats::Format;
-
-bool aligned(const at::Tensor& t, size_t a) {
-  return !t.defined() || reinterpret_cast<uintptr_t>(t.data_ptr()) % a == 0;
-}
 
 // The kernel's view of p, or nullopt for a format it does not decode (dense).
 std::optional<cuda::PackedView> view_of(const formats::PackedWeight& p) {
@@ -83,8 +80,8 @@ bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at:
                           (!p.scales.defined() || p.scales.is_contiguous()) &&
                           (!p.zeros.defined() || p.zeros.is_contiguous());
   // x rows are read 8 elements at a time (16 or 32 bytes), codes up to 8 bytes at a time.
-  return contiguous && aligned(x, 8 * x.element_size()) && aligned(p.codes, 8) &&
-         view_of(p).has_value();
+  return contiguous && aligned(x.data_ptr(), 8 * x.element_size()) &&
+         aligned(p.codes.data_ptr(), 8) && view_of(p).has_value();
 #else
   (void)p, (void)x, (void)bias;
   return false;
@@ -98,13 +95,8 @@ at::Tensor gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::T
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = p.out;
   at::Tensor y = at::empty(shape, x.options());  // [..., out]
-  const auto t = x.scalar_type();
-  const cuda::Dtype dt = t == at::kFloat  ? cuda::Dtype::F32
-                         : t == at::kHalf ? cuda::Dtype::F16
-                                          : cuda::Dtype::BF16;
-  cuda::gemv_packed(dt, *view_of(p), x.data_ptr(), x.numel() / p.in,
-                    bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(),
-                    c10::cuda::getCurrentCUDAStream(x.device().index()).stream());
+  cuda::gemv_packed(cuda_dtype(x.scalar_type()), *view_of(p), x.data_ptr(), x.numel() / p.in,
+                    bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), stream_of(x));
   return y;
 #else
   return {};

@@ -96,12 +96,6 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
   check_launch("gemv_packed");
 }
 
-int log2_exact(int v) {
-  int s = 0;
-  while ((1 << s) < v) ++s;
-  return s;
-}
-
 }  // namespace
 
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,

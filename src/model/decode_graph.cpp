@@ -55,20 +55,11 @@ bool DecodeGraph::captured() const {
 at::Tensor DecodeGraph::step(const at::Tensor& next) {
   const int64_t B = static_cast<int64_t>(cache_.pad.size());
   check(next.dim() == 1 && next.size(0) == B, "DecodeGraph::step: next must be [B] token ids");
-  // Eagerly, the ids reach Decoder::embed where they are (its range check runs on host ids);
-  // a replay reads them from the graph's device input, so they are checked here first.
-  if (!enabled_) return m_.head(m_.run_cached(next.view({B, 1}), cache_)).select(1, 0);
-  if (next.is_cpu() && next.numel() > 0) {
-    const auto [lo, hi] = at::aminmax(next);
-    const int64_t l = lo.item<int64_t>(), h = hi.item<int64_t>();
-    if (l < 0 || h >= m_.config().vocab_size)
-      throw ConfigError(fmt::format("token id {} is outside the model's vocabulary [0, {})",
-                                    l < 0 ? l : h, m_.config().vocab_size));
-  }
+  if (!enabled_) return eager(next.view({B, 1}));
+  // A replay reads the ids from the graph's device input: checked here while on the host.
+  m_.check_token_ids(next);
+  cache_.check_room(1);
   const at::Tensor ids = next.view({B, 1}).to(m_.device(), at::kLong);  // [B, 1]
-  if (cache_.len + 1 > cache_.capacity)
-    throw ConfigError(fmt::format("{} tokens exceed the cache's capacity of {}", cache_.len + 1,
-                                  cache_.capacity));
 #if KLDQ_WITH_CUDA_BUILD
   if (graph_) {
     graph_->ids.copy_(ids);
@@ -84,7 +75,7 @@ at::Tensor DecodeGraph::step(const at::Tensor& next) {
   auto g = std::make_unique<Graph>();
   {
     const c10::cuda::CUDAStreamGuard on(c10::cuda::getStreamFromPool(false, dev));
-    logits = m_.head(m_.run_cached(ids, cache_)).select(1, 0);  // [B, V]
+    logits = eager(ids);
     g->ids = ids.clone();
     g->col = at::full({1}, cache_.len, ids.options());  // the next step's column
     try {
@@ -111,8 +102,12 @@ at::Tensor DecodeGraph::step(const at::Tensor& next) {
   graph_ = std::move(g);
   return logits;
 #else
-  return m_.head(m_.run_cached(ids, cache_)).select(1, 0);
+  return eager(ids);  // unreachable: enabled_ is false without CUDA
 #endif
+}
+
+at::Tensor DecodeGraph::eager(const at::Tensor& ids) {
+  return m_.head(m_.run_cached(ids, cache_)).select(1, 0);  // [B, V]
 }
 
 }  // namespace kldq::model

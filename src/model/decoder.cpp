@@ -105,17 +105,20 @@ at::Tensor Decoder::mlp(int i, const at::Tensor& h) const {
 at::Tensor Decoder::embed(const at::Tensor& ids) const {
   if (ids.dim() != 2 || ids.scalar_type() != at::kLong)
     throw InternalError("Decoder::embed expects int64 ids of shape [B, T]");
+  check_token_ids(ids);
+  return at::embedding(embed_, ids.to(device_));
+}
+
+void Decoder::check_token_ids(const at::Tensor& ids) const {
   // Ids from the host are checked there (no device sync): an id past the embedding would reach
   // libtorch's indexing, whose message names no input. Callers validate their own inputs first;
   // this is the last line.
-  if (ids.device().is_cpu() && ids.numel() > 0) {
-    const auto [lo, hi] = at::aminmax(ids);
-    const int64_t l = lo.item<int64_t>(), h = hi.item<int64_t>();
-    if (l < 0 || h >= embed_.size(0))
-      throw ConfigError(fmt::format("token id {} is outside the model's vocabulary [0, {})",
-                                    l < 0 ? l : h, embed_.size(0)));
-  }
-  return at::embedding(embed_, ids.to(device_));
+  if (!ids.device().is_cpu() || ids.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(ids);
+  const int64_t l = lo.item<int64_t>(), h = hi.item<int64_t>();
+  if (l < 0 || h >= embed_.size(0))
+    throw ConfigError(fmt::format("token id {} is outside the model's vocabulary [0, {})",
+                                  l < 0 ? l : h, embed_.size(0)));
 }
 
 at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {

@@ -40,15 +40,19 @@ Decoder::KvCache Decoder::new_cache(std::vector<int64_t> pad, int64_t capacity) 
   return c;
 }
 
+void Decoder::KvCache::check_room(int64_t T) const {
+  if (len + T > capacity)
+    throw ConfigError(
+        fmt::format("{} tokens exceed the cache's capacity of {}", len + T, capacity));
+}
+
 at::Tensor Decoder::run_cached(const at::Tensor& ids, KvCache& cache) const {
   check(ids.dim() == 2 && ids.size(0) == static_cast<int64_t>(cache.pad.size()) && ids.size(1) > 0,
         "run_cached: ids must be [B, T] with the cache's B");
   check(cache.pad_rows.defined() && cache.pad_rows.size(0) == ids.size(0),
         "run_cached: a cache made by new_cache");
   const int64_t T = ids.size(1), len = cache.len;
-  if (len + T > cache.capacity)
-    throw ConfigError(
-        fmt::format("{} tokens exceed the cache's capacity of {}", len + T, cache.capacity));
+  cache.check_room(T);
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
   at::Tensor hidden = cached_step(ids, cache, at::arange(len, len + T, i64));
   cache.len = len + T;

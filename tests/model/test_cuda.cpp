@@ -61,14 +61,8 @@ TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps bit for
   for (const char* f : {"bf16", "nf4", "int4_g64", "int8", "fp8_e4m3"}) {
     INFO(f);
     kldq::model::Decoder m = kldq::model::Decoder::load(dir, c10::kCUDA, c10::kBFloat16);
-    if (std::string(f) != "bf16") {  // every linear layer packed: steps take the fused GEMV
-      kldq::model::LayerFormats formats;
-      for (const auto& id : m.linear_ids())
-        formats[id.name()] = kldq::formats::FormatSpec::parse(f);
-      kldq::quant::MethodOptions o;
-      o.method = "rtn";
-      kldq::quant::apply_layers(m, kldq::quant::quantize_layers(m, formats, o, {}));
-    }
+    if (std::string(f) != "bf16")  // every linear layer packed: steps take the fused GEMV
+      kldq::quant::apply_layers(m, kldq::test::rtn_layers(m, kldq::formats::FormatSpec::parse(f)));
     REQUIRE(kldq::model::DecodeGraph::supported(m));
     const int64_t V = m.config().vocab_size;
     // 3 rows: packed layers take the fused GEMV; 6 rows: dequantize + GEMM, captured too.

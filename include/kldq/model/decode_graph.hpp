@@ -38,6 +38,8 @@ class DecodeGraph {
 
  private:
   struct Graph;  // the CUDA graph and its static tensors (decode_graph.cpp)
+  // ids [B, 1] through run_cached -> the step's logits [B, V].
+  at::Tensor eager(const at::Tensor& ids);
   const Decoder& m_;
   Decoder::KvCache& cache_;
   bool enabled_;

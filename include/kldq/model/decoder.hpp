@@ -46,6 +46,9 @@ class Decoder {
 
   // ids: [B, T] int64 -> hidden [B, T, H] (compute dtype).
   at::Tensor embed(const at::Tensor& ids) const;
+  // ConfigError naming the id when host ids (any shape) fall outside the embedding; ids on the
+  // device are not read back (that would sync). embed() runs it.
+  void check_token_ids(const at::Tensor& ids) const;
   // Block i on hidden [B, T, H] at positions 0..T-1 -> [B, T, H]. The input is not modified.
   at::Tensor block(int i, const at::Tensor& hidden) const;
   // Blocks [begin, end) in order.
@@ -74,6 +77,8 @@ class Decoder {
     // The step in progress (set by cached_step): cos/sin [B, T, d] at each row's positions, the
     // attention mask [B, 1, T, capacity] (true: attend) and the columns written, [T] int64.
     at::Tensor cos, sin, mask, cols;
+    // ConfigError when `T` more columns do not fit the capacity.
+    void check_room(int64_t T) const;
   };
   // An empty cache for pad.size() rows of at most `capacity` columns; ConfigError naming the
   // limit when capacity exceeds max_position_embeddings.
