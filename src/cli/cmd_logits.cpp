@@ -19,7 +19,7 @@ struct LogitsOptions {
   std::string model;
   std::string ids;
   std::string out;
-  ComputeOptions compute;
+  model::ComputeOptions compute;
 };
 
 // Reads a JSON array of equal-length arrays of token ids -> int64 [B, T].
@@ -46,7 +46,7 @@ at::Tensor read_ids(const std::string& path, int64_t vocab) {
 
 int run_logits(const LogitsOptions& o) {
   const std::filesystem::path out = file_output(o.out, "-o", {o.model, o.ids});
-  const RunContext ctx = context_from(o.compute);
+  const RunContext ctx = model::context_from(o.compute);
   const model::Decoder dec = model::Decoder::load(o.model, ctx.device, ctx.dtype);
   const at::Tensor ids = read_ids(o.ids, dec.config().vocab_size);
   at::InferenceMode guard;

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <iostream>
 
-#include "commands.hpp"
+#include "common.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/output.hpp"
 #include "kldq/io/json_util.hpp"
@@ -14,6 +14,15 @@
 
 namespace kldq::cli {
 namespace {
+
+struct PlanCliOptions {
+  std::vector<std::string> profiles, candidates;
+  std::string restore_top, random, by, out;
+  double budget_bpw = std::nan("");  // NaN: not given
+  bool uniform = false;
+  bool fused_groups = false;  // plan q/k/v and gate/up of a block together
+  int64_t seed = -1;
+};
 
 plan::Request request_from(const PlanCliOptions& o) {
   const int given =
@@ -47,14 +56,12 @@ plan::Request request_from(const PlanCliOptions& o) {
   return r;
 }
 
-}  // namespace
-
 int run_plan(const PlanCliOptions& o) {
   const plan::Request r = request_from(o);
   const std::filesystem::path out =
       o.out.empty() ? std::filesystem::path()
                     : file_output(o.out, "-o", {o.profiles.begin(), o.profiles.end()});
-  const std::vector<plan::Profile> profiles = read_profiles(o.profiles);
+  const std::vector<plan::Profile> profiles = plan::read_profiles(o.profiles);
   const quant::Plan plan = plan::make_plan(profiles, r);
   const std::string text = plan.to_json().dump(2) + "\n";
   if (out.empty())
@@ -62,28 +69,11 @@ int run_plan(const PlanCliOptions& o) {
   else
     io::write_file_atomic(out, text);
 
-  std::cerr << plan_line(plan, profiles, out.string());
+  std::cerr << plan::plan_line(plan, profiles, out.string());
   return 0;
 }
 
-std::vector<plan::Profile> read_profiles(const std::vector<std::string>& paths) {
-  std::vector<plan::Profile> profiles;
-  for (const auto& p : paths)
-    profiles.push_back(plan::Profile::from_json(io::read_json_file(p, true), p));
-  return profiles;
-}
-
-std::string plan_line(const quant::Plan& plan, const std::vector<plan::Profile>& profiles,
-                      const std::string& out) {
-  const auto& p = plan.planner;
-  return fmt::format(
-      "plan ({}): base {}, {} of {} units overridden; {:.4f} bits per weight; predicted KL "
-      "{:.6f} (all {}: {:.6f}){}\n",
-      p["strategy"].get<std::string>(), plan.base.name(), plan.overrides.size(),
-      profiles.front().units.size(), p["bits_per_weight"].get<double>(),
-      p["predicted_kl"].get<double>(), profiles.front().base, profiles.front().baseline_kl,
-      out.empty() ? "" : " -> " + out);
-}
+}  // namespace
 
 void register_plan(CLI::App& app, Action& action) {
   auto opts = std::make_shared<PlanCliOptions>();
@@ -92,18 +82,26 @@ void register_plan(CLI::App& app, Action& action) {
                   "profile.json of kldq profile (several, one per base format, for --budget-bpw; "
                   "the first is the anchor)")
       ->required();
-  sub->add_option("--restore-top", opts->restore_top,
-                  "restore the most sensitive P% of units to bf16");
+  auto* top = sub->add_option("--restore-top", opts->restore_top,
+                              "restore the most sensitive P% of units to bf16");
   sub->add_option("--by", opts->by,
                   "count (default: P% of the units) or params (P% of the parameters)");
-  sub->add_option("--budget-bpw", opts->budget_bpw,
-                  "least summed KL at this average bits per weight of the linear layers");
+  auto* budget =
+      sub->add_option("--budget-bpw", opts->budget_bpw,
+                      "least summed KL at this average bits per weight of the linear layers")
+          ->excludes(top);
   sub->add_option("--candidates", opts->candidates,
                   "formats the budget may use, comma-separated (default: every profiled base "
                   "and bf16)")
       ->delimiter(',');
-  sub->add_flag("--uniform", opts->uniform, "every unit at the profile's base format");
-  sub->add_option("--random", opts->random, "restore a random P% of units (baseline)");
+  auto* uniform =
+      sub->add_flag("--uniform", opts->uniform, "every unit at the profile's base format")
+          ->excludes(top)
+          ->excludes(budget);
+  sub->add_option("--random", opts->random, "restore a random P% of units (baseline)")
+      ->excludes(top)
+      ->excludes(budget)
+      ->excludes(uniform);
   sub->add_option("--seed", opts->seed, "seed of --random")->check(CLI::NonNegativeNumber);
   sub->add_flag("--fused-groups", opts->fused_groups,
                 "decide each block's q/k/v and gate/up layers together (one format per group, as "

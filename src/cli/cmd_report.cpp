@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <iostream>
 
-#include "commands.hpp"
+#include "common.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
 #include "kldq/core/log.hpp"
@@ -106,7 +106,7 @@ void register_report(CLI::App& app, Action& action) {
   auto opts = std::make_shared<ReportOptions>();
   auto* sub = app.add_subcommand("report", "tables and plots of a results directory");
   sub->add_option("RESULTS_DIR", opts->dir, "output directory of kldq run")->required();
-  sub->add_option("--format", opts->format, "md (default), csv or json, on stdout");
+  sub->add_option("--format", opts->format, "md, csv or json, on stdout")->capture_default_str();
   sub->add_option("-o,--output", opts->out, "where the tables and plots go (default DIR/report)");
   sub->add_flag("--no-plots", opts->no_plots, "tables only");
   sub->callback([&action, opts] { action = [opts] { return run_report(*opts); }; });

@@ -1,15 +1,16 @@
 // `kldq run EXPERIMENT [--model PATH]... [-o DIR] [--shard i/n] [--dry-run]`: an experiment
-// file's stages, run with caching and resume (run_stages.cpp), or with --dry-run the resolved sweep
-// and the stages that would run or be reused (docs/EXPERIMENTS.md).
+// file's stages, run with caching and resume (experiment::run_experiment), or with --dry-run the
+// resolved sweep and the stages that would run or be reused (docs/EXPERIMENTS.md).
 #include <fmt/format.h>
 
 #include <filesystem>
 #include <iostream>
 
-#include "commands.hpp"
+#include "common.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/experiment/config.hpp"
 #include "kldq/experiment/results.hpp"
+#include "kldq/experiment/runner.hpp"
 #include "kldq/io/checkpoint.hpp"
 
 namespace kldq::cli {
@@ -17,9 +18,17 @@ namespace {
 
 namespace fs = std::filesystem;
 
+struct RunCliOptions {
+  std::string experiment, shard_arg, output, gpus;
+  Shard shard;  // from shard_arg
+  std::vector<std::string> models;
+  bool dry_run = false;
+  model::ComputeOptions compute;
+};
+
 void dry_run(const experiment::Experiment& e, const RunCliOptions& o,
              const std::vector<size_t>& points) {
-  const nlohmann::json compute = compute_tag(context_from(o.compute));
+  const nlohmann::json compute = model::compute_tag(model::context_from(o.compute));
   std::cout << fmt::format(
       "experiment {} ({}): {} sweep points{}, output {} ({} {})\n", e.name, o.experiment,
       e.points.size(),
@@ -60,7 +69,8 @@ int run_run(const RunCliOptions& given) {
     dry_run(e, o, points);
     return 0;
   }
-  return run_experiment(e, o, points);
+  std::cout << experiment::run_experiment(e, {o.shard, o.gpus, o.compute}, points);
+  return 0;
 }
 
 }  // namespace

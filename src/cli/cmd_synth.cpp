@@ -40,10 +40,12 @@ void register_synth(CLI::App& app, Action& action) {
                   fmt::format("architecture: {}", fmt::join(model::synth_shape_names(), ", ")))
       ->required();
   sub->add_option("-o,--output", opts->out, "output checkpoint directory")->required();
-  sub->add_option("--seed", opts->seed, "random seed (default 0)");
-  sub->add_option("--dtype", opts->dtype, "weight dtype: bf16 (default), fp16 or fp32");
+  sub->add_option("--seed", opts->seed, "random seed")->capture_default_str();
+  sub->add_option("--dtype", opts->dtype, "weight dtype: bf16, fp16 or fp32")
+      ->capture_default_str();
   sub->add_option("--device", opts->device,
-                  "where random numbers are drawn: cpu (default) or cuda (faster; other values)");
+                  "where random numbers are drawn: cpu or cuda (faster; other values)")
+      ->capture_default_str();
   sub->add_flag("--force", opts->force, "replace an existing output directory");
   sub->callback([&action, opts] { action = [opts] { return run_synth(*opts); }; });
 }

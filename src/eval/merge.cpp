@@ -191,14 +191,10 @@ nlohmann::json mmlu_shard_data(const std::vector<MmluPrediction>& predictions,
   return j;
 }
 
-MergedEval merge_shards(const std::vector<ShardFile>& files) {
-  std::set<std::string> per_run;
-  const std::vector<ShardFile> same = comparable(files, per_run);
-  const std::vector<const ShardFile*> order =
-      check_shards(same, "eval --merge", "kldq eval --shard i/n", per_run);
-  std::vector<const ShardFile*> shards;  // the originals, in shard order
-  for (const ShardFile* f : order) shards.push_back(&files[size_t(f - same.data())]);
-  // Every shard holds the same measurements as objects (the first's decide what is merged).
+namespace {
+
+// Every shard holds the same measurements as objects (the first's decide what is merged).
+void check_shard_data(const std::vector<const ShardFile*>& shards) {
   for (const ShardFile* f : shards) {
     if (!f->json.contains("shard_data") || !f->json["shard_data"].is_object())
       throw ConfigError(fmt::format("{}: shard_data: missing", f->path));
@@ -221,6 +217,18 @@ MergedEval merge_shards(const std::vector<ShardFile>& files) {
                       "predictions)",
                       shards[0]->path, f->path));
   }
+}
+
+}  // namespace
+
+MergedEval merge_shards(const std::vector<ShardFile>& files) {
+  std::set<std::string> per_run;
+  const std::vector<ShardFile> same = comparable(files, per_run);
+  const std::vector<const ShardFile*> order =
+      check_shards(same, "eval --merge", "kldq eval --shard i/n", per_run);
+  std::vector<const ShardFile*> shards;  // the originals, in shard order
+  for (const ShardFile* f : order) shards.push_back(&files[size_t(f - same.data())]);
+  check_shard_data(shards);
   const nlohmann::json& first = shards[0]->json;
   MergedEval out;
   nlohmann::json& j = out.metrics;

@@ -122,10 +122,7 @@ MmluData load_mmlu(const fs::path& path) {
 }
 
 MmluProtocol parse_mmlu_protocol(const std::string& name, const char* option) {
-  if (name == "5shot" || name == "fewshot") return MmluProtocol::FEWSHOT;
-  if (name == "chat0shot") return MmluProtocol::CHAT0SHOT;
-  throw ConfigError(
-      fmt::format("{} {}: unknown protocol (expected 5shot or chat0shot)", option, name));
+  return kMmluProtocols.parse(name, option);
 }
 
 std::vector<MmluItem> mmlu_items(const MmluData& data, const MmluOptions& o) {

@@ -80,16 +80,13 @@ int64_t group_prefix(const std::vector<Request>& reqs, const std::vector<size_t>
   return common_prefix(seqs);
 }
 
-}  // namespace
-
-std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::Tokenizer& tok,
-                                       const MmluData& data, const std::vector<MmluItem>& items,
-                                       const AnswerTokens& answers, const MmluOptions& o,
-                                       const std::string& label) {
-  check(o.max_len >= 1 && o.batch >= 1, "score_mmlu: bad options");
-  const bool single =
-      std::all_of(answers.begin(), answers.end(), [](const auto& a) { return a.size() == 1; });
-  std::vector<MmluPrediction> out(items.size());
+// One request per question (`single`: the answers are one token each, scored from the prompt's
+// next-token distribution) or per question and choice, truncated to o.max_len from the left;
+// `out` gets each question's identity and truncation.
+std::vector<Request> make_requests(const io::Tokenizer& tok, const MmluData& data,
+                                   const std::vector<MmluItem>& items, const AnswerTokens& answers,
+                                   const MmluOptions& o, bool single,
+                                   std::vector<MmluPrediction>& out) {
   std::vector<Request> reqs;
   for (size_t i = 0; i < items.size(); ++i) {
     out[i].subject = items[i].subject;
@@ -113,6 +110,20 @@ std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::To
       reqs.push_back(std::move(r));
     }
   }
+  return reqs;
+}
+
+}  // namespace
+
+std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::Tokenizer& tok,
+                                       const MmluData& data, const std::vector<MmluItem>& items,
+                                       const AnswerTokens& answers, const MmluOptions& o,
+                                       const std::string& label) {
+  check(o.max_len >= 1 && o.batch >= 1, "score_mmlu: bad options");
+  const bool single =
+      std::all_of(answers.begin(), answers.end(), [](const auto& a) { return a.size() == 1; });
+  std::vector<MmluPrediction> out(items.size());
+  const std::vector<Request> reqs = make_requests(tok, data, items, answers, o, single, out);
   // One group per subject when prefixes are shared (requests come in item order, items in
   // subject order), else one group of everything.
   std::vector<std::vector<size_t>> groups;

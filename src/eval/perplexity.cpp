@@ -47,23 +47,11 @@ std::vector<double> finite_scores(std::vector<double> v, const char* whose) {
 }  // namespace
 
 PplProtocol parse_ppl_protocol(const std::string& name, const char* option) {
-  if (name == "gptq") return PplProtocol::GPTQ;
-  if (name == "llamacpp") return PplProtocol::LLAMACPP;
-  if (name == "sliding") return PplProtocol::SLIDING;
-  throw ConfigError(
-      fmt::format("{} {}: unknown protocol (expected gptq, llamacpp or sliding)", option, name));
+  return kPplProtocols.parse(name, option);
 }
 
 const char* ppl_protocol_name(PplProtocol p) {
-  switch (p) {
-    case PplProtocol::GPTQ:
-      return "gptq";
-    case PplProtocol::LLAMACPP:
-      return "llamacpp";
-    case PplProtocol::SLIDING:
-      return "sliding";
-  }
-  return "?";
+  return kPplProtocols.name(p);
 }
 
 std::vector<Window> make_windows(int64_t n, const PplOptions& o) {
@@ -93,12 +81,61 @@ std::vector<Window> make_windows(int64_t n, const PplOptions& o) {
   return w;
 }
 
+namespace {
+
+// The token ids of windows [w, end), all of one length: [B, T] int64, the first column `bos`
+// when it is >= 0.
+at::Tensor window_ids(const std::vector<int32_t>& tokens, const std::vector<Window>& windows,
+                      size_t w, size_t end, int64_t bos) {
+  std::vector<int64_t> flat_ids;
+  for (size_t k = w; k < end; ++k) {
+    const Window& x = windows[k];
+    check(x.begin >= 0 && x.begin + x.length <= static_cast<int64_t>(tokens.size()),
+          "score_windows: window out of range");
+    flat_ids.insert(flat_ids.end(), tokens.begin() + x.begin, tokens.begin() + x.begin + x.length);
+  }
+  at::Tensor ids = at::tensor(flat_ids).view({static_cast<int64_t>(end - w), windows[w].length});
+  if (bos >= 0) ids.select(1, 0).fill_(bos);
+  return ids;
+}
+
+// Per-token scores (device tensors, one per chunk of rows).
+struct RowScores {
+  std::vector<at::Tensor> nll, nll_ref, kl, top1;
+};
+
+// Scores the rows of final hidden states h: [N, H] (and h_ref of the reference) against target:
+// [N, 1], `chunk` rows of logits at a time.
+void score_rows(const model::Decoder& model, const model::Decoder* reference, const at::Tensor& h,
+                const at::Tensor& h_ref, const at::Tensor& target, int64_t chunk, RowScores& acc) {
+  for (const auto [r, len] : batches(h.size(0), chunk)) {
+    const at::Tensor logits = model.head(h.narrow(0, r, len).unsqueeze(0)).squeeze(0);  // [len, V]
+    const at::Tensor tgt = target.narrow(0, r, len).squeeze(1);                         // [len]
+    if (!reference) {  // fp32 log-softmax of the chunk; the whole set is never materialised
+      acc.nll.push_back(
+          -at::log_softmax(logits, -1, at::kFloat).gather(1, tgt.unsqueeze(1)).squeeze(1));
+      continue;
+    }
+    // The reference's logits, recomputed from its hidden states; the KL kernel reads both in
+    // their stored dtype and never rounds log-probabilities to 16 bits (that biases KL negative).
+    const kernels::TokenKl t = kernels::token_kl(
+        logits,
+        reference->head(h_ref.narrow(0, r, len).unsqueeze(0)).squeeze(0).to(logits.device()), tgt);
+    acc.nll.push_back(t.nll);
+    acc.nll_ref.push_back(t.nll_ref);
+    acc.kl.push_back(t.kl);
+    acc.top1.push_back(t.same_top1);
+  }
+}
+
+}  // namespace
+
 TokenScores score_windows(const model::Decoder& model, const model::Decoder* reference,
                           const std::vector<int32_t>& tokens, const std::vector<Window>& windows,
                           const PplOptions& o) {
   check(o.batch >= 1 && o.chunk >= 1, "score_windows: bad options");
   TokenScores s;
-  std::vector<at::Tensor> nll, nll_ref, kl, top1;  // device tensors, one per chunk
+  RowScores acc;
   at::InferenceMode guard;
   Progress progress("perplexity", static_cast<int64_t>(windows.size()), "windows");
   PhaseTimer timer(model.device(),
@@ -115,17 +152,8 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
       w = end;
       continue;
     }
-    std::vector<int64_t> flat_ids;
-    for (size_t k = w; k < end; ++k) {
-      const Window& x = windows[k];
-      check(x.begin >= 0 && x.begin + x.length <= static_cast<int64_t>(tokens.size()),
-            "score_windows: window out of range");
-      flat_ids.insert(flat_ids.end(), tokens.begin() + x.begin,
-                      tokens.begin() + x.begin + x.length);
-    }
     const int64_t B = static_cast<int64_t>(end - w), T = first.length;
-    at::Tensor ids = at::tensor(flat_ids).view({B, T});  // [B, T] int64
-    if (o.bos >= 0) ids.select(1, 0).fill_(o.bos);
+    const at::Tensor ids = window_ids(tokens, windows, w, end, o.bos);  // [B, T] int64
     const int64_t from = first.score_from, S = T - 1 - from;  // S scored positions per window
     timer.start();
     const at::Tensor h = final_hidden(model, ids, from, S).reshape({B * S, -1});  // [B*S, H]
@@ -135,26 +163,7 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
     const at::Tensor target =
         ids.narrow(1, from + 1, S).reshape({B * S, 1}).to(model.device());  // [B*S, 1]
     timer.lap(1);
-    for (const auto [r, len] : batches(B * S, o.chunk)) {
-      const at::Tensor logits =
-          model.head(h.narrow(0, r, len).unsqueeze(0)).squeeze(0);  // [len, V]
-      const at::Tensor tgt = target.narrow(0, r, len).squeeze(1);   // [len]
-      if (!reference) {  // fp32 log-softmax of the chunk; the whole set is never materialised
-        nll.push_back(
-            -at::log_softmax(logits, -1, at::kFloat).gather(1, tgt.unsqueeze(1)).squeeze(1));
-        continue;
-      }
-      // The reference's logits, recomputed from its hidden states; the KL kernel reads both in
-      // their stored dtype and never rounds log-probabilities to 16 bits (that biases KL negative).
-      const kernels::TokenKl t = kernels::token_kl(
-          logits,
-          reference->head(h_ref.narrow(0, r, len).unsqueeze(0)).squeeze(0).to(logits.device()),
-          tgt);
-      nll.push_back(t.nll);
-      nll_ref.push_back(t.nll_ref);
-      kl.push_back(t.kl);
-      top1.push_back(t.same_top1);
-    }
+    score_rows(model, reference, h, h_ref, target, o.chunk, acc);
     timer.lap(2);
     s.windows += B;
     for (size_t k = w; k < end; ++k) s.scored.push_back({int64_t(k), S});
@@ -162,12 +171,12 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
     w = end;
   }
   timer.report();
-  if (nll.empty()) return s;
-  s.nll = finite_scores(to_vector(at::cat(nll)), "the model");
+  if (acc.nll.empty()) return s;
+  s.nll = finite_scores(to_vector(at::cat(acc.nll)), "the model");
   if (reference) {
-    s.nll_ref = finite_scores(to_vector(at::cat(nll_ref)), "the reference");
-    s.kl = finite_scores(to_vector(at::cat(kl)), "the KL against the reference");
-    const at::Tensor t = at::cat(top1).to(at::kCPU, at::kByte).contiguous();
+    s.nll_ref = finite_scores(to_vector(at::cat(acc.nll_ref)), "the reference");
+    s.kl = finite_scores(to_vector(at::cat(acc.kl)), "the KL against the reference");
+    const at::Tensor t = at::cat(acc.top1).to(at::kCPU, at::kByte).contiguous();
     s.same_top1.assign(t.data_ptr<uint8_t>(), t.data_ptr<uint8_t>() + t.numel());
   }
   return s;

@@ -14,9 +14,13 @@
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
+#include "kldq/core/vocabulary.hpp"
+#include "kldq/eval/mmlu.hpp"
+#include "kldq/eval/perplexity.hpp"
 #include "kldq/export/export.hpp"
 #include "kldq/formats/format.hpp"
 #include "kldq/plan/planner.hpp"
+#include "kldq/profile/profile.hpp"
 #include "kldq/quant/quantizer.hpp"
 
 namespace kldq::experiment {
@@ -98,14 +102,12 @@ struct Node {
   }
 };
 
-std::string one_of(const Node& v, std::initializer_list<const char*> allowed) {
-  const std::string s = v.text();
-  std::string list;
-  for (const char* a : allowed) {
-    if (s == a) return s;
-    list += std::string(list.empty() ? "" : ", ") + a;
-  }
-  v.fail("one of " + list);
+// The canonical name of the term `v` names in `vocabulary`.
+template <class E, size_t N>
+std::string one_of(const Node& v, const Vocabulary<E, N>& vocabulary) {
+  const auto value = vocabulary.find(v.text());
+  if (!value) v.fail("one of " + vocabulary.names());
+  return vocabulary.name(*value);
 }
 
 std::string format_name(const Node& v) {
@@ -116,8 +118,10 @@ std::string format_name(const Node& v) {
   }
 }
 
-std::string method_name(const Node& v) {
-  return one_of(v, {"rtn", "hqq", "gptq", "awq"});
+quant::Method method_of(const Node& v) {
+  const auto m = quant::kMethods.find(v.text());
+  if (!m) v.fail("one of " + quant::method_names());
+  return *m;
 }
 
 double percent(const Node& v) {
@@ -233,24 +237,13 @@ std::vector<Point> expand_sweep(const Node& sweep, const Point& def, const std::
   using Parse = std::function<void(Point&, const Node&)>;
   const std::vector<std::pair<const char*, Parse>> dims = {
       {"base", [](Point& p, const Node& v) { p.base = format_name(v); }},
-      {"method", [](Point& p, const Node& v) { p.method = method_name(v); }},
+      {"method", [](Point& p, const Node& v) { p.method = method_of(v); }},
       {"granularity",
-       [](Point& p, const Node& v) {
-         p.granularity = one_of(v, {"linear", "half-block", "block"});
-       }},
-      {"mode",
-       [](Point& p, const Node& v) {
-         p.mode = one_of(v, {"quantize-one", "restore-one"});
-       }},
-      {"planner",
-       [](Point& p, const Node& v) {
-         p.planner = one_of(v, {"restore-top", "budget", "uniform", "random"});
-       }},
+       [](Point& p, const Node& v) { p.granularity = one_of(v, profile::kGranularities); }},
+      {"mode", [](Point& p, const Node& v) { p.mode = one_of(v, profile::kModes); }},
+      {"planner", [](Point& p, const Node& v) { p.planner = one_of(v, plan::kStrategies); }},
       {"restore_top", [](Point& p, const Node& v) { p.percent = percent(v); }},
-      {"by",
-       [](Point& p, const Node& v) {
-         p.by = one_of(v, {"count", "params"});
-       }},
+      {"by", [](Point& p, const Node& v) { p.by = one_of(v, plan::kBys); }},
       {"budget_bpw",
        [](Point& p, const Node& v) {
          const double b = v.number();
@@ -301,16 +294,16 @@ void read_inputs(const Node& top, Experiment& e) {
 
 // profile: the sweep's defaults for base, method, granularity and mode, and the proxies.
 Point read_profile(const Node& top, Experiment& e) {
-  Point def{"nf4", "rtn", "linear", "quantize-one", "", {}, "", {}, {}};
+  Point def{"nf4", quant::Method::RTN, "linear", "quantize-one", "", {}, "", {}, {}};
   if (top.has("profile")) {
     const Node p = top.at("profile");
     p.only({"base", "method", "granularity", "mode", "proxies"});
     if (p.has("proxies")) e.proxies = p.at("proxies").flag();
     if (p.has("base")) def.base = format_name(p.at("base"));
-    if (p.has("method")) def.method = method_name(p.at("method"));
+    if (p.has("method")) def.method = method_of(p.at("method"));
     if (p.has("granularity"))
-      def.granularity = one_of(p.at("granularity"), {"linear", "half-block", "block"});
-    if (p.has("mode")) def.mode = one_of(p.at("mode"), {"quantize-one", "restore-one"});
+      def.granularity = one_of(p.at("granularity"), profile::kGranularities);
+    if (p.has("mode")) def.mode = one_of(p.at("mode"), profile::kModes);
   }
   return def;
 }
@@ -327,8 +320,7 @@ void read_plan_export(const Node& top, Experiment& e) {
   if (top.has("export")) {
     const Node x = top.at("export");
     x.only({"to"});
-    for (const Node& t : x.at("to").values())
-      e.export_to.push_back(one_of(t, {"compressed-tensors", "gguf"}));
+    for (const Node& t : x.at("to").values()) e.export_to.push_back(one_of(t, exporting::kTargets));
   }
 }
 
@@ -338,11 +330,11 @@ void read_eval(const Node& top, Experiment& e) {
     v.only({"ppl_protocol", "ctx", "kld", "mmlu_protocol", "shots", "mmlu_limit", "batch", "tasks",
             "tasks_limit", "speed"});
     if (v.has("ppl_protocol"))
-      e.eval.ppl_protocol = one_of(v.at("ppl_protocol"), {"gptq", "llamacpp", "sliding"});
+      e.eval.ppl_protocol = one_of(v.at("ppl_protocol"), eval::kPplProtocols);
     if (v.has("ctx")) e.eval.ctx = v.at("ctx").count(2);
     if (v.has("kld")) e.eval.kld = v.at("kld").flag();
     if (v.has("mmlu_protocol"))
-      e.eval.mmlu_protocol = one_of(v.at("mmlu_protocol"), {"5shot", "chat0shot"});
+      e.eval.mmlu_protocol = one_of(v.at("mmlu_protocol"), eval::kMmluProtocols);
     if (v.has("shots")) e.eval.shots = v.at("shots").count(0);
     if (v.has("mmlu_limit")) e.eval.mmlu_limit = v.at("mmlu_limit").count(0);
     if (v.has("batch")) e.eval.batch = v.at("batch").count(1);
@@ -376,6 +368,30 @@ std::vector<Point> sweep_points(const Node& top, const Point& def, const std::st
   return points;
 }
 
+// What a compressed-tensors export of point p's plans would refuse (`used`: the formats its plans
+// may use), before any work.
+void check_exportable_point(const Point& p, const Experiment& e,
+                            const std::vector<std::string>& used, bool restoring,
+                            const std::string& path) {
+  for (const auto& f : used) {
+    const std::string why =
+        exporting::compressed_tensors_unsupported(formats::FormatSpec::parse(f), 0);
+    if (!why.empty())
+      throw ConfigError(fmt::format("{}: export.to compressed-tensors: {} {}: {}", path,
+                                    f == p.base ? "base" : "plan.candidates:", f, why));
+  }
+  if (formats::FormatSpec::parse(p.base).dense() || (restoring && *p.percent >= 100.0))
+    throw ConfigError(
+        fmt::format("{}: export.to compressed-tensors: point {} quantizes no layer (nothing for a "
+                    "compressed-tensors config to declare)",
+                    path, point_label(p)));
+  if (p.planner != "uniform" && p.granularity == "linear" && !e.fused_groups)
+    throw ConfigError(fmt::format(
+        "{}: export.to compressed-tensors: needs plan.fused_groups: true (vLLM fuses q/k/v "
+        "and gate/up, so each group must share one format)",
+        path));
+}
+
 // Completes point p (its planner, its method's formats) and checks it against the rest of the
 // file, before any work; then drops what its planner does not use, so that equal work is one
 // point.
@@ -397,32 +413,14 @@ void finish_point(Point& p, const Experiment& e, const std::string& path) {
     for (const auto& c : e.candidates) used.push_back(quant::method_format(p.method, c));
   for (const auto& f : used) {
     const auto spec = formats::FormatSpec::parse(f);
-    if (spec.dense() || (p.method == "hqq") == spec.float_zero) continue;
+    if (spec.dense() || quant::method_traits(p.method).float_zeros == spec.float_zero) continue;
     throw ConfigError(fmt::format(
         "{}: {} {} with method {}: hqq quantizes to the int _fz formats (e.g. int4_g64_fz), "
         "and only hqq makes them",
-        path, f == p.base ? "base" : "plan.candidates:", f, p.method));
+        path, f == p.base ? "base" : "plan.candidates:", f, quant::method_name(p.method)));
   }
-  // What a compressed-tensors export of the point's plans would refuse, before any work.
-  if (std::count(e.export_to.begin(), e.export_to.end(), "compressed-tensors")) {
-    for (const auto& f : used) {
-      const std::string why =
-          exporting::compressed_tensors_unsupported(formats::FormatSpec::parse(f), 0);
-      if (!why.empty())
-        throw ConfigError(fmt::format("{}: export.to compressed-tensors: {} {}: {}", path,
-                                      f == p.base ? "base" : "plan.candidates:", f, why));
-    }
-    if (formats::FormatSpec::parse(p.base).dense() || (restoring && *p.percent >= 100.0))
-      throw ConfigError(fmt::format(
-          "{}: export.to compressed-tensors: point {} quantizes no layer (nothing for a "
-          "compressed-tensors config to declare)",
-          path, point_label(p)));
-    if (p.planner != "uniform" && p.granularity == "linear" && !e.fused_groups)
-      throw ConfigError(fmt::format(
-          "{}: export.to compressed-tensors: needs plan.fused_groups: true (vLLM fuses q/k/v "
-          "and gate/up, so each group must share one format)",
-          path));
-  }
+  if (std::count(e.export_to.begin(), e.export_to.end(), "compressed-tensors"))
+    check_exportable_point(p, e, used, restoring, path);
   // The planner's own rule (plan/planner.cpp), checked before any work: profiles of several
   // bases add up only as quantize-one KLs.
   const bool several = std::any_of(used.begin() + 1, used.end(), [&](const std::string& f) {

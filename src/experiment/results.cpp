@@ -50,7 +50,7 @@ const std::vector<std::string> kSummaryColumns = {"model_name",
                                                   "answer_change_rate"};
 
 std::string point_label(const Point& p) {
-  std::string s = p.base + " " + p.method;
+  std::string s = p.base + " " + quant::method_name(p.method);
   if (!p.granularity.empty()) s += " " + p.granularity;
   if (p.mode == "restore-one") s += " restore-one";
   s += " " + p.planner;

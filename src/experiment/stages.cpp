@@ -32,6 +32,41 @@ Stage make(const std::string& kind, const std::string& model, nlohmann::json inp
   return {kind, model, sha256_hex(id.dump()).substr(0, 16), std::move(inputs), point};
 }
 
+// The profile stages the selected points need, each once, appended to `out` in the order the
+// points first need them; returns each point's profile keys.
+std::vector<std::vector<std::string>> profile_stages(const Experiment& e, const std::string& model,
+                                                     const std::string& model_id,
+                                                     const std::vector<size_t>& selected,
+                                                     const nlohmann::json& calibration,
+                                                     const nlohmann::json& compute,
+                                                     std::vector<Stage>& out) {
+  std::map<std::string, std::string> profile_key;  // profile inputs (dumped) -> stage key
+  std::vector<std::vector<std::string>> point_profiles(e.points.size());
+  for (size_t i : selected) {
+    const Point& p = e.points.at(i);
+    if (p.planner == "uniform") continue;
+    std::vector<std::string> bases{p.base};
+    if (p.planner == "budget")
+      for (const auto& name : e.candidates) {
+        const std::string c = quant::method_format(p.method, name);  // hqq: the _fz variant
+        if (c != p.base && c != "bf16") bases.push_back(c);
+      }
+    for (const auto& base : bases) {
+      const nlohmann::json in = {
+          {"model", model_id},   {"calibration", calibration},   {"base", base},
+          {"method", p.method},  {"granularity", p.granularity}, {"mode", p.mode},
+          {"proxies", e.proxies}};
+      auto [it, fresh] = profile_key.emplace(in.dump(), "");
+      if (fresh) {
+        out.push_back(make("profile", model, in, compute));
+        it->second = out.back().key;
+      }
+      point_profiles[i].push_back(it->second);
+    }
+  }
+  return point_profiles;
+}
+
 }  // namespace
 
 std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
@@ -57,30 +92,8 @@ std::vector<Stage> plan_stages(const Experiment& e, const std::string& model,
 
   // Profiles, each once, in the order the points first need them; a point's plan depends on
   // the keys of its profiles.
-  std::map<std::string, std::string> profile_key;  // profile inputs (dumped) -> stage key
-  std::vector<std::vector<std::string>> point_profiles(e.points.size());
-  for (size_t i : selected) {
-    const Point& p = e.points.at(i);
-    if (p.planner == "uniform") continue;
-    std::vector<std::string> bases{p.base};
-    if (p.planner == "budget")
-      for (const auto& name : e.candidates) {
-        const std::string c = quant::method_format(p.method, name);  // hqq: the _fz variant
-        if (c != p.base && c != "bf16") bases.push_back(c);
-      }
-    for (const auto& base : bases) {
-      const nlohmann::json in = {
-          {"model", model_id},   {"calibration", calibration},   {"base", base},
-          {"method", p.method},  {"granularity", p.granularity}, {"mode", p.mode},
-          {"proxies", e.proxies}};
-      auto [it, fresh] = profile_key.emplace(in.dump(), "");
-      if (fresh) {
-        out.push_back(make("profile", model, in, compute));
-        it->second = out.back().key;
-      }
-      point_profiles[i].push_back(it->second);
-    }
-  }
+  const std::vector<std::vector<std::string>> point_profiles =
+      profile_stages(e, model, model_id, selected, calibration, compute, out);
   for (size_t i : selected) {
     const nlohmann::json in = {
         {"model", model_id}, {"point", e.points[i].to_json()}, {"profiles", point_profiles[i]}};

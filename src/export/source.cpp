@@ -20,14 +20,11 @@ std::string layer_of(const std::string& tensor) {
 }  // namespace
 
 Target parse_target(const std::string& text, const std::string& what) {
-  if (text == "compressed-tensors") return Target::COMPRESSED_TENSORS;
-  if (text == "gguf") return Target::GGUF;
-  throw ConfigError(
-      fmt::format("{}: unknown export target '{}' (compressed-tensors or gguf)", what, text));
+  return kTargets.parse(text, what);
 }
 
 const char* target_name(Target t) {
-  return t == Target::GGUF ? "gguf" : "compressed-tensors";
+  return kTargets.name(t);
 }
 
 Source::Source(const std::filesystem::path& dir)

@@ -166,4 +166,9 @@ std::string Checkpoint::fingerprint() const {
   return h.hex();
 }
 
+void require_checkpoint_dir(const std::string& dir) {
+  if (!std::filesystem::is_directory(dir))
+    throw ConfigError(fmt::format("{}: no such checkpoint directory", dir));
+}
+
 }  // namespace kldq::io

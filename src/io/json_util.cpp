@@ -100,4 +100,10 @@ void json_keys(const nlohmann::json& j, std::initializer_list<const char*> allow
       throw ConfigError(fmt::format("{}.{}: unknown key", where, key));
 }
 
+std::vector<ShardFile> read_shard_files(const std::vector<std::string>& paths) {
+  std::vector<ShardFile> shards;
+  for (const std::string& path : paths) shards.push_back({path, read_json_file(path, true)});
+  return shards;
+}
+
 }  // namespace kldq::io

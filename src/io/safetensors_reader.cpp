@@ -78,65 +78,49 @@ std::string safetensors_dtype_name(c10::ScalarType type) {
   throw InternalError(fmt::format("no safetensors dtype for {}", c10::toString(type)));
 }
 
-void parse_safetensors_header(std::string_view header_json, uint64_t data_bytes,
-                              const std::string& path, std::vector<TensorInfo>& tensors,
-                              std::map<std::string, std::string>& metadata) {
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(header_json);
-  } catch (const nlohmann::json::exception& e) {
-    throw IoError(fmt::format("{}: safetensors header is not valid JSON ({})", path, e.what()));
+namespace {
+
+// One tensor's header entry, checked: dtype, shape and data_offsets within the data section of
+// data_bytes, and agreeing with each other. `what` names the tensor in errors.
+TensorInfo tensor_entry(const std::string& name, const nlohmann::json& entry, uint64_t data_bytes,
+                        const std::string& what) {
+  if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
+      !entry.contains("data_offsets"))
+    throw IoError(fmt::format("{}: entry needs dtype, shape and data_offsets", what));
+  const auto& dt = entry["dtype"];
+  const auto& sh = entry["shape"];
+  const auto& off = entry["data_offsets"];
+  if (!dt.is_string()) throw IoError(fmt::format("{}: dtype is not a string", what));
+  if (!sh.is_array()) throw IoError(fmt::format("{}: shape is not an array", what));
+  if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
+      !off[1].is_number_unsigned())
+    throw IoError(fmt::format("{}: data_offsets must be two non-negative integers", what));
+  TensorInfo info;
+  info.name = name;
+  info.dtype = dt.get<std::string>();
+  info.scalar_type = scalar_type_from_safetensors(info.dtype, what);
+  for (const auto& d : sh) {
+    if (!d.is_number_unsigned() || d.get<uint64_t>() > (uint64_t{1} << 48))
+      throw IoError(fmt::format("{}: shape entries must be integers in [0, 2^48]", what));
+    info.shape.push_back(d.get<int64_t>());
   }
-  if (!header.is_object())
-    throw IoError(fmt::format("{}: safetensors header is not a JSON object", path));
-  for (const auto& [name, entry] : header.items()) {
-    const std::string what = fmt::format("{}: tensor '{}'", path, name);
-    if (name == "__metadata__") {
-      if (!entry.is_object()) throw IoError(fmt::format("{}: __metadata__ is not an object", path));
-      for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string())
-          throw IoError(fmt::format("{}: __metadata__.{} is not a string", path, k));
-        metadata[k] = v.get<std::string>();
-      }
-      continue;
-    }
-    if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
-        !entry.contains("data_offsets"))
-      throw IoError(fmt::format("{}: entry needs dtype, shape and data_offsets", what));
-    const auto& dt = entry["dtype"];
-    const auto& sh = entry["shape"];
-    const auto& off = entry["data_offsets"];
-    if (!dt.is_string()) throw IoError(fmt::format("{}: dtype is not a string", what));
-    if (!sh.is_array()) throw IoError(fmt::format("{}: shape is not an array", what));
-    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
-        !off[1].is_number_unsigned())
-      throw IoError(fmt::format("{}: data_offsets must be two non-negative integers", what));
-    TensorInfo info;
-    info.name = name;
-    info.dtype = dt.get<std::string>();
-    info.scalar_type = scalar_type_from_safetensors(info.dtype, what);
-    for (const auto& d : sh) {
-      if (!d.is_number_unsigned() || d.get<uint64_t>() > (uint64_t{1} << 48))
-        throw IoError(fmt::format("{}: shape entries must be integers in [0, 2^48]", what));
-      info.shape.push_back(d.get<int64_t>());
-    }
-    info.begin = off[0].get<uint64_t>();
-    info.end = off[1].get<uint64_t>();
-    if (info.begin > info.end || info.end > data_bytes)
-      throw IoError(
-          fmt::format("{}: data_offsets [{}, {}] out of bounds (data section has {} bytes)", what,
-                      info.begin, info.end, data_bytes));
-    const auto want = tensor_bytes(info.shape, c10::elementSize(info.scalar_type));
-    if (!want)
-      throw IoError(fmt::format("{}: shape [{}] is too large", what, fmt::join(info.shape, ", ")));
-    if (*want != info.nbytes())
-      throw IoError(fmt::format("{}: shape [{}] x {} needs {} bytes but data_offsets span {}", what,
-                                fmt::join(info.shape, ", "), info.dtype, *want, info.nbytes()));
-    tensors.push_back(std::move(info));
-  }
-  std::sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  info.begin = off[0].get<uint64_t>();
+  info.end = off[1].get<uint64_t>();
+  if (info.begin > info.end || info.end > data_bytes)
+    throw IoError(fmt::format("{}: data_offsets [{}, {}] out of bounds (data section has {} bytes)",
+                              what, info.begin, info.end, data_bytes));
+  const auto want = tensor_bytes(info.shape, c10::elementSize(info.scalar_type));
+  if (!want)
+    throw IoError(fmt::format("{}: shape [{}] is too large", what, fmt::join(info.shape, ", ")));
+  if (*want != info.nbytes())
+    throw IoError(fmt::format("{}: shape [{}] x {} needs {} bytes but data_offsets span {}", what,
+                              fmt::join(info.shape, ", "), info.dtype, *want, info.nbytes()));
+  return info;
+}
+
+// The tensors (sorted by offset) tile the data section.
+void check_tiling(const std::vector<TensorInfo>& tensors, uint64_t data_bytes,
+                  const std::string& path) {
   // Empty tensors occupy no bytes and may sit at any offset (the reference writer puts them
   // where the next tensor starts); only non-empty spans can overlap.
   // As the reference library requires, the spans tile the data section: no holes, nothing after
@@ -162,6 +146,39 @@ void parse_safetensors_header(std::string_view header_json, uint64_t data_bytes,
         "{}: the tensors cover {} bytes but the data section has {} (the header length or "
         "data_offsets are wrong)",
         path, covered, data_bytes));
+}
+
+}  // namespace
+
+void parse_safetensors_header(std::string_view header_json, uint64_t data_bytes,
+                              const std::string& path, std::vector<TensorInfo>& tensors,
+                              std::map<std::string, std::string>& metadata) {
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(header_json);
+  } catch (const nlohmann::json::exception& e) {
+    throw IoError(fmt::format("{}: safetensors header is not valid JSON ({})", path, e.what()));
+  }
+  if (!header.is_object())
+    throw IoError(fmt::format("{}: safetensors header is not a JSON object", path));
+  for (const auto& [name, entry] : header.items()) {
+    const std::string what = fmt::format("{}: tensor '{}'", path, name);
+    if (name == "__metadata__") {
+      if (!entry.is_object()) throw IoError(fmt::format("{}: __metadata__ is not an object", path));
+      for (const auto& [k, v] : entry.items()) {
+        if (!v.is_string())
+          throw IoError(fmt::format("{}: __metadata__.{} is not a string", path, k));
+        metadata[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    TensorInfo info = tensor_entry(name, entry, data_bytes, what);
+    tensors.push_back(std::move(info));
+  }
+  std::sort(tensors.begin(), tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  check_tiling(tensors, data_bytes, path);
 }
 
 std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {

@@ -24,8 +24,8 @@ namespace {
 // (`model.layers.3.mlp.up_proj`), a half block (`model.layers.3.self_attn` / `.mlp`) or a block
 // (`model.layers.3`). Plans match them as globs, so anything else (`*`, `model.layers.?`) would
 // select other layers than the ones that were measured.
-bool valid_unit_id(const std::string& id, const std::string& granularity) {
-  if (granularity == "linear") {
+bool valid_unit_id(const std::string& id, profile::Granularity granularity) {
+  if (granularity == profile::Granularity::LINEAR) {
     const auto l = model::LayerId::parse(id);
     return l && l->name() == id;
   }
@@ -36,8 +36,9 @@ bool valid_unit_id(const std::string& id, const std::string& granularity) {
   const std::string block = rest.substr(0, digits),
                     tail = digits == std::string::npos ? std::string() : rest.substr(digits);
   if (block.empty() || block.size() > 6 || (block.size() > 1 && block[0] == '0')) return false;
-  if (granularity == "block") return tail.empty();
-  return granularity == "half-block" && (tail == ".self_attn" || tail == ".mlp");
+  if (granularity == profile::Granularity::BLOCK) return tail.empty();
+  return granularity == profile::Granularity::HALF_BLOCK &&
+         (tail == ".self_attn" || tail == ".mlp");
 }
 
 using nlohmann::json;
@@ -97,12 +98,13 @@ void check_compatible(const std::vector<Profile>& ps) {
     };
     differs("model fingerprint", a.fingerprint, p.fingerprint);
     differs("calibration", a.calibration.dump(), p.calibration.dump());
-    differs("method", a.method, p.method);
+    differs("method", quant::method_name(a.method), quant::method_name(p.method));
     // Profiles of kldq before method_settings were recorded lack them; the rest must agree.
     if (!a.method_settings.is_null() && !p.method_settings.is_null())
       differs("method settings", a.method_settings.dump(), p.method_settings.dump());
-    differs("mode", a.mode, p.mode);
-    differs("granularity", a.granularity, p.granularity);
+    differs("mode", profile::mode_name(a.mode), profile::mode_name(p.mode));
+    differs("granularity", profile::granularity_name(a.granularity),
+            profile::granularity_name(p.granularity));
     if (p.units.size() != a.units.size())
       throw ConfigError(
           fmt::format("{}: {} units, {} has {}", p.path, p.units.size(), a.path, a.units.size()));
@@ -152,17 +154,7 @@ std::vector<bool> take_percent(const Profile& p, const std::vector<size_t>& orde
 }
 
 const char* strategy_name(Strategy s) {
-  switch (s) {
-    case Strategy::RESTORE_TOP:
-      return "restore-top";
-    case Strategy::BUDGET:
-      return "budget";
-    case Strategy::UNIFORM:
-      return "uniform";
-    case Strategy::RANDOM:
-      return "random";
-  }
-  return "";
+  return kStrategies.name(s);
 }
 
 std::vector<Candidate> candidates_for(const std::vector<Profile>& ps, const Request& r) {
@@ -198,7 +190,7 @@ std::vector<std::vector<size_t>> decision_groups(const Profile& p, bool fused) {
     const bool qkv = id && (id->proj == model::Proj::Q || id->proj == model::Proj::K ||
                             id->proj == model::Proj::V);
     const bool gate_up = id && (id->proj == model::Proj::GATE || id->proj == model::Proj::UP);
-    if (!fused || p.granularity != "linear" || (!qkv && !gate_up)) {
+    if (!fused || p.granularity != profile::Granularity::LINEAR || (!qkv && !gate_up)) {
       groups.push_back({u});
       continue;
     }
@@ -224,7 +216,7 @@ Profile grouped(const Profile& p, const std::vector<std::vector<size_t>>& groups
       unit.bytes_bf16 += p.units[u].bytes_bf16;
       cost += p.cost(u);
     }
-    unit.kl_mean = p.mode == "restore-one" ? p.baseline_kl - cost : cost;
+    unit.kl_mean = p.mode == profile::Mode::RESTORE_ONE ? p.baseline_kl - cost : cost;
     g.units.push_back(unit);
   }
   return g;
@@ -275,7 +267,8 @@ std::vector<size_t> select(const std::vector<Profile>& ps, const Request& r,
 double Profile::cost(size_t u) const {
   // A unit measured below zero (restore-one noise: restoring it changed KL by less than the
   // measurement's spread) counts as harmless, so predictions stay valid KLs.
-  return std::max(0.0, mode == "restore-one" ? baseline_kl - units[u].kl_mean : units[u].kl_mean);
+  return std::max(
+      0.0, mode == profile::Mode::RESTORE_ONE ? baseline_kl - units[u].kl_mean : units[u].kl_mean);
 }
 
 Profile Profile::from_json(const json& j, const std::string& path) {
@@ -285,15 +278,11 @@ Profile Profile::from_json(const json& j, const std::string& path) {
     throw ConfigError(fmt::format(
         "{}: a shard of a profile (shard: {}); merge the shards first (kldq profile --merge)", path,
         j["shard"].dump()));
-  p.mode = text(j, "mode", path);
-  if (p.mode != "quantize-one" && p.mode != "restore-one")
-    throw ConfigError(fmt::format("{}: mode: unknown mode '{}'", path, p.mode));
-  p.granularity = text(j, "granularity", path);
-  if (p.granularity != "linear" && p.granularity != "half-block" && p.granularity != "block")
-    throw ConfigError(
-        fmt::format("{}: granularity: unknown granularity '{}'", path, p.granularity));
+  p.mode = profile::kModes.parse(text(j, "mode", path), path + ": mode");
+  p.granularity =
+      profile::kGranularities.parse(text(j, "granularity", path), path + ": granularity");
   p.base = formats::FormatSpec::parse(text(j, "base", path), path + ": base").name();
-  p.method = text(j, "method", path);
+  p.method = quant::parse_method(text(j, "method", path), path + ": method");
   p.model = text(j, "model", path);
   if (!j.contains("model_fingerprint"))
     throw ConfigError(
@@ -307,7 +296,8 @@ Profile Profile::from_json(const json& j, const std::string& path) {
         quant::method_from_json(j["method_settings"], path + ": method_settings");
     if (r.options.method != p.method)
       throw ConfigError(fmt::format("{}: method_settings.method: {}, but the method is {}", path,
-                                    r.options.method, p.method));
+                                    quant::method_name(r.options.method),
+                                    quant::method_name(p.method)));
     p.method_settings = j["method_settings"];
     // A plan carries the calibration a gptq/awq profile fitted on, in the recorded schema.
     if (quant::needs_calibration(p.method))
@@ -325,11 +315,12 @@ Profile Profile::from_json(const json& j, const std::string& path) {
            number(units[i], "kl_mean", where),   number(units[i], "kl_stderr", where)};
     if (u.params == 0) throw ConfigError(fmt::format("{}: params: expected > 0", where));
     if (!valid_unit_id(u.id, p.granularity))
-      throw ConfigError(fmt::format("{}: id: '{}' is not a {} unit name (model.layers.N{})", where,
-                                    u.id, p.granularity,
-                                    p.granularity == "linear"       ? ".mlp.up_proj, ..."
-                                    : p.granularity == "half-block" ? ".self_attn or .mlp"
-                                                                    : ""));
+      throw ConfigError(
+          fmt::format("{}: id: '{}' is not a {} unit name (model.layers.N{})", where, u.id,
+                      profile::granularity_name(p.granularity),
+                      p.granularity == profile::Granularity::LINEAR       ? ".mlp.up_proj, ..."
+                      : p.granularity == profile::Granularity::HALF_BLOCK ? ".self_attn or .mlp"
+                                                                          : ""));
     if (!seen.insert(u.id).second)
       throw ConfigError(fmt::format("{}: id: unit {} appears twice", where, u.id));
     p.units.push_back(std::move(u));
@@ -346,9 +337,7 @@ double parse_percent(const std::string& s, const std::string& what) {
 }
 
 By parse_by(const std::string& s, const std::string& what) {
-  if (s == "count") return By::COUNT;
-  if (s == "params") return By::PARAMS;
-  throw ConfigError(fmt::format("{} {}: expected count or params", what, s));
+  return kBys.parse(s, what);
 }
 
 namespace {
@@ -387,7 +376,7 @@ json fitted_settings(const Profile& anchor) {
     log::warn(
         "{}: records no method_settings (an older kldq): quantize --plan will fit {} with "
         "the command line's settings and calibration",
-        anchor.path, anchor.method);
+        anchor.path, quant::method_name(anchor.method));
   return settings;
 }
 
@@ -402,8 +391,8 @@ json planner_record(const std::vector<Profile>& ps, const Request& r, double pre
                   {"model", anchor.model},
                   {"model_fingerprint", anchor.fingerprint},
                   {"calibration", anchor.calibration},
-                  {"mode", anchor.mode},
-                  {"granularity", anchor.granularity},
+                  {"mode", profile::mode_name(anchor.mode)},
+                  {"granularity", profile::granularity_name(anchor.granularity)},
                   {"anchor_base", anchor.base},
                   {"anchor_baseline_kl", anchor.baseline_kl},
                   {"predicted_kl", predicted},
@@ -427,7 +416,7 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
   if (r.strategy != Strategy::BUDGET && ps.size() > 1)
     throw ConfigError(
         fmt::format("plan: {} takes one profile, {} given", strategy_name(r.strategy), ps.size()));
-  if (r.strategy == Strategy::BUDGET && ps.size() > 1 && anchor.mode != "quantize-one")
+  if (r.strategy == Strategy::BUDGET && ps.size() > 1 && anchor.mode != profile::Mode::QUANTIZE_ONE)
     throw ConfigError(
         "--budget-bpw: several profiles must be quantize-one profiles (restore-one KL gains of "
         "different bases are measured from different baselines and do not add up)");
@@ -453,8 +442,9 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
     formats[anchor.units[u].id] = c.spec.name();
     if (pick[u] == base) continue;
     // Half-block and block units name every linear below them.
-    const std::string pattern =
-        anchor.granularity == "linear" ? anchor.units[u].id : anchor.units[u].id + ".*";
+    const std::string pattern = anchor.granularity == profile::Granularity::LINEAR
+                                    ? anchor.units[u].id
+                                    : anchor.units[u].id + ".*";
     plan.overrides.push_back({quant::LayerSelector(pattern, "plan"), c.spec});
   }
   // The measured baseline scaled by the plan's share of the summed unit costs: >= 0, the

@@ -194,26 +194,19 @@ size_t group_size(const Decoder& m, int64_t batch, int64_t T, double bytes) {
 }
 
 Mode parse_mode(const std::string& s, const char* option) {
-  if (s == "quantize-one") return Mode::QUANTIZE_ONE;
-  if (s == "restore-one") return Mode::RESTORE_ONE;
-  throw ConfigError(fmt::format("{} {}: expected quantize-one or restore-one", option, s));
+  return kModes.parse(s, option);
 }
 
 Granularity parse_granularity(const std::string& s, const char* option) {
-  if (s == "linear") return Granularity::LINEAR;
-  if (s == "half-block") return Granularity::HALF_BLOCK;
-  if (s == "block") return Granularity::BLOCK;
-  throw ConfigError(fmt::format("{} {}: expected linear, half-block or block", option, s));
+  return kGranularities.parse(s, option);
 }
 
 const char* mode_name(Mode m) {
-  return m == Mode::QUANTIZE_ONE ? "quantize-one" : "restore-one";
+  return kModes.name(m);
 }
 
 const char* granularity_name(Granularity g) {
-  return g == Granularity::LINEAR       ? "linear"
-         : g == Granularity::HALF_BLOCK ? "half-block"
-                                        : "block";
+  return kGranularities.name(g);
 }
 
 std::vector<Unit> make_units(const Decoder& m, Granularity g) {
@@ -321,7 +314,7 @@ Result run_profile(const std::vector<Decoder*>& models, const at::Tensor& ids,
   return result;
 }
 
-nlohmann::json to_json(const Result& r, const Options& o, const std::string& method) {
+nlohmann::json to_json(const Result& r, const Options& o, quant::Method method) {
   nlohmann::json units = nlohmann::json::array();
   for (const UnitResult& u : r.units) {
     nlohmann::json j = {{"id", u.unit.id},

@@ -66,52 +66,35 @@ void Hessian::add(const at::Tensor& x) {
   tokens_ += x2.size(0);
 }
 
-GptqResult gptq_quantize(const at::Tensor& w_in, const at::Tensor& h_in,
-                         const formats::FormatSpec& spec, const GptqOptions& o,
-                         const std::string& layer) {
-  const at::Tensor w0 = w_in.to(at::kFloat);  // [out, in], the original weight
+namespace {
+
+// The grid GPTQ rounds onto: static groups (act_order, or one group per row) fixed from the
+// original weight as round-to-nearest's; otherwise its parameters are filled group by group as
+// the columns are reached (allocated here).
+formats::Grid initial_grid(const at::Tensor& w0, const formats::FormatSpec& spec, int64_t g,
+                           bool static_groups) {
+  if (static_groups) return formats::make_grid(w0, spec);
   const int64_t out = w0.size(0), in = w0.size(1);
-  check(h_in.dim() == 2 && h_in.size(0) == in && h_in.size(1) == in,
-        fmt::format("gptq: {}: Hessian shape differs from the weight's inputs", layer));
-  if (!formats::has_grid(spec, in))
-    throw UnsupportedError(
-        fmt::format("gptq: {}: format {} has no quantization grid for {} inputs (int2/3/4, int8, "
-                    "per-channel fp8, or nf4/fp4 with inputs a multiple of the block)",
-                    layer, spec.name(), in));
-  GptqResult r;
-  at::Tensor h = h_in.to(at::kFloat).clone();
-  const at::Tensor dead = h.diagonal() == 0;
-  r.dead = dead.sum().item<int64_t>();
-  h.diagonal().masked_fill_(dead, 1.0);
+  formats::Grid grid;
+  grid.spec = spec, grid.out = out, grid.in = in, grid.group = g;
+  const int64_t groups = (in + g - 1) / g;
+  grid.scale = at::empty({out, groups}, w0.options());
+  if (spec.format == formats::Format::INT2 || spec.format == formats::Format::INT3 ||
+      spec.format == formats::Format::INT4)
+    grid.zero = at::empty({out, groups}, w0.options());
+  return grid;
+}
 
-  const int64_t g = formats::grid_group(spec, in);
-  const bool static_groups = o.act_order || g >= in;
-  formats::Grid grid = static_groups ? formats::make_grid(w0, spec) : formats::Grid{};
-  if (!static_groups) {
-    grid.spec = spec, grid.out = out, grid.in = in, grid.group = g;
-    const int64_t groups = (in + g - 1) / g;
-    grid.scale = at::empty({out, groups}, w0.options());
-    if (spec.format == formats::Format::INT2 || spec.format == formats::Format::INT3 ||
-        spec.format == formats::Format::INT4)
-      grid.zero = at::empty({out, groups}, w0.options());
-  }
-  at::Tensor w = w0.clone();
-  std::vector<int64_t> order(static_cast<size_t>(in));
-  for (int64_t j = 0; j < in; ++j) order[static_cast<size_t>(j)] = j;
-  at::Tensor perm;
-  if (o.act_order) {
-    perm = at::argsort(h.diagonal(), /*stable=*/true, /*dim=*/0, /*descending=*/true);
-    w = w.index_select(1, perm);
-    h = h.index_select(0, perm).index_select(1, perm);
-    const at::Tensor pc = perm.to(at::kCPU);
-    for (int64_t j = 0; j < in; ++j) order[static_cast<size_t>(j)] = pc[j].item<int64_t>();
-  }
-  r.damp = o.damp;
-  const at::Tensor u = inverse_factor(h, r.damp, layer);  // [in, in] upper
-
-  // Lazy batches of a whole number of groups, so that a group's columns share a block. The
-  // loop runs on the transposed weight, [in, out], so that a column is contiguous.
-  const int64_t B = g >= in ? o.block : ((std::max(o.block, g) + g - 1) / g) * g;
+// GPTQ's column loop over w: [out, in] (permuted order) with u: [in, in], the upper Cholesky
+// factor of the inverse Hessian, in lazy batches of B columns: each column rounded onto its
+// group's grid, its scaled error propagated to the batch's later columns, and each batch's errors
+// to every later column by one GEMM. The loop runs on the transposed weight, [in, out], so that a
+// column is contiguous. Returns the rounded weight transposed, [in, out].
+at::Tensor solve_columns(const at::Tensor& w, const at::Tensor& u,
+                         const std::vector<int64_t>& order, formats::Grid& grid, int64_t g,
+                         bool static_groups, int64_t B) {
+  const formats::FormatSpec& spec = grid.spec;
+  const int64_t in = w.size(1);
   at::Tensor wt = w.t().contiguous();  // [in, out], permuted order
   at::Tensor qt = at::empty_like(wt);  // [in, out]
   // Static groups: every group's rounder made once (act_order visits groups in any order).
@@ -152,6 +135,49 @@ GptqResult gptq_quantize(const at::Tensor& w_in, const at::Tensor& h_in,
       wt.narrow(0, i1 + n, in - i1 - n)
           .sub_(at::matmul(u.narrow(0, i1, n).narrow(1, i1 + n, in - i1 - n).t(), e1));
   }
+  return qt;
+}
+
+}  // namespace
+
+GptqResult gptq_quantize(const at::Tensor& w_in, const at::Tensor& h_in,
+                         const formats::FormatSpec& spec, const GptqOptions& o,
+                         const std::string& layer) {
+  const at::Tensor w0 = w_in.to(at::kFloat);  // [out, in], the original weight
+  const int64_t in = w0.size(1);
+  check(h_in.dim() == 2 && h_in.size(0) == in && h_in.size(1) == in,
+        fmt::format("gptq: {}: Hessian shape differs from the weight's inputs", layer));
+  if (!formats::has_grid(spec, in))
+    throw UnsupportedError(
+        fmt::format("gptq: {}: format {} has no quantization grid for {} inputs (int2/3/4, int8, "
+                    "per-channel fp8, or nf4/fp4 with inputs a multiple of the block)",
+                    layer, spec.name(), in));
+  GptqResult r;
+  at::Tensor h = h_in.to(at::kFloat).clone();
+  const at::Tensor dead = h.diagonal() == 0;
+  r.dead = dead.sum().item<int64_t>();
+  h.diagonal().masked_fill_(dead, 1.0);
+
+  const int64_t g = formats::grid_group(spec, in);
+  const bool static_groups = o.act_order || g >= in;
+  formats::Grid grid = initial_grid(w0, spec, g, static_groups);
+  at::Tensor w = w0.clone();
+  std::vector<int64_t> order(static_cast<size_t>(in));
+  for (int64_t j = 0; j < in; ++j) order[static_cast<size_t>(j)] = j;
+  at::Tensor perm;
+  if (o.act_order) {
+    perm = at::argsort(h.diagonal(), /*stable=*/true, /*dim=*/0, /*descending=*/true);
+    w = w.index_select(1, perm);
+    h = h.index_select(0, perm).index_select(1, perm);
+    const at::Tensor pc = perm.to(at::kCPU);
+    for (int64_t j = 0; j < in; ++j) order[static_cast<size_t>(j)] = pc[j].item<int64_t>();
+  }
+  r.damp = o.damp;
+  const at::Tensor u = inverse_factor(h, r.damp, layer);  // [in, in] upper
+
+  // Lazy batches of a whole number of groups, so that a group's columns share a block.
+  const int64_t B = g >= in ? o.block : ((std::max(o.block, g) + g - 1) / g) * g;
+  const at::Tensor qt = solve_columns(w, u, order, grid, g, static_groups, B);  // [in, out]
   at::Tensor q = qt.t();  // [out, in], permuted order
   if (o.act_order) q = q.index_select(1, at::argsort(perm));
   r.q = q.contiguous();

@@ -26,6 +26,33 @@ at::Tensor shrink_lp(const at::Tensor& x, double beta, double p) {
   return out.mul_(at::sign(x));
 }
 
+// The fit as the _fz format stores it: codes of W: [out * groups, g] at inverse scales s and
+// zero points z ([out * groups, 1]), scales 1/s and zeros in fp16. UnsupportedError naming `what`
+// when a zero point is beyond fp16's range.
+formats::PackedWeight pack_fit(const at::Tensor& W, const at::Tensor& s, const at::Tensor& z,
+                               const formats::FormatSpec& spec, int64_t out, int64_t in,
+                               const std::string& what) {
+  const int bits = spec.traits().code_bits;
+  const double qmax = std::ldexp(1.0, bits) - 1;
+  const int64_t g = spec.group, groups = (in + g - 1) / g;
+  const at::Tensor codes = at::round(W * s + z).clamp_(0, qmax).reshape({out, groups * g});
+  formats::PackedWeight p;
+  p.spec = spec;
+  p.out = out;
+  p.in = in;
+  p.codes = formats::pack_bits(codes.narrow(1, 0, in).to(at::kByte), bits);
+  p.scales = s.reciprocal().reshape({out, groups}).to(at::kHalf);
+  p.zeros = z.reshape({out, groups}).to(at::kHalf);
+  // A group far from 0 with a tiny range (values 4.0 to 4.0002: s at its 2e4 clamp, z = -8e4)
+  // has a zero point fp16 cannot hold; the reference would store inf as well. Refused.
+  if (!at::isfinite(p.zeros).all().item<bool>())
+    throw UnsupportedError(fmt::format(
+        "{}: HQQ zero points beyond fp16's range (|z| up to {:.4g}): groups with a tiny range far "
+        "from 0; quantize this layer with an _asym format and --method rtn, gptq or awq",
+        what, z.abs().max().item<double>()));
+  return p;
+}
+
 }  // namespace
 
 formats::PackedWeight quantize_hqq(const at::Tensor& w_in, const formats::FormatSpec& spec,
@@ -74,22 +101,7 @@ formats::PackedWeight quantize_hqq(const at::Tensor& w_in, const formats::Format
     if (!(err < best)) break;
     best = err;
   }
-  const at::Tensor codes = at::round(W * s + z).clamp_(0, qmax).reshape({out, groups * g});
-  formats::PackedWeight p;
-  p.spec = spec;
-  p.out = out;
-  p.in = in;
-  p.codes = formats::pack_bits(codes.narrow(1, 0, in).to(at::kByte), bits);
-  p.scales = s.reciprocal().reshape({out, groups}).to(at::kHalf);
-  p.zeros = z.reshape({out, groups}).to(at::kHalf);
-  // A group far from 0 with a tiny range (values 4.0 to 4.0002: s at its 2e4 clamp, z = -8e4)
-  // has a zero point fp16 cannot hold; the reference would store inf as well. Refused.
-  if (!at::isfinite(p.zeros).all().item<bool>())
-    throw UnsupportedError(fmt::format(
-        "{}: HQQ zero points beyond fp16's range (|z| up to {:.4g}): groups with a tiny range far "
-        "from 0; quantize this layer with an _asym format and --method rtn, gptq or awq",
-        what, z.abs().max().item<double>()));
-  return p;
+  return pack_fit(W, s, z, spec, out, in, what);
 }
 
 }  // namespace kldq::quant

@@ -131,8 +131,7 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
       throw ConfigError(fmt::format("{}.planner.predicted_kl: expected a number", where));
   }
   if (j.contains("method")) {
-    p.method = io::json_string(j["method"], where + ".method");
-    check_method(p.method, where + ".method");
+    p.method = parse_method(io::json_string(j["method"], where + ".method"), where + ".method");
   }
   if (j.contains("method_settings")) {
     // Checked here, read back by quantize and eval (RecordedMethod).
@@ -140,7 +139,7 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
     const RecordedMethod r = method_from_json(j["method_settings"], at);
     if (r.options.method != p.method)
       throw ConfigError(fmt::format("{}.method: {}, but the plan's method is {}", at,
-                                    r.options.method, p.method));
+                                    method_name(r.options.method), method_name(p.method)));
     p.method_settings = j["method_settings"];
   }
   p.base = formats::FormatSpec::parse(

@@ -47,56 +47,46 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds n, const model::ModelConfig& 
               3 * I * I * 4 +                               // Hessian, its inverse (fp32)
               4 * 2 * I * H * 4 +                           // a stacked GPTQ problem
               // AWQ's captured layer inputs (q, o, gate, down), briefly twice while joined.
-              (o.method == "awq" ? 2 * tokens * (2 * H + uint64_t(c.q_dim()) + I) * e : 0) +
+              (o.method == Method::AWQ ? 2 * tokens * (2 * H + uint64_t(c.q_dim()) + I) * e : 0) +
               (512ULL << 20);
   return n;
 }
 
-void check_method(const std::string& method, const std::string& what) {
-  if (method != "rtn" && method != "hqq" && method != "gptq" && method != "awq")
-    throw ConfigError(
-        fmt::format("{}: unknown method '{}' (one of: rtn, hqq, gptq, awq)", what, method));
-}
-
-void check_formats(const std::string& method, const model::LayerFormats& formats) {
+void check_formats(Method method, const model::LayerFormats& formats) {
   for (const auto& [layer, spec] : formats) {
     const bool dense = spec.dense();
     const bool int_grouped = spec.traits().blocking == formats::Blocking::GROUP;
-    if (method == "hqq" && !dense && !spec.float_zero) {
+    const bool fits_zeros = method_traits(method).float_zeros;
+    if (fits_zeros && !dense && !spec.float_zero) {
       formats::FormatSpec fz = spec;
       fz.asymmetric = fz.float_zero = true;
       throw ConfigError(fmt::format(
           "layer {}: --method hqq fits float zero points, which {} cannot hold; use {}", layer,
           spec.name(), int_grouped ? fz.name() : "an int2/3/4 _fz format (e.g. int4_g64_fz)"));
     }
-    if (method != "hqq" && spec.float_zero)
+    if (!fits_zeros && spec.float_zero)
       throw ConfigError(
           fmt::format("layer {}: format {} holds HQQ's fitted zero points; use "
                       "--method hqq (or the _asym format with --method {})",
-                      layer, spec.name(), method));
+                      layer, spec.name(), method_name(method)));
   }
 }
 
-std::string method_format(const std::string& method, const std::string& format) {
+std::string method_format(Method method, const std::string& format) {
   formats::FormatSpec spec = formats::FormatSpec::parse(format);
-  if (method == "hqq" && spec.traits().blocking == formats::Blocking::GROUP)
+  if (method_traits(method).float_zeros && spec.traits().blocking == formats::Blocking::GROUP)
     spec.asymmetric = spec.float_zero = true;
   return spec.name();
 }
 
 formats::PackedWeight quantize_weight(const at::Tensor& w, const formats::FormatSpec& spec,
                                       const MethodOptions& o, const std::string& what) {
-  if (o.method == "hqq" && spec.float_zero) return quantize_hqq(w, spec, o.hqq, what);
+  if (o.method == Method::HQQ && spec.float_zero) return quantize_hqq(w, spec, o.hqq, what);
   return formats::quantize_rtn(w, spec);
-}
-
-bool needs_calibration(const std::string& method) {
-  return method == "gptq" || method == "awq";
 }
 
 QuantizedLayers quantize_layers(model::Decoder& m, const model::LayerFormats& formats,
                                 const MethodOptions& o, const at::Tensor& calib) {
-  check_method(o.method, "--method");
   check_formats(o.method, formats);
   for (const auto& id : m.linear_ids())
     if (formats.count(id.name()) && m.linear(id).is_packed())
@@ -124,12 +114,12 @@ void apply_layers(model::Decoder& m, const QuantizedLayers& layers) {
 
 nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& calibration) {
   nlohmann::json j = {{"method", o.method}};
-  if (o.method == "gptq")
+  if (o.method == Method::GPTQ)
     j["gptq"] = {{"damp", o.gptq.damp}, {"block", o.gptq.block}, {"act_order", o.gptq.act_order}};
-  if (o.method == "awq")
+  if (o.method == Method::AWQ)
     j["awq"] = {
         {"grid", o.awq.grid}, {"clip_steps", o.awq.clip_steps}, {"max_shrink", o.awq.max_shrink}};
-  if (o.method == "hqq")
+  if (o.method == Method::HQQ)
     j["hqq"] = {{"lp_norm", o.hqq.lp_norm},
                 {"beta", o.hqq.beta},
                 {"iters", o.hqq.iters},
@@ -142,12 +132,12 @@ RecordedMethod method_from_json(const nlohmann::json& j, const std::string& wher
   io::json_keys(j, {"method", "gptq", "awq", "hqq", "calibration"}, where);
   RecordedMethod r;
   MethodOptions& o = r.options;
-  o.method = io::json_string(io::json_member(j, "method", where), where + ".method");
-  check_method(o.method, where + ".method");
-  for (const char* m : {"gptq", "awq", "hqq"})
-    if (j.contains(m) && o.method != m)
-      throw ConfigError(
-          fmt::format("{}.{}: settings of {}, but the method is {}", where, m, m, o.method));
+  o.method = parse_method(io::json_string(io::json_member(j, "method", where), where + ".method"),
+                          where + ".method");
+  for (const Method m : {Method::GPTQ, Method::AWQ, Method::HQQ})
+    if (j.contains(method_name(m)) && o.method != m)
+      throw ConfigError(fmt::format("{}.{}: settings of {}, but the method is {}", where,
+                                    method_name(m), method_name(m), method_name(o.method)));
   if (j.contains("gptq")) {
     const std::string at = where + ".gptq";
     const nlohmann::json& g = j["gptq"];
@@ -198,6 +188,68 @@ RecordedMethod method_from_json(const nlohmann::json& j, const std::string& wher
   return r;
 }
 
+namespace {
+
+// What write_tensors writes: the source checkpoint's tensors in the layout `slots` gives for the
+// layers' formats, calibrated layers from `layers`.
+struct TensorSource {
+  const fs::path& src;
+  const io::Checkpoint& ck;
+  const std::vector<model::TensorSlot>& slots;
+  const nlohmann::json& layer_names;  // layer -> format name
+  const QuantizedLayers& layers;      // calibrated methods' layers (empty for rtn)
+  const model::LayerFormats& formats;
+};
+
+// Writes model.safetensors at `file`: every slot in order, a linear layer as its quantized parts
+// (rtn and dense formats quantized here, on `device`, from the stored weight).
+void write_tensors(const fs::path& file, const TensorSource& t, const MethodOptions& method,
+                   c10::Device device) {
+  std::vector<io::TensorSpec> specs;
+  for (const auto& s : t.slots)
+    specs.push_back({s.name, s.dtype ? *s.dtype : t.ck.info(s.name).scalar_type, s.shape});
+  // A source tensor as stored, refused when it holds NaN or Inf (it would quantize to NaN scales).
+  auto stored = [&](const std::string& name) {
+    at::Tensor x = t.ck.tensor(name);
+    model::check_finite(x, fmt::format("{}: tensor '{}'", t.src.string(), name));
+    return x;
+  };
+  io::SafetensorsWriter writer(file, specs,
+                               {{"format", "pt"},
+                                {model::kFormatsKey, t.layer_names.dump()},
+                                {model::kVersionKey, KLDQ_VERSION_STRING}});
+  // Slots list a layer's parts consecutively (its input scale last): a layer's tensors are
+  // made on its first part and written in order.
+  std::vector<at::Tensor> parts;
+  size_t next_part = 0;
+  for (const auto& s : t.slots) {
+    if (s.role != model::TensorRole::LINEAR_WEIGHT && s.role != model::TensorRole::LINEAR_PART) {
+      writer.write(s.name, stored(s.name));
+      continue;
+    }
+    if (next_part == parts.size()) {
+      const std::string layer = s.layer->name();
+      const auto l = t.layers.find(layer);
+      // Dense formats (kept layers) come from the checkpoint, as RTN's do: the calibrated
+      // decoder holds them in its compute dtype, which may round them differently.
+      if (l == t.layers.end() || t.formats.at(layer).dense()) {
+        const at::Tensor w = stored(layer + ".weight").to(device);
+        parts =
+            quantize_weight(w, t.formats.at(layer), method, "layer " + layer).to(c10::kCPU).parts();
+      } else {
+        parts = l->second.packed.to(c10::kCPU).parts();
+        if (l->second.input_scale.defined())
+          parts.push_back(l->second.input_scale.to(c10::kCPU, at::kBFloat16));
+      }
+      next_part = 0;
+    }
+    writer.write(s.name, parts[next_part++].contiguous());
+  }
+  writer.commit();
+}
+
+}  // namespace
+
 void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, const Plan& plan,
                                 const MethodOptions& method, const CalibratedSource& calibrated,
                                 const WriteOptions& options) {
@@ -228,52 +280,13 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
 
   nlohmann::json layer_names = nlohmann::json::object();
   for (const auto& [layer, spec] : formats) layer_names[layer] = spec.name();
-  const auto slots = model::expected_tensors(config, formats, scaled);
-  std::vector<io::TensorSpec> specs;
-  for (const auto& s : slots)
-    specs.push_back({s.name, s.dtype ? *s.dtype : ck.info(s.name).scalar_type, s.shape});
+  const std::vector<model::TensorSlot> slots = model::expected_tensors(config, formats, scaled);
 
-  // A source tensor as stored, refused when it holds NaN or Inf (it would quantize to NaN scales).
-  auto stored = [&](const std::string& name) {
-    at::Tensor t = ck.tensor(name);
-    model::check_finite(t, fmt::format("{}: tensor '{}'", src.string(), name));
-    return t;
-  };
   TempOutput tmp_dir(out, TempOutput::Kind::DIRECTORY);
   const fs::path tmp = tmp_dir.path();
   {
-    io::SafetensorsWriter writer(tmp / "model.safetensors", specs,
-                                 {{"format", "pt"},
-                                  {model::kFormatsKey, layer_names.dump()},
-                                  {model::kVersionKey, KLDQ_VERSION_STRING}});
-    // Slots list a layer's parts consecutively (its input scale last): a layer's tensors are
-    // made on its first part and written in order.
-    std::vector<at::Tensor> parts;
-    size_t next_part = 0;
-    for (const auto& s : slots) {
-      if (s.role != model::TensorRole::LINEAR_WEIGHT && s.role != model::TensorRole::LINEAR_PART) {
-        writer.write(s.name, stored(s.name));
-        continue;
-      }
-      if (next_part == parts.size()) {
-        const std::string layer = s.layer->name();
-        const auto l = layers.find(layer);
-        // Dense formats (kept layers) come from the checkpoint, as RTN's do: the calibrated
-        // decoder holds them in its compute dtype, which may round them differently.
-        if (l == layers.end() || formats.at(layer).dense()) {
-          const at::Tensor w = stored(layer + ".weight").to(options.device);
-          parts =
-              quantize_weight(w, formats.at(layer), method, "layer " + layer).to(c10::kCPU).parts();
-        } else {
-          parts = l->second.packed.to(c10::kCPU).parts();
-          if (l->second.input_scale.defined())
-            parts.push_back(l->second.input_scale.to(c10::kCPU, at::kBFloat16));
-        }
-        next_part = 0;
-      }
-      writer.write(s.name, parts[next_part++].contiguous());
-    }
-    writer.commit();
+    write_tensors(tmp / "model.safetensors", {src, ck, slots, layer_names, layers, formats}, method,
+                  options.device);
     for (const auto& entry : fs::directory_iterator(src))
       if (companion_file(entry.path())) fs::copy_file(entry.path(), tmp / entry.path().filename());
     nlohmann::json plan_json = plan.to_json();

@@ -104,7 +104,8 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
                                     const MethodOptions& o, const at::Tensor& calib) {
   check(o.batch >= 1, "calibrated quantization: batch must be positive");
   if (!calib.defined() || calib.dim() != 2 || calib.size(0) < 1 || calib.size(1) < 1)
-    throw ConfigError(fmt::format("--method {}: needs calibration windows (--calib)", o.method));
+    throw ConfigError(
+        fmt::format("--method {}: needs calibration windows (--calib)", method_name(o.method)));
   QuantizedLayers out;
   // Formats are checked before any work: a bad plan fails in a second, not after an hour.
   for (const LayerId& id : m.linear_ids()) {
@@ -115,7 +116,8 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
       throw UnsupportedError(fmt::format(
           "--method {}: layer {}: format {} has no quantization grid for {} inputs ({} needs "
           "int2/3/4, int8, per-channel fp8, or nf4/fp4 with inputs a multiple of the block)",
-          o.method, id.name(), f->second.name(), m.linear(id).in_features(), o.method));
+          method_name(o.method), id.name(), f->second.name(), m.linear(id).in_features(),
+          method_name(o.method)));
   }
   at::InferenceMode guard;
   const Decoder::Snapshot dense = m.snapshot();
@@ -125,7 +127,8 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
         at::empty({N, T, H}, at::TensorOptions().dtype(m.dtype()).device(m.device()));
     for (const auto [w, n] : batches(N, o.batch))
       hidden.narrow(0, w, n).copy_(m.embed(calib.narrow(0, w, n)));
-    Progress progress(fmt::format("{} calibration", o.method), m.num_blocks(), "blocks");
+    Progress progress(fmt::format("{} calibration", method_name(o.method)), m.num_blocks(),
+                      "blocks");
     double err = 0, rtn_err = 0;
     for (int b = 0; b < m.num_blocks(); ++b) {
       // Dense formats first: a restored layer is its original weight in every later pass.
@@ -140,14 +143,14 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
         q.packed = q.packed.map([&](const at::Tensor& t) { return m.to_storage(b, t); });
         out[id.name()] = std::move(q);
       }
-      if (o.method == "gptq")
+      if (o.method == Method::GPTQ)
         gptq_block(m, b, hidden, formats, o, out, err, rtn_err);
       else
         awq_block(m, b, hidden, formats, o.awq, o.batch, out);
       run_block(m, b, hidden, o.batch, true);
       progress.advance(1);
     }
-    if (o.method == "gptq" && rtn_err > 0)
+    if (o.method == Method::GPTQ && rtn_err > 0)
       log::info("gptq: calibration output error {:.4f} x round-to-nearest's, summed over layers",
                 err / rtn_err);
   } catch (...) {

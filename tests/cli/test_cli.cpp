@@ -1,4 +1,14 @@
 // The kldq binary: help, exit codes, synth + inspect end to end, and error messages.
+#include <fmt/format.h>
+
+#include <sstream>
+
+#include "kldq/calib/calibration.hpp"
+#include "kldq/eval/evaluate.hpp"
+#include "kldq/eval/generate_task.hpp"
+#include "kldq/experiment/config.hpp"
+#include "kldq/profile/task.hpp"
+#include "kldq/quant/gptq.hpp"
 #include "support/catch.hpp"
 
 using kldq::test::run_kldq;
@@ -16,6 +26,44 @@ TEST_CASE("kldq --help lists the subcommands; usage errors exit 2", "[cli]") {
   CHECK(run_kldq("inspect").rc == 2);  // missing MODEL
   CHECK(run_kldq("frobnicate").rc == 2);
   CHECK(run_kldq("inspect " + kldq::test::tiny_model().string() + " --no-such-option").rc == 2);
+}
+
+namespace {
+
+// Whether `help` shows `value` as the default of `option`: CLI11 2.1 renders "--opt TYPE=VALUE",
+// later versions "--opt TYPE [VALUE]".
+bool shows_default(const std::string& help, const std::string& option, const std::string& value) {
+  std::istringstream in(help);
+  for (std::string line; std::getline(in, line);)
+    if (line.find("  " + option + " ") != std::string::npos)
+      return line.find("=" + value) != std::string::npos ||
+             line.find("[" + value + "]") != std::string::npos;
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("help renders the defaults the library uses", "[cli]") {
+  const auto profile = run_kldq("profile --help");
+  REQUIRE(profile.rc == 0);
+  const kldq::calib::CalibrationSpec calib;
+  CHECK(shows_default(profile.out, "--samples", fmt::format("{}", calib.samples)));
+  CHECK(shows_default(profile.out, "--seq-len", fmt::format("{}", calib.seq_len)));
+  CHECK(shows_default(profile.out, "--damp", fmt::format("{}", kldq::quant::GptqOptions{}.damp)));
+  CHECK(shows_default(profile.out, "--batch",
+                      fmt::format("{}", kldq::profile::ProfileRequest{}.batch)));
+  CHECK(shows_default(profile.out, "--mode", "quantize-one"));
+  CHECK(shows_default(profile.out, "--method", "rtn"));
+  const auto eval = run_kldq("eval --help");
+  REQUIRE(eval.rc == 0);
+  // A command and its experiment stage batch alike (experiment::EvalSpec's 8).
+  CHECK(shows_default(eval.out, "--batch", fmt::format("{}", kldq::eval::EvalRequest{}.batch)));
+  CHECK(kldq::eval::EvalRequest{}.batch == kldq::experiment::EvalSpec{}.batch);
+  CHECK(shows_default(eval.out, "--ppl-protocol", "gptq"));
+  const auto gen = run_kldq("generate --help");
+  REQUIRE(gen.rc == 0);
+  CHECK(shows_default(gen.out, "--max-new-tokens",
+                      fmt::format("{}", kldq::eval::GenerateRequest{}.max_new_tokens)));
 }
 
 TEST_CASE("-v and -q work after the subcommand too; run takes -o", "[cli]") {

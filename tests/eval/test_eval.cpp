@@ -219,9 +219,10 @@ TEST_CASE("kldq eval errors", "[eval][cli][errors]") {
   };
   // Option errors, found before any file is read.
   const std::string tiny = kldq::test::tiny_model().string();
-  fails(tiny + " --ppl " + txt + " --ppl-protocol wiki", 2, "--ppl-protocol wiki: unknown");
+  fails(tiny + " --ppl " + txt + " --ppl-protocol wiki", 2,
+        "--ppl-protocol: unknown protocol 'wiki'");
   fails(tiny, 2, "nothing to evaluate");
-  fails(tiny + " --base nf4 --plan p.json --ppl " + txt, 2, "exclude each other");
+  fails(tiny + " --base nf4 --plan p.json --ppl " + txt, 2, "excludes");
   fails(tiny + " --kld --ppl " + txt, 2, "--kld: needs --reference");
   fails(tiny + " --ppl " + txt + " --kld --reference " + (dir / "nope").string(), 2,
         "nope: no such checkpoint directory");

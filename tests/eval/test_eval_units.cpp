@@ -90,6 +90,7 @@ TEST_CASE("perplexity protocols: windows and scored positions", "[eval]") {
   REQUIRE(w.size() == 3);
   CHECK((w[1].begin == 2 && w[1].score_from == 1));
   CHECK((w[2].begin == 4 && w[2].length == 3 && w[2].score_from == 1));
-  CHECK_THROWS_WITH(eval::parse_ppl_protocol("wiki", "--ppl-protocol"),
-                    HasText("--ppl-protocol wiki: unknown protocol"));
+  CHECK_THROWS_WITH(
+      eval::parse_ppl_protocol("wiki", "--ppl-protocol"),
+      HasText("--ppl-protocol: unknown protocol 'wiki' (one of: gptq, llamacpp, sliding)"));
 }

@@ -75,7 +75,7 @@ TEST_CASE("KV-cached logits equal the full forward, for every kind of layer", "[
       Decoder m = Decoder::load(kWiki, c10::kCPU, c10::kFloat);
       const auto spec = kldq::formats::FormatSpec::parse(f);
       kldq::quant::MethodOptions o;
-      o.method = spec.float_zero ? "hqq" : "rtn";
+      o.method = spec.float_zero ? kldq::quant::Method::HQQ : kldq::quant::Method::RTN;
       kldq::model::LayerFormats formats;
       for (const auto& id : m.linear_ids()) formats[id.name()] = spec;
       kldq::quant::apply_layers(m, kldq::quant::quantize_layers(m, formats, o, {}));

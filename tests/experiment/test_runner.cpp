@@ -1,7 +1,7 @@
-// The experiment runner in-process (cli::run_experiment, no binary spawned): a sweep's stages run
-// in order, the restore-top plan restores exactly the profile's most costly units (derived here
-// from profile.json), each point's record carries its evaluation's metrics, and a second run
-// reuses every stage without touching its artifact.
+// The experiment runner in-process (experiment::run_experiment, no binary spawned): a sweep's
+// stages run in order, the restore-top plan restores exactly the profile's most costly units
+// (derived here from profile.json), each point's record carries its evaluation's metrics, and a
+// second run reuses every stage without touching its artifact.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -13,8 +13,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "cli/commands.hpp"
 #include "kldq/experiment/config.hpp"
+#include "kldq/experiment/runner.hpp"
 #include "support/catch.hpp"
 
 namespace {
@@ -59,11 +59,11 @@ output: '{}'
   const kldq::experiment::Experiment e =
       kldq::experiment::load_experiment((dir / "e.yaml").string());
   REQUIRE(e.points.size() == 2);
-  kldq::cli::RunCliOptions o;
-  o.experiment = (dir / "e.yaml").string();
+  kldq::experiment::RunOptions o;
   o.compute.device = "cpu";
   const std::vector<size_t> points = kldq::experiment::shard_points(e, {});
-  REQUIRE(kldq::cli::run_experiment(e, o, points) == 0);
+  const std::string summary = kldq::experiment::run_experiment(e, o, points);
+  CHECK(summary.find("2 runs in") != std::string::npos);
 
   // One record per point, carrying its evaluation's numbers.
   std::vector<nlohmann::json> runs;
@@ -102,7 +102,7 @@ output: '{}'
 
   // Run again: every stage is reused, no artifact is rewritten, no point recorded twice.
   const auto before = mtimes(dir / "out");
-  REQUIRE(kldq::cli::run_experiment(e, o, points) == 0);
+  (void)kldq::experiment::run_experiment(e, o, points);
   CHECK(mtimes(dir / "out") == before);
   std::istringstream again(kldq::test::read_text(dir / "out" / "runs.jsonl"));
   size_t n = 0;

@@ -69,7 +69,7 @@ void same_quantization(c10::Device device, c10::ScalarType dtype) {
   for (const std::string method : {"gptq", "awq"}) {  // awq scores single layers of a slot too
     INFO(method);
     kldq::quant::MethodOptions o;
-    o.method = method;
+    o.method = kldq::quant::parse_method(method, "test");
     o.batch = 2;
     auto r = load(device, dtype);
     auto s = load(device, dtype, {true, true});

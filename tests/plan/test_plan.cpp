@@ -62,10 +62,10 @@ plan::Profile profile(const std::string& base, double scale, double bytes_per_pa
   p.path = base + ".json";
   p.model = "m";
   p.fingerprint = "f";
-  p.mode = "quantize-one";
-  p.granularity = "linear";
+  p.mode = kldq::profile::Mode::QUANTIZE_ONE;
+  p.granularity = kldq::profile::Granularity::LINEAR;
   p.base = base;
-  p.method = "rtn";
+  p.method = kldq::quant::Method::RTN;
   p.calibration = {{"sha256", "c"}};
   p.baseline_kl = 1.0 * scale;
   const double kl[] = {0.1, 0.4, 0.2, 0.3};
@@ -136,13 +136,13 @@ TEST_CASE("planner: restore-top, uniform and random on a hand-made profile", "[p
   CHECK(p.method_settings.is_null());  // a profile without recorded settings
   // A gptq profile's settings, and its calibration (the windows it fitted on), go into the plan.
   std::vector<plan::Profile> gptq = nf4;
-  gptq[0].method = "gptq";
+  gptq[0].method = kldq::quant::Method::GPTQ;
   gptq[0].method_settings = {{"method", "gptq"},
                              {"gptq", {{"damp", 0.05}, {"block", 128}, {"act_order", true}}}};
   gptq[0].calibration = {{"file", "c.txt"}, {"sha256", "c"}, {"samples", 8},
                          {"seq_len", 64},   {"seed", 1},     {"file_tokens", 999}};
   const auto pg = plan::make_plan(gptq, r);
-  CHECK(pg.method == "gptq");
+  CHECK(pg.method == kldq::quant::Method::GPTQ);
   CHECK(pg.method_settings["gptq"]["damp"] == 0.05);
   CHECK(pg.method_settings["calibration"] == gptq[0].calibration);
   // The plan reads back (quantize --plan) with the same settings.
@@ -169,7 +169,7 @@ TEST_CASE("planner: restore-top, uniform and random on a hand-made profile", "[p
 
   // restore-one: the cost is the KL gain, baseline - KL with the unit restored.
   plan::Profile ro = profile("nf4", 1.0, 0.5);
-  ro.mode = "restore-one";
+  ro.mode = kldq::profile::Mode::RESTORE_ONE;
   for (auto& u : ro.units) u.kl_mean = 1.0 - u.kl_mean;  // gains 0.1, 0.4, 0.2, 0.3
   r = {};
   r.strategy = plan::Strategy::RESTORE_TOP;
@@ -228,7 +228,7 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
   other.method_settings = {{"method", "rtn"}};
   CHECK_NOTHROW(plan::make_plan({profile("nf4", 1, 0.5), other}, r));  // one of an older kldq
   plan::Profile a = profile("nf4", 1, 0.5), b = profile("int8", 0.1, 1.0);
-  a.method = b.method = "gptq";
+  a.method = b.method = kldq::quant::Method::GPTQ;
   a.method_settings = {{"method", "gptq"},
                        {"gptq", {{"damp", 0.01}, {"block", 128}, {"act_order", true}}}};
   b.method_settings = a.method_settings;
@@ -335,7 +335,7 @@ TEST_CASE("planner: predictions are valid KLs when unit KLs are not additive", "
   CHECK(plan::make_plan({p}, r).planner["predicted_kl"].get<double>() == 0.0);
   // restore-one: a unit whose restoration raised KL (noise) counts 0, not a negative cost.
   plan::Profile ro = p;
-  ro.mode = "restore-one";
+  ro.mode = kldq::profile::Mode::RESTORE_ONE;
   for (auto& u : ro.units) u.kl_mean = 0.5 - u.kl_mean;  // gains 0.1, 0.4, 0.2, 0.3
   ro.units[0].kl_mean = 0.6;                             // gain -0.1
   CHECK(ro.cost(0) == 0.0);

@@ -133,11 +133,12 @@ TEST_CASE("kldq plan: errors name the option, no output is left behind", "[plan]
     CHECK_FALSE(kldq::test::fs::exists(out));
   };
   fails("", "give exactly one of --restore-top, --budget-bpw, --uniform and --random");
-  fails("--uniform --restore-top 10", "exactly one of");
+  fails("--uniform --restore-top 10", "excludes");
+  fails("--random 10 --seed 1 --budget-bpw 4", "excludes");
   fails("--restore-top ten", "--restore-top ten: expected a percentage from 0 to 100");
   fails("--random 20%", "--random: needs --seed");
   fails("--uniform --by params", "--by: only with --restore-top or --random");
-  fails("--restore-top 20 --by size", "--by size: expected count or params");
+  fails("--restore-top 20 --by size", "--by: unknown basis 'size' (one of: count, params)");
   fails("--budget-bpw 99", "--budget-bpw 99: out of range");
   fails("--budget-bpw 8 --candidates nf4,int4_g128,bf16", "no profile with base int4_g128");
   fails("--uniform --candidates nf4", "--candidates: only with --budget-bpw");

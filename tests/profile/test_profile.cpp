@@ -152,7 +152,7 @@ TEST_CASE("kldq profile on the trained stories260K model, both modes", "[profile
   };
   fails("--base nf5", "nf5");
   fails("--base nf4 --mode restore-all",
-        "--mode restore-all: expected quantize-one or restore-one");
-  fails("--base nf4 --granularity layer", "--granularity layer");
+        "--mode: unknown mode 'restore-all' (one of: quantize-one, restore-one)");
+  fails("--base nf4 --granularity layer", "--granularity: unknown granularity 'layer'");
   fails("--base nf4 --samples 100000", "100000 samples x 512 tokens need 51200000");
 }

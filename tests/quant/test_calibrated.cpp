@@ -95,7 +95,7 @@ TEST_CASE("gptq and awq: per-layer errors against RTN and llm-compressor, model 
     INFO(method);
     auto m = load();
     q::MethodOptions o;
-    o.method = method;
+    o.method = kldq::quant::parse_method(method, "test");
     const q::QuantizedLayers layers = q::quantize_layers(m, all_layers(m, "int4_g128"), o, calib);
     REQUIRE(layers.size() == 28);
     {  // returned as it was: dense, same outputs
@@ -144,7 +144,7 @@ TEST_CASE("gptq and awq: restoration is exact", "[quant][calibrated]") {
   for (const std::string method : {"rtn", "gptq", "awq"}) {
     INFO(method);
     q::MethodOptions o;
-    o.method = method;
+    o.method = kldq::quant::parse_method(method, "test");
     // Every layer restored (bf16: this model's own precision) gives the reference's logits.
     auto all = load();
     q::apply_layers(all, q::quantize_layers(all, all_layers(all, "bf16"), o, calib));
@@ -179,7 +179,7 @@ TEST_CASE("gptq and awq: restoring any single layer never raises KL beyond noise
     INFO(dir << " " << method);
     auto m = load(dir);
     q::MethodOptions o;
-    o.method = method;
+    o.method = kldq::quant::parse_method(method, "test");
     kldq::profile::Options po;
     po.mode = kldq::profile::Mode::RESTORE_ONE;
     po.base = f::FormatSpec::parse("int4_g32");
@@ -215,7 +215,7 @@ TEST_CASE("quantize and eval --method gptq|awq: checkpoints, metrics and errors"
     const auto tok = kldq::io::Tokenizer::load(kModel);
     const at::Tensor ids = kldq::calib::make_calibration({kCalib, 8, 128, 0}, *tok).ids;
     q::MethodOptions o;
-    o.method = "awq";
+    o.method = kldq::quant::Method::AWQ;
     q::apply_layers(m, q::quantize_layers(m, all_layers(m, "int4_g128"), o, ids));
     const at::Tensor x = windows(kEval, 2, 128);
     at::InferenceMode guard;
@@ -323,7 +323,7 @@ TEST_CASE("gptq and awq on CUDA in bf16: the CPU's quality, the same stored form
   for (const std::string method : {"rtn", "gptq", "awq"}) {
     INFO(method);
     q::MethodOptions o;
-    o.method = method;
+    o.method = kldq::quant::parse_method(method, "test");
     auto cpu = load();
     const auto cpu_layers = q::quantize_layers(cpu, all_layers(cpu, "int4_g128"), o, calib);
     auto gpu = Decoder::load(kModel, c10::kCUDA, at::kBFloat16);
@@ -360,7 +360,7 @@ TEST_CASE("gptq: a failure mid-model returns the decoder as it was", "[quant][ca
   const Decoder::ScopedObserver observe(
       m, [&](kldq::model::LayerId, const at::Tensor&) { observed = true; });
   q::MethodOptions o;
-  o.method = "gptq";
+  o.method = kldq::quant::Method::GPTQ;
   CHECK_THROWS_WITH(q::quantize_layers(m, all_layers(m, "int4_g64"), o, calib),
                     HasText("gptq: model.layers.1.self_attn.q_proj"));
   for (const auto& id : m.linear_ids()) CHECK_FALSE(m.linear(id).is_packed());

@@ -77,12 +77,13 @@ TEST_CASE("hqq and the fz formats go together", "[quant][hqq][errors]") {
   const auto L = [](const char* fmt) {
     return kldq::model::LayerFormats{{"model.layers.0.mlp.up_proj", f::FormatSpec::parse(fmt)}};
   };
-  CHECK_NOTHROW(check_formats("hqq", L("int4_g64_fz")));
-  CHECK_NOTHROW(check_formats("hqq", L("bf16")));
-  CHECK_THROWS_WITH(check_formats("hqq", L("int3_g128_asym")),
+  CHECK_NOTHROW(check_formats(kldq::quant::Method::HQQ, L("int4_g64_fz")));
+  CHECK_NOTHROW(check_formats(kldq::quant::Method::HQQ, L("bf16")));
+  CHECK_THROWS_WITH(check_formats(kldq::quant::Method::HQQ, L("int3_g128_asym")),
                     HasText("model.layers.0.mlp.up_proj") && HasText("use int3_g128_fz"));
-  CHECK_THROWS_WITH(check_formats("hqq", L("nf4")), HasText("int4_g64_fz"));
-  CHECK_THROWS_WITH(check_formats("gptq", L("int4_g64_fz")), HasText("--method hqq"));
+  CHECK_THROWS_WITH(check_formats(kldq::quant::Method::HQQ, L("nf4")), HasText("int4_g64_fz"));
+  CHECK_THROWS_WITH(check_formats(kldq::quant::Method::GPTQ, L("int4_g64_fz")),
+                    HasText("--method hqq"));
   CHECK_THROWS_WITH(f::quantize_rtn(at::zeros({2, 64}), f::FormatSpec::parse("int4_g64_fz")),
                     HasText("--method hqq"));
   CHECK_THROWS_WITH(quantize_hqq(at::zeros({2, 64}), f::FormatSpec::parse("int4_g64_asym"), {}),

@@ -179,13 +179,13 @@ TEST_CASE("layer selectors and plans", "[quant]") {
 
   // Recorded method settings: read back as written by method_json, checked key by key.
   q::MethodOptions gptq;
-  gptq.method = "gptq";
+  gptq.method = kldq::quant::Method::GPTQ;
   gptq.gptq.damp = 0.05;
   gptq.gptq.act_order = false;
   const nlohmann::json identity = {{"file", "calib.txt"}, {"sha256", "ab"}, {"samples", 8},
                                    {"seq_len", 128},      {"seed", 3},      {"file_tokens", 9000}};
   const q::RecordedMethod back = q::method_from_json(q::method_json(gptq, identity), "s");
-  CHECK(back.options.method == "gptq");
+  CHECK(back.options.method == kldq::quant::Method::GPTQ);
   CHECK(back.options.gptq.damp == 0.05);
   CHECK_FALSE(back.options.gptq.act_order);
   CHECK(back.options.gptq.block == 128);
@@ -394,4 +394,25 @@ TEST_CASE("quantized checkpoints whose tensors contradict their metadata are ref
     rewrite(out, set_format(layer, "int4_g64_asym"));
     CHECK_THAT(load_error(), HasText(layer + ".weight_scale' has shape"));
   }
+}
+
+TEST_CASE("the methods table: names, parsing, traits and JSON", "[quant]") {
+  using kldq::quant::Method;
+  const std::vector<std::pair<Method, std::string>> names = {
+      {Method::RTN, "rtn"}, {Method::HQQ, "hqq"}, {Method::GPTQ, "gptq"}, {Method::AWQ, "awq"}};
+  for (const auto& [m, name] : names) {
+    CHECK(kldq::quant::method_name(m) == name);
+    CHECK(kldq::quant::parse_method(name, "--method") == m);
+    // JSON holds the name, never the enum's value (stage keys, plans and records depend on it).
+    CHECK(nlohmann::json(m) == name);
+    CHECK(nlohmann::json({{"method", m}}).dump() == "{\"method\":\"" + name + "\"}");
+  }
+  CHECK(kldq::quant::needs_calibration(Method::GPTQ));
+  CHECK(kldq::quant::needs_calibration(Method::AWQ));
+  CHECK_FALSE(kldq::quant::needs_calibration(Method::RTN));
+  CHECK_FALSE(kldq::quant::needs_calibration(Method::HQQ));
+  CHECK(kldq::quant::method_traits(Method::HQQ).float_zeros);
+  CHECK(kldq::quant::method_names() == "rtn, hqq, gptq, awq");
+  CHECK_THROWS_WITH(kldq::quant::parse_method("GPTQ", "--method"),
+                    "--method: unknown method 'GPTQ' (one of: rtn, hqq, gptq, awq)");
 }

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "kldq/core/vocabulary.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/model/decoder.hpp"
 
@@ -37,6 +38,12 @@ struct MmluData {
 MmluData load_mmlu(const std::filesystem::path& path);
 
 enum class MmluProtocol { FEWSHOT, CHAT0SHOT };
+// "fewshot" is an older spelling of "5shot".
+inline constexpr Vocabulary<MmluProtocol, 3> kMmluProtocols{
+    "protocol",
+    {{{MmluProtocol::FEWSHOT, "5shot"},
+      {MmluProtocol::CHAT0SHOT, "chat0shot"},
+      {MmluProtocol::FEWSHOT, "fewshot"}}}};
 // "5shot" or "chat0shot"; ConfigError naming `option` otherwise.
 MmluProtocol parse_mmlu_protocol(const std::string& name, const char* option);
 

@@ -12,11 +12,16 @@
 #include <vector>
 
 #include "kldq/core/shard.hpp"
+#include "kldq/core/vocabulary.hpp"
 #include "kldq/model/decoder.hpp"
 
 namespace kldq::eval {
 
 enum class PplProtocol { GPTQ, LLAMACPP, SLIDING };
+inline constexpr Vocabulary<PplProtocol, 3> kPplProtocols{"protocol",
+                                                          {{{PplProtocol::GPTQ, "gptq"},
+                                                            {PplProtocol::LLAMACPP, "llamacpp"},
+                                                            {PplProtocol::SLIDING, "sliding"}}}};
 // "gptq", "llamacpp", "sliding"; ConfigError naming `option` otherwise.
 PplProtocol parse_ppl_protocol(const std::string& name, const char* option);
 const char* ppl_protocol_name(PplProtocol p);

@@ -12,18 +12,21 @@
 #include <vector>
 
 #include "kldq/core/shard.hpp"
+#include "kldq/quant/method.hpp"
 
 namespace kldq::experiment {
 
 // One sweep point: how the model is quantized and evaluated. Keys a point's planner does not
 // use are absent (nullopt / empty), so equal points compare equal.
 struct Point {
-  std::string base, method, granularity, mode;  // the profile the plan comes from
-  std::string planner;                          // restore-top, budget, uniform, random
-  std::optional<double> percent;                // restore-top, random
-  std::string by;                               // restore-top, random: count or params
-  std::optional<double> budget_bpw;             // budget
-  std::optional<uint64_t> seed;                 // random
+  std::string base;                           // the profile the plan comes from: base,
+  quant::Method method = quant::Method::RTN;  // method,
+  std::string granularity, mode;              // and unit granularity and mode
+  std::string planner;                        // restore-top, budget, uniform, random
+  std::optional<double> percent;              // restore-top, random
+  std::string by;                             // restore-top, random: count or params
+  std::optional<double> budget_bpw;           // budget
+  std::optional<uint64_t> seed;               // random
   nlohmann::json to_json() const;
 };
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "kldq/core/vocabulary.hpp"
 #include "kldq/formats/packed.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/config.hpp"
@@ -20,6 +21,9 @@
 namespace kldq::exporting {
 
 enum class Target { COMPRESSED_TENSORS, GGUF };
+inline constexpr Vocabulary<Target, 2> kTargets{
+    "export target",
+    {{{Target::COMPRESSED_TENSORS, "compressed-tensors"}, {Target::GGUF, "gguf"}}}};
 Target parse_target(const std::string& text, const std::string& what);
 const char* target_name(Target t);
 

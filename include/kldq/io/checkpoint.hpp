@@ -64,4 +64,8 @@ class Checkpoint {
   std::map<std::string, std::string> overlay_meta_;
 };
 
+// ConfigError "DIR: no such checkpoint directory" unless `dir` is a directory (checked before
+// any work or log line that names the model).
+void require_checkpoint_dir(const std::string& dir);
+
 }  // namespace kldq::io

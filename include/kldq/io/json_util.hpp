@@ -8,6 +8,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
+
+#include "kldq/core/shard.hpp"
 
 namespace kldq::io {
 
@@ -33,5 +36,8 @@ bool json_bool(const nlohmann::json& j, const std::string& path);
 // `j` is an object whose keys are all in `allowed`, else ConfigError naming "where.key".
 void json_keys(const nlohmann::json& j, std::initializer_list<const char*> allowed,
                const std::string& where);
+
+// The JSON files of a `--merge` (shards of a profile or an evaluation), each named for messages.
+std::vector<ShardFile> read_shard_files(const std::vector<std::string>& paths);
 
 }  // namespace kldq::io

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "kldq/core/vocabulary.hpp"
+#include "kldq/profile/profile.hpp"
 #include "kldq/quant/plan.hpp"
 
 namespace kldq::plan {
@@ -25,7 +27,10 @@ struct Profile {
     uint64_t params = 0, bytes_base = 0, bytes_bf16 = 0;
     double kl_mean = 0, kl_stderr = 0;
   };
-  std::string path, model, fingerprint, mode, granularity, base, method;
+  std::string path, model, fingerprint, base;
+  profile::Mode mode = profile::Mode::QUANTIZE_ONE;
+  profile::Granularity granularity = profile::Granularity::LINEAR;
+  quant::Method method = quant::Method::RTN;
   nlohmann::json calibration;
   nlohmann::json method_settings;  // quant::method_json of the profile's method; null if absent
   double baseline_kl = 0;
@@ -39,7 +44,13 @@ struct Profile {
 };
 
 enum class Strategy { RESTORE_TOP, BUDGET, UNIFORM, RANDOM };
+inline constexpr Vocabulary<Strategy, 4> kStrategies{"planner",
+                                                     {{{Strategy::RESTORE_TOP, "restore-top"},
+                                                       {Strategy::BUDGET, "budget"},
+                                                       {Strategy::UNIFORM, "uniform"},
+                                                       {Strategy::RANDOM, "random"}}}};
 enum class By { COUNT, PARAMS };
+inline constexpr Vocabulary<By, 2> kBys{"basis", {{{By::COUNT, "count"}, {By::PARAMS, "params"}}}};
 
 struct Request {
   Strategy strategy = Strategy::UNIFORM;
@@ -62,6 +73,12 @@ By parse_by(const std::string& text, const std::string& what);
 // plan.planner records the strategy, the profiles' identity, bits_per_weight, weight_bytes and
 // predicted_kl. ConfigError for inconsistent profiles or an impossible request.
 quant::Plan make_plan(const std::vector<Profile>& profiles, const Request& request);
+
+// The profiles `kldq plan` reads: each file's JSON, checked (Profile::from_json).
+std::vector<Profile> read_profiles(const std::vector<std::string>& paths);
+// The line `kldq plan` prints on stderr about `plan`, made from `profiles`, written to `out`.
+std::string plan_line(const quant::Plan& plan, const std::vector<Profile>& profiles,
+                      const std::string& out);
 
 // Multiple-choice knapsack: one option per item, minimising the summed cost with the summed
 // weight at most `capacity`. cost/weight: [items][options]. Optimal up to rounding each weight

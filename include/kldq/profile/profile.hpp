@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kldq/core/shard.hpp"
+#include "kldq/core/vocabulary.hpp"
 #include "kldq/formats/format.hpp"
 #include "kldq/model/decoder.hpp"
 #include "kldq/profile/proxies.hpp"
@@ -30,7 +31,14 @@
 namespace kldq::profile {
 
 enum class Mode { QUANTIZE_ONE, RESTORE_ONE };
+inline constexpr Vocabulary<Mode, 2> kModes{
+    "mode", {{{Mode::QUANTIZE_ONE, "quantize-one"}, {Mode::RESTORE_ONE, "restore-one"}}}};
 enum class Granularity { LINEAR, HALF_BLOCK, BLOCK };
+inline constexpr Vocabulary<Granularity, 3> kGranularities{
+    "granularity",
+    {{{Granularity::LINEAR, "linear"},
+      {Granularity::HALF_BLOCK, "half-block"},
+      {Granularity::BLOCK, "block"}}}};
 // "quantize-one" / "restore-one"; "linear" / "half-block" / "block"; ConfigError naming `option`.
 Mode parse_mode(const std::string& s, const char* option);
 Granularity parse_granularity(const std::string& s, const char* option);
@@ -108,6 +116,6 @@ Result run_profile(const std::vector<model::Decoder*>& models, const at::Tensor&
 // each unit's add_proxy_keys and "proxies" (proxies_json against kl_mean or kl_gain). A shard's has
 // its units only, "shard": {index, count, units (of the whole profile)}, and "proxies" without the
 // correlations (merge_shards computes them over every unit).
-nlohmann::json to_json(const Result& r, const Options& o, const std::string& method);
+nlohmann::json to_json(const Result& r, const Options& o, quant::Method method);
 
 }  // namespace kldq::profile

@@ -13,6 +13,7 @@
 #include "kldq/io/tokenizer/regex.hpp"
 #include "kldq/model/layer_id.hpp"
 #include "kldq/model/layout.hpp"
+#include "kldq/quant/method.hpp"
 
 namespace kldq::quant {
 
@@ -37,7 +38,7 @@ struct Override {
 };
 
 struct Plan {
-  std::string method = "rtn";
+  Method method = Method::RTN;
   formats::FormatSpec base;
   std::vector<Override> overrides;  // in order; the last one that matches a layer wins
   // What made the plan (`kldq plan`: strategy, profiles, model fingerprint, predicted_kl, ...);

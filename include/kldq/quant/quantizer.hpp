@@ -17,6 +17,7 @@
 #include "kldq/model/decoder.hpp"
 #include "kldq/quant/gptq.hpp"
 #include "kldq/quant/hqq.hpp"
+#include "kldq/quant/method.hpp"
 #include "kldq/quant/plan.hpp"
 
 namespace kldq::quant {
@@ -28,7 +29,7 @@ struct AwqOptions {
 };
 
 struct MethodOptions {
-  std::string method = "rtn";  // rtn, hqq, gptq or awq
+  Method method = Method::RTN;
   HqqOptions hqq;
   GptqOptions gptq;
   AwqOptions awq;
@@ -42,18 +43,14 @@ model::MemoryNeeds memory_needs(model::MemoryNeeds weights, const model::ModelCo
                                 const model::LayerFormats& formats, const MethodOptions& o,
                                 int64_t N, int64_t T, c10::ScalarType dtype);
 
-// ConfigError naming `what` unless `method` is rtn, hqq, gptq or awq.
-void check_method(const std::string& method, const std::string& what);
-// gptq and awq need calibration windows; rtn and hqq none.
-bool needs_calibration(const std::string& method);
 // ConfigError unless every layer of `formats` suits `method`: hqq needs _fz int formats (or a
 // dense one for restored layers) and the other methods none; the message names the layer and
 // the format to use instead.
-void check_formats(const std::string& method, const model::LayerFormats& formats);
+void check_formats(Method method, const model::LayerFormats& formats);
 // The format `method` makes of the format named `format`: an int2/3/4 group format's _fz
 // variant for hqq (the sweeps of experiment files name one base for every method), else
 // `format` itself (by its canonical name).
-std::string method_format(const std::string& method, const std::string& format);
+std::string method_format(Method method, const std::string& format);
 // A calibration-free method's packed weight of w: [out, in] (rtn, and the casts of dense
 // formats for every method; hqq on w's device).
 // `what` names the layer in errors.

@@ -285,6 +285,32 @@ PreTokenizer PreTokenizer::parse(const JsonPath& j) {
   return p;
 }
 
+namespace {
+
+// Metaspace: spaces become the replacement character, which is prepended by the scheme (always,
+// or to the input's first piece); with `split`, pieces split before each replacement character.
+void metaspace_pieces(std::vector<std::u32string>& pieces, const MetaspaceOptions& m, bool split,
+                      bool at_start) {
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    auto& p = pieces[i];
+    std::replace(p.begin(), p.end(), U' ', m.replacement);
+    const bool first = at_start && i == 0;
+    if ((m.prepend == MetaspaceOptions::ALWAYS ||
+         (m.prepend == MetaspaceOptions::FIRST && first)) &&
+        (p.empty() || p[0] != m.replacement))
+      p.insert(p.begin(), m.replacement);
+  }
+  if (split)
+    split_pieces(pieces, PreTokenizer::MERGED_WITH_NEXT, [&](const std::u32string& s) {
+      std::vector<std::pair<size_t, size_t>> at;
+      for (size_t i = 0; i < s.size(); ++i)
+        if (s[i] == m.replacement) at.emplace_back(i, i + 1);
+      return segments(s.size(), at, false);
+    });
+}
+
+}  // namespace
+
 void PreTokenizer::apply(std::vector<std::u32string>& pieces, bool at_start) const {
   switch (kind) {
     case SPLIT:
@@ -308,23 +334,7 @@ void PreTokenizer::apply(std::vector<std::u32string>& pieces, bool at_start) con
       break;
     }
     case METASPACE:
-      for (size_t i = 0; i < pieces.size(); ++i) {
-        auto& p = pieces[i];
-        const char32_t rep = metaspace.replacement;
-        const auto scheme = metaspace.prepend;
-        std::replace(p.begin(), p.end(), U' ', rep);
-        const bool first = at_start && i == 0;
-        if ((scheme == MetaspaceOptions::ALWAYS || (scheme == MetaspaceOptions::FIRST && first)) &&
-            (p.empty() || p[0] != rep))
-          p.insert(p.begin(), rep);
-      }
-      if (split)
-        split_pieces(pieces, MERGED_WITH_NEXT, [&](const std::u32string& s) {
-          std::vector<std::pair<size_t, size_t>> m;
-          for (size_t i = 0; i < s.size(); ++i)
-            if (s[i] == metaspace.replacement) m.emplace_back(i, i + 1);
-          return segments(s.size(), m, false);
-        });
+      metaspace_pieces(pieces, metaspace, split, at_start);
       break;
     case DIGITS:
       // Digits (Rust's char::is_numeric: categories Nd, Nl, No) are matches, one each or runs

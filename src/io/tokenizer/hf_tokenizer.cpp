@@ -46,6 +46,7 @@ class HfTokenizer final : public Tokenizer {
  private:
   // Splits text pieces around the added tokens whose `normalized` flag equals `normalized`.
   void split_added(std::vector<Piece>& pieces, bool normalized) const;
+  void parse_added_tokens(const JsonPath& added);
   void parse_post_processor(const JsonPath& pp);
   void encode_text(std::u32string text, bool at_start, std::vector<int32_t>& out) const;
 
@@ -76,44 +77,7 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
   if (root.has("normalizer")) normalizer_ = Normalizer::parse(root["normalizer"]);
   if (root.has("pre_tokenizer")) pre_tokenizer_ = PreTokenizer::parse(root["pre_tokenizer"]);
   if (root.has("decoder")) decoder_ = Decoder::parse(root["decoder"]);
-  if (root.has("added_tokens")) {
-    const JsonPath added = root["added_tokens"];
-    // Ids past the vocabulary leave gaps in id_to_token_: bounded so a hostile id cannot make it
-    // huge. Real tokenizers number added tokens right after the vocabulary.
-    const int64_t max_id = static_cast<int64_t>(id_to_token_.size() + added.size()) + kMaxIdGap;
-    size_t chars = 0;
-    for (size_t i = 0; i < added.size(); ++i) {
-      const JsonPath a = added[i];
-      const int64_t id = a["id"].integer();
-      if (id < 0 || id > max_id)
-        a["id"].fail(
-            fmt::format("invalid id (0 to {}: the vocabulary, the added tokens and {} more)",
-                        max_id, kMaxIdGap));
-      AddedToken t{unicode::decode_utf8(a["content"].str()),
-                   static_cast<int32_t>(id),
-                   a.bool_or("special", false),
-                   a.bool_or("lstrip", false),
-                   a.bool_or("rstrip", false),
-                   a.bool_or("single_word", false),
-                   a.bool_or("normalized", false)};
-      if (t.content.empty()) a["content"].fail("empty added token");
-      if ((chars += t.content.size()) > kMaxAddedChars)
-        a["content"].fail(
-            fmt::format("added tokens longer than {} characters in all", kMaxAddedChars));
-      // tokenizers matches (and decodes) a `normalized` token by its normalized text.
-      if (t.normalized && normalizer_) {
-        normalizer_->apply(t.content);
-        // Counted again as matched: a normalizer may expand the text (raw + normalized count).
-        if ((chars += t.content.size()) > kMaxAddedChars)
-          a["content"].fail(fmt::format("added tokens longer than {} characters in all, normalized",
-                                        kMaxAddedChars));
-      }
-      if (t.content.empty()) a["content"].fail("added token normalizes to nothing");
-      if (id_to_token_.size() <= static_cast<size_t>(id)) id_to_token_.resize(id + 1);
-      id_to_token_[id] = unicode::encode_utf8(t.content);
-      added_.push_back(std::move(t));
-    }
-  }
+  if (root.has("added_tokens")) parse_added_tokens(root["added_tokens"]);
   special_.assign(id_to_token_.size(), 0);
   for (const auto& t : added_) special_[t.id] = t.special;
   std::vector<std::u32string> patterns[2];
@@ -125,6 +89,45 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
   if (root.has("post_processor")) parse_post_processor(root["post_processor"]);
   description_ = fmt::format("tokenizer.json: BPE, {} tokens, {} added", bpe_->id_to_token().size(),
                              added_.size());
+}
+
+// added_tokens: each checked (id range, content, total length) and, when `normalized`, held by its
+// normalized text; id_to_token_ grows to cover the ids.
+void HfTokenizer::parse_added_tokens(const JsonPath& added) {
+  // Ids past the vocabulary leave gaps in id_to_token_: bounded so a hostile id cannot make it
+  // huge. Real tokenizers number added tokens right after the vocabulary.
+  const int64_t max_id = static_cast<int64_t>(id_to_token_.size() + added.size()) + kMaxIdGap;
+  size_t chars = 0;
+  for (size_t i = 0; i < added.size(); ++i) {
+    const JsonPath a = added[i];
+    const int64_t id = a["id"].integer();
+    if (id < 0 || id > max_id)
+      a["id"].fail(fmt::format("invalid id (0 to {}: the vocabulary, the added tokens and {} more)",
+                               max_id, kMaxIdGap));
+    AddedToken t{unicode::decode_utf8(a["content"].str()),
+                 static_cast<int32_t>(id),
+                 a.bool_or("special", false),
+                 a.bool_or("lstrip", false),
+                 a.bool_or("rstrip", false),
+                 a.bool_or("single_word", false),
+                 a.bool_or("normalized", false)};
+    if (t.content.empty()) a["content"].fail("empty added token");
+    if ((chars += t.content.size()) > kMaxAddedChars)
+      a["content"].fail(
+          fmt::format("added tokens longer than {} characters in all", kMaxAddedChars));
+    // tokenizers matches (and decodes) a `normalized` token by its normalized text.
+    if (t.normalized && normalizer_) {
+      normalizer_->apply(t.content);
+      // Counted again as matched: a normalizer may expand the text (raw + normalized count).
+      if ((chars += t.content.size()) > kMaxAddedChars)
+        a["content"].fail(fmt::format("added tokens longer than {} characters in all, normalized",
+                                      kMaxAddedChars));
+    }
+    if (t.content.empty()) a["content"].fail("added token normalizes to nothing");
+    if (id_to_token_.size() <= static_cast<size_t>(id)) id_to_token_.resize(id + 1);
+    id_to_token_[id] = unicode::encode_utf8(t.content);
+    added_.push_back(std::move(t));
+  }
 }
 
 void HfTokenizer::parse_post_processor(const JsonPath& pp) {

@@ -233,6 +233,38 @@ class Regex::Parser {
     return node;
   }
 
+  // After \p or \P: the property, one letter or braced (L, Letter, N, Number).
+  CharSet::Item::Kind parse_property() {
+    std::u32string name;
+    if (eat('{')) {
+      while (i_ < p_.size() && !at('}')) name.push_back(p_[i_++]);
+      if (!eat('}')) fail("expected '}' after \\p{");
+    } else if (i_ < p_.size()) {
+      name.push_back(p_[i_++]);
+    }
+    if (name == U"L" || name == U"Letter") return CharSet::Item::LETTER;
+    if (name == U"N" || name == U"Number") return CharSet::Item::NUMBER;
+    fail(fmt::format("unsupported property \\p{{{}}}", unicode::encode_utf8(name)));
+  }
+
+  // After \x: two hex digits, or up to 8 in braces.
+  char32_t parse_hex() {
+    const bool braced = eat('{');
+    char32_t v = 0;
+    int digits = 0;
+    auto hex = [](char32_t h) -> int {
+      if (h >= '0' && h <= '9') return static_cast<int>(h - '0');
+      if ((h | 0x20) >= 'a' && (h | 0x20) <= 'f') return static_cast<int>((h | 0x20) - 'a' + 10);
+      return -1;
+    };
+    while (i_ < p_.size() && hex(p_[i_]) >= 0 && (braced || digits < 2)) {
+      v = v * 16 + static_cast<char32_t>(hex(p_[i_++]));
+      if (++digits > 8) fail("malformed \\x escape");
+    }
+    if (digits == 0 || (braced && !eat('}'))) fail("malformed \\x escape");
+    return v;
+  }
+
   // An escape after '\': a single character (returned) or a class item added to `cs`
   // (\p{..}, \P{..}, \s, \S; returns nullopt).
   std::optional<char32_t> parse_escape(CharSet& cs) {
@@ -241,24 +273,9 @@ class Regex::Parser {
     using I = CharSet::Item;
     switch (c) {
       case 'p':
-      case 'P': {
-        std::u32string name;
-        if (eat('{')) {
-          while (i_ < p_.size() && !at('}')) name.push_back(p_[i_++]);
-          if (!eat('}')) fail("expected '}' after \\p{");
-        } else if (i_ < p_.size()) {
-          name.push_back(p_[i_++]);
-        }
-        I::Kind kind;
-        if (name == U"L" || name == U"Letter")
-          kind = I::LETTER;
-        else if (name == U"N" || name == U"Number")
-          kind = I::NUMBER;
-        else
-          fail(fmt::format("unsupported property \\p{{{}}}", unicode::encode_utf8(name)));
-        cs.items.push_back({kind, 0, 0, c == 'P'});
+      case 'P':
+        cs.items.push_back({parse_property(), 0, 0, c == 'P'});
         return std::nullopt;
-      }
       case 's':
         cs.items.push_back({I::SPACE, 0, 0, false});
         return std::nullopt;
@@ -275,23 +292,8 @@ class Regex::Parser {
         return U'\f';
       case 'v':
         return U'\v';
-      case 'x': {
-        const bool braced = eat('{');
-        char32_t v = 0;
-        int digits = 0;
-        auto hex = [](char32_t h) -> int {
-          if (h >= '0' && h <= '9') return static_cast<int>(h - '0');
-          if ((h | 0x20) >= 'a' && (h | 0x20) <= 'f')
-            return static_cast<int>((h | 0x20) - 'a' + 10);
-          return -1;
-        };
-        while (i_ < p_.size() && hex(p_[i_]) >= 0 && (braced || digits < 2)) {
-          v = v * 16 + static_cast<char32_t>(hex(p_[i_++]));
-          if (++digits > 8) fail("malformed \\x escape");
-        }
-        if (digits == 0 || (braced && !eat('}'))) fail("malformed \\x escape");
-        return v;
-      }
+      case 'x':
+        return parse_hex();
       default:
         if ((c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z'))
           fail(fmt::format("unsupported escape \\{}", static_cast<char>(c)));

@@ -10,7 +10,7 @@
 #include "kldq/model/decoder.hpp"
 #include "kldq/model/residency.hpp"
 
-namespace kldq::cli {
+namespace kldq::eval {
 
 // The fixed protocol: prompts of 128 random ids (seeded), 256 new tokens with end-of-sequence
 // ignored, greedy, at batch 1 and 16.
@@ -30,4 +30,4 @@ uint64_t speed_working(const model::ModelConfig& c, const SpeedProtocol& p, c10:
 // `summary` gets one line per batch.
 nlohmann::json measure_speed(const model::Decoder& m, const SpeedProtocol& p, std::string& summary);
 
-}  // namespace kldq::cli
+}  // namespace kldq::eval

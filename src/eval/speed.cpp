@@ -1,7 +1,7 @@
 // `kldq eval --speed` (docs/PROTOCOLS.md, "Decode speed"): the same random prompts through the
 // generator at each batch size. The prefill time ends with the first token's choice; each decode
 // step reads its tokens back to the host, so both times include the device's work.
-#include "eval_speed.hpp"
+#include "kldq/eval/speed.hpp"
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
@@ -9,7 +9,7 @@
 #include "kldq/core/error.hpp"
 #include "kldq/eval/generate.hpp"
 
-namespace kldq::cli {
+namespace kldq::eval {
 
 void check_speed_protocol(const model::ModelConfig& c, const SpeedProtocol& p,
                           const std::string& what) {
@@ -48,13 +48,13 @@ nlohmann::json measure_speed(const model::Decoder& m, const SpeedProtocol& p,
       const int64_t* row = ids[b].data_ptr<int64_t>();
       prompts.emplace_back(row, row + p.prompt);
     }
-    eval::GenerateOptions o;  // greedy; no stop ids: every row emits all new tokens
+    GenerateOptions o;  // greedy; no stop ids: every row emits all new tokens
     o.max_new_tokens = p.new_tokens;
     // Warm-up, untimed: the same run once (kernels load lazily, cuBLAS and cuDNN plan per shape,
     // and the cache's shapes depend on the number of new tokens).
-    eval::generate(m, prompts, o);
-    eval::GenerateStats s;
-    eval::generate(m, prompts, o, {}, &s);
+    generate(m, prompts, o);
+    GenerateStats s;
+    generate(m, prompts, o, {}, &s);
     // The first new token belongs to the prefill (its logits come from the prompt's pass).
     const double prefill = double(s.prompt_tokens) / s.prefill_s;
     const double decode = double(s.new_tokens - B) / s.decode_s;
@@ -68,4 +68,4 @@ nlohmann::json measure_speed(const model::Decoder& m, const SpeedProtocol& p,
   return j;
 }
 
-}  // namespace kldq::cli
+}  // namespace kldq::eval

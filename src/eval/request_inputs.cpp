@@ -1,5 +1,5 @@
-// Reading the data of `kldq eval` before any model loads (eval_inputs.hpp).
-#include "eval_inputs.hpp"
+// Reading the data of `kldq eval` before any model loads (request_inputs.hpp).
+#include "request_inputs.hpp"
 
 #include <set>
 
@@ -10,17 +10,15 @@
 #include "kldq/eval/flips.hpp"
 #include "kldq/io/corpus.hpp"
 
-namespace kldq::cli {
+namespace kldq::eval {
 
-Inputs settings_from(const EvalCliOptions& o, int64_t max_ctx) {
+Inputs settings_from(const EvalRequest& o, int64_t max_ctx) {
   Inputs in;
   if (!o.ppl.empty()) {
-    in.ppl.protocol = eval::parse_ppl_protocol(o.ppl_protocol, "--ppl-protocol");
-    const int64_t ctx = o.ctx > 0                                        ? o.ctx
-                        : in.ppl.protocol == eval::PplProtocol::LLAMACPP ? 512
-                                                                         : 2048;
+    in.ppl.protocol = parse_ppl_protocol(o.ppl_protocol, "--ppl-protocol");
+    const int64_t ctx = o.ctx > 0 ? o.ctx : in.ppl.protocol == PplProtocol::LLAMACPP ? 512 : 2048;
     in.ppl.ctx = std::min(ctx, max_ctx);
-    if (o.stride > 0 && in.ppl.protocol != eval::PplProtocol::SLIDING)
+    if (o.stride > 0 && in.ppl.protocol != PplProtocol::SLIDING)
       throw ConfigError("--stride: only the sliding protocol has a stride");
     if (o.stride > in.ppl.ctx)
       throw ConfigError(fmt::format("--stride {} exceeds the window of {}", o.stride, in.ppl.ctx));
@@ -28,8 +26,8 @@ Inputs settings_from(const EvalCliOptions& o, int64_t max_ctx) {
     in.ppl.batch = o.batch;
   }
   if (!o.mmlu.empty()) {
-    in.mmlu.protocol = eval::parse_mmlu_protocol(o.mmlu_protocol, "--mmlu-protocol");
-    const bool chat = in.mmlu.protocol == eval::MmluProtocol::CHAT0SHOT;
+    in.mmlu.protocol = parse_mmlu_protocol(o.mmlu_protocol, "--mmlu-protocol");
+    const bool chat = in.mmlu.protocol == MmluProtocol::CHAT0SHOT;
     if (chat && o.shots > 0) throw ConfigError("--shots: chat0shot is a 0-shot protocol");
     in.mmlu.shots = o.shots >= 0 ? o.shots : chat ? 0 : 5;
     in.mmlu.limit = o.mmlu_limit;
@@ -41,7 +39,7 @@ Inputs settings_from(const EvalCliOptions& o, int64_t max_ctx) {
   return in;
 }
 
-void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in) {
+void read_data(const EvalRequest& o, const io::Tokenizer& tok, Inputs& in) {
   if (!o.ppl.empty()) {
     // The BOS the tokenizer puts in front of a text, if any (not an appended EOS).
     const auto with = tok.encode("a", true), without = tok.encode("a", false);
@@ -50,36 +48,36 @@ void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in) {
     const std::string text = io::read_corpus(o.ppl);
     if (text.empty()) throw ConfigError(fmt::format("--ppl: {} is empty", o.ppl));
     in.tokens = tok.encode(text, false);
-    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && adds_bos) {
+    if (in.ppl.protocol == PplProtocol::LLAMACPP && adds_bos) {
       // llama-perplexity tokenizes with BOS in front of the stream, then writes BOS over each
       // window's first token.
       in.ppl.bos = with.front();
       in.tokens.insert(in.tokens.begin(), in.ppl.bos);
     }
     const auto n = static_cast<int64_t>(in.tokens.size());
-    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && n < 2 * in.ppl.ctx)
+    if (in.ppl.protocol == PplProtocol::LLAMACPP && n < 2 * in.ppl.ctx)
       throw ConfigError(
           fmt::format("--ppl: {} has {} tokens; the llamacpp protocol needs at "
                       "least 2 x ctx = {}, as llama-perplexity does",
                       o.ppl, n, 2 * in.ppl.ctx));
-    in.windows = eval::make_windows(n, in.ppl);
+    in.windows = make_windows(n, in.ppl);
     if (in.windows.empty())
       throw ConfigError(fmt::format("--ppl: {} has {} tokens, fewer than one window of {}", o.ppl,
                                     n, in.ppl.ctx));
-    if (in.ppl.protocol == eval::PplProtocol::LLAMACPP && in.ppl.ctx < 4)
+    if (in.ppl.protocol == PplProtocol::LLAMACPP && in.ppl.ctx < 4)
       throw ConfigError(
           "--ctx: the llamacpp protocol scores the second half of each window; "
           "it needs at least 4 tokens");
     in.ppl_sha256 = sha256_path(o.ppl);
   }
   if (!o.mmlu.empty()) {
-    in.mmlu_data = eval::load_mmlu(o.mmlu);
-    in.items = eval::mmlu_items(in.mmlu_data, in.mmlu);
-    in.answers = eval::mmlu_answer_tokens(tok, in.mmlu_data, in.items.front(), in.mmlu);
+    in.mmlu_data = load_mmlu(o.mmlu);
+    in.items = mmlu_items(in.mmlu_data, in.mmlu);
+    in.answers = mmlu_answer_tokens(tok, in.mmlu_data, in.items.front(), in.mmlu);
     in.mmlu_sha256 = sha256_path(o.mmlu);
     if (!o.reference_predictions.empty()) {
       std::string proto;
-      in.ref_predictions = eval::read_predictions(o.reference_predictions, &proto);
+      in.ref_predictions = read_predictions(o.reference_predictions, &proto);
       if (proto != in.mmlu_tag)
         throw ConfigError(fmt::format("--reference-predictions {}: protocol {}, this run's is {}",
                                       o.reference_predictions, proto, in.mmlu_tag));
@@ -90,9 +88,9 @@ void read_data(const EvalCliOptions& o, const io::Tokenizer& tok, Inputs& in) {
 void shard_inputs(const Shard& shard, Inputs& in) {
   in.ppl.shard = shard;
   std::set<std::string> owned;
-  std::vector<eval::MmluItem> items;
+  std::vector<MmluItem> items;
   std::string last;
-  for (const eval::MmluItem& item : in.items) {
+  for (const MmluItem& item : in.items) {
     if (item.subject != last) {  // items come in subject order
       if (shard.owns(in.mmlu_subjects++)) owned.insert(item.subject);
       last = item.subject;
@@ -102,7 +100,7 @@ void shard_inputs(const Shard& shard, Inputs& in) {
   in.items = std::move(items);
   if (in.ref_predictions)
     std::erase_if(*in.ref_predictions,
-                  [&](const eval::MmluPrediction& p) { return !owned.count(p.subject); });
+                  [&](const MmluPrediction& p) { return !owned.count(p.subject); });
 }
 
 void check_vocabulary(const Inputs& in, int64_t vocab) {
@@ -117,4 +115,4 @@ void check_vocabulary(const Inputs& in, int64_t vocab) {
                     top, vocab));
 }
 
-}  // namespace kldq::cli
+}  // namespace kldq::eval

@@ -1,5 +1,5 @@
 // `kldq eval --tasks`: zero-shot multiple-choice tasks, their metrics, items/s and flips.
-#include "eval_tasks.hpp"
+#include "request_tasks.hpp"
 
 #include <fmt/format.h>
 
@@ -9,9 +9,9 @@
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
 
-namespace kldq::cli {
+namespace kldq::eval {
 
-TaskInputs read_tasks(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t max_ctx,
+TaskInputs read_tasks(const EvalRequest& o, const io::Tokenizer& tok, int64_t max_ctx,
                       int64_t vocab) {
   TaskInputs in;
   if (o.tasks.empty()) return in;
@@ -19,12 +19,12 @@ TaskInputs read_tasks(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t
     throw ConfigError("--tasks: needs --tasks-dir (where the task files are)");
   in.options.batch = o.batch;
   in.options.max_len = max_ctx;
-  for (const std::string& name : eval::parse_task_list(o.tasks, o.tasks_dir, "--tasks")) {
-    in.tasks.push_back(eval::load_task(name, o.tasks_dir, o.tasks_limit));
-    for (const eval::TaskItem& it : in.tasks.back().items)
+  for (const std::string& name : parse_task_list(o.tasks, o.tasks_dir, "--tasks")) {
+    in.tasks.push_back(load_task(name, o.tasks_dir, o.tasks_limit));
+    for (const TaskItem& it : in.tasks.back().items)
       in.max_choices = std::max<int64_t>(in.max_choices, int64_t(it.contexts.size()));
-    in.tokens.push_back(eval::tokenize_task(tok, in.tasks.back(), max_ctx, vocab));
-    const eval::TaskTokens& t = in.tokens.back();
+    in.tokens.push_back(tokenize_task(tok, in.tasks.back(), max_ctx, vocab));
+    const TaskTokens& t = in.tokens.back();
     for (size_t i = 0; i < t.longest.size(); ++i) {
       in.max_tokens = std::max(in.max_tokens, t.longest[i]);
       in.max_shared = std::max(in.max_shared, t.shared[i]);
@@ -32,7 +32,7 @@ TaskInputs read_tasks(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t
     }
     in.ref.emplace_back();
     if (!o.reference_task_predictions.empty()) {
-      in.ref.back() = eval::read_task_predictions(o.reference_task_predictions, name);
+      in.ref.back() = read_task_predictions(o.reference_task_predictions, name);
       if (in.ref.back()->size() != in.tasks.back().items.size())
         throw ConfigError(
             fmt::format("--reference-task-predictions {}: {} rows of {}, this run "
@@ -44,7 +44,7 @@ TaskInputs read_tasks(const EvalCliOptions& o, const io::Tokenizer& tok, int64_t
   return in;
 }
 
-std::string run_tasks(const TaskInputs& in, const EvalCliOptions& o, const model::Decoder& m,
+std::string run_tasks(const TaskInputs& in, const EvalRequest& o, const model::Decoder& m,
                       const model::Decoder* ref, const std::string& pred_path, nlohmann::json& j,
                       std::string& summary) {
   using Clock = std::chrono::steady_clock;
@@ -52,23 +52,23 @@ std::string run_tasks(const TaskInputs& in, const EvalCliOptions& o, const model
   nlohmann::json files = nlohmann::json::object();
   const auto t0 = Clock::now();
   for (size_t k = 0; k < in.tasks.size(); ++k) {
-    const eval::Task& t = in.tasks[k];
+    const Task& t = in.tasks[k];
     log::info("eval: {} ({} items of {})", t.name, t.items.size(), t.path.string());
     const auto t1 = Clock::now();
-    const auto preds = eval::score_task(m, t, in.tokens[k], in.options.batch, t.name);
+    const auto preds = score_task(m, t, in.tokens[k], in.options.batch, t.name);
     device_synchronize(m.device());
     const double secs = std::chrono::duration<double>(Clock::now() - t1).count();
-    nlohmann::json r = eval::task_summary(t, preds);
+    nlohmann::json r = task_summary(t, preds);
     r["seconds"] = secs;
     r["items_per_second"] = double(preds.size()) / secs;
     // The reference's predictions: saved ones, else scored here when there is a reference.
-    std::optional<std::vector<eval::TaskPrediction>> scored;
-    const std::vector<eval::TaskPrediction>* rp = in.ref[k] ? &*in.ref[k] : nullptr;
+    std::optional<std::vector<TaskPrediction>> scored;
+    const std::vector<TaskPrediction>* rp = in.ref[k] ? &*in.ref[k] : nullptr;
     if (!rp && ref)
       rp = &scored.emplace(
-          eval::score_task(*ref, t, in.tokens[k], in.options.batch, t.name + " reference"));
+          score_task(*ref, t, in.tokens[k], in.options.batch, t.name + " reference"));
     if (rp)
-      r.update(eval::task_flips(
+      r.update(task_flips(
           t, *rp, preds,
           o.reference_task_predictions.empty() ? "reference" : o.reference_task_predictions));
     summary += fmt::format("{} acc {:.4f}", t.name, r["acc"].get<double>());
@@ -81,7 +81,7 @@ std::string run_tasks(const TaskInputs& in, const EvalCliOptions& o, const model
     summary += "\n";
     j["tasks"][t.name] = r;
     files[t.name] = {{"path", t.path.string()}, {"sha256", t.sha256}, {"n", t.items.size()}};
-    predictions += eval::task_predictions_jsonl(t, preds);
+    predictions += task_predictions_jsonl(t, preds);
   }
   j["seconds_tasks"] = std::chrono::duration<double>(Clock::now() - t0).count();
   j["tasks_settings"] = {{"dir", o.tasks_dir},
@@ -92,4 +92,4 @@ std::string run_tasks(const TaskInputs& in, const EvalCliOptions& o, const model
   return predictions;
 }
 
-}  // namespace kldq::cli
+}  // namespace kldq::eval
