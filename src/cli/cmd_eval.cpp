@@ -35,7 +35,7 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_option("--mmlu-protocol", opts->mmlu_protocol, eval::kMmluProtocols.names())
       ->capture_default_str();
   sub->add_option("--shots", opts->shots, "dev examples per prompt (5shot protocol)")
-      ->default_str("5")
+      ->default_str(std::to_string(eval::MmluOptions{}.shots))
       ->check(CLI::Range(0, 64));
   sub->add_flag("--mmlu-unshared", opts->mmlu_unshared,
                 "run every MMLU prompt whole instead of each subject's few-shot prefix once "

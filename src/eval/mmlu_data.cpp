@@ -122,6 +122,7 @@ MmluData load_mmlu(const fs::path& path) {
 }
 
 MmluProtocol parse_mmlu_protocol(const std::string& name, const char* option) {
+  if (name == "fewshot") return MmluProtocol::FEWSHOT;  // an older spelling, not listed
   return kMmluProtocols.parse(name, option);
 }
 

@@ -175,9 +175,7 @@ class Runner {
     for (const auto& k : s.inputs["profiles"]) paths.push_back(by_key.at(k).string());
     const std::vector<plan::Profile> profiles = plan::read_profiles(paths);
     plan::Request r;
-    r.strategy = pt.planner == "restore-top" ? plan::Strategy::RESTORE_TOP
-                 : pt.planner == "random"    ? plan::Strategy::RANDOM
-                                             : plan::Strategy::BUDGET;
+    r.strategy = plan::kStrategies.parse(pt.planner, e_.path + ": sweep.planner");
     if (pt.percent) r.percent = *pt.percent;
     if (!pt.by.empty()) r.by = plan::parse_by(pt.by, e_.path + ": sweep.by");
     if (pt.budget_bpw) r.budget_bpw = *pt.budget_bpw;

@@ -197,12 +197,12 @@ struct TensorSource {
   const io::Checkpoint& ck;
   const std::vector<model::TensorSlot>& slots;
   const nlohmann::json& layer_names;  // layer -> format name
-  const QuantizedLayers& layers;      // calibrated methods' layers (empty for rtn)
+  const QuantizedLayers& layers;      // calibrated methods' layers (empty for rtn and hqq)
   const model::LayerFormats& formats;
 };
 
 // Writes model.safetensors at `file`: every slot in order, a linear layer as its quantized parts
-// (rtn and dense formats quantized here, on `device`, from the stored weight).
+// (rtn, hqq and dense formats quantized here, on `device`, from the stored weight).
 void write_tensors(const fs::path& file, const TensorSource& t, const MethodOptions& method,
                    c10::Device device) {
   std::vector<io::TensorSpec> specs;

@@ -6,6 +6,7 @@
 #include "kldq/calib/calibration.hpp"
 #include "kldq/eval/evaluate.hpp"
 #include "kldq/eval/generate_task.hpp"
+#include "kldq/eval/mmlu.hpp"
 #include "kldq/experiment/config.hpp"
 #include "kldq/profile/task.hpp"
 #include "kldq/quant/gptq.hpp"
@@ -60,6 +61,7 @@ TEST_CASE("help renders the defaults the library uses", "[cli]") {
   CHECK(shows_default(eval.out, "--batch", fmt::format("{}", kldq::eval::EvalRequest{}.batch)));
   CHECK(kldq::eval::EvalRequest{}.batch == kldq::experiment::EvalSpec{}.batch);
   CHECK(shows_default(eval.out, "--ppl-protocol", "gptq"));
+  CHECK(shows_default(eval.out, "--shots", std::to_string(kldq::eval::MmluOptions{}.shots)));
   const auto gen = run_kldq("generate --help");
   REQUIRE(gen.rc == 0);
   CHECK(shows_default(gen.out, "--max-new-tokens",

@@ -1,7 +1,8 @@
 // One typed vocabulary per concept (a method, a protocol, a planner, a profile mode...): an enum's
 // values and their names as one table, which gives the parser (one error format for every
 // concept), the name, and the list for messages and help texts. The command line, experiment files
-// and JSON readers all parse through it, so a new value is one new row.
+// and JSON readers all parse and name values through it (code that acts on a value still
+// switches on the enum).
 #pragma once
 
 #include <fmt/format.h>

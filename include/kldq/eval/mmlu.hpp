@@ -38,12 +38,8 @@ struct MmluData {
 MmluData load_mmlu(const std::filesystem::path& path);
 
 enum class MmluProtocol { FEWSHOT, CHAT0SHOT };
-// "fewshot" is an older spelling of "5shot".
-inline constexpr Vocabulary<MmluProtocol, 3> kMmluProtocols{
-    "protocol",
-    {{{MmluProtocol::FEWSHOT, "5shot"},
-      {MmluProtocol::CHAT0SHOT, "chat0shot"},
-      {MmluProtocol::FEWSHOT, "fewshot"}}}};
+inline constexpr Vocabulary<MmluProtocol, 2> kMmluProtocols{
+    "protocol", {{{MmluProtocol::FEWSHOT, "5shot"}, {MmluProtocol::CHAT0SHOT, "chat0shot"}}}};
 // "5shot" or "chat0shot"; ConfigError naming `option` otherwise.
 MmluProtocol parse_mmlu_protocol(const std::string& name, const char* option);
 

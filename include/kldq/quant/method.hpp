@@ -1,7 +1,8 @@
 // The quantization methods as one vocabulary: an enum, its names (as plans, profiles, experiment
 // files and the command line spell them) and one traits row per method: whether it fits on
-// calibration windows, and whether it fits float zero points (HQQ's _fz formats). Everything that
-// asks about a method asks these tables; a new method is a new row in each (and its quantizer).
+// calibration windows, and whether it fits float zero points (HQQ's _fz formats). Parsing, naming
+// and those two questions go through these tables; the quantizers dispatch on the enum
+// (quantize_layers, sequential.cpp).
 #pragma once
 
 #include <nlohmann/json.hpp>
