@@ -19,18 +19,10 @@
 namespace kldq::quant {
 
 Plan plan_of(const QuantizeRequest& o) {
-  if (!o.plan.empty()) {
-    if (!o.base.empty() || !o.keep.empty())
-      throw ConfigError("--plan: give either --plan or --base/--keep, not both");
-    if (o.method.group) throw ConfigError("--group: applies to --base, not to --plan");
-    Plan p = read_plan_for(o.plan, o.model);
-    if (const auto m = given_method(o.method)) p.method = *m;
-    return p;
-  }
-  if (o.base.empty()) throw ConfigError("--base: required (or give --plan)");
-  Plan p;
-  p.method = given_method(o.method).value_or(Method::RTN);
-  p.base = base_format(o.base, o.method.group, "--base");
+  if (!o.plan.empty() && (!o.base.empty() || !o.keep.empty()))
+    throw ConfigError("--plan: give either --plan or --base/--keep, not both");
+  if (o.plan.empty() && o.base.empty()) throw ConfigError("--base: required (or give --plan)");
+  Plan p = *resolve_plan(o.model, o.base, o.plan, o.method);
   // Kept layers are restored to bf16, the precision of the released Qwen2.5 checkpoints.
   for (const auto& k : o.keep)
     p.overrides.push_back({LayerSelector(k, "--keep"), formats::FormatSpec::parse("bf16")});
