@@ -4,6 +4,7 @@
 # with the Hugging Face peer. Everything is logged to $OUT (or ./gpu-out).
 #
 #   scripts/gpu/check.sh [--quick]      --quick: tests and parity only, no benchmarks
+# KLDQ_CTEST_ARGS narrows ctest (for example "-L cuda": the CPU suite runs in CI anyway).
 # Needs ../shared/bench copied to .gpu/bench (the peer script) and ../shared/data copied to
 # .gpu/shared (real models, tokenizer, WikiText-2, MMLU: the data tests then run there too, and
 # the evaluation benchmark reads its text and tokenizer from it); see docs/GPU.md.
@@ -25,7 +26,7 @@ fi
 cmake --build "$BUILD" -j"$(nproc)" >"$OUT/build.log" 2>&1 || { log "build failed"; grep -m20 -A5 error "$OUT/build.log"; exit 1; }
 log "build ok"
 
-ctest --test-dir "$BUILD" --output-on-failure >"$OUT/ctest.log" 2>&1 || fail=1
+ctest --test-dir "$BUILD" ${KLDQ_CTEST_ARGS:-} --output-on-failure >"$OUT/ctest.log" 2>&1 || fail=1
 log "ctest (cpu + cuda): $(tail -3 "$OUT/ctest.log" | head -1)"
 if [ $fail -ne 0 ]; then
   grep -B3 -A12 "FAILED" "$OUT/ctest.log" | head -80
