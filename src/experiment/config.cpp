@@ -19,6 +19,7 @@
 #include "kldq/eval/perplexity.hpp"
 #include "kldq/export/export.hpp"
 #include "kldq/formats/format.hpp"
+#include "kldq/io/document.hpp"
 #include "kldq/plan/planner.hpp"
 #include "kldq/profile/profile.hpp"
 #include "kldq/quant/quantizer.hpp"
@@ -26,7 +27,9 @@
 namespace kldq::experiment {
 namespace {
 
-// A YAML node with the key path that reached it, for error messages.
+// A YAML node with the key path that reached it; errors in the document reader's one format
+// (io::doc_message: `file: a.b[2]: expected ..., got ...`). YAML scalars are untyped text, so
+// numbers and booleans are parsed here rather than read through io::Doc's JSON types.
 struct Node {
   YAML::Node n;
   std::string file, key;
@@ -36,8 +39,8 @@ struct Node {
                             : n.IsScalar()               ? fmt::format("\"{}\"", n.Scalar())
                             : n.IsSequence()             ? "a list"
                                                          : "a mapping";
-    throw ConfigError(fmt::format("{}: {}expected {}, got {}", file, key.empty() ? "" : key + ": ",
-                                  expected, got));
+    throw ConfigError(
+        io::doc_message(file, key, fmt::format("expected {}, got {}", expected, got)));
   }
   // A missing key or index gives an undefined node (yaml-cpp's own lookup of a missing key gives
   // a node that throws on use).
@@ -66,8 +69,8 @@ struct Node {
       if (!ok) {
         std::string list;
         for (const char* x : known) list += std::string(list.empty() ? "" : ", ") + x;
-        throw ConfigError(fmt::format("{}: {}{}: unknown key (expected one of {})", file,
-                                      key.empty() ? "" : key + ".", k, list));
+        throw ConfigError(io::doc_message(file, key.empty() ? k : key + "." + k,
+                                          fmt::format("unknown key (expected one of {})", list)));
       }
     }
   }

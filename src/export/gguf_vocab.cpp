@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "kldq/core/error.hpp"
+#include "kldq/io/document.hpp"
 #include "kldq/io/json_util.hpp"
 
 namespace kldq::exporting {
@@ -86,7 +87,8 @@ void add_bpe(io::GgufWriter& g, const fs::path& file, int64_t vocab, const std::
                     "sentencepiece tokenizer.model",
                     where, arch));
   const nlohmann::json j = io::read_json_file(file);
-  const nlohmann::json& model = io::json_member(j, "model", where);
+  const io::Doc md = io::Doc(j, where, io::DocKind::CONFIG)["model"];
+  const nlohmann::json& model = md.json();
   if (!model.is_object() || model.value("type", "") != "BPE")
     throw ConfigError(
         fmt::format("{}: model.type: GGUF export needs a BPE tokenizer (or a "
@@ -103,13 +105,13 @@ void add_bpe(io::GgufWriter& g, const fs::path& file, int64_t vocab, const std::
   };
   std::vector<std::string> merges;
   try {  // a malformed entry is the file's error, not an internal one
-    for (const auto& [text, id] : io::json_member(model, "vocab", where + ": model").items())
+    for (const auto& [text, id] : md["vocab"].json().items())
       place(text, id.get<int64_t>(), NORMAL);
     if (j.contains("added_tokens"))
       for (const auto& t : j["added_tokens"])
         place(t.at("content").get<std::string>(), t.at("id").get<int64_t>(),
               t.value("special", false) ? CONTROL : USER_DEFINED);
-    for (const auto& m : io::json_member(model, "merges", where + ": model"))
+    for (const auto& m : md["merges"].json())
       merges.push_back(m.is_array() ? m.at(0).get<std::string>() + " " + m.at(1).get<std::string>()
                                     : m.get<std::string>());
   } catch (const nlohmann::json::exception& e) {

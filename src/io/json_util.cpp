@@ -1,11 +1,10 @@
-// JSON file reading, atomic text writing and typed reads of configuration JSON.
+// JSON file reading and atomic text writing.
 #include "kldq/io/json_util.hpp"
 
 #include <fmt/format.h>
 
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -55,49 +54,6 @@ void write_file_atomic(const std::filesystem::path& path, const std::string& tex
     done += size_t(n);
   }
   tmp.commit();
-}
-
-const nlohmann::json& json_member(const nlohmann::json& j, const std::string& key,
-                                  const std::string& where) {
-  if (!j.is_object() || !j.contains(key))
-    throw ConfigError(fmt::format("{}.{}: missing", where, key));
-  return j[key];
-}
-
-std::string json_string(const nlohmann::json& j, const std::string& path) {
-  if (!j.is_string())
-    throw ConfigError(fmt::format("{}: expected a string, got {}", path, j.dump()));
-  return j.get<std::string>();
-}
-
-double json_number(const nlohmann::json& j, const std::string& path, double lo, double hi) {
-  if (!j.is_number() || !(j.get<double>() >= lo && j.get<double>() <= hi))
-    throw ConfigError(
-        fmt::format("{}: expected a number in [{}, {}], got {}", path, lo, hi, j.dump()));
-  return j.get<double>();
-}
-
-int64_t json_int(const nlohmann::json& j, const std::string& path, int64_t lo, int64_t hi) {
-  const bool integer = j.is_number_integer() || j.is_number_unsigned();
-  if (!integer || (j.is_number_unsigned() && j.get<uint64_t>() > uint64_t(INT64_MAX)) ||
-      j.get<int64_t>() < lo || j.get<int64_t>() > hi)
-    throw ConfigError(
-        fmt::format("{}: expected an integer in [{}, {}], got {}", path, lo, hi, j.dump()));
-  return j.get<int64_t>();
-}
-
-bool json_bool(const nlohmann::json& j, const std::string& path) {
-  if (!j.is_boolean())
-    throw ConfigError(fmt::format("{}: expected true or false, got {}", path, j.dump()));
-  return j.get<bool>();
-}
-
-void json_keys(const nlohmann::json& j, std::initializer_list<const char*> allowed,
-               const std::string& where) {
-  if (!j.is_object()) throw ConfigError(fmt::format("{}: expected an object", where));
-  for (const auto& [key, value] : j.items())
-    if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }))
-      throw ConfigError(fmt::format("{}.{}: unknown key", where, key));
 }
 
 std::vector<ShardFile> read_shard_files(const std::vector<std::string>& paths) {

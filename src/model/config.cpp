@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "kldq/core/error.hpp"
+#include "kldq/io/document.hpp"
 #include "kldq/io/json_util.hpp"
 
 namespace kldq::model {
@@ -19,19 +20,20 @@ constexpr int64_t kMaxHeadDim = 4096;
 constexpr int64_t kMaxVocab = int64_t{1} << 24;
 constexpr int64_t kMaxPositions = int64_t{1} << 24;  // RoPE angles are exact in fp32 below this
 
+// config.json's members with transformers' defaults for absent keys; errors in the document
+// reader's format (`config.json: key: ...`).
 struct Reader {
-  const json& j;
-  const std::string& source;
+  io::Doc d;
 
   [[noreturn]] void fail(const std::string& key, const std::string& msg) const {
-    throw ConfigError(fmt::format("{}: {}: {}", source, key, msg));
+    io::Doc(d.json(), d.file(), io::DocKind::CONFIG, key).fail(msg);
   }
-  bool has(const std::string& key) const { return j.contains(key) && !j[key].is_null(); }
+  bool has(const std::string& key) const { return d.has(key); }
   // Upper bounds far above any real model keep every derived size (q_dim, parameter counts,
   // buffer shapes) inside int64 and stop a hostile config.json from requesting huge buffers.
   int64_t positive_int(const std::string& key, int64_t max) const {
     if (!has(key)) fail(key, "missing required key");
-    const auto& v = j[key];
+    const auto& v = d.json()[key];
     if (!v.is_number_integer() || v.get<int64_t>() <= 0)
       fail(key, fmt::format("expected a positive integer, got {}", v.dump()));
     if (v.get<int64_t>() > max) fail(key, fmt::format("{} is larger than {}", v.dump(), max));
@@ -40,22 +42,16 @@ struct Reader {
   int64_t positive_int_or(const std::string& key, int64_t max, int64_t fallback) const {
     return has(key) ? positive_int(key, max) : fallback;
   }
-  double positive_number_or(const json& obj, const std::string& key, double fallback) const {
-    if (!obj.contains(key) || obj[key].is_null()) return fallback;
-    if (!obj[key].is_number() || obj[key].get<double>() <= 0)
-      fail(key, fmt::format("expected a positive number, got {}", obj[key].dump()));
-    return obj[key].get<double>();
+  double positive_number_or(const io::Doc& obj, const std::string& key, double fallback) const {
+    if (!obj.has(key)) return fallback;
+    const io::Doc v = obj[key];
+    if (!v.json().is_number() || v.json().get<double>() <= 0)
+      v.fail(fmt::format("expected a positive number, got {}", v.json().dump()));
+    return v.json().get<double>();
   }
-  bool boolean_or(const std::string& key, bool fallback) const {
-    if (!has(key)) return fallback;
-    if (!j[key].is_boolean())
-      fail(key, fmt::format("expected true or false, got {}", j[key].dump()));
-    return j[key].get<bool>();
-  }
+  bool boolean_or(const std::string& key, bool fallback) const { return d.bool_or(key, fallback); }
   std::string string_or(const std::string& key, const std::string& fallback) const {
-    if (!has(key)) return fallback;
-    if (!j[key].is_string()) fail(key, fmt::format("expected a string, got {}", j[key].dump()));
-    return j[key].get<std::string>();
+    return d.str_or(key, fallback);
   }
 };
 
@@ -63,27 +59,27 @@ struct Reader {
 // rope_theta at the top level and an optional rope_scaling. Only unscaled RoPE is implemented;
 // any scaling type is refused rather than silently ignored.
 void parse_rope(const Reader& r, ModelConfig& c) {
-  c.rope_theta = r.positive_number_or(r.j, "rope_theta", 10000.0);
+  c.rope_theta = r.positive_number_or(r.d, "rope_theta", 10000.0);
   for (const char* key : {"rope_parameters", "rope_scaling"}) {
     if (!r.has(key)) continue;
-    const json& rp = r.j[key];
-    if (!rp.is_object()) r.fail(key, fmt::format("expected an object, got {}", rp.dump()));
+    const io::Doc rp = r.d[key];
+    rp.require_object();
     c.rope_theta = r.positive_number_or(rp, "rope_theta", c.rope_theta);
     std::string type = "default";
     for (const char* tkey : {"rope_type", "type"})
-      if (rp.contains(tkey) && rp[tkey].is_string()) type = rp[tkey].get<std::string>();
+      if (rp.has(tkey) && rp.json()[tkey].is_string()) type = rp.json()[tkey].get<std::string>();
     if (type != "default")
       throw UnsupportedError(fmt::format(
           "{}: {}.rope_type: RoPE scaling '{}' is not supported (only unscaled 'default' RoPE)",
-          r.source, key, type));
+          r.d.file(), key, type));
   }
 }
 
 }  // namespace
 
 ModelConfig parse_config(const json& j, const std::string& source) {
-  if (!j.is_object()) throw ConfigError(fmt::format("{}: expected a JSON object", source));
-  Reader r{j, source};
+  Reader r{io::Doc(j, source, io::DocKind::CONFIG)};
+  r.d.require_object();
   ModelConfig c;
   c.model_type = r.string_or("model_type", "");
   if (c.model_type == "qwen2")
@@ -112,7 +108,7 @@ ModelConfig parse_config(const json& j, const std::string& source) {
   if (c.num_heads % c.num_kv_heads != 0)
     r.fail("num_key_value_heads",
            fmt::format("{} does not divide num_attention_heads {}", c.num_kv_heads, c.num_heads));
-  c.rms_norm_eps = r.positive_number_or(j, "rms_norm_eps", 1e-6);
+  c.rms_norm_eps = r.positive_number_or(r.d, "rms_norm_eps", 1e-6);
   parse_rope(r, c);
   c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
   if (c.arch == Arch::QWEN2) {

@@ -17,6 +17,7 @@
 
 #include "kldq/core/error.hpp"
 #include "kldq/formats/packed.hpp"
+#include "kldq/io/document.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/tokenizer/regex.hpp"
 #include "kldq/io/tokenizer/unicode.hpp"
@@ -96,41 +97,33 @@ class Target {
 };
 
 // A string member, or `fallback` when absent or null (compressed-tensors writes nulls freely).
-std::string text(const nlohmann::json& j, const char* key, const std::string& fallback,
-                 const std::string& where) {
-  if (!j.contains(key) || j[key].is_null()) return fallback;
-  if (!j[key].is_string()) throw ConfigError(fmt::format("{}.{}: expected a string", where, key));
-  return j[key].get<std::string>();
+std::string text(const io::Doc& d, const char* key, const std::string& fallback) {
+  return d.str_or(key, fallback);
 }
 
-std::vector<Target> targets(const nlohmann::json& list, const std::string& where) {
+std::vector<Target> targets(const io::Doc& list) {
   std::vector<Target> out;
   if (list.is_null()) return out;
-  if (!list.is_array()) throw ConfigError(fmt::format("{}: expected a list of strings", where));
-  for (const auto& t : list) {
-    if (!t.is_string()) throw ConfigError(fmt::format("{}: expected a list of strings", where));
-    out.emplace_back(t.get<std::string>(), where);
+  for (size_t i = 0; i < list.size(); ++i) {
+    const io::Doc t = list[i];
+    out.emplace_back(t.str(), t.where());
   }
   return out;
 }
 
 // kldq's format of one config group's weights; ConfigError naming the group for the rest.
-FormatSpec group_format(const nlohmann::json& g, const std::string& top_format,
-                        const std::string& where) {
+FormatSpec group_format(const io::Doc& gd, const std::string& top_format) {
   for (const char* key : {"input_activations", "output_activations"})
-    if (g.contains(key) && !g[key].is_null())
-      throw ConfigError(
-          fmt::format("{}.{}: activation quantization is not supported (kldq "
-                      "evaluates weight-only quantization)",
-                      where, key));
-  const nlohmann::json& w = io::json_member(g, "weights", where);
-  const std::string at = where + ".weights";
-  const std::string format = text(g, "format", top_format, where),
-                    type = text(w, "type", "int", at), strategy = text(w, "strategy", "", at);
-  const nlohmann::json& nb = io::json_member(w, "num_bits", at);
-  if (!nb.is_number_integer() || nb.get<int64_t>() < 1 || nb.get<int64_t>() > 32)
-    throw ConfigError(fmt::format("{}.num_bits: expected an integer from 1 to 32", at));
-  const int bits = nb.get<int>();
+    if (gd.has(key))
+      gd[key].fail(
+          "activation quantization is not supported (kldq evaluates weight-only quantization)");
+  const io::Doc wd = gd["weights"];
+  wd.require_object();
+  const nlohmann::json& w = wd.json();
+  const std::string at = wd.where();
+  const std::string format = text(gd, "format", top_format), type = text(wd, "type", "int"),
+                    strategy = text(wd, "strategy", "");
+  const int bits = static_cast<int>(wd["num_bits"].integer(1, 32));
   if (w.contains("symmetric") && !w["symmetric"].is_boolean() && !w["symmetric"].is_null())
     throw ConfigError(fmt::format("{}.symmetric: expected true or false", at));
   const bool sym = !w.contains("symmetric") || w["symmetric"] != false;
@@ -267,14 +260,16 @@ void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec&
 
 // ConfigError for a quantization_config kldq does not read: another quant_method, a status
 // other than compressed, sparsity, transforms or a kv-cache scheme.
-void check_scheme(const nlohmann::json& q, const std::string& where) {
-  const std::string method = text(q, "quant_method", "", where);
+void check_scheme(const io::Doc& qd) {
+  const nlohmann::json& q = qd.json();
+  const std::string where = qd.where();
+  const std::string method = text(qd, "quant_method", "");
   if (method != "compressed-tensors")
     throw ConfigError(
         fmt::format("{}: quant_method '{}': kldq reads compressed-tensors "
                     "checkpoints and its own",
                     where, method));
-  const std::string status = text(q, "quantization_status", "compressed", where);
+  const std::string status = text(qd, "quantization_status", "compressed");
   if (status != "compressed")
     throw ConfigError(
         fmt::format("{}.quantization_status: '{}', expected 'compressed'", where, status));
@@ -299,22 +294,24 @@ void check_weight_only(const io::Checkpoint& ck, const fs::path& dir) {
 
 io::Checkpoint open_checkpoint(const fs::path& dir) {
   io::Checkpoint ck = io::Checkpoint::open(dir);
-  const std::string where = (dir / "config.json").string() + ": quantization_config";
   const nlohmann::json j = io::read_json_file(dir / "config.json", true);
   if (!j.is_object() || !j.contains("quantization_config")) return ck;
-  const nlohmann::json& q = j["quantization_config"];
-  if (!q.is_object()) throw ConfigError(fmt::format("{}: expected an object", where));
-  check_scheme(q, where);
+  const io::Doc qd =
+      io::Doc(j, (dir / "config.json").string(), io::DocKind::CONFIG)["quantization_config"];
+  qd.require_object();
+  const std::string where = qd.where();
+  check_scheme(qd);
   const ModelConfig config = parse_config(j, (dir / "config.json").string());
-  const std::string top = text(q, "format", "", where);
+  const std::string top = text(qd, "format", "");
   std::vector<std::pair<std::vector<Target>, FormatSpec>> groups;
-  for (const auto& [name, g] : io::json_member(q, "config_groups", where).items()) {
-    const std::string at = fmt::format("{}.config_groups.{}", where, name);
-    groups.push_back(
-        {targets(io::json_member(g, "targets", at), at + ".targets"), group_format(g, top, at)});
+  const io::Doc cg = qd["config_groups"];
+  cg.require_object();
+  for (const auto& [name, g] : cg.json().items()) {
+    const io::Doc gd = cg[name];
+    groups.push_back({targets(gd["targets"]), group_format(gd, top)});
   }
   const std::vector<Target> ignore =
-      targets(q.contains("ignore") ? q["ignore"] : nlohmann::json(), where + ".ignore");
+      qd.has("ignore") ? targets(qd["ignore"]) : std::vector<Target>{};
   check_weight_only(ck, dir);
   std::map<std::string, Derived> derived;
   std::set<std::string> hidden;

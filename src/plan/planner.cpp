@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -14,61 +15,15 @@
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/io/document.hpp"
 #include "kldq/model/layer_id.hpp"
+#include "kldq/profile/record.hpp"
 #include "kldq/quant/quantizer.hpp"
 
 namespace kldq::plan {
 namespace {
 
-// A profile's unit ids are literal HF module names of its granularity: a linear layer
-// (`model.layers.3.mlp.up_proj`), a half block (`model.layers.3.self_attn` / `.mlp`) or a block
-// (`model.layers.3`). Plans match them as globs, so anything else (`*`, `model.layers.?`) would
-// select other layers than the ones that were measured.
-bool valid_unit_id(const std::string& id, profile::Granularity granularity) {
-  if (granularity == profile::Granularity::LINEAR) {
-    const auto l = model::LayerId::parse(id);
-    return l && l->name() == id;
-  }
-  constexpr std::string_view kPrefix = "model.layers.";
-  if (!id.starts_with(kPrefix)) return false;
-  const std::string rest = id.substr(kPrefix.size());
-  const size_t digits = rest.find_first_not_of("0123456789");
-  const std::string block = rest.substr(0, digits),
-                    tail = digits == std::string::npos ? std::string() : rest.substr(digits);
-  if (block.empty() || block.size() > 6 || (block.size() > 1 && block[0] == '0')) return false;
-  if (granularity == profile::Granularity::BLOCK) return tail.empty();
-  return granularity == profile::Granularity::HALF_BLOCK &&
-         (tail == ".self_attn" || tail == ".mlp");
-}
-
 using nlohmann::json;
-
-const json& at(const json& j, const char* key, const std::string& where) {
-  if (!j.is_object() || !j.contains(key))
-    throw ConfigError(fmt::format("{}: {}: missing", where, key));
-  return j[key];
-}
-
-std::string text(const json& j, const char* key, const std::string& where) {
-  const json& v = at(j, key, where);
-  if (!v.is_string()) throw ConfigError(fmt::format("{}: {}: expected a string", where, key));
-  return v.get<std::string>();
-}
-
-double number(const json& j, const char* key, const std::string& where) {
-  const json& v = at(j, key, where);
-  if (!v.is_number() || !std::isfinite(v.get<double>()))
-    throw ConfigError(
-        fmt::format("{}: {}: expected a finite number, got {}", where, key, v.dump()));
-  return v.get<double>();
-}
-
-uint64_t count(const json& j, const char* key, const std::string& where) {
-  const json& v = at(j, key, where);
-  if (!v.is_number_integer() || v.get<int64_t>() < 0)
-    throw ConfigError(fmt::format("{}: {}: expected a count, got {}", where, key, v.dump()));
-  return v.get<uint64_t>();
-}
 
 // A candidate format for every unit: a profiled base (cost and bytes from its profile) or bf16
 // (cost 0: the unit as the reference has it).
@@ -272,57 +227,50 @@ double Profile::cost(size_t u) const {
 }
 
 Profile Profile::from_json(const json& j, const std::string& path) {
+  const io::Doc d(j, path, io::DocKind::CONFIG);
+  d.require_object();
   Profile p;
   p.path = path;
-  if (j.is_object() && j.contains("shard"))
-    throw ConfigError(fmt::format(
-        "{}: a shard of a profile (shard: {}); merge the shards first (kldq profile --merge)", path,
+  if (d.contains("shard"))
+    d["shard"].fail(fmt::format(
+        "a shard of a profile (shard: {}); merge the shards first (kldq profile --merge)",
         j["shard"].dump()));
-  p.mode = profile::kModes.parse(text(j, "mode", path), path + ": mode");
-  p.granularity =
-      profile::kGranularities.parse(text(j, "granularity", path), path + ": granularity");
-  p.base = formats::FormatSpec::parse(text(j, "base", path), path + ": base").name();
-  p.method = quant::parse_method(text(j, "method", path), path + ": method");
-  p.model = text(j, "model", path);
-  if (!j.contains("model_fingerprint"))
+  p.mode = profile::kModes.parse(d["mode"].str(), d["mode"].where());
+  p.granularity = profile::kGranularities.parse(d["granularity"].str(), d["granularity"].where());
+  p.base = formats::FormatSpec::parse(d["base"].str(), d["base"].where()).name();
+  p.method = quant::parse_method(d["method"].str(), d["method"].where());
+  p.model = d["model"].str();
+  if (!d.contains("model_fingerprint"))
     throw ConfigError(
         fmt::format("{}: model_fingerprint: missing (a profile of an older kldq; "
                     "profile the model again)",
                     path));
-  p.fingerprint = text(j, "model_fingerprint", path);
-  p.calibration = at(j, "calibration", path);
-  if (j.contains("method_settings")) {
-    const quant::RecordedMethod r =
-        quant::method_from_json(j["method_settings"], path + ": method_settings");
+  p.fingerprint = d["model_fingerprint"].str();
+  p.calibration = d["calibration"].json();
+  if (d.contains("method_settings")) {
+    const io::Doc settings = d["method_settings"];
+    const quant::RecordedMethod r = quant::method_from_json(settings);
     if (r.options.method != p.method)
-      throw ConfigError(fmt::format("{}: method_settings.method: {}, but the method is {}", path,
-                                    quant::method_name(r.options.method),
-                                    quant::method_name(p.method)));
-    p.method_settings = j["method_settings"];
+      settings["method"].fail(fmt::format("{}, but the method is {}",
+                                          quant::method_name(r.options.method),
+                                          quant::method_name(p.method)));
+    p.method_settings = settings.json();
     // A plan carries the calibration a gptq/awq profile fitted on, in the recorded schema.
-    if (quant::needs_calibration(p.method))
-      quant::method_from_json({{"method", p.method}, {"calibration", p.calibration}}, path);
+    if (quant::needs_calibration(p.method)) {
+      const json wrapped = {{"method", p.method}, {"calibration", p.calibration}};
+      (void)quant::method_from_json(io::Doc(wrapped, path, io::DocKind::CONFIG));
+    }
   }
-  p.baseline_kl = number(j, "baseline_kl", path);
-  const json& units = at(j, "units", path);
-  if (!units.is_array() || units.empty())
-    throw ConfigError(fmt::format("{}: units: expected a non-empty list", path));
+  if (!d["baseline_kl"].json().is_number())
+    d["baseline_kl"].fail(
+        fmt::format("expected a finite number, got {}", d["baseline_kl"].shown()));
+  p.baseline_kl = d["baseline_kl"].json().get<double>();
+  const io::Doc units = d["units"];
+  if (units.size() == 0) units.fail("expected a non-empty list");
   std::set<std::string> seen;
   for (size_t i = 0; i < units.size(); ++i) {
-    const std::string where = fmt::format("{}: units[{}]", path, i);
-    Unit u{text(units[i], "id", where),          count(units[i], "params", where),
-           count(units[i], "bytes_base", where), count(units[i], "bytes_bf16", where),
-           number(units[i], "kl_mean", where),   number(units[i], "kl_stderr", where)};
-    if (u.params == 0) throw ConfigError(fmt::format("{}: params: expected > 0", where));
-    if (!valid_unit_id(u.id, p.granularity))
-      throw ConfigError(
-          fmt::format("{}: id: '{}' is not a {} unit name (model.layers.N{})", where, u.id,
-                      profile::granularity_name(p.granularity),
-                      p.granularity == profile::Granularity::LINEAR       ? ".mlp.up_proj, ..."
-                      : p.granularity == profile::Granularity::HALF_BLOCK ? ".self_attn or .mlp"
-                                                                          : ""));
-    if (!seen.insert(u.id).second)
-      throw ConfigError(fmt::format("{}: id: unit {} appears twice", where, u.id));
+    Unit u = profile::unit_from_json(units[i], p.granularity);
+    if (!seen.insert(u.id).second) units[i]["id"].fail(fmt::format("unit {} appears twice", u.id));
     p.units.push_back(std::move(u));
   }
   return p;

@@ -19,6 +19,7 @@
 #include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/progress.hpp"
+#include "kldq/profile/record.hpp"
 #include "passes.hpp"
 
 namespace kldq::profile {
@@ -317,13 +318,9 @@ Result run_profile(const std::vector<Decoder*>& models, const at::Tensor& ids,
 nlohmann::json to_json(const Result& r, const Options& o, quant::Method method) {
   nlohmann::json units = nlohmann::json::array();
   for (const UnitResult& u : r.units) {
-    nlohmann::json j = {{"id", u.unit.id},
-                        {"params", u.params},
-                        {"bytes_base", u.bytes_base},
-                        {"bytes_bf16", u.bytes_bf16},
-                        {"kl_mean", u.kl.mean},
-                        {"kl_stderr", u.kl.stderr_},
-                        {"top1_agree", u.kl.top1}};
+    nlohmann::json j =
+        to_json(UnitRecord{u.unit.id, uint64_t(u.params), uint64_t(u.bytes_base),
+                           uint64_t(u.bytes_bf16), u.kl.mean, u.kl.stderr_, u.kl.top1});
     if (o.mode == Mode::RESTORE_ONE) j["kl_gain"] = r.baseline.mean - u.kl.mean;
     if (u.proxies) add_proxy_keys(j, *u.proxies);
     units.push_back(j);

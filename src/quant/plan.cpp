@@ -5,8 +5,10 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "kldq/core/error.hpp"
-#include "kldq/io/json_util.hpp"
+#include "kldq/io/document.hpp"
 
 namespace kldq::quant {
 namespace {
@@ -113,49 +115,41 @@ nlohmann::json Plan::to_json() const {
   return j;
 }
 
-Plan Plan::from_json(const nlohmann::json& j, const std::string& where) {
-  io::json_keys(
-      j, {"method", "base", "overrides", "layers", "kldq_version", "planner", "method_settings"},
-      where);
+Plan Plan::from_json(const nlohmann::json& j, const std::string& file) {
+  const io::Doc d(j, file, io::DocKind::CONFIG);
+  d.keys({"method", "base", "overrides", "layers", "kldq_version", "planner", "method_settings"});
   Plan p;
-  p.source = where;
-  if (j.contains("planner")) {
-    if (!j["planner"].is_object())
-      throw ConfigError(fmt::format("{}.planner: expected an object", where));
-    p.planner = j["planner"];
+  p.source = file;
+  if (d.contains("planner")) {
+    const io::Doc planner = d["planner"];
+    planner.require_object();
+    p.planner = planner.json();
     // The keys kldq reads back (quantize and eval check the fingerprint; eval reports the
     // prediction); the rest of the record is carried as written.
     for (const char* key : {"model", "model_fingerprint"})
-      if (p.planner.contains(key)) io::json_string(p.planner[key], where + ".planner." + key);
-    if (p.planner.contains("predicted_kl") && !p.planner["predicted_kl"].is_number())
-      throw ConfigError(fmt::format("{}.planner.predicted_kl: expected a number", where));
+      if (planner.contains(key)) planner[key].str();
+    if (planner.contains("predicted_kl"))
+      planner["predicted_kl"].number(-std::numeric_limits<double>::infinity(),
+                                     std::numeric_limits<double>::infinity());
   }
-  if (j.contains("method")) {
-    p.method = parse_method(io::json_string(j["method"], where + ".method"), where + ".method");
-  }
-  if (j.contains("method_settings")) {
+  if (d.contains("method")) p.method = parse_method(d["method"].str(), d["method"].where());
+  if (d.contains("method_settings")) {
     // Checked here, read back by quantize and eval (RecordedMethod).
-    const std::string at = where + ".method_settings";
-    const RecordedMethod r = method_from_json(j["method_settings"], at);
+    const io::Doc settings = d["method_settings"];
+    const RecordedMethod r = method_from_json(settings);
     if (r.options.method != p.method)
-      throw ConfigError(fmt::format("{}.method: {}, but the plan's method is {}", at,
-                                    method_name(r.options.method), method_name(p.method)));
-    p.method_settings = j["method_settings"];
+      settings["method"].fail(fmt::format("{}, but the plan's method is {}",
+                                          method_name(r.options.method), method_name(p.method)));
+    p.method_settings = settings.json();
   }
-  p.base = formats::FormatSpec::parse(
-      io::json_string(io::json_member(j, "base", where), where + ".base"), where + ".base");
-  if (j.contains("overrides")) {
-    const auto& ov = j["overrides"];
-    if (!ov.is_array()) throw ConfigError(fmt::format("{}.overrides: expected a list", where));
+  p.base = formats::FormatSpec::parse(d["base"].str(), d["base"].where());
+  if (d.contains("overrides")) {
+    const io::Doc ov = d["overrides"];
     for (size_t i = 0; i < ov.size(); ++i) {
-      const std::string at = fmt::format("{}.overrides[{}]", where, i);
-      if (!ov[i].is_object()) throw ConfigError(fmt::format("{}: expected an object", at));
-      const std::string pattern =
-          io::json_string(io::json_member(ov[i], "layers", at), at + ".layers");
-      const std::string format =
-          io::json_string(io::json_member(ov[i], "format", at), at + ".format");
-      p.overrides.push_back({LayerSelector(pattern, at + ".layers"),
-                             formats::FormatSpec::parse(format, at + ".format")});
+      const io::Doc o = ov[i];
+      o.require_object();
+      p.overrides.push_back({LayerSelector(o["layers"].str(), o["layers"].where()),
+                             formats::FormatSpec::parse(o["format"].str(), o["format"].where())});
     }
   }
   return p;

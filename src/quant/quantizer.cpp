@@ -10,6 +10,7 @@
 #include "kldq/core/log.hpp"
 #include "kldq/core/output.hpp"
 #include "kldq/io/checkpoint.hpp"
+#include "kldq/io/document.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/model/foreign.hpp"
 #include "kldq/model/quantized.hpp"
@@ -128,63 +129,65 @@ nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& calibra
   return j;
 }
 
-RecordedMethod method_from_json(const nlohmann::json& j, const std::string& where) {
-  io::json_keys(j, {"method", "gptq", "awq", "hqq", "calibration"}, where);
+RecordedMethod method_from_json(const nlohmann::json& j, const std::string& file) {
+  return method_from_json(io::Doc(j, file, io::DocKind::CONFIG));
+}
+
+namespace {
+
+// The recorded calibration identity: file, digest, samples x seq_len, seed (file_tokens free).
+RecordedCalibration calibration_from_json(const io::Doc& c) {
+  c.keys({"file", "sha256", "samples", "seq_len", "seed", "file_tokens"});
+  RecordedCalibration rc;
+  rc.file = c["file"].str();
+  rc.sha256 = c["sha256"].str();
+  // Bounds as generous as any calibration set, and N x T far from overflow.
+  rc.samples = c["samples"].integer(1, 1 << 24);
+  rc.seq_len = c["seq_len"].integer(2, 1 << 20);
+  const io::Doc seed = c["seed"];
+  if (!seed.json().is_number_unsigned() &&
+      !(seed.json().is_number_integer() && seed.json().get<int64_t>() >= 0))
+    seed.fail(fmt::format("expected an integer >= 0, got {}", seed.json().dump()));
+  rc.seed = seed.json().get<uint64_t>();
+  return rc;
+}
+
+}  // namespace
+
+RecordedMethod method_from_json(const io::Doc& d) {
+  d.keys({"method", "gptq", "awq", "hqq", "calibration"});
   RecordedMethod r;
   MethodOptions& o = r.options;
-  o.method = parse_method(io::json_string(io::json_member(j, "method", where), where + ".method"),
-                          where + ".method");
+  const io::Doc method = d["method"];
+  o.method = parse_method(method.str(), method.where());
   for (const Method m : {Method::GPTQ, Method::AWQ, Method::HQQ})
-    if (j.contains(method_name(m)) && o.method != m)
-      throw ConfigError(fmt::format("{}.{}: settings of {}, but the method is {}", where,
-                                    method_name(m), method_name(m), method_name(o.method)));
-  if (j.contains("gptq")) {
-    const std::string at = where + ".gptq";
-    const nlohmann::json& g = j["gptq"];
-    io::json_keys(g, {"damp", "block", "act_order"}, at);
+    if (d.contains(method_name(m)) && o.method != m)
+      d[method_name(m)].fail(fmt::format("settings of {}, but the method is {}", method_name(m),
+                                         method_name(o.method)));
+  if (d.contains("gptq")) {
+    const io::Doc g = d["gptq"];
+    g.keys({"damp", "block", "act_order"});
     // The ranges the command line accepts (--damp) and the lazy batch a kernel can take.
-    o.gptq.damp = io::json_number(io::json_member(g, "damp", at), at + ".damp", 0.0, 1e4);
-    o.gptq.block = io::json_int(io::json_member(g, "block", at), at + ".block", 1, 1 << 16);
-    o.gptq.act_order = io::json_bool(io::json_member(g, "act_order", at), at + ".act_order");
+    o.gptq.damp = g["damp"].number(0.0, 1e4);
+    o.gptq.block = g["block"].integer(1, 1 << 16);
+    o.gptq.act_order = g["act_order"].boolean();
   }
-  if (j.contains("awq")) {
-    const std::string at = where + ".awq";
-    const nlohmann::json& a = j["awq"];
-    io::json_keys(a, {"grid", "clip_steps", "max_shrink"}, at);
-    o.awq.grid =
-        static_cast<int>(io::json_int(io::json_member(a, "grid", at), at + ".grid", 1, 1000));
-    o.awq.clip_steps = static_cast<int>(
-        io::json_int(io::json_member(a, "clip_steps", at), at + ".clip_steps", 1, 1000));
-    o.awq.max_shrink =
-        io::json_number(io::json_member(a, "max_shrink", at), at + ".max_shrink", 0.0, 0.99);
+  if (d.contains("awq")) {
+    const io::Doc a = d["awq"];
+    a.keys({"grid", "clip_steps", "max_shrink"});
+    o.awq.grid = static_cast<int>(a["grid"].integer(1, 1000));
+    o.awq.clip_steps = static_cast<int>(a["clip_steps"].integer(1, 1000));
+    o.awq.max_shrink = a["max_shrink"].number(0.0, 0.99);
   }
-  if (j.contains("hqq")) {
-    const std::string at = where + ".hqq";
-    const nlohmann::json& h = j["hqq"];
-    io::json_keys(h, {"lp_norm", "beta", "iters", "round_zero"}, at);
-    o.hqq.lp_norm = io::json_number(io::json_member(h, "lp_norm", at), at + ".lp_norm", 0.1, 2.0);
-    o.hqq.beta = io::json_number(io::json_member(h, "beta", at), at + ".beta", 1e-6, 1e6);
-    o.hqq.iters =
-        static_cast<int>(io::json_int(io::json_member(h, "iters", at), at + ".iters", 0, 1000));
-    const nlohmann::json& rz = io::json_member(h, "round_zero", at);
-    if (!rz.is_null()) o.hqq.round_zero = io::json_bool(rz, at + ".round_zero");
+  if (d.contains("hqq")) {
+    const io::Doc h = d["hqq"];
+    h.keys({"lp_norm", "beta", "iters", "round_zero"});
+    o.hqq.lp_norm = h["lp_norm"].number(0.1, 2.0);
+    o.hqq.beta = h["beta"].number(1e-6, 1e6);
+    o.hqq.iters = static_cast<int>(h["iters"].integer(0, 1000));
+    if (!h["round_zero"].is_null()) o.hqq.round_zero = h["round_zero"].boolean();
   }
-  if (j.contains("calibration")) {
-    const std::string at = where + ".calibration";
-    const nlohmann::json& c = j["calibration"];
-    io::json_keys(c, {"file", "sha256", "samples", "seq_len", "seed", "file_tokens"}, at);
-    RecordedCalibration rc;
-    rc.file = io::json_string(io::json_member(c, "file", at), at + ".file");
-    rc.sha256 = io::json_string(io::json_member(c, "sha256", at), at + ".sha256");
-    // Bounds as generous as any calibration set, and N x T far from overflow.
-    rc.samples = io::json_int(io::json_member(c, "samples", at), at + ".samples", 1, 1 << 24);
-    rc.seq_len = io::json_int(io::json_member(c, "seq_len", at), at + ".seq_len", 2, 1 << 20);
-    const nlohmann::json& seed = io::json_member(c, "seed", at);
-    if (!seed.is_number_unsigned() && !(seed.is_number_integer() && seed.get<int64_t>() >= 0))
-      throw ConfigError(fmt::format("{}.seed: expected an integer >= 0, got {}", at, seed.dump()));
-    rc.seed = seed.get<uint64_t>();
-    r.calibration = rc;
-  }
+  if (d.contains("calibration")) r.calibration = calibration_from_json(d["calibration"]);
   return r;
 }
 

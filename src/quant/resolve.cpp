@@ -36,7 +36,8 @@ namespace {
 // makes them not apply). Plan::from_json checked them already.
 std::optional<RecordedMethod> recorded_for(const Plan* plan, Method method) {
   if (!plan || plan->method_settings.is_null()) return std::nullopt;
-  RecordedMethod r = method_from_json(plan->method_settings, plan->source + ".method_settings");
+  RecordedMethod r = method_from_json(
+      io::Doc(plan->method_settings, plan->source, io::DocKind::CONFIG, "method_settings"));
   if (r.options.method != method) return std::nullopt;
   return r;
 }
@@ -93,7 +94,7 @@ std::optional<calib::Calibration> resolve_calibration(const MethodRequest& o, Me
   spec.file = o.calib;
   const auto r = recorded_for(plan, method);
   const auto rc = r ? r->calibration : std::nullopt;
-  const std::string recorded_at = plan ? plan->source + ".method_settings.calibration" : "";
+  const std::string recorded_at = plan ? plan->source + ": method_settings.calibration" : "";
   if (rc) {  // the plan's windows, where the command line names none
     spec.samples = rc->samples, spec.seq_len = rc->seq_len, spec.seed = rc->seed;
     if (o.calib.empty()) {

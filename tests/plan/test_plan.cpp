@@ -263,7 +263,7 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
                          "model.layers.00.mlp.up_proj", "model.layers.0.mlp.up_proj.x"}) {
     bad["units"][0]["id"] = id;
     CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
-                      HasText("units[0]: id: '" + std::string(id) + "' is not a linear unit"));
+                      HasText("units[0].id: '" + std::string(id) + "' is not a linear unit"));
   }
   bad["granularity"] = "half-block";
   bad["units"][0]["id"] = "model.layers.0.mlp";
@@ -275,11 +275,11 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
   bad = j;
   bad["units"][0].erase("kl_mean");
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
-                    HasText("p.json: units[0]: kl_mean: missing"));
+                    HasText("p.json: units[0].kl_mean: missing"));
   bad = j;
   bad["units"][0]["params"] = "ten";
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
-                    HasText("units[0]: params: expected a count, got \"ten\""));
+                    HasText("units[0].params: expected a count, got \"ten\""));
   bad = j;
   bad.erase("model_fingerprint");
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"), HasText("model_fingerprint: missing"));
@@ -294,10 +294,10 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
   bad["method"] = "gptq";
   bad["method_settings"] = {{"method", "gptq"}};
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
-                    HasText("p.json.calibration: expected an object"));
+                    HasText("p.json: calibration: expected an object"));
   bad["calibration"] = {{"sha256", "c"}};
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),
-                    HasText("p.json.calibration.file: missing"));
+                    HasText("p.json: calibration.file: missing"));
   bad = j;
   bad["units"].push_back(bad["units"][0]);
   CHECK_THROWS_WITH(plan::Profile::from_json(bad, "p.json"),

@@ -310,7 +310,7 @@ TEST_CASE("quantize --plan re-fits with the plan's recorded settings and calibra
   const auto gone = run_kldq("quantize " + kModel + " --plan " + (dir / "moved.json").string() +
                              " --device cpu -o " + (dir / "x").string());
   CHECK(gone.rc == 2);
-  CHECK_THAT(gone.err, HasText("moved.json.method_settings.calibration.file") &&
+  CHECK_THAT(gone.err, HasText("moved.json: method_settings.calibration.file") &&
                            HasText("gone.txt: not found; give the text with --calib"));
   CHECK_FALSE(kldq::test::fs::exists(dir / "x"));
 }

@@ -1,10 +1,9 @@
-// JSON file reading with errors that name the file and the key path (config.json, index files),
-// and typed reads of members of configuration JSON (plans, recorded settings).
+// JSON file reading with errors that name the file, and atomic writing. Typed reads of what was
+// read are io::Doc's (kldq/io/document.hpp).
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
-#include <initializer_list>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
@@ -24,18 +23,6 @@ nlohmann::json read_json_file(const std::filesystem::path& path, bool config = f
 
 // Writes `text` to `path` through a temporary file and a rename (no partial output).
 void write_file_atomic(const std::filesystem::path& path, const std::string& text);
-
-// Typed reads of configuration JSON: ConfigError naming `path`, the key path ("plan.json.base"),
-// for a missing key, a value of another type or one outside [lo, hi].
-const nlohmann::json& json_member(const nlohmann::json& j, const std::string& key,
-                                  const std::string& where);  // error names "where.key"
-std::string json_string(const nlohmann::json& j, const std::string& path);
-double json_number(const nlohmann::json& j, const std::string& path, double lo, double hi);
-int64_t json_int(const nlohmann::json& j, const std::string& path, int64_t lo, int64_t hi);
-bool json_bool(const nlohmann::json& j, const std::string& path);
-// `j` is an object whose keys are all in `allowed`, else ConfigError naming "where.key".
-void json_keys(const nlohmann::json& j, std::initializer_list<const char*> allowed,
-               const std::string& where);
 
 // The JSON files of a `--merge` (shards of a profile or an evaluation), each named for messages.
 std::vector<ShardFile> read_shard_files(const std::vector<std::string>& paths);

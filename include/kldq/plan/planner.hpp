@@ -16,17 +16,14 @@
 
 #include "kldq/core/vocabulary.hpp"
 #include "kldq/profile/profile.hpp"
+#include "kldq/profile/record.hpp"
 #include "kldq/quant/plan.hpp"
 
 namespace kldq::plan {
 
 // One profile.json, validated on reading.
 struct Profile {
-  struct Unit {
-    std::string id;  // HF layer name, or a half-block / block name
-    uint64_t params = 0, bytes_base = 0, bytes_bf16 = 0;
-    double kl_mean = 0, kl_stderr = 0;
-  };
+  using Unit = profile::UnitRecord;  // the record the profile writes
   std::string path, model, fingerprint, base;
   profile::Mode mode = profile::Mode::QUANTIZE_ONE;
   profile::Granularity granularity = profile::Granularity::LINEAR;

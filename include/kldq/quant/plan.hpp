@@ -56,9 +56,9 @@ struct Plan {
                               std::vector<std::string>* unmatched = nullptr) const;
 
   // {"method", "base", "overrides": [{"layers", "format"}], "planner", "method_settings"};
-  // from_json errors name `where` and the key path.
+  // from_json errors name the file and the key path (io::Doc).
   nlohmann::json to_json() const;
-  static Plan from_json(const nlohmann::json& j, const std::string& where);
+  static Plan from_json(const nlohmann::json& j, const std::string& file);
 };
 
 }  // namespace kldq::quant

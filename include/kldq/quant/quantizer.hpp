@@ -14,6 +14,7 @@
 #include <string>
 
 #include "kldq/formats/packed.hpp"
+#include "kldq/io/document.hpp"
 #include "kldq/model/decoder.hpp"
 #include "kldq/quant/gptq.hpp"
 #include "kldq/quant/hqq.hpp"
@@ -64,7 +65,7 @@ nlohmann::json method_json(const MethodOptions& options, const nlohmann::json& c
 
 // A recorded method_json read back: the settings, and the calibration windows' identity when
 // recorded (calib::Calibration's: file, its sha256, samples N, seq_len T, seed). ConfigError
-// naming `where` and the key for anything else or out of range.
+// naming the file and the key path for anything else or out of range.
 struct RecordedCalibration {
   std::string file, sha256;
   int64_t samples = 0, seq_len = 0;
@@ -74,7 +75,8 @@ struct RecordedMethod {
   MethodOptions options;
   std::optional<RecordedCalibration> calibration;
 };
-RecordedMethod method_from_json(const nlohmann::json& j, const std::string& where);
+RecordedMethod method_from_json(const io::Doc& d);
+RecordedMethod method_from_json(const nlohmann::json& j, const std::string& file);  // at the root
 
 // One layer's quantized form: its stored weight and, for AWQ, the per-input-channel scale the
 // layer divides its input by (QLinear::set_input_scale).

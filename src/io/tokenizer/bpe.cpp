@@ -20,14 +20,14 @@ size_t utf8_len(unsigned char b) {
 
 }  // namespace
 
-Bpe::Bpe(const JsonPath& model) {
+Bpe::Bpe(const Doc& model) {
   if (model.has("dropout")) {
-    const JsonPath dropout = model["dropout"];
+    const Doc dropout = model["dropout"];
     if (!dropout.json().is_number()) dropout.fail("expected a number or null");
     if (dropout.json().get<double>() != 0.0)
       dropout.fail("BPE dropout is not supported (tokenization must be deterministic)");
   }
-  const JsonPath vocab = model["vocab"];
+  const Doc vocab = model["vocab"];
   if (!vocab.json().is_object()) vocab.fail("expected an object of token -> id");
   const int64_t max_id = static_cast<int64_t>(vocab.json().size()) + kMaxIdGap;
   for (const auto& [token, id] : vocab.json().items()) {
@@ -49,11 +49,11 @@ Bpe::Bpe(const JsonPath& model) {
     if (unk_ < 0) model["unk_token"].fail("unk_token is not in the vocabulary");
   }
   for (int b = 0; b < 256; ++b) byte_ids_[b] = token_to_id(fmt::format("<0x{:02X}>", b));
-  const JsonPath merges = model["merges"];
+  const Doc merges = model["merges"];
   const size_t n = merges.size();
   merges_.reserve(n);
   for (size_t r = 0; r < n; ++r) {
-    const JsonPath m = merges[r];
+    const Doc m = merges[r];
     std::string a, b;
     if (m.json().is_string()) {  // "a b"
       const std::string s = m.str();

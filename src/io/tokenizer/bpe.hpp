@@ -9,7 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "json_path.hpp"
+#include "kldq/io/document.hpp"
 
 namespace kldq::io {
 
@@ -21,7 +21,7 @@ inline constexpr int64_t kMaxIdGap = int64_t(1) << 20;
 class Bpe {
  public:
   // Parses the "model" object (vocab and merges validated against each other).
-  explicit Bpe(const JsonPath& model);
+  explicit Bpe(const Doc& model);
 
   // Appends the ids of one pre-tokenized word (UTF-8).
   void encode_word(std::string_view word, std::vector<int32_t>& out) const;

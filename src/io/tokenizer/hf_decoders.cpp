@@ -8,7 +8,7 @@
 
 namespace kldq::io {
 
-Decoder Decoder::parse(const JsonPath& j) {
+Decoder Decoder::parse(const Doc& j) {
   const std::string type = j["type"].str();
   Decoder d{FUSE};
   if (type == "ByteLevel")
@@ -32,7 +32,7 @@ Decoder Decoder::parse(const JsonPath& j) {
     d.content = u32(j["content"].str());
   } else if (type == "Sequence") {
     d.kind = SEQUENCE;
-    const JsonPath steps = j["decoders"];
+    const Doc steps = j["decoders"];
     for (size_t i = 0; i < steps.size(); ++i) d.steps.push_back(parse(steps[i]));
   } else {
     j["type"].fail(fmt::format("unsupported decoder type '{}'", type));

@@ -103,7 +103,7 @@ void split_pieces(std::vector<std::u32string>& pieces, PreTokenizer::Behavior be
   pieces = std::move(out);
 }
 
-PreTokenizer::Behavior parse_behavior(const JsonPath& j) {
+PreTokenizer::Behavior parse_behavior(const Doc& j) {
   const std::string b = j.str();
   if (b == "Removed") return PreTokenizer::REMOVED;
   if (b == "Isolated") return PreTokenizer::ISOLATED;
@@ -131,7 +131,7 @@ std::u32string replace_all(const std::u32string& s, const Pattern& p, const std:
   return out;
 }
 
-MetaspaceOptions MetaspaceOptions::parse(const JsonPath& j) {
+MetaspaceOptions MetaspaceOptions::parse(const Doc& j) {
   MetaspaceOptions m;
   if (j.has("replacement")) {
     const std::u32string r = u32(j["replacement"].str());
@@ -166,7 +166,7 @@ int char_to_byte(char32_t c) {
   return c < inverse.size() ? inverse[c] : -1;
 }
 
-Pattern Pattern::parse(const JsonPath& j) {
+Pattern Pattern::parse(const Doc& j) {
   Pattern p;
   if (j.has("String")) {
     p.literal = u32(j["String"].str());
@@ -215,7 +215,7 @@ std::vector<std::pair<size_t, size_t>> Pattern::find_all(std::u32string_view s) 
   return out;
 }
 
-Normalizer Normalizer::parse(const JsonPath& j) {
+Normalizer Normalizer::parse(const Doc& j) {
   const std::string type = j["type"].str();
   Normalizer n{NFC};
   if (type == "NFC")
@@ -228,7 +228,7 @@ Normalizer Normalizer::parse(const JsonPath& j) {
     n.kind = REPLACE, n.pattern = Pattern::parse(j["pattern"]), n.text = u32(j["content"].str());
   else if (type == "Sequence") {
     n.kind = SEQUENCE;
-    const JsonPath steps = j["normalizers"];
+    const Doc steps = j["normalizers"];
     for (size_t i = 0; i < steps.size(); ++i) n.steps.push_back(parse(steps[i]));
   } else {
     j["type"].fail(fmt::format("unsupported normalizer type '{}'", type));
@@ -256,7 +256,7 @@ void Normalizer::apply(std::u32string& s) const {
   }
 }
 
-PreTokenizer PreTokenizer::parse(const JsonPath& j) {
+PreTokenizer PreTokenizer::parse(const Doc& j) {
   const std::string type = j["type"].str();
   PreTokenizer p{SPLIT};
   if (type == "Split") {
@@ -277,7 +277,7 @@ PreTokenizer PreTokenizer::parse(const JsonPath& j) {
     p.individual_digits = j.bool_or("individual_digits", false);
   } else if (type == "Sequence") {
     p.kind = SEQUENCE;
-    const JsonPath steps = j["pretokenizers"];
+    const Doc steps = j["pretokenizers"];
     for (size_t i = 0; i < steps.size(); ++i) p.steps.push_back(parse(steps[i]));
   } else {
     j["type"].fail(fmt::format("unsupported pre_tokenizer type '{}'", type));

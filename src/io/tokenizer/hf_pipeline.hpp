@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "json_path.hpp"
+#include "kldq/io/document.hpp"
 #include "kldq/io/tokenizer/regex.hpp"
 
 namespace kldq::io {
@@ -18,7 +18,7 @@ struct Pattern {
   std::u32string literal;
   std::optional<Regex> regex;
   std::string where;  // "tokenizer.json: pre_tokenizer.pattern.Regex", for errors while matching
-  static Pattern parse(const JsonPath& j);
+  static Pattern parse(const Doc& j);
   // Non-overlapping matches [begin, end) left to right.
   std::vector<std::pair<size_t, size_t>> find_all(std::u32string_view s) const;
 };
@@ -28,7 +28,7 @@ struct Pattern {
 struct MetaspaceOptions {
   char32_t replacement = 0x2581;  // '▁'
   enum Prepend { ALWAYS, FIRST, NEVER } prepend = ALWAYS;
-  static MetaspaceOptions parse(const JsonPath& j);
+  static MetaspaceOptions parse(const Doc& j);
 };
 
 struct Normalizer {
@@ -36,7 +36,7 @@ struct Normalizer {
   std::u32string text;  // PREPEND: prefix; REPLACE: replacement
   std::optional<Pattern> pattern;
   std::vector<Normalizer> steps;
-  static Normalizer parse(const JsonPath& j);
+  static Normalizer parse(const Doc& j);
   void apply(std::u32string& s) const;
 };
 
@@ -51,7 +51,7 @@ struct PreTokenizer {
   bool split = true;               // METASPACE
   bool individual_digits = false;  // DIGITS
   std::vector<PreTokenizer> steps;
-  static PreTokenizer parse(const JsonPath& j);
+  static PreTokenizer parse(const Doc& j);
   // Splits every piece in place; BYTE_LEVEL also maps bytes to its printable alphabet.
   // `at_start`: the pieces begin the input text (Metaspace prepend_scheme "first").
   void apply(std::vector<std::u32string>& pieces, bool at_start) const;
@@ -64,7 +64,7 @@ struct Decoder {
   size_t start = 0, stop = 0;  // STRIP
   MetaspaceOptions metaspace;  // METASPACE
   std::vector<Decoder> steps;
-  static Decoder parse(const JsonPath& j);
+  static Decoder parse(const Doc& j);
   void apply(std::vector<std::u32string>& tokens) const;
 };
 

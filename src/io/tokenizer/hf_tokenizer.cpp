@@ -46,8 +46,8 @@ class HfTokenizer final : public Tokenizer {
  private:
   // Splits text pieces around the added tokens whose `normalized` flag equals `normalized`.
   void split_added(std::vector<Piece>& pieces, bool normalized) const;
-  void parse_added_tokens(const JsonPath& added);
-  void parse_post_processor(const JsonPath& pp);
+  void parse_added_tokens(const Doc& added);
+  void parse_post_processor(const Doc& pp);
   void encode_text(std::u32string text, bool at_start, std::vector<int32_t>& out) const;
 
   std::unique_ptr<Bpe> bpe_;
@@ -65,9 +65,9 @@ class HfTokenizer final : public Tokenizer {
 };
 
 HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
-  const JsonPath root(doc, file);
+  const Doc root(doc, file, DocKind::DATA);
   if (!doc.is_object()) root.fail("expected a JSON object");
-  const JsonPath model = root["model"];
+  const Doc model = root["model"];
   const std::string type = model.str_or("type", "BPE");
   if (type != "BPE")
     model.has("type") ? model["type"].fail(fmt::format("unsupported model type '{}' (BPE)", type))
@@ -93,13 +93,13 @@ HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
 
 // added_tokens: each checked (id range, content, total length) and, when `normalized`, held by its
 // normalized text; id_to_token_ grows to cover the ids.
-void HfTokenizer::parse_added_tokens(const JsonPath& added) {
+void HfTokenizer::parse_added_tokens(const Doc& added) {
   // Ids past the vocabulary leave gaps in id_to_token_: bounded so a hostile id cannot make it
   // huge. Real tokenizers number added tokens right after the vocabulary.
   const int64_t max_id = static_cast<int64_t>(id_to_token_.size() + added.size()) + kMaxIdGap;
   size_t chars = 0;
   for (size_t i = 0; i < added.size(); ++i) {
-    const JsonPath a = added[i];
+    const Doc a = added[i];
     const int64_t id = a["id"].integer();
     if (id < 0 || id > max_id)
       a["id"].fail(fmt::format("invalid id (0 to {}: the vocabulary, the added tokens and {} more)",
@@ -130,10 +130,10 @@ void HfTokenizer::parse_added_tokens(const JsonPath& added) {
   }
 }
 
-void HfTokenizer::parse_post_processor(const JsonPath& pp) {
+void HfTokenizer::parse_post_processor(const Doc& pp) {
   const std::string type = pp["type"].str();
   if (type == "Sequence") {  // Llama-3: ByteLevel then TemplateProcessing
-    const JsonPath steps = pp["processors"];
+    const Doc steps = pp["processors"];
     for (size_t i = 0; i < steps.size(); ++i) parse_post_processor(steps[i]);
     return;
   }
@@ -143,14 +143,14 @@ void HfTokenizer::parse_post_processor(const JsonPath& pp) {
   std::map<std::string, std::vector<int32_t>> specials;
   if (pp.has("special_tokens"))
     for (const auto& [name, v] : pp["special_tokens"].json().items()) {
-      const JsonPath ids = pp["special_tokens"][name]["ids"];
+      const Doc ids = pp["special_tokens"][name]["ids"];
       for (size_t k = 0; k < ids.size(); ++k)
         specials[name].push_back(static_cast<int32_t>(ids[k].integer()));
     }
-  const JsonPath single = pp["single"];
+  const Doc single = pp["single"];
   bool seen_sequence = false;
   for (size_t i = 0; i < single.size(); ++i) {
-    const JsonPath item = single[i];
+    const Doc item = single[i];
     if (item.has("Sequence")) {
       if (item["Sequence"]["id"].str() != "A")
         item["Sequence"]["id"].fail("single template uses sequence A");

@@ -1,0 +1,80 @@
+// The one reader of typed documents (config.json, tokenizer.json, plans, profiles, recorded
+// settings; experiment files are YAML read through the same error format): a JSON node with the
+// file and key path that reached it, so every error reads `file: a.b[2]: expected ..., got ...`.
+// A document is user configuration (ConfigError, exit 2) or data (IoError, exit 1).
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+namespace kldq::io {
+
+enum class DocKind { CONFIG, DATA };
+
+// `file: path: what` (`file: what` for the document as a whole); every reader's error format.
+std::string doc_message(std::string_view file, std::string_view path, std::string_view what);
+
+class Doc {
+ public:
+  Doc(const nlohmann::json& j, std::string file, DocKind kind, std::string path = "")
+      : j_(&j), file_(std::move(file)), path_(std::move(path)), kind_(kind) {}
+
+  // Throws ConfigError or IoError (the document's kind) with `file: path: what`.
+  [[noreturn]] void fail(std::string_view what) const;
+
+  const nlohmann::json& json() const { return *j_; }
+  const std::string& path() const { return path_; }
+  const std::string& file() const { return file_; }
+  DocKind kind() const { return kind_; }
+  // `file: path` (`file` at the root), for parsers that take a "what" (vocabularies, formats).
+  std::string where() const;
+
+  bool is_null() const { return j_->is_null(); }
+  // The value as errors show it: a scalar as written (at most 60 characters), a list or an
+  // object by its type, so a hostile document cannot make a message of megabytes.
+  std::string shown() const;
+  // An object holding `key` with a value that is not null.
+  bool has(const std::string& key) const;
+  // An object holding `key`, null or not (records whose keys must not be null when present).
+  bool contains(const std::string& key) const;
+  // The member `key` (error "missing" when absent; "expected an object" when not an object).
+  Doc operator[](const std::string& key) const;
+  // Element `i` of an array.
+  Doc operator[](size_t i) const;
+  // The number of elements of an array (error when not an array).
+  size_t size() const;
+  // Every key of an object is in `allowed` (error names the unknown key).
+  void keys(std::initializer_list<const char*> allowed) const;
+  void require_object() const;
+
+  std::string str() const;
+  bool boolean() const;
+  int64_t integer() const;                        // any int64
+  int64_t integer(int64_t lo, int64_t hi) const;  // in [lo, hi]
+  double number(double lo, double hi) const;      // finite and in [lo, hi]
+
+  // A member read by `read(Doc)`, or `dflt` when absent or null.
+  template <class T, class F>
+  T get_or(const std::string& key, T dflt, F read) const {
+    return has(key) ? read((*this)[key]) : dflt;
+  }
+  // Optional members (absent or null gives the default).
+  std::string str_or(const std::string& key, const std::string& dflt) const {
+    return has(key) ? (*this)[key].str() : dflt;
+  }
+  bool bool_or(const std::string& key, bool dflt) const {
+    return has(key) ? (*this)[key].boolean() : dflt;
+  }
+
+ private:
+  std::string child_path(std::string_view key) const;
+  const nlohmann::json* j_;
+  std::string file_;
+  std::string path_;
+  DocKind kind_;
+};
+
+}  // namespace kldq::io
