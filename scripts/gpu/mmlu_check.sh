@@ -29,8 +29,17 @@ rows = {p: [json.loads(l) for l in open(f"/tmp/mmlu_{p}.jsonl")] for p in m}
 a, b = rows["shared"], rows["unshared"]
 same = sum(x["pred"] == y["pred"] for x, y in zip(a, b))
 dlp = max(abs(u - v) for x, y in zip(a, b) for u, v in zip(x["logprobs"], y["logprobs"]))
+# bf16 noise flips a prediction only where the two best answers are closer than the noise: the
+# unshared path's top-2 margin of each question that changed, and how many questions have a
+# margin below the largest log-probability difference seen.
+margin = lambda r: (lambda s: s[-1] - s[-2])(sorted(r["logprobs"]))
+flipped = sorted(margin(y) for x, y in zip(a, b) if x["pred"] != y["pred"])
+close = sum(margin(y) < dlp for y in b)
 print(json.dumps({"what": "mmlu_shared_prefix", "n": len(a), "same_predictions": same,
                   "agreement": round(same / len(a), 5), "max_logprob_diff": dlp,
+                  "flipped_margin_max": flipped[-1] if flipped else None,
+                  "flipped_margin_median": flipped[len(flipped) // 2] if flipped else None,
+                  "questions_with_margin_below_max_diff": close,
                   "acc_shared": m["shared"]["mmlu_acc"], "acc_unshared": m["unshared"]["mmlu_acc"],
                   "s_shared": round(m["shared"]["seconds_mmlu"], 2),
                   "s_unshared": round(m["unshared"]["seconds_mmlu"], 2),
