@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "kldq/core/error.hpp"
@@ -107,7 +108,8 @@ int64_t Doc::integer(int64_t lo, int64_t hi) const {
 }
 
 double Doc::number(double lo, double hi) const {
-  if (!j_->is_number() || !(j_->get<double>() >= lo && j_->get<double>() <= hi))
+  if (!j_->is_number() || !std::isfinite(j_->get<double>()) ||
+      !(j_->get<double>() >= lo && j_->get<double>() <= hi))
     fail(fmt::format("expected a number in [{}, {}], got {}", lo, hi, shown()));
   return j_->get<double>();
 }

@@ -304,11 +304,16 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
   const ModelConfig config = parse_config(j, (dir / "config.json").string());
   const std::string top = text(qd, "format", "");
   std::vector<std::pair<std::vector<Target>, FormatSpec>> groups;
+  // Groups by name (an object, as compressed-tensors writes them), or a list of groups; null
+  // means none (every layer dense).
   const io::Doc cg = qd["config_groups"];
-  cg.require_object();
-  for (const auto& [name, g] : cg.json().items()) {
-    const io::Doc gd = cg[name];
-    groups.push_back({targets(gd["targets"]), group_format(gd, top)});
+  if (cg.json().is_array()) {
+    for (size_t i = 0; i < cg.size(); ++i)
+      groups.push_back({targets(cg[i]["targets"]), group_format(cg[i], top)});
+  } else if (!cg.is_null()) {
+    cg.require_object();
+    for (const auto& [name, g] : cg.json().items())
+      groups.push_back({targets(cg[name]["targets"]), group_format(cg[name], top)});
   }
   const std::vector<Target> ignore =
       qd.has("ignore") ? targets(qd["ignore"]) : std::vector<Target>{};

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -261,7 +260,7 @@ Profile Profile::from_json(const json& j, const std::string& path) {
       (void)quant::method_from_json(io::Doc(wrapped, path, io::DocKind::CONFIG));
     }
   }
-  if (!d["baseline_kl"].json().is_number())
+  if (!d["baseline_kl"].json().is_number() || !std::isfinite(d["baseline_kl"].json().get<double>()))
     d["baseline_kl"].fail(
         fmt::format("expected a finite number, got {}", d["baseline_kl"].shown()));
   p.baseline_kl = d["baseline_kl"].json().get<double>();

@@ -3,14 +3,17 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "kldq/model/layer_id.hpp"
 
 namespace kldq::profile {
 namespace {
 
-// A number (JSON holds no infinities or NaN, so every number read is finite).
+// A finite number (parsed JSON holds no infinities or NaN; JSON built in memory may).
 double finite(const io::Doc& d) {
-  if (!d.json().is_number()) d.fail(fmt::format("expected a finite number, got {}", d.shown()));
+  if (!d.json().is_number() || !std::isfinite(d.json().get<double>()))
+    d.fail(fmt::format("expected a finite number, got {}", d.shown()));
   return d.json().get<double>();
 }
 

@@ -200,10 +200,10 @@ TEST_CASE("layer selectors and plans", "[quant]") {
     j["gptq"][key] = std::move(value);
     return j;
   };
-  CHECK_THROWS_WITH(
-      q::method_from_json(kldq::io::Doc(with("damp", "big"), "p.json", kldq::io::DocKind::CONFIG,
-                                        "method_settings")),
-      HasText("p.json: method_settings.gptq.damp: expected a number"));
+  const nlohmann::json big_damp = with("damp", "big");
+  CHECK_THROWS_WITH(q::method_from_json(kldq::io::Doc(big_damp, "p.json", kldq::io::DocKind::CONFIG,
+                                                      "method_settings")),
+                    HasText("p.json: method_settings.gptq.damp: expected a number"));
   CHECK_THROWS_WITH(q::method_from_json(with("damp", -1), "s"), HasText("s: gptq.damp"));
   CHECK_THROWS_WITH(q::method_from_json(with("block", 0), "s"), HasText("s: gptq.block"));
   CHECK_THROWS_WITH(q::method_from_json(with("act_order", 1), "s"),

@@ -21,6 +21,8 @@ class Doc {
  public:
   Doc(const nlohmann::json& j, std::string file, DocKind kind, std::string path = "")
       : j_(&j), file_(std::move(file)), path_(std::move(path)), kind_(kind) {}
+  // A Doc points into its document: never onto a temporary.
+  Doc(nlohmann::json&&, std::string, DocKind, std::string = "") = delete;
 
   // Throws ConfigError or IoError (the document's kind) with `file: path: what`.
   [[noreturn]] void fail(std::string_view what) const;
