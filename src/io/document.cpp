@@ -50,7 +50,7 @@ bool Doc::contains(const std::string& key) const {
 }
 
 bool Doc::has(const std::string& key) const {
-  return j_->is_object() && j_->contains(key) && !(*j_)[key].is_null();
+  return contains(key) && !(*j_)[key].is_null();
 }
 
 void Doc::require_object() const {
@@ -105,6 +105,13 @@ int64_t Doc::integer(int64_t lo, int64_t hi) const {
     fail(fmt::format("expected an integer in [{}, {}], got {}", lo, hi, shown()));
   }
   return j_->get<int64_t>();
+}
+
+double Doc::finite() const {
+  // Parsed JSON holds no infinities or NaN; JSON built in memory may.
+  if (!j_->is_number() || !std::isfinite(j_->get<double>()))
+    fail(fmt::format("expected a finite number, got {}", shown()));
+  return j_->get<double>();
 }
 
 double Doc::number(double lo, double hi) const {

@@ -260,10 +260,7 @@ Profile Profile::from_json(const json& j, const std::string& path) {
       (void)quant::method_from_json(io::Doc(wrapped, path, io::DocKind::CONFIG));
     }
   }
-  if (!d["baseline_kl"].json().is_number() || !std::isfinite(d["baseline_kl"].json().get<double>()))
-    d["baseline_kl"].fail(
-        fmt::format("expected a finite number, got {}", d["baseline_kl"].shown()));
-  p.baseline_kl = d["baseline_kl"].json().get<double>();
+  p.baseline_kl = d["baseline_kl"].finite();
   const io::Doc units = d["units"];
   if (units.size() == 0) units.fail("expected a non-empty list");
   std::set<std::string> seen;

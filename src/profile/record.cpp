@@ -3,19 +3,10 @@
 
 #include <fmt/format.h>
 
-#include <cmath>
-
 #include "kldq/model/layer_id.hpp"
 
 namespace kldq::profile {
 namespace {
-
-// A finite number (parsed JSON holds no infinities or NaN; JSON built in memory may).
-double finite(const io::Doc& d) {
-  if (!d.json().is_number() || !std::isfinite(d.json().get<double>()))
-    d.fail(fmt::format("expected a finite number, got {}", d.shown()));
-  return d.json().get<double>();
-}
 
 // A non-negative count (params, bytes).
 uint64_t count(const io::Doc& d) {
@@ -42,9 +33,9 @@ UnitRecord unit_from_json(const io::Doc& d, Granularity granularity) {
                count(d["params"]),
                count(d["bytes_base"]),
                count(d["bytes_bf16"]),
-               finite(d["kl_mean"]),
-               finite(d["kl_stderr"]),
-               d.has("top1_agree") ? finite(d["top1_agree"]) : 0.0};
+               d["kl_mean"].finite(),
+               d["kl_stderr"].finite(),
+               d.has("top1_agree") ? d["top1_agree"].finite() : 0.0};
   if (u.params == 0) d["params"].fail("expected > 0");
   if (!valid_unit_id(u.id, granularity))
     d["id"].fail(fmt::format("'{}' is not a {} unit name (model.layers.N{})", u.id,

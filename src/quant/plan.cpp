@@ -5,8 +5,6 @@
 
 #include <fmt/format.h>
 
-#include <limits>
-
 #include "kldq/core/error.hpp"
 #include "kldq/io/document.hpp"
 
@@ -128,9 +126,7 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& file) {
     // prediction); the rest of the record is carried as written.
     for (const char* key : {"model", "model_fingerprint"})
       if (planner.contains(key)) planner[key].str();
-    if (planner.contains("predicted_kl"))
-      planner["predicted_kl"].number(-std::numeric_limits<double>::infinity(),
-                                     std::numeric_limits<double>::infinity());
+    if (planner.contains("predicted_kl")) planner["predicted_kl"].finite();
   }
   if (d.contains("method")) p.method = parse_method(d["method"].str(), d["method"].where());
   if (d.contains("method_settings")) {

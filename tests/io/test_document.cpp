@@ -53,6 +53,10 @@ TEST_CASE("Doc numbers are finite and within bounds; values shown briefly", "[io
   const double inf = std::numeric_limits<double>::infinity();
   CHECK_THROWS_AS(d["inf"].number(-inf, inf), kldq::ConfigError);
   CHECK_THROWS_AS(d["nan"].number(-inf, inf), kldq::ConfigError);
+  CHECK(d["x"].finite() == 0.5);
+  CHECK_THROWS_WITH(d["inf"].finite(), HasText("h.json: inf: expected a finite number"));
+  CHECK_THROWS_WITH(d["nan"].finite(), HasText("h.json: nan: expected a finite number"));
+  CHECK_THROWS_WITH(d["big"].finite(), HasText("h.json: big: expected a finite number"));
   CHECK_THROWS_WITH(d["x"].number(1, 2),
                     HasText("h.json: x: expected a number in [1, 2], got 0.5"));
   // A long scalar is cut to 60 characters, a list shown by its type.

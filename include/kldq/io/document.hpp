@@ -30,7 +30,6 @@ class Doc {
   const nlohmann::json& json() const { return *j_; }
   const std::string& path() const { return path_; }
   const std::string& file() const { return file_; }
-  DocKind kind() const { return kind_; }
   // `file: path` (`file` at the root), for parsers that take a "what" (vocabularies, formats).
   std::string where() const;
 
@@ -57,12 +56,8 @@ class Doc {
   int64_t integer() const;                        // any int64
   int64_t integer(int64_t lo, int64_t hi) const;  // in [lo, hi]
   double number(double lo, double hi) const;      // finite and in [lo, hi]
+  double finite() const;                          // any finite number
 
-  // A member read by `read(Doc)`, or `dflt` when absent or null.
-  template <class T, class F>
-  T get_or(const std::string& key, T dflt, F read) const {
-    return has(key) ? read((*this)[key]) : dflt;
-  }
   // Optional members (absent or null gives the default).
   std::string str_or(const std::string& key, const std::string& dflt) const {
     return has(key) ? (*this)[key].str() : dflt;

@@ -172,7 +172,7 @@ Pattern Pattern::parse(const Doc& j) {
     p.literal = u32(j["String"].str());
     if (p.literal.empty()) j["String"].fail("empty pattern");
   } else if (j.has("Regex")) {
-    p.where = fmt::format("{}: {}", j.file(), j["Regex"].path());
+    p.where = j["Regex"].where();
     try {
       p.regex = Regex::compile(j["Regex"].str());
     } catch (const RegexError& e) {
