@@ -105,12 +105,17 @@ struct Node {
   }
 };
 
-// The canonical name of the term `v` names in `vocabulary`.
+// The term `v` names in `vocabulary`.
 template <class E, size_t N>
-std::string one_of(const Node& v, const Vocabulary<E, N>& vocabulary) {
+E one_of(const Node& v, const Vocabulary<E, N>& vocabulary) {
   const auto value = vocabulary.find(v.text());
   if (!value) v.fail("one of " + vocabulary.names());
-  return vocabulary.name(*value);
+  return *value;
+}
+// Its canonical name (for the fields of Experiment that are names).
+template <class E, size_t N>
+std::string name_of(const Node& v, const Vocabulary<E, N>& vocabulary) {
+  return vocabulary.name(one_of(v, vocabulary));
 }
 
 std::string format_name(const Node& v) {
@@ -138,10 +143,12 @@ double percent(const Node& v) {
 }  // namespace
 
 nlohmann::json Point::to_json() const {
-  nlohmann::json j = {{"base", base}, {"method", method}, {"planner", planner}};
-  if (!granularity.empty()) j["granularity"] = granularity, j["mode"] = mode;
+  nlohmann::json j = {
+      {"base", base}, {"method", method}, {"planner", plan::kStrategies.name(planner)}};
+  if (granularity) j["granularity"] = profile::kGranularities.name(*granularity);
+  if (mode) j["mode"] = profile::kModes.name(*mode);
   if (percent) j["percent"] = *percent;
-  if (!by.empty()) j["by"] = by;
+  if (by) j["by"] = plan::kBys.name(*by);
   if (budget_bpw) j["budget_bpw"] = *budget_bpw;
   if (seed) j["seed"] = *seed;
   return j;
@@ -234,26 +241,31 @@ std::string Experiment::resolved_yaml() const {
 
 namespace {
 
+// A point as a sweep gives it: without `planner`, finish_point chooses it from the point's keys.
+struct Draft : Point {
+  std::optional<plan::Strategy> planner_key;  // sweep.planner
+};
+
 // The cartesian product of one sweep mapping's dimensions over the defaults, in this order (the
 // last varies fastest); bounded before expansion by the product of the dimensions' sizes.
-std::vector<Point> expand_sweep(const Node& sweep, const Point& def, const std::string& path) {
-  using Parse = std::function<void(Point&, const Node&)>;
+std::vector<Draft> expand_sweep(const Node& sweep, const Draft& def, const std::string& path) {
+  using Parse = std::function<void(Draft&, const Node&)>;
   const std::vector<std::pair<const char*, Parse>> dims = {
-      {"base", [](Point& p, const Node& v) { p.base = format_name(v); }},
-      {"method", [](Point& p, const Node& v) { p.method = method_of(v); }},
+      {"base", [](Draft& p, const Node& v) { p.base = format_name(v); }},
+      {"method", [](Draft& p, const Node& v) { p.method = method_of(v); }},
       {"granularity",
-       [](Point& p, const Node& v) { p.granularity = one_of(v, profile::kGranularities); }},
-      {"mode", [](Point& p, const Node& v) { p.mode = one_of(v, profile::kModes); }},
-      {"planner", [](Point& p, const Node& v) { p.planner = one_of(v, plan::kStrategies); }},
-      {"restore_top", [](Point& p, const Node& v) { p.percent = percent(v); }},
-      {"by", [](Point& p, const Node& v) { p.by = one_of(v, plan::kBys); }},
+       [](Draft& p, const Node& v) { p.granularity = one_of(v, profile::kGranularities); }},
+      {"mode", [](Draft& p, const Node& v) { p.mode = one_of(v, profile::kModes); }},
+      {"planner", [](Draft& p, const Node& v) { p.planner_key = one_of(v, plan::kStrategies); }},
+      {"restore_top", [](Draft& p, const Node& v) { p.percent = percent(v); }},
+      {"by", [](Draft& p, const Node& v) { p.by = one_of(v, plan::kBys); }},
       {"budget_bpw",
-       [](Point& p, const Node& v) {
+       [](Draft& p, const Node& v) {
          const double b = v.number();
          if (!(b > 0 && b <= 32)) v.fail("bits per weight in (0, 32]");
          p.budget_bpw = b;
        }},
-      {"seed", [](Point& p, const Node& v) { p.seed = uint64_t(v.count(0)); }},
+      {"seed", [](Draft& p, const Node& v) { p.seed = uint64_t(v.count(0)); }},
   };
   sweep.only({"base", "method", "granularity", "mode", "planner", "restore_top", "by", "budget_bpw",
               "seed"});
@@ -263,11 +275,11 @@ std::vector<Point> expand_sweep(const Node& sweep, const Point& def, const std::
   if (product > double(kMaxSweepPoints))
     throw ConfigError(fmt::format("{}: {}: {:.0f} points; at most {} (split it into files)", path,
                                   sweep.key, product, kMaxSweepPoints));
-  std::vector<Point> points{def};
+  std::vector<Draft> points{def};
   for (const auto& [name, parse] : dims) {
     if (!sweep.has(name)) continue;
-    std::vector<Point> next;
-    for (const Point& p : points)
+    std::vector<Draft> next;
+    for (const Draft& p : points)
       for (const Node& v : sweep.at(name).values()) next.push_back(p), parse(next.back(), v);
     points = std::move(next);
   }
@@ -296,8 +308,10 @@ void read_inputs(const Node& top, Experiment& e) {
 }
 
 // profile: the sweep's defaults for base, method, granularity and mode, and the proxies.
-Point read_profile(const Node& top, Experiment& e) {
-  Point def{"nf4", quant::Method::RTN, "linear", "quantize-one", "", {}, "", {}, {}};
+Draft read_profile(const Node& top, Experiment& e) {
+  Draft def;
+  def.base = "nf4", def.method = quant::Method::RTN;
+  def.granularity = profile::Granularity::LINEAR, def.mode = profile::Mode::QUANTIZE_ONE;
   if (top.has("profile")) {
     const Node p = top.at("profile");
     p.only({"base", "method", "granularity", "mode", "proxies"});
@@ -323,7 +337,8 @@ void read_plan_export(const Node& top, Experiment& e) {
   if (top.has("export")) {
     const Node x = top.at("export");
     x.only({"to"});
-    for (const Node& t : x.at("to").values()) e.export_to.push_back(one_of(t, exporting::kTargets));
+    for (const Node& t : x.at("to").values())
+      e.export_to.push_back(name_of(t, exporting::kTargets));
   }
 }
 
@@ -333,11 +348,11 @@ void read_eval(const Node& top, Experiment& e) {
     v.only({"ppl_protocol", "ctx", "kld", "mmlu_protocol", "shots", "mmlu_limit", "batch", "tasks",
             "tasks_limit", "speed"});
     if (v.has("ppl_protocol"))
-      e.eval.ppl_protocol = one_of(v.at("ppl_protocol"), eval::kPplProtocols);
+      e.eval.ppl_protocol = name_of(v.at("ppl_protocol"), eval::kPplProtocols);
     if (v.has("ctx")) e.eval.ctx = v.at("ctx").count(2);
     if (v.has("kld")) e.eval.kld = v.at("kld").flag();
     if (v.has("mmlu_protocol"))
-      e.eval.mmlu_protocol = one_of(v.at("mmlu_protocol"), eval::kMmluProtocols);
+      e.eval.mmlu_protocol = name_of(v.at("mmlu_protocol"), eval::kMmluProtocols);
     if (v.has("shots")) e.eval.shots = v.at("shots").count(0);
     if (v.has("mmlu_limit")) e.eval.mmlu_limit = v.at("mmlu_limit").count(0);
     if (v.has("batch")) e.eval.batch = v.at("batch").count(1);
@@ -352,14 +367,14 @@ void read_eval(const Node& top, Experiment& e) {
 }
 
 // The sweep: one mapping, or a list of them whose points are joined (duplicates dropped).
-std::vector<Point> sweep_points(const Node& top, const Point& def, const std::string& path) {
+std::vector<Draft> sweep_points(const Node& top, const Draft& def, const std::string& path) {
   const Node sweep =
       top.has("sweep") ? top.at("sweep") : Node{YAML::Node(YAML::NodeType::Map), path, "sweep"};
-  std::vector<Point> points;
+  std::vector<Draft> points;
   if (sweep.n.IsSequence()) {
     if (sweep.n.size() == 0) sweep.fail("a mapping or a non-empty list of mappings");
     for (size_t i = 0; i < sweep.n.size(); ++i) {
-      std::vector<Point> part = expand_sweep(sweep.at(i), def, path);
+      std::vector<Draft> part = expand_sweep(sweep.at(i), def, path);
       points.insert(points.end(), part.begin(), part.end());
       if (points.size() > kMaxSweepPoints)
         throw ConfigError(fmt::format("{}: sweep: more than {} points (split it into files)", path,
@@ -388,7 +403,8 @@ void check_exportable_point(const Point& p, const Experiment& e,
         fmt::format("{}: export.to compressed-tensors: point {} quantizes no layer (nothing for a "
                     "compressed-tensors config to declare)",
                     path, point_label(p)));
-  if (p.planner != "uniform" && p.granularity == "linear" && !e.fused_groups)
+  if (p.planner != plan::Strategy::UNIFORM && p.granularity == profile::Granularity::LINEAR &&
+      !e.fused_groups)
     throw ConfigError(fmt::format(
         "{}: export.to compressed-tensors: needs plan.fused_groups: true (vLLM fuses q/k/v "
         "and gate/up, so each group must share one format)",
@@ -398,21 +414,23 @@ void check_exportable_point(const Point& p, const Experiment& e,
 // Completes point p (its planner, its method's formats) and checks it against the rest of the
 // file, before any work; then drops what its planner does not use, so that equal work is one
 // point.
-void finish_point(Point& p, const Experiment& e, const std::string& path) {
-  if (p.planner.empty())
-    p.planner = p.budget_bpw ? "budget" : p.percent ? "restore-top" : "uniform";
-  const bool restoring = p.planner == "restore-top" || p.planner == "random";
+void finish_point(Draft& p, const Experiment& e, const std::string& path) {
+  using plan::Strategy;
+  p.planner = p.planner_key.value_or(p.budget_bpw ? Strategy::BUDGET
+                                     : p.percent  ? Strategy::RESTORE_TOP
+                                                  : Strategy::UNIFORM);
+  const bool restoring = p.planner == Strategy::RESTORE_TOP || p.planner == Strategy::RANDOM;
   if (restoring && !p.percent)
-    throw ConfigError(
-        fmt::format("{}: sweep.restore_top: needed by the {} planner", path, p.planner));
-  if (p.planner == "budget" && !p.budget_bpw)
+    throw ConfigError(fmt::format("{}: sweep.restore_top: needed by the {} planner", path,
+                                  plan::kStrategies.name(p.planner)));
+  if (p.planner == Strategy::BUDGET && !p.budget_bpw)
     throw ConfigError(fmt::format("{}: sweep.budget_bpw: needed by the budget planner", path));
   // HQQ and the _fz formats go together (quant::check_formats says so per layer, later); in
   // a sweep an int base with method hqq names its _fz variant, so one `base` list serves every
   // method of a methods table.
   p.base = quant::method_format(p.method, p.base);
   std::vector<std::string> used{p.base};
-  if (p.planner == "budget")
+  if (p.planner == Strategy::BUDGET)
     for (const auto& c : e.candidates) used.push_back(quant::method_format(p.method, c));
   for (const auto& f : used) {
     const auto spec = formats::FormatSpec::parse(f);
@@ -429,18 +447,18 @@ void finish_point(Point& p, const Experiment& e, const std::string& path) {
   const bool several = std::any_of(used.begin() + 1, used.end(), [&](const std::string& f) {
     return f != p.base && !formats::FormatSpec::parse(f).dense();
   });
-  if (p.planner == "budget" && several && p.mode == "restore-one")
+  if (p.planner == Strategy::BUDGET && several && p.mode == profile::Mode::RESTORE_ONE)
     throw ConfigError(fmt::format(
         "{}: a budget point over plan.candidates needs profile mode quantize-one (restore-one "
         "KL gains of different bases start from different baselines and do not add up)",
         path));
   // Drop what the point's planner does not use, so that equal work is one point.
-  if (!restoring) p.percent.reset(), p.by.clear();
-  if (restoring && p.by.empty()) p.by = "count";
-  if (p.planner != "budget") p.budget_bpw.reset();
-  if (p.planner != "random") p.seed.reset();
-  if (p.planner == "random" && !p.seed) p.seed = 0;
-  if (p.planner == "uniform") p.granularity.clear(), p.mode.clear();  // no profile needed
+  if (!restoring) p.percent.reset(), p.by.reset();
+  if (restoring && !p.by) p.by = plan::By::COUNT;
+  if (p.planner != Strategy::BUDGET) p.budget_bpw.reset();
+  if (p.planner != Strategy::RANDOM) p.seed.reset();
+  if (p.planner == Strategy::RANDOM && !p.seed) p.seed = 0;
+  if (p.planner == Strategy::UNIFORM) p.granularity.reset(), p.mode.reset();  // no profile
 }
 
 Experiment from_yaml(const YAML::Node& root, const std::string& path) {
@@ -455,7 +473,7 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
     parse_size(e.max_gpu_memory, path + ": max_gpu_memory");
   }
   read_inputs(top, e);
-  const Point def = read_profile(top, e);
+  const Draft def = read_profile(top, e);
   read_plan_export(top, e);
   read_eval(top, e);
   if (e.eval.tasks.empty() != e.tasks_dir.empty())
@@ -466,8 +484,9 @@ Experiment from_yaml(const YAML::Node& root, const std::string& path) {
   e.output = top.has("output") ? top.at("output").text() : "results/" + e.name;
 
   std::set<std::string> seen;
-  for (Point& p : sweep_points(top, def, path)) {
-    finish_point(p, e, path);
+  for (Draft& d : sweep_points(top, def, path)) {
+    finish_point(d, e, path);
+    const Point& p = d;  // the draft's planner_key is spent
     if (seen.insert(p.to_json().dump()).second) e.points.push_back(p);
   }
   return e;

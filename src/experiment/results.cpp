@@ -14,6 +14,8 @@
 #include "kldq/eval/tasks.hpp"
 #include "kldq/io/csv.hpp"
 #include "kldq/io/json_util.hpp"
+#include "kldq/plan/planner.hpp"
+#include "kldq/profile/profile.hpp"
 
 namespace kldq::experiment {
 
@@ -51,10 +53,10 @@ const std::vector<std::string> kSummaryColumns = {"model_name",
 
 std::string point_label(const Point& p) {
   std::string s = p.base + " " + quant::method_name(p.method);
-  if (!p.granularity.empty()) s += " " + p.granularity;
-  if (p.mode == "restore-one") s += " restore-one";
-  s += " " + p.planner;
-  if (p.percent) s += fmt::format(" {:g}% by {}", *p.percent, p.by);
+  if (p.granularity) s += fmt::format(" {}", profile::kGranularities.name(*p.granularity));
+  if (p.mode == profile::Mode::RESTORE_ONE) s += fmt::format(" {}", profile::kModes.name(*p.mode));
+  s += fmt::format(" {}", plan::kStrategies.name(p.planner));
+  if (p.percent) s += fmt::format(" {:g}% by {}", *p.percent, p.by ? plan::kBys.name(*p.by) : "");
   if (p.budget_bpw) s += fmt::format(" {:g} bpw", *p.budget_bpw);
   if (p.seed) s += fmt::format(" seed {}", *p.seed);
   return s;

@@ -12,6 +12,7 @@
 #include "kldq/eval/tasks.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/model/config.hpp"
+#include "kldq/plan/planner.hpp"
 #include "kldq/quant/method.hpp"
 
 namespace kldq::experiment {
@@ -68,7 +69,8 @@ void check_inputs(const Experiment& e, const std::vector<size_t>& points) {
     }
   bool profiles = false;
   for (size_t i : points)
-    profiles |= e.points[i].planner != "uniform" || quant::needs_calibration(e.points[i].method);
+    profiles |= e.points[i].planner != plan::Strategy::UNIFORM ||
+                quant::needs_calibration(e.points[i].method);
   if (profiles && e.calib.empty())
     throw ConfigError(fmt::format(
         "{}: data.calib: needed by the sweep's profiles and gptq/awq quantization", e.path));

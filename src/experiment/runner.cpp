@@ -163,11 +163,11 @@ class Runner {
   // The point's plan: uniform, or from its profiles as `kldq plan` makes it.
   std::string plan_point(const Point& pt, const Stage& s, const fs::path& file,
                          const std::map<std::string, fs::path>& by_key) const {
-    if (pt.planner == "uniform") {
+    if (pt.planner == plan::Strategy::UNIFORM) {
       quant::Plan uniform;
       uniform.method = pt.method;
       uniform.base = formats::FormatSpec::parse(pt.base, "sweep.base");
-      uniform.planner = {{"strategy", "uniform"}, {"experiment", e_.name}};
+      uniform.planner = {{"strategy", plan::kStrategies.name(pt.planner)}, {"experiment", e_.name}};
       io::write_file_atomic(file, uniform.to_json().dump(2) + "\n");
       return "";
     }
@@ -175,9 +175,9 @@ class Runner {
     for (const auto& k : s.inputs["profiles"]) paths.push_back(by_key.at(k).string());
     const std::vector<plan::Profile> profiles = plan::read_profiles(paths);
     plan::Request r;
-    r.strategy = plan::kStrategies.parse(pt.planner, e_.path + ": sweep.planner");
+    r.strategy = pt.planner;
     if (pt.percent) r.percent = *pt.percent;
-    if (!pt.by.empty()) r.by = plan::parse_by(pt.by, e_.path + ": sweep.by");
+    if (pt.by) r.by = *pt.by;
     if (pt.budget_bpw) r.budget_bpw = *pt.budget_bpw;
     if (pt.seed) r.seed = *pt.seed;
     r.fused_groups = e_.fused_groups;

@@ -10,6 +10,8 @@
 #include "kldq/core/hash.hpp"
 #include "kldq/eval/tasks.hpp"
 #include "kldq/experiment/config.hpp"
+#include "kldq/plan/planner.hpp"
+#include "kldq/profile/profile.hpp"
 #include "kldq/quant/quantizer.hpp"
 
 namespace kldq::experiment {
@@ -44,17 +46,21 @@ std::vector<std::vector<std::string>> profile_stages(const Experiment& e, const 
   std::vector<std::vector<std::string>> point_profiles(e.points.size());
   for (size_t i : selected) {
     const Point& p = e.points.at(i);
-    if (p.planner == "uniform") continue;
+    if (p.planner == plan::Strategy::UNIFORM) continue;
     std::vector<std::string> bases{p.base};
-    if (p.planner == "budget")
+    if (p.planner == plan::Strategy::BUDGET)
       for (const auto& name : e.candidates) {
         const std::string c = quant::method_format(p.method, name);  // hqq: the _fz variant
         if (c != p.base && c != "bf16") bases.push_back(c);
       }
     for (const auto& base : bases) {
       const nlohmann::json in = {
-          {"model", model_id},   {"calibration", calibration},   {"base", base},
-          {"method", p.method},  {"granularity", p.granularity}, {"mode", p.mode},
+          {"model", model_id},
+          {"calibration", calibration},
+          {"base", base},
+          {"method", p.method},
+          {"granularity", profile::kGranularities.name(p.granularity.value())},
+          {"mode", profile::kModes.name(p.mode.value())},
           {"proxies", e.proxies}};
       auto [it, fresh] = profile_key.emplace(in.dump(), "");
       if (fresh) {

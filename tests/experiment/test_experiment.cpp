@@ -52,7 +52,7 @@ sweep:
         "planner":"restore-top","granularity":"linear","mode":"quantize-one","percent":0.0,
         "by":"count"})"));
   CHECK(*e.points[1].percent == 10.0);
-  CHECK(e.points[3].granularity == "block");
+  CHECK(e.points[3].granularity == kldq::profile::Granularity::BLOCK);
   CHECK(e.points[6].base == "int8");
   // Uniform points use no percentage or granularity: six sweep values collapse to one point
   // per base.
@@ -69,7 +69,7 @@ sweep: {planner: uniform, base: [nf4, fp8_e4m3], restore_top: [1, 2, 3]}
                                "seed": [1, 2]}})");
   REQUIRE(j.points.size() == 2);
   CHECK(*j.points[1].seed == 2);
-  CHECK(j.points[1].by == "count");
+  CHECK(j.points[1].by == kldq::plan::By::COUNT);
 }
 
 TEST_CASE("experiment: each schema error names the file and key path", "[experiment]") {
@@ -128,7 +128,7 @@ sweep:
     CHECK(l.points[0].base == "nf4");
     CHECK(l.points[1].to_json() ==
           nlohmann::json::parse(R"({"base":"int8","method":"rtn","planner":"uniform"})"));
-    CHECK(l.points[2].planner == "restore-top");
+    CHECK(l.points[2].planner == kldq::plan::Strategy::RESTORE_TOP);
   }
   has("name: x\nplan: {candidates: int4_g64}\nsweep: {base: nf4, budget_bpw: 5, mode: "
       "restore-one}\n",

@@ -12,21 +12,26 @@
 #include <vector>
 
 #include "kldq/core/shard.hpp"
+#include "kldq/plan/planner.hpp"
+#include "kldq/profile/profile.hpp"
 #include "kldq/quant/method.hpp"
 
 namespace kldq::experiment {
 
 // One sweep point: how the model is quantized and evaluated. Keys a point's planner does not
-// use are absent (nullopt / empty), so equal points compare equal.
+// use are absent (nullopt), so equal points compare equal; JSON and labels name the values
+// through their vocabularies (profile::kGranularities, profile::kModes, plan::kStrategies,
+// plan::kBys).
 struct Point {
-  std::string base;                           // the profile the plan comes from: base,
-  quant::Method method = quant::Method::RTN;  // method,
-  std::string granularity, mode;              // and unit granularity and mode
-  std::string planner;                        // restore-top, budget, uniform, random
-  std::optional<double> percent;              // restore-top, random
-  std::string by;                             // restore-top, random: count or params
-  std::optional<double> budget_bpw;           // budget
-  std::optional<uint64_t> seed;               // random
+  std::string base;                                 // the profile the plan comes from: base,
+  quant::Method method = quant::Method::RTN;        // method,
+  std::optional<profile::Granularity> granularity;  // and unit granularity and mode (absent
+  std::optional<profile::Mode> mode;                // for uniform points: no profile)
+  plan::Strategy planner = plan::Strategy::UNIFORM;
+  std::optional<double> percent;     // restore-top, random
+  std::optional<plan::By> by;        // restore-top, random
+  std::optional<double> budget_bpw;  // budget
+  std::optional<uint64_t> seed;      // random
   nlohmann::json to_json() const;
 };
 
