@@ -1,9 +1,9 @@
 // Dequantization-throughput benchmark: GB/s of bf16 written by the dequantization kernels, beside
 // the device-to-device copy bandwidth (bytes read + written by a bf16 tensor copy) measured in the
 // same run on the same GPU. Prints one JSON line per format and shape. Then the fused
-// dequantize + GEMV of decode steps (1, 4 and 16 rows; the kernel takes at most 4, so 16 times
-// the dequantize + GEMM it falls back to): GB/s of packed weight bytes read, against
-// the same copy bandwidth, beside dequantize-then-GEMM and the bf16 GEMM of the same product.
+// dequantize + product of decode steps (1, 4, 8 and 16 bf16 rows, on the tensor cores): GB/s of
+// packed weight bytes read, against the same copy bandwidth, beside dequantize-then-GEMM and the
+// bf16 GEMM of the same product.
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
 
@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
                           {"copy_read_plus_written_gb_s", copy_gbs},
                           {"ratio_to_copy", gbs / copy_gbs}};
       std::cout << j.dump() << std::endl;
-      for (int64_t m : {1, 4, 16}) {
+      for (int64_t m : {1, 4, 8, 16}) {
         const at::Tensor x = at::randn({m, in}, bf16);
         const double fused = time_per_call(dev, iters, [&] { kldq::kernels::gemv(p, x, {}); });
         const double two = time_per_call(dev, iters, [&] {

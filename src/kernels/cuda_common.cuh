@@ -70,6 +70,18 @@ inline void check_launch(const char* what) {
                              ": CUDA launch failed: " + cudaGetErrorString(err));
 }
 
+// Streaming multiprocessors of the current device (read once: kldq drives one device type).
+inline int sm_count() {
+  static int sms = 0;
+  if (sms == 0) {
+    int dev = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (sms <= 0) sms = 1;
+  }
+  return sms;
+}
+
 // Enough blocks to fill the GPU several times over; the kernels loop over the rest.
 inline unsigned grid_for(int64_t total, int threads) {
   const int64_t blocks = (total + threads - 1) / threads;

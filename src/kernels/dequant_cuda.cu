@@ -91,13 +91,7 @@ __global__ void dequant_vec_kernel(D d, T* __restrict__ out, int64_t chunks, uin
 
 // Blocks of a persistent grid: enough to fill every SM of the current device a few times.
 unsigned persistent_blocks(int64_t work, int threads) {
-  static int sms = 0;
-  if (sms == 0) {
-    int dev = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (sms <= 0) sms = 1;
-  }
+  const int sms = sm_count();
   const int64_t need = (work + threads - 1) / threads;
   return static_cast<unsigned>(need < int64_t(sms) * 8 ? (need > 0 ? need : 1) : int64_t(sms) * 8);
 }

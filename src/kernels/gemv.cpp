@@ -1,5 +1,5 @@
 // Fused dequantize + GEMV dispatch (gemv_cuda.cu): which products it takes (CUDA, at most
-// kGemvMaxRows rows of activations, whole 8-weight chunks, aligned tensors) and the argument
+// gemv_max_rows rows of activations, whole 8-weight chunks, aligned tensors) and the argument
 // marshalling. Everything else goes through dequantize_into + at::linear (model/qlinear.cpp).
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -73,7 +73,7 @@ bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at:
   // The kernel has no backward: while autograd records, the differentiable GEMM runs.
   if (at::GradMode::is_enabled() && x.requires_grad()) return false;
   if (x.dim() < 1 || x.size(-1) != p.in || p.in % 8 != 0 || !x.is_contiguous()) return false;
-  if (x.numel() / p.in > cuda::kGemvMaxRows || x.numel() == 0) return false;
+  if (x.numel() / p.in > cuda::gemv_max_rows(cuda_dtype(t)) || x.numel() == 0) return false;
   for (const at::Tensor* t : {&p.scales, &p.zeros})
     if (t->defined() && t->device() != x.device()) return false;
   const bool contiguous = p.codes.is_contiguous() &&

@@ -1,6 +1,7 @@
-// Fused dequantize + GEMV for packed weights and a few rows of activations (decode steps of
-// batch 1..4): each weight byte is read once from device memory, with no dequantized copy in a
-// workspace. Layout of the work:
+// Fused dequantize + GEMV for packed weights and a few rows of activations (decode steps): each
+// weight byte is read once from device memory, with no dequantized copy in a workspace. bf16 and
+// fp16 activations (1..16 rows) go to the tensor-core kernel of gemv_mma.cuh; fp32 ones (1..4
+// rows) to the SIMT kernel below, whose layout of the work is:
 //
 //   block b: warps 0..3 -> output rows 4b .. 4b+3 (one warp per row r)
 //   warp of row r:  lane l takes chunks l, l+32, l+64, ... of the row (a chunk: 8 weights,
@@ -15,6 +16,7 @@
 // bf16/fp16), bias added in fp32, one rounding of the result. Only the order of the sum differs.
 #include "decode_cuda.cuh"
 #include "gemv_cuda.hpp"
+#include "gemv_mma.cuh"
 
 #include <type_traits>
 
@@ -75,24 +77,30 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
             void* y, CodeTable table, void* stream) {
   if (w.rows == 0 || m == 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
+  if (t != Dtype::F32) {
+    dispatch(t, [&](auto tag) {
+      using T = decltype(tag);
+      if constexpr (!std::is_same_v<T, float>)
+        mma::launch(d, w, static_cast<const T*>(x), static_cast<int>(m),
+                    static_cast<const T*>(bias), static_cast<T*>(y), table, s);
+    });
+    return check_launch("gemv_packed (tensor cores)");
+  }
   const unsigned blocks = static_cast<unsigned>((w.rows + kWarps - 1) / kWarps);
   const auto per_row = static_cast<uint32_t>(w.cols / 8);
-  dispatch(t, [&](auto tag) {
-    using T = decltype(tag);
-    auto go = [&](auto rows_tag) {
-      constexpr int M = decltype(rows_tag)::value;
-      gemv_kernel<T, D, M><<<blocks, 32 * kWarps, 0, s>>>(
-          d, static_cast<const T*>(x), static_cast<int>(m), static_cast<const T*>(bias),
-          static_cast<T*>(y), w.rows, per_row, table);
-    };
-    // Accumulators per x row are registers: instantiated for 1, 2 and 4 rows.
-    if (m == 1)
-      go(std::integral_constant<int, 1>{});
-    else if (m == 2)
-      go(std::integral_constant<int, 2>{});
-    else
-      go(std::integral_constant<int, 4>{});
-  });
+  auto go = [&](auto rows_tag) {
+    constexpr int M = decltype(rows_tag)::value;
+    gemv_kernel<float, D, M><<<blocks, 32 * kWarps, 0, s>>>(
+        d, static_cast<const float*>(x), static_cast<int>(m), static_cast<const float*>(bias),
+        static_cast<float*>(y), w.rows, per_row, table);
+  };
+  // Accumulators per x row are registers: instantiated for 1, 2 and 4 rows.
+  if (m == 1)
+    go(std::integral_constant<int, 1>{});
+  else if (m == 2)
+    go(std::integral_constant<int, 2>{});
+  else
+    go(std::integral_constant<int, 4>{});
   check_launch("gemv_packed");
 }
 
@@ -100,8 +108,8 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
 
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
                  void* stream) {
-  if (m > kGemvMaxRows || w.cols % 8 != 0)
-    throw std::runtime_error("gemv_packed: needs at most kGemvMaxRows rows and cols % 8 == 0");
+  if (m > gemv_max_rows(t) || w.cols % 8 != 0)
+    throw std::runtime_error("gemv_packed: needs at most gemv_max_rows rows and cols % 8 == 0");
   const auto* u16 = static_cast<const uint16_t*>(w.scales);
   switch (w.kind) {
     case PackedView::Kind::FourBit:

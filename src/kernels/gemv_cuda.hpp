@@ -21,14 +21,19 @@ struct PackedView {
   int64_t rows = 0, cols = 0;
 };
 
-// The most rows of x the kernel takes: beyond, dequantize + GEMM (which reads the weight once
-// for all rows) is faster. Measured on an H200 (kldq_bench_dequant, 2026-12-05): fused nf4 took
-// 69 us against 92 for dequantize + GEMM at 4 rows of a [18944, 3584] weight, 193 against 92 at
-// 16 rows.
-constexpr int64_t kGemvMaxRows = 4;
+// The most rows of x the kernels take: beyond, dequantize + GEMM (which reads the weight once for
+// all rows) is faster. bf16/fp16 rows go to the tensor cores, whose cost hardly depends on the
+// rows up to 16 (the MMA's n dimension is padded to 8 or 16). fp32 rows go to the SIMT kernel,
+// whose cost grows with the rows: measured on an H200 (kldq_bench_dequant, 2026-12-05), nf4 took
+// 69 us against 92 for dequantize + GEMM at 4 rows of a [18944, 3584] weight, 193 at 16.
+constexpr int64_t kGemvMaxRows = 16;
+constexpr int64_t kGemvMaxRowsF32 = 4;
+inline int64_t gemv_max_rows(Dtype t) {
+  return t == Dtype::F32 ? kGemvMaxRowsF32 : kGemvMaxRows;
+}
 
-// y[m, rows] = x[m, cols] . W^T (+ bias[rows]) for m <= kGemvMaxRows; x, y contiguous in dtype t,
-// x rows aligned to 8 elements (cols % 8 == 0), codes 8-byte aligned.
+// y[m, rows] = x[m, cols] . W^T (+ bias[rows]) for m <= gemv_max_rows(t); x, y contiguous in
+// dtype t, x rows aligned to 8 elements (cols % 8 == 0), codes 8-byte aligned.
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
                  void* stream);
 

@@ -1,6 +1,6 @@
 // QLinear: dense GEMM (cuBLAS / CPU BLAS through at::linear); for packed weights the fused
-// dequantize + GEMV kernel when a CUDA input has at most 4 rows (decode steps), else dequantize
-// into the shared workspace (kernels::dequantize_into) followed by the same GEMM.
+// dequantize + GEMV kernel when a CUDA input has at most 16 rows (4 in fp32; decode steps), else
+// dequantize into the shared workspace (kernels::dequantize_into) followed by the same GEMM.
 #include "kldq/model/qlinear.hpp"
 
 #include <ATen/ATen.h>

@@ -121,7 +121,12 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
         const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(dtype);
         // The weights the GEMM path would use: dequantized, rounded once to dtype.
         const at::Tensor wq = f::dequantize(p).to(dtype).to(at::kDouble);  // [out, in]
-        for (int64_t m : {1, 2, 3, 4}) {
+        // fp32 rows take the SIMT kernel (at most 4), bf16/fp16 the tensor cores (at most 16:
+        // one or two 8-row tiles of the MMA's n, padded with zero rows).
+        const std::vector<int64_t> counts = dtype == at::kFloat
+                                                ? std::vector<int64_t>{1, 2, 3, 4}
+                                                : std::vector<int64_t>{1, 3, 8, 9, 16};
+        for (int64_t m : counts) {
           INFO(name << " [" << out << ", " << in << "] " << c10::toString(dtype) << " rows " << m);
           const at::Tensor x = at::randn({1, m, in}, opts);
           const at::Tensor bias = m % 2 ? at::randn({out}, opts) : at::Tensor();
@@ -139,9 +144,12 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
           CHECK((y - ref).abs().le(bound).all().item<bool>());
         }
       }
-      // More rows than the kernel takes, or a misaligned x: not taken.
+      // More rows than the kernels take, or a misaligned x: not taken.
       const at::Tensor big = at::randn({5, in}, at::TensorOptions().device(c10::kCUDA));
       CHECK_FALSE(kldq::kernels::gemv_applies(g, big, {}));
+      const at::Tensor big16 = at::randn({17, in}, big.options().dtype(at::kBFloat16));
+      CHECK_FALSE(kldq::kernels::gemv_applies(g, big16, {}));
+      CHECK(kldq::kernels::gemv_applies(g, big16.narrow(0, 0, 16), {}));
       CHECK_FALSE(kldq::kernels::gemv_applies(g, big.flatten().narrow(0, 1, in).view({1, in}), {}));
     }
   }

@@ -1,0 +1,171 @@
+// Fused dequantize + product on the tensor cores for 1..16 rows of bf16/fp16 activations (decode
+// steps of batch 1..16): each packed weight byte is read once, decoded in registers and fed to
+// mma.sync m16n8k16 (fp32 accumulators); the activation rows are the MMA's n dimension, padded
+// to 8 (or 16) with zeros. Included by gemv_cuda.cu, which builds the chunk decoders.
+//
+// Work of one block (kWarps warps) and of thread (g = lane / 4, t = lane % 4) of a warp:
+//
+//   block b:      output rows 16b .. 16b+15 (the MMA's m); its warps split the columns:
+//                 warp w takes 128-column segments w, w + kWarps, ... (16 chunks of 8 columns)
+//   segment s:    thread t takes chunks 16s + t, 16s + 4 + t, 16s + 8 + t, 16s + 12 + t of rows
+//                 16b + g and 16b + g + 8 (per load, the 4 threads of a row read 4 adjacent
+//                 chunks), and the same chunks of x row g (and g + 8 with 16 rows)
+//   chunk c:      its 8 columns are two MMAs' k slots of thread t:
+//                   MMA h (h = 0, 1): columns 8c + 4h + {0, 1} -> k slots 2t, 2t + 1   (a0, a1, b0)
+//                                     columns 8c + 4h + {2, 3} -> k slots 2t + 8, 2t + 9 (a2, a3,
+//                                     b1)
+//                 the sum over k does not care which column sits in which slot, as long as the
+//                 weights (A) and activations (B) of a slot agree, and they depend on t only
+//   registers:    a0 = W[row g][col, col + 1], a1 = W[row g + 8][..], a2/a3 the next pair;
+//                 b0 = x[row g][col, col + 1], b1 the next pair (bf16x2: the lower column in the
+//                 low 16 bits); accumulator c0, c1 = y[row g][n = 2t, 2t + 1], c2, c3 row g + 8
+//   reduction:    the warps' accumulators are summed in shared memory by warp 0 in warp order
+//                 (deterministic: a replayed graph equals the eager step bit for bit)
+//
+// Numerics as the SIMT kernel's: each weight is decoded in fp32 (code value x scale) and rounded
+// once to the activations' dtype, exactly the weight the dequantize-then-GEMM path hands to cuBLAS;
+// the tensor cores multiply exactly and accumulate in fp32, bias added in fp32, one rounding.
+#pragma once
+
+#include "decode_cuda.cuh"
+
+namespace kldq::kernels::cuda {
+namespace mma {
+
+constexpr int kSegChunks = 16;  // chunks (8 columns each) per segment: 4 per thread column t
+
+// Two floats rounded to T and packed: `lo` (the lower column) in the low 16 bits.
+template <class T>
+__device__ inline uint32_t pack2(float lo, float hi);
+template <>
+__device__ inline uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <>
+__device__ inline uint32_t pack2<__half>(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// c[4] += A[16 x 16] . B[16 x 8] on the tensor cores (fragments as in the diagram above).
+template <class T>
+__device__ inline void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// kNT: 8-row tiles of x (1: up to 8 rows, 2: up to 16). kUnroll: segments whose loads are issued
+// before any is decoded (bytes in flight; fewer with two tiles, whose x registers double).
+template <class T, class D, int kNT, int kWarps>
+__global__ void __launch_bounds__(32 * kWarps)
+    kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
+           int64_t rows, uint32_t per_row, CodeTable table) {
+  constexpr int kUnroll = kNT == 1 ? 2 : 1;
+  __shared__ float smem[16];
+  __shared__ float partial[kWarps][32][4 * kNT];
+  load_table(smem, table);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int64_t r_lo = int64_t(blockIdx.x) * 16 + g, r_hi = r_lo + 8;
+  const bool ok_lo = r_lo < rows, ok_hi = r_hi < rows;
+  const int64_t cols = int64_t(per_row) * 8;
+  const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks;
+  float acc[kNT][4] = {};
+  for (uint32_t s0 = warp; s0 < segments; s0 += kWarps * kUnroll) {
+    typename D::Raw lo[kUnroll][4], hi[kUnroll][4];
+    uint4 xv[kUnroll][kNT][4];  // 8 elements of T each
+#pragma unroll
+    for (int su = 0; su < kUnroll; ++su)
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const uint32_t c = (s0 + su * kWarps) * kSegChunks + 4 * u + t;
+        const bool ok = s0 + su * kWarps < segments && c < per_row;
+        lo[su][u] = ok && ok_lo ? d.load(r_lo * per_row + c, uint32_t(r_lo)) : typename D::Raw{};
+        hi[su][u] = ok && ok_hi ? d.load(r_hi * per_row + c, uint32_t(r_hi)) : typename D::Raw{};
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          const int b = 8 * j + g;
+          xv[su][j][u] = ok && b < m
+                             ? *reinterpret_cast<const uint4*>(x + b * cols + int64_t(c) * 8)
+                             : make_uint4(0, 0, 0, 0);
+        }
+      }
+#pragma unroll
+    for (int su = 0; su < kUnroll; ++su) {
+      if (s0 + su * kWarps >= segments) break;  // warp-uniform: mma.sync needs the whole warp
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        // Past the last column: zero weights and zero x (A x B = 0 whatever the decoders give).
+        const bool ok = (s0 + su * kWarps) * kSegChunks + 4 * u + t < per_row;
+        float vl[8], vh[8];
+        d.decode(lo[su][u], smem, vl);
+        d.decode(hi[su][u], smem, vh);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
+                                 ok ? pack2<T>(vh[4 * h], vh[4 * h + 1]) : 0u,
+                                 ok ? pack2<T>(vl[4 * h + 2], vl[4 * h + 3]) : 0u,
+                                 ok ? pack2<T>(vh[4 * h + 2], vh[4 * h + 3]) : 0u};
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            const uint4& xw = xv[su][j][u];
+            mma16816<T>(acc[j], a, h == 0 ? xw.x : xw.z, h == 0 ? xw.y : xw.w);
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kNT; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) partial[warp][lane][4 * j + i] = acc[j][i];
+  __syncthreads();
+  if (warp != 0) return;
+  for (int j = 0; j < kNT; ++j)
+    for (int i = 0; i < 4; ++i) {
+      float v = 0.f;
+      for (int w = 0; w < kWarps; ++w) v += partial[w][lane][4 * j + i];
+      const int64_t r = i < 2 ? r_lo : r_hi;
+      const int n = 8 * j + 2 * t + (i & 1);
+      if (r < rows && n < m)
+        y[n * rows + r] = Conv<T>::from_float(v + (bias ? Conv<T>::to_float(bias[r]) : 0.f));
+    }
+}
+
+// y[m, rows] = x[m, cols] . W^T (+ bias) for 1 <= m <= 16, T bf16 or fp16, cols % 8 == 0. Blocks
+// of 4 warps when there are enough 16-row tiles to fill the SMs several times, else 16 warps
+// (the columns split finer: a [3584, 18944] down projection has only 224 tiles).
+template <class T, class D>
+void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T* y,
+            CodeTable table, cudaStream_t s) {
+  const int64_t tiles = (w.rows + 15) / 16;
+  const auto per_row = static_cast<uint32_t>(w.cols / 8);
+  const bool wide = tiles < 4 * int64_t(sm_count());
+  auto go = [&](auto nt, auto warps) {
+    constexpr int NT = decltype(nt)::value, W = decltype(warps)::value;
+    kernel<T, D, NT, W>
+        <<<static_cast<unsigned>(tiles), 32 * W, 0, s>>>(d, x, m, bias, y, w.rows, per_row, table);
+  };
+  using I1 = std::integral_constant<int, 1>;
+  using I2 = std::integral_constant<int, 2>;
+  using W4 = std::integral_constant<int, 4>;
+  using W16 = std::integral_constant<int, 16>;
+  if (m <= 8)
+    wide ? go(I1{}, W16{}) : go(I1{}, W4{});
+  else
+    wide ? go(I2{}, W16{}) : go(I2{}, W4{});
+}
+
+}  // namespace mma
+}  // namespace kldq::kernels::cuda
