@@ -36,11 +36,12 @@ model::Decoder::KvCache expand_cache(const model::Decoder& m, const model::Decod
 }
 
 at::Tensor scored_logprobs(const model::Decoder& m, const std::vector<ScoredSequence>& seqs,
-                           model::Decoder::KvCache* cache, const at::Tensor& columns) {
+                           Continued from, const at::Tensor& columns) {
   const int64_t n = static_cast<int64_t>(seqs.size());
   int64_t T = 0;
   for (const ScoredSequence& s : seqs) {
-    check(cache || s.skip == 0, "scored_logprobs: a skip without a cache");
+    check(from.shared ? s.skip == from.shared->len : from.rows || s.skip == 0,
+          "scored_logprobs: skips that do not match the cache");
     T = std::max<int64_t>(T, static_cast<int64_t>(s.ids->size()) - s.skip);
   }
   // flat: [n, T] ids, right-padded; row_b/row_t: the scored (row, column) pairs [R]
@@ -55,9 +56,10 @@ at::Tensor scored_logprobs(const model::Decoder& m, const std::vector<ScoredSequ
   }
   const int64_t R = static_cast<int64_t>(row_b.size());
   check(columns.dim() == 2 && columns.size(0) == R, "scored_logprobs: one row of columns each");
-  const at::Tensor ids = at::tensor(flat).view({n, T});   // [n, T]
-  const at::Tensor h = cache ? m.run_cached(ids, *cache)  // [n, T, H]
-                             : m.run_blocks(0, m.num_blocks(), m.embed(ids));
+  const at::Tensor ids = at::tensor(flat).view({n, T});                      // [n, T]
+  const at::Tensor h = from.shared ? m.run_continuations(ids, *from.shared)  // [n, T, H]
+                       : from.rows ? m.run_cached(ids, *from.rows)
+                                   : m.run_blocks(0, m.num_blocks(), m.embed(ids));
   const at::Tensor rows =
       h.index({at::tensor(row_b).to(h.device()), at::tensor(row_t).to(h.device())});  // [R, H]
   const at::Tensor cols = columns.to(h.device());

@@ -2,7 +2,8 @@
 // prompt batches (docs/PROTOCOLS.md, "MMLU"). A subject's prompts share their few-shot prefix:
 // its tokens (the longest common token prefix of the subject's sequences) run once into a KV
 // cache, and every sequence's remaining tokens run as continuations of it, at the same positions
-// as in the full prompt (the same computation, by causality).
+// as in the full prompt (the same computation, by causality; the attention over the prefix and
+// over a row's own tokens joined by their log-sum-exps).
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
@@ -36,26 +37,22 @@ struct Scorer {
   std::vector<MmluPrediction>& out;
 
   // Requests `idx` in one forward (eval/loglik.hpp). With `prefix` (a one-row cache of the first
-  // P tokens every one of them shares), only each request's tokens after the first P run.
+  // P tokens every one of them shares), only each request's tokens after the first P run, as
+  // continuations of that one row (Decoder::run_continuations: the prefix is not copied per row).
   void batch(const std::vector<size_t>& idx, const model::Decoder::KvCache* prefix) const {
     const int64_t P = prefix ? prefix->len : 0;
     std::vector<ScoredSequence> seqs;
     std::vector<int64_t> targets;
-    int64_t T = 0;
     for (size_t i : idx) {
       const Request& q = reqs[i];
       seqs.push_back({&q.ids, P, single ? 1 : static_cast<int64_t>(q.targets.size())});
       if (!single) targets.insert(targets.end(), q.targets.begin(), q.targets.end());
-      T = std::max<int64_t>(T, static_cast<int64_t>(q.ids.size()) - P);
     }
-    std::optional<model::Decoder::KvCache> cache;
-    if (prefix)  // the prefix's keys and values copied into every row
-      cache = expand_cache(model, *prefix, std::vector<int64_t>(idx.size(), 0), P + T);
     // The columns read at each scored row: the four letters, or the answer's next token.
     const at::Tensor columns =
         single ? letters.view({1, 4}).expand({int64_t(idx.size()), 4}).contiguous()  // [R, 4]
                : at::tensor(targets).view({-1, 1});                                  // [R, 1]
-    const at::Tensor picked = scored_logprobs(model, seqs, cache ? &*cache : nullptr, columns);
+    const at::Tensor picked = scored_logprobs(model, seqs, {nullptr, prefix}, columns);
     const double* v = picked.data_ptr<double>();
     for (size_t r = 0, row = 0; r < idx.size(); ++r) {
       const Request& q = reqs[idx[r]];

@@ -71,7 +71,7 @@ void score_batch(const model::Decoder& m, const std::vector<TaskRequest>& reqs,
     cache = expand_cache(m, prefix, rows, Lp + T);
   }
   const at::Tensor picked =  // [R, 1]: each scored position's log-probability of its target
-      scored_logprobs(m, seqs, cache ? &*cache : nullptr, at::tensor(targets).view({-1, 1}));
+      scored_logprobs(m, seqs, {cache ? &*cache : nullptr}, at::tensor(targets).view({-1, 1}));
   const double* v = picked.data_ptr<double>();
   size_t row = 0;
   for (const auto& item : by_item)

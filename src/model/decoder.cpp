@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "cascade.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/kernels/fused.hpp"
 
@@ -38,7 +39,8 @@ at::Tensor Decoder::attention(int i, const at::Tensor& h) const {
   return attend(i, h, nullptr);
 }
 
-at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache) const {
+at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache,
+                           const SharedPrefix* shared) const {
   const Block& b = running(i);
   const int64_t B = h.size(0), T = h.size(1), d = config_.head_dim;
   const int64_t nq = config_.num_heads, nkv = config_.num_kv_heads;
@@ -53,7 +55,9 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache) const {
     v = b.linears[static_cast<int>(Proj::V)].forward(h);
   }
   at::Tensor cos, sin;  // [T, d] at positions 0..T-1, or [B, T, d] per row from the cache
-  if (cache) {
+  if (shared) {
+    cos = shared->cos, sin = shared->sin;
+  } else if (cache) {
     cos = cache->cos, sin = cache->sin;
   } else {
     const RopeTable& r = rope(T);
@@ -63,6 +67,13 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache) const {
   q = kernels::rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);
   k = kernels::rope(k.view({B, T, nkv, d}), cos, sin).transpose(1, 2);
   v = v.view({B, T, nkv, d}).transpose(1, 2);
+  if (shared) {
+    const int64_t P = shared->cache->len;
+    at::Tensor out = cascade_attention(q, k, v, shared->cache->k[i].narrow(2, 0, P),
+                                       shared->cache->v[i].narrow(2, 0, P));  // [B, T, q_dim]
+    observe(i, Proj::O, out);
+    return b.linears[static_cast<int>(Proj::O)].forward(out);
+  }
   std::optional<at::Tensor> mask;  // none: causal over the T tokens alone
   if (cache) {
     // Written at the step's columns (a device index: no host offset, so a CUDA graph can
@@ -125,13 +136,15 @@ at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {
   return run_block(i, hidden, nullptr);
 }
 
-at::Tensor Decoder::run_block(int i, const at::Tensor& hidden, KvCache* cache) const {
+at::Tensor Decoder::run_block(int i, const at::Tensor& hidden, KvCache* cache,
+                              const SharedPrefix* shared) const {
   check(i >= 0 && i < num_blocks(), fmt::format("block index {} out of range", i));
   const Block& b = running(i);
   const double eps = config_.rms_norm_eps;
   // Out of place first: callers cache block inputs and must get them back unchanged.
   auto [x, h] = kernels::add_rms_norm(
-      hidden, attend(i, kernels::rms_norm(hidden, b.input_norm, eps), cache), b.post_norm, eps);
+      hidden, attend(i, kernels::rms_norm(hidden, b.input_norm, eps), cache, shared), b.post_norm,
+      eps);
   // When autograd records, the residual sum is saved for the norm's backward: add out of place.
   return x.requires_grad() ? x + mlp(i, h) : x.add_(mlp(i, h));
 }

@@ -1,5 +1,6 @@
 // The KV cache and generation. Oracles: the uncached forward (cached logits equal full recompute
-// in fp32, for dense, packed, fitted-zero and input-scaled layers, and for left-padded rows);
+// in fp32, for dense, packed, fitted-zero and input-scaled layers, for left-padded rows, and for
+// right-padded rows continuing one shared prefix);
 // transformers' greedy generate on the real stories260K checkpoints (token for token, batches
 // of different lengths); invariants of sampling (top-k 1 is greedy, a seed reproduces); eval
 // --speed: rates that account for every prompt and new token.
@@ -35,6 +36,29 @@ at::Tensor cached_logits(const Decoder& m, const at::Tensor& ids, std::vector<in
   return at::cat(parts, 1);
 }
 
+// Rows of different lengths (right-padded) continuing one shared prefix (MMLU's few-shot prompt)
+// give the full forward's logits of prefix + row at each of the row's real positions.
+void check_continuations_equal_forward(const Decoder& m, double bound) {
+  const int64_t V = m.config().vocab_size, P = 11;
+  const at::Tensor prefix = at::randint(0, V, {1, P}, at::kLong);
+  Decoder::KvCache c = m.new_cache({0}, P);
+  m.run_cached(prefix, c);
+  const std::vector<int64_t> lengths = {9, 4, 1};
+  const at::Tensor rows = at::randint(0, V, {3, 9}, at::kLong);  // right-padded [3, 9]
+  const at::Tensor got = m.head(m.run_continuations(rows, c));   // [3, 9, V]
+  for (int64_t b = 0; b < 3; ++b) {
+    const int64_t n = lengths[size_t(b)];
+    const at::Tensor want = m.forward(at::cat({prefix, rows.narrow(0, b, 1).narrow(1, 0, n)}, 1));
+    const double diff =
+        (got.narrow(0, b, 1).narrow(1, 0, n) - want.narrow(1, P, n)).abs().max().item<double>();
+    INFO("continuation row " << b << " of " << n << " tokens: max |diff| " << diff << ", bound "
+                             << bound);
+    CHECK(diff <= bound);
+  }
+  CHECK(at::isfinite(got).all().item<bool>());
+  CHECK(c.len == P);  // the prefix is not extended
+}
+
 void check_cache_equals_forward(const Decoder& m) {
   const at::Tensor ids = at::randint(0, m.config().vocab_size, {3, 23}, at::kLong);
   const at::Tensor want = m.forward(ids);  // [3, 23, V]
@@ -57,6 +81,7 @@ void check_cache_equals_forward(const Decoder& m) {
   INFO("left-padded row: max |diff| " << diff << ", bound " << bound);
   CHECK(diff <= bound);
   CHECK(at::isfinite(got).all().item<bool>());
+  check_continuations_equal_forward(m, bound);
 }
 
 }  // namespace

@@ -50,29 +50,67 @@ std::vector<at::Tensor> decode_steps(const kldq::model::Decoder& m, const at::Te
   return out;
 }
 
+const std::filesystem::path kWiki =
+    std::filesystem::path(KLDQ_SOURCE_DIR) / "models/wikitext-qwen2-4m";
+
+// KL(p || q) per row of logits [n, V] (any dtype), in fp32: [n].
+at::Tensor row_kl(const at::Tensor& p_logits, const at::Tensor& q_logits) {
+  const at::Tensor lp = at::log_softmax(p_logits.to(at::kFloat), -1),
+                   lq = at::log_softmax(q_logits.to(at::kFloat), -1);
+  return (lp.exp() * (lp - lq)).sum(-1);
+}
+
 }  // namespace
+
+TEST_CASE("continuations of a shared prefix on CUDA (flash attention) equal the full forward",
+          "[cuda][model]") {
+  KLDQ_SKIP_NO_CUDA();
+  at::InferenceMode guard;
+  at::manual_seed(7);
+  const kldq::model::Decoder m = kldq::model::Decoder::load(kWiki, c10::kCUDA, c10::kBFloat16);
+  const int64_t V = m.config().vocab_size, P = 40;
+  const at::Tensor prefix = at::randint(V, {1, P}, at::kLong);
+  kldq::model::Decoder::KvCache c = m.new_cache({0}, P);
+  m.run_cached(prefix, c);
+  const std::vector<int64_t> lengths = {17, 5, 12, 1};
+  const at::Tensor rows = at::randint(V, {4, 17}, at::kLong);   // right-padded
+  const at::Tensor got = m.head(m.run_continuations(rows, c));  // [4, 17, V]
+  // bf16 noise only (another attention's summation order, outputs rounded before the join):
+  // KL per position below 5e-4 and its mean below 1e-4; attending to the wrong keys (a
+  // misplaced prefix or a row's future tokens) gives KL above 1e-2.
+  double kl_sum = 0;
+  int64_t n_pos = 0;
+  for (int64_t b = 0; b < 4; ++b) {
+    const int64_t n = lengths[size_t(b)];
+    const at::Tensor full = m.forward(at::cat({prefix, rows.narrow(0, b, 1).narrow(1, 0, n)}, 1));
+    const at::Tensor kl = row_kl(full[0].narrow(0, P, n), got[b].narrow(0, 0, n));  // [n]
+    INFO("row " << b << " max KL " << kl.max().item<double>());
+    CHECK(kl.max().item<double>() < 5e-4);
+    kl_sum += kl.sum().item<double>(), n_pos += n;
+  }
+  CHECK(kl_sum / double(n_pos) < 1e-4);
+}
 
 TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps bit for bit",
           "[cuda][model]") {
   KLDQ_SKIP_NO_CUDA();
   at::InferenceMode guard;
   at::manual_seed(6);
-  const auto dir = std::filesystem::path(KLDQ_SOURCE_DIR) / "models/wikitext-qwen2-4m";
   for (const char* f : {"bf16", "nf4", "int4_g64", "int8", "fp8_e4m3"}) {
     INFO(f);
-    kldq::model::Decoder m = kldq::model::Decoder::load(dir, c10::kCUDA, c10::kBFloat16);
+    kldq::model::Decoder m = kldq::model::Decoder::load(kWiki, c10::kCUDA, c10::kBFloat16);
     if (std::string(f) != "bf16")  // every linear layer packed: steps take the fused GEMV
       kldq::quant::apply_layers(m, kldq::test::rtn_layers(m, kldq::formats::FormatSpec::parse(f)));
     REQUIRE(kldq::model::DecodeGraph::supported(m));
     const int64_t V = m.config().vocab_size;
-    // 3 rows: packed layers take the fused GEMV; 6 rows: dequantize + GEMM, captured too.
+    // 3 rows: packed layers take the fused GEMV; 20 rows: dequantize + GEMM, captured too.
     const at::Tensor prompt = at::randint(V, {3, 12}, at::kLong),
                      next = at::randint(V, {3, 7}, at::kLong);
     const auto eager = decode_steps(m, prompt, next, false);
     const auto graph = decode_steps(m, prompt, next, true);
     for (size_t t = 0; t < eager.size(); ++t) CHECK(at::equal(eager[t], graph[t]));
-    const at::Tensor prompt6 = at::randint(V, {6, 12}, at::kLong),
-                     next6 = at::randint(V, {6, 7}, at::kLong);
+    const at::Tensor prompt6 = at::randint(V, {20, 12}, at::kLong),
+                     next6 = at::randint(V, {20, 7}, at::kLong);
     const auto eager6 = decode_steps(m, prompt6, next6, false);
     const auto graph6 = decode_steps(m, prompt6, next6, true);
     for (size_t t = 0; t < eager6.size(); ++t) CHECK(at::equal(eager6[t], graph6[t]));
@@ -83,9 +121,8 @@ TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps bit for
     const at::Tensor full = m.forward(at::cat({prompt, next}, 1).narrow(0, 0, 1));  // [1, 19, V]
     double kl_sum = 0;
     for (size_t t = 0; t + 1 < eager.size(); ++t) {
-      const at::Tensor lp = at::log_softmax(full[0][12 + int64_t(t)].to(at::kFloat), -1);
-      const at::Tensor lq = at::log_softmax(graph[t][0].to(at::kFloat), -1);
-      const double kl = (lp.exp() * (lp - lq)).sum().item<double>();
+      const double kl =
+          row_kl(full[0][12 + int64_t(t)].unsqueeze(0), graph[t][0].unsqueeze(0)).item<double>();
       INFO("step " << t << " KL " << kl);
       CHECK(kl < 5e-4);
       kl_sum += kl;

@@ -25,13 +25,21 @@ struct ScoredSequence {
 model::Decoder::KvCache expand_cache(const model::Decoder& m, const model::Decoder::KvCache& prefix,
                                      const std::vector<int64_t>& rows, int64_t capacity);
 
+// Where the sequences' skipped tokens are: nowhere (skips 0), a cache of one row per sequence
+// (`rows`, extended by the forward), or one unpadded row every sequence continues (`shared`,
+// skips all equal to its length; Decoder::run_continuations).
+struct Continued {
+  model::Decoder::KvCache* rows = nullptr;
+  const model::Decoder::KvCache* shared = nullptr;
+};
+
 // Runs every sequence's tokens after its `skip` ones, right-padded with token 0 (causal
-// attention keeps padding out of every real position), as a continuation of `cache` (row i of
-// the cache for sequence i; nullptr: skips must be 0). At each sequence's last `scored` positions,
-// sequence by sequence (R rows in all), reads the log-softmax over the vocabulary, computed in
-// fp32, at the columns `columns` [R, k] int64 names: returns [R, k] double on the CPU.
+// attention keeps padding out of every real position), as continuations of `from`. At each
+// sequence's last `scored` positions, sequence by sequence (R rows in all), reads the
+// log-softmax over the vocabulary, computed in fp32, at the columns `columns` [R, k] int64
+// names: returns [R, k] double on the CPU.
 at::Tensor scored_logprobs(const model::Decoder& m, const std::vector<ScoredSequence>& seqs,
-                           model::Decoder::KvCache* cache, const at::Tensor& columns);
+                           Continued from, const at::Tensor& columns);
 
 // The longest token prefix all `seqs` share, leaving each its scored positions and at least one
 // token of its own.

@@ -92,6 +92,13 @@ class Decoder {
   // device), without checks or host bookkeeping (cache.len is the caller's): what a CUDA graph
   // of a decode step captures (model/decode_graph.hpp).
   at::Tensor cached_step(const at::Tensor& ids, KvCache& cache, const at::Tensor& cols) const;
+  // ids [B, T] (right-padded) as continuations of `prefix`, a one-row cache without padding
+  // whose len tokens every row shares: row b's token t at position prefix.len + t -> hidden
+  // [B, T, H]. The prefix is neither copied per row nor extended: each block attends over the
+  // prefix's columns and over the row's own causal columns apart, and joins the two softmaxes by
+  // their log-sum-exps (decoder_cascade.cpp). Equals run_cached over a copy of the prefix per row
+  // up to the attention's summation order; outputs at pad positions are meaningless (finite).
+  at::Tensor run_continuations(const at::Tensor& ids, const KvCache& prefix) const;
 
   // Streaming. A streamed block runs from one of two device slots; the next streamed block is
   // copied into the other on a separate CUDA stream while this one computes. The arithmetic is
@@ -183,9 +190,17 @@ class Decoder {
   const Block& running(int i) const;
   void changed(Block& b);  // a new version (slots holding the old one are stale)
   const RopeTable& rope(int64_t len) const;
-  // The forward's attention and block, optionally appending to and attending over a cache.
-  at::Tensor attend(int i, const at::Tensor& h, KvCache* cache) const;
-  at::Tensor run_block(int i, const at::Tensor& hidden, KvCache* cache) const;
+  // run_continuations' shared prefix and the continuation's RoPE rows, cos/sin [T, d].
+  struct SharedPrefix {
+    const KvCache* cache = nullptr;
+    at::Tensor cos, sin;
+  };
+  // The forward's attention and block, optionally appending to and attending over a cache, or
+  // continuing a shared prefix.
+  at::Tensor attend(int i, const at::Tensor& h, KvCache* cache,
+                    const SharedPrefix* shared = nullptr) const;
+  at::Tensor run_block(int i, const at::Tensor& hidden, KvCache* cache,
+                       const SharedPrefix* shared = nullptr) const;
   void observe(int block, Proj p, const at::Tensor& x) const {
     if (observer_) observer_(LayerId{block, p}, x);
   }

@@ -1,0 +1,103 @@
+// Continuations of a shared prefix (MMLU's few-shot prompt): every row attends to the same P
+// prefix columns and to its own T tokens. Softmax attention over the union of two key sets is
+// the two softmaxes joined by their log-sum-exps (as flash attention joins its key tiles):
+//
+//   o = (o_prefix * exp(l_prefix - m) + o_own * exp(l_own - m)) / (exp(l_prefix - m) + exp(l_own -
+//   m)) l_x = log sum_k exp(q.k / sqrt(d)) over key set x,  o_x its softmax-weighted values, m =
+//   max(l_prefix, l_own)
+//
+// so the prefix's keys are read once for all B*T queries (one sequence of B*T queries, nothing
+// masked) instead of being copied into every row, and each row's own part is plain causal
+// attention: no mask tensor, so CUDA runs both parts in flash attention. Elsewhere (CPU, fp32)
+// both parts are computed explicitly in fp32, the reference the tests hold the full forward to.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+
+#include "cascade.hpp"
+#include "kldq/core/error.hpp"
+#include "kldq/model/decoder.hpp"
+
+namespace kldq::model {
+namespace {
+
+// One key set's attention: o [B, T, nq, d] (any float dtype), lse [B, T, nq, 1] fp32.
+struct Part {
+  at::Tensor o, lse;
+};
+
+// Explicit fp32 softmax attention. k/v [1 or B, nkv, S, d]; causal: query t sees keys 0..t.
+Part explicit_part(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
+  const int64_t B = q.size(0), nq = q.size(1), T = q.size(2), d = q.size(3);
+  const int64_t nkv = k.size(1), g = nq / nkv, S = k.size(2);
+  // The g query heads of a kv head stacked along the rows: [B, nkv, g T, d].
+  const at::Tensor qg = q.to(at::kFloat).reshape({B, nkv, g * T, d});
+  at::Tensor s = at::matmul(qg, k.to(at::kFloat).transpose(-1, -2)) /
+                 std::sqrt(static_cast<double>(d));  // [B, nkv, g T, S]
+  if (causal) {
+    const auto i64 = at::TensorOptions().dtype(at::kLong).device(q.device());
+    const at::Tensor t = at::arange(T, i64).repeat({g}).view({g * T, 1});  // each row's position
+    s.masked_fill_(at::arange(S, i64).view({1, S}) > t, -std::numeric_limits<double>::infinity());
+  }
+  const at::Tensor lse = at::logsumexp(s, -1, true);                   // [B, nkv, g T, 1]
+  const at::Tensor o = at::matmul((s - lse).exp(), v.to(at::kFloat));  // [B, nkv, g T, d]
+  return {o.view({B, nq, T, d}).transpose(1, 2), lse.view({B, nq, T, 1}).transpose(1, 2)};
+}
+
+// Flash attention (CUDA, fp16/bf16). With a one-row k/v and B > 1 rows of queries, the B*T
+// queries run as one sequence over it.
+Part flash_part(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
+  const int64_t B = q.size(0), nq = q.size(1), T = q.size(2), d = q.size(3), S = k.size(2);
+  const bool shared = k.size(0) == 1 && B > 1;
+  const int64_t rows = shared ? 1 : B, Tq = shared ? B * T : T;
+  const at::Tensor qt = q.transpose(1, 2).reshape({rows, Tq, nq, d});  // [rows, Tq, nq, d]
+  const at::Tensor kt = k.transpose(1, 2).contiguous(), vt = v.transpose(1, 2).contiguous();
+  const auto r = at::_flash_attention_forward(qt, kt, vt, std::nullopt, std::nullopt, Tq, S, 0.0,
+                                              causal, false);
+  const at::Tensor lse = std::get<1>(r).narrow(-1, 0, Tq);  // [rows, nq, Tq] fp32
+  return {
+      std::get<0>(r).view({B, T, nq, d}),
+      (shared ? lse.view({nq, B, T}).permute({1, 2, 0}) : lse.permute({0, 2, 1})).unsqueeze(-1)};
+}
+
+bool flash_applies(const at::Tensor& q) {
+  const auto t = q.scalar_type();
+  return q.is_cuda() && (t == at::kHalf || t == at::kBFloat16) && q.size(3) % 8 == 0 &&
+         q.size(3) <= 256;
+}
+
+}  // namespace
+
+at::Tensor cascade_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& pk, const at::Tensor& pv) {
+  const bool flash = flash_applies(q);
+  const Part a = flash ? flash_part(q, pk, pv, false) : explicit_part(q, pk, pv, false);
+  const Part b = flash ? flash_part(q, k, v, true) : explicit_part(q, k, v, true);
+  // Both log-sum-exps are finite: every query sees the whole prefix (P >= 1) and itself.
+  const at::Tensor m = at::maximum(a.lse, b.lse);
+  const at::Tensor wa = (a.lse - m).exp(), wb = (b.lse - m).exp();
+  const at::Tensor o = (a.o.to(at::kFloat) * wa + b.o.to(at::kFloat) * wb) / (wa + wb);
+  const int64_t B = q.size(0), T = q.size(2);
+  return o.to(q.scalar_type()).reshape({B, T, -1});  // [B, T, nq d]
+}
+
+at::Tensor Decoder::run_continuations(const at::Tensor& ids, const KvCache& prefix) const {
+  check(ids.dim() == 2 && ids.size(1) > 0, "run_continuations: ids must be [B, T]");
+  check(prefix.pad.size() == 1 && prefix.pad[0] == 0 && prefix.len > 0,
+        "run_continuations: the prefix must be one unpadded row");
+  const int64_t P = prefix.len, T = ids.size(1);
+  if (P + T > config_.max_position_embeddings)
+    throw ConfigError(
+        fmt::format("{} tokens exceed the model's context of {} "
+                    "(max_position_embeddings)",
+                    P + T, config_.max_position_embeddings));
+  const RopeTable& r = rope(P + T);  // positions P .. P+T-1, as in the whole sequence
+  const SharedPrefix shared{&prefix, r.cos.narrow(0, P, T), r.sin.narrow(0, P, T)};
+  at::Tensor hidden = embed(ids);
+  for (int i = 0; i < num_blocks(); ++i) hidden = run_block(i, hidden, nullptr, &shared);
+  return hidden;
+}
+
+}  // namespace kldq::model
