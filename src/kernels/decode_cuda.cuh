@@ -4,10 +4,10 @@
 // and shares one scale (groups and blocks are multiples of 8). Each decoder gives
 //   load(idx, r)            the raw bytes and scale of vector chunk idx (elements [8 idx, 8 idx
 //                           + 8) of the flattened weight, row r; needs cols % 8 == 0),
-//   decode(raw, table, v)   its 8 fp32 values, code value x scale in one fp32 product (as the CPU
+//   decode(raw, v)          its 8 fp32 values, code value x scale in one fp32 product (as the CPU
 //                           reference formats::dequantize computes them),
-//   decode(r, c0, n, ...)   the general path: columns c0..c0+n-1 of row r, any alignment.
-// `table` is the 16-entry code table of 4-bit formats (in shared memory; unused by the others).
+//   decode(r, c0, n, v)     the general path: columns c0..c0+n-1 of row r, any alignment.
+// The 4-bit formats' 16 code values are read from shared memory (code_values, load_table).
 #pragma once
 
 #include <cuda_fp8.h>
@@ -38,9 +38,25 @@ inline int log2_exact(int v) {
   return s;
 }
 
-// Copies `table` into shared memory `smem` [16]; every thread of the block calls it.
-__device__ inline void load_table(float* smem, const CodeTable& table) {
-  if (threadIdx.x < 16) smem[threadIdx.x] = table.v[threadIdx.x];
+// The 4-bit format's code values in shared memory, filled by load_table and read by Decode4bit.
+// A namespace-scope __shared__ array: its offset is a constant of each kernel, so a lookup is
+// one LDS [code * 4 + offset], with no address arithmetic per weight (a pointer argument would
+// cost an add per lookup: the decoders are the fused kernels' inner loop).
+static __shared__ __align__(64) float code_values[16];
+
+// code_values[i] through its 32-bit shared-space address `base` (64-byte aligned, so base | 4 i
+// is its address: one LOP3 merges the code's mask and the base) and the code's byte offset.
+__device__ inline float code_value_at(uint32_t base, uint32_t offset) {
+  float v;
+  // volatile: the compiler must not hoist the load above load_table's __syncthreads.
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(base | offset));
+  return v;
+}
+
+// Fills code_values from `table` (the 4-bit formats' kernels; the others ignore it); every thread
+// of the block calls it.
+__device__ inline void load_table(const CodeTable& table) {
+  if (threadIdx.x < 16) code_values[threadIdx.x] = table.v[threadIdx.x];
   __syncthreads();
 }
 
@@ -58,20 +74,23 @@ struct Decode4bit {
   __device__ Raw load(int64_t idx, uint32_t) const {
     return {reinterpret_cast<const uint32_t*>(codes)[idx], absmax[(idx * 8) >> block_shift]};
   }
-  __device__ void decode(const Raw& raw, const float* table, float (&v)[8]) const {
+  __device__ void decode(const Raw& raw, float (&v)[8]) const {
+    const auto base = static_cast<uint32_t>(__cvta_generic_to_shared(code_values));
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const uint32_t byte = (raw.w >> (8 * (j / 2))) & 0xFFu;
-      v[j] = __fmul_rn(table[j % 2 == 0 ? byte >> 4 : byte & 0xFu], raw.a);
+      // Code j is bits [8 (j / 2) + 4, + 4) for even j, [8 (j / 2), + 4) for odd j; shifted
+      // 2 bits less, the mask 0x3C leaves 4 x code, its byte offset in the table.
+      const int shift = 8 * (j / 2) + (j % 2 == 0 ? 4 : 0) - 2;
+      const uint32_t offset = (shift >= 0 ? raw.w >> shift : raw.w << -shift) & 0x3Cu;
+      v[j] = __fmul_rn(code_value_at(base, offset), raw.a);
     }
   }
   // General path: the chunk may start on an odd element and span two blocks.
-  __device__ void decode(int64_t r, int64_t c0, int valid, const float* table,
-                         float (&v)[8]) const {
+  __device__ void decode(int64_t r, int64_t c0, int valid, float (&v)[8]) const {
     for (int j = 0; j < valid; ++j) {
       const int64_t i = r * cols + c0 + j;
       const uint32_t byte = codes[i / 2];
-      v[j] = __fmul_rn(table[i % 2 == 0 ? byte >> 4 : byte & 0xFu], absmax[i >> block_shift]);
+      v[j] = __fmul_rn(code_values[i % 2 == 0 ? byte >> 4 : byte & 0xFu], absmax[i >> block_shift]);
     }
   }
 };
@@ -115,18 +134,17 @@ struct DecodeIntGroup {
     if (kFlatGroups) return scale_zero_at((idx * 8) >> group_shift, w);
     return scale_zero(r, idx * 8 - int64_t(r) * cols, w);
   }
-  __device__ void decode(const Raw& raw, const float*, float (&v)[8]) const {
+  __device__ void decode(const Raw& raw, float (&v)[8]) const {
     const uint32_t mask = (1u << bits) - 1;
 #pragma unroll
     for (int j = 0; j < 8; ++j)
       v[j] = __fmul_rn(__fsub_rn(float((raw.w >> (j * bits)) & mask), raw.zero), raw.scale);
   }
-  __device__ void decode(int64_t r, int64_t c0, int valid, const float* table,
-                         float (&v)[8]) const {
+  __device__ void decode(int64_t r, int64_t c0, int valid, float (&v)[8]) const {
     const uint8_t* src = codes + r * row_bytes + (c0 / 8) * bits;
     uint32_t w = 0;
     for (int j = 0; j < (valid * bits + 7) / 8; ++j) w |= uint32_t(src[j]) << (8 * j);
-    decode(scale_zero(r, c0, w), table, v);
+    decode(scale_zero(r, c0, w), v);
   }
 };
 
@@ -149,7 +167,7 @@ struct DecodeByte {
   __device__ Raw load(int64_t idx, uint32_t r) const {
     return {reinterpret_cast<const uint2*>(codes)[idx], scale_of(r)};
   }
-  __device__ void decode(const Raw& raw, const float*, float (&v)[8]) const {
+  __device__ void decode(const Raw& raw, float (&v)[8]) const {
     uint8_t q[8];
     *reinterpret_cast<uint2*>(q) = raw.q;
 #pragma unroll
@@ -163,12 +181,11 @@ struct DecodeByte {
       v[j] = scales ? __fmul_rn(x, raw.scale) : x;
     }
   }
-  __device__ void decode(int64_t r, int64_t c0, int valid, const float* table,
-                         float (&v)[8]) const {
+  __device__ void decode(int64_t r, int64_t c0, int valid, float (&v)[8]) const {
     Raw raw{make_uint2(0, 0), scale_of(r)};
     uint8_t* q = reinterpret_cast<uint8_t*>(&raw.q);
     for (int j = 0; j < valid; ++j) q[j] = codes[r * cols + c0 + j];
-    decode(raw, table, v);
+    decode(raw, v);
   }
 };
 

@@ -37,21 +37,19 @@ __device__ void store8(T* dst, const float (&v)[8], int valid, bool vec) {
 }
 
 // General path (cols % 8 != 0 or unaligned output): grid-stride loop over the chunks of a
-// [rows, cols] output; D::decode(r, c0, valid, table, v) fills v[0..valid) for columns
-// c0..c0+valid-1 of row r, reading codes byte by byte. `table` is the format's 16-entry code table
-// in shared memory (unused by the others).
+// [rows, cols] output; D::decode(r, c0, valid, v) fills v[0..valid) for columns c0..c0+valid-1 of
+// row r, reading codes byte by byte. `table`: the 4-bit formats' code values (load_table).
 template <class T, class D>
 __global__ void dequant_kernel(D d, T* __restrict__ out, int64_t rows, int64_t cols,
                                CodeTable table) {
-  __shared__ float smem[16];
-  load_table(smem, table);
+  load_table(table);
   const int64_t per_row = (cols + 7) / 8, total = rows * per_row;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = idx / per_row, c0 = (idx - r * per_row) * 8;
     const int valid = static_cast<int>(cols - c0 < 8 ? cols - c0 : 8);
     float v[8];
-    d.decode(r, c0, valid, smem, v);
+    d.decode(r, c0, valid, v);
     store8(out + r * cols + c0, v, valid, false);
   }
 }
@@ -67,8 +65,7 @@ constexpr int kUnroll = 4;
 template <class T, class D>
 __global__ void dequant_vec_kernel(D d, T* __restrict__ out, int64_t chunks, uint32_t per_row,
                                    CodeTable table) {
-  __shared__ float smem[16];
-  load_table(smem, table);
+  load_table(table);
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; first < chunks;
        first += stride * kUnroll) {
@@ -83,7 +80,7 @@ __global__ void dequant_vec_kernel(D d, T* __restrict__ out, int64_t chunks, uin
       const int64_t idx = first + u * stride;
       if (idx >= chunks) break;
       float v[8];
-      d.decode(raw[u], smem, v);
+      d.decode(raw[u], v);
       store8(out + idx * 8, v, 8, true);
     }
   }

@@ -30,8 +30,7 @@ template <class T, class D, int kM>
 __global__ void __launch_bounds__(32 * kWarps)
     gemv_kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
                 int64_t rows, uint32_t per_row, CodeTable table) {
-  __shared__ float smem[16];
-  load_table(smem, table);
+  load_table(table);
   const int lane = threadIdx.x & 31;
   const int64_t r = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (r >= rows) return;  // whole warps: the shuffles below see full warps only
@@ -51,7 +50,7 @@ __global__ void __launch_bounds__(32 * kWarps)
       const uint32_t k = k0 + 32 * u;
       if (k >= per_row) break;
       float v[8];
-      d.decode(raw[u], smem, v);
+      d.decode(raw[u], v);
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[j] = round_to<T>(v[j]);
 #pragma unroll

@@ -52,47 +52,47 @@ __device__ inline uint32_t pack2<__half>(float lo, float hi) {
 template <class T>
 __device__ inline void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 }
 
-// kNT: 8-row tiles of x (1: up to 8 rows, 2: up to 16). kUnroll: segments whose loads are issued
-// before any is decoded (bytes in flight; fewer with two tiles, whose x registers double).
-template <class T, class D, int kNT, int kWarps>
-__global__ void __launch_bounds__(32 * kWarps)
-    kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
-           int64_t rows, uint32_t per_row, CodeTable table) {
-  constexpr int kUnroll = kNT == 1 ? 2 : 1;
-  __shared__ float smem[16];
-  __shared__ float partial[kWarps][32][4 * kNT];
-  load_table(smem, table);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int64_t r_lo = int64_t(blockIdx.x) * 16 + g, r_hi = r_lo + 8;
-  const bool ok_lo = r_lo < rows, ok_hi = r_hi < rows;
-  const int64_t cols = int64_t(per_row) * 8;
-  const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks;
-  float acc[kNT][4] = {};
-  for (uint32_t s0 = warp; s0 < segments; s0 += kWarps * kUnroll) {
-    typename D::Raw lo[kUnroll][4], hi[kUnroll][4];
-    uint4 xv[kUnroll][kNT][4];  // 8 elements of T each
+// Where one thread works: its rows and the product's shape.
+template <class T, class D, int kNT>
+struct Lane {
+  const D& d;
+  const T* x;
+  int m, g, t;
+  int64_t r_lo, r_hi;  // rows g and g + 8 of the block's tile
+  bool ok_lo, ok_hi;
+  uint32_t per_row;
+  int64_t cols;
+  float (&acc)[kNT][4];
+
+  // Segments s0, s0 + stride, ... (kU of them) into acc. kChecked: any of them may be past the
+  // last segment, hold chunks past the last column or rows past the last row (the tail); else
+  // all are whole (the bulk of the work: no predicate, no zero fill).
+  template <bool kChecked, int kU>
+  __device__ void segments(uint32_t s0, uint32_t stride, uint32_t count) {
+    typename D::Raw lo[kU][4], hi[kU][4];
+    uint4 xv[kU][kNT][4];  // 8 elements of T each
 #pragma unroll
-    for (int su = 0; su < kUnroll; ++su)
+    for (int su = 0; su < kU; ++su)
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        const uint32_t c = (s0 + su * kWarps) * kSegChunks + 4 * u + t;
-        const bool ok = s0 + su * kWarps < segments && c < per_row;
-        lo[su][u] = ok && ok_lo ? d.load(r_lo * per_row + c, uint32_t(r_lo)) : typename D::Raw{};
-        hi[su][u] = ok && ok_hi ? d.load(r_hi * per_row + c, uint32_t(r_hi)) : typename D::Raw{};
+        const uint32_t c = (s0 + su * stride) * kSegChunks + 4 * u + t;
+        const bool ok = !kChecked || (s0 + su * stride < count && c < per_row);
+        lo[su][u] = !kChecked || (ok && ok_lo) ? d.load(r_lo * per_row + c, uint32_t(r_lo))
+                                               : typename D::Raw{};
+        hi[su][u] = !kChecked || (ok && ok_hi) ? d.load(r_hi * per_row + c, uint32_t(r_hi))
+                                               : typename D::Raw{};
 #pragma unroll
         for (int j = 0; j < kNT; ++j) {
           const int b = 8 * j + g;
@@ -102,15 +102,15 @@ __global__ void __launch_bounds__(32 * kWarps)
         }
       }
 #pragma unroll
-    for (int su = 0; su < kUnroll; ++su) {
-      if (s0 + su * kWarps >= segments) break;  // warp-uniform: mma.sync needs the whole warp
+    for (int su = 0; su < kU; ++su) {
+      if (kChecked && s0 + su * stride >= count) break;  // warp-uniform: mma.sync needs the warp
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         // Past the last column: zero weights and zero x (A x B = 0 whatever the decoders give).
-        const bool ok = (s0 + su * kWarps) * kSegChunks + 4 * u + t < per_row;
+        const bool ok = !kChecked || (s0 + su * stride) * kSegChunks + 4 * u + t < per_row;
         float vl[8], vh[8];
-        d.decode(lo[su][u], smem, vl);
-        d.decode(hi[su][u], smem, vh);
+        d.decode(lo[su][u], vl);
+        d.decode(hi[su][u], vh);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
@@ -126,6 +126,30 @@ __global__ void __launch_bounds__(32 * kWarps)
       }
     }
   }
+};
+
+// kNT: 8-row tiles of x (1: up to 8 rows, 2: up to 16). kUnroll: segments whose loads are issued
+// before any is decoded (bytes in flight; fewer with two tiles, whose x registers double).
+template <class T, class D, int kNT, int kWarps>
+__global__ void __launch_bounds__(32 * kWarps)
+    kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
+           int64_t rows, uint32_t per_row, CodeTable table) {
+  constexpr int kUnroll = kNT == 1 ? 2 : 1;
+  __shared__ float partial[kWarps][32][4 * kNT];
+  load_table(table);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int64_t r_lo = int64_t(blockIdx.x) * 16 + g, r_hi = r_lo + 8;
+  float acc[kNT][4] = {};
+  Lane<T, D, kNT> work{
+      d, x, m, g, t, r_lo, r_hi, r_lo < rows, r_hi < rows, per_row, int64_t(per_row) * 8, acc};
+  // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time while they are
+  // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
+  const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
+  uint32_t s0 = warp;
+  if (int64_t(blockIdx.x + 1) * 16 <= rows)
+    for (; s0 + (kUnroll - 1) * kWarps < whole; s0 += kWarps * kUnroll)
+      work.template segments<false, kUnroll>(s0, kWarps, whole);
+  for (; s0 < segments; s0 += kWarps) work.template segments<true, 1>(s0, kWarps, segments);
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
 #pragma unroll
