@@ -10,6 +10,43 @@
 
 namespace kldq::cli {
 
+namespace {
+
+// MMLU: the data, protocol and shots, the questions run, and the predictions for flips.
+void add_mmlu_options(CLI::App& sub, eval::EvalRequest& opts) {
+  sub.add_option("--mmlu", opts.mmlu, "MMLU directory (dev/, test/ CSVs) or JSONL file");
+  sub.add_option("--mmlu-protocol", opts.mmlu_protocol, eval::kMmluProtocols.names())
+      ->capture_default_str();
+  sub.add_option("--shots", opts.shots, "dev examples per prompt (5shot protocol)")
+      ->default_str(std::to_string(eval::MmluOptions{}.shots))
+      ->check(CLI::Range(0, 64));
+  sub.add_flag("--mmlu-unshared", opts.mmlu_unshared,
+               "run every MMLU prompt whole instead of each subject's few-shot prefix once "
+               "(the same scores; for benchmarks)");
+  sub.add_option("--mmlu-limit", opts.mmlu_limit, "first N test questions in subject order")
+      ->check(CLI::PositiveNumber);
+  sub.add_option("--predictions", opts.predictions,
+                 "per-question MMLU predictions, JSONL (default: beside -o)");
+  sub.add_option("--reference-predictions", opts.reference_predictions,
+                 "flips against a previous run's predictions instead of running the reference");
+}
+
+// The zero-shot tasks: which, their files, the items run, and the predictions for flips.
+void add_task_options(CLI::App& sub, eval::EvalRequest& opts) {
+  sub.add_option("--tasks", opts.tasks,
+                 "zero-shot tasks, comma-separated: arc_easy, arc_challenge, hellaswag, piqa, "
+                 "winogrande, boolq, openbookqa, or NAME for --tasks-dir/NAME.jsonl");
+  sub.add_option("--tasks-dir", opts.tasks_dir, "directory of the task files");
+  sub.add_option("--tasks-limit", opts.tasks_limit, "first N items of each task")
+      ->check(CLI::PositiveNumber);
+  sub.add_option("--task-predictions", opts.task_predictions,
+                 "per-item task predictions, JSONL (default: beside -o, .tasks.jsonl)");
+  sub.add_option("--reference-task-predictions", opts.reference_task_predictions,
+                 "task flips against a previous run's predictions instead of the reference");
+}
+
+}  // namespace
+
 void register_eval(CLI::App& app, Action& action) {
   auto opts = std::make_shared<eval::EvalRequest>();
   auto* sub = app.add_subcommand("eval", "perplexity, KL, MMLU and flips against a reference");
@@ -31,31 +68,8 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_flag("--kld", opts->kld, "KL divergence against the reference, per token");
   sub->add_flag("--speed", opts->speed,
                 "prefill and decode tokens/s of MODEL (prompt 128, 256 new, batch 1 and 16)");
-  sub->add_option("--mmlu", opts->mmlu, "MMLU directory (dev/, test/ CSVs) or JSONL file");
-  sub->add_option("--mmlu-protocol", opts->mmlu_protocol, eval::kMmluProtocols.names())
-      ->capture_default_str();
-  sub->add_option("--shots", opts->shots, "dev examples per prompt (5shot protocol)")
-      ->default_str(std::to_string(eval::MmluOptions{}.shots))
-      ->check(CLI::Range(0, 64));
-  sub->add_flag("--mmlu-unshared", opts->mmlu_unshared,
-                "run every MMLU prompt whole instead of each subject's few-shot prefix once "
-                "(the same scores; for benchmarks)");
-  sub->add_option("--mmlu-limit", opts->mmlu_limit, "first N test questions in subject order")
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--predictions", opts->predictions,
-                  "per-question MMLU predictions, JSONL (default: beside -o)");
-  sub->add_option("--reference-predictions", opts->reference_predictions,
-                  "flips against a previous run's predictions instead of running the reference");
-  sub->add_option("--tasks", opts->tasks,
-                  "zero-shot tasks, comma-separated: arc_easy, arc_challenge, hellaswag, piqa, "
-                  "winogrande, boolq, openbookqa, or NAME for --tasks-dir/NAME.jsonl");
-  sub->add_option("--tasks-dir", opts->tasks_dir, "directory of the task files");
-  sub->add_option("--tasks-limit", opts->tasks_limit, "first N items of each task")
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--task-predictions", opts->task_predictions,
-                  "per-item task predictions, JSONL (default: beside -o, .tasks.jsonl)");
-  sub->add_option("--reference-task-predictions", opts->reference_task_predictions,
-                  "task flips against a previous run's predictions instead of the reference");
+  add_mmlu_options(*sub, *opts);
+  add_task_options(*sub, *opts);
   sub->add_option("--batch", opts->batch,
                   "windows, prompts or task items per forward (as in an experiment's eval)")
       ->capture_default_str()

@@ -10,15 +10,28 @@
 
 namespace kldq::cli {
 
+namespace {
+
+// The request, with --mode and --granularity as typed: parsed through the vocabularies when the
+// command runs, so a bad value is kldq's ConfigError naming the option (exit 2).
+struct ProfileCommand {
+  profile::ProfileRequest request;
+  std::string mode = profile::kModes.name(request.mode);
+  std::string granularity = profile::kGranularities.name(request.granularity);
+};
+
+}  // namespace
+
 void register_profile(CLI::App& app, Action& action) {
-  auto opts = std::make_shared<profile::ProfileRequest>();
+  auto cmd = std::make_shared<ProfileCommand>();
+  profile::ProfileRequest* opts = &cmd->request;
   auto* sub = app.add_subcommand("profile", "per-unit KL sensitivity on a calibration set");
   // Required unless --merge (checked by profile::profile_checkpoint).
   sub->add_option("MODEL", opts->model, "checkpoint directory (unquantized)");
   sub->add_option("--base", opts->base, "format the units are quantized to");
   add_method_options(*sub, opts->method, true);
-  sub->add_option("--mode", opts->mode, profile::kModes.names())->capture_default_str();
-  sub->add_option("--granularity", opts->granularity, profile::kGranularities.names())
+  sub->add_option("--mode", cmd->mode, profile::kModes.names())->capture_default_str();
+  sub->add_option("--granularity", cmd->granularity, profile::kGranularities.names())
       ->capture_default_str();
   sub->add_option("--batch", opts->batch, "windows per forward")
       ->capture_default_str()
@@ -37,9 +50,11 @@ void register_profile(CLI::App& app, Action& action) {
   sub->add_option("--csv", opts->csv, "the per-unit results also as CSV");
   sub->add_option("-o,--output", opts->out, "profile JSON")->required();
   add_compute_options(*sub, opts->compute);
-  sub->callback([&action, opts] {
-    action = [opts] {
-      const profile::ProfileReport r = profile::profile_checkpoint(*opts);
+  sub->callback([&action, cmd] {
+    action = [cmd] {
+      cmd->request.mode = profile::kModes.parse(cmd->mode, "--mode");
+      cmd->request.granularity = profile::kGranularities.parse(cmd->granularity, "--granularity");
+      const profile::ProfileReport r = profile::profile_checkpoint(cmd->request);
       return print(r.summary, r.table);
     };
   });

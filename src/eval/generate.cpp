@@ -15,6 +15,42 @@
 
 namespace kldq::eval {
 
+namespace {
+
+// The longest prompt's length, after checking that there are prompts, none empty, and that the
+// longest with `max_new` new tokens fits the model's context.
+int64_t checked_longest(const model::Decoder& m, const std::vector<std::vector<int64_t>>& prompts,
+                        int64_t max_new) {
+  check(!prompts.empty(), "generate: no prompts");
+  int64_t longest = 0;
+  for (const auto& p : prompts) {
+    check(!p.empty(), "generate: an empty prompt");
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
+  }
+  if (longest + max_new > m.config().max_position_embeddings)
+    throw ConfigError(fmt::format(
+        "the longest prompt ({} tokens) and {} new tokens exceed the model's context of {} "
+        "(max_position_embeddings)",
+        longest, max_new, m.config().max_position_embeddings));
+  return longest;
+}
+
+// The prompts as [B, longest] int64, left-padded; pad columns hold id 0 (never attended). Each
+// row's pad length is appended to `pad`.
+at::Tensor left_padded(const std::vector<std::vector<int64_t>>& prompts, int64_t longest,
+                       std::vector<int64_t>& pad) {
+  const int64_t B = static_cast<int64_t>(prompts.size());
+  at::Tensor ids = at::zeros({B, longest}, at::kLong);
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& p = prompts[size_t(b)];
+    pad.push_back(longest - static_cast<int64_t>(p.size()));
+    ids[b].narrow(0, pad.back(), static_cast<int64_t>(p.size())).copy_(at::tensor(p, at::kLong));
+  }
+  return ids;
+}
+
+}  // namespace
+
 at::Tensor choose_tokens(const at::Tensor& logits, const Sampling& s, at::Generator& gen) {
   // Greedy: the argmax on the logits' device (widening to fp32 is exact and keeps the order;
   // ties take the first index there as on the CPU), so only [B] ids cross to the host.
@@ -49,26 +85,9 @@ std::vector<std::vector<int64_t>> generate(const model::Decoder& m,
                                            GenerateStats* stats, at::Generator* gen) {
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
-  check(!prompts.empty(), "generate: no prompts");
-  const int64_t B = static_cast<int64_t>(prompts.size());
-  int64_t longest = 0;
-  for (const auto& p : prompts) {
-    check(!p.empty(), "generate: an empty prompt");
-    longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()));
-  }
-  if (longest + o.max_new_tokens > m.config().max_position_embeddings)
-    throw ConfigError(fmt::format(
-        "the longest prompt ({} tokens) and {} new tokens exceed the model's context of {} "
-        "(max_position_embeddings)",
-        longest, o.max_new_tokens, m.config().max_position_embeddings));
+  const int64_t longest = checked_longest(m, prompts, o.max_new_tokens);
   std::vector<int64_t> pad;
-  // [B, longest] int64, left-padded; pad columns hold id 0 (never attended)
-  at::Tensor ids = at::zeros({B, longest}, at::kLong);
-  for (int64_t b = 0; b < B; ++b) {
-    const auto& p = prompts[size_t(b)];
-    pad.push_back(longest - static_cast<int64_t>(p.size()));
-    ids[b].narrow(0, pad.back(), static_cast<int64_t>(p.size())).copy_(at::tensor(p, at::kLong));
-  }
+  const at::Tensor ids = left_padded(prompts, longest, pad);  // [B, longest]
   std::vector<std::vector<int64_t>> out(prompts.size());
   if (o.max_new_tokens <= 0) return out;
   // The last new token is never fed back: the cache needs longest + max_new - 1 columns.

@@ -120,7 +120,9 @@ class Runner {
       profile::ProfileRequest p;
       p.model = model, p.base = s.inputs["base"],
       p.method.method = s.inputs["method"].get<std::string>();
-      p.mode = s.inputs["mode"], p.granularity = s.inputs["granularity"];
+      p.mode = profile::kModes.parse(s.inputs["mode"].get<std::string>(), "profile stage mode");
+      p.granularity = profile::kGranularities.parse(s.inputs["granularity"].get<std::string>(),
+                                                    "profile stage granularity");
       set_calibration(p.method);
       p.proxies = e_.proxies, p.compute = o_.compute, p.gpus = o_.gpus;
       if (!p.gpus.empty()) p.compute.device.clear();  // --gpus names the devices

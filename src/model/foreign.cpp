@@ -194,31 +194,33 @@ at::Tensor stored(const io::Checkpoint& ck, const std::string& name, at::ScalarT
   return t;
 }
 
-// Adds the kldq tensors of quantized layer `l` [out, in] to `d` and the stored ones it replaces
-// to `hidden`.
-void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec& s, int64_t out,
-               int64_t in, std::map<std::string, Derived>& d, std::set<std::string>& hidden) {
-  const std::string where = fmt::format("{}: layer '{}'", ck.dir().string(), l);
-  if (ck.contains(l + ".weight_g_idx"))
-    throw IoError(fmt::format("{}: act-order indices (weight_g_idx) are not supported", where));
-  if (s.format == Format::FP8_E4M3) {
-    const at::Tensor w = stored(ck, l + ".weight", at::kFloat8_e4m3fn, {out, in});
-    const int64_t n = s.per_tensor ? 1 : out;
-    const at::Tensor scale = ck.tensor(l + ".weight_scale");
-    const std::vector<int64_t> shape = scale.sizes().vec();
-    const bool shaped =
-        s.per_tensor ? scale.numel() == 1 && scale.dim() <= 1
-                     : shape == std::vector<int64_t>{out, 1} || shape == std::vector<int64_t>{out};
-    if (!shaped || !at::isFloatingType(scale.scalar_type()))
-      throw IoError(fmt::format("{}: weight_scale must be a float [{}]", where,
-                                s.per_tensor ? "1" : fmt::format("{}, 1", out)));
-    hidden.insert(l + ".weight");
-    d[l + ".weight_packed"] = {info(l + ".weight_packed", at::kFloat8_e4m3fn, {out, in}),
-                               [w] { return w; }};
-    d[l + ".weight_scale"] = {info(l + ".weight_scale", at::kFloat, {n}),
-                              [scale, n] { return scale.to(at::kFloat).reshape({n}); }};
-    return;
-  }
+// fp8 e4m3 layer `l` [out, in]: the stored float8 weight as kldq's codes, its weight_scale as
+// fp32 [1] (per tensor) or [out] (per channel).
+void translate_fp8(const io::Checkpoint& ck, const std::string& l, const std::string& where,
+                   const FormatSpec& s, int64_t out, int64_t in, std::map<std::string, Derived>& d,
+                   std::set<std::string>& hidden) {
+  const at::Tensor w = stored(ck, l + ".weight", at::kFloat8_e4m3fn, {out, in});
+  const int64_t n = s.per_tensor ? 1 : out;
+  const at::Tensor scale = ck.tensor(l + ".weight_scale");
+  const std::vector<int64_t> shape = scale.sizes().vec();
+  const bool shaped =
+      s.per_tensor ? scale.numel() == 1 && scale.dim() <= 1
+                   : shape == std::vector<int64_t>{out, 1} || shape == std::vector<int64_t>{out};
+  if (!shaped || !at::isFloatingType(scale.scalar_type()))
+    throw IoError(fmt::format("{}: weight_scale must be a float [{}]", where,
+                              s.per_tensor ? "1" : fmt::format("{}, 1", out)));
+  hidden.insert(l + ".weight");
+  d[l + ".weight_packed"] = {info(l + ".weight_packed", at::kFloat8_e4m3fn, {out, in}),
+                             [w] { return w; }};
+  d[l + ".weight_scale"] = {info(l + ".weight_scale", at::kFloat, {n}),
+                            [scale, n] { return scale.to(at::kFloat).reshape({n}); }};
+}
+
+// Integer layer `l` [out, in]: the int32 weight_packed rows as kldq's code rows (int8: stored
+// q + 128 -> q), weight_scale as exact fp16, and the asymmetric formats' zero points unpacked.
+void translate_int(const io::Checkpoint& ck, const std::string& l, const std::string& where,
+                   const FormatSpec& s, int64_t out, int64_t in, std::map<std::string, Derived>& d,
+                   std::set<std::string>& hidden) {
   const int b = s.traits().code_bits;
   const int64_t words = (in * b + 31) / 32, groups = s.format == Format::INT8 ? 1 : in / s.group;
   if (s.format != Format::INT8 && in % s.group != 0)
@@ -258,6 +260,19 @@ void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec&
                            }};
 }
 
+// Adds the kldq tensors of quantized layer `l` [out, in] to `d` and the stored ones it replaces
+// to `hidden`.
+void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec& s, int64_t out,
+               int64_t in, std::map<std::string, Derived>& d, std::set<std::string>& hidden) {
+  const std::string where = fmt::format("{}: layer '{}'", ck.dir().string(), l);
+  if (ck.contains(l + ".weight_g_idx"))
+    throw IoError(fmt::format("{}: act-order indices (weight_g_idx) are not supported", where));
+  if (s.format == Format::FP8_E4M3)
+    translate_fp8(ck, l, where, s, out, in, d, hidden);
+  else
+    translate_int(ck, l, where, s, out, in, d, hidden);
+}
+
 // ConfigError for a quantization_config kldq does not read: another quant_method, a status
 // other than compressed, sparsity, transforms or a kv-cache scheme.
 void check_scheme(const io::Doc& qd) {
@@ -290,6 +305,38 @@ void check_weight_only(const io::Checkpoint& ck, const fs::path& dir) {
                       dir.string(), name));
 }
 
+// The config groups' targets and formats: groups by name (an object, as compressed-tensors
+// writes them), or a list of groups; null means none (every layer dense).
+using Groups = std::vector<std::pair<std::vector<Target>, FormatSpec>>;
+Groups config_groups(const io::Doc& qd, const std::string& top) {
+  Groups groups;
+  const io::Doc cg = qd["config_groups"];
+  if (cg.json().is_array()) {
+    for (size_t i = 0; i < cg.size(); ++i)
+      groups.push_back({targets(cg[i]["targets"]), group_format(cg[i], top)});
+  } else if (!cg.is_null()) {
+    cg.require_object();
+    for (const auto& [name, g] : cg.json().items())
+      groups.push_back({targets(cg[name]["targets"]), group_format(cg[name], top)});
+  }
+  return groups;
+}
+
+// The format of the groups targeting layer `name`, or null when none does; ConfigError when
+// groups of different formats do.
+const FormatSpec* layer_spec(const Groups& groups, const std::string& name,
+                             const std::string& where) {
+  const FormatSpec* spec = nullptr;
+  for (const auto& [ts, s] : groups)
+    if (std::any_of(ts.begin(), ts.end(), [&](const Target& t) { return t.matches(name); })) {
+      if (spec && spec->name() != s.name())
+        throw ConfigError(fmt::format("{}: layer '{}' is targeted by groups of formats {} and {}",
+                                      where, name, spec->name(), s.name()));
+      spec = &s;
+    }
+  return spec;
+}
+
 }  // namespace
 
 io::Checkpoint open_checkpoint(const fs::path& dir) {
@@ -302,19 +349,7 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
   const std::string where = qd.where();
   check_scheme(qd);
   const ModelConfig config = parse_config(j, (dir / "config.json").string());
-  const std::string top = text(qd, "format", "");
-  std::vector<std::pair<std::vector<Target>, FormatSpec>> groups;
-  // Groups by name (an object, as compressed-tensors writes them), or a list of groups; null
-  // means none (every layer dense).
-  const io::Doc cg = qd["config_groups"];
-  if (cg.json().is_array()) {
-    for (size_t i = 0; i < cg.size(); ++i)
-      groups.push_back({targets(cg[i]["targets"]), group_format(cg[i], top)});
-  } else if (!cg.is_null()) {
-    cg.require_object();
-    for (const auto& [name, g] : cg.json().items())
-      groups.push_back({targets(cg[name]["targets"]), group_format(cg[name], top)});
-  }
+  const Groups groups = config_groups(qd, text(qd, "format", ""));
   const std::vector<Target> ignore =
       qd.has("ignore") ? targets(qd["ignore"]) : std::vector<Target>{};
   check_weight_only(ck, dir);
@@ -324,31 +359,17 @@ io::Checkpoint open_checkpoint(const fs::path& dir) {
   for (int b = 0; b < config.num_layers; ++b)
     for (Proj p : kAllProjs) {
       const std::string name = LayerId{b, p}.name();
-      // Unquantized layers stored in bf16/fp16 are held as kldq's restored layers are (in
-      // their own precision, whatever the compute dtype), so memory and bits per weight compare.
-      auto dense = [&] {
+      const bool ignored = std::any_of(ignore.begin(), ignore.end(),
+                                       [&](const Target& t) { return t.matches(name); });
+      const FormatSpec* spec = ignored ? nullptr : layer_spec(groups, name, where);
+      if (!spec) {
+        // Unquantized layers stored in bf16/fp16 are held as kldq's restored layers are (in
+        // their own precision, whatever the compute dtype), so memory and bits per weight
+        // compare.
         const auto dt = ck.contains(name + ".weight") ? ck.info(name + ".weight").scalar_type
                                                       : at::ScalarType::Undefined;
         if (dt == at::kBFloat16 || dt == at::kHalf)
           layer_formats[name] = dt == at::kBFloat16 ? "bf16" : "fp16";
-      };
-      if (std::any_of(ignore.begin(), ignore.end(),
-                      [&](const Target& t) { return t.matches(name); })) {
-        dense();
-        continue;
-      }
-      const FormatSpec* spec = nullptr;
-      for (const auto& [ts, s] : groups)
-        if (std::any_of(ts.begin(), ts.end(), [&](const Target& t) { return t.matches(name); })) {
-          if (spec && spec->name() != s.name())
-            throw ConfigError(
-                fmt::format("{}: layer '{}' is targeted by groups of formats {} "
-                            "and {}",
-                            where, name, spec->name(), s.name()));
-          spec = &s;
-        }
-      if (!spec) {
-        dense();
         continue;
       }
       const std::vector<int64_t> shape = linear_shape(config, p);

@@ -194,14 +194,6 @@ size_t group_size(const Decoder& m, int64_t batch, int64_t T, double bytes) {
   return units_per_group(m.config(), batch, T, m.dtype(), bytes);
 }
 
-Mode parse_mode(const std::string& s, const char* option) {
-  return kModes.parse(s, option);
-}
-
-Granularity parse_granularity(const std::string& s, const char* option) {
-  return kGranularities.parse(s, option);
-}
-
 const char* mode_name(Mode m) {
   return kModes.name(m);
 }

@@ -62,8 +62,8 @@ std::string units_csv(const nlohmann::json& units) {
 // The command line's profile options (caches_on_host: decided with the residency).
 Options options_of(const ProfileRequest& o) {
   Options po;
-  po.mode = parse_mode(o.mode, "--mode");
-  po.granularity = parse_granularity(o.granularity, "--granularity");
+  po.mode = o.mode;
+  po.granularity = o.granularity;
   po.base = quant::base_format(o.base, o.method.group, "--base");
   po.batch = o.batch;
   po.cached = !o.naive;
@@ -244,9 +244,10 @@ ProfileReport profile_checkpoint(const ProfileRequest& o) {
   const std::vector<model::Decoder*>& models = copies.models;
   const std::vector<model::MemoryPlan>& residency = copies.residency;
   model::Decoder& m = *models[0];
-  log::info("profile {}: {} {} units, {}/{}, {} x {} calibration tokens of {}{}", o.model, o.mode,
-            o.granularity, quant::method_name(method.method), po.base.name(), cal.ids.size(0),
-            cal.ids.size(1), cal.identity.value("file", o.method.calib),
+  log::info("profile {}: {} {} units, {}/{}, {} x {} calibration tokens of {}{}", o.model,
+            mode_name(po.mode), granularity_name(po.granularity), quant::method_name(method.method),
+            po.base.name(), cal.ids.size(0), cal.ids.size(1),
+            cal.identity.value("file", o.method.calib),
             models.size() > 1 ? fmt::format(", on {} GPUs", models.size()) : "");
   const auto t1 = std::chrono::steady_clock::now();
   model::LayerFormats all;

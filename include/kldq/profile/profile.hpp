@@ -39,9 +39,7 @@ inline constexpr Vocabulary<Granularity, 3> kGranularities{
     {{{Granularity::LINEAR, "linear"},
       {Granularity::HALF_BLOCK, "half-block"},
       {Granularity::BLOCK, "block"}}}};
-// "quantize-one" / "restore-one"; "linear" / "half-block" / "block"; ConfigError naming `option`.
-Mode parse_mode(const std::string& s, const char* option);
-Granularity parse_granularity(const std::string& s, const char* option);
+// A mode's and a granularity's names (kModes, kGranularities).
 const char* mode_name(Mode m);
 const char* granularity_name(Granularity g);
 

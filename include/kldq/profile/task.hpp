@@ -8,12 +8,15 @@
 #include <vector>
 
 #include "kldq/model/compute.hpp"
+#include "kldq/profile/profile.hpp"
 #include "kldq/quant/resolve.hpp"
 
 namespace kldq::profile {
 
 struct ProfileRequest {
-  std::string model, base, mode = "quantize-one", granularity = "linear";
+  std::string model, base;
+  Mode mode = Mode::QUANTIZE_ONE;
+  Granularity granularity = Granularity::LINEAR;
   std::string out, csv, shard, gpus;  // -o, --csv, --shard i/n, --gpus
   std::vector<std::string> merge;     // shard profiles to merge instead of profiling
   int64_t batch = 8;
