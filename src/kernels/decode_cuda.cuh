@@ -14,6 +14,7 @@
 
 #include "cuda_common.cuh"
 #include "kldq/formats/code_tables.hpp"
+#include "packed_view.hpp"
 
 namespace kldq::kernels::cuda {
 
@@ -188,5 +189,36 @@ struct DecodeByte {
     decode(raw, v);
   }
 };
+
+// Calls f(decoder, table) with the chunk decoder of w's format and its code table (4-bit formats;
+// empty for the others): the one place a kernel's launcher turns a view into a decoder.
+template <class F>
+void with_decoder(const PackedView& w, F&& f) {
+  const auto* u16 = static_cast<const uint16_t*>(w.scales);
+  switch (w.kind) {
+    case PackedView::Kind::FourBit:
+      return f(
+          Decode4bit{w.codes, static_cast<const float*>(w.scales), w.cols, log2_exact(w.group)},
+          code_table(w.fp4));
+    case PackedView::Kind::IntGroup: {
+      const int64_t row_bytes = (w.cols * w.bits + 7) / 8,
+                    groups = (w.cols + w.group - 1) / w.group;
+      const auto* z8 = w.float_zero ? nullptr : static_cast<const uint8_t*>(w.zeros);
+      const auto* z16 = w.float_zero ? static_cast<const uint16_t*>(w.zeros) : nullptr;
+      const int shift = log2_exact(w.group);
+      if (w.cols % w.group == 0)
+        return f(DecodeIntGroup<true>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
+                                      w.group, shift},
+                 CodeTable{});
+      return f(DecodeIntGroup<false>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
+                                     w.group, shift},
+               CodeTable{});
+    }
+    case PackedView::Kind::Int8:
+      return f(DecodeByte{w.codes, w.scales, 0, false, w.cols}, CodeTable{});
+    case PackedView::Kind::Fp8:
+      return f(DecodeByte{w.codes, w.scales, w.e5m2 ? 2 : 1, w.per_tensor, w.cols}, CodeTable{});
+  }
+}
 
 }  // namespace kldq::kernels::cuda

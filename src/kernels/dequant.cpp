@@ -19,55 +19,21 @@
 namespace kldq::kernels {
 namespace {
 
-using formats::Format;
-
 #if KLDQ_WITH_CUDA_BUILD
-template <class T>
-const T* ptr(const at::Tensor& t) {
-  return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
-}
-
 void dequantize_cuda(const formats::PackedWeight& p, const at::Tensor& dst) {
   const c10::cuda::CUDAGuard guard(dst.device());
-  void* stream = stream_of(dst);
-  const cuda::Dtype t = cuda_dtype(dst.scalar_type());
-  const at::Tensor codes = p.codes.contiguous();
-  const at::Tensor scales = p.scales.defined() ? p.scales.contiguous() : at::Tensor();
-  const at::Tensor zeros = p.zeros.defined() ? p.zeros.contiguous() : at::Tensor();
-  // Vector path: whole 8-element chunks, 16-byte aligned output rows, 4-byte aligned codes.
-  const bool vec = p.in % 8 == 0 && aligned(dst.data_ptr(), 16) && aligned(codes.data_ptr(), 8);
-  const int64_t rows = p.out, cols = p.in;
-  switch (p.spec.format) {
-    case Format::NF4:
-    case Format::FP4:
-      cuda::dequant_4bit(t, p.spec.format == Format::FP4, ptr<uint8_t>(codes), ptr<float>(scales),
-                         rows, cols, p.spec.group, dst.data_ptr(), vec, stream);
-      return;
-    case Format::INT4:
-    case Format::INT3:
-    case Format::INT2:
-      cuda::dequant_int_group(t, ptr<uint8_t>(codes), ptr<uint16_t>(scales),
-                              p.spec.float_zero ? nullptr : ptr<uint8_t>(zeros),
-                              p.spec.float_zero ? ptr<uint16_t>(zeros) : nullptr,
-                              p.spec.traits().code_bits, rows, cols, p.spec.group, dst.data_ptr(),
-                              vec, stream);
-      return;
-    case Format::INT8:
-      cuda::dequant_int8(t, ptr<int8_t>(codes), ptr<uint16_t>(scales), rows, cols, dst.data_ptr(),
-                         vec, stream);
-      return;
-    case Format::FP8_E4M3:
-    case Format::FP8_E5M2:
-    case Format::FP8_E4M3_NOSCALE:
-      cuda::dequant_fp8(t, p.spec.format == Format::FP8_E5M2, ptr<uint8_t>(codes),
-                        ptr<float>(scales), p.spec.per_tensor, rows, cols, dst.data_ptr(), vec,
-                        stream);
-      return;
-    case Format::BF16:
-    case Format::FP16:
-      dst.copy_(codes);  // dense: one rounding to dst's dtype, as the reference
-      return;
+  formats::PackedWeight c = p;  // contiguous stored tensors, kept alive for the launch
+  c.codes = p.codes.contiguous();
+  if (p.scales.defined()) c.scales = p.scales.contiguous();
+  if (p.zeros.defined()) c.zeros = p.zeros.contiguous();
+  const auto view = packed_view(c);
+  if (!view) {
+    dst.copy_(c.codes);  // dense: one rounding to dst's dtype, as the reference
+    return;
   }
+  // Vector path: whole 8-element chunks, 16-byte aligned output rows, 4-byte aligned codes.
+  const bool vec = p.in % 8 == 0 && aligned(dst.data_ptr(), 16) && aligned(c.codes.data_ptr(), 8);
+  cuda::dequant_packed(cuda_dtype(dst.scalar_type()), *view, dst.data_ptr(), vec, stream_of(dst));
 }
 #endif
 

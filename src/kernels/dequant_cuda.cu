@@ -115,38 +115,10 @@ void launch(Dtype t, const D& d, void* out, int64_t rows, int64_t cols, bool vec
 
 }  // namespace
 
-void dequant_4bit(Dtype t, bool fp4, const uint8_t* codes, const float* absmax, int64_t rows,
-                  int64_t cols, int block, void* out, bool vec, void* stream) {
-  launch(t, Decode4bit{codes, absmax, cols, log2_exact(block)}, out, rows, cols, vec,
-         code_table(fp4), stream, "dequant_4bit");
-}
-
-void dequant_int_group(Dtype t, const uint8_t* codes, const uint16_t* scales, const uint8_t* zeros,
-                       const uint16_t* zeros_f16, int bits, int64_t rows, int64_t cols, int group,
-                       void* out, bool vec, void* stream) {
-  const int64_t row_bytes = (cols * bits + 7) / 8, groups = (cols + group - 1) / group;
-  const int shift = log2_exact(group);
-  if (cols % group == 0) {
-    const DecodeIntGroup<true> d{codes,     scales, zeros, zeros_f16, bits,
-                                 row_bytes, groups, cols,  group,     shift};
-    launch(t, d, out, rows, cols, vec, CodeTable{}, stream, "dequant_int_group");
-  } else {
-    const DecodeIntGroup<false> d{codes,     scales, zeros, zeros_f16, bits,
-                                  row_bytes, groups, cols,  group,     shift};
-    launch(t, d, out, rows, cols, vec, CodeTable{}, stream, "dequant_int_group");
-  }
-}
-
-void dequant_int8(Dtype t, const int8_t* codes, const uint16_t* scales, int64_t rows, int64_t cols,
-                  void* out, bool vec, void* stream) {
-  launch(t, DecodeByte{reinterpret_cast<const uint8_t*>(codes), scales, 0, false, cols}, out, rows,
-         cols, vec, CodeTable{}, stream, "dequant_int8");
-}
-
-void dequant_fp8(Dtype t, bool e5m2, const uint8_t* codes, const float* scales, bool per_tensor,
-                 int64_t rows, int64_t cols, void* out, bool vec, void* stream) {
-  launch(t, DecodeByte{codes, scales, e5m2 ? 2 : 1, per_tensor, cols}, out, rows, cols, vec,
-         CodeTable{}, stream, "dequant_fp8");
+void dequant_packed(Dtype t, const PackedView& w, void* out, bool vec, void* stream) {
+  with_decoder(w, [&](const auto& d, const CodeTable& table) {
+    launch(t, d, out, w.rows, w.cols, vec, table, stream, "dequant_packed");
+  });
 }
 
 }  // namespace kldq::kernels::cuda

@@ -20,48 +20,6 @@
 
 namespace kldq::kernels {
 
-#if KLDQ_WITH_CUDA_BUILD
-namespace {
-
-using formats::Format;
-
-// The kernel's view of p, or nullopt for a format it does not decode (dense).
-std::optional<cuda::PackedView> view_of(const formats::PackedWeight& p) {
-  cuda::PackedView v;
-  v.codes = static_cast<const uint8_t*>(p.codes.data_ptr());
-  v.scales = p.scales.defined() ? p.scales.data_ptr() : nullptr;
-  v.zeros = p.zeros.defined() ? p.zeros.data_ptr() : nullptr;
-  v.rows = p.out, v.cols = p.in, v.group = p.spec.group;
-  switch (p.spec.format) {
-    case Format::NF4:
-    case Format::FP4:
-      v.kind = cuda::PackedView::Kind::FourBit, v.fp4 = p.spec.format == Format::FP4;
-      return v;
-    case Format::INT4:
-    case Format::INT3:
-    case Format::INT2:
-      v.kind = cuda::PackedView::Kind::IntGroup, v.float_zero = p.spec.float_zero;
-      v.bits = p.spec.traits().code_bits;
-      return v;
-    case Format::INT8:
-      v.kind = cuda::PackedView::Kind::Int8;
-      return v;
-    case Format::FP8_E4M3:
-    case Format::FP8_E5M2:
-    case Format::FP8_E4M3_NOSCALE:
-      v.kind = cuda::PackedView::Kind::Fp8, v.e5m2 = p.spec.format == Format::FP8_E5M2;
-      v.per_tensor = p.spec.per_tensor;
-      return v;
-    case Format::BF16:
-    case Format::FP16:
-      return std::nullopt;
-  }
-  return std::nullopt;
-}
-
-}  // namespace
-#endif
-
 bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias) {
 #if KLDQ_WITH_CUDA_BUILD
   const auto t = x.scalar_type();
@@ -81,7 +39,7 @@ bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at:
                           (!p.zeros.defined() || p.zeros.is_contiguous());
   // x rows are read 8 elements at a time (16 or 32 bytes), codes up to 8 bytes at a time.
   return contiguous && aligned(x.data_ptr(), 8 * x.element_size()) &&
-         aligned(p.codes.data_ptr(), 8) && view_of(p).has_value();
+         aligned(p.codes.data_ptr(), 8) && packed_view(p).has_value();
 #else
   (void)p, (void)x, (void)bias;
   return false;
@@ -95,7 +53,7 @@ at::Tensor gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::T
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = p.out;
   at::Tensor y = at::empty(shape, x.options());  // [..., out]
-  cuda::gemv_packed(cuda_dtype(x.scalar_type()), *view_of(p), x.data_ptr(), x.numel() / p.in,
+  cuda::gemv_packed(cuda_dtype(x.scalar_type()), *packed_view(p), x.data_ptr(), x.numel() / p.in,
                     bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), stream_of(x));
   return y;
 #else

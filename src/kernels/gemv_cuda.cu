@@ -109,33 +109,9 @@ void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const v
                  void* stream) {
   if (m > gemv_max_rows(t) || w.cols % 8 != 0)
     throw std::runtime_error("gemv_packed: needs at most gemv_max_rows rows and cols % 8 == 0");
-  const auto* u16 = static_cast<const uint16_t*>(w.scales);
-  switch (w.kind) {
-    case PackedView::Kind::FourBit:
-      return launch(
-          t, Decode4bit{w.codes, static_cast<const float*>(w.scales), w.cols, log2_exact(w.group)},
-          w, x, m, bias, y, code_table(w.fp4), stream);
-    case PackedView::Kind::IntGroup: {
-      const int64_t row_bytes = w.cols * w.bits / 8, groups = (w.cols + w.group - 1) / w.group;
-      const auto* z8 = w.float_zero ? nullptr : static_cast<const uint8_t*>(w.zeros);
-      const auto* z16 = w.float_zero ? static_cast<const uint16_t*>(w.zeros) : nullptr;
-      if (w.cols % w.group == 0)
-        return launch(t,
-                      DecodeIntGroup<true>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
-                                           w.group, log2_exact(w.group)},
-                      w, x, m, bias, y, CodeTable{}, stream);
-      return launch(t,
-                    DecodeIntGroup<false>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
-                                          w.group, log2_exact(w.group)},
-                    w, x, m, bias, y, CodeTable{}, stream);
-    }
-    case PackedView::Kind::Int8:
-      return launch(t, DecodeByte{w.codes, w.scales, 0, false, w.cols}, w, x, m, bias, y,
-                    CodeTable{}, stream);
-    case PackedView::Kind::Fp8:
-      return launch(t, DecodeByte{w.codes, w.scales, w.e5m2 ? 2 : 1, w.per_tensor, w.cols}, w, x, m,
-                    bias, y, CodeTable{}, stream);
-  }
+  with_decoder(w, [&](const auto& d, const CodeTable& table) {
+    launch(t, d, w, x, m, bias, y, table, stream);
+  });
 }
 
 }  // namespace kldq::kernels::cuda
