@@ -12,10 +12,19 @@ namespace kldq::cli {
 
 namespace {
 
+// The request, with --ppl-protocol and --mmlu-protocol as typed: parsed through the vocabularies
+// when the command runs, so a bad value is kldq's ConfigError naming the option (exit 2).
+struct EvalCommand {
+  eval::EvalRequest request;
+  std::string ppl_protocol = eval::kPplProtocols.name(request.ppl_protocol);
+  std::string mmlu_protocol = eval::kMmluProtocols.name(request.mmlu_protocol);
+};
+
 // MMLU: the data, protocol and shots, the questions run, and the predictions for flips.
-void add_mmlu_options(CLI::App& sub, eval::EvalRequest& opts) {
+void add_mmlu_options(CLI::App& sub, EvalCommand& cmd) {
+  eval::EvalRequest& opts = cmd.request;
   sub.add_option("--mmlu", opts.mmlu, "MMLU directory (dev/, test/ CSVs) or JSONL file");
-  sub.add_option("--mmlu-protocol", opts.mmlu_protocol, eval::kMmluProtocols.names())
+  sub.add_option("--mmlu-protocol", cmd.mmlu_protocol, eval::kMmluProtocols.names())
       ->capture_default_str();
   sub.add_option("--shots", opts.shots, "dev examples per prompt (5shot protocol)")
       ->default_str(std::to_string(eval::MmluOptions{}.shots))
@@ -48,7 +57,8 @@ void add_task_options(CLI::App& sub, eval::EvalRequest& opts) {
 }  // namespace
 
 void register_eval(CLI::App& app, Action& action) {
-  auto opts = std::make_shared<eval::EvalRequest>();
+  auto cmd = std::make_shared<EvalCommand>();
+  eval::EvalRequest* opts = &cmd->request;
   auto* sub = app.add_subcommand("eval", "perplexity, KL, MMLU and flips against a reference");
   // Required unless --merge (checked by eval::evaluate).
   sub->add_option("MODEL", opts->model, "checkpoint or quantized checkpoint");
@@ -58,7 +68,7 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_option("--plan", opts->plan, "quantize MODEL in memory with this plan first")
       ->excludes(base);
   sub->add_option("--ppl", opts->ppl, "text file (whole) or JSONL (rows' \"text\" joined)");
-  sub->add_option("--ppl-protocol", opts->ppl_protocol, eval::kPplProtocols.names())
+  sub->add_option("--ppl-protocol", cmd->ppl_protocol, eval::kPplProtocols.names())
       ->capture_default_str();
   sub->add_option("--ctx", opts->ctx,
                   "window length (default 2048; llamacpp 512; capped by the model)")
@@ -68,7 +78,7 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_flag("--kld", opts->kld, "KL divergence against the reference, per token");
   sub->add_flag("--speed", opts->speed,
                 "prefill and decode tokens/s of MODEL (prompt 128, 256 new, batch 1 and 16)");
-  add_mmlu_options(*sub, *opts);
+  add_mmlu_options(*sub, *cmd);
   add_task_options(*sub, *opts);
   sub->add_option("--batch", opts->batch,
                   "windows, prompts or task items per forward (as in an experiment's eval)")
@@ -82,8 +92,13 @@ void register_eval(CLI::App& app, Action& action) {
   sub->add_option("-o,--output", opts->out, "metrics JSON")->required();
   add_method_options(*sub, opts->method, true);
   add_compute_options(*sub, opts->compute);
-  sub->callback(
-      [&action, opts] { action = [opts] { return print(eval::evaluate(*opts).summary); }; });
+  sub->callback([&action, cmd] {
+    action = [cmd] {
+      cmd->request.ppl_protocol = eval::parse_ppl_protocol(cmd->ppl_protocol, "--ppl-protocol");
+      cmd->request.mmlu_protocol = eval::parse_mmlu_protocol(cmd->mmlu_protocol, "--mmlu-protocol");
+      return print(eval::evaluate(cmd->request).summary);
+    };
+  });
 }
 
 }  // namespace kldq::cli

@@ -15,7 +15,7 @@ namespace kldq::eval {
 Inputs settings_from(const EvalRequest& o, int64_t max_ctx) {
   Inputs in;
   if (!o.ppl.empty()) {
-    in.ppl.protocol = parse_ppl_protocol(o.ppl_protocol, "--ppl-protocol");
+    in.ppl.protocol = o.ppl_protocol;
     const int64_t ctx = o.ctx > 0 ? o.ctx : in.ppl.protocol == PplProtocol::LLAMACPP ? 512 : 2048;
     in.ppl.ctx = std::min(ctx, max_ctx);
     if (o.stride > 0 && in.ppl.protocol != PplProtocol::SLIDING)
@@ -26,7 +26,7 @@ Inputs settings_from(const EvalRequest& o, int64_t max_ctx) {
     in.ppl.batch = o.batch;
   }
   if (!o.mmlu.empty()) {
-    in.mmlu.protocol = parse_mmlu_protocol(o.mmlu_protocol, "--mmlu-protocol");
+    in.mmlu.protocol = o.mmlu_protocol;
     const bool chat = in.mmlu.protocol == MmluProtocol::CHAT0SHOT;
     if (chat && o.shots > 0) throw ConfigError("--shots: chat0shot is a 0-shot protocol");
     in.mmlu.shots = o.shots >= 0 ? o.shots : chat ? 0 : 5;
@@ -34,7 +34,7 @@ Inputs settings_from(const EvalRequest& o, int64_t max_ctx) {
     in.mmlu.batch = o.batch;
     in.mmlu.max_len = max_ctx;
     in.mmlu.shared_prefix = !o.mmlu_unshared;
-    in.mmlu_tag = fmt::format("{}:{}", chat ? "chat0shot" : "5shot", in.mmlu.shots);
+    in.mmlu_tag = fmt::format("{}:{}", kMmluProtocols.name(in.mmlu.protocol), in.mmlu.shots);
   }
   return in;
 }

@@ -165,10 +165,10 @@ nlohmann::json Experiment::resolved() const {
       {"profile", {{"proxies", proxies}}},
       {"plan", {{"candidates", candidates}}},
       {"eval",
-       {{"ppl_protocol", eval.ppl_protocol},
+       {{"ppl_protocol", eval::kPplProtocols.name(eval.ppl_protocol)},
         {"ctx", eval.ctx},
         {"kld", eval.kld},
-        {"mmlu_protocol", eval.mmlu_protocol},
+        {"mmlu_protocol", eval::kMmluProtocols.name(eval.mmlu_protocol)},
         {"shots", eval.shots},
         {"mmlu_limit", eval.mmlu_limit},
         {"batch", eval.batch}}},
@@ -348,11 +348,11 @@ void read_eval(const Node& top, Experiment& e) {
     v.only({"ppl_protocol", "ctx", "kld", "mmlu_protocol", "shots", "mmlu_limit", "batch", "tasks",
             "tasks_limit", "speed"});
     if (v.has("ppl_protocol"))
-      e.eval.ppl_protocol = name_of(v.at("ppl_protocol"), eval::kPplProtocols);
+      e.eval.ppl_protocol = one_of(v.at("ppl_protocol"), eval::kPplProtocols);
     if (v.has("ctx")) e.eval.ctx = v.at("ctx").count(2);
     if (v.has("kld")) e.eval.kld = v.at("kld").flag();
     if (v.has("mmlu_protocol"))
-      e.eval.mmlu_protocol = name_of(v.at("mmlu_protocol"), eval::kMmluProtocols);
+      e.eval.mmlu_protocol = one_of(v.at("mmlu_protocol"), eval::kMmluProtocols);
     if (v.has("shots")) e.eval.shots = v.at("shots").count(0);
     if (v.has("mmlu_limit")) e.eval.mmlu_limit = v.at("mmlu_limit").count(0);
     if (v.has("batch")) e.eval.batch = v.at("batch").count(1);

@@ -145,7 +145,7 @@ class Runner {
     v.ppl = e_.ppl, v.ppl_protocol = e_.eval.ppl_protocol, v.ctx = e_.eval.ctx;
     v.kld = s.kind == "eval" && e_.eval.kld && !e_.ppl.empty();
     v.mmlu = e_.mmlu, v.mmlu_protocol = e_.eval.mmlu_protocol;
-    v.shots = e_.eval.mmlu_protocol == "chat0shot" ? -1 : int(e_.eval.shots);
+    v.shots = e_.eval.mmlu_protocol == eval::MmluProtocol::CHAT0SHOT ? -1 : int(e_.eval.shots);
     v.mmlu_limit = e_.eval.mmlu_limit, v.batch = e_.eval.batch, v.compute = o_.compute;
     v.speed = e_.eval.speed;
     if (s.inputs.contains("calibration")) set_calibration(v.method);

@@ -16,11 +16,17 @@ namespace {
 // Doc::shown's rendering.
 std::string render(const nlohmann::json& j) {
   if (j.is_structured()) return j.type_name();
-  std::string s = j.dump();
-  return s.size() > 60 ? s.substr(0, 57) + "..." : s;
+  return shown_text(j.dump());
 }
 
 }  // namespace
+
+std::string shown_text(std::string_view text) {
+  if (text.size() <= 60) return std::string(text);
+  size_t n = 57;
+  while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xC0) == 0x80) --n;  // a continuation
+  return std::string(text.substr(0, n)) + "...";
+}
 
 std::string doc_message(std::string_view file, std::string_view path, std::string_view what) {
   if (path.empty()) return fmt::format("{}: {}", file, what);  // the document as a whole

@@ -33,11 +33,11 @@ struct Reader {
   // buffer shapes) inside int64 and stop a hostile config.json from requesting huge buffers.
   int64_t positive_int(const std::string& key, int64_t max) const {
     if (!has(key)) fail(key, "missing required key");
-    const auto& v = d.json()[key];
-    if (!v.is_number_integer() || v.get<int64_t>() <= 0)
-      fail(key, fmt::format("expected a positive integer, got {}", v.dump()));
-    if (v.get<int64_t>() > max) fail(key, fmt::format("{} is larger than {}", v.dump(), max));
-    return v.get<int64_t>();
+    const io::Doc v = d[key];
+    if (!v.json().is_number_integer() || v.json().get<int64_t>() <= 0)
+      v.fail(fmt::format("expected a positive integer, got {}", v.shown()));
+    if (v.json().get<int64_t>() > max) v.fail(fmt::format("{} is larger than {}", v.shown(), max));
+    return v.json().get<int64_t>();
   }
   int64_t positive_int_or(const std::string& key, int64_t max, int64_t fallback) const {
     return has(key) ? positive_int(key, max) : fallback;
@@ -46,7 +46,7 @@ struct Reader {
     if (!obj.has(key)) return fallback;
     const io::Doc v = obj[key];
     if (!v.json().is_number() || v.json().get<double>() <= 0)
-      v.fail(fmt::format("expected a positive number, got {}", v.json().dump()));
+      v.fail(fmt::format("expected a positive number, got {}", v.shown()));
     return v.json().get<double>();
   }
   bool boolean_or(const std::string& key, bool fallback) const { return d.bool_or(key, fallback); }
@@ -71,7 +71,7 @@ void parse_rope(const Reader& r, ModelConfig& c) {
     if (type != "default")
       throw UnsupportedError(fmt::format(
           "{}: {}.rope_type: RoPE scaling '{}' is not supported (only unscaled 'default' RoPE)",
-          r.d.file(), key, type));
+          r.d.file(), key, io::shown_text(type)));
   }
 }
 
@@ -91,8 +91,9 @@ ModelConfig parse_config(const json& j, const std::string& source) {
   else if (c.model_type.empty())
     r.fail("model_type", "missing required key");
   else
-    throw UnsupportedError(fmt::format(
-        "{}: model_type: '{}' is not supported (qwen2, llama, mistral)", source, c.model_type));
+    throw UnsupportedError(
+        fmt::format("{}: model_type: '{}' is not supported (qwen2, llama, mistral)", source,
+                    io::shown_text(c.model_type)));
   c.hidden_size = r.positive_int("hidden_size", kMaxWidth);
   c.intermediate_size = r.positive_int("intermediate_size", kMaxWidth);
   c.num_layers = r.positive_int("num_hidden_layers", kMaxLayers);
@@ -120,7 +121,7 @@ ModelConfig parse_config(const json& j, const std::string& source) {
   const std::string act = r.string_or("hidden_act", "silu");
   if (act != "silu")
     throw UnsupportedError(
-        fmt::format("{}: hidden_act: '{}' is not supported (silu)", source, act));
+        fmt::format("{}: hidden_act: '{}' is not supported (silu)", source, io::shown_text(act)));
   if (r.boolean_or("use_sliding_window", false) ||
       (c.arch == Arch::MISTRAL && r.has("sliding_window") &&
        r.positive_int("sliding_window", kMaxPositions) < c.max_position_embeddings))

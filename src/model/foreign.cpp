@@ -120,26 +120,26 @@ FormatSpec group_format(const io::Doc& gd, const std::string& top_format) {
   const io::Doc wd = gd["weights"];
   wd.require_object();
   const nlohmann::json& w = wd.json();
-  const std::string at = wd.where();
   const std::string format = text(gd, "format", top_format), type = text(wd, "type", "int"),
                     strategy = text(wd, "strategy", "");
   const int bits = static_cast<int>(wd["num_bits"].integer(1, 32));
   if (w.contains("symmetric") && !w["symmetric"].is_boolean() && !w["symmetric"].is_null())
-    throw ConfigError(fmt::format("{}.symmetric: expected true or false", at));
+    wd["symmetric"].fail("expected true or false");
   const bool sym = !w.contains("symmetric") || w["symmetric"] != false;
   if (w.contains("actorder") && !w["actorder"].is_null() && !w["actorder"].is_string() &&
       !w["actorder"].is_boolean())
-    throw ConfigError(fmt::format("{}.actorder: expected a string, a boolean or null", at));
+    wd["actorder"].fail("expected a string, a boolean or null");
   if (w.contains("dynamic") && !w["dynamic"].is_null() && w["dynamic"] != false)
-    throw ConfigError(fmt::format("{}.dynamic: dynamic weight scales are not supported", at));
+    wd["dynamic"].fail("dynamic weight scales are not supported");
   if (w.contains("actorder") && w["actorder"] == "group")
-    throw ConfigError(fmt::format("{}.actorder: \"group\" (g_idx) is not supported", at));
+    wd["actorder"].fail("\"group\" (g_idx) is not supported");
   auto refuse = [&] {
     return ConfigError(fmt::format(
         "{}: {} {}-bit {} {} weights in format '{}' have no exact kldq format (kldq reads "
         "pack-quantized int2/3/4 groups of 32/64/128, pack-quantized int8 per channel, fp8 e4m3 "
         "per channel or tensor)",
-        at, sym ? "symmetric" : "asymmetric", bits, type, strategy, format));
+        wd.where(), sym ? "symmetric" : "asymmetric", bits, io::shown_text(type),
+        io::shown_text(strategy), io::shown_text(format)));
   };
   if (type == "float") {
     if (bits != 8 || !sym || (format != "naive-quantized" && format != "float-quantized") ||
@@ -152,7 +152,7 @@ FormatSpec group_format(const io::Doc& gd, const std::string& top_format) {
   const nlohmann::json gs = w.contains("group_size") ? w["group_size"] : nlohmann::json();
   if (!gs.is_null() &&
       (!gs.is_number_integer() || gs.get<int64_t>() < 1 || gs.get<int64_t>() > (int64_t{1} << 30)))
-    throw ConfigError(fmt::format("{}.group_size: expected a positive integer or null", at));
+    wd["group_size"].fail("expected a positive integer or null");
   const int group = gs.is_null() ? 0 : gs.get<int>();
   if (bits < 2 || bits > 4 || strategy != "group" || (group != 32 && group != 64 && group != 128))
     throw refuse();
@@ -276,22 +276,17 @@ void translate(const io::Checkpoint& ck, const std::string& l, const FormatSpec&
 // ConfigError for a quantization_config kldq does not read: another quant_method, a status
 // other than compressed, sparsity, transforms or a kv-cache scheme.
 void check_scheme(const io::Doc& qd) {
-  const nlohmann::json& q = qd.json();
-  const std::string where = qd.where();
   const std::string method = text(qd, "quant_method", "");
   if (method != "compressed-tensors")
-    throw ConfigError(
-        fmt::format("{}: quant_method '{}': kldq reads compressed-tensors "
-                    "checkpoints and its own",
-                    where, method));
+    qd.fail(fmt::format("quant_method '{}': kldq reads compressed-tensors checkpoints and its own",
+                        io::shown_text(method)));
   const std::string status = text(qd, "quantization_status", "compressed");
   if (status != "compressed")
-    throw ConfigError(
-        fmt::format("{}.quantization_status: '{}', expected 'compressed'", where, status));
+    qd["quantization_status"].fail(
+        fmt::format("'{}', expected 'compressed'", io::shown_text(status)));
   for (const char* key : {"sparsity_config", "transform_config", "kv_cache_scheme"})
-    if (q.contains(key) && !q[key].is_null() && !q[key].empty())
-      throw ConfigError(
-          fmt::format("{}.{}: not supported (kldq reads weight-only quantization)", where, key));
+    if (qd.has(key) && !qd[key].json().empty())
+      qd[key].fail("not supported (kldq reads weight-only quantization)");
 }
 
 // IoError for tensors of activation quantization or act-order.

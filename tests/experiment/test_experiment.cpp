@@ -45,7 +45,7 @@ sweep:
   CHECK(e.output == "results/t");
   CHECK(e.samples == 128);
   CHECK(e.seq_len == 512);
-  CHECK(e.eval.ppl_protocol == "gptq");
+  CHECK(e.eval.ppl_protocol == kldq::eval::PplProtocol::GPTQ);
   // 2 bases x 2 granularities x 3 percentages, restore-top by count (the defaults), in order.
   REQUIRE(e.points.size() == 12);
   CHECK(e.points[0].to_json() == nlohmann::json::parse(R"({"base":"nf4","method":"rtn",

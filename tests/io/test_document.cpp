@@ -69,6 +69,12 @@ TEST_CASE("Doc numbers are finite and within bounds; values shown briefly", "[io
     CHECK(m.size() < 120);
   }
   CHECK_THROWS_WITH(d["list"].str(), HasText("h.json: list: expected a string, got array"));
+  // A text shown alone: as is up to 60 bytes, else its first 57 cut at a character boundary.
+  using kldq::io::shown_text;
+  CHECK(shown_text(std::string(60, 'a')) == std::string(60, 'a'));
+  CHECK(shown_text(std::string(61, 'a')) == std::string(57, 'a') + "...");
+  CHECK(shown_text(std::string(56, 'a') + "\u00e9" + std::string(10, 'b')) ==
+        std::string(56, 'a') + "...");  // not half of the two-byte é
 }
 
 TEST_CASE("Doc throws IoError for data documents and ConfigError for configuration", "[io]") {

@@ -100,3 +100,29 @@ TEST_CASE("malformed config.json files are config errors (exit 2)", "[model][con
     CHECK(e.exit_code() == 2);
   }
 }
+
+TEST_CASE("errors show at most a short excerpt of a value", "[model][config][errors]") {
+  // A hostile config.json cannot make a message of its size: every value shown is cut to 60
+  // characters (io::shown_text, io::Doc::shown), a list shown by its type.
+  const std::string huge(10000, 'x');
+  struct Case {
+    std::string key;
+    json value;
+    std::string shown;
+  };
+  for (const Case& c : std::vector<Case>{{"model_type", huge, "xxx..."},
+                                         {"hidden_size", huge, "xxx..."},
+                                         {"hidden_size", std::vector<int>(10000, 7), "got array"},
+                                         {"num_key_value_heads", huge, "xxx..."},
+                                         {"rms_norm_eps", huge, "xxx..."},
+                                         {"hidden_act", huge, "xxx..."},
+                                         {"tie_word_embeddings", huge, "xxx..."},
+                                         {"rope_scaling", {{"rope_type", huge}}, "xxx..."}}) {
+    json j = base();
+    j[c.key] = c.value;
+    const std::string e = error_of(j);
+    INFO(c.key << ": " << e.substr(0, 200));
+    CHECK_THAT(e, HasText("cfg.json") && HasText(c.key) && HasText(c.shown));
+    CHECK(e.size() < 300);
+  }
+}

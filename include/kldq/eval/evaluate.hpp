@@ -10,14 +10,18 @@
 #include <string>
 #include <vector>
 
+#include "kldq/eval/mmlu.hpp"
+#include "kldq/eval/perplexity.hpp"
 #include "kldq/model/compute.hpp"
 #include "kldq/quant/resolve.hpp"
 
 namespace kldq::eval {
 
 struct EvalRequest {
-  std::string model, reference, base, plan, ppl, ppl_protocol = "gptq", out;
-  std::string mmlu, mmlu_protocol = "5shot", predictions, reference_predictions;
+  std::string model, reference, base, plan, ppl, out;
+  PplProtocol ppl_protocol = PplProtocol::GPTQ;  // kPplProtocols
+  std::string mmlu, predictions, reference_predictions;
+  MmluProtocol mmlu_protocol = MmluProtocol::FEWSHOT;  // kMmluProtocols
   std::string tasks, tasks_dir, task_predictions, reference_task_predictions;
   std::string shard;               // "i/n" (eval/merge.hpp)
   std::vector<std::string> merge;  // shard metrics to merge instead of evaluating

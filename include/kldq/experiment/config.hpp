@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "kldq/core/shard.hpp"
+#include "kldq/eval/mmlu.hpp"
+#include "kldq/eval/perplexity.hpp"
 #include "kldq/plan/planner.hpp"
 #include "kldq/profile/profile.hpp"
 #include "kldq/quant/method.hpp"
@@ -35,11 +37,13 @@ struct Point {
   nlohmann::json to_json() const;
 };
 
+// The evaluation of every stage; JSON names the protocols through their vocabularies
+// (eval::kPplProtocols, eval::kMmluProtocols).
 struct EvalSpec {
-  std::string ppl_protocol = "gptq";
+  eval::PplProtocol ppl_protocol = eval::PplProtocol::GPTQ;
   int64_t ctx = 0;  // 0: the protocol's default
   bool kld = true;
-  std::string mmlu_protocol = "5shot";
+  eval::MmluProtocol mmlu_protocol = eval::MmluProtocol::FEWSHOT;
   int64_t shots = 5;
   int64_t mmlu_limit = 0;  // 0: every question
   int64_t batch = 8;

@@ -16,6 +16,9 @@ enum class DocKind { CONFIG, DATA };
 
 // `file: path: what` (`file: what` for the document as a whole); every reader's error format.
 std::string doc_message(std::string_view file, std::string_view path, std::string_view what);
+// A text from a document as errors show it: at most 60 bytes (longer: its first 57, cut at a
+// UTF-8 character boundary, and "..."), so a hostile document cannot make a message of megabytes.
+std::string shown_text(std::string_view text);
 
 class Doc {
  public:
