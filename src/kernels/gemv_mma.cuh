@@ -27,6 +27,8 @@
 // the tensor cores multiply exactly and accumulate in fp32, bias added in fp32, one rounding.
 #pragma once
 
+#include <type_traits>
+
 #include "decode_cuda.cuh"
 
 namespace kldq::kernels::cuda {

@@ -2,9 +2,8 @@
 // prefix columns and to its own T tokens. Softmax attention over the union of two key sets is
 // the two softmaxes joined by their log-sum-exps (as flash attention joins its key tiles):
 //
-//   o = (o_prefix * exp(l_prefix - m) + o_own * exp(l_own - m)) / (exp(l_prefix - m) + exp(l_own -
-//   m)) l_x = log sum_k exp(q.k / sqrt(d)) over key set x,  o_x its softmax-weighted values, m =
-//   max(l_prefix, l_own)
+//   o = (o_pre w_pre + o_own w_own) / (w_pre + w_own),  w_x = exp(l_x - max(l_pre, l_own))
+//   l_x = log sum_k exp(q.k / sqrt(d)) over key set x,  o_x its softmax-weighted values
 //
 // so the prefix's keys are read once for all B*T queries (one sequence of B*T queries, nothing
 // masked) instead of being copied into every row, and each row's own part is plain causal
