@@ -11,6 +11,7 @@ LOG_NAME=mmlu.log
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 [ -x "$K" ] || { log "mmlu_check: $K is not built (run scripts/gpu/check.sh first)"; exit 1; }
 M="$MODELS/qwen2.5-1.5b"
+mkdir -p "$MODELS"
 [ -f "$M/model.safetensors" ] || "$K" -q synth --shape qwen2.5-1.5b -o "$M" --device cuda --force \
   || { log "synth failed"; exit 1; }
 cp "$SHARED/qwen-tokenizer/tokenizer.json" "$SHARED/qwen-tokenizer/tokenizer_config.json" "$M/"

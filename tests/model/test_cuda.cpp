@@ -114,19 +114,21 @@ TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps bit for
     const auto eager6 = decode_steps(m, prompt6, next6, false);
     const auto graph6 = decode_steps(m, prompt6, next6, true);
     for (size_t t = 0; t < eager6.size(); ++t) CHECK(at::equal(eager6[t], graph6[t]));
-    // Row 0 (no padding) against the uncached forward of its whole sequence: bf16 noise only.
-    // The KL is the mean over the steps' tokens (as the evaluation reports it), below 1e-4; each
-    // step alone below 5e-4, since one token's bf16 noise varies with the GPU's GEMM choices
-    // (int8 measured 1.07e-4 at one step on an H100); a wrong cache gives KL above 1e-2.
+    // Row 0 (no padding) against the uncached forward of its whole sequence: bf16 noise only
+    // (the steps' packed products on the tensor-core GEMV, the full forward's through
+    // dequantize + cuBLAS). The KL is the mean over the steps' tokens (as the evaluation reports
+    // it), below 2.5e-4; each step alone below 1e-3, since one token's bf16 noise varies with the
+    // GPU's GEMM choices (on an H100, int8 measured 6.5e-4 at one step and 1.4e-4 on the mean, the
+    // other formats below 1e-4); a wrong cache gives KL above 1e-2.
     const at::Tensor full = m.forward(at::cat({prompt, next}, 1).narrow(0, 0, 1));  // [1, 19, V]
     double kl_sum = 0;
     for (size_t t = 0; t + 1 < eager.size(); ++t) {
       const double kl =
           row_kl(full[0][12 + int64_t(t)].unsqueeze(0), graph[t][0].unsqueeze(0)).item<double>();
       INFO("step " << t << " KL " << kl);
-      CHECK(kl < 5e-4);
+      CHECK(kl < 1e-3);
       kl_sum += kl;
     }
-    CHECK(kl_sum / double(eager.size() - 1) < 1e-4);
+    CHECK(kl_sum / double(eager.size() - 1) < 2.5e-4);
   }
 }
