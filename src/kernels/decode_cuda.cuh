@@ -6,11 +6,17 @@
 //                           + 8) of the flattened weight, row r; needs cols % 8 == 0),
 //   decode(raw, v)          its 8 fp32 values, code value x scale in one fp32 product (as the CPU
 //                           reference formats::dequantize computes them),
-//   decode(r, c0, n, v)     the general path: columns c0..c0+n-1 of row r, any alignment.
+//   decode(r, c0, n, v)     the general path: columns c0..c0+n-1 of row r, any alignment,
+//   load_quad(idx, r)       chunks idx .. idx + 3 (idx % 4 == 0: 32 weights, 4 b bytes that
+//                           are 16-byte aligned when the codes are, in one block or group since
+//                           these are >= 32 weights) as b 32-bit words and one scale,
+//   chunk(quad, u)          chunk idx + u of a quad as load(idx + u) gives it.
 // The 4-bit formats' 16 code values are read from shared memory (code_values, load_table).
 #pragma once
 
 #include <cuda_fp8.h>
+
+#include <type_traits>
 
 #include "cuda_common.cuh"
 #include "kldq/formats/code_tables.hpp"
@@ -40,18 +46,31 @@ inline int log2_exact(int v) {
 }
 
 // The 4-bit format's code values in shared memory, filled by load_table and read by Decode4bit.
-// A namespace-scope __shared__ array: its offset is a constant of each kernel, so a lookup is
-// one LDS [code * 4 + offset], with no address arithmetic per weight (a pointer argument would
-// cost an add per lookup: the decoders are the fused kernels' inner loop).
-static __shared__ __align__(64) float code_values[16];
+// A namespace-scope __shared__ array, 256-byte aligned: its 32-bit shared address has a zero low
+// byte, so the address of code i is the address with 4 i as its low byte, which one PRMT builds
+// from a byte of 4 x codes (see Decode4bit::decode: no add, shift or mask per weight).
+static __shared__ __align__(256) float code_values[16];
 
-// code_values[i] through its 32-bit shared-space address `base` (64-byte aligned, so base | 4 i
-// is its address: one LOP3 merges the code's mask and the base) and the code's byte offset.
-__device__ inline float code_value_at(uint32_t base, uint32_t offset) {
+// The float at 32-bit shared-space address `addr`.
+__device__ inline float shared_float(uint32_t addr) {
   float v;
   // volatile: the compiler must not hoist the load above load_table's __syncthreads.
-  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(base | offset));
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
   return v;
+}
+
+// 2^23 + u as a float, exactly (u < 2^23 in the low bits of the mantissa): the integer-to-float
+// conversion of small unsigned codes as one PRMT or LOP3 instead of I2F (a quarter-rate
+// instruction that bounded the fused kernels). Subtracting 2^23 (+ an integer zero) is exact.
+constexpr uint32_t kMagic = 0x4B000000u;
+constexpr float kMagicValue = 8388608.0f;
+
+// Chunk u (0..3) of a quad's little-endian words w[0..kWords): bits [8 kWords u, + 8 kWords).
+template <int kWords>
+__device__ inline uint32_t quad_chunk(const uint32_t (&w)[kWords], int u) {
+  const int bit = 8 * kWords * u, i = bit / 32, shift = bit % 32;
+  if (shift == 0) return w[i];
+  return i + 1 < kWords ? __funnelshift_r(w[i], w[i + 1], shift) : w[i] >> shift;
 }
 
 // Fills code_values from `table` (the 4-bit formats' kernels; the others ignore it); every thread
@@ -75,15 +94,26 @@ struct Decode4bit {
   __device__ Raw load(int64_t idx, uint32_t) const {
     return {reinterpret_cast<const uint32_t*>(codes)[idx], absmax[(idx * 8) >> block_shift]};
   }
+  struct Quad {
+    uint32_t w[4];
+    float a;
+  };
+  __device__ Quad load_quad(int64_t idx, uint32_t) const {
+    const uint4 q = reinterpret_cast<const uint4*>(codes)[idx / 4];
+    return {{q.x, q.y, q.z, q.w}, absmax[(idx * 8) >> block_shift]};
+  }
+  __device__ static Raw chunk(const Quad& q, int u) { return {q.w[u], q.a}; }
+  //   w:     byte k = [c(2k) : 4 | c(2k+1) : 4]          (bits 8k+7 .. 8k)
+  //   even:  byte k = 4 c(2k)    = (w >> 2) & 0x3C..     (bits 8k+5 .. 8k+2)
+  //   odd:   byte k = 4 c(2k+1)  = (w << 2) & 0x3C..
+  //   address of c: PRMT(byte k of even/odd, table address's upper 3 bytes)
   __device__ void decode(const Raw& raw, float (&v)[8]) const {
     const auto base = static_cast<uint32_t>(__cvta_generic_to_shared(code_values));
+    const uint32_t even = (raw.w >> 2) & 0x3C3C3C3Cu, odd = (raw.w << 2) & 0x3C3C3C3Cu;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      // Code j is bits [8 (j / 2) + 4, + 4) for even j, [8 (j / 2), + 4) for odd j; shifted
-      // 2 bits less, the mask 0x3C leaves 4 x code, its byte offset in the table.
-      const int shift = 8 * (j / 2) + (j % 2 == 0 ? 4 : 0) - 2;
-      const uint32_t offset = (shift >= 0 ? raw.w >> shift : raw.w << -shift) & 0x3Cu;
-      v[j] = __fmul_rn(code_value_at(base, offset), raw.a);
+    for (int k = 0; k < 4; ++k) {  // PRMT selector 0x765k: byte k of even/odd, then base's bytes
+      v[2 * k] = __fmul_rn(shared_float(__byte_perm(even, base, 0x7650u + k)), raw.a);
+      v[2 * k + 1] = __fmul_rn(shared_float(__byte_perm(odd, base, 0x7650u + k)), raw.a);
     }
   }
   // General path: the chunk may start on an odd element and span two blocks.
@@ -97,89 +127,154 @@ struct Decode4bit {
 };
 
 // int2/3/4 LSB-first: code j of a chunk is bits [j*b, (j+1)*b) of its b bytes; w = (code - zero) *
-// scale with the zero point a uint8 (asym), an fp16 (fz, HQQ) or 2^(b-1) (sym). kFlatGroups: the
-// groups tile every row exactly (cols % group == 0), so the vector path finds a chunk's group as
+// scale with the zero point a uint8 (asym), an fp16 (fz, HQQ) or 2^(b-1) (sym). kBits: the code
+// bits (the loads and the unpacking are straight-line code per width). kFlatGroups: the groups
+// tile every row exactly (cols % group == 0), so the vector path finds a chunk's group as
 // 8 idx >> log2(group) without the row (and the compiler drops the row division).
-template <bool kFlatGroups>
+template <int kBits, bool kFlatGroups>
 struct DecodeIntGroup {
+  static_assert(kBits == 2 || kBits == 3 || kBits == 4);
   const uint8_t* codes;
   const uint16_t* scales;
   const uint8_t* zeros;       // uint8 [rows, groups] or nullptr
   const uint16_t* zeros_f16;  // fp16 [rows, groups] or nullptr
-  int bits;
   int64_t row_bytes, groups, cols;
   int group, group_shift;
+  // code - zero = ((2^23 + code) - bias) - zero_frac, both subtractions exact but the last: bias =
+  // 2^23 + zero and zero_frac = 0 for integer zero points (every step exact), bias = 2^23 and
+  // zero_frac = zero for fp16 ones (one rounding, as float(code) - zero).
   struct Raw {
     uint32_t w;
-    float scale;
-    float zero;  // integer zero points are exact in fp32, so code - zero is as in int
+    float scale, bias, zero_frac;
   };
   __device__ Raw scale_zero_at(int64_t g, uint32_t w) const {
-    const float zero = zeros_f16 ? __half2float(__ushort_as_half(zeros_f16[g]))
-                       : zeros   ? float(zeros[g])
-                                 : float(1 << (bits - 1));
-    return {w, __half2float(__ushort_as_half(scales[g])), zero};
+    const float scale = __half2float(__ushort_as_half(scales[g]));
+    if (zeros_f16) return {w, scale, kMagicValue, __half2float(__ushort_as_half(zeros_f16[g]))};
+    const float zero = zeros ? float(zeros[g]) : float(1 << (kBits - 1));
+    return {w, scale, kMagicValue + zero, 0.f};
   }
   __device__ Raw scale_zero(int64_t r, int64_t c0, uint32_t w) const {
     return scale_zero_at(r * groups + c0 / group, w);
   }
   __device__ Raw load(int64_t idx, uint32_t r) const {
-    const uint8_t* src = codes + idx * bits;  // rows are whole chunks: row_bytes = per_row * b
-    uint32_t w;
-    if (bits == 4)
+    uint32_t w;  // rows are whole chunks: row_bytes = per_row * b
+    if constexpr (kBits == 4) {
       w = reinterpret_cast<const uint32_t*>(codes)[idx];
-    else if (bits == 2)
+    } else if constexpr (kBits == 2) {
       w = reinterpret_cast<const uint16_t*>(codes)[idx];
-    else
+    } else {
+      const uint8_t* src = codes + idx * 3;
       w = uint32_t(src[0]) | uint32_t(src[1]) << 8 | uint32_t(src[2]) << 16;
+    }
     if (kFlatGroups) return scale_zero_at((idx * 8) >> group_shift, w);
     return scale_zero(r, idx * 8 - int64_t(r) * cols, w);
   }
+  struct Quad {
+    uint32_t w[kBits];
+    Raw sz;  // the group's scale and zero (w unused)
+  };
+  __device__ Quad load_quad(int64_t idx, uint32_t r) const {
+    Quad q;
+    const auto* src = reinterpret_cast<const uint32_t*>(codes) + idx / 4 * kBits;
+    if constexpr (kBits == 4) {
+      const uint4 v = *reinterpret_cast<const uint4*>(src);
+      q.w[0] = v.x, q.w[1] = v.y, q.w[2] = v.z, q.w[3] = v.w;
+    } else if constexpr (kBits == 2) {
+      const uint2 v = *reinterpret_cast<const uint2*>(src);
+      q.w[0] = v.x, q.w[1] = v.y;
+    } else {
+      q.w[0] = src[0], q.w[1] = src[1], q.w[2] = src[2];
+    }
+    q.sz = kFlatGroups ? scale_zero_at((idx * 8) >> group_shift, 0)
+                       : scale_zero(r, idx * 8 - int64_t(r) * cols, 0);
+    return q;
+  }
+  __device__ static Raw chunk(const Quad& q, int u) {
+    return {quad_chunk(q.w, u), q.sz.scale, q.sz.bias, q.sz.zero_frac};
+  }
+  // 2^23 + code j as float bits: 4 bits, PRMT of byte k of the even or odd codes' plane
+  // (w & 0x0F.. holds code 2k in byte k, (w >> 4) & 0x0F.. code 2k + 1); 2 and 3 bits, shift
+  // and one LOP3 ((w >> jb) & mask | 2^23's bits).
   __device__ void decode(const Raw& raw, float (&v)[8]) const {
-    const uint32_t mask = (1u << bits) - 1;
+    uint32_t f[8];
+    if constexpr (kBits == 4) {
+      const uint32_t even = raw.w & 0x0F0F0F0Fu, odd = (raw.w >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        f[2 * k] = __byte_perm(even, kMagic, 0x7650u + k);
+        f[2 * k + 1] = __byte_perm(odd, kMagic, 0x7650u + k);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) f[j] = ((raw.w >> (j * kBits)) & ((1u << kBits) - 1)) | kMagic;
+    }
 #pragma unroll
     for (int j = 0; j < 8; ++j)
-      v[j] = __fmul_rn(__fsub_rn(float((raw.w >> (j * bits)) & mask), raw.zero), raw.scale);
+      v[j] = __fmul_rn(__fsub_rn(__fsub_rn(__uint_as_float(f[j]), raw.bias), raw.zero_frac),
+                       raw.scale);
   }
   __device__ void decode(int64_t r, int64_t c0, int valid, float (&v)[8]) const {
-    const uint8_t* src = codes + r * row_bytes + (c0 / 8) * bits;
+    const uint8_t* src = codes + r * row_bytes + (c0 / 8) * kBits;
     uint32_t w = 0;
-    for (int j = 0; j < (valid * bits + 7) / 8; ++j) w |= uint32_t(src[j]) << (8 * j);
+    for (int j = 0; j < (valid * kBits + 7) / 8; ++j) w |= uint32_t(src[j]) << (8 * j);
     decode(scale_zero(r, c0, w), v);
   }
 };
 
-// int8 and fp8: one byte per code, a per-row (or per-tensor, or no) scale.
+// int8 and fp8: one byte per code, a per-row (or per-tensor, or no) scale. kKind: 0 int8, 1 fp8
+// e4m3, 2 fp8 e5m2 (straight-line decoding per kind, no branch per weight).
+template <int kKind>
 struct DecodeByte {
   const uint8_t* codes;
   const void* scales;  // fp16 [rows] (int8), fp32 [rows] / [1] (fp8), or nullptr
-  int kind;            // 0 int8, 1 fp8 e4m3, 2 fp8 e5m2
   bool per_tensor;
   int64_t cols;
   struct Raw {
     uint2 q;
-    float scale;
+    float scale;  // 1 without scales: x * 1 = x exactly
   };
   __device__ float scale_of(int64_t r) const {
     if (!scales) return 1.0f;
-    if (kind == 0) return __half2float(__ushort_as_half(static_cast<const uint16_t*>(scales)[r]));
+    if (kKind == 0) return __half2float(__ushort_as_half(static_cast<const uint16_t*>(scales)[r]));
     return static_cast<const float*>(scales)[per_tensor ? 0 : r];
   }
   __device__ Raw load(int64_t idx, uint32_t r) const {
     return {reinterpret_cast<const uint2*>(codes)[idx], scale_of(r)};
   }
+  struct Quad {
+    uint4 lo, hi;  // chunks 0, 1 and 2, 3
+    float scale;
+  };
+  __device__ Quad load_quad(int64_t idx, uint32_t r) const {
+    const auto* src = reinterpret_cast<const uint4*>(codes) + idx / 2;
+    return {src[0], src[1], scale_of(r)};
+  }
+  __device__ static Raw chunk(const Quad& q, int u) {
+    const uint4& v = u < 2 ? q.lo : q.hi;
+    return {u % 2 == 0 ? make_uint2(v.x, v.y) : make_uint2(v.z, v.w), q.scale};
+  }
+  // int8: q ^ 0x80 = q + 128 as an unsigned byte; PRMT puts it under 2^23's bits, and subtracting
+  // 2^23 + 128 leaves q exactly. fp8 -> fp16 is exact for both encodings.
   __device__ void decode(const Raw& raw, float (&v)[8]) const {
-    uint8_t q[8];
-    *reinterpret_cast<uint2*>(q) = raw.q;
+    if constexpr (kKind == 0) {
+      const uint32_t lo = raw.q.x ^ 0x80808080u, hi = raw.q.y ^ 0x80808080u;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      float x;
-      if (kind == 0) {
-        x = float(static_cast<int8_t>(q[j]));
-      } else {  // fp8 -> fp16 is exact for both encodings
-        x = __half2float(__half(__nv_cvt_fp8_to_halfraw(q[j], kind == 2 ? __NV_E5M2 : __NV_E4M3)));
+      for (int k = 0; k < 4; ++k) {
+        v[k] = __fmul_rn(
+            __fsub_rn(__uint_as_float(__byte_perm(lo, kMagic, 0x7650u + k)), kMagicValue + 128.f),
+            raw.scale);
+        v[4 + k] = __fmul_rn(
+            __fsub_rn(__uint_as_float(__byte_perm(hi, kMagic, 0x7650u + k)), kMagicValue + 128.f),
+            raw.scale);
       }
-      v[j] = scales ? __fmul_rn(x, raw.scale) : x;
+    } else {
+      uint8_t q[8];
+      *reinterpret_cast<uint2*>(q) = raw.q;
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        v[j] = __fmul_rn(
+            __half2float(__half(__nv_cvt_fp8_to_halfraw(q[j], kKind == 2 ? __NV_E5M2 : __NV_E4M3))),
+            raw.scale);
     }
   }
   __device__ void decode(int64_t r, int64_t c0, int valid, float (&v)[8]) const {
@@ -190,34 +285,46 @@ struct DecodeByte {
   }
 };
 
+// f(decoder, table) for an int group format: its code width and group tiling as template
+// arguments.
+template <class F>
+void with_int_decoder(const PackedView& w, F&& f) {
+  const auto* u16 = static_cast<const uint16_t*>(w.scales);
+  const int64_t row_bytes = (w.cols * w.bits + 7) / 8, groups = (w.cols + w.group - 1) / w.group;
+  const auto* z8 = w.float_zero ? nullptr : static_cast<const uint8_t*>(w.zeros);
+  const auto* z16 = w.float_zero ? static_cast<const uint16_t*>(w.zeros) : nullptr;
+  auto go = [&](auto bits, auto flat) {
+    f(
+        DecodeIntGroup<decltype(bits)::value, decltype(flat)::value>{
+            w.codes, u16, z8, z16, row_bytes, groups, w.cols, w.group, log2_exact(w.group)},
+        CodeTable{});
+  };
+  auto with_bits = [&](auto flat) {
+    if (w.bits == 4) return go(std::integral_constant<int, 4>{}, flat);
+    if (w.bits == 3) return go(std::integral_constant<int, 3>{}, flat);
+    if (w.bits == 2) return go(std::integral_constant<int, 2>{}, flat);
+    throw std::runtime_error("packed view: int codes of " + std::to_string(w.bits) + " bits");
+  };
+  if (w.cols % w.group == 0) return with_bits(std::true_type{});
+  with_bits(std::false_type{});
+}
+
 // Calls f(decoder, table) with the chunk decoder of w's format and its code table (4-bit formats;
 // empty for the others): the one place a kernel's launcher turns a view into a decoder.
 template <class F>
 void with_decoder(const PackedView& w, F&& f) {
-  const auto* u16 = static_cast<const uint16_t*>(w.scales);
   switch (w.kind) {
     case PackedView::Kind::FourBit:
       return f(
           Decode4bit{w.codes, static_cast<const float*>(w.scales), w.cols, log2_exact(w.group)},
           code_table(w.fp4));
-    case PackedView::Kind::IntGroup: {
-      const int64_t row_bytes = (w.cols * w.bits + 7) / 8,
-                    groups = (w.cols + w.group - 1) / w.group;
-      const auto* z8 = w.float_zero ? nullptr : static_cast<const uint8_t*>(w.zeros);
-      const auto* z16 = w.float_zero ? static_cast<const uint16_t*>(w.zeros) : nullptr;
-      const int shift = log2_exact(w.group);
-      if (w.cols % w.group == 0)
-        return f(DecodeIntGroup<true>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
-                                      w.group, shift},
-                 CodeTable{});
-      return f(DecodeIntGroup<false>{w.codes, u16, z8, z16, w.bits, row_bytes, groups, w.cols,
-                                     w.group, shift},
-               CodeTable{});
-    }
+    case PackedView::Kind::IntGroup:
+      return with_int_decoder(w, f);
     case PackedView::Kind::Int8:
-      return f(DecodeByte{w.codes, w.scales, 0, false, w.cols}, CodeTable{});
+      return f(DecodeByte<0>{w.codes, w.scales, false, w.cols}, CodeTable{});
     case PackedView::Kind::Fp8:
-      return f(DecodeByte{w.codes, w.scales, w.e5m2 ? 2 : 1, w.per_tensor, w.cols}, CodeTable{});
+      if (w.e5m2) return f(DecodeByte<2>{w.codes, w.scales, w.per_tensor, w.cols}, CodeTable{});
+      return f(DecodeByte<1>{w.codes, w.scales, w.per_tensor, w.cols}, CodeTable{});
   }
 }
 

@@ -1,5 +1,5 @@
 // Fused dequantize + GEMV dispatch (gemv_cuda.cu): which products it takes (CUDA, at most
-// gemv_max_rows rows of activations, whole 8-weight chunks, aligned tensors) and the argument
+// gemv_max_rows rows of activations, whole chunks or quads of chunks, aligned tensors) and the argument
 // marshalling. Everything else goes through dequantize_into + at::linear (model/qlinear.cpp).
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -30,16 +30,18 @@ bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at:
     return false;
   // The kernel has no backward: while autograd records, the differentiable GEMM runs.
   if (at::GradMode::is_enabled() && x.requires_grad()) return false;
-  if (x.dim() < 1 || x.size(-1) != p.in || p.in % 8 != 0 || !x.is_contiguous()) return false;
+  if (x.dim() < 1 || x.size(-1) != p.in || !x.is_contiguous()) return false;
+  if (p.in % cuda::gemv_col_multiple(cuda_dtype(t)) != 0) return false;
   if (x.numel() / p.in > cuda::gemv_max_rows(cuda_dtype(t)) || x.numel() == 0) return false;
   for (const at::Tensor* t : {&p.scales, &p.zeros})
     if (t->defined() && t->device() != x.device()) return false;
   const bool contiguous = p.codes.is_contiguous() &&
                           (!p.scales.defined() || p.scales.is_contiguous()) &&
                           (!p.zeros.defined() || p.zeros.is_contiguous());
-  // x rows are read 8 elements at a time (16 or 32 bytes), codes up to 8 bytes at a time.
+  // x rows are read 8 elements at a time (16 or 32 bytes), codes up to 8 bytes at a time (16 by
+  // the tensor-core kernel).
   return contiguous && aligned(x.data_ptr(), 8 * x.element_size()) &&
-         aligned(p.codes.data_ptr(), 8) && packed_view(p).has_value();
+         aligned(p.codes.data_ptr(), t == at::kFloat ? 8 : 16) && packed_view(p).has_value();
 #else
   (void)p, (void)x, (void)bias;
   return false;

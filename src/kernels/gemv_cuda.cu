@@ -107,8 +107,10 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
 
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
                  void* stream) {
-  if (m > gemv_max_rows(t) || w.cols % 8 != 0)
-    throw std::runtime_error("gemv_packed: needs at most gemv_max_rows rows and cols % 8 == 0");
+  if (m > gemv_max_rows(t) || w.cols % gemv_col_multiple(t) != 0)
+    throw std::runtime_error("gemv_packed: needs at most gemv_max_rows rows and whole chunks");
+  if (t != Dtype::F32 && reinterpret_cast<uintptr_t>(w.codes) % 16 != 0)
+    throw std::runtime_error("gemv_packed: the tensor-core kernel reads 16-byte aligned codes");
   with_decoder(w, [&](const auto& d, const CodeTable& table) {
     launch(t, d, w, x, m, bias, y, table, stream);
   });

@@ -20,8 +20,15 @@ inline int64_t gemv_max_rows(Dtype t) {
   return t == Dtype::F32 ? kGemvMaxRowsF32 : kGemvMaxRows;
 }
 
+// The multiple of columns the kernels take: the SIMT kernel (fp32) reads chunks of 8 weights, the
+// tensor-core kernel quads of 4 chunks (one 16-byte load of 4-bit codes per row and thread).
+inline int64_t gemv_col_multiple(Dtype t) {
+  return t == Dtype::F32 ? 8 : 32;
+}
+
 // y[m, rows] = x[m, cols] . W^T (+ bias[rows]) for m <= gemv_max_rows(t); x, y contiguous in
-// dtype t, x rows aligned to 8 elements (cols % 8 == 0), codes 8-byte aligned.
+// dtype t, cols % gemv_col_multiple(t) == 0, x rows aligned to 8 elements, codes 8-byte aligned
+// (16-byte for bf16/fp16).
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
                  void* stream);
 

@@ -7,9 +7,10 @@
 //
 //   block b:      output rows 16b .. 16b+15 (the MMA's m); its warps split the columns:
 //                 warp w takes 128-column segments w, w + kWarps, ... (16 chunks of 8 columns)
-//   segment s:    thread t takes chunks 16s + t, 16s + 4 + t, 16s + 8 + t, 16s + 12 + t of rows
-//                 16b + g and 16b + g + 8 (per load, the 4 threads of a row read 4 adjacent
-//                 chunks), and the same chunks of x row g (and g + 8 with 16 rows)
+//   segment s:    thread t takes the quad of chunks 16s + 4t .. 16s + 4t + 3 of rows 16b + g and
+//                 16b + g + 8 (one 16-byte load per row for the 4-bit formats: the 4 threads of
+//                 a row read 64 adjacent bytes), and the same chunks of x row g (and g + 8 with
+//                 16 rows); needs cols % 32 == 0 (whole quads) and 16-byte aligned codes
 //   chunk c:      its 8 columns are two MMAs' k slots of thread t:
 //                   MMA h (h = 0, 1): columns 8c + 4h + {0, 1} -> k slots 2t, 2t + 1   (a0, a1, b0)
 //                                     columns 8c + 4h + {2, 3} -> k slots 2t + 8, 2t + 9 (a2, a3,
@@ -72,7 +73,8 @@ struct Lane {
   const D& d;
   const T* x;
   int m, g, t;
-  int64_t r_lo, r_hi;  // rows g and g + 8 of the block's tile
+  int64_t r_lo, r_hi;        // rows g and g + 8 of the block's tile
+  int64_t base_lo, base_hi;  // their first chunks' indices
   bool ok_lo, ok_hi;
   uint32_t per_row;
   int64_t cols;
@@ -83,36 +85,33 @@ struct Lane {
   // all are whole (the bulk of the work: no predicate, no zero fill).
   template <bool kChecked, int kU>
   __device__ void segments(uint32_t s0, uint32_t stride, uint32_t count) {
-    typename D::Raw lo[kU][4], hi[kU][4];
-    uint4 xv[kU][kNT][4];  // 8 elements of T each
+    using Quad = typename D::Quad;
+    Quad lo[kU], hi[kU];   // rows g, g + 8: the thread's 4 chunks of the segment
+    uint4 xv[kU][kNT][4];  // x row 8j + g, the same 4 chunks (8 elements of T each)
 #pragma unroll
-    for (int su = 0; su < kU; ++su)
+    for (int su = 0; su < kU; ++su) {
+      const uint32_t c = (s0 + su * stride) * kSegChunks + 4 * t;
+      const bool ok = !kChecked || (s0 + su * stride < count && c < per_row);
+      lo[su] = !kChecked || (ok && ok_lo) ? d.load_quad(base_lo + c, uint32_t(r_lo)) : Quad{};
+      hi[su] = !kChecked || (ok && ok_hi) ? d.load_quad(base_hi + c, uint32_t(r_hi)) : Quad{};
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const uint32_t c = (s0 + su * stride) * kSegChunks + 4 * u + t;
-        const bool ok = !kChecked || (s0 + su * stride < count && c < per_row);
-        lo[su][u] = !kChecked || (ok && ok_lo) ? d.load(r_lo * per_row + c, uint32_t(r_lo))
-                                               : typename D::Raw{};
-        hi[su][u] = !kChecked || (ok && ok_hi) ? d.load(r_hi * per_row + c, uint32_t(r_hi))
-                                               : typename D::Raw{};
+      for (int j = 0; j < kNT; ++j) {
+        const int b = 8 * j + g;
+        const uint4* src = reinterpret_cast<const uint4*>(x + b * cols) + c;
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          const int b = 8 * j + g;
-          xv[su][j][u] = ok && b < m
-                             ? *reinterpret_cast<const uint4*>(x + b * cols + int64_t(c) * 8)
-                             : make_uint4(0, 0, 0, 0);
-        }
+        for (int u = 0; u < 4; ++u) xv[su][j][u] = ok && b < m ? src[u] : make_uint4(0, 0, 0, 0);
       }
+    }
 #pragma unroll
     for (int su = 0; su < kU; ++su) {
       if (kChecked && s0 + su * stride >= count) break;  // warp-uniform: mma.sync needs the warp
+      // Past the last column: zero weights and zero x (A x B = 0 whatever the decoders give).
+      const bool ok = !kChecked || (s0 + su * stride) * kSegChunks + 4 * t < per_row;
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
-        // Past the last column: zero weights and zero x (A x B = 0 whatever the decoders give).
-        const bool ok = !kChecked || (s0 + su * stride) * kSegChunks + 4 * u + t < per_row;
         float vl[8], vh[8];
-        d.decode(lo[su][u], vl);
-        d.decode(hi[su][u], vh);
+        d.decode(D::chunk(lo[su], u), vl);
+        d.decode(D::chunk(hi[su], u), vh);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
@@ -142,8 +141,20 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t r_lo = int64_t(blockIdx.x) * 16 + g, r_hi = r_lo + 8;
   float acc[kNT][4] = {};
-  Lane<T, D, kNT> work{
-      d, x, m, g, t, r_lo, r_hi, r_lo < rows, r_hi < rows, per_row, int64_t(per_row) * 8, acc};
+  Lane<T, D, kNT> work{d,
+                       x,
+                       m,
+                       g,
+                       t,
+                       r_lo,
+                       r_hi,
+                       r_lo * per_row,
+                       r_hi * per_row,
+                       r_lo < rows,
+                       r_hi < rows,
+                       per_row,
+                       int64_t(per_row) * 8,
+                       acc};
   // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time while they are
   // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
   const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
@@ -169,7 +180,8 @@ __global__ void __launch_bounds__(32 * kWarps)
     }
 }
 
-// y[m, rows] = x[m, cols] . W^T (+ bias) for 1 <= m <= 16, T bf16 or fp16, cols % 8 == 0. Blocks
+// y[m, rows] = x[m, cols] . W^T (+ bias) for 1 <= m <= 16, T bf16 or fp16, cols % 32 == 0 and
+// codes and x 16-byte aligned (gemv_applies checks). Blocks
 // of 4 warps when there are enough 16-row tiles to fill the SMs several times, else 16 warps
 // (the columns split finer: a [3584, 18944] down projection has only 224 tiles).
 template <class T, class D>
