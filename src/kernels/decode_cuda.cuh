@@ -130,8 +130,9 @@ struct Decode4bit {
 // scale with the zero point a uint8 (asym), an fp16 (fz, HQQ) or 2^(b-1) (sym). kBits: the code
 // bits (the loads and the unpacking are straight-line code per width). kFlatGroups: the groups
 // tile every row exactly (cols % group == 0), so the vector path finds a chunk's group as
-// 8 idx >> log2(group) without the row (and the compiler drops the row division).
-template <int kBits, bool kFlatGroups>
+// 8 idx >> log2(group) without the row (and the compiler drops the row division). kFloatZero:
+// fp16 zero points.
+template <int kBits, bool kFlatGroups, bool kFloatZero>
 struct DecodeIntGroup {
   static_assert(kBits == 2 || kBits == 3 || kBits == 4);
   const uint8_t* codes;
@@ -140,18 +141,17 @@ struct DecodeIntGroup {
   const uint16_t* zeros_f16;  // fp16 [rows, groups] or nullptr
   int64_t row_bytes, groups, cols;
   int group, group_shift;
-  // code - zero = ((2^23 + code) - bias) - zero_frac, both subtractions exact but the last: bias =
-  // 2^23 + zero and zero_frac = 0 for integer zero points (every step exact), bias = 2^23 and
-  // zero_frac = zero for fp16 ones (one rounding, as float(code) - zero).
+  // code - zero from f = 2^23 + code: integer zero points (uint8, or 2^(b-1)) as f - (2^23 +
+  // zero), exact; fp16 ones as (f - 2^23) - zero, one rounding as float(code) - zero.
   struct Raw {
     uint32_t w;
-    float scale, bias, zero_frac;
+    float scale;
+    float zero;  // 2^23 + zero for integer zero points, the zero point for fp16 ones
   };
   __device__ Raw scale_zero_at(int64_t g, uint32_t w) const {
     const float scale = __half2float(__ushort_as_half(scales[g]));
-    if (zeros_f16) return {w, scale, kMagicValue, __half2float(__ushort_as_half(zeros_f16[g]))};
-    const float zero = zeros ? float(zeros[g]) : float(1 << (kBits - 1));
-    return {w, scale, kMagicValue + zero, 0.f};
+    if constexpr (kFloatZero) return {w, scale, __half2float(__ushort_as_half(zeros_f16[g]))};
+    return {w, scale, kMagicValue + (zeros ? float(zeros[g]) : float(1 << (kBits - 1)))};
   }
   __device__ Raw scale_zero(int64_t r, int64_t c0, uint32_t w) const {
     return scale_zero_at(r * groups + c0 / group, w);
@@ -190,7 +190,7 @@ struct DecodeIntGroup {
     return q;
   }
   __device__ static Raw chunk(const Quad& q, int u) {
-    return {quad_chunk(q.w, u), q.sz.scale, q.sz.bias, q.sz.zero_frac};
+    return {quad_chunk(q.w, u), q.sz.scale, q.sz.zero};
   }
   // 2^23 + code j as float bits: 4 bits, PRMT of byte k of the even or odd codes' plane
   // (w & 0x0F.. holds code 2k in byte k, (w >> 4) & 0x0F.. code 2k + 1); 2 and 3 bits, shift
@@ -209,9 +209,12 @@ struct DecodeIntGroup {
       for (int j = 0; j < 8; ++j) f[j] = ((raw.w >> (j * kBits)) & ((1u << kBits) - 1)) | kMagic;
     }
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
-      v[j] = __fmul_rn(__fsub_rn(__fsub_rn(__uint_as_float(f[j]), raw.bias), raw.zero_frac),
-                       raw.scale);
+    for (int j = 0; j < 8; ++j) {
+      const float c = __uint_as_float(f[j]);
+      v[j] = __fmul_rn(
+          kFloatZero ? __fsub_rn(__fsub_rn(c, kMagicValue), raw.zero) : __fsub_rn(c, raw.zero),
+          raw.scale);
+    }
   }
   __device__ void decode(int64_t r, int64_t c0, int valid, float (&v)[8]) const {
     const uint8_t* src = codes + r * row_bytes + (c0 / 8) * kBits;
@@ -285,28 +288,31 @@ struct DecodeByte {
   }
 };
 
-// f(decoder, table) for an int group format: its code width and group tiling as template
-// arguments.
+// f(decoder, table) for an int group format: its code width, group tiling and zero point type as
+// template arguments.
 template <class F>
 void with_int_decoder(const PackedView& w, F&& f) {
   const auto* u16 = static_cast<const uint16_t*>(w.scales);
   const int64_t row_bytes = (w.cols * w.bits + 7) / 8, groups = (w.cols + w.group - 1) / w.group;
   const auto* z8 = w.float_zero ? nullptr : static_cast<const uint8_t*>(w.zeros);
   const auto* z16 = w.float_zero ? static_cast<const uint16_t*>(w.zeros) : nullptr;
-  auto go = [&](auto bits, auto flat) {
-    f(
-        DecodeIntGroup<decltype(bits)::value, decltype(flat)::value>{
-            w.codes, u16, z8, z16, row_bytes, groups, w.cols, w.group, log2_exact(w.group)},
-        CodeTable{});
+  auto go = [&](auto bits, auto flat, auto fz) {
+    using D = DecodeIntGroup<decltype(bits)::value, decltype(flat)::value, decltype(fz)::value>;
+    f(D{w.codes, u16, z8, z16, row_bytes, groups, w.cols, w.group, log2_exact(w.group)},
+      CodeTable{});
   };
-  auto with_bits = [&](auto flat) {
-    if (w.bits == 4) return go(std::integral_constant<int, 4>{}, flat);
-    if (w.bits == 3) return go(std::integral_constant<int, 3>{}, flat);
-    if (w.bits == 2) return go(std::integral_constant<int, 2>{}, flat);
+  auto with_bits = [&](auto flat, auto fz) {
+    if (w.bits == 4) return go(std::integral_constant<int, 4>{}, flat, fz);
+    if (w.bits == 3) return go(std::integral_constant<int, 3>{}, flat, fz);
+    if (w.bits == 2) return go(std::integral_constant<int, 2>{}, flat, fz);
     throw std::runtime_error("packed view: int codes of " + std::to_string(w.bits) + " bits");
   };
-  if (w.cols % w.group == 0) return with_bits(std::true_type{});
-  with_bits(std::false_type{});
+  auto with_zero = [&](auto flat) {
+    if (w.float_zero) return with_bits(flat, std::true_type{});
+    with_bits(flat, std::false_type{});
+  };
+  if (w.cols % w.group == 0) return with_zero(std::true_type{});
+  with_zero(std::false_type{});
 }
 
 // Calls f(decoder, table) with the chunk decoder of w's format and its code table (4-bit formats;
