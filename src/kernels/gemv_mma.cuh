@@ -1,7 +1,8 @@
 // Fused dequantize + product on the tensor cores for 1..16 rows of bf16/fp16 activations (decode
 // steps of batch 1..16): each packed weight byte is read once, decoded in registers and fed to
 // mma.sync m16n8k16 (fp32 accumulators); the activation rows are the MMA's n dimension, padded
-// to 8 (or 16) with zeros. Included by gemv_cuda.cu, which builds the chunk decoders.
+// to 8 (or 16) with copies of the last row, whose output columns are dropped. Included by
+// gemv_cuda.cu, which builds the chunk decoders.
 //
 // Work of one block (kWarps warps) and of thread (g = lane / 4, t = lane % 4) of a warp:
 //
@@ -96,10 +97,12 @@ struct Lane {
       hi[su] = !kChecked || (ok && ok_hi) ? d.load_quad(base_hi + c, uint32_t(r_hi)) : Quad{};
 #pragma unroll
       for (int j = 0; j < kNT; ++j) {
-        const int b = 8 * j + g;
+        // Rows past m read row m - 1: the MMA's output columns are independent and those past
+        // m are not written, so no zero fill (and no predicate) in the bulk.
+        const int b = min(8 * j + g, m - 1);
         const uint4* src = reinterpret_cast<const uint4*>(x + b * cols) + c;
 #pragma unroll
-        for (int u = 0; u < 4; ++u) xv[su][j][u] = ok && b < m ? src[u] : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < 4; ++u) xv[su][j][u] = ok ? src[u] : make_uint4(0, 0, 0, 0);
       }
     }
 #pragma unroll
