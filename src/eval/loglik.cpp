@@ -9,7 +9,8 @@
 //   row 2 (skip 0) pad  pad  pad  pad|                 s0   s1   --
 //
 // Each row's tokens sit at the same positions as in its unpadded sequence (positions count from
-// the row's first real column), so the result equals running every sequence alone.
+// the row's first real column), so the result equals running every sequence alone. Rows that
+// continue one shared prefix (MMLU's few-shot prompt) run packed instead, with no padding.
 #include "kldq/eval/loglik.hpp"
 
 #include <algorithm>
@@ -35,34 +36,51 @@ model::Decoder::KvCache expand_cache(const model::Decoder& m, const model::Decod
   return c;
 }
 
-at::Tensor scored_logprobs(const model::Decoder& m, const std::vector<ScoredSequence>& seqs,
-                           Continued from, const at::Tensor& columns) {
+namespace {
+
+// The final hidden states [R, H] at the scored positions of `seqs` (each sequence's last
+// `scored` positions, sequence by sequence). Continuations of a shared prefix run packed (no
+// padding: Decoder::run_continuations); the others right-padded with token 0 into [n, T] (causal
+// attention keeps padding out of every real position).
+at::Tensor scored_hidden(const model::Decoder& m, const std::vector<ScoredSequence>& seqs,
+                         Continued from) {
   const int64_t n = static_cast<int64_t>(seqs.size());
   int64_t T = 0;
+  std::vector<int64_t> lengths;  // tokens each sequence runs
   for (const ScoredSequence& s : seqs) {
     check(from.shared ? s.skip == from.shared->len : from.rows || s.skip == 0,
           "scored_logprobs: skips that do not match the cache");
-    T = std::max<int64_t>(T, static_cast<int64_t>(s.ids->size()) - s.skip);
+    lengths.push_back(static_cast<int64_t>(s.ids->size()) - s.skip);
+    check(lengths.back() >= s.scored && s.scored >= 1,
+          "scored_logprobs: a cached prefix covers a scored position");
+    T = std::max(T, lengths.back());
   }
-  // flat: [n, T] ids, right-padded; row_b/row_t: the scored (row, column) pairs [R]
-  std::vector<int64_t> flat(static_cast<size_t>(n * T), 0), row_b, row_t;
+  // flat: the tokens, packed ([N]) or right-padded ([n, T]); picks: the scored rows' indices
+  std::vector<int64_t> flat, picks;
   for (int64_t r = 0; r < n; ++r) {
     const ScoredSequence& s = seqs[size_t(r)];
-    const int64_t len = static_cast<int64_t>(s.ids->size()) - s.skip;  // tokens this forward runs
-    check(len >= s.scored && s.scored >= 1,
-          "scored_logprobs: a cached prefix covers a scored position");
-    std::copy(s.ids->begin() + s.skip, s.ids->end(), flat.begin() + r * T);
-    for (int64_t k = 0; k < s.scored; ++k) row_b.push_back(r), row_t.push_back(len - s.scored + k);
+    if (!from.shared) flat.resize(size_t(r * T));
+    const auto first = static_cast<int64_t>(flat.size());
+    flat.insert(flat.end(), s.ids->begin() + s.skip, s.ids->end());
+    for (int64_t k = 0; k < s.scored; ++k)
+      picks.push_back(first + lengths[size_t(r)] - s.scored + k);
   }
-  const int64_t R = static_cast<int64_t>(row_b.size());
+  if (!from.shared) flat.resize(size_t(n * T));
+  const at::Tensor ids = at::tensor(flat);
+  const at::Tensor h = from.shared ? m.run_continuations(ids, lengths, *from.shared)  // [N, H]
+                       : from.rows ? m.run_cached(ids.view({n, T}), *from.rows)       // [n, T, H]
+                                   : m.run_blocks(0, m.num_blocks(), m.embed(ids.view({n, T})));
+  return h.reshape({-1, h.size(-1)}).index_select(0, at::tensor(picks).to(h.device()));  // [R, H]
+}
+
+}  // namespace
+
+at::Tensor scored_logprobs(const model::Decoder& m, const std::vector<ScoredSequence>& seqs,
+                           Continued from, const at::Tensor& columns) {
+  const at::Tensor rows = scored_hidden(m, seqs, from);  // [R, H]
+  const int64_t R = rows.size(0);
   check(columns.dim() == 2 && columns.size(0) == R, "scored_logprobs: one row of columns each");
-  const at::Tensor ids = at::tensor(flat).view({n, T});                      // [n, T]
-  const at::Tensor h = from.shared ? m.run_continuations(ids, *from.shared)  // [n, T, H]
-                       : from.rows ? m.run_cached(ids, *from.rows)
-                                   : m.run_blocks(0, m.num_blocks(), m.embed(ids));
-  const at::Tensor rows =
-      h.index({at::tensor(row_b).to(h.device()), at::tensor(row_t).to(h.device())});  // [R, H]
-  const at::Tensor cols = columns.to(h.device());
+  const at::Tensor cols = columns.to(rows.device());
   // The head in chunks of rows, so [rows, V] logits stay bounded however many positions a batch
   // scores; fp32 log-softmax whatever the model's dtype (log-likelihoods sum many small terms).
   constexpr int64_t kRows = 1024;

@@ -12,8 +12,10 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 #include "cascade.hpp"
 #include "kldq/core/error.hpp"
@@ -67,13 +69,37 @@ bool flash_applies(const at::Tensor& q) {
          q.size(3) <= 256;
 }
 
+// x [1, n, N, d] of packed rows -> [rows, n, width, d], zeros at the padding.
+at::Tensor unpack(const at::Tensor& x, const Packing& p) {
+  const int64_t n = x.size(1), d = x.size(3);
+  at::Tensor out = at::zeros({p.rows * p.width, n, d}, x.options());
+  out.index_copy_(0, p.slot, x[0].transpose(0, 1));  // [N, n, d] into their slots
+  return out.view({p.rows, p.width, n, d}).transpose(1, 2);
+}
+
+// A part of padded rows (o [rows, width, nq, d], lse [rows, width, nq, 1]) at the packed tokens:
+// o [1, N, nq, d], lse [1, N, nq, 1].
+Part pack(const Part& part, const Packing& p) {
+  auto at_tokens = [&](const at::Tensor& t) {
+    return t.reshape({-1, t.size(2), t.size(3)}).index_select(0, p.slot).unsqueeze(0);
+  };
+  return {at_tokens(part.o), at_tokens(part.lse)};
+}
+
 }  // namespace
 
 at::Tensor cascade_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                             const at::Tensor& pk, const at::Tensor& pv) {
+                             const at::Tensor& pk, const at::Tensor& pv, const Packing* packing) {
   const bool flash = flash_applies(q);
-  const Part a = flash ? flash_part(q, pk, pv, false) : explicit_part(q, pk, pv, false);
-  const Part b = flash ? flash_part(q, k, v, true) : explicit_part(q, k, v, true);
+  const auto part = [&](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                        bool causal) {
+    return flash ? flash_part(q, k, v, causal) : explicit_part(q, k, v, causal);
+  };
+  const Part a = part(q, pk, pv, false);
+  const Part b =
+      packing ? pack(part(unpack(q, *packing), unpack(k, *packing), unpack(v, *packing), true),
+                     *packing)
+              : part(q, k, v, true);
   // Both log-sum-exps are finite: every query sees the whole prefix (P >= 1) and itself.
   const at::Tensor m = at::maximum(a.lse, b.lse);
   const at::Tensor wa = (a.lse - m).exp(), wb = (b.lse - m).exp();
@@ -84,17 +110,47 @@ at::Tensor cascade_attention(const at::Tensor& q, const at::Tensor& k, const at:
 
 at::Tensor Decoder::run_continuations(const at::Tensor& ids, const KvCache& prefix) const {
   check(ids.dim() == 2 && ids.size(1) > 0, "run_continuations: ids must be [B, T]");
+  const int64_t P = prefix.len, T = ids.size(1);
+  const RopeTable& r = continuation_rope(prefix, T);  // positions P .. P+T-1, as in the whole
+  return continue_prefix(
+      embed(ids), {&prefix, r.cos.narrow(0, P, T), r.sin.narrow(0, P, T), at::Tensor(), 0, 0});
+}
+
+at::Tensor Decoder::run_continuations(const at::Tensor& ids, const std::vector<int64_t>& lengths,
+                                      const KvCache& prefix) const {
+  const int64_t N = std::accumulate(lengths.begin(), lengths.end(), int64_t(0));
+  check(ids.dim() == 1 && ids.size(0) == N && N > 0 &&
+            std::all_of(lengths.begin(), lengths.end(), [](int64_t n) { return n > 0; }),
+        "run_continuations: ids must be [N], the rows' lengths summing to N");
+  const int64_t P = prefix.len, width = *std::max_element(lengths.begin(), lengths.end());
+  const RopeTable& r = continuation_rope(prefix, width);
+  std::vector<int64_t> pos, slot;  // token i of row b, t: position P + t, slot b * width + t
+  for (size_t b = 0; b < lengths.size(); ++b)
+    for (int64_t t = 0; t < lengths[b]; ++t)
+      pos.push_back(P + t), slot.push_back(int64_t(b) * width + t);
+  const at::Tensor p = at::tensor(pos).to(device()), s = at::tensor(slot).to(device());
+  const SharedPrefix shared{&prefix,
+                            r.cos.index_select(0, p),
+                            r.sin.index_select(0, p),
+                            s,
+                            static_cast<int64_t>(lengths.size()),
+                            width};
+  return continue_prefix(embed(ids.view({1, N})), shared).squeeze(0);  // [N, H]
+}
+
+// The prefix's checks and the RoPE table for `width` more positions.
+const Decoder::RopeTable& Decoder::continuation_rope(const KvCache& prefix, int64_t width) const {
   check(prefix.pad.size() == 1 && prefix.pad[0] == 0 && prefix.len > 0,
         "run_continuations: the prefix must be one unpadded row");
-  const int64_t P = prefix.len, T = ids.size(1);
-  if (P + T > config_.max_position_embeddings)
+  const int64_t n = prefix.len + width;
+  if (n > config_.max_position_embeddings)
     throw ConfigError(
-        fmt::format("{} tokens exceed the model's context of {} "
-                    "(max_position_embeddings)",
-                    P + T, config_.max_position_embeddings));
-  const RopeTable& r = rope(P + T);  // positions P .. P+T-1, as in the whole sequence
-  const SharedPrefix shared{&prefix, r.cos.narrow(0, P, T), r.sin.narrow(0, P, T)};
-  at::Tensor hidden = embed(ids);
+        fmt::format("{} tokens exceed the model's context of {} (max_position_embeddings)", n,
+                    config_.max_position_embeddings));
+  return rope(n);
+}
+
+at::Tensor Decoder::continue_prefix(at::Tensor hidden, const SharedPrefix& shared) const {
   for (int i = 0; i < num_blocks(); ++i) hidden = run_block(i, hidden, nullptr, &shared);
   return hidden;
 }

@@ -56,6 +56,19 @@ void check_continuations_equal_forward(const Decoder& m, double bound) {
     CHECK(diff <= bound);
   }
   CHECK(at::isfinite(got).all().item<bool>());
+  // The same rows packed one after another (no padding): [14] tokens -> [14, V].
+  std::vector<at::Tensor> parts;
+  for (int64_t b = 0; b < 3; ++b) parts.push_back(rows[b].narrow(0, 0, lengths[size_t(b)]));
+  const at::Tensor packed =
+      m.head(m.run_continuations(at::cat(parts), lengths, c).unsqueeze(0)).squeeze(0);
+  for (int64_t b = 0, first = 0; b < 3; first += lengths[size_t(b)], ++b) {
+    const int64_t n = lengths[size_t(b)];
+    const at::Tensor want = m.forward(at::cat({prefix, rows.narrow(0, b, 1).narrow(1, 0, n)}, 1));
+    const double diff =
+        (packed.narrow(0, first, n) - want[0].narrow(0, P, n)).abs().max().item<double>();
+    INFO("packed continuation row " << b << ": max |diff| " << diff << ", bound " << bound);
+    CHECK(diff <= bound);
+  }
   CHECK(c.len == P);  // the prefix is not extended
 }
 

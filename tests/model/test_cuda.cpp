@@ -78,17 +78,27 @@ TEST_CASE("continuations of a shared prefix on CUDA (flash attention) equal the 
   // bf16 noise only (another attention's summation order, outputs rounded before the join):
   // KL per position below 5e-4 and its mean below 1e-4; attending to the wrong keys (a
   // misplaced prefix or a row's future tokens) gives KL above 1e-2.
-  double kl_sum = 0;
+  // The same rows packed one after another (no padding): [35] tokens -> [35, V].
+  std::vector<at::Tensor> parts;
+  for (int64_t b = 0; b < 4; ++b) parts.push_back(rows[b].narrow(0, 0, lengths[size_t(b)]));
+  const at::Tensor packed =
+      m.head(m.run_continuations(at::cat(parts), lengths, c).unsqueeze(0)).squeeze(0);
+  double kl_sum = 0, kl_packed_sum = 0;
   int64_t n_pos = 0;
   for (int64_t b = 0; b < 4; ++b) {
     const int64_t n = lengths[size_t(b)];
     const at::Tensor full = m.forward(at::cat({prefix, rows.narrow(0, b, 1).narrow(1, 0, n)}, 1));
     const at::Tensor kl = row_kl(full[0].narrow(0, P, n), got[b].narrow(0, 0, n));  // [n]
-    INFO("row " << b << " max KL " << kl.max().item<double>());
+    const at::Tensor kl_packed = row_kl(full[0].narrow(0, P, n), packed.narrow(0, n_pos, n));
+    INFO("row " << b << " max KL " << kl.max().item<double>() << ", packed "
+                << kl_packed.max().item<double>());
     CHECK(kl.max().item<double>() < 5e-4);
-    kl_sum += kl.sum().item<double>(), n_pos += n;
+    CHECK(kl_packed.max().item<double>() < 5e-4);
+    kl_sum += kl.sum().item<double>(), kl_packed_sum += kl_packed.sum().item<double>();
+    n_pos += n;
   }
   CHECK(kl_sum / double(n_pos) < 1e-4);
+  CHECK(kl_packed_sum / double(n_pos) < 1e-4);
 }
 
 TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps bit for bit",

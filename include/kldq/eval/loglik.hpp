@@ -34,7 +34,8 @@ struct Continued {
 };
 
 // Runs every sequence's tokens after its `skip` ones, right-padded with token 0 (causal
-// attention keeps padding out of every real position), as continuations of `from`. At each
+// attention keeps padding out of every real position; continuations of a shared prefix run
+// packed, without padding), as continuations of `from`. At each
 // sequence's last `scored` positions, sequence by sequence (R rows in all), reads the
 // log-softmax over the vocabulary, computed in fp32, at the columns `columns` [R, k] int64
 // names: returns [R, k] double on the CPU.

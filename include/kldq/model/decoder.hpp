@@ -99,6 +99,12 @@ class Decoder {
   // their log-sum-exps (decoder_cascade.cpp). Equals run_cached over a copy of the prefix per row
   // up to the attention's summation order; outputs at pad positions are meaningless (finite).
   at::Tensor run_continuations(const at::Tensor& ids, const KvCache& prefix) const;
+  // The same with the rows packed one after another, no padding: ids [N] holds row r's
+  // lengths[r] tokens after row r - 1's (N = their sum) -> hidden [N, H]. The blocks' products
+  // run on the N real tokens only (a right-padded batch of MMLU questions is a quarter padding);
+  // each row's own causal attention runs on the rows scattered to a padded [rows, max length].
+  at::Tensor run_continuations(const at::Tensor& ids, const std::vector<int64_t>& lengths,
+                               const KvCache& prefix) const;
 
   // Streaming. A streamed block runs from one of two device slots; the next streamed block is
   // copied into the other on a separate CUDA stream while this one computes. The arithmetic is
@@ -190,11 +196,17 @@ class Decoder {
   const Block& running(int i) const;
   void changed(Block& b);  // a new version (slots holding the old one are stale)
   const RopeTable& rope(int64_t len) const;
-  // run_continuations' shared prefix and the continuation's RoPE rows, cos/sin [T, d].
+  // run_continuations' shared prefix and the continuation's RoPE rows, cos/sin [T, d]; packed
+  // rows (B = 1, T = N): `slot` [N] int64, token i's place r * width + t among `rows` rows
+  // padded to `width` (undefined when the rows are padded already).
   struct SharedPrefix {
     const KvCache* cache = nullptr;
     at::Tensor cos, sin;
+    at::Tensor slot;
+    int64_t rows = 0, width = 0;
   };
+  at::Tensor continue_prefix(at::Tensor hidden, const SharedPrefix& shared) const;
+  const RopeTable& continuation_rope(const KvCache& prefix, int64_t width) const;
   // The forward's attention and block, optionally appending to and attending over a cache, or
   // continuing a shared prefix.
   at::Tensor attend(int i, const at::Tensor& h, KvCache* cache,
