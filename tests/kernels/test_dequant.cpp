@@ -106,11 +106,13 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
           "[cuda][kernels]") {
   KLDQ_SKIP_NO_CUDA();
   at::manual_seed(14);
-  // The tensor-core kernel runs 16-warp blocks for few row tiles and 4-warp blocks once there
-  // are 4 per SM (8,448 rows on 132 SMs): [8963, 200] takes the latter, with a partial last tile
-  // and a partial last column segment.
+  // The tensor-core kernel (bf16/fp16) reads quads of 4 chunks, so it takes widths in % 32 == 0
+  // only (the others go to dequantize + GEMM); it runs 16-warp blocks for few row tiles and
+  // 4-warp blocks once there are 4 per SM (8,448 rows on 132 SMs): [8963, 224] takes the latter,
+  // with a partial last tile and a partial last column segment (224 = 128 + 96).
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
-      {1, 8}, {7, 64}, {33, 96}, {5, 200}, {256, 1536}, {96, 4104}, {8963, 200}};
+      {1, 8},      {7, 64},    {33, 96},   {5, 200},    {5, 224},
+      {256, 1536}, {96, 4104}, {96, 4128}, {8963, 200}, {8963, 224}};
   for (const char* name : {"nf4", "nf4_b32", "fp4", "int4_g128", "int4_g32_asym", "int3_g64",
                            "int3_g128_asym", "int2_g64", "int8", "fp8_e4m3", "fp8_e4m3_tensor",
                            "fp8_e5m2", "fp8_e4m3_noscale", "int4_g64_fz"}) {
@@ -125,7 +127,7 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
         // The weights the GEMM path would use: dequantized, rounded once to dtype.
         const at::Tensor wq = f::dequantize(p).to(dtype).to(at::kDouble);  // [out, in]
         // fp32 rows take the SIMT kernel (at most 4), bf16/fp16 the tensor cores (at most 16:
-        // one or two 8-row tiles of the MMA's n, padded with zero rows).
+        // one or two 8-row tiles of the MMA's n, padded with copies of the last row).
         const std::vector<int64_t> counts = dtype == at::kFloat
                                                 ? std::vector<int64_t>{1, 2, 3, 4}
                                                 : std::vector<int64_t>{1, 3, 8, 9, 16};
@@ -133,6 +135,10 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
           INFO(name << " [" << out << ", " << in << "] " << c10::toString(dtype) << " rows " << m);
           const at::Tensor x = at::randn({1, m, in}, opts);
           const at::Tensor bias = m % 2 ? at::randn({out}, opts) : at::Tensor();
+          if (dtype != at::kFloat && in % 32 != 0) {
+            CHECK_FALSE(kldq::kernels::gemv_applies(g, x, bias));
+            continue;
+          }
           REQUIRE(kldq::kernels::gemv_applies(g, x, bias));
           const at::Tensor y = kldq::kernels::gemv(g, x, bias).cpu().to(at::kDouble);
           const at::Tensor xd = x.cpu().to(at::kDouble);
@@ -152,7 +158,7 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
       CHECK_FALSE(kldq::kernels::gemv_applies(g, big, {}));
       const at::Tensor big16 = at::randn({17, in}, big.options().dtype(at::kBFloat16));
       CHECK_FALSE(kldq::kernels::gemv_applies(g, big16, {}));
-      CHECK(kldq::kernels::gemv_applies(g, big16.narrow(0, 0, 16), {}));
+      CHECK(kldq::kernels::gemv_applies(g, big16.narrow(0, 0, 16), {}) == (in % 32 == 0));
       CHECK_FALSE(kldq::kernels::gemv_applies(g, big.flatten().narrow(0, 1, in).view({1, in}), {}));
     }
   }
