@@ -1,9 +1,10 @@
-// Seeded calibration windows from a corpus file.
+// Seeded calibration windows from a corpus file, and their recorded identity.
 #include "kldq/calib/calibration.hpp"
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <limits>
 #include <numeric>
 #include <random>
 
@@ -37,8 +38,30 @@ Calibration make_calibration(const CalibrationSpec& s, const io::Tokenizer& tok)
   }
   Calibration c;
   c.ids = at::tensor(flat).view({s.samples, s.seq_len});
-  c.identity = {{"file", s.file.string()}, {"sha256", sha256_path(s.file)}, {"seed", s.seed},
-                {"samples", s.samples},    {"seq_len", s.seq_len},          {"file_tokens", n}};
+  c.identity = {s.file.string(), sha256_path(s.file), s.samples, s.seq_len, s.seed, n};
+  return c;
+}
+
+nlohmann::json to_json(const CalibrationIdentity& c) {
+  nlohmann::json j = {{"file", c.file},
+                      {"sha256", c.sha256},
+                      {"seed", c.seed},
+                      {"samples", c.samples},
+                      {"seq_len", c.seq_len}};
+  if (c.file_tokens) j["file_tokens"] = *c.file_tokens;
+  return j;
+}
+
+CalibrationIdentity calibration_from_json(const io::Doc& d) {
+  d.keys({"file", "sha256", "samples", "seq_len", "seed", "file_tokens"});
+  CalibrationIdentity c;
+  c.file = d["file"].str();
+  c.sha256 = d["sha256"].str();
+  c.samples = d["samples"].integer(1, 1 << 24);
+  c.seq_len = d["seq_len"].integer(2, 1 << 20);
+  c.seed = d["seed"].unsigned_integer();
+  if (d.has("file_tokens"))
+    c.file_tokens = d["file_tokens"].integer(0, std::numeric_limits<int64_t>::max());
   return c;
 }
 

@@ -85,17 +85,14 @@ double summed_figure(const std::vector<const ShardFile*>& shards, const char* ke
   return sum;
 }
 
-void add_run_figures(const std::vector<const ShardFile*>& shards, nlohmann::json& out) {
+MergedFigures merged_figures(const std::vector<const ShardFile*>& shards) {
   double peak_cuda = 0, peak_host = 0;
   for (const ShardFile* f : shards) {
     peak_cuda = std::max(peak_cuda, run_figure(*f, "peak_cuda_bytes"));
     peak_host = std::max(peak_host, run_figure(*f, "peak_host_bytes"));
   }
-  out["seconds"] = summed_figure(shards, "seconds");
-  out["streamed_bytes"] = uint64_t(summed_figure(shards, "streamed_bytes"));
-  out["peak_cuda_bytes"] = uint64_t(peak_cuda);
-  out["peak_host_bytes"] = uint64_t(peak_host);
-  out["shards"] = shards.size();
+  return {summed_figure(shards, "seconds"), uint64_t(summed_figure(shards, "streamed_bytes")),
+          uint64_t(peak_cuda), uint64_t(peak_host), shards.size()};
 }
 
 std::vector<const ShardFile*> check_shards(const std::vector<ShardFile>& files, const char* what,

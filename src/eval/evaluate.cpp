@@ -14,6 +14,7 @@
 #include "kldq/core/shard.hpp"
 #include "kldq/eval/memory.hpp"
 #include "kldq/eval/merge.hpp"
+#include "kldq/eval/metrics.hpp"
 #include "kldq/eval/speed.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/io/json_util.hpp"
@@ -26,27 +27,24 @@ namespace {
 namespace fs = std::filesystem;
 
 // The lines printed after an evaluation: perplexity and KL, MMLU and flips.
-std::string summary_lines(const nlohmann::json& j, const std::string& mmlu_tag) {
+std::string summary_lines(const Metrics& m) {
   std::string line;
-  if (j.contains("ppl")) {
-    line += fmt::format("ppl {:.4f} over {} tokens", j["ppl"].get<double>(),
-                        j["tokens"].get<int64_t>());
-    if (j.contains("ppl_ref"))
-      line += fmt::format(" (reference {:.4f})", j["ppl_ref"].get<double>());
-    if (j.contains("kl_mean"))
-      line += fmt::format("; KL {:.6f} ± {:.6f}, same top-1 {:.4f}", j["kl_mean"].get<double>(),
-                          j["kl_stderr"].get<double>(), j["top1_agree"].get<double>());
-    if (j.contains("plan_predicted_kl"))
-      line += fmt::format(" (the plan predicted {:.6f})", j["plan_predicted_kl"].get<double>());
+  if (const auto& p = m.ppl) {
+    line += fmt::format("ppl {:.4f} over {} tokens", p->ppl, p->tokens);
+    if (p->ppl_ref) line += fmt::format(" (reference {:.4f})", *p->ppl_ref);
+    if (p->kl)
+      line += fmt::format("; KL {:.6f} ± {:.6f}, same top-1 {:.4f}", p->kl->kl_mean,
+                          p->kl->kl_stderr, p->kl->top1_agree);
+    if (p->plan_predicted_kl)
+      line += fmt::format(" (the plan predicted {:.6f})", *p->plan_predicted_kl);
     line += "\n";
   }
-  if (j.contains("mmlu_acc")) {
-    line += fmt::format("MMLU {} accuracy {:.4f} over {} questions", mmlu_tag,
-                        j["mmlu_acc"].get<double>(), j["mmlu_n"].get<int64_t>());
-    if (j.contains("flip_rate"))
+  if (const auto& q = m.mmlu) {
+    line += fmt::format("MMLU {} accuracy {:.4f} over {} questions", q->settings.protocol, q->acc,
+                        q->n);
+    if (q->flips)
       line += fmt::format(" (reference {:.4f}); flips {:.4f}, answer changes {:.4f}",
-                          j["mmlu_acc_ref"].get<double>(), j["flip_rate"].get<double>(),
-                          j["answer_change_rate"].get<double>());
+                          q->flips->acc_ref, q->flips->flip_rate, q->flips->answer_change_rate);
     line += "\n";
   }
   return line;
@@ -124,23 +122,24 @@ Outputs outputs_of(const EvalRequest& o) {
 }
 
 // What every metrics file starts with: the version, models, quantization and settings.
-nlohmann::json metrics_header(const EvalRequest& o, const std::optional<quant::Plan>& plan,
-                              const quant::MethodOptions& method,
-                              const std::optional<calib::Calibration>& cal, bool has_ref,
-                              const RunContext& ctx) {
+MetricsHeader metrics_header(const EvalRequest& o, const std::optional<quant::Plan>& plan,
+                             const quant::MethodOptions& method,
+                             const std::optional<calib::Calibration>& cal, bool has_ref,
+                             const RunContext& ctx) {
+  MetricsHeader h;
+  h.kldq_version = KLDQ_VERSION_STRING;
+  h.model = o.model;
+  h.quantization = plan ? (o.plan.empty() ? plan->base.name() : o.plan) : "";
   // The reference evaluated against: --reference, or MODEL itself unquantized.
-  const std::string ref_name = o.reference.empty() ? (has_ref ? o.model : "") : o.reference;
-  nlohmann::json j = {{"kldq_version", KLDQ_VERSION_STRING},
-                      {"model", o.model},
-                      {"quantization", plan ? (o.plan.empty() ? plan->base.name() : o.plan) : ""},
-                      {"reference", ref_name},
-                      {"dtype", dtype_name(ctx.dtype)},
-                      {"device", ctx.device.str()},
-                      {"device_name", device_description(ctx.device)},
-                      {"batch", o.batch}};
+  h.reference = o.reference.empty() ? (has_ref ? o.model : "") : o.reference;
+  h.dtype = dtype_name(ctx.dtype);
+  h.device = ctx.device.str();
+  h.device_name = device_description(ctx.device);
+  h.batch = o.batch;
   if (plan)
-    j["method_settings"] = quant::method_json(method, cal ? cal->identity : nlohmann::json());
-  return j;
+    h.method_settings =
+        quant::method_json(method, cal ? std::optional(cal->identity) : std::nullopt);
+  return h;
 }
 
 // `kldq eval --merge`: the shards read and checked, then one run's metrics and predictions.
@@ -156,36 +155,33 @@ EvalReport merge_evaluations(const EvalRequest& o) {
   const std::vector<ShardFile> shards = io::read_shard_files(o.merge);
   MergedEval merged = merge_shards(shards);
   fs::path predictions;
-  if (!merged.predictions_jsonl.empty()) {
+  if (merged.metrics.mmlu) {
     predictions = file_output(o.predictions.empty()
                                   ? fs::path(metrics).replace_extension(".predictions.jsonl")
                                   : fs::path(o.predictions),
                               "--predictions", inputs);
     if (predictions == metrics)
       throw ConfigError(fmt::format("--predictions {}: the same file as -o", predictions.string()));
-    merged.metrics["mmlu_settings"]["predictions"] = predictions.string();
+    merged.metrics.mmlu->settings.predictions = predictions.string();
     io::write_file_atomic(predictions, merged.predictions_jsonl);
   }
   try {
-    io::write_file_atomic(metrics, merged.metrics.dump(2) + "\n");
+    io::write_file_atomic(metrics, to_json(merged.metrics).dump(2) + "\n");
   } catch (...) {  // no partial output
     if (!predictions.empty()) remove_tree(predictions);
     throw;
   }
-  std::string summary =
-      fmt::format("merged {} shards -> {}\n", shards.size(), metrics.string()) +
-      summary_lines(merged.metrics, merged.metrics.contains("mmlu_settings")
-                                        ? merged.metrics["mmlu_settings"].value("protocol", "")
-                                        : "");
+  std::string summary = fmt::format("merged {} shards -> {}\n", shards.size(), metrics.string()) +
+                        summary_lines(merged.metrics);
   return {std::move(merged.metrics), std::move(summary)};
 }
 
 // The predictions, then the metrics: a metrics file is written only after everything it names.
 void write_outputs(const Outputs& outs, const std::string& predictions,
-                   const std::string& task_predictions, const nlohmann::json& j) {
+                   const std::string& task_predictions, const Metrics& m) {
   if (!predictions.empty()) io::write_file_atomic(outs.predictions, predictions);
   if (!task_predictions.empty()) io::write_file_atomic(outs.task_predictions, task_predictions);
-  io::write_file_atomic(outs.metrics, j.dump(2) + "\n");
+  io::write_file_atomic(outs.metrics, to_json(m).dump(2) + "\n");
 }
 
 // The reference: --reference, else MODEL itself unquantized when it is quantized here; needed
@@ -231,30 +227,30 @@ EvalReport evaluate(const EvalRequest& o) {
   std::string described;
   auto [m, ref] = load_models(o, plan, method, cal, ctx, need_ref, residency.streamed, described);
 
-  nlohmann::json j = metrics_header(o, plan, method, cal, ref.has_value(), ctx);
-  if (!shard.whole())
-    j["shard"] = {{"index", shard.index}, {"count", shard.count}, {"windows", in.windows.size()}};
-  j.update(memory_report(m));
+  Metrics metrics;
+  metrics.header = metrics_header(o, plan, method, cal, ref.has_value(), ctx);
+  if (!shard.whole()) metrics.shard = EvalShard{shard.index, shard.count, in.windows.size()};
+  metrics.memory = memory_report(m);
   device_synchronize(ctx.device);
   reset_peak_allocated_bytes(ctx.device);
-  if (!o.ppl.empty()) measure_ppl(o, m, o.kld ? &*ref : nullptr, in, plan, described, j);
+  if (!o.ppl.empty()) measure_ppl(o, m, o.kld ? &*ref : nullptr, in, plan, described, metrics);
   const std::string predictions = o.mmlu.empty()
                                       ? ""
                                       : measure_mmlu(o, m, ref ? &*ref : nullptr, *tokenizer, in,
-                                                     outs.predictions, described, j);
+                                                     outs.predictions, described, metrics);
   std::string more_lines, task_predictions;
   if (!o.tasks.empty())
-    task_predictions = run_tasks(in.tasks, o, m, ref ? &*ref : nullptr,
-                                 outs.task_predictions.string(), j, more_lines);
-  if (o.speed) j["speed"] = measure_speed(m, SpeedProtocol{}, more_lines);
-  add_run_stats(j, ctx, residency.describe(needs),
-                m.streamed_bytes() + (ref ? ref->streamed_bytes() : 0), t0);
-  write_outputs(outs, predictions, task_predictions, j);
-  std::string summary =
-      summary_lines(j, in.mmlu_tag) + more_lines +
-      fmt::format("weights {} bytes, {:.3f} bits per weight (linear layers)\n",
-                  j["weight_bytes"].get<uint64_t>(), j["bits_per_weight"].get<double>());
-  return {std::move(j), std::move(summary)};
+    task_predictions =
+        run_tasks(in.tasks, o, m, ref ? &*ref : nullptr, outs.task_predictions.string(),
+                  metrics.tasks.emplace(), more_lines);
+  if (o.speed) metrics.speed = measure_speed(m, SpeedProtocol{}, more_lines);
+  metrics.figures = run_figures(ctx, residency.describe(needs),
+                                m.streamed_bytes() + (ref ? ref->streamed_bytes() : 0), t0);
+  write_outputs(outs, predictions, task_predictions, metrics);
+  std::string summary = summary_lines(metrics) + more_lines +
+                        fmt::format("weights {} bytes, {:.3f} bits per weight (linear layers)\n",
+                                    metrics.memory.weight_bytes, metrics.memory.bits_per_weight);
+  return {std::move(metrics), std::move(summary)};
 }
 
 }  // namespace kldq::eval

@@ -109,15 +109,17 @@ std::pair<model::Decoder, std::optional<model::Decoder>> load_models(
 }
 
 // The run's memory, streaming and time figures.
-void add_run_stats(nlohmann::json& j, const RunContext& ctx, const std::string& residency,
-                   uint64_t streamed_bytes, Clock::time_point t0) {
-  j["peak_cuda_bytes"] = peak_allocated_bytes(ctx.device);
-  j["peak_host_bytes"] = peak_host_bytes();
-  j["residency"] = residency;
-  j["streamed_bytes"] = streamed_bytes;
+EvalFigures run_figures(const RunContext& ctx, const std::string& residency,
+                        uint64_t streamed_bytes, Clock::time_point t0) {
+  EvalFigures f;
+  f.peak_cuda_bytes = peak_allocated_bytes(ctx.device);
+  f.peak_host_bytes = peak_host_bytes();
+  f.residency = residency;
+  f.streamed_bytes = streamed_bytes;
   log::debug("eval: {} copied host-to-device for streamed blocks; peak host memory {}",
              model::gib(streamed_bytes), model::gib(peak_host_bytes()));
-  j["seconds"] = seconds_since(t0);
+  f.seconds = seconds_since(t0);
+  return f;
 }
 
 // MODEL's config with the context and vocabulary both models share (into `config`), the
@@ -143,10 +145,10 @@ Inputs load_inputs(const EvalRequest& o, model::ModelConfig& config,
   return in;
 }
 
-// Perplexity (and KL against `ref`, when given) over the --ppl windows into `j`.
+// Perplexity (and KL against `ref`, when given) over the --ppl windows into `out`.
 void measure_ppl(const EvalRequest& o, const model::Decoder& m, const model::Decoder* r,
                  const Inputs& in, const std::optional<quant::Plan>& plan,
-                 const std::string& described, nlohmann::json& j) {
+                 const std::string& described, Metrics& out) {
   const c10::Device device = m.device();
   log::info("eval {}: perplexity ({}), {} tokens of {}, {} windows of {}{}", described,
             ppl_protocol_name(in.ppl.protocol), in.tokens.size(), o.ppl, in.windows.size(),
@@ -167,52 +169,46 @@ void measure_ppl(const EvalRequest& o, const model::Decoder& m, const model::Dec
   const TokenScores s = score_windows(m, r, in.tokens, in.windows, in.ppl);
   device_synchronize(device);
   const double secs = seconds_since(t);
-  j.update(ppl_summary(s.nll, s.windows));
-  if (!in.ppl.shard.whole()) j["shard_data"]["ppl"] = ppl_shard_data(s, o.kld);
-  if (o.kld) {
-    const auto rs = ppl_summary(s.nll_ref, s.windows, "_ref");
-    j["ppl_ref"] = rs["ppl_ref"], j["nll_mean_ref"] = rs["nll_mean_ref"];
-    j.update(kl_summary(s));
-    // The plan's prediction from its profiles (their calibration text, not this one).
-    if (plan && plan->planner.contains("predicted_kl"))
-      j["plan_predicted_kl"] = plan->planner["predicted_kl"];
-  }
-  j["seconds_ppl"] = secs;
-  j["tokens_per_second"] = double(s.nll.size()) / secs;
-  j["ppl_settings"] = {{"protocol", ppl_protocol_name(in.ppl.protocol)},
-                       {"ctx", in.ppl.ctx},
-                       {"stride", in.ppl.stride > 0 ? in.ppl.stride : in.ppl.ctx / 2},
-                       {"bos", in.ppl.bos},
-                       {"file", o.ppl},
-                       {"sha256", in.ppl_sha256}};
-  if (in.ppl.protocol != PplProtocol::SLIDING) j["ppl_settings"].erase("stride");
+  PplMetrics& p = out.ppl.emplace(ppl_metrics(s, o.kld));
+  if (!in.ppl.shard.whole()) out.shard_data["ppl"] = ppl_shard_data(s, o.kld);
+  // The plan's prediction from its profiles (their calibration text, not this one).
+  if (o.kld && plan && plan->planner) p.plan_predicted_kl = plan->planner->predicted_kl;
+  p.seconds_ppl = secs;
+  p.tokens_per_second = double(s.nll.size()) / secs;
+  p.settings = {ppl_protocol_name(in.ppl.protocol),
+                in.ppl.ctx,
+                std::nullopt,
+                in.ppl.bos,
+                o.ppl,
+                in.ppl_sha256};
+  if (in.ppl.protocol == PplProtocol::SLIDING)
+    p.settings.stride = in.ppl.stride > 0 ? in.ppl.stride : in.ppl.ctx / 2;
 }
 
-// MMLU accuracy, and flips against the reference's predictions (saved, or of `ref`), into `j`;
+// MMLU accuracy, and flips against the reference's predictions (saved, or of `ref`), into `out`;
 // returns the predictions JSONL.
 std::string measure_mmlu(const EvalRequest& o, const model::Decoder& m, const model::Decoder* ref,
                          const io::Tokenizer& tokenizer, Inputs& in, const fs::path& predictions,
-                         const std::string& described, nlohmann::json& j) {
+                         const std::string& described, Metrics& out) {
   const c10::Device device = m.device();
   log::info("eval {}: MMLU {} on {} questions of {}", described, in.mmlu_tag, in.items.size(),
             o.mmlu);
   const auto t = Clock::now();
   const auto preds = score_mmlu(m, tokenizer, in.mmlu_data, in.items, in.answers, in.mmlu, "MMLU");
-  j.update(mmlu_summary(preds));
+  MmluMetrics& mm = out.mmlu.emplace(mmlu_metrics(preds));
   if (!in.ref_predictions && ref)
     in.ref_predictions =
         score_mmlu(*ref, tokenizer, in.mmlu_data, in.items, in.answers, in.mmlu, "MMLU reference");
   if (in.ref_predictions)
-    j.update(flip_summary(*in.ref_predictions, preds,
-                          o.reference_predictions.empty() ? "reference" : o.reference_predictions));
+    mm.flips =
+        flip_summary(*in.ref_predictions, preds,
+                     o.reference_predictions.empty() ? "reference" : o.reference_predictions);
   device_synchronize(device);
-  j["seconds_mmlu"] = seconds_since(t);
-  j["mmlu_settings"] = {{"protocol", in.mmlu_tag},    {"limit", in.mmlu.limit},
-                        {"max_len", in.mmlu.max_len}, {"path", o.mmlu},
-                        {"sha256", in.mmlu_sha256},   {"predictions", predictions.string()}};
-  j["mmlu_settings"]["shared_prefix"] = in.mmlu.shared_prefix;
+  mm.seconds_mmlu = seconds_since(t);
+  mm.settings = {in.mmlu_tag,    in.mmlu.limit,        in.mmlu.max_len,      o.mmlu,
+                 in.mmlu_sha256, predictions.string(), in.mmlu.shared_prefix};
   if (!in.ppl.shard.whole())
-    j["shard_data"]["mmlu"] =
+    out.shard_data["mmlu"] =
         mmlu_shard_data(preds, in.ref_predictions ? &*in.ref_predictions : nullptr,
                         o.reference_predictions.empty() ? "reference" : o.reference_predictions,
                         in.mmlu_tag, in.mmlu_subjects);

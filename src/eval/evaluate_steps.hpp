@@ -15,6 +15,7 @@
 
 #include "kldq/calib/calibration.hpp"
 #include "kldq/eval/evaluate.hpp"
+#include "kldq/eval/metrics.hpp"
 #include "kldq/model/decoder.hpp"
 #include "kldq/model/residency.hpp"
 #include "kldq/quant/plan.hpp"
@@ -45,24 +46,25 @@ std::pair<model::Decoder, std::optional<model::Decoder>> load_models(
     std::string& described);
 
 // The run's memory, streaming and time figures.
-void add_run_stats(nlohmann::json& j, const RunContext& ctx, const std::string& residency,
-                   uint64_t streamed_bytes, Clock::time_point t0);
+EvalFigures run_figures(const RunContext& ctx, const std::string& residency,
+                        uint64_t streamed_bytes, Clock::time_point t0);
 
 // MODEL's config with the context and vocabulary both models share (into `config`), the
 // tokenizer, and every measurement's data fitted to them.
 Inputs load_inputs(const EvalRequest& o, model::ModelConfig& config,
                    std::unique_ptr<io::Tokenizer>& tokenizer);
 
-// Perplexity (and KL against `ref`, when given) over the --ppl windows into `j`.
+// Perplexity (and KL against `ref`, when given) over the --ppl windows into `out` (a shard's
+// per-token scores into its shard_data).
 void measure_ppl(const EvalRequest& o, const model::Decoder& m, const model::Decoder* r,
                  const Inputs& in, const std::optional<quant::Plan>& plan,
-                 const std::string& described, nlohmann::json& j);
+                 const std::string& described, Metrics& out);
 
-// MMLU accuracy, and flips against the reference's predictions (saved, or of `ref`), into `j`;
+// MMLU accuracy, and flips against the reference's predictions (saved, or of `ref`), into `out`;
 // returns the predictions JSONL.
 std::string measure_mmlu(const EvalRequest& o, const model::Decoder& m, const model::Decoder* ref,
                          const io::Tokenizer& tokenizer, Inputs& in,
                          const std::filesystem::path& predictions, const std::string& described,
-                         nlohmann::json& j);
+                         Metrics& out);
 
 }  // namespace kldq::eval

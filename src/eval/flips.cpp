@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 
@@ -17,9 +18,10 @@ std::string letter(int i) {
   return std::string(1, static_cast<char>('A' + i));
 }
 
-nlohmann::json rate(int64_t k, int64_t n) {
-  const auto [lo, hi] = wilson_interval(k, n);
-  return nlohmann::json::array({lo, hi});
+// A rate's interval as the file holds it: [low, high].
+std::pair<double, double> interval_from_json(const io::Doc& d) {
+  if (d.size() != 2) d.fail(fmt::format("expected [low, high], got {} values", d.size()));
+  return {d[0].finite(), d[1].finite()};
 }
 
 }  // namespace
@@ -73,8 +75,27 @@ std::vector<MmluPrediction> parse_predictions(const std::string& text, const std
   return out;
 }
 
-nlohmann::json flip_rates(const std::vector<Answered>& ref, const std::vector<Answered>& m,
-                          const std::string& acc_ref_key) {
+nlohmann::json to_json(const Flips& f, const std::string& acc_ref_key) {
+  return {{"flip_rate", f.flip_rate},
+          {"flip_rate_ci", f.flip_rate_ci},
+          {"answer_change_rate", f.answer_change_rate},
+          {"answer_change_rate_ci", f.answer_change_rate_ci},
+          {"c2w", f.c2w},
+          {"c2w_rate_ci", f.c2w_rate_ci},
+          {"w2c", f.w2c},
+          {"w2c_rate_ci", f.w2c_rate_ci},
+          {acc_ref_key, f.acc_ref}};
+}
+
+Flips flips_from_json(const io::Doc& d, const std::string& acc_ref_key) {
+  return {d["flip_rate"].number(0, 1),          interval_from_json(d["flip_rate_ci"]),
+          d["answer_change_rate"].number(0, 1), interval_from_json(d["answer_change_rate_ci"]),
+          d["c2w"].integer(0, INT64_MAX),       interval_from_json(d["c2w_rate_ci"]),
+          d["w2c"].integer(0, INT64_MAX),       interval_from_json(d["w2c_rate_ci"]),
+          d[acc_ref_key].number(0, 1)};
+}
+
+Flips flip_rates(const std::vector<Answered>& ref, const std::vector<Answered>& m) {
   check(ref.size() == m.size(), "flip_rates: lists of different lengths");
   int64_t flips = 0, changes = 0, c2w = 0, w2c = 0, ref_correct = 0;
   for (size_t i = 0; i < m.size(); ++i) {
@@ -84,19 +105,19 @@ nlohmann::json flip_rates(const std::vector<Answered>& ref, const std::vector<An
   }
   const int64_t n = static_cast<int64_t>(m.size());
   const double dn = n > 0 ? double(n) : 1.0;
-  return {{"flip_rate", double(flips) / dn},
-          {"flip_rate_ci", rate(flips, n)},
-          {"answer_change_rate", double(changes) / dn},
-          {"answer_change_rate_ci", rate(changes, n)},
-          {"c2w", c2w},
-          {"c2w_rate_ci", rate(c2w, n)},
-          {"w2c", w2c},
-          {"w2c_rate_ci", rate(w2c, n)},
-          {acc_ref_key, double(ref_correct) / dn}};
+  return {double(flips) / dn,
+          wilson_interval(flips, n),
+          double(changes) / dn,
+          wilson_interval(changes, n),
+          c2w,
+          wilson_interval(c2w, n),
+          w2c,
+          wilson_interval(w2c, n),
+          double(ref_correct) / dn};
 }
 
-nlohmann::json flip_summary(const std::vector<MmluPrediction>& ref,
-                            const std::vector<MmluPrediction>& m, const std::string& what) {
+Flips flip_summary(const std::vector<MmluPrediction>& ref, const std::vector<MmluPrediction>& m,
+                   const std::string& what) {
   if (ref.size() != m.size())
     throw ConfigError(
         fmt::format("{}: {} reference predictions for {} questions", what, ref.size(), m.size()));
@@ -109,7 +130,7 @@ nlohmann::json flip_summary(const std::vector<MmluPrediction>& ref,
           i + 1, r.subject, r.index, q.subject, q.index));
     a.push_back({r.answer, r.pred}), b.push_back({q.answer, q.pred});
   }
-  return flip_rates(a, b, "mmlu_acc_ref");
+  return flip_rates(a, b);
 }
 
 }  // namespace kldq::eval

@@ -10,6 +10,7 @@
 
 #include "kldq/core/error.hpp"
 #include "kldq/eval/flips.hpp"
+#include "kldq/io/document.hpp"
 
 namespace kldq::eval {
 namespace {
@@ -219,6 +220,36 @@ void check_shard_data(const std::vector<const ShardFile*>& shards) {
   }
 }
 
+// The merged perplexity group: recomputed from the shards' per-token scores, with the first
+// shard's settings and prediction (every shard has the same).
+PplMetrics merged_ppl(const std::vector<const ShardFile*>& shards, const PplMetrics& first) {
+  const TokenScores s = merge_ppl(shards, first.kl.has_value());
+  PplMetrics p = ppl_metrics(s, first.kl.has_value());
+  p.plan_predicted_kl = first.plan_predicted_kl;
+  p.settings = first.settings;
+  p.seconds_ppl = summed_figure(shards, "seconds_ppl");
+  p.tokens_per_second = double(s.nll.size()) / p.seconds_ppl;
+  return p;
+}
+
+// The merged MMLU group (and its predictions JSONL into `predictions`).
+MmluMetrics merged_mmlu(const std::vector<const ShardFile*>& shards, const MmluMetrics& first,
+                        std::string& predictions) {
+  const nlohmann::json& data = shards[0]->json["shard_data"]["mmlu"];
+  std::string protocol;
+  const std::vector<MmluPrediction> preds = merge_mmlu(shards, "predictions", protocol);
+  MmluMetrics m = mmlu_metrics(preds);
+  if (data.contains("reference")) {
+    std::string ref_protocol;
+    m.flips = flip_summary(merge_mmlu(shards, "reference", ref_protocol), preds,
+                           data.value("reference_what", "reference"));
+  }
+  m.settings = first.settings;
+  m.seconds_mmlu = summed_figure(shards, "seconds_mmlu");
+  predictions = predictions_jsonl(preds, protocol);
+  return m;
+}
+
 }  // namespace
 
 MergedEval merge_shards(const std::vector<ShardFile>& files) {
@@ -229,44 +260,27 @@ MergedEval merge_shards(const std::vector<ShardFile>& files) {
   std::vector<const ShardFile*> shards;  // the originals, in shard order
   for (const ShardFile* f : order) shards.push_back(&files[size_t(f - same.data())]);
   check_shard_data(shards);
-  const nlohmann::json& first = shards[0]->json;
+  // Every shard read as metrics (the first's say what is merged; the others agree on it).
+  std::vector<Metrics> read;
+  for (const ShardFile* f : shards)
+    read.push_back(metrics_from_json(io::Doc(f->json, f->path, io::DocKind::CONFIG)));
+  const Metrics& first = read[0];
   MergedEval out;
-  nlohmann::json& j = out.metrics;
-  for (const auto& [k, v] : first.items())
-    if (kIdentity.count(k)) j[k] = v;
-  add_run_figures(shards, j);
-  const double seconds_ppl = summed_figure(shards, "seconds_ppl");
-  const double seconds_mmlu = summed_figure(shards, "seconds_mmlu");
+  Metrics& m = out.metrics;
+  m.header = first.header, m.memory = first.memory;
   try {
-    if (first["shard_data"].contains("ppl")) {
-      const bool kl = first.contains("kl_mean");
-      const TokenScores s = merge_ppl(shards, kl);
-      j.update(ppl_summary(s.nll, s.windows));
-      if (kl) {
-        const auto rs = ppl_summary(s.nll_ref, s.windows, "_ref");
-        j["ppl_ref"] = rs["ppl_ref"], j["nll_mean_ref"] = rs["nll_mean_ref"];
-        j.update(kl_summary(s));
-      }
-      j["seconds_ppl"] = seconds_ppl;
-      j["tokens_per_second"] = double(s.nll.size()) / seconds_ppl;
-    }
-    if (first["shard_data"].contains("mmlu")) {
-      std::string protocol;
-      const std::vector<MmluPrediction> preds = merge_mmlu(shards, "predictions", protocol);
-      j.update(mmlu_summary(preds));
-      if (first["shard_data"]["mmlu"].contains("reference")) {
-        std::string ref_protocol;
-        j.update(flip_summary(merge_mmlu(shards, "reference", ref_protocol), preds,
-                              first["shard_data"]["mmlu"].value("reference_what", "reference")));
-      }
-      j["seconds_mmlu"] = seconds_mmlu;
-      out.predictions_jsonl = predictions_jsonl(preds, protocol);
-    }
+    if (first.ppl && first.shard_data.contains("ppl")) m.ppl = merged_ppl(shards, *first.ppl);
+    if (first.mmlu && first.shard_data.contains("mmlu"))
+      m.mmlu = merged_mmlu(shards, *first.mmlu, out.predictions_jsonl);
   } catch (const nlohmann::json::exception& e) {
     throw ConfigError(fmt::format("eval --merge: a shard's data is malformed ({})", e.what()));
   }
-  for (const char* key : {"device", "residency"})  // the first shard's
-    if (first.contains(key)) j[key] = first[key];
+  const MergedFigures f = merged_figures(shards);
+  // The first shard's device and residency.
+  m.header.device = first.header.device, m.figures.residency = first.figures.residency;
+  m.figures.seconds = f.seconds, m.figures.streamed_bytes = f.streamed_bytes;
+  m.figures.peak_cuda_bytes = f.peak_cuda_bytes, m.figures.peak_host_bytes = f.peak_host_bytes;
+  m.figures.shards = f.shards;
   return out;
 }
 

@@ -75,22 +75,4 @@ AnswerTokens mmlu_answer_tokens(const io::Tokenizer& tok, const MmluData& data,
   return out;
 }
 
-nlohmann::json mmlu_summary(const std::vector<MmluPrediction>& preds) {
-  std::map<std::string, std::pair<int64_t, int64_t>> by;  // subject -> (correct, n)
-  int64_t correct = 0, truncated = 0;
-  for (const auto& p : preds) {
-    const bool ok = p.pred == p.answer;
-    correct += ok, truncated += p.truncated;
-    by[p.subject].first += ok, by[p.subject].second += 1;
-  }
-  nlohmann::json subjects = nlohmann::json::object();
-  for (const auto& [s, cn] : by)
-    subjects[s] = {{"acc", double(cn.first) / double(cn.second)}, {"n", cn.second}};
-  return {{"mmlu_acc", preds.empty() ? 0.0 : double(correct) / double(preds.size())},
-          {"mmlu_n", preds.size()},
-          {"mmlu_correct", correct},
-          {"mmlu_truncated", truncated},
-          {"mmlu_by_subject", subjects}};
-}
-
 }  // namespace kldq::eval

@@ -10,13 +10,12 @@
 #include <chrono>
 #include <cmath>
 
-#include "kldq/core/batches.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
 #include "kldq/core/progress.hpp"
 #include "kldq/eval/stats.hpp"
-#include "kldq/kernels/kl.hpp"
+#include "kldq/model/head_kl.hpp"
 
 namespace kldq::eval {
 namespace {
@@ -105,27 +104,18 @@ struct RowScores {
 };
 
 // Scores the rows of final hidden states h: [N, H] (and h_ref of the reference) against target:
-// [N, 1], `chunk` rows of logits at a time.
-void score_rows(const model::Decoder& model, const model::Decoder* reference, const at::Tensor& h,
-                const at::Tensor& h_ref, const at::Tensor& target, int64_t chunk, RowScores& acc) {
-  for (const auto [r, len] : batches(h.size(0), chunk)) {
-    const at::Tensor logits = model.head(h.narrow(0, r, len).unsqueeze(0)).squeeze(0);  // [len, V]
-    const at::Tensor tgt = target.narrow(0, r, len).squeeze(1);                         // [len]
-    if (!reference) {  // fp32 log-softmax of the chunk; the whole set is never materialised
-      acc.nll.push_back(
-          -at::log_softmax(logits, -1, at::kFloat).gather(1, tgt.unsqueeze(1)).squeeze(1));
-      continue;
-    }
-    // The reference's logits, recomputed from its hidden states; the KL kernel reads both in
-    // their stored dtype and never rounds log-probabilities to 16 bits (that biases KL negative).
-    const kernels::TokenKl t = kernels::token_kl(
-        logits,
-        reference->head(h_ref.narrow(0, r, len).unsqueeze(0)).squeeze(0).to(logits.device()), tgt);
-    acc.nll.push_back(t.nll);
-    acc.nll_ref.push_back(t.nll_ref);
-    acc.kl.push_back(t.kl);
-    acc.top1.push_back(t.same_top1);
-  }
+// [N], `chunk` rows of logits at a time (model::score_rows; NLL only without a reference).
+void score_batch(const model::Decoder& model, const model::Decoder* reference, const at::Tensor& h,
+                 const at::Tensor& h_ref, const at::Tensor& target, int64_t chunk, RowScores& acc) {
+  const model::HiddenRows ref{reference, h_ref, false};
+  model::score_rows({{&model, h, false}}, reference ? &ref : nullptr, target, chunk,
+                    [&](size_t, const kernels::TokenKl& t) {
+                      acc.nll.push_back(t.nll);
+                      if (!reference) return;
+                      acc.nll_ref.push_back(t.nll_ref);
+                      acc.kl.push_back(t.kl);
+                      acc.top1.push_back(t.same_top1);
+                    });
 }
 
 }  // namespace
@@ -161,9 +151,9 @@ TokenScores score_windows(const model::Decoder& model, const model::Decoder* ref
     const at::Tensor h_ref =
         reference ? final_hidden(*reference, ids, from, S).reshape({B * S, -1}) : at::Tensor();
     const at::Tensor target =
-        ids.narrow(1, from + 1, S).reshape({B * S, 1}).to(model.device());  // [B*S, 1]
+        ids.narrow(1, from + 1, S).reshape({B * S}).to(model.device());  // [B*S] int64
     timer.lap(1);
-    score_rows(model, reference, h, h_ref, target, o.chunk, acc);
+    score_batch(model, reference, h, h_ref, target, o.chunk, acc);
     timer.lap(2);
     s.windows += B;
     for (size_t k = w; k < end; ++k) s.scored.push_back({int64_t(k), S});

@@ -45,7 +45,7 @@ TaskInputs read_tasks(const EvalRequest& o, const io::Tokenizer& tok, int64_t ma
 }
 
 std::string run_tasks(const TaskInputs& in, const EvalRequest& o, const model::Decoder& m,
-                      const model::Decoder* ref, const std::string& pred_path, nlohmann::json& j,
+                      const model::Decoder* ref, const std::string& pred_path, TaskMetrics& out,
                       std::string& summary) {
   using Clock = std::chrono::steady_clock;
   std::string predictions;
@@ -79,16 +79,16 @@ std::string run_tasks(const TaskInputs& in, const EvalRequest& o, const model::D
     if (r.contains("flip_rate"))
       summary += fmt::format("; flips {:.4f}", r["flip_rate"].get<double>());
     summary += "\n";
-    j["tasks"][t.name] = r;
+    out.tasks[t.name] = r;
     files[t.name] = {{"path", t.path.string()}, {"sha256", t.sha256}, {"n", t.items.size()}};
     predictions += task_predictions_jsonl(t, preds);
   }
-  j["seconds_tasks"] = std::chrono::duration<double>(Clock::now() - t0).count();
-  j["tasks_settings"] = {{"dir", o.tasks_dir},
-                         {"limit", o.tasks_limit},
-                         {"max_len", in.options.max_len},
-                         {"files", files},
-                         {"predictions", pred_path}};
+  out.seconds_tasks = std::chrono::duration<double>(Clock::now() - t0).count();
+  out.settings = {{"dir", o.tasks_dir},
+                  {"limit", o.tasks_limit},
+                  {"max_len", in.options.max_len},
+                  {"files", files},
+                  {"predictions", pred_path}};
   return predictions;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kldq/eval/evaluate.hpp"
+#include "kldq/eval/metrics.hpp"
 #include "kldq/eval/tasks.hpp"
 
 namespace kldq::eval {
@@ -29,11 +30,10 @@ struct TaskInputs {
 TaskInputs read_tasks(const EvalRequest& o, const io::Tokenizer& tok, int64_t max_ctx,
                       int64_t vocab);
 
-// Scores every task on `m` (and `ref` when given and no saved reference predictions), adds
-// "tasks" and "tasks_settings" to `j` and returns the predictions JSONL. `summary` gets one line
-// per task.
+// Scores every task on `m` (and `ref` when given and no saved reference predictions) into `out`
+// and returns the predictions JSONL. `summary` gets one line per task.
 std::string run_tasks(const TaskInputs& in, const EvalRequest& o, const model::Decoder& m,
-                      const model::Decoder* ref, const std::string& pred_path, nlohmann::json& j,
+                      const model::Decoder* ref, const std::string& pred_path, TaskMetrics& out,
                       std::string& summary);
 
 }  // namespace kldq::eval

@@ -71,7 +71,7 @@ nlohmann::json task_flips(const Task& task, const std::vector<TaskPrediction>& r
     a.push_back({ref[i].gold, headline_pred(task, ref[i])});
     b.push_back({m[i].gold, headline_pred(task, m[i])});
   }
-  return flip_rates(a, b, task.has_norm ? "acc_norm_ref" : "acc_ref");
+  return to_json(flip_rates(a, b), task.has_norm ? "acc_norm_ref" : "acc_ref");
 }
 
 }  // namespace kldq::eval

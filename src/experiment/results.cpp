@@ -21,11 +21,6 @@ namespace kldq::experiment {
 
 namespace fs = std::filesystem;
 
-const std::vector<std::string> kRecordMetrics = {
-    "weight_bytes",       "bits_per_weight",   "ppl",      "ppl_ref",      "kl_mean",
-    "kl_stderr",          "top1_agree",        "mmlu_acc", "mmlu_acc_ref", "flip_rate",
-    "answer_change_rate", "plan_predicted_kl", "seconds"};
-
 const std::vector<std::string> kSummaryColumns = {"model_name",
                                                   "point",
                                                   "label",
@@ -171,6 +166,34 @@ nlohmann::json task_record_metrics(const nlohmann::json& m) {
   const auto n = double(m["tasks"].size());
   r["tasks_mean"] = sum / n;
   if (all_ref) r["tasks_mean_ref"] = sum_ref / n;
+  return r;
+}
+
+nlohmann::json record_metrics(const eval::Metrics& m) {
+  nlohmann::json r = {{"weight_bytes", m.memory.weight_bytes},
+                      {"weight_gib", double(m.memory.weight_bytes) / double(uint64_t{1} << 30)},
+                      {"bits_per_weight", m.memory.bits_per_weight},
+                      {"seconds", m.figures.seconds}};
+  if (const auto& p = m.ppl) {
+    r["ppl"] = p->ppl;
+    io::put_optional(r, "ppl_ref", p->ppl_ref);
+    if (p->kl)
+      r["kl_mean"] = p->kl->kl_mean, r["kl_stderr"] = p->kl->kl_stderr,
+      r["top1_agree"] = p->kl->top1_agree;
+    io::put_optional(r, "plan_predicted_kl", p->plan_predicted_kl);
+  }
+  if (const auto& q = m.mmlu) {
+    r["mmlu_acc"] = q->acc;
+    if (q->flips)
+      r["mmlu_acc_ref"] = q->flips->acc_ref, r["flip_rate"] = q->flips->flip_rate,
+      r["answer_change_rate"] = q->flips->answer_change_rate;
+  }
+  // The tasks' and the speed's records, as their modules write them.
+  nlohmann::json records = nlohmann::json::object();
+  if (m.tasks) records["tasks"] = m.tasks->tasks;
+  if (!m.speed.is_null()) records["speed"] = m.speed;
+  r.update(task_record_metrics(records));
+  r.update(speed_record_metrics(records));
   return r;
 }
 

@@ -21,6 +21,7 @@
 #include "kldq/core/output.hpp"
 #include "kldq/core/progress.hpp"
 #include "kldq/eval/evaluate.hpp"
+#include "kldq/eval/metrics.hpp"
 #include "kldq/eval/speed.hpp"
 #include "kldq/eval/tasks.hpp"
 #include "kldq/experiment/results.hpp"
@@ -28,6 +29,7 @@
 
 #include "kldq/export/task.hpp"
 #include "kldq/io/checkpoint.hpp"
+#include "kldq/io/document.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/model/config.hpp"
@@ -169,7 +171,8 @@ class Runner {
       quant::Plan uniform;
       uniform.method = pt.method;
       uniform.base = formats::FormatSpec::parse(pt.base, "sweep.base");
-      uniform.planner = {{"strategy", plan::kStrategies.name(pt.planner)}, {"experiment", e_.name}};
+      uniform.planner.emplace().strategy = plan::kStrategies.name(pt.planner);
+      uniform.planner->experiment = e_.name;
       io::write_file_atomic(file, uniform.to_json().dump(2) + "\n");
       return "";
     }
@@ -232,13 +235,10 @@ class Runner {
     r["plan_file"] = rel(pl.key), r["eval_file"] = rel(ev.key);
     r["profile_files"] = nlohmann::json::array();
     for (const auto& k : pl.inputs["profiles"]) r["profile_files"].push_back(rel(k));
-    const nlohmann::json m = io::read_json_file(by_key.at(ev.key));
-    for (const std::string& k : kRecordMetrics)
-      if (m.contains(k)) r[k] = m[k];
-    r.update(task_record_metrics(m));
-    r.update(speed_record_metrics(m));
-    if (m.contains("weight_bytes"))
-      r["weight_gib"] = m["weight_bytes"].get<double>() / double(uint64_t{1} << 30);
+    const fs::path metrics = by_key.at(ev.key);
+    const nlohmann::json m = io::read_json_file(metrics);
+    r.update(
+        record_metrics(eval::metrics_from_json(io::Doc(m, metrics.string(), io::DocKind::DATA))));
     return r;
   }
 

@@ -93,6 +93,12 @@ std::string Doc::str() const {
   return j_->get<std::string>();
 }
 
+std::vector<std::string> Doc::strings() const {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < size(); ++i) out.push_back((*this)[i].str());
+  return out;
+}
+
 bool Doc::boolean() const {
   if (!j_->is_boolean()) fail(fmt::format("expected true or false, got {}", shown()));
   return j_->get<bool>();
@@ -111,6 +117,12 @@ int64_t Doc::integer(int64_t lo, int64_t hi) const {
     fail(fmt::format("expected an integer in [{}, {}], got {}", lo, hi, shown()));
   }
   return j_->get<int64_t>();
+}
+
+uint64_t Doc::unsigned_integer() const {
+  if (!j_->is_number_unsigned() && !(j_->is_number_integer() && j_->get<int64_t>() >= 0))
+    fail(fmt::format("expected an integer >= 0, got {}", shown()));
+  return j_->get<uint64_t>();
 }
 
 double Doc::finite() const {

@@ -15,14 +15,13 @@ std::vector<Profile> read_profiles(const std::vector<std::string>& paths) {
 
 std::string plan_line(const quant::Plan& plan, const std::vector<Profile>& profiles,
                       const std::string& out) {
-  const auto& p = plan.planner;
+  const quant::PlannerRecord& p = plan.planner.value();  // make_plan's, complete
   return fmt::format(
       "plan ({}): base {}, {} of {} units overridden; {:.4f} bits per weight; predicted KL "
       "{:.6f} (all {}: {:.6f}){}\n",
-      p["strategy"].get<std::string>(), plan.base.name(), plan.overrides.size(),
-      profiles.front().units.size(), p["bits_per_weight"].get<double>(),
-      p["predicted_kl"].get<double>(), profiles.front().base, profiles.front().baseline_kl,
-      out.empty() ? "" : " -> " + out);
+      p.strategy, plan.base.name(), plan.overrides.size(), profiles.front().units.size(),
+      p.bits_per_weight.value(), p.predicted_kl.value(), profiles.front().base,
+      profiles.front().baseline_kl, out.empty() ? "" : " -> " + out);
 }
 
 }  // namespace kldq::plan

@@ -51,7 +51,10 @@ void check_compatible(const std::vector<Profile>& ps) {
                         p.path, what, y, a.path, x));
     };
     differs("model fingerprint", a.fingerprint, p.fingerprint);
-    differs("calibration", a.calibration.dump(), p.calibration.dump());
+    auto shown = [](const std::optional<calib::CalibrationIdentity>& c) {
+      return c ? calib::to_json(*c).dump() : std::string("null");
+    };
+    differs("calibration", shown(a.calibration), shown(p.calibration));
     differs("method", quant::method_name(a.method), quant::method_name(p.method));
     // Profiles of kldq before method_settings were recorded lack them; the rest must agree.
     if (!a.method_settings.is_null() && !p.method_settings.is_null())
@@ -228,47 +231,30 @@ double Profile::cost(size_t u) const {
 Profile Profile::from_json(const json& j, const std::string& path) {
   const io::Doc d(j, path, io::DocKind::CONFIG);
   d.require_object();
-  Profile p;
-  p.path = path;
   if (d.contains("shard"))
     d["shard"].fail(fmt::format(
         "a shard of a profile (shard: {}); merge the shards first (kldq profile --merge)",
         j["shard"].dump()));
-  p.mode = profile::kModes.parse(d["mode"].str(), d["mode"].where());
-  p.granularity = profile::kGranularities.parse(d["granularity"].str(), d["granularity"].where());
-  p.base = formats::FormatSpec::parse(d["base"].str(), d["base"].where()).name();
-  p.method = quant::parse_method(d["method"].str(), d["method"].where());
-  p.model = d["model"].str();
-  if (!d.contains("model_fingerprint"))
+  profile::ProfileRecord r = profile::profile_from_json(d);
+  Profile p;
+  p.path = path;
+  p.mode = r.mode, p.granularity = r.granularity, p.base = r.base, p.method = r.method;
+  p.model = r.model ? *r.model : d["model"].str();  // an error: missing or not a string
+  if (!r.model_fingerprint)
     throw ConfigError(
         fmt::format("{}: model_fingerprint: missing (a profile of an older kldq; "
                     "profile the model again)",
                     path));
-  p.fingerprint = d["model_fingerprint"].str();
-  p.calibration = d["calibration"].json();
-  if (d.contains("method_settings")) {
-    const io::Doc settings = d["method_settings"];
-    const quant::RecordedMethod r = quant::method_from_json(settings);
-    if (r.options.method != p.method)
-      settings["method"].fail(fmt::format("{}, but the method is {}",
-                                          quant::method_name(r.options.method),
-                                          quant::method_name(p.method)));
-    p.method_settings = settings.json();
-    // A plan carries the calibration a gptq/awq profile fitted on, in the recorded schema.
-    if (quant::needs_calibration(p.method)) {
-      const json wrapped = {{"method", p.method}, {"calibration", p.calibration}};
-      (void)quant::method_from_json(io::Doc(wrapped, path, io::DocKind::CONFIG));
-    }
-  }
-  p.baseline_kl = d["baseline_kl"].finite();
-  const io::Doc units = d["units"];
-  if (units.size() == 0) units.fail("expected a non-empty list");
-  std::set<std::string> seen;
-  for (size_t i = 0; i < units.size(); ++i) {
-    Unit u = profile::unit_from_json(units[i], p.granularity);
-    if (!seen.insert(u.id).second) units[i]["id"].fail(fmt::format("unit {} appears twice", u.id));
-    p.units.push_back(std::move(u));
-  }
+  p.fingerprint = *r.model_fingerprint;
+  (void)d["calibration"];  // recorded, if only as null (a profile written by hand)
+  p.calibration = r.calibration;
+  p.method_settings = r.method_settings;
+  // A plan carries the calibration a gptq/awq profile fitted on (fitted_settings).
+  if (!p.method_settings.is_null() && quant::needs_calibration(p.method) && !p.calibration)
+    d["calibration"].require_object();
+  p.baseline_kl = r.baseline_kl;
+  if (r.units.empty()) d["units"].fail("expected a non-empty list");
+  p.units = std::move(r.units);
   return p;
 }
 
@@ -315,7 +301,7 @@ size_t base_candidate(const Profile& anchor, const std::vector<size_t>& pick, co
 json fitted_settings(const Profile& anchor) {
   json settings = anchor.method_settings;
   if (!settings.is_null() && quant::needs_calibration(anchor.method))
-    settings["calibration"] = anchor.calibration;
+    settings["calibration"] = calib::to_json(anchor.calibration.value());  // checked on reading
   if (settings.is_null() && quant::needs_calibration(anchor.method))
     log::warn(
         "{}: records no method_settings (an older kldq): quantize --plan will fit {} with "
@@ -325,30 +311,30 @@ json fitted_settings(const Profile& anchor) {
 }
 
 // plan.planner: the request, the profiles' identity, and what the plan predicts and weighs.
-json planner_record(const std::vector<Profile>& ps, const Request& r, double predicted,
-                    uint64_t params, uint64_t bytes) {
+quant::PlannerRecord planner_record(const std::vector<Profile>& ps, const Request& r,
+                                    double predicted, uint64_t params, uint64_t bytes) {
   const Profile& anchor = ps.front();
-  std::vector<std::string> paths;
-  for (const Profile& p : ps) paths.push_back(p.path);
-  json planner = {{"strategy", strategy_name(r.strategy)},
-                  {"profiles", paths},
-                  {"model", anchor.model},
-                  {"model_fingerprint", anchor.fingerprint},
-                  {"calibration", anchor.calibration},
-                  {"mode", profile::mode_name(anchor.mode)},
-                  {"granularity", profile::granularity_name(anchor.granularity)},
-                  {"anchor_base", anchor.base},
-                  {"anchor_baseline_kl", anchor.baseline_kl},
-                  {"predicted_kl", predicted},
-                  {"params", params},
-                  {"weight_bytes", bytes},
-                  {"bits_per_weight", 8.0 * double(bytes) / double(params)},
-                  {"kldq_version", KLDQ_VERSION_STRING}};
+  quant::PlannerRecord planner;
+  planner.strategy = strategy_name(r.strategy);
+  planner.profiles.emplace();
+  for (const Profile& p : ps) planner.profiles->push_back(p.path);
+  planner.model = anchor.model;
+  planner.model_fingerprint = anchor.fingerprint;
+  planner.calibration = anchor.calibration;
+  planner.mode = profile::mode_name(anchor.mode);
+  planner.granularity = profile::granularity_name(anchor.granularity);
+  planner.anchor_base = anchor.base;
+  planner.anchor_baseline_kl = anchor.baseline_kl;
+  planner.predicted_kl = predicted;
+  planner.params = params;
+  planner.weight_bytes = bytes;
+  planner.bits_per_weight = 8.0 * double(bytes) / double(params);
+  planner.kldq_version = KLDQ_VERSION_STRING;
   if (r.strategy == Strategy::RESTORE_TOP || r.strategy == Strategy::RANDOM)
-    planner["percent"] = r.percent, planner["by"] = r.by == By::COUNT ? "count" : "params";
-  if (r.strategy == Strategy::RANDOM) planner["seed"] = r.seed;
-  if (r.strategy == Strategy::BUDGET) planner["budget_bpw"] = r.budget_bpw;
-  if (r.fused_groups) planner["fused_groups"] = true;
+    planner.percent = r.percent, planner.by = kBys.name(r.by);
+  if (r.strategy == Strategy::RANDOM) planner.seed = r.seed;
+  if (r.strategy == Strategy::BUDGET) planner.budget_bpw = r.budget_bpw;
+  if (r.fused_groups) planner.fused_groups = true;
   return planner;
 }
 
@@ -377,7 +363,7 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
   plan.method_settings = fitted_settings(anchor);
   uint64_t bytes = 0;
   double chosen = 0, anchored = 0;  // the units' summed costs: as planned, all at the anchor base
-  json formats = json::object();
+  std::map<std::string, std::string> formats;
   for (size_t u = 0; u < n; ++u) {
     const Candidate& c = cands[pick[u]];
     bytes += c.bytes(anchor, u);
@@ -401,7 +387,7 @@ quant::Plan make_plan(const std::vector<Profile>& ps, const Request& r) {
                            : chosen == anchored ? anchor.baseline_kl
                                                 : chosen;
   plan.planner = planner_record(ps, r, predicted, params, bytes);
-  plan.planner["unit_formats"] = formats;
+  plan.planner->unit_formats = std::move(formats);
   return plan;
 }
 

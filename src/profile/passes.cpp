@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "kldq/core/batches.hpp"
-#include "kldq/kernels/kl.hpp"
+#include "kldq/model/head_kl.hpp"
 
 namespace kldq::profile::detail {
 
@@ -24,53 +24,47 @@ void score(const Decoder& m, const std::vector<at::Tensor>& hs, const at::Tensor
            const at::Tensor& ids, int64_t chunk, std::vector<Scores>& out) {
   const int64_t B = h_ref.size(0), T = h_ref.size(1), H = h_ref.size(2), rows = B * (T - 1);
   auto positions = [&](const at::Tensor& h) {  // normed [B*(T-1), H]
-    return m.final_norm(h).narrow(1, 0, T - 1).reshape({rows, H});
+    return model::HiddenRows{&m, m.final_norm(h).narrow(1, 0, T - 1).reshape({rows, H}), true};
   };
-  const at::Tensor hr = positions(h_ref);
-  std::vector<at::Tensor> hq;
+  const model::HiddenRows hr = positions(h_ref);
+  std::vector<model::HiddenRows> hq;
   for (const at::Tensor& h : hs) hq.push_back(positions(h));
   const at::Tensor tgt = ids.narrow(1, 1, T - 1).reshape({rows}).to(m.device());
-  for (const auto [r, len] : batches(rows, chunk)) {
-    const at::Tensor ref = m.logits(hr.narrow(0, r, len));  // [len, V]
-    for (size_t k = 0; k < hq.size(); ++k) {
-      const auto t =
-          kernels::token_kl(m.logits(hq[k].narrow(0, r, len)), ref, tgt.narrow(0, r, len));
-      out[k].kl.push_back(t.kl);
-      out[k].top1.push_back(t.same_top1);
-    }
-  }
+  model::score_rows(hq, &hr, tgt, chunk, [&](size_t k, const kernels::TokenKl& t) {
+    out[k].kl.push_back(t.kl);
+    out[k].top1.push_back(t.same_top1);
+  });
 }
 
 States::~States() {
   try {
-    for (const auto& [name, w] : saved) dense.at(name).weight().copy_(w);
+    for (const auto& [id, w] : saved) dense.at(id).weight().copy_(w);
     if (model) model->drop_copies();  // a streamed copy may still hold a quantized state
     if (model)
       for (const LayerId& id : model->linear_ids())
-        if (quantized.count(id.name()) && quantized.at(id.name()).input_scale().defined())
-          model->set_linear(id, dense.at(id.name()));
+        if (quantized.contains(id) && quantized.at(id).input_scale().defined())
+          model->set_linear(id, dense.at(id));
   } catch (...) {  // a device error already being reported; nothing more to do
   }
 }
 
 void States::set(Decoder& m, const std::vector<LayerId>& ids, bool quant) {
   for (const LayerId& id : ids) {
-    const std::string name = id.name();
-    const QLinear &d = dense.at(name), &q = quantized.at(name);
+    const QLinear &d = dense.at(id), &q = quantized.at(id);
     if (q.input_scale().defined()) {
       m.set_linear(id, quant ? q : d);
       continue;
     }
-    if (quant == (saved.count(name) != 0)) continue;  // already so: no block brought in
+    if (quant == saved.contains(id)) continue;  // already so: no block brought in
     const QLinear& live = m.live_linear(id);
     if (quant) {
-      saved.emplace(name, live.weight().clone());
+      saved.emplace(id, live.weight().clone());
       const QLinear on_device =
           q.map([&](const at::Tensor& t) { return t.to(m.device(), /*non_blocking=*/true); });
       live.weight().copy_(on_device.effective_weight(m.dtype()));
     } else {
-      live.weight().copy_(saved.at(name));
-      saved.erase(name);
+      live.weight().copy_(saved.at(id));
+      saved.erase(id);
     }
   }
 }

@@ -5,8 +5,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <map>
-#include <string>
 #include <vector>
 
 #include "kldq/model/decoder.hpp"
@@ -25,10 +23,10 @@ struct Scores {
 };
 
 // KL of several final hidden states `hs[k]` [B, T, H] of `m` against the reference's `h_ref`,
-// positions 0..T-2 (each predicts the next calibration token), LM heads a chunk of positions at
-// a time. Each chunk's reference logits are computed once and shared by every state: for
-// 1.5B the LM head is a third of a unit's work, so scoring units in groups removes most of the
-// reference's share. Each state is normalised once, over all its windows, before its chunks.
+// positions 0..T-2 (each predicts the next calibration token), through model::score_rows: LM
+// heads a chunk of positions at a time, each chunk's reference logits computed once and shared
+// by every state (scoring units in groups removes most of the reference's share). Each state is
+// normalised once, over all its windows, before its chunks.
 void score(const Decoder& m, const std::vector<at::Tensor>& hs, const at::Tensor& h_ref,
            const at::Tensor& ids, int64_t chunk, std::vector<Scores>& out);
 
@@ -40,10 +38,10 @@ void score(const Decoder& m, const std::vector<at::Tensor>& hs, const at::Tensor
 // round differently. The weights written are the running ones (Decoder::live_linear): a streamed
 // block's device copy, so every change is undone before the loop leaves the block.
 struct States {
-  std::map<std::string, QLinear> dense, quantized;  // the model's own layers; quantized kept
-                                                    // where their block's weights are kept
-  std::map<std::string, at::Tensor> saved;          // originals of the layers now quantized
-  Decoder* model = nullptr;                         // for the destructor's swaps
+  model::LayerMap<QLinear> dense, quantized;  // the model's own layers; quantized kept where
+                                              // their block's weights are kept
+  model::LayerMap<at::Tensor> saved;          // originals of the layers now quantized
+  Decoder* model = nullptr;                   // for the destructor's swaps
   States() = default;
   States(const States&) = delete;
   States& operator=(const States&) = delete;

@@ -44,11 +44,11 @@ void make_states(Decoder& m, const quant::QuantizedLayers& quantized, States& st
           fmt::format("profile: layer {} is already quantized ({}); profile the "
                       "unquantized checkpoint",
                       id.name(), l.format_name()));
-    st.dense.emplace(id.name(), l);  // views into fused buffers stay valid: shared storage
+    st.dense.emplace(id, l);  // views into fused buffers stay valid: shared storage
   }
   for (const LayerId& id : m.linear_ids()) {
-    const QLinear& d = st.dense.at(id.name());
-    const auto ql = quantized.find(id.name());
+    const QLinear& d = st.dense.at(id);
+    const auto ql = quantized.find(id);
     if (ql == quantized.end())
       throw InternalError(fmt::format("run_profile: layer {} was not quantized", id.name()));
     // No workspace: only the proxies and input-scaled layers run these layers' forward.
@@ -57,7 +57,7 @@ void make_states(Decoder& m, const quant::QuantizedLayers& quantized, States& st
     const at::Tensor& s =
         ql->second.input_scale.defined() ? ql->second.input_scale : d.input_scale();
     if (s.defined()) q.set_input_scale(store(s.to(m.dtype())));
-    st.quantized.emplace(id.name(), std::move(q));
+    st.quantized.emplace(id, std::move(q));
   }
 }
 
@@ -66,7 +66,7 @@ void check_streaming(const Decoder& m, const States& st, const Options& o) {
   bool streamed = false, scaled = false;
   for (const LayerId& id : m.linear_ids()) {
     streamed = streamed || m.streamed(id.block);
-    scaled = scaled || st.quantized.at(id.name()).input_scale().defined();
+    scaled = scaled || st.quantized.at(id).input_scale().defined();
   }
   if (streamed && (o.proxies || scaled))
     throw UnsupportedError(fmt::format(
@@ -94,7 +94,7 @@ class Session {
     // The proxies leave the grouped projections unfused, which rounds differently from the
     // fused GEMMs: the other workers' models are put in the same state.
     if (o.proxies && !with_proxies)
-      for (const LayerId& id : m.linear_ids()) m.set_linear(id, st_.dense.at(id.name()));
+      for (const LayerId& id : m.linear_ids()) m.set_linear(id, st_.dense.at(id));
     timer_.lap(0);
     const bool restore = o.mode == Mode::RESTORE_ONE;
     // Reference pass (dense): final hidden states, and block inputs for quantize-one.
@@ -305,45 +305,6 @@ Result run_profile(const std::vector<Decoder*>& models, const at::Tensor& ids,
   if (o.proxies)
     for (UnitResult& r : result.units) r.proxies = unit_proxies(proxies, r.unit.layers);
   return result;
-}
-
-nlohmann::json to_json(const Result& r, const Options& o, quant::Method method) {
-  nlohmann::json units = nlohmann::json::array();
-  for (const UnitResult& u : r.units) {
-    nlohmann::json j =
-        to_json(UnitRecord{u.unit.id, uint64_t(u.params), uint64_t(u.bytes_base),
-                           uint64_t(u.bytes_bf16), u.kl.mean, u.kl.stderr_, u.kl.top1});
-    if (o.mode == Mode::RESTORE_ONE) j["kl_gain"] = r.baseline.mean - u.kl.mean;
-    if (u.proxies) add_proxy_keys(j, *u.proxies);
-    units.push_back(j);
-  }
-  nlohmann::json out = {{"units", units},
-                        {"baseline_kl", r.baseline.mean},
-                        {"baseline_kl_stderr", r.baseline.stderr_},
-                        {"baseline_top1_agree", r.baseline.top1},
-                        {"mode", mode_name(o.mode)},
-                        {"granularity", granularity_name(o.granularity)},
-                        {"base", o.base.name()},
-                        {"method", method},
-                        {"batch", o.batch},  // windows per forward: GEMM shapes, so the bits
-                        {"cached", o.cached}};
-  if (!o.shard.whole()) {
-    // The correlations need every unit: merge_shards computes them.
-    out["shard"] = {{"index", o.shard.index}, {"count", o.shard.count}, {"units", r.units_total}};
-    if (o.proxies) out["proxies"] = {{"fisher_batch", o.batch}};
-    return out;
-  }
-  if (o.proxies) {
-    const bool restore = o.mode == Mode::RESTORE_ONE;
-    std::vector<ProxyStats> p;
-    std::vector<double> sensitivity;
-    for (const UnitResult& u : r.units) {
-      p.push_back(u.proxies.value_or(ProxyStats{}));
-      sensitivity.push_back(restore ? r.baseline.mean - u.kl.mean : u.kl.mean);
-    }
-    out["proxies"] = proxies_json(p, sensitivity, restore ? "kl_gain" : "kl_mean", o.batch);
-  }
-  return out;
 }
 
 }  // namespace kldq::profile

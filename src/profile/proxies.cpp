@@ -147,23 +147,22 @@ LayerProxies layer_proxies(Decoder& m, const at::Tensor& ids, const Layers& dens
   const std::vector<LayerId> all = m.linear_ids();
   // dW [out, in] fp32, recomputed where needed rather than held for every layer at once (an fp32
   // copy of the model): dequantizing a layer costs far less than the GEMMs around it.
-  auto error_of = [&](const std::string& name) {
-    return applied_weight(dense.at(name), dtype) - applied_weight(quantized.at(name), dtype);
+  auto error_of = [&](const LayerId& id) {
+    return applied_weight(dense.at(id), dtype) - applied_weight(quantized.at(id), dtype);
   };
   LayerProxies out;
   for (const LayerId& id : all) {
-    const std::string name = id.name();
-    check(!dense.at(name).input_scale().defined() && !dense.at(name).is_packed(),
-          fmt::format("proxies: layer {} is not a plain dense layer", name));
-    m.set_linear(id, dense.at(name));
-    const at::Tensor w = applied_weight(dense.at(name), dtype);
-    LayerProxy& p = out[name];
+    check(!dense.at(id).input_scale().defined() && !dense.at(id).is_packed(),
+          fmt::format("proxies: layer {} is not a plain dense layer", id.name()));
+    m.set_linear(id, dense.at(id));
+    const at::Tensor w = applied_weight(dense.at(id), dtype);
+    LayerProxy& p = out[id];
     p.numel = static_cast<double>(w.numel());
     p.w2 = sum_sq(w);
-    p.dw2 = sum_sq(w - applied_weight(quantized.at(name), dtype));
+    p.dw2 = sum_sq(w - applied_weight(quantized.at(id), dtype));
   }
   // Device accumulators (0-dim double) per layer, read once at the end.
-  std::map<std::string, at::Tensor> ref2, err2, fisher;
+  model::LayerMap<at::Tensor> ref2, err2, fisher;
   at::Tensor last_x, last_xf;  // q/k/v and gate/up share one input: convert it once
   const auto observer = [&](const LayerId& id, const at::Tensor& x) {
     at::NoGradGuard no_grad;
@@ -171,27 +170,24 @@ LayerProxies layer_proxies(Decoder& m, const at::Tensor& ids, const Layers& dens
       last_x = x;
       last_xf = x.detach().reshape({-1, x.size(-1)}).to(at::kFloat);  // [B*T, in]
     }
-    const std::string name = id.name();
-    const at::Tensor w = applied_weight(dense.at(name), dtype);           // [out, in]
-    const at::Tensor dw = w - applied_weight(quantized.at(name), dtype);  // [out, in]
+    const at::Tensor w = applied_weight(dense.at(id), dtype);           // [out, in]
+    const at::Tensor dw = w - applied_weight(quantized.at(id), dtype);  // [out, in]
     // Products in fp32 and squared sums in double: the error is a few per cent of the output,
     // and the sums run over every calibration token.
-    accumulate(ref2[name], at::linear(last_xf, w).square().sum(at::kDouble));
-    accumulate(err2[name], at::linear(last_xf, dw).square().sum(at::kDouble));
+    accumulate(ref2[id], at::linear(last_xf, w).square().sum(at::kDouble));
+    accumulate(err2[id], at::linear(last_xf, dw).square().sum(at::kDouble));
   };
   {  // the calibration pass without autograd is observed; its re-run blocks are not
     const Decoder::ScopedObserver observe(m, observer);
     calibration_gradients(m, ids, batch, chunk, [&](const LayerId& id, const at::Tensor& g) {
-      const std::string name = id.name();
-      accumulate(fisher[name],
-                 (g.to(at::kFloat).square() * error_of(name).square()).sum(at::kDouble));
+      accumulate(fisher[id], (g.to(at::kFloat).square() * error_of(id).square()).sum(at::kDouble));
     });
   }
   last_x = last_xf = at::Tensor();
-  for (auto& [name, p] : out) {
-    p.out_ref2 = value(ref2[name]);
-    p.out_err2 = value(err2[name]);
-    p.fisher = value(fisher[name]);
+  for (auto& [id, p] : out) {
+    p.out_ref2 = value(ref2[id]);
+    p.out_err2 = value(err2[id]);
+    p.fisher = value(fisher[id]);
   }
   return out;
 }
@@ -199,7 +195,7 @@ LayerProxies layer_proxies(Decoder& m, const at::Tensor& ids, const Layers& dens
 ProxyStats unit_proxies(const LayerProxies& layers, const std::vector<LayerId>& unit) {
   LayerProxy s;
   for (const LayerId& id : unit) {
-    const LayerProxy& p = layers.at(id.name());
+    const LayerProxy& p = layers.at(id);
     s.numel += p.numel;
     s.w2 += p.w2;
     s.dw2 += p.dw2;
@@ -252,37 +248,6 @@ std::optional<double> spearman(const std::vector<double>& x, const std::vector<d
   }
   if (vx == 0 || vy == 0) return std::nullopt;
   return std::clamp(cov / std::sqrt(vx * vy), -1.0, 1.0);
-}
-
-namespace {
-
-nlohmann::json finite_or_null(double v) {
-  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
-}
-
-}  // namespace
-
-void add_proxy_keys(nlohmann::json& unit, const ProxyStats& p) {
-  unit["weight_mse"] = finite_or_null(p.weight_mse);
-  unit["weight_sqnr_db"] = finite_or_null(p.weight_sqnr_db);
-  unit["output_rel_error"] = finite_or_null(p.output_rel_error);
-  unit["fisher"] = finite_or_null(p.fisher);
-}
-
-nlohmann::json proxies_json(const std::vector<ProxyStats>& proxies,
-                            const std::vector<double>& sensitivity, const std::string& against,
-                            int64_t batch) {
-  auto corr = [&](double ProxyStats::*field) {
-    std::vector<double> v;
-    for (const ProxyStats& p : proxies) v.push_back(p.*field);
-    const auto r = spearman(v, sensitivity);
-    return r ? nlohmann::json(*r) : nlohmann::json(nullptr);
-  };
-  const nlohmann::json s = {{"weight_mse", corr(&ProxyStats::weight_mse)},
-                            {"weight_sqnr_db", corr(&ProxyStats::weight_sqnr_db)},
-                            {"output_rel_error", corr(&ProxyStats::output_rel_error)},
-                            {"fisher", corr(&ProxyStats::fisher)}};
-  return {{"spearman", s}, {"against", against}, {"fisher_batch", batch}};
 }
 
 }  // namespace kldq::profile

@@ -25,6 +25,7 @@
 #include "kldq/model/decoder.hpp"
 #include "kldq/profile/merge.hpp"
 #include "kldq/profile/profile.hpp"
+#include "kldq/profile/record.hpp"
 #include "kldq/quant/quantizer.hpp"
 
 namespace kldq::profile {
@@ -93,7 +94,8 @@ model::MemoryNeeds profile_needs(const std::string& model, const Options& po,
 // Writes profile.json, and the CSV when asked for. Both texts are made before either file is
 // written, and the CSV is removed again if the JSON cannot be written: no partial output.
 void write_profile(const std::filesystem::path& out, const std::filesystem::path& csv,
-                   const nlohmann::json& j) {
+                   const ProfileRecord& record) {
+  const nlohmann::json j = to_json(record);
   const std::string json_text = j.dump(2) + "\n";
   if (!csv.empty()) {
     io::write_file_atomic(csv, units_csv(j["units"]));
@@ -110,7 +112,7 @@ void write_profile(const std::filesystem::path& out, const std::filesystem::path
 
 // The table printed after a profile: the ten most sensitive units first (largest KL quantized
 // alone, or largest gain restored alone), and the proxies' Spearman correlations.
-std::string top_units(const Result& r, const Options& po, const nlohmann::json& j) {
+std::string top_units(const Result& r, const Options& po, const ProfileRecord& record) {
   std::vector<size_t> order(r.units.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   const bool restore = po.mode == Mode::RESTORE_ONE;
@@ -127,15 +129,15 @@ std::string top_units(const Result& r, const Options& po, const nlohmann::json& 
   }
   if (po.proxies && !po.shard.whole()) table += "Spearman correlations: after --merge\n";
   if (po.proxies && po.shard.whole()) {
-    const nlohmann::json& sp = j["proxies"]["spearman"];
-    auto corr = [&](const char* k) {
-      return sp[k].is_null() ? std::string("n/a") : fmt::format("{:+.3f}", sp[k].get<double>());
+    const ProxyCorrelations& sp = record.proxies.value().spearman.value();
+    auto corr = [](const std::optional<double>& c) {
+      return c ? fmt::format("{:+.3f}", *c) : std::string("n/a");
     };
     table += fmt::format(
         "Spearman with {} over {} units: weight_mse {}, weight_sqnr_db {} (less error: expected "
         "< 0), output_rel_error {}, fisher {}\n",
-        restore ? "KL gain" : "KL", r.units.size(), corr("weight_mse"), corr("weight_sqnr_db"),
-        corr("output_rel_error"), corr("fisher"));
+        restore ? "KL gain" : "KL", r.units.size(), corr(sp.weight_mse), corr(sp.weight_sqnr_db),
+        corr(sp.output_rel_error), corr(sp.fisher));
   }
   return table;
 }
@@ -153,9 +155,9 @@ ProfileReport merge_profile_files(const ProfileRequest& o) {
       o.csv.empty() ? std::filesystem::path() : file_output(o.csv, "--csv", inputs);
   if (csv == out) throw ConfigError(fmt::format("--csv {}: the same file as -o", o.csv));
   const std::vector<ShardFile> shards = io::read_shard_files(o.merge);
-  const nlohmann::json j = merge_shards(shards);
-  write_profile(out, csv, j);
-  return {fmt::format("merged {} shards ({} units) -> {}\n", shards.size(), j["units"].size(),
+  const ProfileRecord merged = merge_shards(shards);
+  write_profile(out, csv, merged);
+  return {fmt::format("merged {} shards ({} units) -> {}\n", shards.size(), merged.units.size(),
                       out.string()),
           ""};
 }
@@ -184,37 +186,37 @@ Copies load_copies(const ProfileRequest& o, const std::vector<RunContext>& conte
 
 // profile.json's units and summary with the profile's identity: version, model and fingerprint,
 // calibration, method settings, device.
-nlohmann::json profile_json(const Result& r, const Options& po, const quant::MethodOptions& method,
-                            const std::string& model, const calib::Calibration& cal,
-                            const RunContext& ctx) {
-  nlohmann::json j = to_json(r, po, method.method);
+ProfileRecord profile_record(const Result& r, const Options& po, const quant::MethodOptions& method,
+                             const std::string& model, const calib::Calibration& cal,
+                             const RunContext& ctx) {
+  ProfileRecord rec = record_of(r, po, method.method);
   // The calibration identity is the profile's own ("calibration"): the method fits on it.
-  j["method_settings"] = quant::method_json(method, nlohmann::json());
-  j["kldq_version"] = KLDQ_VERSION_STRING;
-  j["model"] = model;
-  j["model_fingerprint"] = io::Checkpoint::open(model).fingerprint();
-  j["calibration"] = cal.identity;
-  j["dtype"] = dtype_name(ctx.dtype);
-  j["device"] = ctx.device.str();
-  j["device_name"] = device_description(ctx.device);
-  return j;
+  rec.method_settings = quant::method_json(method, std::nullopt);
+  rec.kldq_version = KLDQ_VERSION_STRING;
+  rec.model = model;
+  rec.model_fingerprint = io::Checkpoint::open(model).fingerprint();
+  rec.calibration = cal.identity;
+  rec.dtype = dtype_name(ctx.dtype);
+  rec.device = ctx.device.str();
+  rec.device_name = device_description(ctx.device);
+  return rec;
 }
 
 // The run's memory and streaming figures over every device (synchronized).
-void add_run_figures(nlohmann::json& j, const std::vector<model::Decoder*>& models,
+void add_run_figures(ProfileFigures& f, const std::vector<model::Decoder*>& models,
                      const std::string& residency) {
   uint64_t peak = 0, streamed = 0;
   for (const model::Decoder* d : models) {
     peak = std::max(peak, peak_allocated_bytes(d->device()));
     streamed += d->streamed_bytes();
   }
-  j["peak_cuda_bytes"] = peak;  // the largest of the devices'
-  j["peak_host_bytes"] = peak_host_bytes();
-  j["residency"] = residency;
-  j["streamed_bytes"] = streamed;
+  f.peak_cuda_bytes = peak;  // the largest of the devices'
+  f.peak_host_bytes = peak_host_bytes();
+  f.residency = residency;
+  f.streamed_bytes = streamed;
   if (models.size() > 1) {
-    j["devices"] = nlohmann::json::array();
-    for (const model::Decoder* d : models) j["devices"].push_back(d->device().str());
+    f.devices.emplace();
+    for (const model::Decoder* d : models) f.devices->push_back(d->device().str());
   }
   log::debug("profile: {} copied host-to-device for streamed blocks; peak host memory {}",
              model::gib(streamed), model::gib(peak_host_bytes()));
@@ -246,8 +248,7 @@ ProfileReport profile_checkpoint(const ProfileRequest& o) {
   model::Decoder& m = *models[0];
   log::info("profile {}: {} {} units, {}/{}, {} x {} calibration tokens of {}{}", o.model,
             mode_name(po.mode), granularity_name(po.granularity), quant::method_name(method.method),
-            po.base.name(), cal.ids.size(0), cal.ids.size(1),
-            cal.identity.value("file", o.method.calib),
+            po.base.name(), cal.ids.size(0), cal.ids.size(1), cal.identity.file,
             models.size() > 1 ? fmt::format(", on {} GPUs", models.size()) : "");
   const auto t1 = std::chrono::steady_clock::now();
   model::LayerFormats all;
@@ -257,13 +258,14 @@ ProfileReport profile_checkpoint(const ProfileRequest& o) {
   const Result r = run_profile(models, cal.ids, quantized, po);
   for (const model::Decoder* d : models) device_synchronize(d->device());  // the work is timed
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-  nlohmann::json j = profile_json(r, po, method, o.model, cal, ctx);
-  j["seconds_profile"] = secs;
-  add_run_figures(j, models, residency[0].describe(needs));
-  j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  write_profile(out, csv, j);
+  ProfileRecord rec = profile_record(r, po, method, o.model, cal, ctx);
+  rec.figures.seconds_profile = secs;
+  add_run_figures(rec.figures, models, residency[0].describe(needs));
+  rec.figures.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  write_profile(out, csv, rec);
 
-  const std::string table = top_units(r, po, j);
+  const std::string table = top_units(r, po, rec);
   return {fmt::format("profiled {} units{} in {:.1f} s -> {}\n", r.units.size(),
                       po.shard.whole()
                           ? ""

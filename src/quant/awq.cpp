@@ -207,7 +207,7 @@ void awq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerFo
     QuantizedLayer q{formats::pack_on_grid(w, formats::make_grid(w, spec)), s};
     m.quantize_layer(id, q.packed, s);
     q.packed = q.packed.map([&](const at::Tensor& t) { return m.to_storage(b, t); });
-    out[id.name()] = std::move(q);
+    out[id] = std::move(q);
   }
 }
 

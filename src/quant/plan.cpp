@@ -1,4 +1,5 @@
-// Layer selectors and plan resolution, with errors that name the key path of the plan.
+// Layer selectors, plan resolution and the planner record, with errors that name the key path of
+// the plan.
 #include "kldq/quant/plan.hpp"
 
 #include "kldq/quant/quantizer.hpp"
@@ -103,12 +104,98 @@ model::LayerFormats Plan::resolve(const std::vector<model::LayerId>& ids,
   return out;
 }
 
+namespace {
+
+std::map<std::string, std::string> string_map(const io::Doc& d) {
+  d.require_object();
+  std::map<std::string, std::string> out;
+  for (const auto& [key, value] : d.json().items()) out[key] = d[key].str();
+  return out;
+}
+
+}  // namespace
+
+nlohmann::json to_json(const PlannerRecord& r) {
+  nlohmann::json j = {{"strategy", r.strategy}};
+  io::put_optional(j, "experiment", r.experiment);
+  io::put_optional(j, "profiles", r.profiles);
+  io::put_optional(j, "model", r.model);
+  io::put_optional(j, "model_fingerprint", r.model_fingerprint);
+  if (r.calibration) j["calibration"] = calib::to_json(*r.calibration);
+  io::put_optional(j, "mode", r.mode);
+  io::put_optional(j, "granularity", r.granularity);
+  io::put_optional(j, "anchor_base", r.anchor_base);
+  io::put_optional(j, "anchor_baseline_kl", r.anchor_baseline_kl);
+  io::put_optional(j, "predicted_kl", r.predicted_kl);
+  io::put_optional(j, "params", r.params);
+  io::put_optional(j, "weight_bytes", r.weight_bytes);
+  io::put_optional(j, "bits_per_weight", r.bits_per_weight);
+  io::put_optional(j, "unit_formats", r.unit_formats);
+  io::put_optional(j, "kldq_version", r.kldq_version);
+  io::put_optional(j, "percent", r.percent);
+  io::put_optional(j, "by", r.by);
+  io::put_optional(j, "seed", r.seed);
+  io::put_optional(j, "budget_bpw", r.budget_bpw);
+  io::put_optional(j, "fused_groups", r.fused_groups);
+  return j;
+}
+
+PlannerRecord planner_from_json(const io::Doc& d) {
+  d.keys({"strategy",
+          "experiment",
+          "profiles",
+          "model",
+          "model_fingerprint",
+          "calibration",
+          "mode",
+          "granularity",
+          "anchor_base",
+          "anchor_baseline_kl",
+          "predicted_kl",
+          "params",
+          "weight_bytes",
+          "bits_per_weight",
+          "unit_formats",
+          "kldq_version",
+          "percent",
+          "by",
+          "seed",
+          "budget_bpw",
+          "fused_groups"});
+  const auto str = [](const io::Doc& v) { return v.str(); };
+  const auto finite = [](const io::Doc& v) { return v.finite(); };
+  const auto count = [](const io::Doc& v) { return v.unsigned_integer(); };
+  PlannerRecord r;
+  r.strategy = d["strategy"].str();
+  d.optional("experiment", r.experiment, str);
+  d.optional("profiles", r.profiles, [](const io::Doc& v) { return v.strings(); });
+  d.optional("model", r.model, str);
+  d.optional("model_fingerprint", r.model_fingerprint, str);
+  d.optional("calibration", r.calibration, calib::calibration_from_json);
+  d.optional("mode", r.mode, str);
+  d.optional("granularity", r.granularity, str);
+  d.optional("anchor_base", r.anchor_base, str);
+  d.optional("anchor_baseline_kl", r.anchor_baseline_kl, finite);
+  d.optional("predicted_kl", r.predicted_kl, finite);
+  d.optional("params", r.params, count);
+  d.optional("weight_bytes", r.weight_bytes, count);
+  d.optional("bits_per_weight", r.bits_per_weight, finite);
+  d.optional("unit_formats", r.unit_formats, string_map);
+  d.optional("kldq_version", r.kldq_version, str);
+  d.optional("percent", r.percent, finite);
+  d.optional("by", r.by, str);
+  d.optional("seed", r.seed, count);
+  d.optional("budget_bpw", r.budget_bpw, finite);
+  d.optional("fused_groups", r.fused_groups, [](const io::Doc& v) { return v.boolean(); });
+  return r;
+}
+
 nlohmann::json Plan::to_json() const {
   nlohmann::json ov = nlohmann::json::array();
   for (const auto& o : overrides)
     ov.push_back({{"layers", o.layers.pattern()}, {"format", o.format.name()}});
   nlohmann::json j = {{"method", method}, {"base", base.name()}, {"overrides", ov}};
-  if (!planner.is_null()) j["planner"] = planner;
+  if (planner) j["planner"] = quant::to_json(*planner);
   if (!method_settings.is_null()) j["method_settings"] = method_settings;
   return j;
 }
@@ -118,16 +205,7 @@ Plan Plan::from_json(const nlohmann::json& j, const std::string& file) {
   d.keys({"method", "base", "overrides", "layers", "kldq_version", "planner", "method_settings"});
   Plan p;
   p.source = file;
-  if (d.contains("planner")) {
-    const io::Doc planner = d["planner"];
-    planner.require_object();
-    p.planner = planner.json();
-    // The keys kldq reads back (quantize and eval check the fingerprint; eval reports the
-    // prediction); the rest of the record is carried as written.
-    for (const char* key : {"model", "model_fingerprint"})
-      if (planner.contains(key)) planner[key].str();
-    if (planner.contains("predicted_kl")) planner["predicted_kl"].finite();
-  }
+  if (d.has("planner")) p.planner = planner_from_json(d["planner"]);
   if (d.contains("method")) p.method = parse_method(d["method"].str(), d["method"].where());
   if (d.contains("method_settings")) {
     // Checked here, read back by quantize and eval (RecordedMethod).

@@ -101,19 +101,20 @@ QuantizedLayers quantize_layers(model::Decoder& m, const model::LayerFormats& fo
     // On the device whatever the block's residency; kept where the block's weights are.
     const formats::PackedWeight p =
         quantize_weight(m.linear(id).weight().to(m.device()), f->second, o, "layer " + id.name());
-    out[id.name()] = {p.map([&](const at::Tensor& t) { return m.to_storage(id.block, t); }), {}};
+    out[id] = {p.map([&](const at::Tensor& t) { return m.to_storage(id.block, t); }), {}};
   }
   return out;
 }
 
 void apply_layers(model::Decoder& m, const QuantizedLayers& layers) {
   for (const auto& id : m.linear_ids()) {
-    const auto l = layers.find(id.name());
+    const auto l = layers.find(id);
     if (l != layers.end()) m.quantize_layer(id, l->second.packed, l->second.input_scale);
   }
 }
 
-nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& calibration) {
+nlohmann::json method_json(const MethodOptions& o,
+                           const std::optional<calib::CalibrationIdentity>& calibration) {
   nlohmann::json j = {{"method", o.method}};
   if (o.method == Method::GPTQ)
     j["gptq"] = {{"damp", o.gptq.damp}, {"block", o.gptq.block}, {"act_order", o.gptq.act_order}};
@@ -125,34 +126,13 @@ nlohmann::json method_json(const MethodOptions& o, const nlohmann::json& calibra
                 {"beta", o.hqq.beta},
                 {"iters", o.hqq.iters},
                 {"round_zero", o.hqq.round_zero ? nlohmann::json(*o.hqq.round_zero) : nullptr}};
-  if (!calibration.is_null()) j["calibration"] = calibration;
+  if (calibration) j["calibration"] = calib::to_json(*calibration);
   return j;
 }
 
 RecordedMethod method_from_json(const nlohmann::json& j, const std::string& file) {
   return method_from_json(io::Doc(j, file, io::DocKind::CONFIG));
 }
-
-namespace {
-
-// The recorded calibration identity: file, digest, samples x seq_len, seed (file_tokens free).
-RecordedCalibration calibration_from_json(const io::Doc& c) {
-  c.keys({"file", "sha256", "samples", "seq_len", "seed", "file_tokens"});
-  RecordedCalibration rc;
-  rc.file = c["file"].str();
-  rc.sha256 = c["sha256"].str();
-  // Bounds as generous as any calibration set, and N x T far from overflow.
-  rc.samples = c["samples"].integer(1, 1 << 24);
-  rc.seq_len = c["seq_len"].integer(2, 1 << 20);
-  const io::Doc seed = c["seed"];
-  if (!seed.json().is_number_unsigned() &&
-      !(seed.json().is_number_integer() && seed.json().get<int64_t>() >= 0))
-    seed.fail(fmt::format("expected an integer >= 0, got {}", seed.json().dump()));
-  rc.seed = seed.json().get<uint64_t>();
-  return rc;
-}
-
-}  // namespace
 
 RecordedMethod method_from_json(const io::Doc& d) {
   d.keys({"method", "gptq", "awq", "hqq", "calibration"});
@@ -187,7 +167,7 @@ RecordedMethod method_from_json(const io::Doc& d) {
     o.hqq.iters = static_cast<int>(h["iters"].integer(0, 1000));
     if (!h["round_zero"].is_null()) o.hqq.round_zero = h["round_zero"].boolean();
   }
-  if (d.contains("calibration")) r.calibration = calibration_from_json(d["calibration"]);
+  if (d.contains("calibration")) r.calibration = calib::calibration_from_json(d["calibration"]);
   return r;
 }
 
@@ -232,7 +212,7 @@ void write_tensors(const fs::path& file, const TensorSource& t, const MethodOpti
     }
     if (next_part == parts.size()) {
       const std::string layer = s.layer->name();
-      const auto l = t.layers.find(layer);
+      const auto l = t.layers.find(*s.layer);
       // Dense formats (kept layers) come from the checkpoint, as RTN's do: the calibrated
       // decoder holds them in its compute dtype, which may round them differently.
       if (l == t.layers.end() || t.formats.at(layer).dense()) {
@@ -278,8 +258,8 @@ void write_quantized_checkpoint(const fs::path& src, const fs::path& out_arg, co
     layers = quantize_layers(*calibrated.decoder, formats, method, calibrated.calib);
   }
   std::set<std::string> scaled;
-  for (const auto& [name, l] : layers)
-    if (l.input_scale.defined()) scaled.insert(name);
+  for (const auto& [id, l] : layers)
+    if (l.input_scale.defined()) scaled.insert(id.name());
 
   nlohmann::json layer_names = nlohmann::json::object();
   for (const auto& [layer, spec] : formats) layer_names[layer] = spec.name();

@@ -19,13 +19,12 @@ namespace kldq::quant {
 
 Plan read_plan_for(const std::string& plan_path, const std::string& model) {
   Plan plan = Plan::from_json(io::read_json_file(plan_path, true), plan_path);
-  if (plan.planner.is_object() && plan.planner.contains("model_fingerprint")) {
-    const std::string want = plan.planner["model_fingerprint"].get<std::string>();
-    if (io::Checkpoint::open(model).fingerprint() != want)
-      throw ConfigError(fmt::format(
-          "--plan {}: made from a profile of {}, a different model than {} (checkpoint "
-          "fingerprints differ); profile {} and plan again",
-          plan_path, plan.planner.value("model", std::string("another model")), model, model));
+  if (plan.planner && plan.planner->model_fingerprint) {
+    if (io::Checkpoint::open(model).fingerprint() != *plan.planner->model_fingerprint)
+      throw ConfigError(
+          fmt::format("--plan {}: made from a profile of {}, a different model than {} (checkpoint "
+                      "fingerprints differ); profile {} and plan again",
+                      plan_path, plan.planner->model.value_or("another model"), model, model));
   }
   return plan;
 }
@@ -123,7 +122,7 @@ std::optional<calib::Calibration> resolve_calibration(const MethodRequest& o, Me
   calib::Calibration cal = calib::make_calibration(spec, *tokenizer);
   if (rc) {  // other windows than the plan's fit other layers
     std::vector<std::string> differ;
-    if (cal.identity["sha256"] != rc->sha256) differ.push_back("text (sha256)");
+    if (cal.identity.sha256 != rc->sha256) differ.push_back("text (sha256)");
     if (spec.samples != rc->samples) differ.push_back("samples");
     if (spec.seq_len != rc->seq_len) differ.push_back("seq_len");
     if (spec.seed != rc->seed) differ.push_back("seed");

@@ -91,7 +91,7 @@ void gptq_block(Decoder& m, int b, const at::Tensor& hidden, const model::LayerF
             formats::pack_on_grid(r.q.narrow(0, r0, rows), grid_rows(r.grid, r0, rows)), {}};
         m.quantize_layer({b, p}, q.packed);
         q.packed = q.packed.map([&](const at::Tensor& t) { return m.to_storage(b, t); });
-        out[LayerId{b, p}.name()] = std::move(q);
+        out[LayerId{b, p}] = std::move(q);
         r0 += rows;
       }
     }
@@ -141,7 +141,7 @@ QuantizedLayers quantize_calibrated(Decoder& m, const model::LayerFormats& forma
                          {}};
         m.quantize_layer(id, q.packed);
         q.packed = q.packed.map([&](const at::Tensor& t) { return m.to_storage(b, t); });
-        out[id.name()] = std::move(q);
+        out[id] = std::move(q);
       }
       if (o.method == Method::GPTQ)
         gptq_block(m, b, hidden, formats, o, out, err, rtn_err);

@@ -120,14 +120,14 @@ TEST_CASE("flips: counts, rates and Wilson intervals from hand-made predictions"
     ref[i].pred = ref_pred[i], m[i].pred = m_pred[i];
   }
   const auto f = eval::flip_summary(ref, m, "test");
-  CHECK(f["flip_rate"].get<double>() == Approx(0.5));            // questions 1 and 2
-  CHECK(f["answer_change_rate"].get<double>() == Approx(0.75));  // 1, 2, 3
-  CHECK(f["c2w"] == 1);
-  CHECK(f["w2c"] == 1);
-  CHECK(f["mmlu_acc_ref"].get<double>() == Approx(0.5));
+  CHECK(f.flip_rate == Approx(0.5));            // questions 1 and 2
+  CHECK(f.answer_change_rate == Approx(0.75));  // 1, 2, 3
+  CHECK(f.c2w == 1);
+  CHECK(f.w2c == 1);
+  CHECK(f.acc_ref == Approx(0.5));
   // Wilson 95 % interval of 2/4, by hand: 0.5 ± 1.96 sqrt(0.0625 + 0.0600) / 1.9604.
-  CHECK(f["flip_rate_ci"][0].get<double>() == Approx(0.1500).margin(1e-4));
-  CHECK(f["flip_rate_ci"][1].get<double>() == Approx(0.8500).margin(1e-4));
+  CHECK(f.flip_rate_ci.first == Approx(0.1500).margin(1e-4));
+  CHECK(f.flip_rate_ci.second == Approx(0.8500).margin(1e-4));
   m[3].index = 7;
   CHECK_THROWS_WITH(eval::flip_summary(ref, m, "prev.jsonl"),
                     HasText("prev.jsonl: reference question 4"));

@@ -83,10 +83,14 @@ std::string header_of(const std::string& bytes) {
 
 const char* kPlan = R"({"method": "rtn", "base": "nf4", "overrides": [
   {"layers": "model.layers.*.mlp.down_proj", "format": "bf16"},
-  {"layers": "re:model\\.layers\\.(0|1)\\.self_attn\\..*", "format": "int8"}]})";
+  {"layers": "re:model\\.layers\\.(0|1)\\.self_attn\\..*", "format": "int8"}],
+  "planner": {"strategy": "restore-top", "model": "m", "model_fingerprint": "f",
+  "predicted_kl": 0.1, "percent": 10.0, "by": "count", "params": 100, "seed": 3,
+  "unit_formats": {"model.layers.0.mlp.up_proj": "nf4"}}})";
 
 const char* kProfile = R"({"mode": "quantize-one", "granularity": "linear", "base": "nf4",
-  "method": "rtn", "model": "m", "model_fingerprint": "f", "calibration": {"file": "c.txt"},
+  "method": "rtn", "model": "m", "model_fingerprint": "f", "calibration": {"file": "c.txt",
+  "sha256": "ab", "samples": 8, "seq_len": 64, "seed": 0, "file_tokens": 999},
   "baseline_kl": 0.5, "units": [
   {"id": "model.layers.0.mlp.up_proj", "params": 10, "bytes_base": 5, "bytes_bf16": 20,
    "kl_mean": 0.1, "kl_stderr": 0.01},

@@ -76,9 +76,9 @@ void same_quantization(c10::Device device, c10::ScalarType dtype) {
     const auto want = kldq::quant::quantize_layers(r, formats, o, calib);
     const auto got = kldq::quant::quantize_layers(s, formats, o, calib);
     REQUIRE(got.size() == want.size());
-    for (const auto& [name, q] : want) {
-      INFO(name);
-      const auto& g = got.at(name);
+    for (const auto& [id, q] : want) {
+      INFO(id.name());
+      const auto& g = got.at(id);
       CHECK(at::equal(g.packed.codes.cpu(), q.packed.codes.cpu()));
       CHECK(at::equal(g.packed.scales.cpu(), q.packed.scales.cpu()));
       CHECK(g.input_scale.defined() == q.input_scale.defined());

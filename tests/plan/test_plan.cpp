@@ -66,7 +66,7 @@ plan::Profile profile(const std::string& base, double scale, double bytes_per_pa
   p.granularity = kldq::profile::Granularity::LINEAR;
   p.base = base;
   p.method = kldq::quant::Method::RTN;
-  p.calibration = {{"sha256", "c"}};
+  p.calibration.emplace().sha256 = "c";
   p.baseline_kl = 1.0 * scale;
   const double kl[] = {0.1, 0.4, 0.2, 0.3};
   const uint64_t params[] = {100, 300, 200, 400};
@@ -79,7 +79,7 @@ plan::Profile profile(const std::string& base, double scale, double bytes_per_pa
 
 std::vector<std::string> formats_of(const kldq::quant::Plan& p) {
   std::vector<std::string> out;
-  for (int i = 0; i < 4; ++i) out.push_back(p.planner["unit_formats"]["u" + std::to_string(i)]);
+  for (const auto& [unit, format] : p.planner->unit_formats.value()) out.push_back(format);
   return out;
 }
 
@@ -125,26 +125,26 @@ TEST_CASE("planner: restore-top, uniform and random on a hand-made profile", "[p
   CHECK(p.base.name() == "nf4");
   REQUIRE(p.overrides.size() == 2);
   CHECK(p.overrides[0].layers.pattern() == "u1");
-  CHECK(p.planner["predicted_kl"].get<double>() == Approx(1.0 - 0.4 - 0.3));
+  CHECK(p.planner->predicted_kl.value() == Approx(1.0 - 0.4 - 0.3));
   // bytes: u0 50 + u1 600 + u2 100 + u3 800 over 1000 params.
-  CHECK(p.planner["bits_per_weight"].get<double>() == Approx(8.0 * 1550 / 1000));
+  CHECK(p.planner->bits_per_weight.value() == Approx(8.0 * 1550 / 1000));
   r.by = plan::By::PARAMS;  // 500 of 1000 params: u1 (300), u3 would overflow, u2 (500), not u0
   p = plan::make_plan(nf4, r);
   CHECK(formats_of(p) == std::vector<std::string>{"nf4", "bf16", "bf16", "nf4"});
-  CHECK(p.planner["predicted_kl"].get<double>() == Approx(0.4));
-  CHECK(p.planner["bits_per_weight"].get<double>() == Approx(10.0));
+  CHECK(p.planner->predicted_kl.value() == Approx(0.4));
+  CHECK(p.planner->bits_per_weight.value() == Approx(10.0));
   CHECK(p.method_settings.is_null());  // a profile without recorded settings
   // A gptq profile's settings, and its calibration (the windows it fitted on), go into the plan.
   std::vector<plan::Profile> gptq = nf4;
   gptq[0].method = kldq::quant::Method::GPTQ;
   gptq[0].method_settings = {{"method", "gptq"},
                              {"gptq", {{"damp", 0.05}, {"block", 128}, {"act_order", true}}}};
-  gptq[0].calibration = {{"file", "c.txt"}, {"sha256", "c"}, {"samples", 8},
-                         {"seq_len", 64},   {"seed", 1},     {"file_tokens", 999}};
+  gptq[0].calibration = kldq::calib::CalibrationIdentity{"c.txt", "c", 8, 64, 1, 999};
   const auto pg = plan::make_plan(gptq, r);
   CHECK(pg.method == kldq::quant::Method::GPTQ);
   CHECK(pg.method_settings["gptq"]["damp"] == 0.05);
-  CHECK(pg.method_settings["calibration"] == gptq[0].calibration);
+  CHECK(pg.method_settings["calibration"] == kldq::calib::to_json(*gptq[0].calibration));
+  CHECK(pg.planner->calibration == gptq[0].calibration);
   // The plan reads back (quantize --plan) with the same settings.
   CHECK(kldq::quant::Plan::from_json(pg.to_json(), "plan.json").to_json() == pg.to_json());
 
@@ -152,8 +152,8 @@ TEST_CASE("planner: restore-top, uniform and random on a hand-made profile", "[p
   r.strategy = plan::Strategy::UNIFORM;
   p = plan::make_plan(nf4, r);
   CHECK(p.overrides.empty());
-  CHECK(p.planner["predicted_kl"].get<double>() == 1.0);  // the measured baseline itself
-  CHECK(p.planner["bits_per_weight"].get<double>() == Approx(4.0));
+  CHECK(p.planner->predicted_kl.value() == 1.0);  // the measured baseline itself
+  CHECK(p.planner->bits_per_weight.value() == Approx(4.0));
 
   r.strategy = plan::Strategy::RANDOM;
   r.percent = 50;
@@ -176,7 +176,7 @@ TEST_CASE("planner: restore-top, uniform and random on a hand-made profile", "[p
   r.percent = 25;
   p = plan::make_plan({ro}, r);
   CHECK(formats_of(p) == std::vector<std::string>{"nf4", "bf16", "nf4", "nf4"});
-  CHECK(p.planner["predicted_kl"].get<double>() == Approx(0.6));
+  CHECK(p.planner->predicted_kl.value() == Approx(0.6));
 }
 
 TEST_CASE("planner: bits-per-weight budget over several profiles", "[plan]") {
@@ -189,13 +189,13 @@ TEST_CASE("planner: bits-per-weight budget over several profiles", "[plan]") {
   CHECK(formats_of(p) == std::vector<std::string>{"int8", "int8", "bf16", "int8"});
   CHECK(p.base.name() == "int8");  // holds 800 of 1000 params
   CHECK(p.overrides.size() == 1);
-  CHECK(p.planner["predicted_kl"].get<double>() == Approx(1.0 - 0.9 - 0.02));
-  CHECK(p.planner["bits_per_weight"].get<double>() == Approx(8.0 * 1200 / 1000));
+  CHECK(p.planner->predicted_kl.value() == Approx(1.0 - 0.9 - 0.02));
+  CHECK(p.planner->bits_per_weight.value() == Approx(8.0 * 1200 / 1000));
   // Only nf4 and bf16: the best restoration within 750 spare bytes is u1 + u2 (0.6).
   r.candidates = {"nf4", "bf16"};
   p = plan::make_plan(both, r);
   CHECK(formats_of(p) == std::vector<std::string>{"nf4", "bf16", "bf16", "nf4"});
-  CHECK(p.planner["predicted_kl"].get<double>() == Approx(0.4));
+  CHECK(p.planner->predicted_kl.value() == Approx(0.4));
 
   r.candidates = {"nf4", "fp8_e4m3", "bf16"};
   CHECK_THROWS_WITH(plan::make_plan(both, r),
@@ -208,7 +208,7 @@ TEST_CASE("planner: bits-per-weight budget over several profiles", "[plan]") {
   r.budget_bpw = 16.5;
   CHECK_THROWS_WITH(plan::make_plan(both, r), HasText("out of range"));
   r.budget_bpw = 16;
-  CHECK(plan::make_plan(both, r).planner["predicted_kl"].get<double>() == Approx(0.0));
+  CHECK(plan::make_plan(both, r).planner->predicted_kl.value() == Approx(0.0));
 }
 
 TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[plan]") {
@@ -220,7 +220,7 @@ TEST_CASE("planner: profiles must agree; malformed profiles name the key", "[pla
   CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), other}, r),
                     HasText("int8.json: model fingerprint g differs from nf4.json's f"));
   other = profile("int8", 0.1, 1.0);
-  other.calibration = {{"sha256", "d"}};
+  other.calibration->sha256 = "d";
   CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), other}, r), HasText("calibration"));
   CHECK_THROWS_WITH(plan::make_plan({profile("nf4", 1, 0.5), profile("nf4", 1, 0.5)}, r),
                     HasText("a second profile with base nf4"));
@@ -321,18 +321,18 @@ TEST_CASE("planner: predictions are valid KLs when unit KLs are not additive", "
   double last = p.baseline_kl;
   for (double pct : {0.0, 25.0, 50.0, 75.0, 100.0}) {
     r.percent = pct;
-    const double kl = plan::make_plan({p}, r).planner["predicted_kl"].get<double>();
+    const double kl = plan::make_plan({p}, r).planner->predicted_kl.value();
     INFO(pct << " % -> " << kl);
     CHECK(kl >= 0);
     CHECK(kl <= last + 1e-15);  // monotone in what is restored
     last = kl;
   }
   r.percent = 50;  // u1 and u3 restored: 0.3 of the summed 1.0 stays -> 0.5 x 0.3
-  CHECK(plan::make_plan({p}, r).planner["predicted_kl"].get<double>() == Approx(0.15));
+  CHECK(plan::make_plan({p}, r).planner->predicted_kl.value() == Approx(0.15));
   r.percent = 0;
-  CHECK(plan::make_plan({p}, r).planner["predicted_kl"].get<double>() == Approx(0.5));
+  CHECK(plan::make_plan({p}, r).planner->predicted_kl.value() == Approx(0.5));
   r.percent = 100;
-  CHECK(plan::make_plan({p}, r).planner["predicted_kl"].get<double>() == 0.0);
+  CHECK(plan::make_plan({p}, r).planner->predicted_kl.value() == 0.0);
   // restore-one: a unit whose restoration raised KL (noise) counts 0, not a negative cost.
   plan::Profile ro = p;
   ro.mode = kldq::profile::Mode::RESTORE_ONE;
@@ -344,9 +344,9 @@ TEST_CASE("planner: predictions are valid KLs when unit KLs are not additive", "
   for (auto& u : flat.units) u.kl_mean = 0.7;
   plan::Request uniform;
   uniform.strategy = plan::Strategy::UNIFORM;
-  CHECK(plan::make_plan({flat}, uniform).planner["predicted_kl"].get<double>() == 0.5);
+  CHECK(plan::make_plan({flat}, uniform).planner->predicted_kl.value() == 0.5);
   r.percent = 25;  // u1 restored: 0.5 x (0.2 + 0.3) / 0.9
-  CHECK(plan::make_plan({ro}, r).planner["predicted_kl"].get<double>() == Approx(0.5 * 0.5 / 0.9));
+  CHECK(plan::make_plan({ro}, r).planner->predicted_kl.value() == Approx(0.5 * 0.5 / 0.9));
 }
 
 TEST_CASE("planner: --fused-groups decides q/k/v and gate/up of a block together", "[plan]") {
@@ -361,7 +361,7 @@ TEST_CASE("planner: --fused-groups decides q/k/v and gate/up of a block together
     p.units.push_back({"model.layers.0." + name, 100, 50, 200, kl, 0.001});
   auto formats = [](const kldq::quant::Plan& pl) {
     std::vector<std::string> out;
-    for (const auto& [id, f] : pl.planner["unit_formats"].items()) out.push_back(f);
+    for (const auto& [id, f] : *pl.planner->unit_formats) out.push_back(f);
     return out;  // sorted by id: down, gate, up, k, o, q, v
   };
   plan::Request r;
@@ -375,8 +375,8 @@ TEST_CASE("planner: --fused-groups decides q/k/v and gate/up of a block together
   auto fused = plan::make_plan({p}, r);
   CHECK(formats(fused) ==
         std::vector<std::string>{"nf4", "nf4", "nf4", "bf16", "bf16", "bf16", "bf16"});
-  CHECK(fused.planner["predicted_kl"].get<double>() == Approx(1.0 * (0.1 + 0.2) / 1.12));
-  CHECK(fused.planner["fused_groups"] == true);
+  CHECK(fused.planner->predicted_kl.value() == Approx(1.0 * (0.1 + 0.2) / 1.12));
+  CHECK(fused.planner->fused_groups == true);
   // Budget of 650 bytes (300 spare): per layer q + o (saves 0.8); fused, {q,k,v} needs 450, so
   // o + down (0.5) beats {gate,up} (0.1).
   r = {};

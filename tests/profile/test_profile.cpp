@@ -115,7 +115,7 @@ TEST_CASE("calibration windows: seeded, non-overlapping slices, errors with coun
     }
     CHECK(found);
   }
-  CHECK(a.identity["file_tokens"] == all.size());
+  CHECK(a.identity.file_tokens == int64_t(all.size()));
   CHECK_THROWS_WITH(
       kldq::calib::make_calibration({*calib, 100000, 512, 0}, *tok),
       HasText(std::to_string(all.size()) + " tokens; 100000 samples x 512 tokens need 51200000"));

@@ -15,6 +15,7 @@
 #include "kldq/io/safetensors.hpp"
 #include "kldq/profile/profile.hpp"
 #include "kldq/profile/proxies.hpp"
+#include "kldq/profile/record.hpp"
 #include "support/catch.hpp"
 
 namespace profile = kldq::profile;
@@ -236,7 +237,7 @@ TEST_CASE("proxies: weight, output and Fisher errors against independent computa
       CHECK(u.proxies->fisher > 0);
     }
     // profile.json: the unit keys, and Spearman of each proxy with kl_mean.
-    const auto j = profile::to_json(r, opt, kldq::quant::Method::RTN);
+    const auto j = profile::to_json(profile::record_of(r, opt, kldq::quant::Method::RTN));
     REQUIRE(j.contains("proxies"));
     CHECK(j["proxies"]["against"] == "kl_mean");
     std::vector<double> kl;
@@ -265,14 +266,14 @@ TEST_CASE("proxies: a bf16 base, nulls in JSON, nothing without the option", "[p
   CHECK(r.units[0].proxies->weight_sqnr_db > 40);
   // Two units: too few for a rank correlation; an infinite SQNR is null in JSON.
   r.units[1].proxies->weight_sqnr_db = INFINITY;
-  const auto j = profile::to_json(r, opt, kldq::quant::Method::RTN);
+  const auto j = profile::to_json(profile::record_of(r, opt, kldq::quant::Method::RTN));
   CHECK(j["proxies"]["spearman"]["fisher"].is_null());
   CHECK(j["units"][1]["weight_sqnr_db"].is_null());
   opt.proxies = false;
   auto m2 = tiny();
-  const auto plain =
-      profile::to_json(profile::run_profile(m2, ids, kldq::test::rtn_layers(m2, opt.base), opt),
-                       opt, kldq::quant::Method::RTN);
+  const auto plain = profile::to_json(
+      profile::record_of(profile::run_profile(m2, ids, kldq::test::rtn_layers(m2, opt.base), opt),
+                         opt, kldq::quant::Method::RTN));
   CHECK_FALSE(plain.contains("proxies"));
   CHECK_FALSE(plain["units"][0].contains("fisher"));
 }

@@ -48,7 +48,8 @@ TEST_CASE("profile shards: the same units bit for bit; merged equals the whole p
   o.proxies = true;
   const auto layers = kldq::test::rtn_layers(m, o.base);
   const profile::Result whole = profile::run_profile(m, ids, layers, o);
-  const nlohmann::json whole_json = profile::to_json(whole, o, kldq::quant::Method::RTN);
+  const nlohmann::json whole_json =
+      profile::to_json(profile::record_of(whole, o, kldq::quant::Method::RTN));
   REQUIRE(whole_json.contains("proxies"));
   const size_t n = 3;
   std::vector<profile::ShardFile> files;
@@ -64,11 +65,11 @@ TEST_CASE("profile shards: the same units bit for bit; merged equals the whole p
       CHECK(r.units[k].kl.stderr_ == u.kl.stderr_);
     }
     CHECK(r.baseline.mean == whole.baseline.mean);
-    files.push_back(
-        {"shard" + std::to_string(i), profile::to_json(r, o, kldq::quant::Method::RTN)});
+    files.push_back({"shard" + std::to_string(i),
+                     profile::to_json(profile::record_of(r, o, kldq::quant::Method::RTN))});
   }
   CHECK_FALSE(files[0].json["proxies"].contains("spearman"));  // only over every unit
-  nlohmann::json merged = profile::merge_shards(files);
+  nlohmann::json merged = profile::to_json(profile::merge_shards(files));
   CHECK(merged["shards"] == n);
   check_same_profile(merged, whole_json);
 }
@@ -90,10 +91,10 @@ TEST_CASE("profile on several devices: groups handed out, the profile of one dev
   o.proxies = true;
   o.mode = GENERATE(profile::Mode::QUANTIZE_ONE, profile::Mode::RESTORE_ONE);
   const auto layers = kldq::test::rtn_layers(m0, o.base);
-  const nlohmann::json one =
-      profile::to_json(profile::run_profile(m0, ids, layers, o), o, kldq::quant::Method::RTN);
+  const nlohmann::json one = profile::to_json(
+      profile::record_of(profile::run_profile(m0, ids, layers, o), o, kldq::quant::Method::RTN));
   const profile::Result r = profile::run_profile({&m0, &m1, &m2}, ids, layers, o);
-  check_same_profile(profile::to_json(r, o, kldq::quant::Method::RTN), one);
+  check_same_profile(profile::to_json(profile::record_of(r, o, kldq::quant::Method::RTN)), one);
   o.shard = {1, 2};  // a shard on several devices: its units only
   const profile::Result s = profile::run_profile({&m1, &m2}, ids, layers, o);
   REQUIRE(s.units.size() == o.shard.size_of(r.units.size()));

@@ -104,9 +104,8 @@ TEST_CASE("gptq and awq: per-layer errors against RTN and llm-compressor, model 
       CHECK(at::equal(m.forward(eval.narrow(0, 0, 2)), ref_logits));
     }
     // AWQ scales every layer it groups (q,k,v; gate,up; down), never o under GQA.
-    for (const auto& [name, l] : layers)
-      CHECK(l.input_scale.defined() ==
-            (method == "awq" && name.find("o_proj") == std::string::npos));
+    for (const auto& [id, l] : layers)
+      CHECK(l.input_scale.defined() == (method == "awq" && id.proj != kldq::model::Proj::O));
     q::apply_layers(m, layers);
     e[method] = layer_errors(ref, m, eval);
   }
@@ -331,10 +330,10 @@ TEST_CASE("gptq and awq on CUDA in bf16: the CPU's quality, the same stored form
     // Both sets of layers evaluated the same way (fp32, CPU): bf16 activations during
     // calibration change the fit a little, not its quality.
     q::QuantizedLayers moved;
-    for (const auto& [name, l] : gpu_layers) {
+    for (const auto& [id, l] : gpu_layers) {
       CHECK(l.packed.codes.is_cuda());
-      moved[name] = {l.packed.to(c10::kCPU),
-                     l.input_scale.defined() ? l.input_scale.cpu() : at::Tensor()};
+      moved[id] = {l.packed.to(c10::kCPU),
+                   l.input_scale.defined() ? l.input_scale.cpu() : at::Tensor()};
     }
     auto a = load(), b = load();
     q::apply_layers(a, cpu_layers);

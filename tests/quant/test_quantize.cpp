@@ -182,8 +182,7 @@ TEST_CASE("layer selectors and plans", "[quant]") {
   gptq.method = kldq::quant::Method::GPTQ;
   gptq.gptq.damp = 0.05;
   gptq.gptq.act_order = false;
-  const nlohmann::json identity = {{"file", "calib.txt"}, {"sha256", "ab"}, {"samples", 8},
-                                   {"seq_len", 128},      {"seed", 3},      {"file_tokens", 9000}};
+  const kldq::calib::CalibrationIdentity identity{"calib.txt", "ab", 8, 128, 3, 9000};
   const q::RecordedMethod back = q::method_from_json(q::method_json(gptq, identity), "s");
   CHECK(back.options.method == kldq::quant::Method::GPTQ);
   CHECK(back.options.gptq.damp == 0.05);
@@ -194,6 +193,7 @@ TEST_CASE("layer selectors and plans", "[quant]") {
   CHECK(back.calibration->samples == 8);
   CHECK(back.calibration->seq_len == 128);
   CHECK(back.calibration->seed == 3);
+  CHECK(back.calibration == identity);
   CHECK_FALSE(q::method_from_json({{"method", "rtn"}}, "s").calibration);
   auto with = [&](const char* key, nlohmann::json value) {
     nlohmann::json j = q::method_json(gptq, identity);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <set>
 #include <string>
 #include <vector>
@@ -48,7 +49,12 @@ size_t shard_field(const ShardFile& f, const char* key);
 double summed_figure(const std::vector<const ShardFile*>& shards, const char* key);
 // The merged run's figures common to every merge: "seconds" (the work of all shards, not the
 // wall time of a parallel run) and "streamed_bytes" summed, "peak_cuda_bytes" and
-// "peak_host_bytes" their maxima, and "shards".
-void add_run_figures(const std::vector<const ShardFile*>& shards, nlohmann::json& out);
+// "peak_host_bytes" their maxima, and the number of shards.
+struct MergedFigures {
+  double seconds = 0;
+  uint64_t streamed_bytes = 0, peak_cuda_bytes = 0, peak_host_bytes = 0;
+  uint64_t shards = 0;
+};
+MergedFigures merged_figures(const std::vector<const ShardFile*>& shards);
 
 }  // namespace kldq

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kldq/eval/metrics.hpp"
 #include "kldq/eval/mmlu.hpp"
 #include "kldq/eval/perplexity.hpp"
 #include "kldq/model/compute.hpp"
@@ -35,8 +36,8 @@ struct EvalRequest {
   model::ComputeOptions compute;
 };
 struct EvalReport {
-  nlohmann::json metrics;  // as written to `out`
-  std::string summary;     // the lines the command prints: perplexity and KL, MMLU, tasks, speed
+  Metrics metrics;      // as written to `out`
+  std::string summary;  // the lines the command prints: perplexity and KL, MMLU, tasks, speed
 };
 // Evaluates `r.model` into `r.out` (metrics JSON) and the MMLU and task predictions beside it,
 // or merges `r.merge`'s shards when given. Every option and input is checked before any model

@@ -4,11 +4,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kldq/eval/mmlu.hpp"
+#include "kldq/io/document.hpp"
 
 namespace kldq::eval {
 
@@ -29,14 +32,28 @@ struct Answered {
   int answer = 0, pred = 0;
 };
 // flip_rate (correctness changed), answer_change_rate (prediction changed), c2w and w2c counts,
-// each rate with its 95 % Wilson interval (`*_ci`: [low, high]), and the reference's accuracy
-// under `acc_ref_key`; `ref` and `m` are the same questions in the same order.
-nlohmann::json flip_rates(const std::vector<Answered>& ref, const std::vector<Answered>& m,
-                          const std::string& acc_ref_key);
+// each rate with its 95 % Wilson interval (`*_ci`: [low, high]), and the reference's accuracy.
+struct Flips {
+  double flip_rate = 0;
+  std::pair<double, double> flip_rate_ci;
+  double answer_change_rate = 0;
+  std::pair<double, double> answer_change_rate_ci;
+  int64_t c2w = 0;
+  std::pair<double, double> c2w_rate_ci;
+  int64_t w2c = 0;
+  std::pair<double, double> w2c_rate_ci;
+  double acc_ref = 0;
+};
+// The keys above with the reference's accuracy under `acc_ref_key` (MMLU's mmlu_acc_ref, a
+// task's acc_ref or acc_norm_ref), as metrics.json holds them.
+nlohmann::json to_json(const Flips& f, const std::string& acc_ref_key);
+Flips flips_from_json(const io::Doc& d, const std::string& acc_ref_key);
+// `ref` and `m` are the same questions in the same order.
+Flips flip_rates(const std::vector<Answered>& ref, const std::vector<Answered>& m);
 
-// flip_rates of MMLU predictions and the reference's accuracy (mmlu_acc_ref). ConfigError naming
-// `what` when the two lists are not the same questions in the same order with the same answers.
-nlohmann::json flip_summary(const std::vector<MmluPrediction>& reference,
-                            const std::vector<MmluPrediction>& model, const std::string& what);
+// flip_rates of MMLU predictions. ConfigError naming `what` when the two lists are not the same
+// questions in the same order with the same answers.
+Flips flip_summary(const std::vector<MmluPrediction>& reference,
+                   const std::vector<MmluPrediction>& model, const std::string& what);
 
 }  // namespace kldq::eval

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kldq/core/shard.hpp"
+#include "kldq/eval/metrics.hpp"
 #include "kldq/eval/mmlu.hpp"
 #include "kldq/eval/perplexity.hpp"
 
@@ -28,7 +29,7 @@ nlohmann::json mmlu_shard_data(const std::vector<MmluPrediction>& predictions,
                                size_t subjects);
 
 struct MergedEval {
-  nlohmann::json metrics;
+  Metrics metrics;
   std::string predictions_jsonl;  // MMLU's, in question order ("" without MMLU)
 };
 // The shards' metrics merged. ConfigError naming the files when they are not the shards of one

@@ -93,7 +93,4 @@ std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::To
                                        const AnswerTokens& answers, const MmluOptions& options,
                                        const std::string& label);
 
-// {"mmlu_acc", "mmlu_n", "mmlu_truncated", "mmlu_by_subject": {subject: {"acc", "n"}}}.
-nlohmann::json mmlu_summary(const std::vector<MmluPrediction>& predictions);
-
 }  // namespace kldq::eval

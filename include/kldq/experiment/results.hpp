@@ -10,12 +10,16 @@
 #include <string>
 #include <vector>
 
+#include "kldq/eval/metrics.hpp"
 #include "kldq/experiment/config.hpp"
 
 namespace kldq::experiment {
 
-// The metrics a record copies from a point's eval metrics.json (absent ones are left out).
-extern const std::vector<std::string> kRecordMetrics;
+// A run record's metrics from its point's evaluation (metrics.json; absent where not measured):
+// weight_bytes, weight_gib, bits_per_weight, ppl, ppl_ref, kl_mean, kl_stderr, top1_agree,
+// plan_predicted_kl, mmlu_acc, mmlu_acc_ref, flip_rate, answer_change_rate, seconds, and the
+// zero-shot tasks' and decode speed's columns (task_record_metrics, speed_record_metrics).
+nlohmann::json record_metrics(const eval::Metrics& metrics);
 
 // A short name of a point: "nf4 rtn linear restore-top 10% by params", "fp8_e4m3 uniform".
 std::string point_label(const Point& p);

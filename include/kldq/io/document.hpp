@@ -7,8 +7,10 @@
 #include <cstdint>
 #include <initializer_list>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace kldq::io {
 
@@ -55,9 +57,11 @@ class Doc {
   void require_object() const;
 
   std::string str() const;
+  std::vector<std::string> strings() const;  // a list of strings
   bool boolean() const;
   int64_t integer() const;                        // any int64
   int64_t integer(int64_t lo, int64_t hi) const;  // in [lo, hi]
+  uint64_t unsigned_integer() const;              // any integer >= 0, up to 2^64 - 1
   double number(double lo, double hi) const;      // finite and in [lo, hi]
   double finite() const;                          // any finite number
 
@@ -68,6 +72,12 @@ class Doc {
   bool bool_or(const std::string& key, bool dflt) const {
     return has(key) ? (*this)[key].boolean() : dflt;
   }
+  // `out` = read(member `key`) when the member holds a value that is not null, else unset: the
+  // optional keys of typed records (written with put_optional).
+  template <class T, class Read>
+  void optional(const std::string& key, std::optional<T>& out, Read&& read) const {
+    if (has(key)) out = read((*this)[key]);
+  }
 
  private:
   std::string child_path(std::string_view key) const;
@@ -76,5 +86,11 @@ class Doc {
   std::string path_;
   DocKind kind_;
 };
+
+// Writes an optional key of a typed record when it is set (read back with Doc::optional).
+template <class T>
+void put_optional(nlohmann::json& j, const char* key, const std::optional<T>& v) {
+  if (v) j[key] = *v;
+}
 
 }  // namespace kldq::io

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,14 +22,14 @@
 
 namespace kldq::plan {
 
-// One profile.json, validated on reading.
+// One profile.json as a plan needs it: its record (profile::ProfileRecord) read and checked.
 struct Profile {
   using Unit = profile::UnitRecord;  // the record the profile writes
   std::string path, model, fingerprint, base;
   profile::Mode mode = profile::Mode::QUANTIZE_ONE;
   profile::Granularity granularity = profile::Granularity::LINEAR;
   quant::Method method = quant::Method::RTN;
-  nlohmann::json calibration;
+  std::optional<calib::CalibrationIdentity> calibration;  // none: not recorded (rtn only)
   nlohmann::json method_settings;  // quant::method_json of the profile's method; null if absent
   double baseline_kl = 0;
   std::vector<Unit> units;
@@ -36,7 +37,8 @@ struct Profile {
   // A unit's sensitivity, the KL its base format costs: KL with it quantized alone
   // (quantize-one), or the KL its restoration alone removes (restore-one: baseline - KL).
   double cost(size_t unit) const;
-  // ConfigError naming `path` and the key for a missing or ill-typed key.
+  // ConfigError naming `path` and the key for a missing or ill-typed key (profile_from_json), a
+  // shard, a profile without units, model, fingerprint or (gptq, awq) calibration.
   static Profile from_json(const nlohmann::json& j, const std::string& path);
 };
 

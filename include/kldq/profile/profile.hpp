@@ -108,12 +108,4 @@ Result run_profile(model::Decoder& model, const at::Tensor& ids,
 Result run_profile(const std::vector<model::Decoder*>& models, const at::Tensor& ids,
                    const quant::QuantizedLayers& quantized, const Options& options);
 
-// profile.json: "units" in model order ({id, params, bytes_base, bytes_bf16, kl_mean, kl_stderr,
-// top1_agree, and for restore-one kl_gain = baseline - kl}), "baseline_kl", "baseline_kl_stderr",
-// "baseline_top1_agree", "mode", "granularity", "base", "method", "batch", "cached"; with proxies,
-// each unit's add_proxy_keys and "proxies" (proxies_json against kl_mean or kl_gain). A shard's has
-// its units only, "shard": {index, count, units (of the whole profile)}, and "proxies" without the
-// correlations (merge_shards computes them over every unit).
-nlohmann::json to_json(const Result& r, const Options& o, quant::Method method);
-
 }  // namespace kldq::profile

@@ -12,7 +12,6 @@
 #include <nlohmann/json.hpp>
 
 #include <functional>
-#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,14 +27,14 @@ struct LayerProxy {
   double out_ref2 = 0, out_err2 = 0;  // ||X W^T||_F^2, ||X dW^T||_F^2 over all windows
   double fisher = 0;                  // sum_ij F_ij dW_ij^2
 };
-using LayerProxies = std::map<std::string, LayerProxy>;  // by LayerId::name()
+using LayerProxies = model::LayerMap<LayerProxy>;
 
 // A unit's proxies, combined over its layers from the summed energies (see unit_proxies).
 struct ProxyStats {
   double weight_mse = 0, weight_sqnr_db = 0, output_rel_error = 0, fisher = 0;
 };
 
-using Layers = std::map<std::string, model::QLinear>;  // by LayerId::name()
+using Layers = model::LayerMap<model::QLinear>;
 
 // The proxies of every linear layer of `m`: `dense` and `quantized` hold each layer's two states
 // (dense unquantized, without input scale; quantized as the profile uses it). ids: [N, T] int64
@@ -67,14 +66,5 @@ int64_t calibration_gradients(model::Decoder& m, const at::Tensor& ids, int64_t 
 // Spearman's rank correlation: ties get their average rank, then the Pearson correlation of the
 // ranks. nullopt for fewer than 3 values, any value not finite, or a constant ranking.
 std::optional<double> spearman(const std::vector<double>& x, const std::vector<double>& y);
-
-// profile.json's unit keys: weight_mse, weight_sqnr_db, output_rel_error, fisher (null where not
-// finite, e.g. the SQNR of an error-free unit).
-void add_proxy_keys(nlohmann::json& unit, const ProxyStats& p);
-// profile.json's "proxies": {"spearman": {proxy: r or null}, "against": `against` (the
-// sensitivity correlated with: kl_mean or kl_gain), "fisher_batch": windows per backward pass}.
-nlohmann::json proxies_json(const std::vector<ProxyStats>& proxies,
-                            const std::vector<double>& sensitivity, const std::string& against,
-                            int64_t batch);
 
 }  // namespace kldq::profile

@@ -9,10 +9,10 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
-#include <map>
 #include <optional>
 #include <string>
 
+#include "kldq/calib/calibration.hpp"
 #include "kldq/formats/packed.hpp"
 #include "kldq/io/document.hpp"
 #include "kldq/model/decoder.hpp"
@@ -60,20 +60,16 @@ formats::PackedWeight quantize_weight(const at::Tensor& w, const formats::Format
 
 // The method and its settings as recorded in artifacts: {"method", "gptq": {damp, block,
 // act_order} or "awq": {grid, clip_steps, max_shrink} or "hqq": {lp_norm, beta, iters,
-// round_zero (null: 4 bits only)}, "calibration": `calibration` unless null}.
-nlohmann::json method_json(const MethodOptions& options, const nlohmann::json& calibration);
+// round_zero (null: 4 bits only)}, "calibration": `calibration` when given}.
+nlohmann::json method_json(const MethodOptions& options,
+                           const std::optional<calib::CalibrationIdentity>& calibration);
 
 // A recorded method_json read back: the settings, and the calibration windows' identity when
-// recorded (calib::Calibration's: file, its sha256, samples N, seq_len T, seed). ConfigError
-// naming the file and the key path for anything else or out of range.
-struct RecordedCalibration {
-  std::string file, sha256;
-  int64_t samples = 0, seq_len = 0;
-  uint64_t seed = 0;
-};
+// recorded (calib::calibration_from_json). ConfigError naming the file and the key path for
+// anything else or out of range.
 struct RecordedMethod {
   MethodOptions options;
-  std::optional<RecordedCalibration> calibration;
+  std::optional<calib::CalibrationIdentity> calibration;
 };
 RecordedMethod method_from_json(const io::Doc& d);
 RecordedMethod method_from_json(const nlohmann::json& j, const std::string& file);  // at the root
@@ -84,7 +80,7 @@ struct QuantizedLayer {
   formats::PackedWeight packed;
   at::Tensor input_scale;  // [in] fp32 holding bf16 values, or undefined
 };
-using QuantizedLayers = std::map<std::string, QuantizedLayer>;  // by HF layer id
+using QuantizedLayers = model::LayerMap<QuantizedLayer>;
 
 // Quantizes every layer of `model` named in `formats` with the method (rtn: from the weights
 // alone; gptq, awq: on `calib`, [N, T] int64 windows, required for them). Dense formats (bf16,
@@ -116,8 +112,8 @@ struct WriteOptions {
 // `src` by the caller, on its compute device) first. Atomic: `out` appears complete or not at all.
 struct CalibratedSource {
   model::Decoder* decoder = nullptr;
-  at::Tensor calib;         // [N, T] int64
-  nlohmann::json identity;  // the calibration's identity (calib::Calibration)
+  at::Tensor calib;  // [N, T] int64
+  std::optional<calib::CalibrationIdentity> identity;
 };
 void write_quantized_checkpoint(const std::filesystem::path& src, const std::filesystem::path& out,
                                 const Plan& plan, const MethodOptions& method,
