@@ -63,8 +63,8 @@ TokenScores merge_ppl(const std::vector<const ShardFile*>& shards, bool with_ref
     for (const auto& w : d.at("windows")) {
       const auto pair = w.get<std::vector<int64_t>>();
       if (pair.size() != 2 || pair[0] < 0 || size_t(pair[0]) >= total || pair[1] < 0)
-        throw ConfigError(
-            fmt::format("{}: shard_data.ppl.windows: bad entry {}", f->path, w.dump()));
+        throw ConfigError(fmt::format("{}: shard_data.ppl.windows: bad entry {}", f->path,
+                                      io::shown_text(w.dump())));
       windows.push_back({f, pair[0], pair[1], offset});
       offset += size_t(pair[1]);
     }

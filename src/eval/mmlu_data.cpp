@@ -8,6 +8,7 @@
 #include "kldq/core/fs.hpp"
 #include "kldq/eval/mmlu.hpp"
 #include "kldq/io/csv.hpp"
+#include "kldq/io/document.hpp"
 
 namespace kldq::eval {
 namespace {
@@ -90,7 +91,8 @@ MmluData read_jsonl(const fs::path& path) {
                                              : -1)
                 : a.is_string()       ? parse_answer(a.get<std::string>(), false)
                                       : -1;
-    if (it.answer < 0) throw bad(fmt::format("answer {} out of range (0-3 or A-D)", a.dump()));
+    if (it.answer < 0)
+      throw bad(fmt::format("answer {} out of range (0-3 or A-D)", io::shown_text(a.dump())));
     if (row.contains("split") && !row["split"].is_string())
       throw bad("\"split\" must be \"dev\" or \"test\"");
     const std::string split = row.value("split", std::string("test"));
