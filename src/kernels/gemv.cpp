@@ -1,6 +1,7 @@
 // Fused dequantize + GEMV dispatch (gemv_cuda.cu): which products it takes (CUDA, at most
-// gemv_max_rows rows of activations, whole chunks or quads of chunks, aligned tensors) and the argument
-// marshalling. Everything else goes through dequantize_into + at::linear (model/qlinear.cpp).
+// gemv_max_rows rows of activations, whole chunks or quads of chunks, aligned tensors) and the
+// argument marshalling. Everything else goes through dequantize_into + at::linear
+// (model/qlinear.cpp).
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
