@@ -9,9 +9,11 @@ LOG_NAME=generate.log
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 M="$MODELS/qwen2.5-1.5b"
 mkdir -p "$MODELS"
-[ -f "$M/model.safetensors" ] || "$K" -q synth --shape qwen2.5-1.5b -o "$M" --device cuda --force
 
-# Parity: the same prompts through transformers (bf16, sdpa, cuda) and kldq.
+# Parity: the same prompts through transformers (bf16, sdpa, cuda) and kldq (KLDQ_GEN_PARITY=0
+# skips it, for a speed-only run).
+if [ "${KLDQ_GEN_PARITY:-1}" != 0 ]; then
+[ -f "$M/model.safetensors" ] || "$K" -q synth --shape qwen2.5-1.5b -o "$M" --device cuda --force
 "$PY" - "$M" "$OUT" <<'PYEOF'
 import json, sys, torch
 model, out = sys.argv[1], sys.argv[2]
@@ -38,6 +40,7 @@ for a, b in zip(hf, kq):
 print(json.dumps({"what": "generate_parity", "prompts": len(hf), "identical": same,
                   "first_divergence": first}))
 PYEOF
+fi
 
 # Decode speed (issue 20): `kldq eval --speed` (prompt 128, 256 new, EOS ignored, batch 1 and
 # 16, decode steps replayed from a CUDA graph) per shape and format, the eager steps

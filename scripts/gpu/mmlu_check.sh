@@ -3,9 +3,10 @@
 # build-gpu: full 5-shot MMLU (14,042 questions unless KLDQ_MMLU_LIMIT) of a synthesized
 # qwen2.5-1.5b in bf16, both paths in this job on this GPU: seconds of each, the speedup, and
 # how many predictions agree and the largest log-probability difference. Lines go to
-# $OUT/bench.jsonl.
+# $OUT/bench.jsonl, each path's phases (tokenization, prefixes, batches) to mmlu.log.
 #
-#   scripts/gpu/mmlu_check.sh        KLDQ_MMLU_BATCH (default 64), KLDQ_MMLU_LIMIT (default all)
+#   scripts/gpu/mmlu_check.sh        KLDQ_MMLU_BATCH (default 64), KLDQ_MMLU_LIMIT (default all),
+#                                    KLDQ_MMLU_PATHS (default "shared unshared")
 set -uo pipefail
 LOG_NAME=mmlu.log
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -17,12 +18,14 @@ mkdir -p "$MODELS"
 cp "$SHARED/qwen-tokenizer/tokenizer.json" "$SHARED/qwen-tokenizer/tokenizer_config.json" "$M/"
 LIMIT=""; [ -n "${KLDQ_MMLU_LIMIT:-}" ] && LIMIT="--mmlu-limit $KLDQ_MMLU_LIMIT"
 fail=0
-for path in shared unshared; do
+for path in ${KLDQ_MMLU_PATHS:-shared unshared}; do
   flag=""; [ $path = unshared ] && flag="--mmlu-unshared"
-  "$K" -q eval "$M" --mmlu "$SHARED/mmlu" $LIMIT --batch "${KLDQ_MMLU_BATCH:-64}" --device cuda $flag \
+  "$K" -v eval "$M" --mmlu "$SHARED/mmlu" $LIMIT --batch "${KLDQ_MMLU_BATCH:-64}" --device cuda $flag \
     --predictions "/tmp/mmlu_$path.jsonl" -o "/tmp/mmlu_$path.json" > /dev/null 2>> "$OUT/mmlu.log" \
     || { fail=1; log "mmlu $path failed"; tail -3 "$OUT/mmlu.log"; }
+  log "$path: $(grep -o 'MMLU: tokenized.*' "$OUT/mmlu.log" | tail -1)"
 done
+[ "${KLDQ_MMLU_PATHS:-shared unshared}" = "shared unshared" ] || exit $fail  # one path: no comparison
 "$PY" - <<'PYEOF' | tee -a "$OUT/mmlu.log" "$OUT/bench.jsonl" || fail=1
 import json, sys
 m = {p: json.load(open(f"/tmp/mmlu_{p}.json")) for p in ("shared", "unshared")}

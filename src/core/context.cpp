@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "kldq/core/error.hpp"
+#include "kldq/core/workers.hpp"
 
 namespace kldq {
 
@@ -124,6 +125,10 @@ uint64_t parse_size(const std::string& text, const std::string& what) {
   throw ConfigError(fmt::format(
       "{} {}: expected a positive size such as 22GiB, 512MiB or 24GB (a bare number is GiB)", what,
       text));
+}
+
+int cpu_workers() {
+  return std::max(1, at::get_num_threads());
 }
 
 }  // namespace kldq

@@ -5,7 +5,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <chrono>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -14,6 +13,7 @@
 #include <vector>
 
 #include "kldq/calib/calibration.hpp"
+#include "kldq/core/clock.hpp"
 #include "kldq/eval/evaluate.hpp"
 #include "kldq/eval/metrics.hpp"
 #include "kldq/model/decoder.hpp"
@@ -22,11 +22,6 @@
 #include "request_inputs.hpp"
 
 namespace kldq::eval {
-
-using Clock = std::chrono::steady_clock;
-inline double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
 
 // Device bytes of the evaluation: MODEL's weights (plus the packed layers of an in-memory plan;
 // the reference shares MODEL's when it is MODEL), a separate --reference's weights block by

@@ -12,7 +12,10 @@
 #include <optional>
 
 #include "kldq/core/batches.hpp"
+#include "kldq/core/clock.hpp"
+#include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
+#include "kldq/core/log.hpp"
 #include "kldq/core/progress.hpp"
 #include "kldq/eval/loglik.hpp"
 #include "kldq/eval/mmlu.hpp"
@@ -84,12 +87,15 @@ std::vector<Request> make_requests(const io::Tokenizer& tok, const MmluData& dat
                                    const std::vector<MmluItem>& items, const AnswerTokens& answers,
                                    const MmluOptions& o, bool single,
                                    std::vector<MmluPrediction>& out) {
+  std::vector<std::string> prompts;
+  for (const MmluItem& it : items) prompts.push_back(mmlu_prompt(data, it, o));
+  const std::vector<std::vector<int32_t>> encoded = tok.encode_all(prompts, false);
   std::vector<Request> reqs;
   for (size_t i = 0; i < items.size(); ++i) {
     out[i].subject = items[i].subject;
     out[i].index = items[i].index;
     out[i].answer = items[i].answer;
-    const std::vector<int32_t> prompt = tok.encode(mmlu_prompt(data, items[i], o), false);
+    const std::vector<int32_t>& prompt = encoded[i];
     for (int c = single ? -1 : 0; c < (single ? 0 : 4); ++c) {
       Request r{i, c, prompt, {}};
       if (c >= 0) {  // input: prompt + answer without its last token
@@ -110,6 +116,12 @@ std::vector<Request> make_requests(const io::Tokenizer& tok, const MmluData& dat
   return reqs;
 }
 
+// Where score_mmlu's time goes (logged with -v): seconds and tokens of each phase.
+struct Phases {
+  double tokenize = 0, prefix = 0, batch = 0;
+  int64_t prefixes = 0, prefix_tokens = 0, tokens = 0, batches = 0;
+};
+
 }  // namespace
 
 std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::Tokenizer& tok,
@@ -120,7 +132,10 @@ std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::To
   const bool single =
       std::all_of(answers.begin(), answers.end(), [](const auto& a) { return a.size() == 1; });
   std::vector<MmluPrediction> out(items.size());
+  Phases phases;
+  auto t = Clock::now();
   const std::vector<Request> reqs = make_requests(tok, data, items, answers, o, single, out);
+  phases.tokenize = seconds_since(t);
   // One group per subject when prefixes are shared (requests come in item order, items in
   // subject order), else one group of everything.
   std::vector<std::vector<size_t>> groups;
@@ -140,19 +155,32 @@ std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::To
     std::optional<model::Decoder::KvCache> prefix;
     const int64_t P = o.shared_prefix ? group_prefix(reqs, g) : 0;
     if (P > 0) {
+      t = Clock::now();
       const std::vector<int32_t>& a = reqs[g.front()].ids;
       prefix = model.new_cache({0}, P);
       model.run_cached(at::tensor(std::vector<int64_t>(a.begin(), a.begin() + P)).view({1, P}),
                        *prefix);
+      device_synchronize(model.device());
+      phases.prefix += seconds_since(t);
+      ++phases.prefixes, phases.prefix_tokens += P;
     }
     // Longest first, so a batch's padding is small and memory peaks at the start.
     std::stable_sort(g.begin(), g.end(),
                      [&](size_t a, size_t b) { return reqs[a].ids.size() > reqs[b].ids.size(); });
+    t = Clock::now();
     for (const auto [b, n] : batches(static_cast<int64_t>(g.size()), o.batch)) {
       scorer.batch({g.begin() + b, g.begin() + b + n}, prefix ? &*prefix : nullptr);
       progress.advance(n);
+      ++phases.batches;
     }
+    phases.batch += seconds_since(t);  // each batch ends with its results on the host
+    for (size_t i : g) phases.tokens += int64_t(reqs[i].ids.size()) - P;
   }
+  log::debug(
+      "{}: tokenized {} sequences in {:.2f} s; {} shared prefixes ({} tokens) in {:.2f} s; {} "
+      "batches ({} tokens) in {:.2f} s",
+      label, reqs.size(), phases.tokenize, phases.prefixes, phases.prefix_tokens, phases.prefix,
+      phases.batches, phases.tokens, phases.batch);
   for (auto& p : out)
     p.pred = static_cast<int>(std::max_element(p.logprobs.begin(), p.logprobs.end()) -
                               p.logprobs.begin());

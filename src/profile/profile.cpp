@@ -19,6 +19,7 @@
 #include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/progress.hpp"
+#include "kldq/core/workers.hpp"
 #include "kldq/profile/record.hpp"
 #include "passes.hpp"
 
@@ -166,26 +167,6 @@ UnitResult unit_result(const Decoder& m, const Unit& u, const KlStats& kl, const
   }
   r.bytes_bf16 = 2 * r.params;
   return r;
-}
-
-// work(w) for w in [0, n): in this thread when n is 1, else one thread each; the first exception
-// is rethrown once all have ended (the others stop at their next group).
-template <class Work>
-void run_workers(size_t n, Work& work) {
-  if (n == 1) return work(0);
-  std::vector<std::exception_ptr> errors(n);
-  std::vector<std::thread> threads;
-  for (size_t w = 0; w < n; ++w)
-    threads.emplace_back([&, w] {
-      try {
-        work(w);
-      } catch (...) {
-        errors[w] = std::current_exception();
-      }
-    });
-  for (std::thread& t : threads) t.join();
-  for (const std::exception_ptr& e : errors)
-    if (e) std::rethrow_exception(e);
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 // Hugging Face `tokenizers` and `sentencepiece` from the venv): identical ids on a generated
 // corpus of 6,758 strings for the real Qwen tokenizer, Llama-3 and GPT-2 style pre-tokenizers,
 // a byte-fallback BPE and sentencepiece; decode(encode(s)) equals the normalized text; the
-// whole WikiText-2 test file gives the same ids.
+// whole WikiText-2 test file gives the same ids. encode_all (several threads) gives them too.
 #include <fstream>
 
 #include "kldq/io/tokenizer/tokenizer.hpp"
@@ -61,6 +61,15 @@ void check_case(const std::string& name, bool check_roundtrip) {
   }
   CHECK(mismatches == 0);
   CHECK(roundtrip_failures == 0);
+  // Encoded on several threads at once (each with its own word cache): the same ids.
+  std::vector<std::string> all;
+  for (const auto& t : texts) all.push_back(t["text"].get<std::string>());
+  const std::vector<std::vector<int32_t>> many = tok->encode_all(all);
+  REQUIRE(many.size() == ref.size());
+  size_t parallel_mismatches = 0;
+  for (size_t i = 0; i < many.size(); ++i)
+    parallel_mismatches += many[i] != ref[i]["ids"].get<std::vector<int32_t>>();
+  CHECK(parallel_mismatches == 0);
 }
 
 }  // namespace

@@ -148,10 +148,10 @@ void Bpe::merge_symbols(std::vector<int32_t>& ids) const {
   ids.resize(w);
 }
 
-void Bpe::encode_word(std::string_view word, std::vector<int32_t>& out) const {
+void Bpe::encode_word(std::string_view word, std::vector<int32_t>& out, WordCache& cache) const {
   if (word.empty()) return;
   std::string key(word);
-  if (auto it = cache_.find(key); it != cache_.end()) {
+  if (auto it = cache.find(key); it != cache.end()) {
     out.insert(out.end(), it->second.begin(), it->second.end());
     return;
   }
@@ -164,8 +164,8 @@ void Bpe::encode_word(std::string_view word, std::vector<int32_t>& out) const {
     merge_symbols(ids);
   }
   out.insert(out.end(), ids.begin(), ids.end());
-  if (cache_.size() >= kCacheLimit) cache_.clear();
-  cache_.emplace(std::move(key), std::move(ids));
+  if (cache.size() >= kCacheLimit) cache.clear();
+  cache.emplace(std::move(key), std::move(ids));
 }
 
 }  // namespace kldq::io

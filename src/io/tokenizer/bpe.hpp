@@ -18,13 +18,17 @@ namespace kldq::io {
 // input"); real tokenizers number their tokens densely.
 inline constexpr int64_t kMaxIdGap = int64_t(1) << 20;
 
+// Words repeat: most of a text's words are encoded from this cache after the first few thousand.
+// One per thread (Bpe itself holds no mutable state, so threads share one Bpe).
+using WordCache = std::unordered_map<std::string, std::vector<int32_t>>;
+
 class Bpe {
  public:
   // Parses the "model" object (vocab and merges validated against each other).
   explicit Bpe(const Doc& model);
 
-  // Appends the ids of one pre-tokenized word (UTF-8).
-  void encode_word(std::string_view word, std::vector<int32_t>& out) const;
+  // Appends the ids of one pre-tokenized word (UTF-8), through `cache`.
+  void encode_word(std::string_view word, std::vector<int32_t>& out, WordCache& cache) const;
 
   const std::vector<std::string>& id_to_token() const { return id_to_token_; }
   int32_t token_to_id(std::string_view token) const;  // -1 when absent
@@ -49,9 +53,6 @@ class Bpe {
   bool byte_fallback_ = false;
   bool ignore_merges_ = false;
   int32_t byte_ids_[256];  // ids of "<0xXX>" tokens for byte_fallback (-1 when absent)
-  // Words repeat: most of a text's words are cached after the first few thousand. Not shared
-  // across threads (a Tokenizer is used by one thread).
-  mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };
 
 }  // namespace kldq::io

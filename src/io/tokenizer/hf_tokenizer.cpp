@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <map>
+#include <mutex>
 
 #include "bpe.hpp"
 #include "hf_pipeline.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/workers.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 #include "kldq/io/tokenizer/unicode.hpp"
@@ -38,6 +40,8 @@ class HfTokenizer final : public Tokenizer {
   HfTokenizer(const nlohmann::json& doc, const std::string& file);
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override;
+  std::vector<std::vector<int32_t>> encode_all(const std::vector<std::string>& texts,
+                                               bool add_special_tokens) const override;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const override;
   std::string token(int32_t id) const override;
   int64_t size() const override { return static_cast<int64_t>(id_to_token_.size()); }
@@ -48,7 +52,10 @@ class HfTokenizer final : public Tokenizer {
   void split_added(std::vector<Piece>& pieces, bool normalized) const;
   void parse_added_tokens(const Doc& added);
   void parse_post_processor(const Doc& pp);
-  void encode_text(std::u32string text, bool at_start, std::vector<int32_t>& out) const;
+  std::vector<int32_t> encode_with(std::string_view text, bool add_special_tokens,
+                                   WordCache& cache) const;
+  void encode_text(std::u32string text, bool at_start, std::vector<int32_t>& out,
+                   WordCache& cache) const;
 
   std::unique_ptr<Bpe> bpe_;
   std::optional<Normalizer> normalizer_;
@@ -62,6 +69,9 @@ class HfTokenizer final : public Tokenizer {
   std::vector<std::string> id_to_token_;
   std::vector<char> special_;  // by id
   std::string description_;
+  // encode()'s word cache, one thread at a time; encode_all gives each of its threads its own.
+  mutable WordCache cache_;
+  mutable std::mutex cache_mutex_;
 };
 
 HfTokenizer::HfTokenizer(const nlohmann::json& doc, const std::string& file) {
@@ -207,13 +217,30 @@ void HfTokenizer::split_added(std::vector<Piece>& pieces, bool normalized) const
   pieces = std::move(out);
 }
 
-void HfTokenizer::encode_text(std::u32string text, bool at_start, std::vector<int32_t>& out) const {
+void HfTokenizer::encode_text(std::u32string text, bool at_start, std::vector<int32_t>& out,
+                              WordCache& cache) const {
   std::vector<std::u32string> words{std::move(text)};
   if (pre_tokenizer_) pre_tokenizer_->apply(words, at_start);
-  for (const auto& w : words) bpe_->encode_word(unicode::encode_utf8(w), out);
+  for (const auto& w : words) bpe_->encode_word(unicode::encode_utf8(w), out, cache);
 }
 
 std::vector<int32_t> HfTokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  const std::lock_guard lock(cache_mutex_);
+  return encode_with(text, add_special_tokens, cache_);
+}
+
+std::vector<std::vector<int32_t>> HfTokenizer::encode_all(const std::vector<std::string>& texts,
+                                                          bool add_special_tokens) const {
+  std::vector<std::vector<int32_t>> out(texts.size());
+  for_ranges(texts.size(), size_t(cpu_workers()), [&](size_t begin, size_t end) {
+    WordCache cache;
+    for (size_t i = begin; i < end; ++i) out[i] = encode_with(texts[i], add_special_tokens, cache);
+  });
+  return out;
+}
+
+std::vector<int32_t> HfTokenizer::encode_with(std::string_view text, bool add_special_tokens,
+                                              WordCache& cache) const {
   int64_t bad = -1;
   std::vector<Piece> pieces{{unicode::decode_utf8(text, &bad), -1}};
   if (bad >= 0)
@@ -231,7 +258,7 @@ std::vector<int32_t> HfTokenizer::encode(std::string_view text, bool add_special
     if (pieces[i].id >= 0)
       ids.push_back(pieces[i].id);
     else
-      encode_text(std::move(pieces[i].text), i == 0, ids);
+      encode_text(std::move(pieces[i].text), i == 0, ids, cache);
   }
   if (add_special_tokens) ids.insert(ids.end(), suffix_ids_.begin(), suffix_ids_.end());
   return ids;

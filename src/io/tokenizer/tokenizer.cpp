@@ -7,6 +7,7 @@
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
+#include "kldq/core/workers.hpp"
 #include "kldq/io/json_util.hpp"
 #include "kldq/io/tokenizer/unicode.hpp"
 
@@ -74,6 +75,16 @@ class SentencePieceTokenizer final : public Tokenizer {
 };
 
 }  // namespace
+
+// Sentencepiece's Encode is const and keeps no state between calls, so its texts run in parallel.
+std::vector<std::vector<int32_t>> Tokenizer::encode_all(const std::vector<std::string>& texts,
+                                                        bool add_special_tokens) const {
+  std::vector<std::vector<int32_t>> out(texts.size());
+  for_ranges(texts.size(), size_t(cpu_workers()), [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) out[i] = encode(texts[i], add_special_tokens);
+  });
+  return out;
+}
 
 std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
   if (!std::filesystem::is_directory(dir))

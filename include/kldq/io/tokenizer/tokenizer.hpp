@@ -21,6 +21,10 @@ class Tokenizer {
   // rules (as `encode(text)` of the reference libraries does by default).
   virtual std::vector<int32_t> encode(std::string_view text,
                                       bool add_special_tokens = true) const = 0;
+  // encode() of each text, on up to cpu_workers() threads (the same ids as one at a time).
+  // encode() itself may be called from several threads.
+  virtual std::vector<std::vector<int32_t>> encode_all(const std::vector<std::string>& texts,
+                                                       bool add_special_tokens = true) const;
   // Text of `ids` (special tokens kept unless `skip_special_tokens`).
   virtual std::string decode(const std::vector<int32_t>& ids,
                              bool skip_special_tokens = false) const = 0;
