@@ -80,16 +80,18 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache,
   if (cache) {
     // Written at the step's columns (a device index: no host offset, so a CUDA graph can
     // replay the step at the next column); attention over all capacity columns, masked (fixed
-    // shapes from step to step: decoder_cache.cpp).
+    // shapes from step to step: decoder_cache.cpp), unless this is a first unpadded prefill.
     cache->k[i].index_copy_(2, cache->cols, k);
     cache->v[i].index_copy_(2, cache->cols, v);
-    k = cache->k[i];  // [B, nkv, capacity, d]
-    v = cache->v[i];
-    mask = cache->mask;
+    if (cache->mask.defined()) {
+      k = cache->k[i];  // [B, nkv, capacity, d]
+      v = cache->v[i];
+      mask = cache->mask;
+    }
   }
   // Causal attention; GQA handled inside SDPA (no repeated K/V copies). Scale 1/sqrt(d).
   at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0,
-                                                    /*is_causal=*/!cache, /*scale=*/std::nullopt,
+                                                    /*is_causal=*/!mask, /*scale=*/std::nullopt,
                                                     /*enable_gqa=*/nkv != nq);
   out = out.transpose(1, 2).reshape({B, T, nq * d});  // [B, T, q_dim]
   observe(i, Proj::O, out);

@@ -14,6 +14,8 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "kldq/core/error.hpp"
 #include "kldq/model/decoder.hpp"
 
@@ -54,13 +56,18 @@ at::Tensor Decoder::run_cached(const at::Tensor& ids, KvCache& cache) const {
   const int64_t T = ids.size(1), len = cache.len;
   cache.check_room(T);
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
-  at::Tensor hidden = cached_step(ids, cache, at::arange(len, len + T, i64));
+  // A first prefill of unpadded rows sees only its own tokens, causally: no mask, so CUDA runs
+  // flash attention instead of a masked kernel planned per prompt length (MMLU's prefixes all
+  // differ in length; cuDNN plans each new shape for ~0.1 s).
+  const bool fresh =
+      len == 0 && std::all_of(cache.pad.begin(), cache.pad.end(), [](int64_t p) { return p == 0; });
+  at::Tensor hidden = cached_step(ids, cache, at::arange(len, len + T, i64), fresh);
   cache.len = len + T;
   return hidden;
 }
 
-at::Tensor Decoder::cached_step(const at::Tensor& ids, KvCache& cache,
-                                const at::Tensor& cols) const {
+at::Tensor Decoder::cached_step(const at::Tensor& ids, KvCache& cache, const at::Tensor& cols,
+                                bool fresh) const {
   // Device work only (no host copy, no sync), so a CUDA graph can capture it (decode_graph.cpp).
   const int64_t B = ids.size(0), T = ids.size(1), K = cache.capacity;
   // Positions [B, T]: column - pad, clamped at 0 on pad columns; RoPE rows gathered from the
@@ -71,11 +78,13 @@ at::Tensor Decoder::cached_step(const at::Tensor& ids, KvCache& cache,
   cache.sin = r.sin.index_select(0, pos.flatten()).view({B, T, config_.head_dim});
   // Mask [B, 1, T, K]: key k visible to query column c iff k <= c and (k >= pad, or c is
   // itself a pad column and k == c).
-  const at::Tensor keys = at::arange(K, cols.options()).view({1, 1, K});  // [1, 1, K]
-  const at::Tensor q = cols.view({1, T, 1}), p = cache.pad_rows.view({B, 1, 1});
-  const at::Tensor real = (keys >= p).logical_and(keys <= q);  // [B, T, K]
-  const at::Tensor self_pad = (q < p).logical_and(keys == q);  // [B, T, K]
-  cache.mask = real.logical_or(self_pad).unsqueeze(1);         // [B, 1, T, K]
+  if (!fresh) {
+    const at::Tensor keys = at::arange(K, cols.options()).view({1, 1, K});  // [1, 1, K]
+    const at::Tensor q = cols.view({1, T, 1}), p = cache.pad_rows.view({B, 1, 1});
+    const at::Tensor real = (keys >= p).logical_and(keys <= q);  // [B, T, K]
+    const at::Tensor self_pad = (q < p).logical_and(keys == q);  // [B, T, K]
+    cache.mask = real.logical_or(self_pad).unsqueeze(1);         // [B, 1, T, K]
+  }
   cache.cols = cols;
 
   at::Tensor hidden = embed(ids);

@@ -76,6 +76,8 @@ class Decoder {
     int64_t len = 0, capacity = 0;
     // The step in progress (set by cached_step): cos/sin [B, T, d] at each row's positions, the
     // attention mask [B, 1, T, capacity] (true: attend) and the columns written, [T] int64.
+    // Undefined mask: the step fills columns 0..T-1 of unpadded rows (a first prefill), whose
+    // attention is plain causal attention over the step's own tokens.
     at::Tensor cos, sin, mask, cols;
     // ConfigError when `T` more columns do not fit the capacity.
     void check_room(int64_t T) const;
@@ -90,8 +92,10 @@ class Decoder {
   at::Tensor run_cached(const at::Tensor& ids, KvCache& cache) const;
   // run_cached's device work for ids [B, T] written at columns `cols` ([T] int64 on the
   // device), without checks or host bookkeeping (cache.len is the caller's): what a CUDA graph
-  // of a decode step captures (model/decode_graph.hpp).
-  at::Tensor cached_step(const at::Tensor& ids, KvCache& cache, const at::Tensor& cols) const;
+  // of a decode step captures (model/decode_graph.hpp). `fresh`: cols are 0..T-1 and no row is
+  // padded (attention without a mask: KvCache::mask).
+  at::Tensor cached_step(const at::Tensor& ids, KvCache& cache, const at::Tensor& cols,
+                         bool fresh = false) const;
   // ids [B, T] (right-padded) as continuations of `prefix`, a one-row cache without padding
   // whose len tokens every row shares: row b's token t at position prefix.len + t -> hidden
   // [B, T, H]. The prefix is neither copied per row nor extended: each block attends over the
