@@ -72,6 +72,7 @@ for shape in ${KLDQ_GEN_SHAPES:-qwen2.5-1.5b qwen2.5-7b}; do
       2>> "$OUT/generate.log" || log "kldq eval --speed $shape $fmt failed"
   done
   for fmt in bf16 nf4; do
+    [ "${KLDQ_GEN_EAGER:-1}" = 0 ] && break  # KLDQ_GEN_EAGER=0: no eager comparison
     base=""; [ "$fmt" != bf16 ] && base="--base $fmt"
     log "eager steps, $shape $fmt batch 1: $("$K" generate "$MS" $base --prompts "$OUT/speed_1.jsonl" --max-new-tokens 256 \
       --ignore-eos --batch 1 --no-cuda-graph -o "$OUT/speed_out.jsonl" 2>&1 | grep -o 'prefill.*')"

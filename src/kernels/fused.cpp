@@ -115,13 +115,13 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
             cos.size(-1) == x.size(3) && cos.sizes() == sin.sizes(),
         "rope: cos/sin must be [T, d] or [B, T, d]");
 #if KLDQ_WITH_CUDA_BUILD
-  if (!per_row && use_cuda(x) && x.stride(3) == 1 && !records_grad({&x, &cos, &sin})) {
+  if (use_cuda(x) && x.stride(3) == 1 && !records_grad({&x, &cos, &sin})) {
     const c10::cuda::CUDAGuard guard(x.device());
     const at::Tensor c = cos.contiguous(), s = sin.contiguous();
     at::Tensor out = at::empty(x.sizes(), x.options());  // contiguous [B, T, n, d]
     cuda::rope(cuda_dtype(x.scalar_type()), x.data_ptr(), c.data_ptr(), s.data_ptr(),
                out.data_ptr(), x.size(0), x.size(1), x.size(2), x.size(3), x.stride(0), x.stride(1),
-               x.stride(2), stream_of(x));
+               x.stride(2), per_row ? x.size(1) * x.size(3) : 0, stream_of(x));
     return out;
   }
 #endif
@@ -139,12 +139,32 @@ at::Tensor silu_mul(const at::Tensor& gate_up) {
     auto sizes = gu.sizes().vec();
     sizes.back() = i;
     at::Tensor out = at::empty(sizes, gu.options());
-    cuda::silu_mul(cuda_dtype(gu.scalar_type()), gu.data_ptr(), out.data_ptr(),
-                   gu.numel() / (2 * i), i, stream_of(gu));
+    const auto* g = static_cast<const char*>(gu.data_ptr());
+    cuda::silu_mul(cuda_dtype(gu.scalar_type()), g, g + i * gu.element_size(), out.data_ptr(),
+                   gu.numel() / (2 * i), i, 2 * i, stream_of(gu));
     return out;
   }
 #endif
   return at::silu(gate_up.narrow(-1, 0, i)) * gate_up.narrow(-1, i, i);
+}
+
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
+  check(gate.sizes() == up.sizes() && gate.dim() >= 1 && gate.size(-1) > 0,
+        "silu_mul: gate and up must have one shape");
+  check_like(gate, up, "silu_mul");
+#if KLDQ_WITH_CUDA_BUILD
+  if (use_cuda(gate) && !records_grad({&gate, &up})) {
+    const c10::cuda::CUDAGuard guard(gate.device());
+    const at::Tensor g = gate.contiguous(), u = up.contiguous();
+    at::Tensor out = at::empty(g.sizes(), g.options());
+    const int64_t i = g.size(-1);
+    cuda::silu_mul(cuda_dtype(g.scalar_type()), g.data_ptr(), u.data_ptr(), out.data_ptr(),
+                   g.numel() / i, i, i, stream_of(g));
+    return out;
+  }
+#endif
+  // In place saves a buffer; while autograd records, out of place keeps the operands for backward.
+  return gate.requires_grad() || up.requires_grad() ? at::silu(gate) * up : at::silu(gate).mul_(up);
 }
 
 }  // namespace kldq::kernels

@@ -134,7 +134,7 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ d
 template <class T>
 __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cos,
                             const T* __restrict__ sin, T* __restrict__ out, int64_t B, int64_t T_,
-                            int64_t n, int64_t d, int64_t sb, int64_t st, int64_t sn) {
+                            int64_t n, int64_t d, int64_t sb, int64_t st, int64_t sn, int64_t cb) {
   const int64_t half = d / 2;
   const int64_t total = B * T_ * n * half;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -145,11 +145,12 @@ __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cos,
     const int64_t b = idx / (half * n * T_);
     const T* xr = x + b * sb + t * st + head * sn;
     T* outr = out + ((b * T_ + t) * n + head) * d;
+    const int64_t row = b * cb + t * d;  // the token's cos/sin row
     const float lo = Conv<T>::to_float(xr[i]), hi = Conv<T>::to_float(xr[i + half]);
-    const float c_lo = Conv<T>::to_float(cos[t * d + i]),
-                c_hi = Conv<T>::to_float(cos[t * d + i + half]);
-    const float s_lo = Conv<T>::to_float(sin[t * d + i]),
-                s_hi = Conv<T>::to_float(sin[t * d + i + half]);
+    const float c_lo = Conv<T>::to_float(cos[row + i]),
+                c_hi = Conv<T>::to_float(cos[row + i + half]);
+    const float s_lo = Conv<T>::to_float(sin[row + i]),
+                s_hi = Conv<T>::to_float(sin[row + i + half]);
     outr[i] = Conv<T>::from_float(
         __fadd_rn(round_to<T>(__fmul_rn(lo, c_lo)), round_to<T>(__fmul_rn(-hi, s_lo))));
     outr[i + half] = Conv<T>::from_float(
@@ -164,7 +165,7 @@ template <class T, int N>
 __global__ void rope_vec_kernel(const T* __restrict__ x, const T* __restrict__ cos,
                                 const T* __restrict__ sin, T* __restrict__ out, uint32_t T_,
                                 uint32_t n, uint32_t d, uint32_t total, int64_t sb, int64_t st,
-                                int64_t sn) {
+                                int64_t sn, int64_t cb) {
   const uint32_t half = d / 2, per_head = half / N, per_token = n * per_head;
   for (uint32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += gridDim.x * blockDim.x) {
@@ -173,11 +174,12 @@ __global__ void rope_vec_kernel(const T* __restrict__ x, const T* __restrict__ c
     const uint32_t b = token / T_, t = token - b * T_;
     const T* xr = x + b * sb + t * st + head * sn;
     T* outr = out + (int64_t(token) * n + head) * d;
+    const int64_t row = b * cb + int64_t(t) * d;  // the token's cos/sin row
     const Pack<T, N> lo = load_pack<T, N>(xr + i), hi = load_pack<T, N>(xr + i + half);
-    const Pack<T, N> c_lo = load_pack<T, N>(cos + t * d + i),
-                     c_hi = load_pack<T, N>(cos + t * d + i + half);
-    const Pack<T, N> s_lo = load_pack<T, N>(sin + t * d + i),
-                     s_hi = load_pack<T, N>(sin + t * d + i + half);
+    const Pack<T, N> c_lo = load_pack<T, N>(cos + row + i),
+                     c_hi = load_pack<T, N>(cos + row + i + half);
+    const Pack<T, N> s_lo = load_pack<T, N>(sin + row + i),
+                     s_hi = load_pack<T, N>(sin + row + i + half);
     Pack<T, N> o_lo, o_hi;
 #pragma unroll
     for (int k = 0; k < N; ++k) {
@@ -201,16 +203,17 @@ __device__ inline T silu_times(float g, float u) {
   return Conv<T>::from_float(__fmul_rn(s, u));
 }
 
-// gate_up row layout: [gate_0 .. gate_{i-1} | up_0 .. up_{i-1}]  ->  out row [i]
+// Row r of gate and up starts at gate + r * rs and up + r * rs (a fused gate_up output:
+// up = gate + i, rs = 2 i; separate outputs: rs = i)  ->  out row [i]
 template <class T>
-__global__ void silu_mul_kernel(const T* __restrict__ gu, T* __restrict__ out, int64_t rows,
-                                int64_t i) {
+__global__ void silu_mul_kernel(const T* __restrict__ gate, const T* __restrict__ up,
+                                T* __restrict__ out, int64_t rows, int64_t i, int64_t rs) {
   const int64_t total = rows * i;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = idx / i, c = idx % i;
-    out[idx] = silu_times<T>(Conv<T>::to_float(gu[r * 2 * i + c]),
-                             Conv<T>::to_float(gu[r * 2 * i + i + c]));
+    out[idx] =
+        silu_times<T>(Conv<T>::to_float(gate[r * rs + c]), Conv<T>::to_float(up[r * rs + c]));
   }
 }
 
@@ -218,8 +221,8 @@ __global__ void silu_mul_kernel(const T* __restrict__ gu, T* __restrict__ out, i
 // two rows per step with both rows' loads issued before either is computed; no division per
 // element.
 template <class T, int N>
-__global__ void silu_mul_vec_kernel(const T* __restrict__ gu, T* __restrict__ out, int64_t rows,
-                                    int64_t i) {
+__global__ void silu_mul_vec_kernel(const T* __restrict__ gate, const T* __restrict__ up,
+                                    T* __restrict__ out, int64_t rows, int64_t i, int64_t rs) {
   const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * N;
   if (c >= i) return;
   auto apply = [&](int64_t r, const Pack<T, N>& g, const Pack<T, N>& u) {
@@ -231,11 +234,9 @@ __global__ void silu_mul_vec_kernel(const T* __restrict__ gu, T* __restrict__ ou
   };
   for (int64_t r = blockIdx.y; r < rows; r += 2 * int64_t(gridDim.y)) {
     const int64_t r2 = r + gridDim.y;
-    const Pack<T, N> g = load_pack<T, N>(gu + r * 2 * i + c),
-                     u = load_pack<T, N>(gu + r * 2 * i + i + c);
+    const Pack<T, N> g = load_pack<T, N>(gate + r * rs + c), u = load_pack<T, N>(up + r * rs + c);
     Pack<T, N> g2{}, u2{};
-    if (r2 < rows)
-      g2 = load_pack<T, N>(gu + r2 * 2 * i + c), u2 = load_pack<T, N>(gu + r2 * 2 * i + i + c);
+    if (r2 < rows) g2 = load_pack<T, N>(gate + r2 * rs + c), u2 = load_pack<T, N>(up + r2 * rs + c);
     apply(r, g, u);
     if (r2 < rows) apply(r2, g2, u2);
   }
@@ -282,11 +283,11 @@ void rms_norm(Dtype t, const void* x, const void* delta, void* sum, const void* 
 }
 
 void rope(Dtype t, const void* x, const void* cos, const void* sin, void* out, int64_t B, int64_t T,
-          int64_t n, int64_t d, int64_t sb, int64_t st, int64_t sn, void* stream) {
+          int64_t n, int64_t d, int64_t sb, int64_t st, int64_t sn, int64_t cb, void* stream) {
   const int64_t total = B * T * n * (d / 2);
   if (total == 0) return;
   const int64_t N = 16 / element_size(t);
-  const bool vec = (d / 2) % N == 0 && sb % N == 0 && st % N == 0 && sn % N == 0 &&
+  const bool vec = (d / 2) % N == 0 && sb % N == 0 && st % N == 0 && sn % N == 0 && cb % N == 0 &&
                    aligned(x, 16) && aligned(cos, 16) && aligned(sin, 16) && aligned(out, 16) &&
                    total / N < (int64_t{1} << 31);
   const auto s = static_cast<cudaStream_t>(stream);
@@ -297,21 +298,23 @@ void rope(Dtype t, const void* x, const void* cos, const void* sin, void* out, i
     if (vec) {
       constexpr int V = 16 / sizeof(E);
       const auto items = static_cast<uint32_t>(total / V);
-      rope_vec_kernel<E, V><<<grid_for(items, 256), 256, 0, s>>>(xe, ce, se, static_cast<E*>(out),
-                                                                 uint32_t(T), uint32_t(n),
-                                                                 uint32_t(d), items, sb, st, sn);
+      rope_vec_kernel<E, V>
+          <<<grid_for(items, 256), 256, 0, s>>>(xe, ce, se, static_cast<E*>(out), uint32_t(T),
+                                                uint32_t(n), uint32_t(d), items, sb, st, sn, cb);
     } else {
       rope_kernel<E><<<grid_for(total, 256), 256, 0, s>>>(xe, ce, se, static_cast<E*>(out), B, T, n,
-                                                          d, sb, st, sn);
+                                                          d, sb, st, sn, cb);
     }
   });
   check_launch("rope");
 }
 
-void silu_mul(Dtype t, const void* gate_up, void* out, int64_t rows, int64_t i, void* stream) {
+void silu_mul(Dtype t, const void* gate, const void* up, void* out, int64_t rows, int64_t i,
+              int64_t rs, void* stream) {
   if (rows * i == 0) return;
   const int64_t N = 16 / element_size(t);
-  const bool vec = i % N == 0 && aligned(gate_up, 16) && aligned(out, 16);
+  const bool vec =
+      i % N == 0 && rs % N == 0 && aligned(gate, 16) && aligned(up, 16) && aligned(out, 16);
   const auto s = static_cast<cudaStream_t>(stream);
   dispatch(t, [&](auto tag) {
     using E = decltype(tag);
@@ -320,11 +323,13 @@ void silu_mul(Dtype t, const void* gate_up, void* out, int64_t rows, int64_t i, 
       // grid.y covers up to 1024 rows; each thread loops over the rows beyond, two at a time.
       const dim3 grid(static_cast<unsigned>((i / V + kThreads - 1) / kThreads),
                       static_cast<unsigned>(std::min<int64_t>(rows, 1024)));
-      silu_mul_vec_kernel<E, V>
-          <<<grid, kThreads, 0, s>>>(static_cast<const E*>(gate_up), static_cast<E*>(out), rows, i);
+      silu_mul_vec_kernel<E, V><<<grid, kThreads, 0, s>>>(static_cast<const E*>(gate),
+                                                          static_cast<const E*>(up),
+                                                          static_cast<E*>(out), rows, i, rs);
     } else {
-      silu_mul_kernel<E><<<grid_for(rows * i, 256), 256, 0, s>>>(static_cast<const E*>(gate_up),
-                                                                 static_cast<E*>(out), rows, i);
+      silu_mul_kernel<E><<<grid_for(rows * i, 256), 256, 0, s>>>(static_cast<const E*>(gate),
+                                                                 static_cast<const E*>(up),
+                                                                 static_cast<E*>(out), rows, i, rs);
     }
   });
   check_launch("silu_mul");

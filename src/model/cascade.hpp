@@ -16,6 +16,10 @@ struct Packing {
   at::Tensor slot;
   int64_t rows = 0, width = 0;
 };
+// Causal attention of q [B, nq, T, d] over k/v [B, nkv, T, d] -> [B, T, nq * d] by flash
+// attention when it applies (CUDA, fp16/bf16, d % 8 == 0, d <= 256; else an empty tensor).
+at::Tensor flash_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
 at::Tensor cascade_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const at::Tensor& pk, const at::Tensor& pv,
                              const Packing* packing = nullptr);

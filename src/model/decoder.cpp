@@ -89,11 +89,15 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache,
       mask = cache->mask;
     }
   }
-  // Causal attention; GQA handled inside SDPA (no repeated K/V copies). Scale 1/sqrt(d).
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0,
-                                                    /*is_causal=*/!mask, /*scale=*/std::nullopt,
-                                                    /*enable_gqa=*/nkv != nq);
-  out = out.transpose(1, 2).reshape({B, T, nq * d});  // [B, T, q_dim]
+  // A first prefill's lengths vary from call to call: flash attention (no per-shape planning).
+  at::Tensor out = cache && !mask ? flash_causal(q, k, v) : at::Tensor();  // [B, T, q_dim]
+  if (!out.defined()) {
+    // Causal attention; GQA handled inside SDPA (no repeated K/V copies). Scale 1/sqrt(d).
+    out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0,
+                                           /*is_causal=*/!mask, /*scale=*/std::nullopt,
+                                           /*enable_gqa=*/nkv != nq);
+    out = out.transpose(1, 2).reshape({B, T, nq * d});  // [B, T, q_dim]
+  }
   observe(i, Proj::O, out);
   return b.linears[static_cast<int>(Proj::O)].forward(out);
 }
@@ -106,12 +110,8 @@ at::Tensor Decoder::mlp(int i, const at::Tensor& h) const {
   if (b.gate_up.weight().defined()) {
     act = kernels::silu_mul(b.gate_up.forward(h));
   } else {
-    const at::Tensor gate = b.linears[static_cast<int>(Proj::GATE)].forward(h);
-    const at::Tensor up = b.linears[static_cast<int>(Proj::UP)].forward(h);
-    // In place saves a buffer; when autograd records the product, out of place keeps its
-    // operands unmodified for backward.
-    act =
-        gate.requires_grad() || up.requires_grad() ? at::silu(gate) * up : at::silu(gate).mul_(up);
+    act = kernels::silu_mul(b.linears[static_cast<int>(Proj::GATE)].forward(h),
+                            b.linears[static_cast<int>(Proj::UP)].forward(h));
   }
   observe(i, Proj::DOWN, act);
   return b.linears[static_cast<int>(Proj::DOWN)].forward(act);

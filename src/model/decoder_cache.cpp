@@ -15,6 +15,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "kldq/core/error.hpp"
 #include "kldq/model/decoder.hpp"
@@ -56,9 +57,10 @@ at::Tensor Decoder::run_cached(const at::Tensor& ids, KvCache& cache) const {
   const int64_t T = ids.size(1), len = cache.len;
   cache.check_room(T);
   const auto i64 = at::TensorOptions().dtype(at::kLong).device(device_);
-  // A first prefill of unpadded rows sees only its own tokens, causally: no mask, so CUDA runs
-  // flash attention instead of a masked kernel planned per prompt length (MMLU's prefixes all
-  // differ in length; cuDNN plans each new shape for ~0.1 s).
+  // A first prefill of unpadded rows sees only its own tokens, causally: no mask, and on CUDA
+  // flash attention, whose cost does not depend on having seen the prompt length before (cuDNN's
+  // SDPA plans every new shape: MMLU's 57 prefixes, each its own length, took 4.5-6.2 s on an
+  // H100 through SDPA, decoder.cpp).
   const bool fresh =
       len == 0 && std::all_of(cache.pad.begin(), cache.pad.end(), [](int64_t p) { return p == 0; });
   at::Tensor hidden = cached_step(ids, cache, at::arange(len, len + T, i64), fresh);
@@ -77,13 +79,16 @@ at::Tensor Decoder::cached_step(const at::Tensor& ids, KvCache& cache, const at:
   cache.cos = r.cos.index_select(0, pos.flatten()).view({B, T, config_.head_dim});
   cache.sin = r.sin.index_select(0, pos.flatten()).view({B, T, config_.head_dim});
   // Mask [B, 1, T, K]: key k visible to query column c iff k <= c and (k >= pad, or c is
-  // itself a pad column and k == c).
+  // itself a pad column and k == c). Additive (0 or -inf in the compute dtype, what SDPA makes
+  // of a boolean mask), built once per step rather than converted by SDPA in every block.
   if (!fresh) {
     const at::Tensor keys = at::arange(K, cols.options()).view({1, 1, K});  // [1, 1, K]
     const at::Tensor q = cols.view({1, T, 1}), p = cache.pad_rows.view({B, 1, 1});
     const at::Tensor real = (keys >= p).logical_and(keys <= q);  // [B, T, K]
     const at::Tensor self_pad = (q < p).logical_and(keys == q);  // [B, T, K]
-    cache.mask = real.logical_or(self_pad).unsqueeze(1);         // [B, 1, T, K]
+    const at::Tensor unseen = real.logical_or(self_pad).logical_not().unsqueeze(1);
+    cache.mask = at::zeros({B, 1, T, K}, at::TensorOptions().dtype(dtype_).device(device_))
+                     .masked_fill_(unseen, -std::numeric_limits<double>::infinity());
   }
   cache.cols = cols;
 

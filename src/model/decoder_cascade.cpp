@@ -88,6 +88,12 @@ Part pack(const Part& part, const Packing& p) {
 
 }  // namespace
 
+at::Tensor flash_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (!flash_applies(q)) return {};
+  const int64_t B = q.size(0), T = q.size(2);
+  return flash_part(q, k, v, true).o.reshape({B, T, -1});
+}
+
 at::Tensor cascade_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const at::Tensor& pk, const at::Tensor& pv, const Packing* packing) {
   const bool flash = flash_applies(q);

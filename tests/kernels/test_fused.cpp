@@ -79,6 +79,13 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
       CHECK(got.is_contiguous());
       CHECK(at::equal(got, hf_rope(q, cos, sin)));
       CHECK(at::equal(kldq::kernels::rope(k, cos, sin), hf_rope(k, cos, sin)));
+      // Per-row tables [B, T, d] (a KV cache's rows at their own positions).
+      const at::Tensor ang2 = at::rand({2, 19, d}, opts.dtype(at::kFloat)) * 6;
+      const at::Tensor cos2 = ang2.cos().to(dtype), sin2 = ang2.sin().to(dtype);
+      CHECK(at::equal(kldq::kernels::rope(q, cos2, sin2),
+                      q * cos2.unsqueeze(2) +
+                          at::cat({-q.narrow(-1, d / 2, d / 2), q.narrow(-1, 0, d / 2)}, -1) *
+                              sin2.unsqueeze(2)));
     }
     // SwiGLU on a fused gate|up output: widths 1024 and 8960 (vector path) and 172 (scalar for
     // 16-bit types), and more rows than the vector kernel's grid covers at once.
@@ -87,6 +94,11 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
       const at::Tensor gu = at::randn({rows, 2 * width}, opts) * 3;
       const at::Tensor want_act = at::silu(gu.narrow(-1, 0, width)) * gu.narrow(-1, width, width);
       CHECK(max_ulps(kldq::kernels::silu_mul(gu), want_act) <= (dtype == at::kFloat ? 4.0 : 0.0));
+      // Separate gate and up outputs (packed layers): the same values.
+      const at::Tensor gate = gu.narrow(-1, 0, width).contiguous();
+      const at::Tensor up = gu.narrow(-1, width, width).contiguous();
+      CHECK(max_ulps(kldq::kernels::silu_mul(gate, up), want_act) <=
+            (dtype == at::kFloat ? 4.0 : 0.0));
     }
   }
 }
@@ -104,6 +116,8 @@ TEST_CASE("fused kernels fall back to the reference composition on CPU", "[kerne
   const at::Tensor gu = at::randn({4, 6}, at::kFloat);
   const double g = gu[2][1].item<double>(), u = gu[2][4].item<double>();
   CHECK(kldq::kernels::silu_mul(gu)[2][1].item<double>() ==
+        Approx(g / (1 + std::exp(-g)) * u).epsilon(1e-5));
+  CHECK(kldq::kernels::silu_mul(gu.narrow(1, 0, 3), gu.narrow(1, 3, 3))[2][1].item<double>() ==
         Approx(g / (1 + std::exp(-g)) * u).epsilon(1e-5));
   const at::Tensor w = at::rand({8}, at::kFloat);
   const at::Tensor row = x[0][0][0];

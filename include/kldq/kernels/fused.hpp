@@ -22,12 +22,13 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const
 
 // Rotate-half RoPE: x: [B, T, n, d] (any strides, unit stride on d), cos/sin: [T, d] in x's
 // dtype -> contiguous [B, T, n, d]: T(T(x * cos) + T(rotate_half(x) * sin)). cos/sin may also
-// be [B, T, d] (each row at its own positions, as a left-padded batch in a KV cache needs); that
-// form runs the reference composition on every device.
+// be [B, T, d] (each row at its own positions, as a left-padded batch in a KV cache needs).
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 // SwiGLU on a fused gate|up projection: gate_up: [..., 2I] contiguous -> [..., I] =
 // T(T(silu(gate)) * up).
 at::Tensor silu_mul(const at::Tensor& gate_up);
+// The same on separate gate and up outputs of one shape [..., I] (packed layers, not fused).
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 
 }  // namespace kldq::kernels

@@ -75,7 +75,8 @@ class Decoder {
     at::Tensor pad_rows;       // the same, [B, 1] int64 on the device
     int64_t len = 0, capacity = 0;
     // The step in progress (set by cached_step): cos/sin [B, T, d] at each row's positions, the
-    // attention mask [B, 1, T, capacity] (true: attend) and the columns written, [T] int64.
+    // additive attention mask [B, 1, T, capacity] (0: attend, -inf: not) in the compute dtype
+    // and the columns written, [T] int64.
     // Undefined mask: the step fills columns 0..T-1 of unpadded rows (a first prefill), whose
     // attention is plain causal attention over the step's own tokens.
     at::Tensor cos, sin, mask, cols;
