@@ -55,10 +55,11 @@ at::Tensor scored_hidden(const model::Decoder& m, const std::vector<ScoredSequen
           "scored_logprobs: a cached prefix covers a scored position");
     T = std::max(T, lengths.back());
   }
-  // Padded widths rounded up to a multiple of 64 (within the context): every batch has its own
-  // longest sequence, and attention backends that plan per shape (cuDNN's SDPA) would plan for
-  // each. Causal attention keeps the extra padding out of every real position.
-  if (!from.shared && !from.rows)
+  // On CUDA, padded widths rounded up to a multiple of 64 (within the context): every batch has
+  // its own longest sequence, and attention backends that plan per shape (cuDNN's SDPA) would
+  // plan for each (unshared MMLU on an H100: 57.7 -> 53.8 s). Causal attention keeps the extra
+  // padding out of every real position.
+  if (!from.shared && !from.rows && m.device().is_cuda())
     T = std::max(T, std::min((T + 63) / 64 * 64, m.config().max_position_embeddings));
   // flat: the tokens, packed ([N]) or right-padded ([n, T]); picks: the scored rows' indices
   std::vector<int64_t> flat, picks;

@@ -69,10 +69,9 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache,
   v = v.view({B, T, nkv, d}).transpose(1, 2);
   if (shared) {
     const int64_t P = shared->cache->len;
-    const Packing packing{shared->slot, shared->rows, shared->width};
     at::Tensor out = cascade_attention(
         q, k, v, shared->cache->k[i].narrow(2, 0, P), shared->cache->v[i].narrow(2, 0, P),
-        shared->slot.defined() ? &packing : nullptr);  // [B, T, q_dim]
+        shared->packing.slot.defined() ? &shared->packing : nullptr);  // [B, T, q_dim]
     observe(i, Proj::O, out);
     return b.linears[static_cast<int>(Proj::O)].forward(out);
   }

@@ -118,8 +118,8 @@ at::Tensor Decoder::run_continuations(const at::Tensor& ids, const KvCache& pref
   check(ids.dim() == 2 && ids.size(1) > 0, "run_continuations: ids must be [B, T]");
   const int64_t P = prefix.len, T = ids.size(1);
   const RopeTable& r = continuation_rope(prefix, T);  // positions P .. P+T-1, as in the whole
-  return continue_prefix(
-      embed(ids), {&prefix, r.cos.narrow(0, P, T), r.sin.narrow(0, P, T), at::Tensor(), 0, 0});
+  return continue_prefix(embed(ids),
+                         {&prefix, r.cos.narrow(0, P, T), r.sin.narrow(0, P, T), Packing{}});
 }
 
 at::Tensor Decoder::run_continuations(const at::Tensor& ids, const std::vector<int64_t>& lengths,
@@ -135,12 +135,8 @@ at::Tensor Decoder::run_continuations(const at::Tensor& ids, const std::vector<i
     for (int64_t t = 0; t < lengths[b]; ++t)
       pos.push_back(P + t), slot.push_back(int64_t(b) * width + t);
   const at::Tensor p = at::tensor(pos).to(device()), s = at::tensor(slot).to(device());
-  const SharedPrefix shared{&prefix,
-                            r.cos.index_select(0, p),
-                            r.sin.index_select(0, p),
-                            s,
-                            static_cast<int64_t>(lengths.size()),
-                            width};
+  const SharedPrefix shared{&prefix, r.cos.index_select(0, p), r.sin.index_select(0, p),
+                            Packing{s, static_cast<int64_t>(lengths.size()), width}};
   return continue_prefix(embed(ids.view({1, N})), shared).squeeze(0);  // [N, H]
 }
 

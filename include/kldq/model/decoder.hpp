@@ -22,6 +22,13 @@
 
 namespace kldq::model {
 
+// Rows packed one after another (no padding): `slot` [N] int64 gives token i's place
+// r * width + t among `rows` rows padded to `width`.
+struct Packing {
+  at::Tensor slot;
+  int64_t rows = 0, width = 0;
+};
+
 class Decoder {
   struct Block;
 
@@ -201,14 +208,13 @@ class Decoder {
   const Block& running(int i) const;
   void changed(Block& b);  // a new version (slots holding the old one are stale)
   const RopeTable& rope(int64_t len) const;
-  // run_continuations' shared prefix and the continuation's RoPE rows, cos/sin [T, d]; packed
-  // rows (B = 1, T = N): `slot` [N] int64, token i's place r * width + t among `rows` rows
-  // padded to `width` (undefined when the rows are padded already).
+  // run_continuations' shared prefix, the continuation's RoPE rows, cos/sin [T, d], and for
+  // packed rows (B = 1, T = N) their layout (packing.slot undefined when the rows are padded
+  // already: model/cascade.hpp).
   struct SharedPrefix {
     const KvCache* cache = nullptr;
     at::Tensor cos, sin;
-    at::Tensor slot;
-    int64_t rows = 0, width = 0;
+    Packing packing;
   };
   at::Tensor continue_prefix(at::Tensor hidden, const SharedPrefix& shared) const;
   const RopeTable& continuation_rope(const KvCache& prefix, int64_t width) const;
