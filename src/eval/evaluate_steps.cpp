@@ -28,8 +28,8 @@ uint64_t tasks_working(const TaskInputs& t, int64_t batch, const model::ModelCon
   const uint64_t heads = uint64_t(c.num_heads), ctx = uint64_t(c.max_position_embeddings);
   const uint64_t P = uint64_t(t.max_shared), Tr = uint64_t(t.max_rest), S = std::min(P + Tr, ctx);
   const uint64_t kv = 2 * uint64_t(c.num_layers) * uint64_t(c.kv_dim()) * S * e;  // per row
-  // The math kernel also repeats K and V to every query head over the S columns in fp32 and
-  // makes a float copy of the mask (4 + 1 bytes per mask entry with the boolean).
+  // The math kernel also repeats K and V to every query head over the S columns in fp32; the
+  // mask is additive in the compute dtype, made from a boolean (at most 4 + 1 bytes per entry).
   const uint64_t kv_math = 2 * S * uint64_t(c.q_dim()) * 4;  // per row
   const uint64_t prefix = model::forward_bytes(c, int64_t(B), int64_t(P), dtype) +
                           B * (P * S * (4 * heads + 5) + kv_math);

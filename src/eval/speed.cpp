@@ -25,8 +25,9 @@ uint64_t speed_working(const model::ModelConfig& c, const SpeedProtocol& p, c10:
   for (int64_t b : p.batches) B = std::max(B, b);
   const uint64_t cols = uint64_t(p.prompt + p.new_tokens), e = c10::elementSize(dtype);
   const uint64_t cache = 2 * uint64_t(c.num_layers) * uint64_t(B) * uint64_t(c.kv_dim()) * cols * e;
-  // Prefill [B, prompt] with its fp32 attention scores and mask (the math kernel's), and the
-  // last position's logits in fp32 on the host side's copy.
+  // Prefill [B, prompt] with its fp32 attention scores and a mask, as the math kernel would need
+  // (an upper bound: an unpadded first prefill builds no mask, and CUDA runs it in flash
+  // attention), and the last position's logits in fp32 on the host side's copy.
   return cache + model::forward_bytes(c, B, p.prompt, dtype) +
          uint64_t(B) * uint64_t(p.prompt) * cols * (4 * uint64_t(c.num_heads) + 1) +
          model::head_bytes(c, B, e + 4);

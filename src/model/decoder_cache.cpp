@@ -10,7 +10,8 @@
 // themselves only, so their (unused) outputs stay finite. Every step attends over all
 // `capacity` columns (the unfilled ones masked and zeroed, so no NaN of uninitialised memory
 // reaches P.V): the attention's shapes stay fixed from step to step, so backends that plan per
-// shape (cuDNN's SDPA on Hopper) plan once rather than once per generated token.
+// shape (cuDNN's SDPA on Hopper) plan once rather than once per generated token. The exception
+// is a first prefill of unpadded rows, which attends over its own T columns only (run_cached).
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 

@@ -24,14 +24,19 @@ void run_workers(size_t n, Work&& work) {
   }
   std::vector<std::exception_ptr> errors(n);
   std::vector<std::thread> threads;
-  for (size_t w = 0; w < n; ++w)
-    threads.emplace_back([&, w] {
-      try {
-        work(w);
-      } catch (...) {
-        errors[w] = std::current_exception();
-      }
-    });
+  try {
+    for (size_t w = 0; w < n; ++w)
+      threads.emplace_back([&, w] {
+        try {
+          work(w);
+        } catch (...) {
+          errors[w] = std::current_exception();
+        }
+      });
+  } catch (...) {  // no thread could be started (EAGAIN): end the started ones first
+    for (std::thread& t : threads) t.join();
+    throw;
+  }
   for (std::thread& t : threads) t.join();
   for (const std::exception_ptr& e : errors)
     if (e) std::rethrow_exception(e);
