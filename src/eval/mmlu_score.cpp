@@ -122,6 +122,19 @@ struct Phases {
   int64_t prefixes = 0, prefix_tokens = 0, tokens = 0, batches = 0;
 };
 
+// The first P tokens of `ids` run into a one-row cache (a subject's shared prefix).
+model::Decoder::KvCache run_prefix(const model::Decoder& model, const std::vector<int32_t>& ids,
+                                   int64_t P, Phases& phases) {
+  const auto t = Clock::now();
+  model::Decoder::KvCache prefix = model.new_cache({0}, P);
+  model.run_cached(at::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + P)).view({1, P}),
+                   prefix);
+  if (log::enabled(log::Level::VERBOSE)) device_synchronize(model.device());  // timing only
+  phases.prefix += seconds_since(t);
+  ++phases.prefixes, phases.prefix_tokens += P;
+  return prefix;
+}
+
 }  // namespace
 
 std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::Tokenizer& tok,
@@ -154,16 +167,7 @@ std::vector<MmluPrediction> score_mmlu(const model::Decoder& model, const io::To
   for (std::vector<size_t>& g : groups) {
     std::optional<model::Decoder::KvCache> prefix;
     const int64_t P = o.shared_prefix ? group_prefix(reqs, g) : 0;
-    if (P > 0) {
-      t = Clock::now();
-      const std::vector<int32_t>& a = reqs[g.front()].ids;
-      prefix = model.new_cache({0}, P);
-      model.run_cached(at::tensor(std::vector<int64_t>(a.begin(), a.begin() + P)).view({1, P}),
-                       *prefix);
-      if (log::enabled(log::Level::VERBOSE)) device_synchronize(model.device());  // timing only
-      phases.prefix += seconds_since(t);
-      ++phases.prefixes, phases.prefix_tokens += P;
-    }
+    if (P > 0) prefix = run_prefix(model, reqs[g.front()].ids, P, phases);
     // Longest first, so a batch's padding is small and memory peaks at the start.
     std::stable_sort(g.begin(), g.end(),
                      [&](size_t a, size_t b) { return reqs[a].ids.size() > reqs[b].ids.size(); });

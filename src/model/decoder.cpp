@@ -54,15 +54,10 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache,
     k = b.linears[static_cast<int>(Proj::K)].forward(h);
     v = b.linears[static_cast<int>(Proj::V)].forward(h);
   }
-  at::Tensor cos, sin;  // [T, d] at positions 0..T-1, or [B, T, d] per row from the cache
-  if (shared) {
-    cos = shared->cos, sin = shared->sin;
-  } else if (cache) {
-    cos = cache->cos, sin = cache->sin;
-  } else {
-    const RopeTable& r = rope(T);
-    cos = r.cos.narrow(0, 0, T), sin = r.sin.narrow(0, 0, T);
-  }
+  // cos/sin [T, d] at positions 0..T-1, or the cache's per-row [B, T, d], or the continuation's
+  const RopeTable* table = shared || cache ? nullptr : &rope(T);
+  const at::Tensor cos = shared ? shared->cos : cache ? cache->cos : table->cos.narrow(0, 0, T);
+  const at::Tensor sin = shared ? shared->sin : cache ? cache->sin : table->sin.narrow(0, 0, T);
   // [B, T, n, d] -> rope -> [B, n, T, d] for SDPA
   q = kernels::rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);
   k = kernels::rope(k.view({B, T, nkv, d}), cos, sin).transpose(1, 2);
