@@ -3,8 +3,7 @@
 
 #include <fmt/format.h>
 
-#include <chrono>
-
+#include "kldq/core/clock.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
@@ -47,7 +46,6 @@ TaskInputs read_tasks(const EvalRequest& o, const io::Tokenizer& tok, int64_t ma
 std::string run_tasks(const TaskInputs& in, const EvalRequest& o, const model::Decoder& m,
                       const model::Decoder* ref, const std::string& pred_path, TaskMetrics& out,
                       std::string& summary) {
-  using Clock = std::chrono::steady_clock;
   std::string predictions;
   nlohmann::json files = nlohmann::json::object();
   const auto t0 = Clock::now();
@@ -57,7 +55,7 @@ std::string run_tasks(const TaskInputs& in, const EvalRequest& o, const model::D
     const auto t1 = Clock::now();
     const auto preds = score_task(m, t, in.tokens[k], in.options.batch, t.name);
     device_synchronize(m.device());
-    const double secs = std::chrono::duration<double>(Clock::now() - t1).count();
+    const double secs = seconds_since(t1);
     nlohmann::json r = task_summary(t, preds);
     r["seconds"] = secs;
     r["items_per_second"] = double(preds.size()) / secs;
@@ -83,7 +81,7 @@ std::string run_tasks(const TaskInputs& in, const EvalRequest& o, const model::D
     files[t.name] = {{"path", t.path.string()}, {"sha256", t.sha256}, {"n", t.items.size()}};
     predictions += task_predictions_jsonl(t, preds);
   }
-  out.seconds_tasks = std::chrono::duration<double>(Clock::now() - t0).count();
+  out.seconds_tasks = seconds_since(t0);
   out.settings = {{"dir", o.tasks_dir},
                   {"limit", o.tasks_limit},
                   {"max_len", in.options.max_len},

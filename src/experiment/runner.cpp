@@ -6,13 +6,13 @@
 #include <fmt/format.h>
 
 #include <cerrno>
-#include <chrono>
 #include <iostream>
 #include <map>
 #include <sstream>
 
 #include "kldq/build_config.hpp"
 #include "kldq/calib/calibration.hpp"
+#include "kldq/core/clock.hpp"
 #include "kldq/core/context.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
@@ -79,13 +79,12 @@ class Runner {
       fs::create_directories(dir, ec);
       if (ec) throw IoError(fmt::format("{}: cannot create ({})", dir.string(), ec.message()));
       log::info("[{}/{}] {} {} ...", step, total, s.kind, what);
-      const auto t0 = std::chrono::steady_clock::now();
+      const auto t0 = Clock::now();
       // What the stage's command would print (its result line, the profile's table of top
       // units), which `kldq run` replaces with its own progress lines and final table.
       const std::string printed = execute(s, model, file, reference, by_key);
       log::debug("{}", printed);
-      const double secs =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double secs = seconds_since(t0);
       log::info("[{}/{}] {} {}: {:.1f} s", step, total, s.kind, what, secs);
       bar.advance();
       if (s.kind == "eval") add_record(model, id, stages, i, by_key, runs);

@@ -6,12 +6,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <memory>
 #include <set>
 
 #include "kldq/build_config.hpp"
 #include "kldq/calib/calibration.hpp"
+#include "kldq/core/clock.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
@@ -228,7 +228,7 @@ ProfileReport profile_checkpoint(const ProfileRequest& o) {
   if (!o.merge.empty()) return merge_profile_files(o);
   if (o.model.empty() || o.base.empty() || o.method.calib.empty())
     throw ConfigError("profile: MODEL, --base and --calib are required (or --merge SHARD.json...)");
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   Options po = options_of(o);
   const quant::MethodOptions method = quant::resolve_method(o.method, std::nullopt);
   const std::vector<std::filesystem::path> inputs = {o.model, o.method.calib};
@@ -250,19 +250,18 @@ ProfileReport profile_checkpoint(const ProfileRequest& o) {
             mode_name(po.mode), granularity_name(po.granularity), quant::method_name(method.method),
             po.base.name(), cal.ids.size(0), cal.ids.size(1), cal.identity.file,
             models.size() > 1 ? fmt::format(", on {} GPUs", models.size()) : "");
-  const auto t1 = std::chrono::steady_clock::now();
+  const auto t1 = Clock::now();
   model::LayerFormats all;
   for (const auto& id : m.linear_ids()) all[id.name()] = po.base;
   // Quantized once, on the first device; each copy takes the same packed layers.
   const quant::QuantizedLayers quantized = quant::quantize_layers(m, all, method, cal.ids);
   const Result r = run_profile(models, cal.ids, quantized, po);
   for (const model::Decoder* d : models) device_synchronize(d->device());  // the work is timed
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  const double secs = seconds_since(t1);
   ProfileRecord rec = profile_record(r, po, method, o.model, cal, ctx);
   rec.figures.seconds_profile = secs;
   add_run_figures(rec.figures, models, residency[0].describe(needs));
-  rec.figures.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  rec.figures.seconds = seconds_since(t0);
   write_profile(out, csv, rec);
 
   const std::string table = top_units(r, po, rec);

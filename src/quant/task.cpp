@@ -4,8 +4,7 @@
 
 #include <fmt/format.h>
 
-#include <chrono>
-
+#include "kldq/core/clock.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
@@ -63,10 +62,10 @@ std::string quantize_checkpoint(const QuantizeRequest& o) {
     decoder = model::Decoder::load(o.model, ctx.device, ctx.dtype, residency.streamed);
     calibrated = {&*decoder, cal->ids, cal->identity};
   }
-  const auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = Clock::now();
   write_quantized_checkpoint(o.model, o.out, plan, method, calibrated,
                              {.force = o.force, .device = fit_device});
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = seconds_since(t0);
   std::string line = fmt::format("quantized {} ({}) in {:.1f} s -> {}", o.model,
                                  method_name(method.method), secs, o.out);
   if (decoder && decoder->device().is_cuda())

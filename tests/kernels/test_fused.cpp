@@ -13,10 +13,11 @@ at::Tensor hf_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
   return w * (xf * at::rsqrt(xf.pow(2).mean(-1, true) + eps)).to(x.scalar_type());
 }
 
+// cos/sin [T, d], or per-row [B, T, d]: broadcast over the heads of x [B, T, n, d].
 at::Tensor hf_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const int64_t h = x.size(-1) / 2;
+  const int64_t h = x.size(-1) / 2, heads = cos.dim() == 2 ? 1 : 2;
   at::Tensor rot = at::cat({-x.narrow(-1, h, h), x.narrow(-1, 0, h)}, -1);
-  return x * cos.unsqueeze(1) + rot * sin.unsqueeze(1);
+  return x * cos.unsqueeze(heads) + rot * sin.unsqueeze(heads);
 }
 
 // Largest difference in units of the dtype's epsilon at the value's magnitude.
@@ -82,10 +83,7 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
       // Per-row tables [B, T, d] (a KV cache's rows at their own positions).
       const at::Tensor ang2 = at::rand({2, 19, d}, opts.dtype(at::kFloat)) * 6;
       const at::Tensor cos2 = ang2.cos().to(dtype), sin2 = ang2.sin().to(dtype);
-      CHECK(at::equal(kldq::kernels::rope(q, cos2, sin2),
-                      q * cos2.unsqueeze(2) +
-                          at::cat({-q.narrow(-1, d / 2, d / 2), q.narrow(-1, 0, d / 2)}, -1) *
-                              sin2.unsqueeze(2)));
+      CHECK(at::equal(kldq::kernels::rope(q, cos2, sin2), hf_rope(q, cos2, sin2)));
     }
     // SwiGLU on a fused gate|up output: widths 1024 and 8960 (vector path) and 172 (scalar for
     // 16-bit types), and more rows than the vector kernel's grid covers at once.
