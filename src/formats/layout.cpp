@@ -85,6 +85,54 @@ PackedWeight PackedWeight::map(const std::function<at::Tensor(const at::Tensor&)
   return p;
 }
 
+bool PackedWeight::rows_split() const {
+  if (spec.per_tensor) return false;
+  // Flat blocks run over the row-major weight: a row boundary is a block (and byte) boundary
+  // when every row holds whole blocks (blocks are a power of two >= 32, so rows hold whole bytes).
+  return spec.traits().blocking != Blocking::FLAT_BLOCK || in % spec.group == 0;
+}
+
+PackedWeight PackedWeight::rows(int64_t begin, int64_t n) const {
+  check(rows_split() && begin >= 0 && n >= 0 && begin + n <= out,
+        fmt::format("PackedWeight::rows: rows [{}, {}) of a {} weight of {} rows", begin, begin + n,
+                    spec.name(), out));
+  PackedWeight p = *this;
+  p.out = n;
+  if (spec.traits().blocking == Blocking::FLAT_BLOCK) {
+    // codes: two per byte over the flattened weight; scales: one per block of `group` weights
+    if (codes.defined()) p.codes = codes.narrow(0, begin * in / 2, n * in / 2);
+    if (scales.defined()) p.scales = scales.narrow(0, begin * in / spec.group, n * in / spec.group);
+    return p;
+  }
+  // Every other layout keeps one leading entry per row: codes [out, ...], scales and zero
+  // points [out] or [out, groups].
+  p = map([&](const at::Tensor& t) { return t.narrow(0, begin, n); });
+  p.out = n;
+  return p;
+}
+
+std::optional<PackedWeight> PackedWeight::concat_rows(const std::vector<const PackedWeight*>& ws) {
+  if (ws.empty()) return std::nullopt;
+  const PackedWeight& first = *ws.front();
+  for (const PackedWeight* w : ws)
+    if (!(w->spec == first.spec) || w->in != first.in || !w->rows_split() ||
+        w->parts().size() != first.parts().size())
+      return std::nullopt;
+  PackedWeight p = first;
+  p.out = 0;
+  std::vector<std::vector<at::Tensor>> parts(first.parts().size());
+  for (const PackedWeight* w : ws) {
+    p.out += w->out;
+    const std::vector<at::Tensor> own = w->parts();
+    for (size_t i = 0; i < own.size(); ++i) parts[i].push_back(own[i]);
+  }
+  const std::vector<at::Tensor*> slots = {&p.codes, &p.scales, &p.zeros};
+  size_t next = 0;
+  for (at::Tensor* slot : slots)
+    if (slot->defined()) *slot = at::cat(parts[next++], 0);
+  return p;
+}
+
 void PackedWeight::check_values(const std::string& where) const {
   // Shapes and dtypes were checked against packed_layout by the caller; codes need no check
   // (every bit pattern of a packed code is a grid point), zero points and scales do.

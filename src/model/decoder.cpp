@@ -46,7 +46,9 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache,
   const int64_t nq = config_.num_heads, nkv = config_.num_kv_heads;
   for (Proj p : {Proj::Q, Proj::K, Proj::V}) observe(i, p, h);
   at::Tensor q, k, v;  // [B, T, q_dim], [B, T, kv_dim], [B, T, kv_dim]
-  if (b.qkv.weight().defined()) {
+  // The fused product when it reads the stored weight (dense, or a decode step's packed kernel);
+  // a packed prefill dequantizes each member into the workspace as before.
+  if (b.qkv.defined() && b.qkv.direct(h)) {
     auto parts = b.qkv.forward(h).split_with_sizes({nq * d, nkv * d, nkv * d}, -1);
     q = parts[0], k = parts[1], v = parts[2];
   } else {
@@ -101,7 +103,7 @@ at::Tensor Decoder::mlp(int i, const at::Tensor& h) const {
   observe(i, Proj::GATE, h);
   observe(i, Proj::UP, h);
   at::Tensor act;  // [B, T, I]
-  if (b.gate_up.weight().defined()) {
+  if (b.gate_up.defined() && b.gate_up.direct(h)) {
     act = kernels::silu_mul(b.gate_up.forward(h));
   } else {
     act = kernels::silu_mul(b.linears[static_cast<int>(Proj::GATE)].forward(h),

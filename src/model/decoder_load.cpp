@@ -66,7 +66,28 @@ QLinear load_linear(WeightStore& ws, const LayerFormats& formats, int block, Pro
   return q;
 }
 
-// Loads a group of projections sharing one input: fused into one GEMM when all are dense.
+// Concatenates a group's members (when they agree) into `fused`, stored by `store`, and makes
+// them row views of it. False when already fused or the members do not agree.
+bool fuse(Decoder::Linears& linears, QLinear& fused, std::initializer_list<Proj> projs,
+          const std::function<at::Tensor(const at::Tensor&)>& store) {
+  if (fused.defined()) return false;
+  std::vector<const QLinear*> members;
+  for (Proj p : projs) members.push_back(&linears[static_cast<int>(p)]);
+  std::optional<QLinear> joined = QLinear::concat(members);
+  if (!joined) return false;
+  fused = joined->map(store);
+  int64_t row = 0;
+  for (Proj p : projs) {
+    QLinear& l = linears[static_cast<int>(p)];
+    const int64_t n = l.out_features();
+    l = fused.rows(row, n);
+    row += n;
+  }
+  return true;
+}
+
+// Loads a group of projections sharing one input: fused into one GEMM when all are dense (packed
+// groups are fused afterwards, by fuse_groups).
 void load_group(WeightStore& ws, const LayerFormats& formats, int block,
                 std::initializer_list<Proj> projs, std::initializer_list<int64_t> outs, int64_t in,
                 bool with_bias, Decoder::Linears& linears, QLinear& fused,
@@ -121,6 +142,7 @@ Decoder Decoder::load(const std::filesystem::path& dir, c10::Device device, c10:
     d.blocks_.push_back(std::move(b));
   }
   ws.set_target(device, false);
+  d.fuse_groups();
   d.final_norm_ = ws.take("model.norm.weight", {H});
   d.lm_head_ = c.tie_word_embeddings ? d.embed_ : ws.take("lm_head.weight", {V, H});
   ws.accept_derived(c);
@@ -176,6 +198,16 @@ void Decoder::set_linear(LayerId id, QLinear layer) {
   if (gate_up) b.gate_up = QLinear();
   slot = std::move(layer);
   changed(b);
+}
+
+void Decoder::fuse_groups() {
+  for (int i = 0; i < num_blocks(); ++i) {
+    Block& b = blocks_[static_cast<size_t>(i)];
+    auto store = [&](const at::Tensor& t) { return to_storage(i, t); };
+    const bool attn = fuse(b.linears, b.qkv, {Proj::Q, Proj::K, Proj::V}, store);
+    const bool mlp = fuse(b.linears, b.gate_up, {Proj::GATE, Proj::UP}, store);
+    if (attn || mlp) changed(b);
+  }
 }
 
 void Decoder::quantize_layer(LayerId id, const formats::PackedWeight& packed,

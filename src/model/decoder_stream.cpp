@@ -112,7 +112,7 @@ class Decoder::Streamer {
     c.input_norm = f(m.input_norm);
     c.post_norm = f(m.post_norm);
     auto fuse = [&](const QLinear& fused, QLinear& out, std::initializer_list<Proj> projs) {
-      if (!fused.weight().defined()) {
+      if (!fused.defined()) {
         for (Proj p : projs) c.linears[static_cast<int>(p)] = m.linears[static_cast<int>(p)].map(f);
         return;
       }
@@ -120,9 +120,7 @@ class Decoder::Streamer {
       int64_t row = 0;
       for (Proj p : projs) {
         const int64_t n = m.linears[static_cast<int>(p)].out_features();
-        c.linears[static_cast<int>(p)] =
-            QLinear(out.weight().narrow(0, row, n),
-                    out.has_bias() ? out.bias().narrow(0, row, n) : at::Tensor());
+        c.linears[static_cast<int>(p)] = out.rows(row, n);
         row += n;
       }
     };

@@ -1,6 +1,7 @@
 // QLinear: dense GEMM (cuBLAS / CPU BLAS through at::linear); for packed weights the fused
 // dequantize + GEMV kernel when a CUDA input has at most 16 rows (4 in fp32; decode steps), else
 // dequantize into the shared workspace (kernels::dequantize_into) followed by the same GEMM.
+// Layers sharing an input concatenate by rows into one layer whose members are row views.
 #include "kldq/model/qlinear.hpp"
 
 #include <ATen/ATen.h>
@@ -71,6 +72,62 @@ at::Tensor QLinear::forward(const at::Tensor& x) const {
     kernels::dequantize_into(packed_, w);
   }
   return bias_.defined() ? at::linear(xs, w, bias_) : at::linear(xs, w);
+}
+
+bool QLinear::direct(const at::Tensor& x) const {
+  if (!is_packed()) return true;
+  return kernels::gemv_applies(packed_, x, bias_);
+}
+
+std::optional<QLinear> QLinear::concat(const std::vector<const QLinear*>& layers) {
+  if (layers.empty()) return std::nullopt;
+  const QLinear& first = *layers.front();
+  std::vector<const formats::PackedWeight*> packed;
+  std::vector<at::Tensor> weights, biases;
+  for (const QLinear* l : layers) {
+    const bool same_kind = l->is_packed() == first.is_packed() &&
+                           l->has_format_ == first.has_format_ && l->in_ == first.in_ &&
+                           l->has_bias() == first.has_bias() &&
+                           (!l->has_format_ || l->packed_.spec == first.packed_.spec);
+    const bool same_scale =
+        l->input_scale_.defined() == first.input_scale_.defined() &&
+        (!l->input_scale_.defined() || l->input_scale_.is_same(first.input_scale_) ||
+         at::equal(l->input_scale_, first.input_scale_));
+    if (!same_kind || !same_scale) return std::nullopt;
+    if (l->weight_.defined()) {
+      if (l->weight_.scalar_type() != first.weight_.scalar_type()) return std::nullopt;
+      weights.push_back(l->weight_);
+    }
+    packed.push_back(&l->packed_);
+    if (l->has_bias()) biases.push_back(l->bias_);
+  }
+  QLinear q = first;
+  if (first.is_packed()) {
+    auto p = formats::PackedWeight::concat_rows(packed);
+    if (!p) return std::nullopt;
+    q.packed_ = std::move(*p);
+  } else {
+    q.weight_ = at::cat(weights, 0);  // [sum(out), in]
+  }
+  q.out_ = 0;
+  for (const QLinear* l : layers) q.out_ += l->out_;
+  if (!first.is_packed()) q.packed_.out = q.out_;  // a dense format keeps its spec only
+  if (first.has_bias()) q.bias_ = at::cat(biases, 0);
+  return q;
+}
+
+QLinear QLinear::rows(int64_t begin, int64_t n) const {
+  check(begin >= 0 && n > 0 && begin + n <= out_, "QLinear::rows: rows out of range");
+  QLinear q = *this;
+  q.out_ = n;
+  if (weight_.defined()) {
+    q.weight_ = weight_.narrow(0, begin, n);
+    q.packed_.out = n;  // a dense format keeps its spec only
+  } else {
+    q.packed_ = packed_.rows(begin, n);
+  }
+  if (bias_.defined()) q.bias_ = bias_.narrow(0, begin, n);
+  return q;
 }
 
 std::string QLinear::format_name() const {

@@ -111,6 +111,7 @@ void apply_layers(model::Decoder& m, const QuantizedLayers& layers) {
     const auto l = layers.find(id);
     if (l != layers.end()) m.quantize_layer(id, l->second.packed, l->second.input_scale);
   }
+  m.fuse_groups();
 }
 
 nlohmann::json method_json(const MethodOptions& o,

@@ -195,3 +195,58 @@ TEST_CASE("Gaussian weights stay above the rate-distortion bound", "[formats]") 
     CHECK(e.sqnr_db == Approx(10 * std::log10(1.0 / e.mse)).epsilon(0.02));
   }
 }
+
+TEST_CASE("weights of one format stack by rows and split back", "[formats]") {
+  at::manual_seed(9);
+  // Members of a q/k/v-like group: [48, 256], [16, 256], [16, 256]. Oracle: each member's own
+  // CPU dequantization; the stacked weight must dequantize to their rows in order, and its row
+  // views must hold the members' stored tensors exactly.
+  const std::vector<int64_t> outs = {48, 16, 16};
+  for (const char* name : kAll) {
+    INFO(name);
+    const FormatSpec s = FormatSpec::parse(name);
+    std::vector<f::PackedWeight> members;
+    std::vector<at::Tensor> dense;
+    for (int64_t out : outs) {
+      members.push_back(f::quantize_rtn(at::randn({out, 256}), s));
+      dense.push_back(f::dequantize(members.back()));
+    }
+    std::vector<const f::PackedWeight*> ptrs;
+    for (const auto& m : members) ptrs.push_back(&m);
+    const auto joined = f::PackedWeight::concat_rows(ptrs);
+    if (s.per_tensor) {  // one scale per weight: members' scales differ, no stacking
+      CHECK_FALSE(joined.has_value());
+      continue;
+    }
+    REQUIRE(joined.has_value());
+    CHECK(joined->out == 80);
+    CHECK(joined->bytes() == s.bytes(80, 256));
+    CHECK(at::equal(f::dequantize(*joined), at::cat(dense, 0)));
+    int64_t row = 0;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const f::PackedWeight back = joined->rows(row, outs[i]);
+      const auto a = back.parts(), b = members[i].parts();
+      REQUIRE(a.size() == b.size());
+      for (size_t k = 0; k < a.size(); ++k) CHECK(at::equal(a[k], b[k]));
+      CHECK(at::equal(f::dequantize(back), dense[i]));
+      row += outs[i];
+    }
+  }
+}
+
+TEST_CASE("weights that do not stack by rows are refused", "[formats]") {
+  at::manual_seed(9);
+  {
+    const at::Tensor w = at::randn({16, 96});
+    const auto a = f::quantize_rtn(w, FormatSpec::parse("nf4")), b = a;  // 96 % 64: split blocks
+    CHECK_FALSE(a.rows_split());
+    CHECK_FALSE(f::PackedWeight::concat_rows({&a, &b}).has_value());
+    const auto c = f::quantize_rtn(at::randn({16, 128}), FormatSpec::parse("int4_g128"));
+    const auto d = f::quantize_rtn(at::randn({16, 128}), FormatSpec::parse("int4_g64"));
+    const auto e = f::quantize_rtn(at::randn({16, 256}), FormatSpec::parse("int4_g128"));
+    CHECK_FALSE(f::PackedWeight::concat_rows({&c, &d}).has_value());  // formats differ
+    CHECK_FALSE(f::PackedWeight::concat_rows({&c, &e}).has_value());  // columns differ
+    CHECK_THROWS(a.rows(0, 8));
+    CHECK_THROWS(c.rows(8, 9));
+  }
+}

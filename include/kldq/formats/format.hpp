@@ -57,6 +57,7 @@ struct FormatSpec {
   // _tensor); ConfigError naming `what` for anything else.
   static FormatSpec parse(std::string_view text, std::string_view what = "format");
   std::string name() const;
+  bool operator==(const FormatSpec&) const = default;
   const FormatTraits& traits() const { return formats::traits(format); }
   // bf16 or fp16: stored as a plain weight, no codes.
   bool dense() const { return format == Format::BF16 || format == Format::FP16; }

@@ -7,6 +7,7 @@
 
 #include <array>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -44,6 +45,16 @@ struct PackedWeight {
   PackedWeight to(c10::Device device) const;
   // The same weight with `f` applied to every tensor (moves, copies, pinning).
   PackedWeight map(const std::function<at::Tensor(const at::Tensor&)>& f) const;
+  // Whether the stored tensors split at any row: each row's codes, scales and zero points are
+  // its own (per-row layouts; nf4/fp4 when `in` is a whole number of blocks), not one scale for
+  // the whole weight (fp8 `_tensor`).
+  bool rows_split() const;
+  // Rows [begin, begin + n) as a weight viewing this one's tensors (needs rows_split()).
+  PackedWeight rows(int64_t begin, int64_t n) const;
+  // Weights of one format and column count stacked as one [sum(out), in] weight (new tensors on
+  // the first one's device); nullopt when the formats or columns differ or one does not
+  // rows_split(). rows() of the result give back the members.
+  static std::optional<PackedWeight> concat_rows(const std::vector<const PackedWeight*>& ws);
   // Stored values no kldq writer produces and a reader would silently turn into other weights:
   // zero points beyond the format's code range, negative scales. IoError: "`where`: weight_zero
   // holds ...".

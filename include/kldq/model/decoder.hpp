@@ -143,6 +143,11 @@ class Decoder {
   const QLinear& linear(LayerId id) const;
   // Replaces one layer (same shape); its block then runs that group unfused.
   void set_linear(LayerId id, QLinear layer);
+  // Fuses each block's q/k/v and gate/up again where their layers now agree (QLinear::concat):
+  // the members become row views of the fused layer, which decode steps run as one product
+  // (packed groups only where the fused kernel takes the rows; larger inputs run the members).
+  // Called after a plan's layers are applied; costs one group's copy at a time.
+  void fuse_groups();
   // Replaces one layer's weight by `packed` (any device; moved to the decoder's), keeping its
   // bias; its input scale becomes `input_scale` ([in], any float dtype and device) when that is
   // defined, else stays. Packed layers share the decoder's dequantization workspace.
@@ -189,8 +194,8 @@ class Decoder {
     at::Tensor input_norm;  // [H]
     at::Tensor post_norm;   // [H]
     Linears linears;
-    // Fused GEMMs over the same input; the separate linears above are views into these.
-    // Undefined once a member of the group was replaced.
+    // Fused products over the same input; the separate linears above are row views into these.
+    // Undefined once a member of the group was replaced, until fuse_groups().
     QLinear qkv;            // [q_dim + 2 kv_dim, H]
     QLinear gate_up;        // [2 I, H]
     bool streamed = false;  // kept on the host, run from a device slot

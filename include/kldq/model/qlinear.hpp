@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "kldq/formats/packed.hpp"
 #include "kldq/kernels/dequant.hpp"
@@ -33,6 +35,20 @@ class QLinear {
 
   // x: [..., in] -> [..., out], in x's dtype.
   at::Tensor forward(const at::Tensor& x) const;
+  // Whether forward(x) multiplies by the stored weight as it is: dense, or packed through the
+  // fused dequantize + product kernel (no dequantized copy in the workspace).
+  bool direct(const at::Tensor& x) const;
+
+  // Layers sharing one input (q/k/v, gate/up) as one [sum(out), in] layer, so a decode step reads
+  // them in one product: dense weights of one dtype, or one packed format whose rows split
+  // (PackedWeight::rows_split), with biases on all or none and equal input scales or none; new
+  // tensors on the first one's device. nullopt when they do not agree.
+  static std::optional<QLinear> concat(const std::vector<const QLinear*>& layers);
+  // Rows [begin, begin + n) as a layer viewing this one's tensors (its format, workspace and
+  // input scale kept): the members of a concatenated group.
+  QLinear rows(int64_t begin, int64_t n) const;
+  // Constructed with a weight (a default QLinear is not).
+  bool defined() const { return out_ > 0; }
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }

@@ -91,7 +91,8 @@ using QuantizedLayers = model::LayerMap<QuantizedLayer>;
 QuantizedLayers quantize_layers(model::Decoder& model, const model::LayerFormats& formats,
                                 const MethodOptions& options, const at::Tensor& calib = {});
 
-// Replaces the layers of `model` named in `layers` by their quantized form.
+// Replaces the layers of `model` named in `layers` by their quantized form, then fuses the groups
+// whose members now agree (Decoder::fuse_groups).
 void apply_layers(model::Decoder& model, const QuantizedLayers& layers);
 
 // Files of a checkpoint directory that are not weights (config, tokenizer, generation config):
