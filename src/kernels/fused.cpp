@@ -6,6 +6,8 @@
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 
+#include <optional>
+
 #include "kldq/build_config.hpp"
 #include "kldq/core/error.hpp"
 
@@ -126,6 +128,78 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
   }
 #endif
   return rope_reference(x, cos, sin);
+}
+
+#if KLDQ_WITH_CUDA_BUILD
+namespace {
+
+// The kernel's operands, when they have its layout: heads as contiguous rows of d, contiguous
+// caches and tables, one dtype and device.
+std::optional<cuda::RopeAppend> rope_append_args(const at::Tensor& q, const at::Tensor& k,
+                                                 const at::Tensor& v, const at::Tensor& cos,
+                                                 const at::Tensor& sin, const at::Tensor& kc,
+                                                 const at::Tensor& vc, const at::Tensor& cols) {
+  const int64_t d = q.size(3);
+  for (const at::Tensor* t : {&q, &k, &v})
+    if (t->stride(3) != 1 || t->stride(2) != d) return std::nullopt;
+  for (const at::Tensor* t : {&k, &v, &cos, &sin, &kc, &vc})
+    if (t->scalar_type() != q.scalar_type() || t->device() != q.device()) return std::nullopt;
+  if (!use_cuda(q) || !cos.is_contiguous() || !sin.is_contiguous() || !kc.is_contiguous() ||
+      !vc.is_contiguous() || !cols.is_cuda() || cols.device() != q.device() ||
+      cols.scalar_type() != at::kLong || !cols.is_contiguous() ||
+      records_grad({&q, &k, &v, &cos, &sin}))
+    return std::nullopt;
+  auto src = [](const at::Tensor& t) {
+    return cuda::RopeAppend::Source{t.data_ptr(), t.stride(0), t.stride(1)};
+  };
+  return cuda::RopeAppend{src(q),
+                          src(k),
+                          src(v),
+                          cos.data_ptr(),
+                          sin.data_ptr(),
+                          cos.dim() == 3 ? q.size(1) * d : 0,
+                          nullptr,
+                          kc.data_ptr(),
+                          vc.data_ptr(),
+                          cols.data_ptr<int64_t>(),
+                          q.size(0),
+                          q.size(1),
+                          q.size(2),
+                          k.size(2),
+                          d,
+                          kc.size(2)};
+}
+
+}  // namespace
+#endif
+
+at::Tensor rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& kc,
+                       const at::Tensor& vc, const at::Tensor& cols) {
+  check(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && kc.dim() == 4 &&
+            kc.sizes() == vc.sizes() && kc.size(0) == q.size(0) && kc.size(1) == k.size(2) &&
+            kc.size(3) == q.size(3) && k.size(3) == q.size(3) && k.size(1) == q.size(1) &&
+            cols.dim() == 1 && cols.size(0) == q.size(1) && cos.sizes() == sin.sizes() &&
+            (cos.dim() == 2 || (cos.dim() == 3 && cos.size(0) == q.size(0))) &&
+            cos.size(-2) == q.size(1) && cos.size(-1) == q.size(3),
+        "rope_append: q [B, T, nq, d], k and v [B, T, nkv, d], caches [B, nkv, C, d], cols [T], "
+        "cos/sin [T, d] or [B, T, d]");
+#if KLDQ_WITH_CUDA_BUILD
+  if (auto a = rope_append_args(q, k, v, cos, sin, kc, vc, cols)) {
+    const c10::cuda::CUDAGuard guard(q.device());
+    at::Tensor out = at::empty(q.sizes(), q.options());  // contiguous [B, T, nq, d]
+    a->q_out = out.data_ptr();
+    const auto t = cuda_dtype(q.scalar_type());
+    if (cuda::rope_append_fits(t, *a)) {
+      cuda::rope_append(t, *a, stream_of(q));
+      return out;
+    }
+  }
+#endif
+  at::Tensor out = rope(q, cos, sin);
+  kc.index_copy_(2, cols, rope(k, cos, sin).transpose(1, 2));
+  vc.index_copy_(2, cols, v.transpose(1, 2));
+  return out;
 }
 
 at::Tensor silu_mul(const at::Tensor& gate_up) {

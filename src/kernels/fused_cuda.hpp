@@ -17,6 +17,26 @@ void rms_norm(Dtype t, const void* x, const void* delta, void* sum, const void* 
 void rope(Dtype t, const void* x, const void* cos, const void* sin, void* out, int64_t B, int64_t T,
           int64_t n, int64_t d, int64_t sb, int64_t st, int64_t sn, int64_t cb, void* stream);
 
+// A decode step's RoPE and cache append in one kernel: q [B, T, nq, d] rotated into q_out
+// (contiguous); k [B, T, nkv, d] rotated and v copied into the caches kc, vc [B, nkv, capacity,
+// d] (contiguous) at columns cols[0..T) (int64 on the device). Each source's heads are
+// contiguous rows of d (head h at x + b sb + t st + h d); cos/sin as rope's (cb = 0 or T d).
+struct RopeAppend {
+  struct Source {
+    const void* x;
+    int64_t sb, st;
+  };
+  Source q, k, v;
+  const void *cos, *sin;
+  int64_t cb;
+  void *q_out, *kc, *vc;
+  const int64_t* cols;
+  int64_t B, T, nq, nkv, d, capacity;
+};
+// Whether the kernel takes these operands (16-byte aligned rows, d / 2 a multiple of 16 bytes).
+bool rope_append_fits(Dtype t, const RopeAppend& a);
+void rope_append(Dtype t, const RopeAppend& a, void* stream);
+
 // gate, up: rows of i values, row r at gate + r rs and up + r rs -> out: [rows, i] contiguous.
 void silu_mul(Dtype t, const void* gate, const void* up, void* out, int64_t rows, int64_t i,
               int64_t rs, void* stream);

@@ -13,6 +13,21 @@
 
 namespace kldq::model {
 
+namespace {
+
+// SDPA of q [B, nq, T, d] over k, v [B, nkv, S, d] -> [B, T, nq d]: causal when there is no
+// mask (then S = T), else the additive mask [B, 1, T, S]; GQA inside SDPA (no repeated K/V
+// copies); scale 1/sqrt(d).
+at::Tensor attention_sdpa(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const std::optional<at::Tensor>& mask) {
+  const at::Tensor out = at::scaled_dot_product_attention(
+      q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/!mask, /*scale=*/std::nullopt,
+      /*enable_gqa=*/k.size(1) != q.size(1));
+  return out.transpose(1, 2).reshape({q.size(0), q.size(2), q.size(1) * q.size(3)});
+}
+
+}  // namespace
+
 const Decoder::RopeTable& Decoder::rope(int64_t len) const {
   // A table built under InferenceMode holds inference tensors, which autograd cannot save for
   // backward (RoPE's product with cos/sin needs them): outside InferenceMode it is rebuilt.
@@ -60,39 +75,32 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache,
   const RopeTable* table = shared || cache ? nullptr : &rope(T);
   const at::Tensor cos = shared ? shared->cos : cache ? cache->cos : table->cos.narrow(0, 0, T);
   const at::Tensor sin = shared ? shared->sin : cache ? cache->sin : table->sin.narrow(0, 0, T);
-  // [B, T, n, d] -> rope -> [B, n, T, d] for SDPA
-  q = kernels::rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);
-  k = kernels::rope(k.view({B, T, nkv, d}), cos, sin).transpose(1, 2);
-  v = v.view({B, T, nkv, d}).transpose(1, 2);
-  if (shared) {
-    const int64_t P = shared->cache->len;
-    at::Tensor out = cascade_attention(
-        q, k, v, shared->cache->k[i].narrow(2, 0, P), shared->cache->v[i].narrow(2, 0, P),
-        shared->packing.slot.defined() ? &shared->packing : nullptr);  // [B, T, q_dim]
-    observe(i, Proj::O, out);
-    return b.linears[static_cast<int>(Proj::O)].forward(out);
-  }
-  std::optional<at::Tensor> mask;  // none: causal over the T tokens alone
-  if (cache) {
-    // Written at the step's columns (a device index: no host offset, so a CUDA graph can
-    // replay the step at the next column); attention over all capacity columns, masked (fixed
-    // shapes from step to step: decoder_cache.cpp), unless this is a first unpadded prefill.
-    cache->k[i].index_copy_(2, cache->cols, k);
-    cache->v[i].index_copy_(2, cache->cols, v);
-    if (cache->mask.defined()) {
-      k = cache->k[i];  // [B, nkv, capacity, d]
-      v = cache->v[i];
-      mask = cache->mask;
+  at::Tensor out;  // [B, T, q_dim]
+  if (cache && cache->mask.defined()) {
+    // A step over the cache: RoPE and the append at the step's columns in one pass (a device
+    // index, so a CUDA graph replays the step at the next column), then attention over all
+    // capacity columns, masked (fixed shapes from step to step: decoder_cache.cpp).
+    q = kernels::rope_append(q.view({B, T, nq, d}), k.view({B, T, nkv, d}), v.view({B, T, nkv, d}),
+                             cos, sin, cache->k[i], cache->v[i], cache->cols);
+    out = attention_sdpa(q.transpose(1, 2), cache->k[i], cache->v[i], cache->mask);
+  } else {
+    // [B, T, n, d] -> rope -> [B, n, T, d] for SDPA
+    q = kernels::rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);
+    k = kernels::rope(k.view({B, T, nkv, d}), cos, sin).transpose(1, 2);
+    v = v.view({B, T, nkv, d}).transpose(1, 2);
+    if (shared) {
+      const int64_t P = shared->cache->len;
+      out = cascade_attention(q, k, v, shared->cache->k[i].narrow(2, 0, P),
+                              shared->cache->v[i].narrow(2, 0, P),
+                              shared->packing.slot.defined() ? &shared->packing : nullptr);
+    } else if (cache) {
+      // A first unpadded prefill: attention over its own tokens alone, causal, no mask. Its
+      // lengths vary from call to call: flash attention (no per-shape planning).
+      cache->k[i].index_copy_(2, cache->cols, k);
+      cache->v[i].index_copy_(2, cache->cols, v);
+      out = flash_causal(q, k, v);
     }
-  }
-  // A first prefill's lengths vary from call to call: flash attention (no per-shape planning).
-  at::Tensor out = cache && !mask ? flash_causal(q, k, v) : at::Tensor();  // [B, T, q_dim]
-  if (!out.defined()) {
-    // Causal attention; GQA handled inside SDPA (no repeated K/V copies). Scale 1/sqrt(d).
-    out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0,
-                                           /*is_causal=*/!mask, /*scale=*/std::nullopt,
-                                           /*enable_gqa=*/nkv != nq);
-    out = out.transpose(1, 2).reshape({B, T, nq * d});  // [B, T, q_dim]
+    if (!out.defined()) out = attention_sdpa(q, k, v, std::nullopt);
   }
   observe(i, Proj::O, out);
   return b.linears[static_cast<int>(Proj::O)].forward(out);

@@ -84,6 +84,20 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
       const at::Tensor ang2 = at::rand({2, 19, d}, opts.dtype(at::kFloat)) * 6;
       const at::Tensor cos2 = ang2.cos().to(dtype), sin2 = ang2.sin().to(dtype);
       CHECK(at::equal(kldq::kernels::rope(q, cos2, sin2), hf_rope(q, cos2, sin2)));
+      // RoPE and the cache append in one pass: q rotated; k rotated and v copied into caches
+      // [2, 2, 40, d] at columns 7..25, the rest of the caches untouched.
+      const at::Tensor v = qkv.narrow(-1, 6 * d, 2 * d).view({2, 19, 2, d});
+      const at::Tensor kc = at::randn({2, 2, 40, d}, opts), vc = at::randn({2, 2, 40, d}, opts);
+      const at::Tensor kc0 = kc.clone(), vc0 = vc.clone();
+      const at::Tensor cols = at::arange(7, 26, opts.dtype(at::kLong));
+      const at::Tensor qr = kldq::kernels::rope_append(q, k, v, cos2, sin2, kc, vc, cols);
+      CHECK(at::equal(qr, hf_rope(q, cos2, sin2)));
+      CHECK(at::equal(kc.narrow(2, 7, 19), hf_rope(k, cos2, sin2).transpose(1, 2)));
+      CHECK(at::equal(vc.narrow(2, 7, 19), v.transpose(1, 2)));
+      for (const auto& [now, was] : {std::pair{kc, kc0}, std::pair{vc, vc0}}) {
+        CHECK(at::equal(now.narrow(2, 0, 7), was.narrow(2, 0, 7)));
+        CHECK(at::equal(now.narrow(2, 26, 14), was.narrow(2, 26, 14)));
+      }
     }
     // SwiGLU on a fused gate|up output: widths 1024 and 8960 (vector path) and 172 (scalar for
     // 16-bit types), and more rows than the vector kernel's grid covers at once.
@@ -117,6 +131,14 @@ TEST_CASE("fused kernels fall back to the reference composition on CPU", "[kerne
         Approx(g / (1 + std::exp(-g)) * u).epsilon(1e-5));
   CHECK(kldq::kernels::silu_mul(gu.narrow(1, 0, 3), gu.narrow(1, 3, 3))[2][1].item<double>() ==
         Approx(g / (1 + std::exp(-g)) * u).epsilon(1e-5));
+  // rope_append: rotated q returned; rotated k and plain v at the cache columns 2..6.
+  const at::Tensor kc = at::zeros({2, 3, 9, 8}), vc = at::zeros({2, 3, 9, 8});
+  const at::Tensor qr =
+      kldq::kernels::rope_append(x, x * 2, x * 3, cos, sin, kc, vc, at::arange(2, 7, at::kLong));
+  CHECK(qr[1][2][0][1].item<double>() == Approx(want).epsilon(1e-5));
+  CHECK(kc[1][0][4][1].item<double>() == Approx(2 * want).epsilon(1e-5));
+  CHECK(vc[1][0][4][5].item<double>() == Approx(3 * x[1][2][0][5].item<double>()).epsilon(1e-6));
+  CHECK(kc.narrow(2, 0, 2).abs().sum().item<double>() == 0);
   const at::Tensor w = at::rand({8}, at::kFloat);
   const at::Tensor row = x[0][0][0];
   const double rstd = 1.0 / std::sqrt(row.pow(2).mean().item<double>() + 1e-5);

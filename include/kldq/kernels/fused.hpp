@@ -25,6 +25,15 @@ std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const
 // be [B, T, d] (each row at its own positions, as a left-padded batch in a KV cache needs).
 at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
+// A KV-cache step's RoPE and append: returns rope(q, cos, sin) and writes rope(k, cos, sin) and
+// v into the caches kc, vc at columns `cols`, as kc.index_copy_(2, cols, k') with k' the
+// rotated k as [B, nkv, T, d] (the same values). q: [B, T, nq, d], k, v: [B, T, nkv, d] (unit
+// stride on d); cos/sin as rope's; kc, vc: [B, nkv, C, d] contiguous; cols: [T] int64 on their
+// device. One kernel on CUDA instead of four.
+at::Tensor rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& kc,
+                       const at::Tensor& vc, const at::Tensor& cols);
+
 // SwiGLU on a fused gate|up projection: gate_up: [..., 2I] contiguous -> [..., I] =
 // T(T(silu(gate)) * up).
 at::Tensor silu_mul(const at::Tensor& gate_up);
