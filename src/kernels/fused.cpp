@@ -179,7 +179,8 @@ at::Tensor rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   check(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && kc.dim() == 4 &&
             kc.sizes() == vc.sizes() && kc.size(0) == q.size(0) && kc.size(1) == k.size(2) &&
             kc.size(3) == q.size(3) && k.size(3) == q.size(3) && k.size(1) == q.size(1) &&
-            cols.dim() == 1 && cols.size(0) == q.size(1) && cos.sizes() == sin.sizes() &&
+            k.size(0) == q.size(0) && cols.dim() == 1 && cols.size(0) == q.size(1) &&
+            cos.sizes() == sin.sizes() &&
             (cos.dim() == 2 || (cos.dim() == 3 && cos.size(0) == q.size(0))) &&
             cos.size(-2) == q.size(1) && cos.size(-1) == q.size(3),
         "rope_append: q [B, T, nq, d], k and v [B, T, nkv, d], caches [B, nkv, C, d], cols [T], "

@@ -1,11 +1,12 @@
-// CUDA kernels for the decoder's elementwise work: RMSNorm (+ residual add), rotate-half RoPE,
-// SwiGLU. Each reproduces transformers' operation sequence rounding for rounding: every
-// intermediate that PyTorch materialises as a tensor of dtype T is rounded to T here too, and
-// products use __fmul_rn/__fadd_rn so the compiler cannot contract them into FMAs that PyTorch's
-// separate kernels would not perform. One pass over memory instead of 5-8 kernels each. Each
-// kernel has a vector form (8 or 16 bytes per load and store, no integer division per element)
-// taken when the shapes and pointers allow it, with the same arithmetic per element as the scalar
-// form; on the 1.5B profile the scalar forms ran at a third of the memory bandwidth.
+// CUDA kernels for the decoder's elementwise work: RMSNorm (+ residual add), rotate-half RoPE
+// (alone, or with a decode step's K/V cache append), SwiGLU. Each reproduces transformers'
+// operation sequence rounding for rounding: every intermediate that PyTorch materialises as a
+// tensor of dtype T is rounded to T here too, and products use __fmul_rn/__fadd_rn so the
+// compiler cannot contract them into FMAs that PyTorch's separate kernels would not perform. One
+// pass over memory instead of 5-8 kernels each. Each kernel has a vector form (8 or 16 bytes per
+// load and store, no integer division per element) taken when the shapes and pointers allow it,
+// with the same arithmetic per element as the scalar form; on the 1.5B profile the scalar forms
+// ran at a third of the memory bandwidth.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -231,7 +232,9 @@ __global__ void rope_append_kernel(RopeSource<T> q, RopeSource<T> k, RopeSource<
     head -= nq;
     const bool is_v = head >= nkv;
     if (is_v) head -= nkv;
-    const int64_t at = ((int64_t(b) * nkv + head) * capacity + cols[t]) * d;
+    const int64_t col = cols[t];
+    if (col < 0 || col >= capacity) __trap();  // a column outside the cache: never write there
+    const int64_t at = ((int64_t(b) * nkv + head) * capacity + col) * d;
     if (!is_v) {
       rotate_pack<T, N>(k.x + b * k.sb + t * k.st + head * d, cos + row, sin + row, kc + at, i,
                         half);

@@ -201,13 +201,16 @@ void Decoder::set_linear(LayerId id, QLinear layer) {
 }
 
 void Decoder::fuse_groups() {
-  for (int i = 0; i < num_blocks(); ++i) {
-    Block& b = blocks_[static_cast<size_t>(i)];
-    auto store = [&](const at::Tensor& t) { return to_storage(i, t); };
-    const bool attn = fuse(b.linears, b.qkv, {Proj::Q, Proj::K, Proj::V}, store);
-    const bool mlp = fuse(b.linears, b.gate_up, {Proj::GATE, Proj::UP}, store);
-    if (attn || mlp) changed(b);
-  }
+  for (int i = 0; i < num_blocks(); ++i) fuse_groups(i);
+}
+
+void Decoder::fuse_groups(int block) {
+  check_layer({block, Proj::Q});
+  Block& b = blocks_[static_cast<size_t>(block)];
+  auto store = [&](const at::Tensor& t) { return to_storage(block, t); };
+  const bool attn = fuse(b.linears, b.qkv, {Proj::Q, Proj::K, Proj::V}, store);
+  const bool mlp = fuse(b.linears, b.gate_up, {Proj::GATE, Proj::UP}, store);
+  if (attn || mlp) changed(b);
 }
 
 void Decoder::quantize_layer(LayerId id, const formats::PackedWeight& packed,

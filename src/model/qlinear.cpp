@@ -76,6 +76,8 @@ at::Tensor QLinear::forward(const at::Tensor& x) const {
 
 bool QLinear::direct(const at::Tensor& x) const {
   if (!is_packed()) return true;
+  // forward() tests x / s, which keeps x's dtype (and is contiguous) when s has x's dtype.
+  if (input_scale_.defined() && input_scale_.scalar_type() != x.scalar_type()) return false;
   return kernels::gemv_applies(packed_, x, bias_);
 }
 
@@ -84,15 +86,19 @@ std::optional<QLinear> QLinear::concat(const std::vector<const QLinear*>& layers
   const QLinear& first = *layers.front();
   std::vector<const formats::PackedWeight*> packed;
   std::vector<at::Tensor> weights, biases;
+  auto device = [](const QLinear& l) {
+    return (l.weight_.defined() ? l.weight_ : l.packed_.codes).device();
+  };
   for (const QLinear* l : layers) {
-    const bool same_kind = l->is_packed() == first.is_packed() &&
+    const bool same_kind = l->is_packed() == first.is_packed() && device(*l) == device(first) &&
                            l->has_format_ == first.has_format_ && l->in_ == first.in_ &&
                            l->has_bias() == first.has_bias() &&
                            (!l->has_format_ || l->packed_.spec == first.packed_.spec);
     const bool same_scale =
         l->input_scale_.defined() == first.input_scale_.defined() &&
         (!l->input_scale_.defined() || l->input_scale_.is_same(first.input_scale_) ||
-         at::equal(l->input_scale_, first.input_scale_));
+         (l->input_scale_.device() == first.input_scale_.device() &&
+          at::equal(l->input_scale_, first.input_scale_)));
     if (!same_kind || !same_scale) return std::nullopt;
     if (l->weight_.defined()) {
       if (l->weight_.scalar_type() != first.weight_.scalar_type()) return std::nullopt;

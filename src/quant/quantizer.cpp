@@ -106,12 +106,16 @@ QuantizedLayers quantize_layers(model::Decoder& m, const model::LayerFormats& fo
   return out;
 }
 
-void apply_layers(model::Decoder& m, const QuantizedLayers& layers) {
-  for (const auto& id : m.linear_ids()) {
-    const auto l = layers.find(id);
-    if (l != layers.end()) m.quantize_layer(id, l->second.packed, l->second.input_scale);
+void apply_layers(model::Decoder& m, QuantizedLayers layers) {
+  for (int b = 0; b < m.num_blocks(); ++b) {
+    for (model::Proj p : model::kAllProjs) {
+      const auto l = layers.find({b, p});
+      if (l == layers.end()) continue;
+      m.quantize_layer(l->first, l->second.packed, l->second.input_scale);
+      layers.erase(l);  // the model holds the layer now; its old members go with the fusing
+    }
+    m.fuse_groups(b);
   }
-  m.fuse_groups();
 }
 
 nlohmann::json method_json(const MethodOptions& o,

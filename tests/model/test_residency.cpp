@@ -157,6 +157,18 @@ TEST_CASE("streamed blocks run the resident arithmetic", "[model]") {
   shared.quantize_layer(id, packed);
   CHECK(at::equal(base.forward(ids), want));
   CHECK(at::equal(shared.forward(ids), changed));
+  // Packed groups fused by apply_layers: a streamed block's copy rebuilds the members as row
+  // views of its fused copy, the same layers as the resident model's, and copies each block's
+  // bytes once (the members view the fused buffer: no byte counted twice).
+  auto rq = load(c10::kCPU, at::kFloat), sq = load(c10::kCPU, at::kFloat, {true, true});
+  kldq::quant::apply_layers(rq, kldq::test::rtn_layers(rq, spec));
+  kldq::quant::apply_layers(sq, kldq::test::rtn_layers(sq, spec));
+  CHECK(at::equal(sq.forward(ids), rq.forward(ids)));
+  CHECK(sq.streamed_bytes() == sq.block_bytes(0) + sq.block_bytes(1));
+  CHECK(sq.weight_bytes() == rq.weight_bytes());
+  for (const model::LayerId l : sq.linear_ids())
+    CHECK(at::equal(sq.live_linear(l).effective_weight(at::kFloat),
+                    rq.linear(l).effective_weight(at::kFloat)));
 }
 
 TEST_CASE("streamed profiles equal resident ones bit for bit", "[model][profile]") {

@@ -1,9 +1,10 @@
 // Fused elementwise kernels of the decoder: RMSNorm (optionally with the residual add before
-// it), rotate-half RoPE, and SwiGLU. Device-agnostic entry points: CUDA tensors run the kernels
-// in src/kernels/fused_cuda.cu, everything else the libtorch reference composition (the exact
-// operation sequence of transformers, which the CUDA kernels reproduce rounding for rounding).
-// The kernels have no backward, so calls that autograd records (grad mode on and an operand
-// that requires grad) take the composition on CUDA too.
+// it), rotate-half RoPE (alone, or with a decode step's K/V cache append), and SwiGLU.
+// Device-agnostic entry points: CUDA tensors run the kernels in src/kernels/fused_cuda.cu,
+// everything else the libtorch reference composition (the exact operation sequence of transformers,
+// which the CUDA kernels reproduce rounding for rounding). The kernels have no backward, so calls
+// that autograd records (grad mode on and an operand that requires grad) take the composition on
+// CUDA too.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -29,7 +30,9 @@ at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& si
 // v into the caches kc, vc at columns `cols`, as kc.index_copy_(2, cols, k') with k' the
 // rotated k as [B, nkv, T, d] (the same values). q: [B, T, nq, d], k, v: [B, T, nkv, d] (unit
 // stride on d); cos/sin as rope's; kc, vc: [B, nkv, C, d] contiguous; cols: [T] int64 on their
-// device. One kernel on CUDA instead of four.
+// device, each in [0, C) (callers check the room on the host: KvCache::check_room; the CUDA
+// kernel traps on a column outside, as index_copy_'s device assert does). One kernel on CUDA
+// instead of four.
 at::Tensor rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& kc,
                        const at::Tensor& vc, const at::Tensor& cols);

@@ -146,8 +146,10 @@ class Decoder {
   // Fuses each block's q/k/v and gate/up again where their layers now agree (QLinear::concat):
   // the members become row views of the fused layer, which decode steps run as one product
   // (packed groups only where the fused kernel takes the rows; larger inputs run the members).
-  // Called after a plan's layers are applied; costs one group's copy at a time.
+  // Called after a plan's layers are applied; costs one group's copy at a time. The second form
+  // fuses block `block` only.
   void fuse_groups();
+  void fuse_groups(int block);
   // Replaces one layer's weight by `packed` (any device; moved to the decoder's), keeping its
   // bias; its input scale becomes `input_scale` ([in], any float dtype and device) when that is
   // defined, else stays. Packed layers share the decoder's dequantization workspace.

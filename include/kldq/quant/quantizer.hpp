@@ -91,9 +91,11 @@ using QuantizedLayers = model::LayerMap<QuantizedLayer>;
 QuantizedLayers quantize_layers(model::Decoder& model, const model::LayerFormats& formats,
                                 const MethodOptions& options, const at::Tensor& calib = {});
 
-// Replaces the layers of `model` named in `layers` by their quantized form, then fuses the groups
-// whose members now agree (Decoder::fuse_groups).
-void apply_layers(model::Decoder& model, const QuantizedLayers& layers);
+// Replaces the layers of `model` named in `layers` by their quantized form and fuses the groups
+// whose members now agree (Decoder::fuse_groups), block by block. `layers` is taken by value and
+// emptied as it goes: a block's replaced layers are released as soon as its groups are fused, so
+// fusing costs one block's groups at a time (pass a temporary, or std::move).
+void apply_layers(model::Decoder& model, QuantizedLayers layers);
 
 // Files of a checkpoint directory that are not weights (config, tokenizer, generation config):
 // copied into the checkpoints kldq writes. Not quantization.json, SHA256SUMS (checksums of the
