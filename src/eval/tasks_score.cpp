@@ -92,19 +92,31 @@ int argmax(const std::vector<double>& v) {
   return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
+// lm-eval's split of a (context, continuation): the context's trailing whitespace moved to the
+// continuation. Returns the two texts it encodes: {context, context + continuation}.
+std::pair<std::string, std::string> pair_texts(const std::string& context,
+                                               const std::string& continuation) {
+  const std::u32string c = io::unicode::decode_utf8(context);
+  size_t n = c.size();
+  while (n > 0 && py_space(c[n - 1])) --n;
+  const std::string ctx = io::unicode::encode_utf8(c.substr(0, n));
+  return {ctx, ctx + io::unicode::encode_utf8(c.substr(n)) + continuation};
+}
+
+// {context tokens, continuation tokens}: the joint encoding past the context's length.
+std::pair<std::vector<int32_t>, std::vector<int32_t>> split_ids(std::vector<int32_t> ctx_ids,
+                                                                const std::vector<int32_t>& whole) {
+  const size_t k = std::min(ctx_ids.size(), whole.size());
+  return {std::move(ctx_ids), std::vector<int32_t>(whole.begin() + long(k), whole.end())};
+}
+
 }  // namespace
 
 std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const io::Tokenizer& tok,
                                                                   const std::string& context,
                                                                   const std::string& continuation) {
-  const std::u32string c = io::unicode::decode_utf8(context);
-  size_t n = c.size();
-  while (n > 0 && py_space(c[n - 1])) --n;
-  const std::string ctx = io::unicode::encode_utf8(c.substr(0, n));
-  const std::string cont = io::unicode::encode_utf8(c.substr(n)) + continuation;
-  const std::vector<int32_t> whole = tok.encode(ctx + cont, true), ctx_ids = tok.encode(ctx, true);
-  const size_t k = std::min(ctx_ids.size(), whole.size());
-  return {ctx_ids, std::vector<int32_t>(whole.begin() + long(k), whole.end())};
+  const auto [ctx, whole] = pair_texts(context, continuation);
+  return split_ids(tok.encode(ctx, true), tok.encode(whole, true));
 }
 
 TaskTokens tokenize_task(const io::Tokenizer& tok, const Task& task, int64_t max_len,
@@ -114,10 +126,20 @@ TaskTokens tokenize_task(const io::Tokenizer& tok, const Task& task, int64_t max
   t.by_item.resize(task.items.size());
   t.longest.assign(task.items.size(), 0);
   t.truncated.assign(task.items.size(), false);
+  // encode_pair's two encodings of every choice, on the tokenizer's worker threads
+  std::vector<std::string> texts;
+  for (const TaskItem& it : task.items)
+    for (size_t c = 0; c < it.contexts.size(); ++c) {
+      auto [ctx, whole] = pair_texts(it.contexts[c], it.continuations[c]);
+      texts.push_back(std::move(ctx));
+      texts.push_back(std::move(whole));
+    }
+  std::vector<std::vector<int32_t>> encoded = tok.encode_all(texts, true);
+  size_t next = 0;
   for (size_t i = 0; i < task.items.size(); ++i) {
     const TaskItem& it = task.items[i];
-    for (size_t c = 0; c < it.contexts.size(); ++c) {
-      auto [ids, cont] = encode_pair(tok, it.contexts[c], it.continuations[c]);
+    for (size_t c = 0; c < it.contexts.size(); ++c, next += 2) {
+      auto [ids, cont] = split_ids(std::move(encoded[next]), encoded[next + 1]);
       if (ids.empty())  // nothing to condition on (lm-eval cannot score this either)
         throw ConfigError(fmt::format("{}: item {} choice {}: the context has no tokens",
                                       task.path.string(), it.index, c));

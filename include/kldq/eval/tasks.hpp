@@ -86,7 +86,8 @@ struct TaskTokens {
   std::vector<bool> truncated;  // per item: an input was cut
 };
 
-// encode_pair for every choice, inputs cut from the left to `max_len` (the model's context).
+// encode_pair for every choice (the encodings on the tokenizer's worker threads: encode_all),
+// inputs cut from the left to `max_len` (the model's context).
 // ConfigError naming the task and item for a continuation of no token or more than `max_len`,
 // or a token id outside `vocab`.
 TaskTokens tokenize_task(const io::Tokenizer& tok, const Task& task, int64_t max_len,
