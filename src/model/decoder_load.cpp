@@ -244,7 +244,15 @@ void Decoder::restore(const Snapshot& s) {
 uint64_t Decoder::block_bytes(int i) const {
   const Block& b = blocks_.at(static_cast<size_t>(i));
   uint64_t n = b.input_norm.nbytes() + b.post_norm.nbytes();
-  for (const QLinear& l : b.linears) n += l.bytes();
+  // A fused group's members are row views of it, sharing its input scale: the group counts once.
+  auto group = [&](const QLinear& fused, std::initializer_list<Proj> projs) {
+    if (fused.defined()) return n += fused.bytes();
+    for (Proj p : projs) n += b.linears[static_cast<int>(p)].bytes();
+    return n;
+  };
+  group(b.qkv, {Proj::Q, Proj::K, Proj::V});
+  group(b.gate_up, {Proj::GATE, Proj::UP});
+  for (Proj p : {Proj::O, Proj::DOWN}) n += b.linears[static_cast<int>(p)].bytes();
   return n;
 }
 

@@ -159,10 +159,20 @@ TEST_CASE("streamed blocks run the resident arithmetic", "[model]") {
   CHECK(at::equal(shared.forward(ids), changed));
   // Packed groups fused by apply_layers: a streamed block's copy rebuilds the members as row
   // views of its fused copy, the same layers as the resident model's, and copies each block's
-  // bytes once (the members view the fused buffer: no byte counted twice).
+  // bytes once (the members view the fused buffer and share its input scale: no byte counted
+  // twice). Each group's layers get one input scale, as AWQ gives them.
+  auto with_scales = [](kldq::quant::QuantizedLayers layers) {
+    for (auto& [l, q] : layers) {
+      const bool attn =
+          l.proj == model::Proj::Q || l.proj == model::Proj::K || l.proj == model::Proj::V;
+      const bool mlp = l.proj == model::Proj::GATE || l.proj == model::Proj::UP;
+      if (attn || mlp) q.input_scale = at::full({q.packed.in}, attn ? 2.0 : 0.5);
+    }
+    return layers;
+  };
   auto rq = load(c10::kCPU, at::kFloat), sq = load(c10::kCPU, at::kFloat, {true, true});
-  kldq::quant::apply_layers(rq, kldq::test::rtn_layers(rq, spec));
-  kldq::quant::apply_layers(sq, kldq::test::rtn_layers(sq, spec));
+  kldq::quant::apply_layers(rq, with_scales(kldq::test::rtn_layers(rq, spec)));
+  kldq::quant::apply_layers(sq, with_scales(kldq::test::rtn_layers(sq, spec)));
   CHECK(at::equal(sq.forward(ids), rq.forward(ids)));
   CHECK(sq.streamed_bytes() == sq.block_bytes(0) + sq.block_bytes(1));
   CHECK(sq.weight_bytes() == rq.weight_bytes());
