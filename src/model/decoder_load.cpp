@@ -6,6 +6,7 @@
 #include <functional>
 #include <numeric>
 
+#include "group_rows.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/io/checkpoint.hpp"
 #include "kldq/model/decoder.hpp"
@@ -76,13 +77,7 @@ bool fuse(Decoder::Linears& linears, QLinear& fused, std::initializer_list<Proj>
   std::optional<QLinear> joined = QLinear::concat(members);
   if (!joined) return false;
   fused = joined->map(store);
-  int64_t row = 0;
-  for (Proj p : projs) {
-    QLinear& l = linears[static_cast<int>(p)];
-    const int64_t n = l.out_features();
-    l = fused.rows(row, n);
-    row += n;
-  }
+  view_members(fused, projs, linears, linears);
   return true;
 }
 

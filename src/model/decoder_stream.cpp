@@ -9,6 +9,7 @@
 #include <atomic>
 #include <optional>
 
+#include "group_rows.hpp"
 #include "kldq/build_config.hpp"
 #include "kldq/core/device.hpp"
 #include "kldq/core/error.hpp"
@@ -117,12 +118,7 @@ class Decoder::Streamer {
         return;
       }
       out = fused.map(f);
-      int64_t row = 0;
-      for (Proj p : projs) {
-        const int64_t n = m.linears[static_cast<int>(p)].out_features();
-        c.linears[static_cast<int>(p)] = out.rows(row, n);
-        row += n;
-      }
+      view_members(out, projs, m.linears, c.linears);
     };
     fuse(m.qkv, c.qkv, {Proj::Q, Proj::K, Proj::V});
     fuse(m.gate_up, c.gate_up, {Proj::GATE, Proj::UP});
