@@ -1,5 +1,6 @@
 // Helpers shared by kldq's CUDA kernel files: element conversions with explicit rounding, launch
-// checks, grid sizing and dispatch over the Dtype of the raw-pointer launchers.
+// checks, chained (programmatic dependent) launches, grid sizing and dispatch over the Dtype of
+// the raw-pointer launchers.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "fused_cuda.hpp"
 
@@ -65,6 +67,47 @@ inline bool aligned(const void* p, int64_t bytes) {
 
 inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(what) +
+                             ": CUDA launch failed: " + cudaGetErrorString(err));
+}
+
+// Programmatic dependent launch (compute capability 9.0 and later). A decode step is ~300 short
+// kernels; in plain stream order each one's launch and ramp-up waits for its predecessor's last
+// block. A kernel started by launch_chained may instead begin as soon as every block of its
+// predecessor has called chain_release(): it runs its prologue (a shared-memory table, an L2
+// prefetch of its weights) and then chain_wait() blocks until the predecessor has finished and
+// its writes are visible. So every kernel launched chained calls chain_wait() before it reads
+// or writes any memory another kernel writes or reads (activations, caches, outputs; a freed
+// buffer of the predecessor may be this kernel's output), and every block calls it (a grid whose
+// blocks all skipped it would not order the kernels after it). Both are no-ops on older devices
+// and in plain launches. KLDQ_PDL=0 launches plainly (the A/B switch of the speed benchmarks).
+__device__ inline void chain_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ inline void chain_release() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, shared, s>>>(args...), chained to the stream's previous kernel (above).
+template <class... P, class... A>
+void launch_chained(const char* what, void (*kernel)(P...), dim3 grid, dim3 block, size_t shared,
+                    cudaStream_t s, A&&... args) {
+  cudaLaunchAttribute chain{};
+  chain.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  chain.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = s;
+  config.attrs = &chain;
+  config.numAttrs = chaining() ? 1 : 0;
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...);
   if (err != cudaSuccess)
     throw std::runtime_error(std::string(what) +
                              ": CUDA launch failed: " + cudaGetErrorString(err));

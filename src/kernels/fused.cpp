@@ -69,6 +69,14 @@ void check_norm_args(const at::Tensor& x, const at::Tensor& weight) {
 
 }  // namespace
 
+void set_chained_launches(bool on) {
+#if KLDQ_WITH_CUDA_BUILD
+  cuda::set_chaining(on);
+#else
+  (void)on;
+#endif
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_norm_args(x, weight);
 #if KLDQ_WITH_CUDA_BUILD

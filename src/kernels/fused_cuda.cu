@@ -12,6 +12,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -100,6 +102,8 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ d
                                 T* __restrict__ sum, const T* __restrict__ weight,
                                 T* __restrict__ out, int64_t rows, int64_t h, float factor,
                                 float eps) {
+  chain_release();  // launched chained (cuda_common.cuh): wait before any memory access
+  chain_wait();
   extern __shared__ float shared[];
   const int width = blockDim.x;
   const int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
@@ -136,6 +140,8 @@ template <class T>
 __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cos,
                             const T* __restrict__ sin, T* __restrict__ out, int64_t B, int64_t T_,
                             int64_t n, int64_t d, int64_t sb, int64_t st, int64_t sn, int64_t cb) {
+  chain_release();  // launched chained (cuda_common.cuh): wait before any memory access
+  chain_wait();
   const int64_t half = d / 2;
   const int64_t total = B * T_ * n * half;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
@@ -189,6 +195,8 @@ __global__ void rope_vec_kernel(const T* __restrict__ x, const T* __restrict__ c
                                 const T* __restrict__ sin, T* __restrict__ out, uint32_t T_,
                                 uint32_t n, uint32_t d, uint32_t total, int64_t sb, int64_t st,
                                 int64_t sn, int64_t cb) {
+  chain_release();  // launched chained (cuda_common.cuh): wait before any memory access
+  chain_wait();
   const uint32_t half = d / 2, per_head = half / N, per_token = n * per_head;
   for (uint32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += gridDim.x * blockDim.x) {
@@ -217,6 +225,8 @@ __global__ void rope_append_kernel(RopeSource<T> q, RopeSource<T> k, RopeSource<
                                    T* __restrict__ q_out, T* __restrict__ kc, T* __restrict__ vc,
                                    const int64_t* __restrict__ cols, uint32_t T_, uint32_t nq,
                                    uint32_t nkv, uint32_t d, int64_t capacity, uint32_t total) {
+  chain_release();  // launched chained (cuda_common.cuh): wait before any memory access
+  chain_wait();
   const uint32_t half = d / 2, per_head = half / N, per_token = (nq + 2 * nkv) * per_head;
   for (uint32_t idx = blockIdx.x * blockDim.x + threadIdx.x; idx < total;
        idx += gridDim.x * blockDim.x) {
@@ -258,6 +268,8 @@ __device__ inline T silu_times(float g, float u) {
 template <class T>
 __global__ void silu_mul_kernel(const T* __restrict__ gate, const T* __restrict__ up,
                                 T* __restrict__ out, int64_t rows, int64_t i, int64_t rs) {
+  chain_release();  // launched chained (cuda_common.cuh): wait before any memory access
+  chain_wait();
   const int64_t total = rows * i;
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
        idx += int64_t(gridDim.x) * blockDim.x) {
@@ -273,6 +285,8 @@ __global__ void silu_mul_kernel(const T* __restrict__ gate, const T* __restrict_
 template <class T, int N>
 __global__ void silu_mul_vec_kernel(const T* __restrict__ gate, const T* __restrict__ up,
                                     T* __restrict__ out, int64_t rows, int64_t i, int64_t rs) {
+  chain_release();  // launched chained (cuda_common.cuh): wait before any memory access
+  chain_wait();
   const int64_t c = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * N;
   if (c >= i) return;
   auto apply = [&](int64_t r, const Pack<T, N>& g, const Pack<T, N>& u) {
@@ -292,7 +306,35 @@ __global__ void silu_mul_vec_kernel(const T* __restrict__ gate, const T* __restr
   }
 }
 
+// launch_chained's switch: unset (-1) until the first launch reads KLDQ_PDL.
+std::atomic<int> chain_state{-1};
+
 }  // namespace
+
+bool chaining() {
+  int on = chain_state.load();
+  if (on < 0) {
+    const char* env = std::getenv("KLDQ_PDL");
+    const std::string v = env ? env : "1";
+    if (v != "0" && v != "1")
+      throw std::runtime_error("KLDQ_PDL must be 0 or 1 (chained kernel launches), not '" + v +
+                               "'");
+    on = v == "1";
+    chain_state.store(on);
+  }
+  if (!on) return false;
+  static const bool supported = [] {
+    int dev = 0, major = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    return major >= 9;
+  }();
+  return supported;
+}
+
+void set_chaining(bool on) {
+  chain_state.store(on ? 1 : 0);
+}
 
 // ReduceConfig::set_block_dimension for a contiguous fp32 reduction of `rows` rows of h:
 // inputs are vectorised by 4 when h >= 128, and at most 512 threads run per block.
@@ -325,11 +367,10 @@ void rms_norm(Dtype t, const void* x, const void* delta, void* sum, const void* 
   dispatch(t, [&](auto tag) {
     using T = decltype(tag);
     auto kernel = vec ? rms_norm_kernel<T, true> : rms_norm_kernel<T, false>;
-    kernel<<<grid, block, shared, static_cast<cudaStream_t>(stream)>>>(
-        static_cast<const T*>(x), static_cast<const T*>(delta), static_cast<T*>(sum),
-        static_cast<const T*>(weight), static_cast<T*>(out), rows, h, factor, eps);
+    launch_chained("rms_norm", kernel, grid, block, shared, static_cast<cudaStream_t>(stream),
+                   static_cast<const T*>(x), static_cast<const T*>(delta), static_cast<T*>(sum),
+                   static_cast<const T*>(weight), static_cast<T*>(out), rows, h, factor, eps);
   });
-  check_launch("rms_norm");
 }
 
 void rope(Dtype t, const void* x, const void* cos, const void* sin, void* out, int64_t B, int64_t T,
@@ -348,15 +389,14 @@ void rope(Dtype t, const void* x, const void* cos, const void* sin, void* out, i
     if (vec) {
       constexpr int V = 16 / sizeof(E);
       const auto items = static_cast<uint32_t>(total / V);
-      rope_vec_kernel<E, V>
-          <<<grid_for(items, 256), 256, 0, s>>>(xe, ce, se, static_cast<E*>(out), uint32_t(T),
-                                                uint32_t(n), uint32_t(d), items, sb, st, sn, cb);
+      launch_chained("rope", rope_vec_kernel<E, V>, grid_for(items, 256), 256, 0, s, xe, ce, se,
+                     static_cast<E*>(out), uint32_t(T), uint32_t(n), uint32_t(d), items, sb, st, sn,
+                     cb);
     } else {
-      rope_kernel<E><<<grid_for(total, 256), 256, 0, s>>>(xe, ce, se, static_cast<E*>(out), B, T, n,
-                                                          d, sb, st, sn, cb);
+      launch_chained("rope", rope_kernel<E>, grid_for(total, 256), 256, 0, s, xe, ce, se,
+                     static_cast<E*>(out), B, T, n, d, sb, st, sn, cb);
     }
   });
-  check_launch("rope");
 }
 
 bool rope_append_fits(Dtype t, const RopeAppend& a) {
@@ -380,12 +420,12 @@ void rope_append(Dtype t, const RopeAppend& a, void* stream) {
     auto src = [](const RopeAppend::Source& x) {
       return RopeSource<E>{static_cast<const E*>(x.x), x.sb, x.st};
     };
-    rope_append_kernel<E, V><<<grid_for(items, 256), 256, 0, s>>>(
-        src(a.q), src(a.k), src(a.v), static_cast<const E*>(a.cos), static_cast<const E*>(a.sin),
-        a.cb, static_cast<E*>(a.q_out), static_cast<E*>(a.kc), static_cast<E*>(a.vc), a.cols,
-        uint32_t(a.T), uint32_t(a.nq), uint32_t(a.nkv), uint32_t(a.d), a.capacity, items);
+    launch_chained("rope_append", rope_append_kernel<E, V>, grid_for(items, 256), 256, 0, s,
+                   src(a.q), src(a.k), src(a.v), static_cast<const E*>(a.cos),
+                   static_cast<const E*>(a.sin), a.cb, static_cast<E*>(a.q_out),
+                   static_cast<E*>(a.kc), static_cast<E*>(a.vc), a.cols, uint32_t(a.T),
+                   uint32_t(a.nq), uint32_t(a.nkv), uint32_t(a.d), a.capacity, items);
   });
-  check_launch("rope_append");
 }
 
 void silu_mul(Dtype t, const void* gate, const void* up, void* out, int64_t rows, int64_t i,
@@ -402,16 +442,15 @@ void silu_mul(Dtype t, const void* gate, const void* up, void* out, int64_t rows
       // grid.y covers up to 1024 rows; each thread loops over the rows beyond, two at a time.
       const dim3 grid(static_cast<unsigned>((i / V + kThreads - 1) / kThreads),
                       static_cast<unsigned>(std::min<int64_t>(rows, 1024)));
-      silu_mul_vec_kernel<E, V><<<grid, kThreads, 0, s>>>(static_cast<const E*>(gate),
-                                                          static_cast<const E*>(up),
-                                                          static_cast<E*>(out), rows, i, rs);
+      launch_chained("silu_mul", silu_mul_vec_kernel<E, V>, grid, kThreads, 0, s,
+                     static_cast<const E*>(gate), static_cast<const E*>(up), static_cast<E*>(out),
+                     rows, i, rs);
     } else {
-      silu_mul_kernel<E><<<grid_for(rows * i, 256), 256, 0, s>>>(static_cast<const E*>(gate),
-                                                                 static_cast<const E*>(up),
-                                                                 static_cast<E*>(out), rows, i, rs);
+      launch_chained("silu_mul", silu_mul_kernel<E>, grid_for(rows * i, 256), 256, 0, s,
+                     static_cast<const E*>(gate), static_cast<const E*>(up), static_cast<E*>(out),
+                     rows, i, rs);
     }
   });
-  check_launch("silu_mul");
 }
 
 }  // namespace kldq::kernels::cuda

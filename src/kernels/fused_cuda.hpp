@@ -8,6 +8,11 @@ namespace kldq::kernels::cuda {
 
 enum class Dtype { F32, F16, BF16 };
 
+// Whether launch_chained (cuda_common.cuh) overlaps kernels: the device supports it (9.0+) and
+// it is on (KLDQ_PDL unset or 1 at the first launch; set_chaining overrides).
+bool chaining();
+void set_chaining(bool on);
+
 // x, out: [rows, h] contiguous; residual/delta/sum optional (nullptr) for the plain norm.
 void rms_norm(Dtype t, const void* x, const void* delta, void* sum, const void* weight, void* out,
               int64_t rows, int64_t h, float eps, void* stream);

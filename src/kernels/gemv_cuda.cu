@@ -31,6 +31,8 @@ __global__ void __launch_bounds__(32 * kWarps)
     gemv_kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
                 int64_t rows, uint32_t per_row, CodeTable table) {
   load_table(table);
+  chain_release();  // launched chained (cuda_common.cuh): x, bias and y only after the wait
+  chain_wait();
   const int lane = threadIdx.x & 31;
   const int64_t r = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (r >= rows) return;  // whole warps: the shuffles below see full warps only
@@ -83,15 +85,15 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
         mma::launch(d, w, static_cast<const T*>(x), static_cast<int>(m),
                     static_cast<const T*>(bias), static_cast<T*>(y), table, s);
     });
-    return check_launch("gemv_packed (tensor cores)");
+    return;
   }
   const unsigned blocks = static_cast<unsigned>((w.rows + kWarps - 1) / kWarps);
   const auto per_row = static_cast<uint32_t>(w.cols / 8);
   auto go = [&](auto rows_tag) {
     constexpr int M = decltype(rows_tag)::value;
-    gemv_kernel<float, D, M><<<blocks, 32 * kWarps, 0, s>>>(
-        d, static_cast<const float*>(x), static_cast<int>(m), static_cast<const float*>(bias),
-        static_cast<float*>(y), w.rows, per_row, table);
+    launch_chained("gemv_packed", gemv_kernel<float, D, M>, blocks, 32 * kWarps, 0, s, d,
+                   static_cast<const float*>(x), static_cast<int>(m),
+                   static_cast<const float*>(bias), static_cast<float*>(y), w.rows, per_row, table);
   };
   // Accumulators per x row are registers: instantiated for 1, 2 and 4 rows.
   if (m == 1)
@@ -100,7 +102,6 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
     go(std::integral_constant<int, 2>{});
   else
     go(std::integral_constant<int, 4>{});
-  check_launch("gemv_packed");
 }
 
 }  // namespace

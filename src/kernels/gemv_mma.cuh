@@ -29,6 +29,7 @@
 // the tensor cores multiply exactly and accumulate in fp32, bias added in fp32, one rounding.
 #pragma once
 
+#include <algorithm>
 #include <type_traits>
 
 #include "decode_cuda.cuh"
@@ -146,14 +147,39 @@ constexpr int segment_unroll() {
   return kNT == 2 || Int4Codes<D>::value ? 1 : 2;
 }
 
+// The codes of a tile's rows that prefetch_tile moves to L2 before the chain wait: row r's
+// bytes are codes[r row_bytes, (r + 1) row_bytes) (every format stores its codes row-major).
+struct TileCodes {
+  const uint8_t* codes;
+  int64_t row_bytes;
+  uint32_t prefetch;  // leading bytes of each row (<= row_bytes; 0: none)
+};
+
+// Block `blockIdx.x`'s rows 16 b .. 16 b + 15: the first `prefetch` bytes of each, one 128-byte
+// line per thread, into L2 while the previous kernel of the step still runs (the weights are
+// constant during a step, so reading them before the chain wait is safe). Only addresses inside
+// the rows are named.
+__device__ inline void prefetch_tile(const TileCodes& c, int64_t rows) {
+  const int64_t r0 = int64_t(blockIdx.x) * 16;
+  const uint32_t lines = (c.prefetch + 127) / 128, n = uint32_t(rows - r0 < 16 ? rows - r0 : 16);
+  for (uint32_t i = threadIdx.x; i < n * lines; i += blockDim.x) {
+    const uint32_t row = i / lines, line = i - row * lines;
+    const uint8_t* p = c.codes + (r0 + row) * c.row_bytes + line * 128;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+  }
+}
+
 // kNT: 8-row tiles of x (1: up to 8 rows, 2: up to 16).
 template <class T, class D, int kNT, int kWarps>
 __global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
-           int64_t rows, uint32_t per_row, CodeTable table) {
+           int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
   constexpr int kUnroll = segment_unroll<D, kNT>();
   __shared__ float partial[kWarps][32][4 * kNT];
+  prefetch_tile(tile, rows);
   load_table(table);
+  chain_release();  // launched chained (cuda_common.cuh): x, bias and y only after the wait
+  chain_wait();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t r_lo = int64_t(blockIdx.x) * 16 + g, r_hi = r_lo + 8;
   float acc[kNT][4] = {};
@@ -196,6 +222,22 @@ __global__ void __launch_bounds__(32 * kWarps)
     }
 }
 
+// L2 bytes one product prefetches before its chain wait, over all its tiles: a third of an
+// H100's 50 MB L2, so that the prefetched lines of a large layer (Qwen2.5-7B's fused gate/up
+// holds 68 MB of nf4 codes) stay until their blocks read them.
+constexpr int64_t kPrefetchBudget = int64_t(16) << 20;
+
+// The prefetch of each tile's rows: all of them when the layer's codes fit the budget, else the
+// same leading share of every row (whole 128-byte lines).
+inline TileCodes tile_codes(const PackedView& w, int64_t tiles) {
+  const int bits = w.kind == PackedView::Kind::FourBit    ? 4
+                   : w.kind == PackedView::Kind::IntGroup ? w.bits
+                                                          : 8;
+  const int64_t row_bytes = w.cols * bits / 8;
+  const int64_t share = std::min(row_bytes, kPrefetchBudget / (tiles * 16) / 128 * 128);
+  return {w.codes, row_bytes, static_cast<uint32_t>(share)};
+}
+
 // y[m, rows] = x[m, cols] . W^T (+ bias) for 1 <= m <= 16, T bf16 or fp16, cols % 32 == 0 and
 // codes and x 16-byte aligned (gemv_applies checks). Blocks
 // of 4 warps when there are enough 16-row tiles to fill the SMs several times, else 16 warps
@@ -206,10 +248,11 @@ void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T
   const int64_t tiles = (w.rows + 15) / 16;
   const auto per_row = static_cast<uint32_t>(w.cols / 8);
   const bool wide = tiles < 4 * int64_t(sm_count());
+  const TileCodes codes = tile_codes(w, tiles);
   auto go = [&](auto nt, auto warps) {
     constexpr int NT = decltype(nt)::value, W = decltype(warps)::value;
-    kernel<T, D, NT, W>
-        <<<static_cast<unsigned>(tiles), 32 * W, 0, s>>>(d, x, m, bias, y, w.rows, per_row, table);
+    launch_chained("gemv_packed (tensor cores)", kernel<T, D, NT, W>, static_cast<unsigned>(tiles),
+                   32 * W, 0, s, d, x, m, bias, y, w.rows, per_row, table, codes);
   };
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <optional>
+#include <tuple>
 
 #include "cascade.hpp"
 #include "kldq/core/error.hpp"
@@ -146,15 +147,36 @@ at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {
 
 at::Tensor Decoder::run_block(int i, const at::Tensor& hidden, KvCache* cache,
                               const SharedPrefix* shared) const {
+  auto [x, delta] = block_parts(i, hidden, at::Tensor(), cache, shared);
+  // When autograd records, the residual sum is saved for the norm's backward: add out of place.
+  return x.requires_grad() ? x + delta : x.add_(delta);
+}
+
+std::pair<at::Tensor, at::Tensor> Decoder::block_parts(int i, const at::Tensor& hidden,
+                                                       const at::Tensor& delta, KvCache* cache,
+                                                       const SharedPrefix* shared) const {
   check(i >= 0 && i < num_blocks(), fmt::format("block index {} out of range", i));
   const Block& b = running(i);
   const double eps = config_.rms_norm_eps;
-  // Out of place first: callers cache block inputs and must get them back unchanged.
-  auto [x, h] = kernels::add_rms_norm(
-      hidden, attend(i, kernels::rms_norm(hidden, b.input_norm, eps), cache, shared), b.post_norm,
-      eps);
-  // When autograd records, the residual sum is saved for the norm's backward: add out of place.
-  return x.requires_grad() ? x + mlp(i, h) : x.add_(mlp(i, h));
+  // Out of place: callers cache block inputs and must get them back unchanged.
+  at::Tensor residual = hidden, normed;
+  if (delta.defined())
+    std::tie(residual, normed) = kernels::add_rms_norm(hidden, delta, b.input_norm, eps);
+  else
+    normed = kernels::rms_norm(hidden, b.input_norm, eps);
+  auto [x, h] = kernels::add_rms_norm(residual, attend(i, normed, cache, shared), b.post_norm, eps);
+  return {x, mlp(i, h)};
+}
+
+// The cached paths chain the blocks so: each block's MLP add happens in the next block's input
+// norm, one kernel per block fewer than run_block's add (a decode step is ~10 short kernels per
+// block, each costing its launch).
+at::Tensor Decoder::chain_blocks(const at::Tensor& hidden, KvCache* cache,
+                                 const SharedPrefix* shared) const {
+  at::Tensor x = hidden, delta;
+  for (int i = 0; i < num_blocks(); ++i)
+    std::tie(x, delta) = block_parts(i, x, delta, cache, shared);
+  return delta.defined() ? x.add_(delta) : x;
 }
 
 at::Tensor Decoder::run_blocks(int begin, int end, at::Tensor hidden) const {

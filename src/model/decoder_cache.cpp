@@ -93,8 +93,7 @@ at::Tensor Decoder::cached_step(const at::Tensor& ids, KvCache& cache, const at:
   }
   cache.cols = cols;
 
-  at::Tensor hidden = embed(ids);
-  for (int i = 0; i < num_blocks(); ++i) hidden = run_block(i, hidden, &cache);
+  at::Tensor hidden = chain_blocks(embed(ids), &cache, nullptr);
   cache.cos = cache.sin = cache.mask = cache.cols = at::Tensor();
   return hidden;
 }

@@ -153,8 +153,7 @@ const Decoder::RopeTable& Decoder::continuation_rope(const KvCache& prefix, int6
 }
 
 at::Tensor Decoder::continue_prefix(at::Tensor hidden, const SharedPrefix& shared) const {
-  for (int i = 0; i < num_blocks(); ++i) hidden = run_block(i, hidden, nullptr, &shared);
-  return hidden;
+  return chain_blocks(hidden, nullptr, &shared);
 }
 
 }  // namespace kldq::model

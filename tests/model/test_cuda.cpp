@@ -5,6 +5,7 @@
 
 #include <filesystem>
 
+#include "kldq/kernels/fused.hpp"
 #include "kldq/model/decode_graph.hpp"
 #include "kldq/model/decoder.hpp"
 #include "kldq/quant/quantizer.hpp"
@@ -140,5 +141,32 @@ TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps bit for
       kl_sum += kl;
     }
     CHECK(kl_sum / double(eager.size() - 1) < 2.5e-4);
+  }
+}
+
+TEST_CASE("chained kernel launches give the plain launches' decode steps bit for bit",
+          "[cuda][model]") {
+  KLDQ_SKIP_NO_CUDA();
+  at::InferenceMode guard;
+  at::manual_seed(8);
+  // A kernel that read its predecessor's output before the chain wait (cuda_common.cuh) would
+  // read stale activations or cache columns and change the logits.
+  for (const char* f : {"bf16", "nf4", "int4_g64"}) {
+    INFO(f);
+    kldq::model::Decoder m = kldq::model::Decoder::load(kWiki, c10::kCUDA, c10::kBFloat16);
+    if (std::string(f) != "bf16")
+      kldq::quant::apply_layers(m, kldq::test::rtn_layers(m, kldq::formats::FormatSpec::parse(f)));
+    const int64_t V = m.config().vocab_size;
+    const at::Tensor prompt = at::randint(V, {3, 12}, at::kLong),
+                     next = at::randint(V, {3, 9}, at::kLong);
+    kldq::kernels::set_chained_launches(false);
+    const auto plain = decode_steps(m, prompt, next, true);
+    kldq::kernels::set_chained_launches(true);
+    const auto chained = decode_steps(m, prompt, next, true);
+    const auto eager = decode_steps(m, prompt, next, false);
+    for (size_t t = 0; t < plain.size(); ++t) {
+      CHECK(at::equal(plain[t], chained[t]));
+      CHECK(at::equal(plain[t], eager[t]));
+    }
   }
 }

@@ -13,6 +13,11 @@
 
 namespace kldq::kernels {
 
+// Whether kldq's CUDA kernels launch chained (programmatic dependent launch, compute capability
+// 9.0+: a kernel's prologue overlaps its predecessor; docs/GPU.md). On unless KLDQ_PDL=0; the
+// values are the same either way. A no-op without CUDA.
+void set_chained_launches(bool on);
+
 // transformers' RMSNorm: normed = T(x * rsqrt(mean(x^2) + eps)) computed in fp32, then
 // T(weight * normed). x: [..., H] contiguous, weight: [H] -> [..., H] (dtype T of x).
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);

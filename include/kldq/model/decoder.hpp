@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "kldq/model/config.hpp"
@@ -231,6 +232,15 @@ class Decoder {
                     const SharedPrefix* shared = nullptr) const;
   at::Tensor run_block(int i, const at::Tensor& hidden, KvCache* cache,
                        const SharedPrefix* shared = nullptr) const;
+  // Block i with its MLP's residual add left to the caller: {x, delta}, the block's output
+  // being x + delta. A defined `delta` in is the previous block's, which the input norm adds
+  // (kernels::add_rms_norm: the add and the norm in one kernel, the same values).
+  std::pair<at::Tensor, at::Tensor> block_parts(int i, const at::Tensor& hidden,
+                                                const at::Tensor& delta, KvCache* cache,
+                                                const SharedPrefix* shared) const;
+  // Every block that way: hidden [B, T, H] (not modified) -> the last block's output.
+  at::Tensor chain_blocks(const at::Tensor& hidden, KvCache* cache,
+                          const SharedPrefix* shared) const;
   void observe(int block, Proj p, const at::Tensor& x) const {
     if (observer_) observer_(LayerId{block, p}, x);
   }
