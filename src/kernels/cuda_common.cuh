@@ -40,6 +40,13 @@ __device__ float round_to(float v) {
   return Conv<T>::to_float(Conv<T>::from_float(v));
 }
 
+// PyTorch's silu formula, then the product: T(T(g / (1 + exp(-g))) * u).
+template <class T>
+__device__ inline T silu_times(float g, float u) {
+  const float s = round_to<T>(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))));
+  return Conv<T>::from_float(__fmul_rn(s, u));
+}
+
 // N elements of T moved as one aligned load or store (8 or 16 bytes): the memory-bound kernels
 // read and write whole vectors, not 2-byte scalars. Callers check alignment (aligned() below).
 template <class T, int N>

@@ -256,13 +256,6 @@ __global__ void rope_append_kernel(RopeSource<T> q, RopeSource<T> k, RopeSource<
   }
 }
 
-// PyTorch's silu formula, then the product: T(T(g / (1 + exp(-g))) * u).
-template <class T>
-__device__ inline T silu_times(float g, float u) {
-  const float s = round_to<T>(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))));
-  return Conv<T>::from_float(__fmul_rn(s, u));
-}
-
 // Row r of gate and up starts at gate + r * rs and up + r * rs (a fused gate_up output:
 // up = gate + i, rs = 2 i; separate outputs: rs = i)  ->  out row [i]
 template <class T>

@@ -49,19 +49,42 @@ bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at:
 #endif
 }
 
-at::Tensor gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias) {
-  check(gemv_applies(p, x, bias), "gemv: the product does not meet the fused kernel's conditions");
+namespace {
+
+// y [..., p.out] (or [..., p.out / 2] with the SwiGLU epilogue) through the fused kernel.
+at::Tensor run_gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias,
+                    bool swiglu) {
 #if KLDQ_WITH_CUDA_BUILD
   const c10::cuda::CUDAGuard guard(x.device());
   std::vector<int64_t> shape = x.sizes().vec();
-  shape.back() = p.out;
-  at::Tensor y = at::empty(shape, x.options());  // [..., out]
+  shape.back() = swiglu ? p.out / 2 : p.out;
+  at::Tensor y = at::empty(shape, x.options());
   cuda::gemv_packed(cuda_dtype(x.scalar_type()), *packed_view(p), x.data_ptr(), x.numel() / p.in,
-                    bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), stream_of(x));
+                    bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), swiglu, stream_of(x));
   return y;
 #else
+  (void)p, (void)x, (void)bias, (void)swiglu;
   return {};
 #endif
+}
+
+}  // namespace
+
+at::Tensor gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias) {
+  check(gemv_applies(p, x, bias), "gemv: the product does not meet the fused kernel's conditions");
+  return run_gemv(p, x, bias, false);
+}
+
+bool gemv_swiglu_applies(const formats::PackedWeight& p, const at::Tensor& x,
+                         const at::Tensor& bias) {
+  return x.scalar_type() != at::kFloat && p.out % 16 == 0 && gemv_applies(p, x, bias);
+}
+
+at::Tensor gemv_swiglu(const formats::PackedWeight& p, const at::Tensor& x,
+                       const at::Tensor& bias) {
+  check(gemv_swiglu_applies(p, x, bias),
+        "gemv_swiglu: the product does not meet the fused kernel's conditions");
+  return run_gemv(p, x, bias, true);
 }
 
 }  // namespace kldq::kernels

@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(32 * kWarps)
 
 template <class D>
 void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, const void* bias,
-            void* y, CodeTable table, void* stream) {
+            void* y, CodeTable table, bool swiglu, void* stream) {
   if (w.rows == 0 || m == 0) return;
   const auto s = static_cast<cudaStream_t>(stream);
   if (t != Dtype::F32) {
@@ -83,7 +83,7 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
       using T = decltype(tag);
       if constexpr (!std::is_same_v<T, float>)
         mma::launch(d, w, static_cast<const T*>(x), static_cast<int>(m),
-                    static_cast<const T*>(bias), static_cast<T*>(y), table, s);
+                    static_cast<const T*>(bias), static_cast<T*>(y), table, swiglu, s);
     });
     return;
   }
@@ -107,13 +107,15 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
 }  // namespace
 
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
-                 void* stream) {
+                 bool swiglu, void* stream) {
   if (m > gemv_max_rows(t) || w.cols % gemv_col_multiple(t) != 0)
     throw std::runtime_error("gemv_packed: needs at most gemv_max_rows rows and whole chunks");
+  if (swiglu && (t == Dtype::F32 || w.rows % 16 != 0))
+    throw std::runtime_error("gemv_packed: the SwiGLU epilogue takes bf16/fp16 and rows % 16 == 0");
   if (t != Dtype::F32 && reinterpret_cast<uintptr_t>(w.codes) % 16 != 0)
     throw std::runtime_error("gemv_packed: the tensor-core kernel reads 16-byte aligned codes");
   with_decoder(w, [&](const auto& d, const CodeTable& table) {
-    launch(t, d, w, x, m, bias, y, table, stream);
+    launch(t, d, w, x, m, bias, y, table, swiglu, stream);
   });
 }
 

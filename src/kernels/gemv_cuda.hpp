@@ -28,8 +28,9 @@ inline int64_t gemv_col_multiple(Dtype t) {
 
 // y[m, rows] = x[m, cols] . W^T (+ bias[rows]) for m <= gemv_max_rows(t); x, y contiguous in
 // dtype t, cols % gemv_col_multiple(t) == 0, x rows aligned to 8 elements, codes 8-byte aligned
-// (16-byte for bf16/fp16).
+// (16-byte for bf16/fp16). swiglu (bf16/fp16, rows % 16 == 0): W holds a gate/up pair's rows
+// [gate; up] and y [m, rows / 2] = silu(gate) * up, kernels::silu_mul's values.
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
-                 void* stream);
+                 bool swiglu, void* stream);
 
 }  // namespace kldq::kernels::cuda

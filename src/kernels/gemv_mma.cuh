@@ -155,33 +155,39 @@ struct TileCodes {
   uint32_t prefetch;  // leading bytes of each row (<= row_bytes; 0: none)
 };
 
-// Block `blockIdx.x`'s rows 16 b .. 16 b + 15: the first `prefetch` bytes of each, one 128-byte
-// line per thread, into L2 while the previous kernel of the step still runs (the weights are
-// constant during a step, so reading them before the chain wait is safe). Only addresses inside
-// the rows are named.
-__device__ inline void prefetch_tile(const TileCodes& c, int64_t rows) {
-  const int64_t r0 = int64_t(blockIdx.x) * 16;
-  const uint32_t lines = (c.prefetch + 127) / 128, n = uint32_t(rows - r0 < 16 ? rows - r0 : 16);
-  for (uint32_t i = threadIdx.x; i < n * lines; i += blockDim.x) {
-    const uint32_t row = i / lines, line = i - row * lines;
-    const uint8_t* p = c.codes + (r0 + row) * c.row_bytes + line * 128;
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+// The block's rows lo0 .. lo0 + 7 and hi0 .. hi0 + 7 (those below `rows`): the first `prefetch`
+// bytes of each, one 128-byte line per thread, into L2 while the previous kernel of the step
+// still runs (the weights are constant during a step, so reading them before the chain wait is
+// safe). Only addresses inside the rows are named.
+__device__ inline void prefetch_tile(const TileCodes& c, int64_t lo0, int64_t hi0, int64_t rows) {
+  const uint32_t lines = (c.prefetch + 127) / 128;
+  for (uint32_t i = threadIdx.x; i < 16 * lines; i += blockDim.x) {
+    const uint32_t k = i / lines, line = i - k * lines;
+    const int64_t r = (k < 8 ? lo0 : hi0 - 8) + k;
+    if (r < rows)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(c.codes + r * c.row_bytes + line * 128));
   }
 }
 
-// kNT: 8-row tiles of x (1: up to 8 rows, 2: up to 16).
-template <class T, class D, int kNT, int kWarps>
+// kNT: 8-row tiles of x (1: up to 8 rows, 2: up to 16). Block b's rows: 16 b .. 16 b + 15 of
+// y [m, rows]; with kSwiGLU, a fused gate/up weight (rows [gate; up], half = rows / 2, half % 8
+// == 0), gate rows 8 b .. 8 b + 7 as the MMA's rows g and their up rows half + 8 b + g as rows
+// g + 8, so that each thread holds a gate value and its up value: y [m, half] = silu(gate) * up,
+// each rounded to T first (kernels::silu_mul's formula on the rounded outputs, value for value).
+template <class T, class D, int kNT, int kWarps, bool kSwiGLU>
 __global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
            int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
   constexpr int kUnroll = segment_unroll<D, kNT>();
   __shared__ float partial[kWarps][32][4 * kNT];
-  prefetch_tile(tile, rows);
+  const int64_t half = rows / 2, lo0 = int64_t(blockIdx.x) * (kSwiGLU ? 8 : 16),
+                hi0 = kSwiGLU ? half + lo0 : lo0 + 8;
+  prefetch_tile(tile, lo0, hi0, rows);
   load_table(table);
   chain_release();  // launched chained (cuda_common.cuh): x, bias and y only after the wait
   chain_wait();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int64_t r_lo = int64_t(blockIdx.x) * 16 + g, r_hi = r_lo + 8;
+  const int64_t r_lo = lo0 + g, r_hi = hi0 + g;
   float acc[kNT][4] = {};
   Lane<T, D, kNT> work{d,
                        x,
@@ -201,7 +207,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
   const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
   uint32_t s0 = warp;
-  if (int64_t(blockIdx.x + 1) * 16 <= rows)
+  if (kSwiGLU || int64_t(blockIdx.x + 1) * 16 <= rows)
     for (; s0 + (kUnroll - 1) * kWarps < whole; s0 += kWarps * kUnroll)
       work.template segments<false, kUnroll>(s0, kWarps, whole);
   for (; s0 < segments; s0 += kWarps) work.template segments<true, 1>(s0, kWarps, segments);
@@ -211,15 +217,23 @@ __global__ void __launch_bounds__(32 * kWarps)
     for (int i = 0; i < 4; ++i) partial[warp][lane][4 * j + i] = acc[j][i];
   __syncthreads();
   if (warp != 0) return;
-  for (int j = 0; j < kNT; ++j)
+  for (int j = 0; j < kNT; ++j) {
+    float v[4];  // y[n = 8 j + 2 t + (i & 1)][i < 2 ? r_lo : r_hi] + bias, in fp32
     for (int i = 0; i < 4; ++i) {
-      float v = 0.f;
-      for (int w = 0; w < kWarps; ++w) v += partial[w][lane][4 * j + i];
+      v[i] = 0.f;
+      for (int w = 0; w < kWarps; ++w) v[i] += partial[w][lane][4 * j + i];
+      if (bias) v[i] += Conv<T>::to_float(bias[i < 2 ? r_lo : r_hi]);
+    }
+    for (int i = 0; i < (kSwiGLU ? 2 : 4); ++i) {
       const int64_t r = i < 2 ? r_lo : r_hi;
       const int n = 8 * j + 2 * t + (i & 1);
-      if (r < rows && n < m)
-        y[n * rows + r] = Conv<T>::from_float(v + (bias ? Conv<T>::to_float(bias[r]) : 0.f));
+      if (r >= rows || n >= m) continue;
+      if constexpr (kSwiGLU)
+        y[n * half + r] = silu_times<T>(round_to<T>(v[i]), round_to<T>(v[i + 2]));
+      else
+        y[n * rows + r] = Conv<T>::from_float(v[i]);
     }
+  }
 }
 
 // L2 bytes one product prefetches before its chain wait, over all its tiles: a third of an
@@ -242,17 +256,20 @@ inline TileCodes tile_codes(const PackedView& w, int64_t tiles) {
 // codes and x 16-byte aligned (gemv_applies checks). Blocks
 // of 4 warps when there are enough 16-row tiles to fill the SMs several times, else 16 warps
 // (the columns split finer: a [3584, 18944] down projection has only 224 tiles).
+// swiglu: y [m, rows / 2] = silu(gate) * up of a fused gate/up weight (rows % 16 == 0).
 template <class T, class D>
 void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T* y,
-            CodeTable table, cudaStream_t s) {
+            CodeTable table, bool swiglu, cudaStream_t s) {
   const int64_t tiles = (w.rows + 15) / 16;
   const auto per_row = static_cast<uint32_t>(w.cols / 8);
   const bool wide = tiles < 4 * int64_t(sm_count());
   const TileCodes codes = tile_codes(w, tiles);
   auto go = [&](auto nt, auto warps) {
     constexpr int NT = decltype(nt)::value, W = decltype(warps)::value;
-    launch_chained("gemv_packed (tensor cores)", kernel<T, D, NT, W>, static_cast<unsigned>(tiles),
-                   32 * W, 0, s, d, x, m, bias, y, w.rows, per_row, table, codes);
+    launch_chained("gemv_packed (tensor cores)",
+                   swiglu ? kernel<T, D, NT, W, true> : kernel<T, D, NT, W, false>,
+                   static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows, per_row,
+                   table, codes);
   };
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;

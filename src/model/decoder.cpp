@@ -113,7 +113,7 @@ at::Tensor Decoder::mlp(int i, const at::Tensor& h) const {
   observe(i, Proj::UP, h);
   at::Tensor act;  // [B, T, I]
   if (b.gate_up.defined() && b.gate_up.direct(h)) {
-    act = kernels::silu_mul(b.gate_up.forward(h));
+    act = b.gate_up.swiglu(h);
   } else {
     act = kernels::silu_mul(b.linears[static_cast<int>(Proj::GATE)].forward(h),
                             b.linears[static_cast<int>(Proj::UP)].forward(h));

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "kldq/core/error.hpp"
+#include "kldq/kernels/fused.hpp"
 
 namespace kldq::model {
 namespace {
@@ -72,6 +73,15 @@ at::Tensor QLinear::forward(const at::Tensor& x) const {
     kernels::dequantize_into(packed_, w);
   }
   return bias_.defined() ? at::linear(xs, w, bias_) : at::linear(xs, w);
+}
+
+at::Tensor QLinear::swiglu(const at::Tensor& x) const {
+  if (is_packed()) {
+    const at::Tensor xs = input_scale_.defined() ? x / input_scale_ : x;
+    if (kernels::gemv_swiglu_applies(packed_, xs, bias_))
+      return kernels::gemv_swiglu(packed_, xs, bias_);
+  }
+  return kernels::silu_mul(forward(x));
 }
 
 bool QLinear::direct(const at::Tensor& x) const {

@@ -6,6 +6,7 @@
 
 #include "kldq/formats/packed.hpp"
 #include "kldq/kernels/dequant.hpp"
+#include "kldq/kernels/fused.hpp"
 #include "kldq/model/qlinear.hpp"
 #include "kldq/quant/hqq.hpp"
 #include "support/catch.hpp"
@@ -162,4 +163,42 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
       CHECK_FALSE(kldq::kernels::gemv_applies(g, big.flatten().narrow(0, 1, in).view({1, in}), {}));
     }
   }
+}
+
+TEST_CASE("The fused GEMV's SwiGLU epilogue equals silu_mul of the fused GEMV", "[cuda][kernels]") {
+  KLDQ_SKIP_NO_CUDA();
+  at::manual_seed(15);
+  // Rows [gate; up] of 2 i: block b holds gate rows 8b.. and their up rows; with 2 i = 8960 the
+  // 4-warp blocks, with 2 i = 1024 the 16-warp ones. The oracle: the plain product's outputs
+  // (checked above against a float64 product) through silu_mul (checked against transformers'
+  // formula in test_fused.cpp), value for value.
+  for (const char* name : {"nf4", "int4_g128", "int4_g32_asym", "int8", "fp8_e4m3"}) {
+    for (const auto& [out, in] :
+         std::vector<std::pair<int64_t, int64_t>>{{1024, 96}, {8960, 224}}) {
+      const at::Tensor w = at::randn({out, in}) * 0.05;
+      const f::PackedWeight g = f::quantize_rtn(w, f::FormatSpec::parse(name)).to(c10::kCUDA);
+      for (auto dtype : {at::kHalf, at::kBFloat16}) {
+        const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(dtype);
+        for (int64_t m : {1, 3, 9, 16}) {
+          INFO(name << " [" << out << ", " << in << "] " << c10::toString(dtype) << " rows " << m);
+          const at::Tensor x = at::randn({1, m, in}, opts) * 4;
+          const at::Tensor bias = m % 2 ? at::randn({out}, opts) : at::Tensor();
+          REQUIRE(kldq::kernels::gemv_swiglu_applies(g, x, bias));
+          const at::Tensor got = kldq::kernels::gemv_swiglu(g, x, bias);  // [1, m, out / 2]
+          const at::Tensor want = kldq::kernels::silu_mul(kldq::kernels::gemv(g, x, bias));
+          REQUIRE(got.sizes() == want.sizes());
+          CHECK(at::equal(got, want));
+        }
+      }
+      const at::Tensor x32 = at::randn({1, in}, at::TensorOptions().device(c10::kCUDA));
+      CHECK_FALSE(kldq::kernels::gemv_swiglu_applies(g, x32, {}));  // fp32: the SIMT kernel
+    }
+  }
+  // Rows not a multiple of 16: not taken.
+  const f::PackedWeight odd =
+      f::quantize_rtn(at::randn({1000, 96}), f::FormatSpec::parse("nf4")).to(c10::kCUDA);
+  const at::Tensor x =
+      at::randn({1, 96}, at::TensorOptions().device(c10::kCUDA).dtype(at::kBFloat16));
+  CHECK(kldq::kernels::gemv_applies(odd, x, {}));
+  CHECK_FALSE(kldq::kernels::gemv_swiglu_applies(odd, x, {}));
 }

@@ -23,6 +23,13 @@ at::Tensor dequantize(const formats::PackedWeight& p, at::ScalarType dtype);
 // dense) format, p.in % 8 == 0, contiguous and aligned tensors; gemv checks it.
 bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias);
 at::Tensor gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias);
+// The SwiGLU of a fused gate/up weight p (rows [gate; up]) in the same kernel: x [..., p.in] ->
+// [..., p.out / 2] = kernels::silu_mul(gemv(p, x, bias)), value for value (each gate and up output
+// rounded to x's dtype first); no [..., p.out] intermediate and no second kernel.
+// gemv_swiglu_applies: gemv_applies, x bf16 or fp16, p.out % 16 == 0.
+bool gemv_swiglu_applies(const formats::PackedWeight& p, const at::Tensor& x,
+                         const at::Tensor& bias);
+at::Tensor gemv_swiglu(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias);
 
 // A scratch buffer for dequantize-then-matmul, grown on demand and reused by every packed layer
 // of one decoder: get() may return the previous call's memory, so a result is valid until the

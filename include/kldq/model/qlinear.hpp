@@ -35,6 +35,10 @@ class QLinear {
 
   // x: [..., in] -> [..., out], in x's dtype.
   at::Tensor forward(const at::Tensor& x) const;
+  // silu(gate) * up of a concatenated gate/up layer (rows [gate; up]): [..., in] -> [..., out / 2],
+  // kernels::silu_mul(forward(x)) value for value; a packed layer whose product takes the fused
+  // kernel applies the SwiGLU in its epilogue (no second kernel, no [..., out] intermediate).
+  at::Tensor swiglu(const at::Tensor& x) const;
   // Whether forward(x) multiplies by the stored weight as it is: dense, or packed through the
   // fused dequantize + product kernel (no dequantized copy in the workspace).
   bool direct(const at::Tensor& x) const;
