@@ -10,7 +10,6 @@
 
 #include "cascade.hpp"
 #include "kldq/core/error.hpp"
-#include "kldq/kernels/attention.hpp"
 #include "kldq/kernels/fused.hpp"
 
 namespace kldq::model {
@@ -84,11 +83,7 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache,
     // capacity columns, masked (fixed shapes from step to step: decoder_cache.cpp).
     q = kernels::rope_append(q.view({B, T, nq, d}), k.view({B, T, nkv, d}), v.view({B, T, nkv, d}),
                              cos, sin, cache->k[i], cache->v[i], cache->cols);
-    q = q.transpose(1, 2);  // [B, nq, T, d]
-    // One token per row (a decode step): the chained split-column kernels; else SDPA.
-    out = kernels::decode_attention_applies(q, cache->k[i], cache->v[i], cache->mask)
-              ? kernels::decode_attention(q, cache->k[i], cache->v[i], cache->mask)
-              : attention_sdpa(q, cache->k[i], cache->v[i], cache->mask);
+    out = attention_sdpa(q.transpose(1, 2), cache->k[i], cache->v[i], cache->mask);
   } else {
     // [B, T, n, d] -> rope -> [B, n, T, d] for SDPA
     q = kernels::rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);
