@@ -115,6 +115,7 @@ void launch_chained(const char* what, void (*kernel)(P...), dim3 grid, dim3 bloc
   config.attrs = &chain;
   config.numAttrs = chaining() ? 1 : 0;
   const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...);
+  if (err != cudaSuccess) cudaGetLastError();  // clear it: later launch checks name their own
   if (err != cudaSuccess)
     throw std::runtime_error(std::string(what) +
                              ": CUDA launch failed: " + cudaGetErrorString(err));

@@ -316,11 +316,17 @@ bool chaining() {
     chain_state.store(on);
   }
   if (!on) return false;
+  // The device must support it and run code built for it: kernels JIT-compiled from older PTX
+  // (a build for 8.x run on a 9.0 device) have no chain_wait, and chained they would race.
   static const bool supported = [] {
     int dev = 0, major = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-    return major >= 9;
+    cudaFuncAttributes f{};
+    const bool ok =
+        cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaFuncGetAttributes(&f, rms_norm_kernel<float, false>) == cudaSuccess;
+    cudaGetLastError();  // a failed query leaves no error for the next launch check
+    return ok && major >= 9 && f.ptxVersion >= 90;
   }();
   return supported;
 }

@@ -6,8 +6,10 @@
 //
 // Work of one block (kWarps warps) and of thread (g = lane / 4, t = lane % 4) of a warp:
 //
-//   block b:      output rows 16b .. 16b+15 (the MMA's m); its warps split the columns:
-//                 warp w takes 128-column segments w, w + kWarps, ... (16 chunks of 8 columns)
+//   block b:      output rows 16b .. 16b+15 (the MMA's m; the SwiGLU epilogue maps gate rows
+//                 8b + g and up rows half + 8b + g instead, see kernel); its warps split the
+//                 columns: warp w takes 128-column segments w, w + kWarps, ... (16 chunks of 8
+//                 columns)
 //   segment s:    thread t takes the quad of chunks 16s + 4t .. 16s + 4t + 3 of rows 16b + g and
 //                 16b + g + 8 (one 16-byte load per row for the 4-bit formats: the 4 threads of
 //                 a row read 64 adjacent bytes), and the same chunks of x row g (and g + 8 with
@@ -157,8 +159,9 @@ struct TileCodes {
 
 // The block's rows lo0 .. lo0 + 7 and hi0 .. hi0 + 7 (those below `rows`): the first `prefetch`
 // bytes of each, one 128-byte line per thread, into L2 while the previous kernel of the step
-// still runs (the weights are constant during a step, so reading them before the chain wait is
-// safe). Only addresses inside the rows are named.
+// still runs. Safe before the chain wait: a prefetch changes no value and fills L2 only, the
+// point where the GPU's writes meet, so even a streamed block's slot rewritten by a copy that
+// the wait orders is read fresh. Only addresses inside the rows are named.
 __device__ inline void prefetch_tile(const TileCodes& c, int64_t lo0, int64_t hi0, int64_t rows) {
   const uint32_t lines = (c.prefetch + 127) / 128;
   for (uint32_t i = threadIdx.x; i < 16 * lines; i += blockDim.x) {
@@ -222,7 +225,8 @@ __global__ void __launch_bounds__(32 * kWarps)
     for (int i = 0; i < 4; ++i) {
       v[i] = 0.f;
       for (int w = 0; w < kWarps; ++w) v[i] += partial[w][lane][4 * j + i];
-      if (bias) v[i] += Conv<T>::to_float(bias[i < 2 ? r_lo : r_hi]);
+      const int64_t r = i < 2 ? r_lo : r_hi;
+      if (bias && r < rows) v[i] += Conv<T>::to_float(bias[r]);  // no read past the last row
     }
     for (int i = 0; i < (kSwiGLU ? 2 : 4); ++i) {
       const int64_t r = i < 2 ? r_lo : r_hi;

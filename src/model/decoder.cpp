@@ -176,7 +176,8 @@ at::Tensor Decoder::chain_blocks(const at::Tensor& hidden, KvCache* cache,
   at::Tensor x = hidden, delta;
   for (int i = 0; i < num_blocks(); ++i)
     std::tie(x, delta) = block_parts(i, x, delta, cache, shared);
-  return delta.defined() ? x.add_(delta) : x;
+  if (!delta.defined()) return x;
+  return x.requires_grad() ? x + delta : x.add_(delta);  // as run_block
 }
 
 at::Tensor Decoder::run_blocks(int begin, int end, at::Tensor hidden) const {

@@ -14,8 +14,9 @@
 namespace kldq::kernels {
 
 // Whether kldq's CUDA kernels launch chained (programmatic dependent launch, compute capability
-// 9.0+: a kernel's prologue overlaps its predecessor; docs/GPU.md). On unless KLDQ_PDL=0; the
-// values are the same either way. A no-op without CUDA.
+// 9.0+: a kernel's prologue overlaps its predecessor; docs/GPU.md). On when KLDQ_PDL is unset or
+// 1, off when 0 (another value is an error at the first launch); the values are the same either
+// way. A no-op without CUDA.
 void set_chained_launches(bool on);
 
 // transformers' RMSNorm: normed = T(x * rsqrt(mean(x^2) + eps)) computed in fp32, then
