@@ -114,11 +114,9 @@ void launch_chained(const char* what, void (*kernel)(P...), dim3 grid, dim3 bloc
   config.stream = s;
   config.attrs = &chain;
   config.numAttrs = chaining() ? 1 : 0;
-  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...);
-  if (err != cudaSuccess) cudaGetLastError();  // clear it: later launch checks name their own
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string(what) +
-                             ": CUDA launch failed: " + cudaGetErrorString(err));
+  // A failed launch is also the runtime's last error, which check_launch reads and clears.
+  (void)cudaLaunchKernelEx(&config, kernel, std::forward<A>(args)...);
+  check_launch(what);
 }
 
 // Streaming multiprocessors of the current device (read once: kldq drives one device type).

@@ -293,7 +293,7 @@ struct DecodeByte {
 template <class F>
 void with_int_decoder(const PackedView& w, F&& f) {
   const auto* u16 = static_cast<const uint16_t*>(w.scales);
-  const int64_t row_bytes = (w.cols * w.bits + 7) / 8, groups = (w.cols + w.group - 1) / w.group;
+  const int64_t row_bytes = w.row_bytes(), groups = (w.cols + w.group - 1) / w.group;
   const auto* z8 = w.float_zero ? nullptr : static_cast<const uint8_t*>(w.zeros);
   const auto* z16 = w.float_zero ? static_cast<const uint16_t*>(w.zeros) : nullptr;
   auto go = [&](auto bits, auto flat, auto fz) {

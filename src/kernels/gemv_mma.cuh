@@ -248,10 +248,7 @@ constexpr int64_t kPrefetchBudget = int64_t(16) << 20;
 // The prefetch of each tile's rows: all of them when the layer's codes fit the budget, else the
 // same leading share of every row (whole 128-byte lines).
 inline TileCodes tile_codes(const PackedView& w, int64_t tiles) {
-  const int bits = w.kind == PackedView::Kind::FourBit    ? 4
-                   : w.kind == PackedView::Kind::IntGroup ? w.bits
-                                                          : 8;
-  const int64_t row_bytes = w.cols * bits / 8;
+  const int64_t row_bytes = w.row_bytes();
   const int64_t share = std::min(row_bytes, kPrefetchBudget / (tiles * 16) / 128 * 128);
   return {w.codes, row_bytes, static_cast<uint32_t>(share)};
 }

@@ -18,6 +18,13 @@ struct PackedView {
   int bits = 0;   // int group formats: code bits
   int group = 0;  // int group size, or the 4-bit absmax block
   int64_t rows = 0, cols = 0;
+
+  // Bytes of one row's codes: row r's are codes[r row_bytes(), (r + 1) row_bytes()) (row-major
+  // in every format; for the 4-bit ones when cols is even, which the fused GEMV requires).
+  int64_t row_bytes() const {
+    const int b = kind == Kind::FourBit ? 4 : kind == Kind::IntGroup ? bits : 8;
+    return (cols * b + 7) / 8;
+  }
 };
 
 }  // namespace kldq::kernels::cuda

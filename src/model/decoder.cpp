@@ -16,6 +16,12 @@ namespace kldq::model {
 
 namespace {
 
+// A block's output x + delta (its MLP's residual add). When autograd records, the residual sum
+// is saved for the norm's backward: add out of place.
+at::Tensor add_residual(at::Tensor x, const at::Tensor& delta) {
+  return x.requires_grad() ? x + delta : x.add_(delta);
+}
+
 // SDPA of q [B, nq, T, d] over k, v [B, nkv, S, d] -> [B, T, nq d]: causal when there is no
 // mask (then S = T), else the additive mask [B, 1, T, S]; GQA inside SDPA (no repeated K/V
 // copies); scale 1/sqrt(d).
@@ -148,8 +154,7 @@ at::Tensor Decoder::block(int i, const at::Tensor& hidden) const {
 at::Tensor Decoder::run_block(int i, const at::Tensor& hidden, KvCache* cache,
                               const SharedPrefix* shared) const {
   auto [x, delta] = block_parts(i, hidden, at::Tensor(), cache, shared);
-  // When autograd records, the residual sum is saved for the norm's backward: add out of place.
-  return x.requires_grad() ? x + delta : x.add_(delta);
+  return add_residual(x, delta);
 }
 
 std::pair<at::Tensor, at::Tensor> Decoder::block_parts(int i, const at::Tensor& hidden,
@@ -176,8 +181,7 @@ at::Tensor Decoder::chain_blocks(const at::Tensor& hidden, KvCache* cache,
   at::Tensor x = hidden, delta;
   for (int i = 0; i < num_blocks(); ++i)
     std::tie(x, delta) = block_parts(i, x, delta, cache, shared);
-  if (!delta.defined()) return x;
-  return x.requires_grad() ? x + delta : x.add_(delta);  // as run_block
+  return delta.defined() ? add_residual(x, delta) : x;
 }
 
 at::Tensor Decoder::run_blocks(int begin, int end, at::Tensor hidden) const {

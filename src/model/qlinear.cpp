@@ -21,6 +21,11 @@ void check_bias(const at::Tensor& bias, int64_t out) {
   check(!bias.defined() || (bias.dim() == 1 && bias.size(0) == out), "QLinear bias must be [out]");
 }
 
+// x / s with an input scale s (AWQ), else x: what the layer's weight multiplies.
+at::Tensor scaled_input(const at::Tensor& x, const at::Tensor& s) {
+  return s.defined() ? x / s : x;
+}
+
 }  // namespace
 
 QLinear::QLinear(at::Tensor weight, at::Tensor bias)
@@ -62,7 +67,7 @@ at::Tensor QLinear::effective_weight(at::ScalarType dtype) const {
 }
 
 at::Tensor QLinear::forward(const at::Tensor& x) const {
-  const at::Tensor xs = input_scale_.defined() ? x / input_scale_ : x;
+  const at::Tensor xs = scaled_input(x, input_scale_);
   // A few rows (a decode step): each packed weight read once, no bf16 copy in the workspace.
   if (is_packed() && kernels::gemv_applies(packed_, xs, bias_))
     return kernels::gemv(packed_, xs, bias_);
@@ -77,7 +82,7 @@ at::Tensor QLinear::forward(const at::Tensor& x) const {
 
 at::Tensor QLinear::swiglu(const at::Tensor& x) const {
   if (is_packed()) {
-    const at::Tensor xs = input_scale_.defined() ? x / input_scale_ : x;
+    const at::Tensor xs = scaled_input(x, input_scale_);
     if (kernels::gemv_swiglu_applies(packed_, xs, bias_))
       return kernels::gemv_swiglu(packed_, xs, bias_);
   }
