@@ -32,8 +32,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "decode_cuda.cuh"
@@ -73,67 +71,8 @@ __device__ inline void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t 
   }
 }
 
-// Pair tables: the 4-bit formats whose code values need no per-group zero point (nf4, fp4 and
-// symmetric int4) decode a byte of codes, two weights, with one 64-bit shared-memory load of
-// both code values (fp32) instead of a bit-field extraction and a table load or a subtraction
-// per weight: 2.5 instructions per weight instead of about 4 (the kernels are issue-bound near
-// the bandwidth). Each weight is still its code value x scale in one fp32 product, rounded once.
-//
-//   pair_table (dynamic shared memory, 64 KB): entry e (a code byte) for lane l at byte offset
-//              256 e + 8 l: float2 {first weight's value, second's}, the same for every l: 32
-//              copies, so that the 32 lanes' loads of any 32 entries hit distinct banks
-//   offset of byte k of a code word w:  PRMT(w, 8 l, 0x55k4) = [ 0 | 0 | byte k of w | 8 l ]
-//                                       (bytes 3..0; one instruction per two weights)
-//   nf4/fp4 byte e = [code(2k) : 4 | code(2k+1) : 4]  -> {value[e >> 4], value[e & 15]}
-//   int4 (LSB first) byte e = [code(2k+1) | code(2k)] -> {(e & 15) - 8, (e >> 4) - 8}
-template <class D>
-struct PairCodes : std::false_type {};
-template <>
-struct PairCodes<Decode4bit> : std::true_type {
-  static bool applies(const Decode4bit&) { return true; }
-  __device__ static float2 entry(uint32_t e) { return {code_values[e >> 4], code_values[e & 15]}; }
-  __device__ static float scale(const Decode4bit::Raw& r) { return r.a; }
-};
-template <bool kFlat>
-struct PairCodes<DecodeIntGroup<4, kFlat, false>> : std::true_type {
-  using D = DecodeIntGroup<4, kFlat, false>;
-  static bool applies(const D& d) { return d.zeros == nullptr; }  // symmetric: zero point 8
-  // (e & 15) - 8 exactly, as the plain decoder's (2^23 + code) - (2^23 + 8).
-  __device__ static float2 entry(uint32_t e) {
-    return {float(int(e & 15u) - 8), float(int(e >> 4) - 8)};
-  }
-  __device__ static float scale(const typename D::Raw& r) { return r.scale; }
-};
-
-constexpr int kPairTableBytes = 256 * 32 * 8;
-extern __shared__ __align__(16) float2 pair_table[];
-
-// Fills pair_table (after load_table: nf4/fp4 entries read code_values); the caller syncs.
-template <class D>
-__device__ inline void fill_pairs() {
-  auto* t4 = reinterpret_cast<float4*>(pair_table);  // float4 i: entry i / 16, two lanes' copies
-  for (uint32_t i = threadIdx.x; i < 256 * 16; i += blockDim.x) {
-    const float2 p = PairCodes<D>::entry(i / 16);
-    t4[i] = make_float4(p.x, p.y, p.x, p.y);
-  }
-}
-
-// The 8 values of a chunk as D::decode gives them, through pair_table (lane8 = 8 x lane).
-template <class D>
-__device__ inline void decode_pairs(const typename D::Raw& raw, uint32_t lane8, float (&v)[8]) {
-  const float s = PairCodes<D>::scale(raw);
-  const auto* table = reinterpret_cast<const char*>(pair_table);
-#pragma unroll
-  for (uint32_t k = 0; k < 4; ++k) {
-    const uint32_t off = __byte_perm(raw.w, lane8, 0x5504u | (k << 4));
-    const float2 p = *reinterpret_cast<const float2*>(table + off);
-    v[2 * k] = __fmul_rn(p.x, s);
-    v[2 * k + 1] = __fmul_rn(p.y, s);
-  }
-}
-
 // Where one thread works: its rows and the product's shape.
-template <class T, class D, int kNT, bool kPairs>
+template <class T, class D, int kNT>
 struct Lane {
   const D& d;
   const T* x;
@@ -144,13 +83,6 @@ struct Lane {
   uint32_t per_row;
   int64_t cols;
   float (&acc)[kNT][4];
-
-  __device__ void decode(const typename D::Raw& raw, float (&v)[8]) const {
-    if constexpr (kPairs)
-      decode_pairs<D>(raw, 8u * (4 * g + t), v);
-    else
-      d.decode(raw, v);
-  }
 
   // Segments s0, s0 + stride, ... (kU of them) into acc. kChecked: any of them may be past the
   // last segment, hold chunks past the last column or rows past the last row (the tail); else
@@ -184,8 +116,8 @@ struct Lane {
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         float vl[8], vh[8];
-        decode(D::chunk(lo[su], u), vl);
-        decode(D::chunk(hi[su], u), vh);
+        d.decode(D::chunk(lo[su], u), vl);
+        d.decode(D::chunk(hi[su], u), vh);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
@@ -245,9 +177,7 @@ __device__ inline void prefetch_tile(const TileCodes& c, int64_t lo0, int64_t hi
 // == 0), gate rows 8 b .. 8 b + 7 as the MMA's rows g and their up rows half + 8 b + g as rows
 // g + 8, so that each thread holds a gate value and its up value: y [m, half] = silu(gate) * up,
 // each rounded to T first (kernels::silu_mul's formula on the rounded outputs, value for value).
-// kPairs: decode through pair_table (PairCodes<D>; launched with kPairTableBytes of dynamic
-// shared memory, filled before the chain wait).
-template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kPairs>
+template <class T, class D, int kNT, int kWarps, bool kSwiGLU>
 __global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
            int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
@@ -257,29 +187,25 @@ __global__ void __launch_bounds__(32 * kWarps)
                 hi0 = kSwiGLU ? half + lo0 : lo0 + 8;
   prefetch_tile(tile, lo0, hi0, rows);
   load_table(table);
-  if constexpr (kPairs) {
-    fill_pairs<D>();
-    __syncthreads();
-  }
   chain_release();  // launched chained (cuda_common.cuh): x, bias and y only after the wait
   chain_wait();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t r_lo = lo0 + g, r_hi = hi0 + g;
   float acc[kNT][4] = {};
-  Lane<T, D, kNT, kPairs> work{d,
-                               x,
-                               m,
-                               g,
-                               t,
-                               r_lo,
-                               r_hi,
-                               r_lo * per_row,
-                               r_hi * per_row,
-                               r_lo < rows,
-                               r_hi < rows,
-                               per_row,
-                               int64_t(per_row) * 8,
-                               acc};
+  Lane<T, D, kNT> work{d,
+                       x,
+                       m,
+                       g,
+                       t,
+                       r_lo,
+                       r_hi,
+                       r_lo * per_row,
+                       r_hi * per_row,
+                       r_lo < rows,
+                       r_hi < rows,
+                       per_row,
+                       int64_t(per_row) * 8,
+                       acc};
   // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time while they are
   // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
   const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
@@ -332,42 +258,6 @@ inline TileCodes tile_codes(const PackedView& w, int64_t tiles) {
 // of 4 warps when there are enough 16-row tiles to fill the SMs several times, else 16 warps
 // (the columns split finer: a [3584, 18944] down projection has only 224 tiles).
 // swiglu: y [m, rows / 2] = silu(gate) * up of a fused gate/up weight (rows % 16 == 0).
-// KLDQ_GEMV_PAIRS (experimental A/B switch while the pair tables are measured): 0 decodes
-// every format plainly; 4 or 8 (default) decode the pair-table formats through pair_table, with
-// blocks of that many warps where the plain kernel takes 4 (the table's 64 KB of shared memory
-// leave 3 blocks per SM).
-inline int pair_mode() {
-  static const int mode = [] {
-    const char* env = std::getenv("KLDQ_GEMV_PAIRS");
-    const std::string v = env ? env : "8";
-    if (v != "0" && v != "4" && v != "8")
-      throw std::runtime_error("KLDQ_GEMV_PAIRS must be 0, 4 or 8, not '" + v + "'");
-    return std::stoi(v);
-  }();
-  return mode;
-}
-
-// The kernel instance for these parameters, allowed kPairTableBytes of dynamic shared memory
-// (once per instance) when it decodes through the pair table.
-template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kPairs>
-auto instance() {
-  auto* k = kernel<T, D, kNT, kWarps, kSwiGLU, kPairs>;
-  if constexpr (kPairs) {
-    static const bool allowed = [k] {
-      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, kPairTableBytes);
-      check_launch("gemv_packed (tensor cores): 64 KB of shared memory for the pair table");
-      return true;
-    }();
-    (void)allowed;
-  }
-  return k;
-}
-
-// y[m, rows] = x[m, cols] . W^T (+ bias) for 1 <= m <= 16, T bf16 or fp16, cols % 32 == 0 and
-// codes and x 16-byte aligned (gemv_applies checks). Blocks of 4 warps (8 with the pair table)
-// when there are enough 16-row tiles to fill the SMs several times, else 16 warps (the columns
-// split finer: a [3584, 18944] down projection has only 224 tiles).
-// swiglu: y [m, rows / 2] = silu(gate) * up of a fused gate/up weight (rows % 16 == 0).
 template <class T, class D>
 void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T* y,
             CodeTable table, bool swiglu, cudaStream_t s) {
@@ -375,32 +265,21 @@ void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T
   const auto per_row = static_cast<uint32_t>(w.cols / 8);
   const bool wide = tiles < 4 * int64_t(sm_count());
   const TileCodes codes = tile_codes(w, tiles);
-  bool pairs = false;
-  if constexpr (PairCodes<D>::value) pairs = pair_mode() != 0 && PairCodes<D>::applies(d);
-  auto go = [&](auto nt, auto warps, auto with_pairs) {
+  auto go = [&](auto nt, auto warps) {
     constexpr int NT = decltype(nt)::value, W = decltype(warps)::value;
-    constexpr bool P = decltype(with_pairs)::value;
     launch_chained("gemv_packed (tensor cores)",
-                   swiglu ? instance<T, D, NT, W, true, P>() : instance<T, D, NT, W, false, P>(),
-                   static_cast<unsigned>(tiles), 32 * W, P ? kPairTableBytes : 0, s, d, x, m, bias,
-                   y, w.rows, per_row, table, codes);
+                   swiglu ? kernel<T, D, NT, W, true> : kernel<T, D, NT, W, false>,
+                   static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows, per_row,
+                   table, codes);
   };
-  auto with_rows = [&](auto warps, auto with_pairs) {
-    if (m <= 8) return go(std::integral_constant<int, 1>{}, warps, with_pairs);
-    go(std::integral_constant<int, 2>{}, warps, with_pairs);
-  };
+  using I1 = std::integral_constant<int, 1>;
+  using I2 = std::integral_constant<int, 2>;
   using W4 = std::integral_constant<int, 4>;
-  using W8 = std::integral_constant<int, 8>;
   using W16 = std::integral_constant<int, 16>;
-  if constexpr (PairCodes<D>::value) {
-    if (pairs) {
-      const std::true_type on;
-      if (wide) return with_rows(W16{}, on);
-      return pair_mode() == 4 ? with_rows(W4{}, on) : with_rows(W8{}, on);
-    }
-  }
-  const std::false_type off;
-  wide ? with_rows(W16{}, off) : with_rows(W4{}, off);
+  if (m <= 8)
+    wide ? go(I1{}, W16{}) : go(I1{}, W4{});
+  else
+    wide ? go(I2{}, W16{}) : go(I2{}, W4{});
 }
 
 }  // namespace mma
