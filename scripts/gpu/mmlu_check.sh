@@ -6,7 +6,8 @@
 # $OUT/bench.jsonl, each path's phases (tokenization, prefixes, batches) to mmlu.log.
 #
 #   scripts/gpu/mmlu_check.sh        KLDQ_MMLU_BATCH (default 64), KLDQ_MMLU_LIMIT (default all),
-#                                    KLDQ_MMLU_PATHS (default "shared unshared")
+#                                    KLDQ_MMLU_PATHS (default "shared unshared"), KLDQ_MMLU_DTYPE
+#                                    (default bf16; fp32 separates bf16 rounding from the paths)
 set -uo pipefail
 LOG_NAME=mmlu.log
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -21,6 +22,7 @@ fail=0
 for path in ${KLDQ_MMLU_PATHS:-shared unshared}; do
   flag=""; [ $path = unshared ] && flag="--mmlu-unshared"
   "$K" -v eval "$M" --mmlu "$SHARED/mmlu" $LIMIT --batch "${KLDQ_MMLU_BATCH:-64}" --device cuda $flag \
+    --dtype "${KLDQ_MMLU_DTYPE:-bf16}" \
     --predictions "/tmp/mmlu_$path.jsonl" -o "/tmp/mmlu_$path.json" > /dev/null 2>> "$OUT/mmlu.log" \
     || { fail=1; log "mmlu $path failed"; tail -3 "$OUT/mmlu.log"; }
   log "$path: $(grep -o 'MMLU: tokenized.*' "$OUT/mmlu.log" | tail -1)"
@@ -39,7 +41,7 @@ dlp = max(abs(u - v) for x, y in zip(a, b) for u, v in zip(x["logprobs"], y["log
 margin = lambda r: (lambda s: s[-1] - s[-2])(sorted(r["logprobs"]))
 flipped = sorted(margin(y) for x, y in zip(a, b) if x["pred"] != y["pred"])
 close = sum(margin(y) < dlp for y in b)
-print(json.dumps({"what": "mmlu_shared_prefix", "n": len(a), "same_predictions": same,
+print(json.dumps({"what": "mmlu_shared_prefix", "dtype": m["shared"].get("dtype"), "n": len(a), "same_predictions": same,
                   "agreement": round(same / len(a), 5), "max_logprob_diff": dlp,
                   "flipped_margin_max": flipped[-1] if flipped else None,
                   "flipped_margin_median": flipped[len(flipped) // 2] if flipped else None,

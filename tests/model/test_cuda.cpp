@@ -3,6 +3,7 @@
 // graph against the same steps launched eagerly (bit for bit) and the uncached forward.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "kldq/kernels/fused.hpp"
@@ -34,12 +35,16 @@ TEST_CASE("decoder on CUDA matches the CPU forward", "[cuda][model]") {
 namespace {
 
 // Steps of a left-padded batch through the cache, eagerly or by DecodeGraph: the logits [B, V]
-// of each of `next`'s columns fed one at a time after a prefill of `prompt`.
+// of each of `next`'s columns fed one at a time after a prefill of `prompt`. unpadded: no pad
+// columns (the prefill is then the first unpadded one, flash attention over its own columns) and
+// 5 spare columns past the last step (masked and zero in every step).
 std::vector<at::Tensor> decode_steps(const kldq::model::Decoder& m, const at::Tensor& prompt,
-                                     const at::Tensor& next, bool graph) {
+                                     const at::Tensor& next, bool graph, bool unpadded = false) {
   std::vector<int64_t> pad = {0, 3, 5, 1, 2, 4};  // row b's leading pad columns
   pad.resize(size_t(prompt.size(0)));
-  kldq::model::Decoder::KvCache c = m.new_cache(pad, prompt.size(1) + next.size(1));
+  if (unpadded) std::fill(pad.begin(), pad.end(), 0);
+  kldq::model::Decoder::KvCache c =
+      m.new_cache(pad, prompt.size(1) + next.size(1) + (unpadded ? 5 : 0));
   m.run_cached(prompt, c);
   kldq::model::DecodeGraph g(m, c, graph);
   std::vector<at::Tensor> out;
@@ -141,6 +146,44 @@ TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps bit for
       kl_sum += kl;
     }
     CHECK(kl_sum / double(eager.size() - 1) < 2.5e-4);
+  }
+}
+
+TEST_CASE(
+    "a flash first prefill into a cache with spare columns, then masked steps, equal the "
+    "full forward",
+    "[cuda][model]") {
+  KLDQ_SKIP_NO_CUDA();
+  at::InferenceMode guard;
+  at::manual_seed(9);
+  // The prefill writes its columns through index_copy_ and attends without a mask; the steps
+  // then attend over every capacity column through the additive mask, the spare ones masked.
+  // The bounds are the graph test's above (bf16 noise of the steps' products and attention
+  // against the full forward's; a wrong cache gives KL above 1e-2 there).
+  for (const char* f : {"bf16", "nf4"}) {
+    INFO(f);
+    kldq::model::Decoder m = kldq::model::Decoder::load(kWiki, c10::kCUDA, c10::kBFloat16);
+    if (std::string(f) != "bf16")
+      kldq::quant::apply_layers(m, kldq::test::rtn_layers(m, kldq::formats::FormatSpec::parse(f)));
+    const int64_t V = m.config().vocab_size;
+    const at::Tensor prompt = at::randint(V, {2, 12}, at::kLong),
+                     next = at::randint(V, {2, 7}, at::kLong);
+    for (bool graph : {false, true}) {
+      const auto steps = decode_steps(m, prompt, next, graph, true);
+      double kl_sum = 0;
+      for (int64_t b = 0; b < 2; ++b) {
+        const at::Tensor full =
+            m.forward(at::cat({prompt, next}, 1).narrow(0, b, 1));  // [1, 19, V]
+        for (size_t t = 0; t < steps.size(); ++t) {
+          const double kl = row_kl(full[0][12 + int64_t(t)].unsqueeze(0), steps[t][b].unsqueeze(0))
+                                .item<double>();
+          INFO("graph " << graph << ", row " << b << ", step " << t << " KL " << kl);
+          CHECK(kl < 1e-3);
+          kl_sum += kl;
+        }
+      }
+      CHECK(kl_sum / double(2 * steps.size()) < 2.5e-4);
+    }
   }
 }
 

@@ -1,10 +1,10 @@
 // Fused elementwise kernels of the decoder: RMSNorm (optionally with the residual add before
 // it), rotate-half RoPE (alone, or with a decode step's K/V cache append), and SwiGLU.
-// Device-agnostic entry points: CUDA tensors run the kernels in src/kernels/fused_cuda.cu,
-// everything else the libtorch reference composition (the exact operation sequence of transformers,
-// which the CUDA kernels reproduce rounding for rounding). The kernels have no backward, so calls
-// that autograd records (grad mode on and an operand that requires grad) take the composition on
-// CUDA too.
+// Device-agnostic entry points: CUDA tensors run the kernels in src/kernels/fused_cuda.cu and
+// rope_cuda.cu, everything else the libtorch reference composition (the exact operation sequence
+// of transformers, which the CUDA kernels reproduce rounding for rounding). The kernels have no
+// backward, so calls that autograd records (grad mode on and an operand that requires grad) take
+// the composition on CUDA too.
 #pragma once
 
 #include <ATen/core/Tensor.h>
