@@ -222,6 +222,28 @@ __device__ inline void prefetch_tile(const TileCodes& c, int64_t lo0, int64_t hi
   }
 }
 
+// Warp `warp` of a block takes the tile's segments warp, warp + kWarps, ...: while they are whole
+// (whole_tile: no row past the last; all 16 chunks inside the row) kUnroll at a time or staged,
+// then the rest one at a time.
+template <int kWarps, int kUnroll, bool kStaged, class L>
+__device__ void run_segments(L& work, uint32_t warp, bool whole_tile) {
+  const uint32_t segments = (work.per_row + kSegChunks - 1) / kSegChunks;
+  const uint32_t whole = work.per_row / kSegChunks;
+  uint32_t s0 = warp;
+  if (whole_tile) {
+    if constexpr (kStaged) {
+      extern __shared__ __align__(16) uint8_t gemv_ring[];
+      const auto base = static_cast<uint32_t>(__cvta_generic_to_shared(gemv_ring));
+      work.staged(s0, kWarps, whole, RingSlots{base, threadIdx.x, 32u * kWarps});
+      if (s0 < whole) s0 += (whole - s0 + kWarps - 1) / kWarps * kWarps;
+    } else {
+      for (; s0 + (kUnroll - 1) * kWarps < whole; s0 += kWarps * kUnroll)
+        work.template segments<false, kUnroll>(s0, kWarps, whole);
+    }
+  }
+  for (; s0 < segments; s0 += kWarps) work.template segments<true, 1>(s0, kWarps, segments);
+}
+
 // kNT: 8-row tiles of x (1: up to 8 rows, 2: up to 16). Block b's rows: 16 b .. 16 b + 15 of
 // y [m, rows]; with kSwiGLU, a fused gate/up weight (rows [gate; up], half = rows / 2, half % 8
 // == 0), gate rows 8 b .. 8 b + 7 as the MMA's rows g and their up rows half + 8 b + g as rows
@@ -233,7 +255,6 @@ template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kStaged>
 __global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
            int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
-  constexpr int kUnroll = segment_unroll<D, kNT>();
   __shared__ float partial[kWarps][32][4 * kNT];
   const int64_t half = rows / 2, lo0 = int64_t(blockIdx.x) * (kSwiGLU ? 8 : 16),
                 hi0 = kSwiGLU ? half + lo0 : lo0 + 8;
@@ -258,23 +279,8 @@ __global__ void __launch_bounds__(32 * kWarps)
                        per_row,
                        int64_t(per_row) * 8,
                        acc};
-  // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time (or staged)
-  // while they are whole (whole tile of rows, all 16 chunks inside the row), then the rest one at
-  // a time.
-  const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
-  uint32_t s0 = warp;
-  if (kSwiGLU || int64_t(blockIdx.x + 1) * 16 <= rows) {
-    if constexpr (kStaged) {
-      extern __shared__ __align__(16) uint8_t gemv_ring[];
-      const auto base = static_cast<uint32_t>(__cvta_generic_to_shared(gemv_ring));
-      work.staged(s0, kWarps, whole, RingSlots{base, threadIdx.x, 32u * kWarps});
-      if (s0 < whole) s0 += (whole - s0 + kWarps - 1) / kWarps * kWarps;
-    } else {
-      for (; s0 + (kUnroll - 1) * kWarps < whole; s0 += kWarps * kUnroll)
-        work.template segments<false, kUnroll>(s0, kWarps, whole);
-    }
-  }
-  for (; s0 < segments; s0 += kWarps) work.template segments<true, 1>(s0, kWarps, segments);
+  run_segments<kWarps, segment_unroll<D, kNT>(), kStaged>(
+      work, warp, kSwiGLU || int64_t(blockIdx.x + 1) * 16 <= rows);
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
 #pragma unroll
