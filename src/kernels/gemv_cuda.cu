@@ -18,17 +18,15 @@
 #include "gemv_cuda.hpp"
 #include "gemv_mma.cuh"
 
-#include <atomic>
-#include <cstdlib>
-#include <stdexcept>
-#include <string>
 #include <type_traits>
 
 namespace kldq::kernels::cuda {
 namespace {
 
-// staged_loads' switch: unset (-1) until the first product reads KLDQ_GEMV_STAGED.
-std::atomic<int> staged_state{-1};
+EnvSwitch& staged_switch() {
+  static EnvSwitch s("KLDQ_GEMV_STAGED", "staged GEMV loads");
+  return s;
+}
 
 constexpr int kWarps = 4;   // rows (warps) per block: small layers still spread over the SMs
 constexpr int kUnroll = 8;  // chunk loads in flight per lane
@@ -114,21 +112,11 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
 }  // namespace
 
 bool staged_loads() {
-  int on = staged_state.load();
-  if (on < 0) {
-    const char* env = std::getenv("KLDQ_GEMV_STAGED");
-    const std::string v = env ? env : "1";
-    if (v != "0" && v != "1")
-      throw std::runtime_error("KLDQ_GEMV_STAGED must be 0 or 1 (staged GEMV loads), not '" + v +
-                               "'");
-    on = v == "1";
-    staged_state.store(on);
-  }
-  return on == 1;
+  return staged_switch().on();
 }
 
 void set_staged_loads(bool on) {
-  staged_state.store(on ? 1 : 0);
+  staged_switch().set(on);
 }
 
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
