@@ -1,6 +1,5 @@
 // The switch of chained (programmatic dependent) launches, cuda_common.cuh's launch_chained:
-// KLDQ_PDL read once, the device's support checked once, set_chaining for tests; and EnvSwitch,
-// the kernels' on/off switches.
+// KLDQ_PDL read once, the device's support checked once, set_chaining for tests.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -13,33 +12,26 @@
 namespace kldq::kernels::cuda {
 namespace {
 
-// launch_chained's switch.
-EnvSwitch& chain_switch() {
-  static EnvSwitch s("KLDQ_PDL", "chained kernel launches");
-  return s;
-}
+// launch_chained's switch: unset (-1) until the first launch reads KLDQ_PDL.
+std::atomic<int> chain_state{-1};
 
 // A kernel of this library's build, whose ptxVersion tells which architecture its code targets.
 __global__ void chain_probe() {}
 
 }  // namespace
 
-bool EnvSwitch::on() {
-  int v = state_.load();
-  if (v < 0) {
-    const char* env = std::getenv(name_);
-    const std::string text = env ? env : "1";
-    if (text != "0" && text != "1")
-      throw std::runtime_error(std::string(name_) + " must be 0 or 1 (" + what_ + "), not '" +
-                               text + "'");
-    v = text == "1";
-    state_.store(v);
-  }
-  return v == 1;
-}
-
 bool chaining() {
-  if (!chain_switch().on()) return false;
+  int on = chain_state.load();
+  if (on < 0) {
+    const char* env = std::getenv("KLDQ_PDL");
+    const std::string v = env ? env : "1";
+    if (v != "0" && v != "1")
+      throw std::runtime_error("KLDQ_PDL must be 0 or 1 (chained kernel launches), not '" + v +
+                               "'");
+    on = v == "1";
+    chain_state.store(on);
+  }
+  if (!on) return false;
   // The device must support it and run code built for it: kernels JIT-compiled from older PTX
   // (a build for 8.x run on a 9.0 device) have no chain_wait, and chained they would race.
   static const bool supported = [] {
@@ -56,7 +48,7 @@ bool chaining() {
 }
 
 void set_chaining(bool on) {
-  chain_switch().set(on);
+  chain_state.store(on ? 1 : 0);
 }
 
 }  // namespace kldq::kernels::cuda

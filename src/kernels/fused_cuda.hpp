@@ -3,27 +3,11 @@
 // .cu without libtorch's headers.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 
 namespace kldq::kernels::cuda {
 
 enum class Dtype { F32, F16, BF16 };
-
-// An on/off switch of the kernels (the A/B switches of the speed benchmarks): environment
-// variable `name` at the first read (unset or 1: on, 0: off, anything else an error naming
-// `what`), then whatever set() stores (tests).
-class EnvSwitch {
- public:
-  EnvSwitch(const char* name, const char* what) : name_(name), what_(what) {}
-  bool on();
-  void set(bool on) { state_.store(on ? 1 : 0); }
-
- private:
-  const char* name_;
-  const char* what_;
-  std::atomic<int> state_{-1};  // -1: not read yet
-};
 
 // Whether launch_chained (cuda_common.cuh) overlaps kernels: the device supports it (9.0+) and
 // it is on (KLDQ_PDL unset or 1 at the first launch; set_chaining overrides).

@@ -70,14 +70,6 @@ at::Tensor run_gemv(const formats::PackedWeight& p, const at::Tensor& x, const a
 
 }  // namespace
 
-void set_staged_gemv(bool on) {
-#if KLDQ_WITH_CUDA_BUILD
-  cuda::set_staged_loads(on);
-#else
-  (void)on;
-#endif
-}
-
 at::Tensor gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias) {
   check(gemv_applies(p, x, bias), "gemv: the product does not meet the fused kernel's conditions");
   return run_gemv(p, x, bias, false);

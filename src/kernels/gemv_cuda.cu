@@ -23,11 +23,6 @@
 namespace kldq::kernels::cuda {
 namespace {
 
-EnvSwitch& staged_switch() {
-  static EnvSwitch s("KLDQ_GEMV_STAGED", "staged GEMV loads");
-  return s;
-}
-
 constexpr int kWarps = 4;   // rows (warps) per block: small layers still spread over the SMs
 constexpr int kUnroll = 8;  // chunk loads in flight per lane
 
@@ -110,14 +105,6 @@ void launch(Dtype t, const D& d, const PackedView& w, const void* x, int64_t m, 
 }
 
 }  // namespace
-
-bool staged_loads() {
-  return staged_switch().on();
-}
-
-void set_staged_loads(bool on) {
-  staged_switch().set(on);
-}
 
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
                  bool swiglu, void* stream) {

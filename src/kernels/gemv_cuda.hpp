@@ -33,10 +33,4 @@ inline int64_t gemv_col_multiple(Dtype t) {
 void gemv_packed(Dtype t, const PackedView& w, const void* x, int64_t m, const void* bias, void* y,
                  bool swiglu, void* stream);
 
-// Whether the tensor-core kernel stages the 4-bit codes through shared memory (gemv_stage.cuh):
-// KLDQ_GEMV_STAGED unset or 1 at the first product (0: the register path, the A/B switch; the
-// sums are the same bit for bit); set_staged_loads overrides.
-bool staged_loads();
-void set_staged_loads(bool on);
-
 }  // namespace kldq::kernels::cuda

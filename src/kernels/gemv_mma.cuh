@@ -35,8 +35,6 @@
 #include <type_traits>
 
 #include "decode_cuda.cuh"
-#include "gemv_cuda.hpp"
-#include "gemv_stage.cuh"
 
 namespace kldq::kernels::cuda {
 namespace mma {
@@ -86,43 +84,6 @@ struct Lane {
   int64_t cols;
   float (&acc)[kNT][4];
 
-  // x rows 8j + g (j < kNT) at the thread's 4 chunks from chunk c (8 elements of T each); rows
-  // past m read row m - 1: the MMA's output columns are independent and those past m are not
-  // written, so no zero fill (and no predicate) in the bulk.
-  __device__ void load_x(uint32_t c, bool ok, uint4 (&xv)[kNT][4]) const {
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      const int b = min(8 * j + g, m - 1);
-      const uint4* src = reinterpret_cast<const uint4*>(x + b * cols) + c;
-#pragma unroll
-      for (int u = 0; u < 4; ++u) xv[j][u] = ok ? src[u] : make_uint4(0, 0, 0, 0);
-    }
-  }
-
-  // One segment's quads of rows g, g + 8 decoded and multiplied into acc; !ok (past the last
-  // column): zero weights and zero x (A x B = 0 whatever the decoders give).
-  __device__ void consume(const typename D::Quad& lo, const typename D::Quad& hi,
-                          const uint4 (&xv)[kNT][4], bool ok) {
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      float vl[8], vh[8];
-      d.decode(D::chunk(lo, u), vl);
-      d.decode(D::chunk(hi, u), vh);
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
-                               ok ? pack2<T>(vh[4 * h], vh[4 * h + 1]) : 0u,
-                               ok ? pack2<T>(vl[4 * h + 2], vl[4 * h + 3]) : 0u,
-                               ok ? pack2<T>(vh[4 * h + 2], vh[4 * h + 3]) : 0u};
-#pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          const uint4& xw = xv[j][u];
-          mma16816<T>(acc[j], a, h == 0 ? xw.x : xw.z, h == 0 ? xw.y : xw.w);
-        }
-      }
-    }
-  }
-
   // Segments s0, s0 + stride, ... (kU of them) into acc. kChecked: any of them may be past the
   // last segment, hold chunks past the last column or rows past the last row (the tail); else
   // all are whole (the bulk of the work: no predicate, no zero fill).
@@ -130,58 +91,47 @@ struct Lane {
   __device__ void segments(uint32_t s0, uint32_t stride, uint32_t count) {
     using Quad = typename D::Quad;
     Quad lo[kU], hi[kU];   // rows g, g + 8: the thread's 4 chunks of the segment
-    uint4 xv[kU][kNT][4];  // x row 8j + g, the same 4 chunks
+    uint4 xv[kU][kNT][4];  // x row 8j + g, the same 4 chunks (8 elements of T each)
 #pragma unroll
     for (int su = 0; su < kU; ++su) {
       const uint32_t c = (s0 + su * stride) * kSegChunks + 4 * t;
       const bool ok = !kChecked || (s0 + su * stride < count && c < per_row);
       lo[su] = !kChecked || (ok && ok_lo) ? d.load_quad(base_lo + c, uint32_t(r_lo)) : Quad{};
       hi[su] = !kChecked || (ok && ok_hi) ? d.load_quad(base_hi + c, uint32_t(r_hi)) : Quad{};
-      load_x(c, ok, xv[su]);
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        // Rows past m read row m - 1: the MMA's output columns are independent and those past
+        // m are not written, so no zero fill (and no predicate) in the bulk.
+        const int b = min(8 * j + g, m - 1);
+        const uint4* src = reinterpret_cast<const uint4*>(x + b * cols) + c;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) xv[su][j][u] = ok ? src[u] : make_uint4(0, 0, 0, 0);
+      }
     }
 #pragma unroll
     for (int su = 0; su < kU; ++su) {
       if (kChecked && s0 + su * stride >= count) break;  // warp-uniform: mma.sync needs the warp
-      consume(lo[su], hi[su], xv[su],
-              !kChecked || (s0 + su * stride) * kSegChunks + 4 * t < per_row);
-    }
-  }
-
-  // The whole segments s0, s0 + stride, ... below `count` through the ring (gemv_stage.cuh): the
-  // copies of segment k + kStages - 1 are issued before segment k is decoded. The same quads,
-  // decode and MMA order as segments<false, 1>, so the same sums bit for bit.
-  __device__ void staged(uint32_t s0, uint32_t stride, uint32_t count, const RingSlots& ring) {
-    using S = Staging<D>;
-    auto issue = [&](int stage, uint32_t s) {
-      const uint32_t c = s * kSegChunks + 4 * t;
-      cp_async16(ring.codes(stage, 0), S::codes(d, base_lo + c, uint32_t(r_lo)));
-      cp_async16(ring.codes(stage, 1), S::codes(d, base_hi + c, uint32_t(r_hi)));
-      cp_async4(ring.scale(stage, 0), S::scale_word(d, base_lo + c, uint32_t(r_lo)));
-      cp_async4(ring.scale(stage, 1), S::scale_word(d, base_hi + c, uint32_t(r_hi)));
-    };
+      // Past the last column: zero weights and zero x (A x B = 0 whatever the decoders give).
+      const bool ok = !kChecked || (s0 + su * stride) * kSegChunks + 4 * t < per_row;
 #pragma unroll
-    for (int k = 0; k < kStages - 1; ++k) {
-      if (s0 + k * stride < count) issue(k, s0 + k * stride);
-      cp_async_commit();  // empty groups keep the count of pending groups uniform
+      for (int u = 0; u < 4; ++u) {
+        float vl[8], vh[8];
+        d.decode(D::chunk(lo[su], u), vl);
+        d.decode(D::chunk(hi[su], u), vh);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
+                                 ok ? pack2<T>(vh[4 * h], vh[4 * h + 1]) : 0u,
+                                 ok ? pack2<T>(vl[4 * h + 2], vl[4 * h + 3]) : 0u,
+                                 ok ? pack2<T>(vh[4 * h + 2], vh[4 * h + 3]) : 0u};
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            const uint4& xw = xv[su][j][u];
+            mma16816<T>(acc[j], a, h == 0 ? xw.x : xw.z, h == 0 ? xw.y : xw.w);
+          }
+        }
+      }
     }
-    int stage = 0;
-    for (uint32_t s = s0; s < count; s += stride) {
-      const uint32_t ahead = s + (kStages - 1) * stride;
-      // Its slot is the one decoded last iteration, whose values are already in registers.
-      if (ahead < count) issue(stage == 0 ? kStages - 1 : stage - 1, ahead);
-      cp_async_commit();
-      cp_async_wait<kStages - 1>();  // this thread's copies of segment s are in its slots
-      const uint32_t c = s * kSegChunks + 4 * t;
-      uint4 xv[kNT][4];
-      load_x(c, true, xv);
-      const auto lo = S::quad(d, shared_uint4(ring.codes(stage, 0)),
-                              shared_u32(ring.scale(stage, 0)), base_lo + c, uint32_t(r_lo));
-      const auto hi = S::quad(d, shared_uint4(ring.codes(stage, 1)),
-                              shared_u32(ring.scale(stage, 1)), base_hi + c, uint32_t(r_hi));
-      consume(lo, hi, xv, true);
-      stage = stage == kStages - 1 ? 0 : stage + 1;
-    }
-    cp_async_wait<0>();
   }
 };
 
@@ -222,39 +172,16 @@ __device__ inline void prefetch_tile(const TileCodes& c, int64_t lo0, int64_t hi
   }
 }
 
-// Warp `warp` of a block takes the tile's segments warp, warp + kWarps, ...: while they are whole
-// (whole_tile: no row past the last; all 16 chunks inside the row) kUnroll at a time or staged,
-// then the rest one at a time.
-template <int kWarps, int kUnroll, bool kStaged, class L>
-__device__ void run_segments(L& work, uint32_t warp, bool whole_tile) {
-  const uint32_t segments = (work.per_row + kSegChunks - 1) / kSegChunks;
-  const uint32_t whole = work.per_row / kSegChunks;
-  uint32_t s0 = warp;
-  if (whole_tile) {
-    if constexpr (kStaged) {
-      extern __shared__ __align__(16) uint8_t gemv_ring[];
-      const auto base = static_cast<uint32_t>(__cvta_generic_to_shared(gemv_ring));
-      work.staged(s0, kWarps, whole, RingSlots{base, threadIdx.x, 32u * kWarps});
-      if (s0 < whole) s0 += (whole - s0 + kWarps - 1) / kWarps * kWarps;
-    } else {
-      for (; s0 + (kUnroll - 1) * kWarps < whole; s0 += kWarps * kUnroll)
-        work.template segments<false, kUnroll>(s0, kWarps, whole);
-    }
-  }
-  for (; s0 < segments; s0 += kWarps) work.template segments<true, 1>(s0, kWarps, segments);
-}
-
 // kNT: 8-row tiles of x (1: up to 8 rows, 2: up to 16). Block b's rows: 16 b .. 16 b + 15 of
 // y [m, rows]; with kSwiGLU, a fused gate/up weight (rows [gate; up], half = rows / 2, half % 8
 // == 0), gate rows 8 b .. 8 b + 7 as the MMA's rows g and their up rows half + 8 b + g as rows
 // g + 8, so that each thread holds a gate value and its up value: y [m, half] = silu(gate) * up,
 // each rounded to T first (kernels::silu_mul's formula on the rounded outputs, value for value).
-// kStaged: the whole segments through the cp.async ring (Staging<D>; launched with
-// staged_shared_bytes of dynamic shared memory).
-template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kStaged>
+template <class T, class D, int kNT, int kWarps, bool kSwiGLU>
 __global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
            int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
+  constexpr int kUnroll = segment_unroll<D, kNT>();
   __shared__ float partial[kWarps][32][4 * kNT];
   const int64_t half = rows / 2, lo0 = int64_t(blockIdx.x) * (kSwiGLU ? 8 : 16),
                 hi0 = kSwiGLU ? half + lo0 : lo0 + 8;
@@ -279,8 +206,14 @@ __global__ void __launch_bounds__(32 * kWarps)
                        per_row,
                        int64_t(per_row) * 8,
                        acc};
-  run_segments<kWarps, segment_unroll<D, kNT>(), kStaged>(
-      work, warp, kSwiGLU || int64_t(blockIdx.x + 1) * 16 <= rows);
+  // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time while they are
+  // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
+  const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
+  uint32_t s0 = warp;
+  if (kSwiGLU || int64_t(blockIdx.x + 1) * 16 <= rows)
+    for (; s0 + (kUnroll - 1) * kWarps < whole; s0 += kWarps * kUnroll)
+      work.template segments<false, kUnroll>(s0, kWarps, whole);
+  for (; s0 < segments; s0 += kWarps) work.template segments<true, 1>(s0, kWarps, segments);
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
 #pragma unroll
@@ -320,27 +253,10 @@ inline TileCodes tile_codes(const PackedView& w, int64_t tiles) {
   return {w.codes, row_bytes, static_cast<uint32_t>(share)};
 }
 
-// The kernel instance for these parameters; a staged one is allowed its ring's dynamic shared
-// memory (once per instance: 80 KB for 16 warps, past the 48 KB default).
-template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kStaged>
-auto instance() {
-  auto* k = kernel<T, D, kNT, kWarps, kSwiGLU, kStaged>;
-  if constexpr (kStaged) {
-    static const bool allowed = [k] {
-      cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           staged_shared_bytes(32 * kWarps));
-      check_launch("gemv_packed (tensor cores): shared memory of the staged loads");
-      return true;
-    }();
-    (void)allowed;
-  }
-  return k;
-}
-
 // y[m, rows] = x[m, cols] . W^T (+ bias) for 1 <= m <= 16, T bf16 or fp16, cols % 32 == 0 and
-// codes and x 16-byte aligned (gemv_applies checks). Blocks of 4 warps when there are enough
-// 16-row tiles to fill the SMs several times, else 16 warps (the columns split finer: a [3584,
-// 18944] down projection has only 224 tiles). Staged loads for the formats Staging<D> takes.
+// codes and x 16-byte aligned (gemv_applies checks). Blocks
+// of 4 warps when there are enough 16-row tiles to fill the SMs several times, else 16 warps
+// (the columns split finer: a [3584, 18944] down projection has only 224 tiles).
 // swiglu: y [m, rows / 2] = silu(gate) * up of a fused gate/up weight (rows % 16 == 0).
 template <class T, class D>
 void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T* y,
@@ -349,26 +265,21 @@ void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T
   const auto per_row = static_cast<uint32_t>(w.cols / 8);
   const bool wide = tiles < 4 * int64_t(sm_count());
   const TileCodes codes = tile_codes(w, tiles);
-  auto go = [&](auto nt, auto warps, auto stage) {
+  auto go = [&](auto nt, auto warps) {
     constexpr int NT = decltype(nt)::value, W = decltype(warps)::value;
-    constexpr bool S = decltype(stage)::value;
     launch_chained("gemv_packed (tensor cores)",
-                   swiglu ? instance<T, D, NT, W, true, S>() : instance<T, D, NT, W, false, S>(),
-                   static_cast<unsigned>(tiles), 32 * W, S ? staged_shared_bytes(32 * W) : 0, s, d,
-                   x, m, bias, y, w.rows, per_row, table, codes);
+                   swiglu ? kernel<T, D, NT, W, true> : kernel<T, D, NT, W, false>,
+                   static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows, per_row,
+                   table, codes);
   };
-  auto with_warps = [&](auto nt, auto stage) {
-    if (wide) return go(nt, std::integral_constant<int, 16>{}, stage);
-    go(nt, std::integral_constant<int, 4>{}, stage);
-  };
-  auto with_rows = [&](auto stage) {
-    if (m <= 8) return with_warps(std::integral_constant<int, 1>{}, stage);
-    with_warps(std::integral_constant<int, 2>{}, stage);
-  };
-  if constexpr (Staging<D>::value) {
-    if (staged_loads() && Staging<D>::applies(d)) return with_rows(std::true_type{});
-  }
-  with_rows(std::false_type{});
+  using I1 = std::integral_constant<int, 1>;
+  using I2 = std::integral_constant<int, 2>;
+  using W4 = std::integral_constant<int, 4>;
+  using W16 = std::integral_constant<int, 16>;
+  if (m <= 8)
+    wide ? go(I1{}, W16{}) : go(I1{}, W4{});
+  else
+    wide ? go(I2{}, W16{}) : go(I2{}, W4{});
 }
 
 }  // namespace mma

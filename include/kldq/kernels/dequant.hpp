@@ -31,12 +31,6 @@ bool gemv_swiglu_applies(const formats::PackedWeight& p, const at::Tensor& x,
                          const at::Tensor& bias);
 at::Tensor gemv_swiglu(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias);
 
-// Whether gemv's tensor-core kernel stages nf4/fp4 and symmetric int4 codes through shared
-// memory (cp.async, several segments ahead; docs/GPU.md) or loads them into registers. On when
-// KLDQ_GEMV_STAGED is unset or 1, off when 0; the sums are the same bit for bit either way. A
-// no-op without CUDA.
-void set_staged_gemv(bool on);
-
 // A scratch buffer for dequantize-then-matmul, grown on demand and reused by every packed layer
 // of one decoder: get() may return the previous call's memory, so a result is valid until the
 // next get() (one decoder runs on one stream at a time). Not shared across threads.
