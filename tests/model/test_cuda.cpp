@@ -59,6 +59,15 @@ std::vector<at::Tensor> decode_steps(const kldq::model::Decoder& m, const at::Te
 const std::filesystem::path kWiki =
     std::filesystem::path(KLDQ_SOURCE_DIR) / "models/wikitext-qwen2-4m";
 
+// The wikitext model on CUDA in bf16, every linear layer packed in format f (bf16: as stored):
+// decode steps then take the fused GEMV.
+kldq::model::Decoder wiki_in(const char* f) {
+  kldq::model::Decoder m = kldq::model::Decoder::load(kWiki, c10::kCUDA, c10::kBFloat16);
+  if (std::string(f) != "bf16")
+    kldq::quant::apply_layers(m, kldq::test::rtn_layers(m, kldq::formats::FormatSpec::parse(f)));
+  return m;
+}
+
 // KL(p || q) per row of logits [n, V] (any dtype), in fp32: [n].
 at::Tensor row_kl(const at::Tensor& p_logits, const at::Tensor& q_logits) {
   const at::Tensor lp = at::log_softmax(p_logits.to(at::kFloat), -1),
@@ -114,9 +123,7 @@ TEST_CASE("decode steps replayed from a CUDA graph equal the eager steps bit for
   at::manual_seed(6);
   for (const char* f : {"bf16", "nf4", "int4_g64", "int8", "fp8_e4m3"}) {
     INFO(f);
-    kldq::model::Decoder m = kldq::model::Decoder::load(kWiki, c10::kCUDA, c10::kBFloat16);
-    if (std::string(f) != "bf16")  // every linear layer packed: steps take the fused GEMV
-      kldq::quant::apply_layers(m, kldq::test::rtn_layers(m, kldq::formats::FormatSpec::parse(f)));
+    kldq::model::Decoder m = wiki_in(f);
     REQUIRE(kldq::model::DecodeGraph::supported(m));
     const int64_t V = m.config().vocab_size;
     // 3 rows: packed layers take the fused GEMV; 20 rows: dequantize + GEMM, captured too.
@@ -162,9 +169,7 @@ TEST_CASE(
   // against the full forward's; a wrong cache gives KL above 1e-2 there).
   for (const char* f : {"bf16", "nf4"}) {
     INFO(f);
-    kldq::model::Decoder m = kldq::model::Decoder::load(kWiki, c10::kCUDA, c10::kBFloat16);
-    if (std::string(f) != "bf16")
-      kldq::quant::apply_layers(m, kldq::test::rtn_layers(m, kldq::formats::FormatSpec::parse(f)));
+    const kldq::model::Decoder m = wiki_in(f);
     const int64_t V = m.config().vocab_size;
     const at::Tensor prompt = at::randint(V, {2, 12}, at::kLong),
                      next = at::randint(V, {2, 7}, at::kLong);
@@ -196,9 +201,7 @@ TEST_CASE("chained kernel launches give the plain launches' decode steps bit for
   // read stale activations or cache columns and change the logits.
   for (const char* f : {"bf16", "nf4", "int4_g64"}) {
     INFO(f);
-    kldq::model::Decoder m = kldq::model::Decoder::load(kWiki, c10::kCUDA, c10::kBFloat16);
-    if (std::string(f) != "bf16")
-      kldq::quant::apply_layers(m, kldq::test::rtn_layers(m, kldq::formats::FormatSpec::parse(f)));
+    const kldq::model::Decoder m = wiki_in(f);
     const int64_t V = m.config().vocab_size;
     const at::Tensor prompt = at::randint(V, {3, 12}, at::kLong),
                      next = at::randint(V, {3, 9}, at::kLong);
