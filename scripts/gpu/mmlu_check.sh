@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # MMLU with the shared few-shot prefix against every prompt run whole (issue 20), after a build in
 # build-gpu: full 5-shot MMLU (14,042 questions unless KLDQ_MMLU_LIMIT) of a synthesized
-# qwen2.5-1.5b in bf16, both paths in this job on this GPU: seconds of each, the speedup, and
-# how many predictions agree and the largest log-probability difference. Lines go to
-# $OUT/bench.jsonl, each path's phases (tokenization, prefixes, batches) to mmlu.log.
+# qwen2.5-1.5b in bf16 (or KLDQ_MMLU_DTYPE), both paths in this job on this GPU: seconds of each,
+# the speedup, and how many predictions agree and the largest log-probability difference. Lines go
+# to $OUT/bench.jsonl, each path's phases (tokenization, prefixes, batches) to mmlu.log.
 #
 #   scripts/gpu/mmlu_check.sh        KLDQ_MMLU_BATCH (default 64), KLDQ_MMLU_LIMIT (default all),
 #                                    KLDQ_MMLU_PATHS (default "shared unshared"), KLDQ_MMLU_DTYPE
@@ -21,8 +21,8 @@ LIMIT=""; [ -n "${KLDQ_MMLU_LIMIT:-}" ] && LIMIT="--mmlu-limit $KLDQ_MMLU_LIMIT"
 fail=0
 for path in ${KLDQ_MMLU_PATHS:-shared unshared}; do
   flag=""; [ $path = unshared ] && flag="--mmlu-unshared"
-  "$K" -v eval "$M" --mmlu "$SHARED/mmlu" $LIMIT --batch "${KLDQ_MMLU_BATCH:-64}" --device cuda $flag \
-    --dtype "${KLDQ_MMLU_DTYPE:-bf16}" \
+  "$K" -v eval "$M" --mmlu "$SHARED/mmlu" $LIMIT --batch "${KLDQ_MMLU_BATCH:-64}" --device cuda \
+    $flag --dtype "${KLDQ_MMLU_DTYPE:-bf16}" \
     --predictions "/tmp/mmlu_$path.jsonl" -o "/tmp/mmlu_$path.json" > /dev/null 2>> "$OUT/mmlu.log" \
     || { fail=1; log "mmlu $path failed"; tail -3 "$OUT/mmlu.log"; }
   log "$path: $(grep -o 'MMLU: tokenized.*' "$OUT/mmlu.log" | tail -1)"

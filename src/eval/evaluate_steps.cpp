@@ -8,6 +8,7 @@
 #include "kldq/core/error.hpp"
 #include "kldq/core/log.hpp"
 #include "kldq/eval/flips.hpp"
+#include "kldq/eval/loglik.hpp"
 #include "kldq/eval/memory.hpp"
 #include "kldq/eval/merge.hpp"
 #include "kldq/eval/speed.hpp"
@@ -21,9 +22,10 @@ namespace {
 // Device bytes of one batch of task items (tasks_score.cpp): B items' shared prefixes [B, P]
 // run into a cache of S = P + Tr columns, copied to one row per choice, and the choices' rests
 // [B C, Tr] attending over it; attention counted as the math kernel allocates it (CUDA's fused
-// kernels allocate less). A batch wider than the context runs its inputs whole.
+// kernels allocate less). A batch wider than the context runs its inputs whole (padded_width
+// columns).
 uint64_t tasks_working(const TaskInputs& t, int64_t batch, const model::ModelConfig& c,
-                       c10::ScalarType dtype) {
+                       c10::ScalarType dtype, bool cuda) {
   const uint64_t B = uint64_t(batch), R = B * uint64_t(t.max_choices), e = c10::elementSize(dtype);
   const uint64_t heads = uint64_t(c.num_heads), ctx = uint64_t(c.max_position_embeddings);
   const uint64_t P = uint64_t(t.max_shared), Tr = uint64_t(t.max_rest), S = std::min(P + Tr, ctx);
@@ -37,7 +39,8 @@ uint64_t tasks_working(const TaskInputs& t, int64_t batch, const model::ModelCon
                         R * (Tr * S * (4 * heads + 5) + kv_math);
   const uint64_t cached = (B + R) * kv + std::max(prefix, rest);
   if (P + Tr <= ctx) return cached;
-  const uint64_t T = std::min(uint64_t(t.max_tokens), ctx);  // whole inputs, causal
+  const auto T = uint64_t(padded_width(std::min<int64_t>(t.max_tokens, c.max_position_embeddings),
+                                       c.max_position_embeddings, cuda));  // whole inputs, causal
   return std::max(cached,
                   model::forward_bytes(c, int64_t(R), int64_t(T), dtype) + 4 * R * heads * T * T);
 }
@@ -63,9 +66,10 @@ model::MemoryNeeds eval_needs(const EvalRequest& o, const std::optional<quant::P
     else
       for (uint64_t bytes : r.blocks) n.fixed += bytes;
   }
-  const int64_t T =
-      std::max<int64_t>(o.ppl.empty() ? 0 : in.ppl.ctx,
-                        o.mmlu.empty() ? 0 : std::min<int64_t>(in.mmlu.max_len, 2048));
+  // MMLU's unshared batches run whole prompts at padded_width columns.
+  const int64_t mmlu_T = padded_width(std::min<int64_t>(in.mmlu.max_len, 2048),
+                                      c.max_position_embeddings, ctx.device.is_cuda());
+  const int64_t T = std::max<int64_t>(o.ppl.empty() ? 0 : in.ppl.ctx, o.mmlu.empty() ? 0 : mmlu_T);
   n.working = 2 * model::forward_bytes(c, o.batch, T, ctx.dtype) +
               model::head_bytes(c, 1024, c10::elementSize(ctx.dtype) + 8) + (256ULL << 20);
   // MMLU's shared prefixes: a batch's keys and values over all blocks (and the one-row prefix),
@@ -75,7 +79,8 @@ model::MemoryNeeds eval_needs(const EvalRequest& o, const std::optional<quant::P
     n.working += 2 * uint64_t(c.num_layers) * uint64_t(o.batch + 1) * uint64_t(c.kv_dim()) * L *
                      c10::elementSize(ctx.dtype) +
                  4 * uint64_t(o.batch) * L * L;
-  if (!o.tasks.empty()) n.working += tasks_working(in.tasks, o.batch, c, ctx.dtype);
+  if (!o.tasks.empty())
+    n.working += tasks_working(in.tasks, o.batch, c, ctx.dtype, ctx.device.is_cuda());
   if (o.speed) n.working += speed_working(c, SpeedProtocol{}, ctx.dtype);
   if (plan) quant::add_quantize_working(n, method, cal, c, ctx.dtype);
   return n;

@@ -59,8 +59,8 @@ at::Tensor scored_hidden(const model::Decoder& m, const std::vector<ScoredSequen
   // its own longest sequence, and attention backends that plan per shape (cuDNN's SDPA) would
   // plan for each (unshared MMLU on an H100: 57.7 -> 53.8 s). Causal attention keeps the extra
   // padding out of every real position.
-  if (!from.shared && !from.rows && m.device().is_cuda())
-    T = std::max(T, std::min((T + 63) / 64 * 64, m.config().max_position_embeddings));
+  if (!from.shared && !from.rows)
+    T = padded_width(T, m.config().max_position_embeddings, m.device().is_cuda());
   // flat: the tokens, packed ([N]) or right-padded ([n, T]); picks: the scored rows' indices
   std::vector<int64_t> flat, picks;
   for (int64_t r = 0; r < n; ++r) {
@@ -97,6 +97,11 @@ at::Tensor scored_logprobs(const model::Decoder& m, const std::vector<ScoredSequ
     out.push_back(lp.gather(1, cols.narrow(0, r, k)));  // [k, columns]
   }
   return at::cat(out).to(at::kCPU, at::kDouble).contiguous();  // [R, columns]
+}
+
+int64_t padded_width(int64_t longest, int64_t ctx, bool cuda) {
+  if (!cuda) return longest;
+  return std::max(longest, std::min((longest + 63) / 64 * 64, ctx));
 }
 
 int64_t common_prefix(const std::vector<ScoredSequence>& seqs) {

@@ -1,17 +1,19 @@
-// CUDA kernels for the decoder's elementwise work: RMSNorm (+ residual add) and SwiGLU here,
-// rotate-half RoPE (alone, or with a decode step's K/V cache append) in rope_cuda.cu. Each
-// reproduces transformers' operation sequence rounding for rounding: every intermediate that
-// PyTorch materialises as a tensor of dtype T is rounded to T here too, and products use
-// __fmul_rn/__fadd_rn so the compiler cannot contract them into FMAs that PyTorch's separate
-// kernels would not perform. One pass over memory instead of 5-8 kernels each. Each kernel has a
-// vector form (8 or 16 bytes per load and store, no integer division per element) taken when the
-// shapes and pointers allow it, with the same arithmetic per element as the scalar form; on
-// the 1.5B profile the scalar forms ran at a third of the memory bandwidth.
+// CUDA kernels for the decoder's elementwise work, RMSNorm (+ residual add) and SwiGLU, and the
+// switch of chained launches (cuda_common.cuh); rotate-half RoPE (alone, or with a decode step's
+// K/V cache append) is in rope_cuda.cu. Each kernel reproduces transformers' operation sequence
+// rounding for rounding: every intermediate that PyTorch materialises as a tensor of dtype T is
+// rounded to T here too, and products use __fmul_rn/__fadd_rn so the compiler cannot contract
+// them into FMAs that PyTorch's separate kernels would not perform. One pass over memory instead
+// of 5-8 kernels each. Each kernel has a vector form (8 or 16 bytes per load and store, no
+// integer division per element) taken when the shapes and pointers allow it, with the same
+// arithmetic per element as the scalar form; on the 1.5B profile the scalar forms ran at a third
+// of the memory bandwidth.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -175,7 +177,41 @@ __global__ void silu_mul_vec_kernel(const T* __restrict__ gate, const T* __restr
   }
 }
 
+// launch_chained's switch: unset (-1) until the first launch reads KLDQ_PDL.
+std::atomic<int> chain_state{-1};
+
 }  // namespace
+
+bool chaining() {
+  int on = chain_state.load();
+  if (on < 0) {
+    const char* env = std::getenv("KLDQ_PDL");
+    const std::string v = env ? env : "1";
+    if (v != "0" && v != "1")
+      throw std::runtime_error("KLDQ_PDL must be 0 or 1 (chained kernel launches), not '" + v +
+                               "'");
+    on = v == "1";
+    chain_state.store(on);
+  }
+  if (!on) return false;
+  // The device must support it and run code built for it: kernels JIT-compiled from older PTX
+  // (a build for 8.x run on a 9.0 device) have no chain_wait, and chained they would race.
+  static const bool supported = [] {
+    int dev = 0, major = 0;
+    cudaFuncAttributes f{};
+    const bool ok =
+        cudaGetDevice(&dev) == cudaSuccess &&
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+        cudaFuncGetAttributes(&f, rms_norm_kernel<float, false>) == cudaSuccess;
+    cudaGetLastError();  // a failed query leaves no error for the next launch check
+    return ok && major >= 9 && f.ptxVersion >= 90;
+  }();
+  return supported;
+}
+
+void set_chaining(bool on) {
+  chain_state.store(on ? 1 : 0);
+}
 
 // ReduceConfig::set_block_dimension for a contiguous fp32 reduction of `rows` rows of h:
 // inputs are vectorised by 4 when h >= 128, and at most 512 threads run per block.

@@ -1,6 +1,6 @@
-// Raw-pointer launchers of the fused CUDA kernels (fused_cuda.cu, rope_cuda.cu; the chaining
-// switch in chain_cuda.cu). Internal to the kernels module: no ATen types, so nvcc compiles the
-// .cu without libtorch's headers.
+// Raw-pointer launchers of the fused CUDA kernels (fused_cuda.cu, rope_cuda.cu) and the switch of
+// chained launches (fused_cuda.cu). Internal to the kernels module: no ATen types, so nvcc
+// compiles the .cu without libtorch's headers.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,7 @@
-// CUDA kernels of rotate-half RoPE, alone or with a decode step's K/V cache append, in
-// transformers' rounding order (fused_cuda.cu's header says how): the rope kernels of the
-// uncached forward and prefills, and rope_append for cached steps.
+// CUDA kernels of rotate-half RoPE, alone or with a step's K/V cache append, in transformers'
+// rounding order (fused_cuda.cu's header says how): rope for the uncached forward, a first
+// unpadded prefill and continuations of a shared prefix; rope_append for every other pass through
+// a KV cache (decode steps, padded prefills).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

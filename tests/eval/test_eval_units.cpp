@@ -1,6 +1,7 @@
 // Evaluation building blocks against hand-derived values: SHA-256 test vectors, CSV parsing,
 // Wilson intervals, and the windows of each perplexity protocol.
 #include "kldq/core/hash.hpp"
+#include "kldq/eval/loglik.hpp"
 #include "kldq/eval/perplexity.hpp"
 #include "kldq/eval/stats.hpp"
 #include "kldq/io/csv.hpp"
@@ -93,4 +94,16 @@ TEST_CASE("perplexity protocols: windows and scored positions", "[eval]") {
   CHECK_THROWS_WITH(
       eval::parse_ppl_protocol("wiki", "--ppl-protocol"),
       HasText("--ppl-protocol: unknown protocol 'wiki' (one of: gptq, llamacpp, sliding)"));
+}
+
+TEST_CASE("padded_width: CUDA batches of whole inputs round up to 64 columns, within the context",
+          "[eval]") {
+  using kldq::eval::padded_width;
+  CHECK(padded_width(1000, 32768, true) == 1024);  // 15 x 64 = 960 < 1000 <= 16 x 64
+  CHECK(padded_width(1024, 32768, true) == 1024);  // a multiple of 64 stays
+  CHECK(padded_width(1, 32768, true) == 64);
+  CHECK(padded_width(1000, 1010, true) == 1010);    // never past the context
+  CHECK(padded_width(1000, 990, true) == 1000);     // nor below the input (the context check is
+                                                    // the caller's)
+  CHECK(padded_width(1000, 32768, false) == 1000);  // other devices: the longest input
 }

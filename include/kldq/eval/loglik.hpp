@@ -42,6 +42,13 @@ struct Continued {
 at::Tensor scored_logprobs(const model::Decoder& m, const std::vector<ScoredSequence>& seqs,
                            Continued from, const at::Tensor& columns);
 
+// The width T of a right-padded batch [n, T] of whole inputs (no cached prefix) whose longest
+// input runs `longest` tokens: on CUDA rounded up to a multiple of 64 within the model's context
+// `ctx` (attention backends that plan per shape, as cuDNN's SDPA does, then plan for few
+// widths); `longest` on other devices. scored_logprobs pads to it and the memory estimates count
+// it.
+int64_t padded_width(int64_t longest, int64_t ctx, bool cuda);
+
 // The longest token prefix all `seqs` share, leaving each its scored positions and at least one
 // token of its own.
 int64_t common_prefix(const std::vector<ScoredSequence>& seqs);
