@@ -41,7 +41,8 @@ dlp = max(abs(u - v) for x, y in zip(a, b) for u, v in zip(x["logprobs"], y["log
 margin = lambda r: (lambda s: s[-1] - s[-2])(sorted(r["logprobs"]))
 flipped = sorted(margin(y) for x, y in zip(a, b) if x["pred"] != y["pred"])
 close = sum(margin(y) < dlp for y in b)
-print(json.dumps({"what": "mmlu_shared_prefix", "dtype": m["shared"].get("dtype"), "n": len(a), "same_predictions": same,
+print(json.dumps({"what": "mmlu_shared_prefix", "dtype": m["shared"].get("dtype"),
+                  "n": len(a), "same_predictions": same,
                   "agreement": round(same / len(a), 5), "max_logprob_diff": dlp,
                   "flipped_margin_max": flipped[-1] if flipped else None,
                   "flipped_margin_median": flipped[len(flipped) // 2] if flipped else None,
