@@ -77,6 +77,14 @@ void set_chained_launches(bool on) {
 #endif
 }
 
+bool chained_launches() {
+#if KLDQ_WITH_CUDA_BUILD
+  return cuda::chaining();
+#else
+  return false;
+#endif
+}
+
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_norm_args(x, weight);
 #if KLDQ_WITH_CUDA_BUILD

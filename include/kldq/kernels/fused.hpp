@@ -18,6 +18,9 @@ namespace kldq::kernels {
 // 1, off when 0 (another value is an error at the first launch); the values are the same either
 // way. A no-op without CUDA.
 void set_chained_launches(bool on);
+// Whether launches are chained now: switched on, and the device (9.0+) and the kernels' build
+// (code for 9.0) support it. False without CUDA.
+bool chained_launches();
 
 // transformers' RMSNorm: normed = T(x * rsqrt(mean(x^2) + eps)) computed in fp32, then
 // T(weight * normed). x: [..., H] contiguous, weight: [H] -> [..., H] (dtype T of x).
