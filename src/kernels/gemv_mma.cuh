@@ -85,58 +85,6 @@ struct Lane {
   int64_t cols;
   float (&acc)[kNT][4];
 
-  // Segments s0, s0 + stride, ... (kU of them) into acc. kChecked: any of them may be past the
-  // last segment, hold chunks past the last column or rows past the last row (the tail); else
-  // all are whole (the bulk of the work: no predicate, no zero fill).
-  template <bool kChecked, int kU>
-  __device__ void segments(uint32_t s0, uint32_t stride, uint32_t count) {
-    using Quad = typename D::Quad;
-    Quad lo[kU], hi[kU];   // rows g, g + 8: the thread's 4 chunks of the segment
-    uint4 xv[kU][kNT][4];  // x row 8j + g, the same 4 chunks (8 elements of T each)
-#pragma unroll
-    for (int su = 0; su < kU; ++su) {
-      const uint32_t c = (s0 + su * stride) * kSegChunks + 4 * t;
-      const bool ok = !kChecked || (s0 + su * stride < count && c < per_row);
-      lo[su] = !kChecked || (ok && ok_lo) ? d.load_quad(base_lo + c, uint32_t(r_lo)) : Quad{};
-      hi[su] = !kChecked || (ok && ok_hi) ? d.load_quad(base_hi + c, uint32_t(r_hi)) : Quad{};
-#pragma unroll
-      for (int j = 0; j < kNT; ++j) {
-        // Rows past m read row m - 1: the MMA's output columns are independent and those past
-        // m are not written, so no zero fill (and no predicate) in the bulk.
-        const int b = min(8 * j + g, m - 1);
-        const uint4* src = reinterpret_cast<const uint4*>(x + b * cols) + c;
-#pragma unroll
-        for (int u = 0; u < 4; ++u) xv[su][j][u] = ok ? src[u] : make_uint4(0, 0, 0, 0);
-      }
-    }
-#pragma unroll
-    for (int su = 0; su < kU; ++su) {
-      if (kChecked && s0 + su * stride >= count) break;  // warp-uniform: mma.sync needs the warp
-      // Past the last column: zero weights and zero x (A x B = 0 whatever the decoders give).
-      const bool ok = !kChecked || (s0 + su * stride) * kSegChunks + 4 * t < per_row;
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        float vl[8], vh[8];
-        d.decode(D::chunk(lo[su], u), vl);
-        d.decode(D::chunk(hi[su], u), vh);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
-                                 ok ? pack2<T>(vh[4 * h], vh[4 * h + 1]) : 0u,
-                                 ok ? pack2<T>(vl[4 * h + 2], vl[4 * h + 3]) : 0u,
-                                 ok ? pack2<T>(vh[4 * h + 2], vh[4 * h + 3]) : 0u};
-#pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            const uint4& xw = xv[su][j][u];
-            mma16816<T>(acc[j], a, h == 0 ? xw.x : xw.z, h == 0 ? xw.y : xw.w);
-          }
-        }
-      }
-    }
-  }
-
-  // --- Experiment (KLDQ_GEMV_PIPE): the software-pipelined bulk. ---
-
   // One segment's weight operands in registers: rows g, g + 8, the thread's 4 chunks; and its
   // x operands, x rows 8j + g, the same 4 chunks (8 elements of T each).
   struct Codes {
@@ -196,6 +144,20 @@ struct Lane {
     }
   }
 
+  // Segments s0, s0 + stride, ... (kU of them) into acc: all their loads, then their products.
+  template <bool kChecked, int kU>
+  __device__ void segments(uint32_t s0, uint32_t stride, uint32_t count) const {
+    Codes q[kU];
+    Xs xv[kU];
+#pragma unroll
+    for (int su = 0; su < kU; ++su) {
+      load_codes<kChecked>(q[su], s0 + su * stride, count);
+      load_x<kChecked>(xv[su], s0 + su * stride, count);
+    }
+#pragma unroll
+    for (int su = 0; su < kU; ++su) compute<kChecked>(q[su], xv[su], s0 + su * stride, count);
+  }
+
   // Segment s from codes in registers: its x (every warp of the grid reads the same few KB, from
   // L1 or L2) loaded now, then the products.
   __device__ void step(const Codes& q, uint32_t s) const {
@@ -204,26 +166,34 @@ struct Lane {
     compute<false>(q, xv, s, s + 1);
   }
 
-  // Whole segments s, s + stride, ... below `whole`, software-pipelined over kDepth code slots:
-  // the loads of the next kDepth - 1 segments are in flight while this one is decoded, so a warp
-  // never waits on all of its loads at once. Same segments in the same order as
-  // segments<false, kU>: the same sums, bit for bit. Returns the first segment not taken.
-  template <int kDepth>
+  // Whole segments s, s + stride, ... below `whole`, software-pipelined over two code slots: the
+  // next segment's weight loads are in flight while this one is decoded, so a warp never waits
+  // on all of its loads at once. Same segments in the same order as segments<false, kU>: the
+  // same sums, bit for bit. Returns the first segment not taken.
   __device__ uint32_t pipeline(uint32_t s, uint32_t stride, uint32_t whole) const {
-    Codes q[kDepth];
-#pragma unroll
-    for (int i = 0; i + 1 < kDepth; ++i)
-      if (s + i * stride < whole) load_codes<false>(q[i], s + i * stride, whole);
+    if (s >= whole) return s;
+    Codes a, b;
+    load_codes<false>(a, s, whole);
     while (true) {
-#pragma unroll
-      for (int i = 0; i < kDepth; ++i) {  // unrolled: slot indices are constants (registers)
-        const uint32_t cur = s + i * stride, ahead = cur + (kDepth - 1) * stride;
-        if (cur >= whole) return cur;
-        if (ahead < whole) load_codes<false>(q[(i + kDepth - 1) % kDepth], ahead, whole);
-        step(q[i], cur);
-      }
-      s += kDepth * stride;
+      const uint32_t s1 = s + stride;
+      if (s1 < whole) load_codes<false>(b, s1, whole);
+      step(a, s);
+      if (s1 >= whole) return s1;
+      const uint32_t s2 = s1 + stride;
+      if (s2 < whole) load_codes<false>(a, s2, whole);
+      step(b, s1);
+      if (s2 >= whole) return s2;
+      s = s2;
     }
+  }
+
+  // The whole segments s, s + stride, ... below `whole` into acc, pipelined or kU at a time;
+  // returns the first segment left (the tail's loop takes it on).
+  template <bool kPipe, int kU>
+  __device__ uint32_t bulk(uint32_t s, uint32_t stride, uint32_t whole) const {
+    if constexpr (kPipe) return pipeline(s, stride, whole);
+    for (; s + (kU - 1) * stride < whole; s += stride * kU) segments<false, kU>(s, stride, whole);
+    return s;
   }
 };
 
@@ -264,23 +234,13 @@ __device__ inline void prefetch_tile(const TileCodes& c, int64_t lo0, int64_t hi
   }
 }
 
-// The experiment's decoders (bf16 nf4/fp4, flat int4). Their one-tile depth-2 kernels are held
-// to 64 registers (32 warps per SM, as ptxas gives the two-phase kernel); min blocks 0 leaves the
-// others to ptxas's default, as before the experiment (1 would let it take more registers).
-template <class T, class D>
-constexpr bool pipeable() {
-  return std::is_same_v<T, __nv_bfloat16> &&
-         (std::is_same_v<D, Decode4bit> || std::is_same_v<D, DecodeIntGroup<4, true, false>>);
-}
-
 // kNT: 8-row tiles of x (1: up to 8 rows, 2: up to 16). Block b's rows: 16 b .. 16 b + 15 of
 // y [m, rows]; with kSwiGLU, a fused gate/up weight (rows [gate; up], half = rows / 2, half % 8
 // == 0), gate rows 8 b .. 8 b + 7 as the MMA's rows g and their up rows half + 8 b + g as rows
 // g + 8, so that each thread holds a gate value and its up value: y [m, half] = silu(gate) * up,
 // each rounded to T first (kernels::silu_mul's formula on the rounded outputs, value for value).
-template <class T, class D, int kNT, int kWarps, bool kSwiGLU, int kPipe>
-__global__ void __launch_bounds__(32 * kWarps,
-                                  pipeable<T, D>() && kNT == 1 && kPipe == 2 ? 32 / kWarps : 0)
+template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kPipe>
+__global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
            int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
   constexpr int kUnroll = segment_unroll<D, kNT>();
@@ -294,21 +254,26 @@ __global__ void __launch_bounds__(32 * kWarps,
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t r_lo = lo0 + g, r_hi = hi0 + g;
   float acc[kNT][4] = {};
-  // clang-format off
-  Lane<T, D, kNT> work{d, x, m, g, t, r_lo, r_hi, r_lo * per_row, r_hi * per_row, r_lo < rows,
-                       r_hi < rows, per_row, int64_t(per_row) * 8, acc};
-  // clang-format on
-  // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time while they are
-  // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
+  Lane<T, D, kNT> work{d,
+                       x,
+                       m,
+                       g,
+                       t,
+                       r_lo,
+                       r_hi,
+                       r_lo * per_row,
+                       r_hi * per_row,
+                       r_lo < rows,
+                       r_hi < rows,
+                       per_row,
+                       int64_t(per_row) * 8,
+                       acc};
+  // Warp `warp` takes segments warp, warp + kWarps, ...: first those that are whole (whole tile of
+  // rows, all 16 chunks inside the row) in the bulk loop, then the rest one at a time.
   const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
   uint32_t s0 = warp;
-  if constexpr (kPipe > 1) {
-    if (kSwiGLU || int64_t(blockIdx.x + 1) * 16 <= rows)
-      s0 = work.template pipeline<kPipe>(s0, kWarps, whole);
-  } else if (kSwiGLU || int64_t(blockIdx.x + 1) * 16 <= rows) {
-    for (; s0 + (kUnroll - 1) * kWarps < whole; s0 += kWarps * kUnroll)
-      work.template segments<false, kUnroll>(s0, kWarps, whole);
-  }
+  if (kSwiGLU || int64_t(blockIdx.x + 1) * 16 <= rows)
+    s0 = work.template bulk<kPipe, kUnroll>(s0, kWarps, whole);
   for (; s0 < segments; s0 += kWarps) work.template segments<true, 1>(s0, kWarps, segments);
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
@@ -349,10 +314,10 @@ inline TileCodes tile_codes(const PackedView& w, int64_t tiles) {
   return {w.codes, row_bytes, static_cast<uint32_t>(share)};
 }
 
-// KLDQ_GEMV_PIPE: 2 or 3, else 0 (read at each launch: an experiment's A/B switch, tests flip it).
-inline int gemv_pipe_switch() {
+// KLDQ_GEMV_PIPE=1 (read at each launch: an experiment's A/B switch, tests flip it).
+inline bool gemv_pipe_switch() {
   const char* v = std::getenv("KLDQ_GEMV_PIPE");
-  return v && (v[0] == '2' || v[0] == '3') ? v[0] - '0' : 0;
+  return v && v[0] == '1';
 }
 
 // y[m, rows] = x[m, cols] . W^T (+ bias) for 1 <= m <= 16, T bf16 or fp16, cols % 32 == 0 and
@@ -367,24 +332,28 @@ void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T
   const auto per_row = static_cast<uint32_t>(w.cols / 8);
   const bool wide = tiles < 4 * int64_t(sm_count());
   const TileCodes codes = tile_codes(w, tiles);
-  // Experimental A/B switch (KLDQ_GEMV_PIPE=2 or 3: the software-pipelined bulk of that depth),
-  // bf16 nf4/fp4 and int4 with flat groups only.
-  constexpr bool kPipeable = pipeable<T, D>();
-  const int pipe = kPipeable ? gemv_pipe_switch() : 0;
+  // Experimental A/B switch (KLDQ_GEMV_PIPE=1): the software-pipelined bulk, bf16 nf4/fp4 and
+  // int4 with flat groups only.
+  constexpr bool kPipeable =
+      std::is_same_v<T, __nv_bfloat16> &&
+      (std::is_same_v<D, Decode4bit> || std::is_same_v<D, DecodeIntGroup<4, true, false>>);
+  const bool pipe = kPipeable && gemv_pipe_switch();
   auto go = [&](auto nt, auto warps) {
     constexpr int NT = decltype(nt)::value, W = decltype(warps)::value;
-    auto run = [&](auto p) {
-      constexpr int P = decltype(p)::value;
-      launch_chained("gemv_packed (tensor cores)",
-                     swiglu ? kernel<T, D, NT, W, true, P> : kernel<T, D, NT, W, false, P>,
-                     static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows, per_row,
-                     table, codes);
+    auto pick = [&](auto p) {
+      constexpr bool P = decltype(p)::value;
+      return swiglu ? kernel<T, D, NT, W, true, P> : kernel<T, D, NT, W, false, P>;
     };
-    if constexpr (kPipeable) {
-      if (pipe == 2) return run(std::integral_constant<int, 2>{});
-      if (pipe == 3) return run(std::integral_constant<int, 3>{});
-    }
-    run(std::integral_constant<int, 0>{});
+    if constexpr (kPipeable)
+      if (pipe) {
+        launch_chained("gemv_packed (tensor cores)", pick(std::true_type{}),
+                       static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows,
+                       per_row, table, codes);
+        return;
+      }
+    launch_chained("gemv_packed (tensor cores)", pick(std::false_type{}),
+                   static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows, per_row,
+                   table, codes);
   };
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;
