@@ -32,7 +32,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 
 #include "decode_cuda.cuh"
@@ -85,115 +84,54 @@ struct Lane {
   int64_t cols;
   float (&acc)[kNT][4];
 
-  // One segment's weight operands in registers: rows g, g + 8, the thread's 4 chunks; and its
-  // x operands, x rows 8j + g, the same 4 chunks (8 elements of T each).
-  struct Codes {
-    typename D::Quad lo, hi;
-  };
-  using Xs = uint4[kNT][4];
-
-  // Issue segment s's loads. kChecked: s may be past the last segment (count), hold chunks past
-  // the last column or rows past the last row (the tail); else it is whole (the bulk of the
-  // work: no predicate, no zero fill).
-  template <bool kChecked>
-  __device__ void load_codes(Codes& q, uint32_t s, uint32_t count) const {
+  // Segments s0, s0 + stride, ... (kU of them) into acc. kChecked: any of them may be past the
+  // last segment, hold chunks past the last column or rows past the last row (the tail); else
+  // all are whole (the bulk of the work: no predicate, no zero fill).
+  template <bool kChecked, int kU>
+  __device__ void segments(uint32_t s0, uint32_t stride, uint32_t count) {
     using Quad = typename D::Quad;
-    const uint32_t c = s * kSegChunks + 4 * t;
-    const bool ok = !kChecked || (s < count && c < per_row);
-    q.lo = !kChecked || (ok && ok_lo) ? d.load_quad(base_lo + c, uint32_t(r_lo)) : Quad{};
-    q.hi = !kChecked || (ok && ok_hi) ? d.load_quad(base_hi + c, uint32_t(r_hi)) : Quad{};
-  }
-  template <bool kChecked>
-  __device__ void load_x(Xs& xv, uint32_t s, uint32_t count) const {
-    const uint32_t c = s * kSegChunks + 4 * t;
-    const bool ok = !kChecked || (s < count && c < per_row);
+    Quad lo[kU], hi[kU];   // rows g, g + 8: the thread's 4 chunks of the segment
+    uint4 xv[kU][kNT][4];  // x row 8j + g, the same 4 chunks (8 elements of T each)
 #pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      // Rows past m read row m - 1: the MMA's output columns are independent and those past
-      // m are not written, so no zero fill (and no predicate) in the bulk.
-      const int b = min(8 * j + g, m - 1);
-      const uint4* src = reinterpret_cast<const uint4*>(x + b * cols) + c;
+    for (int su = 0; su < kU; ++su) {
+      const uint32_t c = (s0 + su * stride) * kSegChunks + 4 * t;
+      const bool ok = !kChecked || (s0 + su * stride < count && c < per_row);
+      lo[su] = !kChecked || (ok && ok_lo) ? d.load_quad(base_lo + c, uint32_t(r_lo)) : Quad{};
+      hi[su] = !kChecked || (ok && ok_hi) ? d.load_quad(base_hi + c, uint32_t(r_hi)) : Quad{};
 #pragma unroll
-      for (int u = 0; u < 4; ++u) xv[j][u] = ok ? src[u] : make_uint4(0, 0, 0, 0);
+      for (int j = 0; j < kNT; ++j) {
+        // Rows past m read row m - 1: the MMA's output columns are independent and those past
+        // m are not written, so no zero fill (and no predicate) in the bulk.
+        const int b = min(8 * j + g, m - 1);
+        const uint4* src = reinterpret_cast<const uint4*>(x + b * cols) + c;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) xv[su][j][u] = ok ? src[u] : make_uint4(0, 0, 0, 0);
+      }
     }
-  }
-
-  // Decodes segment s and adds its products to acc (nothing when s >= count).
-  template <bool kChecked>
-  __device__ void compute(const Codes& q, const Xs& xv, uint32_t s, uint32_t count) const {
-    if (kChecked && s >= count) return;  // warp-uniform: mma.sync needs the warp
-    // Past the last column: zero weights and zero x (A x B = 0 whatever the decoders give).
-    const bool ok = !kChecked || s * kSegChunks + 4 * t < per_row;
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      float vl[8], vh[8];
-      d.decode(D::chunk(q.lo, u), vl);
-      d.decode(D::chunk(q.hi, u), vh);
+    for (int su = 0; su < kU; ++su) {
+      if (kChecked && s0 + su * stride >= count) break;  // warp-uniform: mma.sync needs the warp
+      // Past the last column: zero weights and zero x (A x B = 0 whatever the decoders give).
+      const bool ok = !kChecked || (s0 + su * stride) * kSegChunks + 4 * t < per_row;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
-                               ok ? pack2<T>(vh[4 * h], vh[4 * h + 1]) : 0u,
-                               ok ? pack2<T>(vl[4 * h + 2], vl[4 * h + 3]) : 0u,
-                               ok ? pack2<T>(vh[4 * h + 2], vh[4 * h + 3]) : 0u};
+      for (int u = 0; u < 4; ++u) {
+        float vl[8], vh[8];
+        d.decode(D::chunk(lo[su], u), vl);
+        d.decode(D::chunk(hi[su], u), vh);
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          const uint4& xw = xv[j][u];
-          mma16816<T>(acc[j], a, h == 0 ? xw.x : xw.z, h == 0 ? xw.y : xw.w);
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
+                                 ok ? pack2<T>(vh[4 * h], vh[4 * h + 1]) : 0u,
+                                 ok ? pack2<T>(vl[4 * h + 2], vl[4 * h + 3]) : 0u,
+                                 ok ? pack2<T>(vh[4 * h + 2], vh[4 * h + 3]) : 0u};
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            const uint4& xw = xv[su][j][u];
+            mma16816<T>(acc[j], a, h == 0 ? xw.x : xw.z, h == 0 ? xw.y : xw.w);
+          }
         }
       }
     }
-  }
-
-  // Segments s0, s0 + stride, ... (kU of them) into acc: all their loads, then their products.
-  template <bool kChecked, int kU>
-  __device__ void segments(uint32_t s0, uint32_t stride, uint32_t count) const {
-    Codes q[kU];
-    Xs xv[kU];
-#pragma unroll
-    for (int su = 0; su < kU; ++su) {
-      load_codes<kChecked>(q[su], s0 + su * stride, count);
-      load_x<kChecked>(xv[su], s0 + su * stride, count);
-    }
-#pragma unroll
-    for (int su = 0; su < kU; ++su) compute<kChecked>(q[su], xv[su], s0 + su * stride, count);
-  }
-
-  // Segment s from codes in registers: its x (every warp of the grid reads the same few KB, from
-  // L1 or L2) loaded now, then the products.
-  __device__ void step(const Codes& q, uint32_t s) const {
-    Xs xv;
-    load_x<false>(xv, s, s + 1);
-    compute<false>(q, xv, s, s + 1);
-  }
-
-  // Whole segments s, s + stride, ... below `whole`, software-pipelined over two code slots: the
-  // next segment's weight loads are in flight while this one is decoded, so a warp never waits
-  // on all of its loads at once. Same segments in the same order as segments<false, kU>: the
-  // same sums, bit for bit. Returns the first segment not taken.
-  __device__ uint32_t pipeline(uint32_t s, uint32_t stride, uint32_t whole) const {
-    if (s >= whole) return s;
-    Codes a, b;
-    load_codes<false>(a, s, whole);
-    while (true) {
-      const uint32_t s1 = s + stride;
-      if (s1 < whole) load_codes<false>(b, s1, whole);
-      step(a, s);
-      if (s1 >= whole) return s1;
-      const uint32_t s2 = s1 + stride;
-      if (s2 < whole) load_codes<false>(a, s2, whole);
-      step(b, s1);
-      if (s2 >= whole) return s2;
-      s = s2;
-    }
-  }
-
-  // The whole segments s, s + stride, ... below `whole` into acc, pipelined or kU at a time;
-  // returns the first segment left (the tail's loop takes it on).
-  template <bool kPipe, int kU>
-  __device__ uint32_t bulk(uint32_t s, uint32_t stride, uint32_t whole) const {
-    if constexpr (kPipe) return pipeline(s, stride, whole);
-    for (; s + (kU - 1) * stride < whole; s += stride * kU) segments<false, kU>(s, stride, whole);
-    return s;
   }
 };
 
@@ -239,7 +177,7 @@ __device__ inline void prefetch_tile(const TileCodes& c, int64_t lo0, int64_t hi
 // == 0), gate rows 8 b .. 8 b + 7 as the MMA's rows g and their up rows half + 8 b + g as rows
 // g + 8, so that each thread holds a gate value and its up value: y [m, half] = silu(gate) * up,
 // each rounded to T first (kernels::silu_mul's formula on the rounded outputs, value for value).
-template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kPipe>
+template <class T, class D, int kNT, int kWarps, bool kSwiGLU>
 __global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
            int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
@@ -268,12 +206,13 @@ __global__ void __launch_bounds__(32 * kWarps)
                        per_row,
                        int64_t(per_row) * 8,
                        acc};
-  // Warp `warp` takes segments warp, warp + kWarps, ...: first those that are whole (whole tile of
-  // rows, all 16 chunks inside the row) in the bulk loop, then the rest one at a time.
+  // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time while they are
+  // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
   const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
   uint32_t s0 = warp;
   if (kSwiGLU || int64_t(blockIdx.x + 1) * 16 <= rows)
-    s0 = work.template bulk<kPipe, kUnroll>(s0, kWarps, whole);
+    for (; s0 + (kUnroll - 1) * kWarps < whole; s0 += kWarps * kUnroll)
+      work.template segments<false, kUnroll>(s0, kWarps, whole);
   for (; s0 < segments; s0 += kWarps) work.template segments<true, 1>(s0, kWarps, segments);
 #pragma unroll
   for (int j = 0; j < kNT; ++j)
@@ -314,12 +253,6 @@ inline TileCodes tile_codes(const PackedView& w, int64_t tiles) {
   return {w.codes, row_bytes, static_cast<uint32_t>(share)};
 }
 
-// KLDQ_GEMV_PIPE=1 (read at each launch: an experiment's A/B switch, tests flip it).
-inline bool gemv_pipe_switch() {
-  const char* v = std::getenv("KLDQ_GEMV_PIPE");
-  return v && v[0] == '1';
-}
-
 // y[m, rows] = x[m, cols] . W^T (+ bias) for 1 <= m <= 16, T bf16 or fp16, cols % 32 == 0 and
 // codes and x 16-byte aligned (gemv_applies checks). Blocks
 // of 4 warps when there are enough 16-row tiles to fill the SMs several times, else 16 warps
@@ -332,26 +265,10 @@ void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T
   const auto per_row = static_cast<uint32_t>(w.cols / 8);
   const bool wide = tiles < 4 * int64_t(sm_count());
   const TileCodes codes = tile_codes(w, tiles);
-  // Experimental A/B switch (KLDQ_GEMV_PIPE=1): the software-pipelined bulk, bf16 nf4/fp4 and
-  // int4 with flat groups only.
-  constexpr bool kPipeable =
-      std::is_same_v<T, __nv_bfloat16> &&
-      (std::is_same_v<D, Decode4bit> || std::is_same_v<D, DecodeIntGroup<4, true, false>>);
-  const bool pipe = kPipeable && gemv_pipe_switch();
   auto go = [&](auto nt, auto warps) {
     constexpr int NT = decltype(nt)::value, W = decltype(warps)::value;
-    auto pick = [&](auto p) {
-      constexpr bool P = decltype(p)::value;
-      return swiglu ? kernel<T, D, NT, W, true, P> : kernel<T, D, NT, W, false, P>;
-    };
-    if constexpr (kPipeable)
-      if (pipe) {
-        launch_chained("gemv_packed (tensor cores)", pick(std::true_type{}),
-                       static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows,
-                       per_row, table, codes);
-        return;
-      }
-    launch_chained("gemv_packed (tensor cores)", pick(std::false_type{}),
+    launch_chained("gemv_packed (tensor cores)",
+                   swiglu ? kernel<T, D, NT, W, true> : kernel<T, D, NT, W, false>,
                    static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows, per_row,
                    table, codes);
   };

@@ -202,36 +202,3 @@ TEST_CASE("The fused GEMV's SwiGLU epilogue equals silu_mul of the fused GEMV", 
   CHECK(kldq::kernels::gemv_applies(odd, x, {}));
   CHECK_FALSE(kldq::kernels::gemv_swiglu_applies(odd, x, {}));
 }
-
-TEST_CASE("The software-pipelined GEMV bulk equals the two-phase one bit for bit",
-          "[cuda][kernels]") {
-  KLDQ_SKIP_NO_CUDA();
-  at::manual_seed(16);
-  // Same segments in the same order: the same fp32 sums. Shapes: both block widths (16-warp for
-  // few tiles, 4-warp for many), one or several whole segments per warp, a partial last tile and
-  // a partial last segment; the SwiGLU epilogue too.
-  auto with_pipe = [](bool on, auto&& f) {
-    setenv("KLDQ_GEMV_PIPE", on ? "1" : "0", 1);
-    at::Tensor y = f();
-    unsetenv("KLDQ_GEMV_PIPE");
-    return y;
-  };
-  for (const char* name : {"nf4", "fp4", "int4_g128", "int4_g32"}) {
-    for (const auto& [out, in] : std::vector<std::pair<int64_t, int64_t>>{
-             {5, 224}, {96, 4128}, {1024, 4096}, {8960, 224}, {8963, 1536}}) {
-      const at::Tensor w = at::randn({out, in}) * 0.05;
-      const f::PackedWeight g = f::quantize_rtn(w, f::FormatSpec::parse(name)).to(c10::kCUDA);
-      const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(at::kBFloat16);
-      for (int64_t m : {1, 3, 9, 16}) {
-        INFO(name << " [" << out << ", " << in << "] rows " << m);
-        const at::Tensor x = at::randn({1, m, in}, opts);
-        const at::Tensor bias = m % 2 ? at::randn({out}, opts) : at::Tensor();
-        auto plain = [&] { return kldq::kernels::gemv(g, x, bias); };
-        CHECK(same_bits(with_pipe(true, plain), with_pipe(false, plain)));
-        if (out % 16 != 0) continue;
-        auto swiglu = [&] { return kldq::kernels::gemv_swiglu(g, x, bias); };
-        CHECK(same_bits(with_pipe(true, swiglu), with_pipe(false, swiglu)));
-      }
-    }
-  }
-}
