@@ -36,8 +36,9 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
   at::manual_seed(3);
   for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
     auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
-    // h % 4 == 0 takes the vector loads; 170 the scalar path.
-    for (int64_t h : {64, 170, 172, 1536, 3584}) {
+    // h % 4 == 0 takes the vector loads; 170 the scalar path. One row of 5120 (Qwen2.5-14B's
+    // hidden size) has more vectors per thread than the kernel holds in registers.
+    for (int64_t h : {64, 170, 172, 1536, 3584, 5120}) {
       INFO("dtype " << c10::toString(dtype) << " h " << h);
       const at::Tensor x = at::randn({3, 37, h}, opts) * 2;
       const at::Tensor d = at::randn({3, 37, h}, opts);
@@ -61,6 +62,12 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
         CHECK(at::equal(normed, hf_rms_norm(x + d, w, 1e-6)));
         const at::Tensor few = x.narrow(1, 0, 3);  // 9 rows: wider thread groups per row
         CHECK(at::equal(kldq::kernels::rms_norm(few, w, 1e-6), hf_rms_norm(few, w, 1e-6)));
+        // One row, a batch-1 decode step: 512 threads per row.
+        const at::Tensor one = x.narrow(0, 0, 1).narrow(1, 0, 1), d1 = d.narrow(0, 0, 1)[0][0];
+        CHECK(at::equal(kldq::kernels::rms_norm(one, w, 1e-6), hf_rms_norm(one, w, 1e-6)));
+        auto [sum1, normed1] = kldq::kernels::add_rms_norm(one, d1.view({1, 1, h}), w, 1e-6);
+        CHECK(at::equal(sum1, one + d1));
+        CHECK(at::equal(normed1, hf_rms_norm(one + d1, w, 1e-6)));
         // A base pointer off vector alignment takes the scalar loads: the same values.
         const at::Tensor buf = at::empty({x.numel() + 1}, opts);
         const at::Tensor off = buf.narrow(0, 1, x.numel()).view(x.sizes()).copy_(x);
