@@ -24,10 +24,56 @@
 namespace kldq::kernels::cuda {
 namespace {
 
-// The row's `width` partial sums (one per lane of threadIdx.y's row): a shared-memory tree down
-// to 32 lanes, then shfl_down with offsets 16, 8, 4, 2, 1 (PyTorch's order, see row_sum_squares).
-__device__ float reduce_row(float value, int width, float* shared) {
+// Sum of squares of one row in exactly the order PyTorch's CUDA reduction kernel
+// (ATen/native/cuda/Reduce.cuh, torch 2.11) sums x.float().pow(2) for mean(-1) over a contiguous
+// fp32 tensor with rows of h % 4 == 0 elements, 128 <= h < 8192: `width` threads share a row
+// (width = ReduceConfig::block_width, which depends on h and the number of rows); each keeps 4
+// accumulators fed by 16-byte vectors v = lane, lane + width, ..., combined ((a0+a1)+a2)+a3;
+// then a shared-memory tree down to 32 lanes and shfl_down with offsets 16, 8, 4, 2, 1.
+// Matching that order makes the norm bit-identical to transformers' on the GPU; other shapes
+// get the same arithmetic with a different summation order (an ulp of rstd at most).
+//
+//   row (fp32 view):  | v0: x0..x3 | v1: x4..x7 | ... |      lane l takes v_l, v_{l+width}, ...
+template <class T, bool VEC>
+__device__ float row_sum_squares(const T* __restrict__ xr, const T* __restrict__ delta,
+                                 T* __restrict__ sum, int64_t h, int width, float* shared) {
   const int lane = threadIdx.x;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  if constexpr (VEC) {
+    // h % 4 == 0: vector v is one 4-element load (and, with delta, one store of the sum)
+#pragma unroll 4
+    for (int64_t v = lane; v * 4 < h; v += width) {
+      Pack<T, 4> xv = load_pack<T, 4>(xr + v * 4);
+      if (delta) {
+        const Pack<T, 4> dv = load_pack<T, 4>(delta + v * 4);
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          xv.e[k] = Conv<T>::from_float(
+              __fadd_rn(Conv<T>::to_float(xv.e[k]), Conv<T>::to_float(dv.e[k])));
+        store_pack<T, 4>(sum + v * 4, xv);
+      }
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float f = Conv<T>::to_float(xv.e[k]);
+        acc[k] = __fadd_rn(acc[k], __fmul_rn(f, f));
+      }
+    }
+  } else {
+    auto square = [&](int64_t i) {
+      float v = Conv<T>::to_float(xr[i]);
+      if (delta) {
+        const T s = Conv<T>::from_float(__fadd_rn(v, Conv<T>::to_float(delta[i])));
+        sum[i] = s;
+        v = Conv<T>::to_float(s);
+      }
+      return __fmul_rn(v, v);
+    };
+    for (int64_t v = lane; v * 4 + 3 < h; v += width)
+      for (int k = 0; k < 4; ++k) acc[k] = __fadd_rn(acc[k], square(v * 4 + k));
+    const int64_t tail = h - h % 4 + lane;
+    if (tail < h) acc[0] = __fadd_rn(acc[0], square(tail));
+  }
+  float value = __fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[1]), acc[2]), acc[3]);
   float* mine = shared + threadIdx.y * width;
   if (width > 32) {
     mine[lane] = value;
@@ -47,98 +93,26 @@ __device__ float reduce_row(float value, int width, float* shared) {
   return mine[0];
 }
 
-// Sum of squares of one row in exactly the order PyTorch's CUDA reduction kernel
-// (ATen/native/cuda/Reduce.cuh, torch 2.11) sums x.float().pow(2) for mean(-1) over a contiguous
-// fp32 tensor with rows of h % 4 == 0 elements, 128 <= h < 8192: `width` threads share a row
-// (width = ReduceConfig::block_width, which depends on h and the number of rows); each keeps 4
-// accumulators fed by 16-byte vectors v = lane, lane + width, ..., combined ((a0+a1)+a2)+a3;
-// then a shared-memory tree down to 32 lanes and shfl_down with offsets 16, 8, 4, 2, 1.
-// Matching that order makes the norm bit-identical to transformers' on the GPU; other shapes
-// get the same arithmetic with a different summation order (an ulp of rstd at most).
-//
-//   row (fp32 view):  | v0: x0..x3 | v1: x4..x7 | ... |      lane l takes v_l, v_{l+width}, ...
-//
-// The vector form keeps a thread's first kHeld vectors (of the sum, when there is a delta) in
-// `held`, so the normalisation reads them from registers: at batch 1 (one row, 512 threads) that
-// is a whole row of up to 4,096 (Qwen2.5 up to 7B), and the norm reads memory once, not twice.
-constexpr int kHeld = 2;
-
-template <class T, bool VEC>
-__device__ float row_sum_squares(const T* __restrict__ xr, const T* __restrict__ delta,
-                                 T* __restrict__ sum, int64_t h, int width, float* shared,
-                                 Pack<T, 4> (&held)[kHeld]) {
-  const int lane = threadIdx.x;
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  if constexpr (VEC) {
-    // h % 4 == 0: vector v is one 4-element load (and, with delta, one store of the sum)
-    auto visit = [&](int64_t v) {
-      Pack<T, 4> xv = load_pack<T, 4>(xr + v * 4);
-      if (delta) {
-        const Pack<T, 4> dv = load_pack<T, 4>(delta + v * 4);
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          xv.e[e] = Conv<T>::from_float(
-              __fadd_rn(Conv<T>::to_float(xv.e[e]), Conv<T>::to_float(dv.e[e])));
-        store_pack<T, 4>(sum + v * 4, xv);
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float f = Conv<T>::to_float(xv.e[e]);
-        acc[e] = __fadd_rn(acc[e], __fmul_rn(f, f));
-      }
-      return xv;
-    };
-    // the same vectors in the same order as one loop; the first kHeld kept in registers
-#pragma unroll
-    for (int k = 0; k < kHeld; ++k)
-      if ((lane + int64_t(k) * width) * 4 < h) held[k] = visit(lane + int64_t(k) * width);
-#pragma unroll 4
-    for (int64_t v = lane + int64_t(kHeld) * width; v * 4 < h; v += width) visit(v);
-  } else {
-    auto square = [&](int64_t i) {
-      float v = Conv<T>::to_float(xr[i]);
-      if (delta) {
-        const T s = Conv<T>::from_float(__fadd_rn(v, Conv<T>::to_float(delta[i])));
-        sum[i] = s;
-        v = Conv<T>::to_float(s);
-      }
-      return __fmul_rn(v, v);
-    };
-    for (int64_t v = lane; v * 4 + 3 < h; v += width)
-      for (int k = 0; k < 4; ++k) acc[k] = __fadd_rn(acc[k], square(v * 4 + k));
-    const int64_t tail = h - h % 4 + lane;
-    if (tail < h) acc[0] = __fadd_rn(acc[0], square(tail));
-  }
-  return reduce_row(__fadd_rn(__fadd_rn(__fadd_rn(acc[0], acc[1]), acc[2]), acc[3]), width, shared);
-}
-
 // blockDim = (width, rows per block); one row per threadIdx.y.
 //   [delta != nullptr]  s = T(x + delta) is written to `sum` and normalised
 //   normed = T(s * rsqrt(sum(s^2) * factor + eps)),  out = T(weight * normed)
 // factor is PyTorch's mean factor, float(rows) / float(rows * h). In the vector form each thread
-// normalises the vectors it summed (and wrote): the first kHeld from registers, the rest re-read
-// (its own writes only).
+// normalises the vectors it summed (and wrote), so it re-reads only its own writes.
 template <class T, bool VEC>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta,
                                 T* __restrict__ sum, const T* __restrict__ weight,
                                 T* __restrict__ out, int64_t rows, int64_t h, float factor,
                                 float eps) {
+  chain_release();  // launched chained (cuda_common.cuh): wait before any memory access
+  chain_wait();
   extern __shared__ float shared[];
   const int width = blockDim.x;
-  Pack<T, 4> wh[kHeld], held[kHeld];  // weight and row vectors threadIdx.x + k width, k < kHeld
-  if constexpr (VEC)  // the weight is no other kernel's output: loaded before the chain wait
-#pragma unroll
-    for (int k = 0; k < kHeld; ++k)
-      if ((threadIdx.x + int64_t(k) * width) * 4 < h)
-        wh[k] = load_pack<T, 4>(weight + (threadIdx.x + int64_t(k) * width) * 4);
-  chain_release();  // launched chained (cuda_common.cuh): wait before x, delta, sum, out
-  chain_wait();
   const int64_t row = int64_t(blockIdx.x) * blockDim.y + threadIdx.y;
   const bool active = row < rows;
   const int64_t r = active ? row : rows - 1;  // inactive rows redo the last row, writing nothing
   const T* xr = x + r * h;
   float total = row_sum_squares<T, VEC>(xr, delta && active ? delta + r * h : nullptr,
-                                        sum ? sum + r * h : nullptr, h, width, shared, held);
+                                        sum ? sum + r * h : nullptr, h, width, shared);
   if (!active) return;
   const float rstd = rsqrtf(__fadd_rn(__fmul_rn(total, factor), eps));
   const T* src = delta ? sum + r * h : xr;
@@ -147,19 +121,14 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ d
     return Conv<T>::from_float(__fmul_rn(Conv<T>::to_float(w), normed));
   };
   if constexpr (VEC) {
-    auto write = [&](int64_t v, const Pack<T, 4>& sv, const Pack<T, 4>& wv) {
+#pragma unroll 4
+    for (int64_t v = threadIdx.x; v * 4 < h; v += width) {
+      const Pack<T, 4> sv = load_pack<T, 4>(src + v * 4), wv = load_pack<T, 4>(weight + v * 4);
       Pack<T, 4> o;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) o.e[e] = scale(sv.e[e], wv.e[e]);
+      for (int k = 0; k < 4; ++k) o.e[k] = scale(sv.e[k], wv.e[k]);
       store_pack<T, 4>(out + r * h + v * 4, o);
-    };
-#pragma unroll
-    for (int k = 0; k < kHeld; ++k)
-      if ((threadIdx.x + int64_t(k) * width) * 4 < h)
-        write(threadIdx.x + int64_t(k) * width, held[k], wh[k]);
-#pragma unroll 4
-    for (int64_t v = threadIdx.x + int64_t(kHeld) * width; v * 4 < h; v += width)
-      write(v, load_pack<T, 4>(src + v * 4), load_pack<T, 4>(weight + v * 4));
+    }
   } else {
     for (int64_t i = threadIdx.x; i < h; i += width) out[r * h + i] = scale(src[i], weight[i]);
   }
