@@ -36,8 +36,8 @@ TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]
   at::manual_seed(3);
   for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
     auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
-    // h % 4 == 0 takes the vector loads; 170 the scalar path. One row of 5120 (Qwen2.5-14B's
-    // hidden size) has more vectors per thread than the kernel holds in registers.
+    // h % 4 == 0 takes the vector loads; 170 the scalar path. In one row of 5120 (Qwen2.5-14B's
+    // hidden size) some of the row's 512 threads take 3 vectors, in 3584 at most 2.
     for (int64_t h : {64, 170, 172, 1536, 3584, 5120}) {
       INFO("dtype " << c10::toString(dtype) << " h " << h);
       const at::Tensor x = at::randn({3, 37, h}, opts) * 2;
