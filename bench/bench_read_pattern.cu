@@ -78,26 +78,35 @@ struct Shape {
   int64_t rows, cols;  // weight [rows, cols], 4-bit codes: cols / 2 bytes a row
 };
 
-template <int kWarps, int kU, bool kX, bool kContig>
-double time_us(const std::vector<uint8_t*>& copies, const Shape& s, const uint4* x, uint32_t* out,
-               int iters) {
-  const int64_t row_bytes = s.cols / 2, tiles = s.rows / 16;
+// Milliseconds of the work f queues, between two events on the default stream.
+template <class F>
+double elapsed_ms(F&& f) {
   cudaEvent_t a, b;
   CHECK(cudaEventCreate(&a));
   CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i)
-    read_tiles<kWarps, kU, kX, kContig>
-        <<<tiles, 32 * kWarps>>>(copies[i % copies.size()], row_bytes, x, out);
   CHECK(cudaEventRecord(a));
-  for (int i = 0; i < iters; ++i)  // a different copy each call: no L2 reuse between calls
-    read_tiles<kWarps, kU, kX, kContig>
-        <<<tiles, 32 * kWarps>>>(copies[i % copies.size()], row_bytes, x, out);
+  f();
   CHECK(cudaEventRecord(b));
   CHECK(cudaEventSynchronize(b));
   CHECK(cudaGetLastError());
   float ms = 0;
   CHECK(cudaEventElapsedTime(&ms, a, b));
-  return 1e3 * ms / iters;
+  CHECK(cudaEventDestroy(a));
+  CHECK(cudaEventDestroy(b));
+  return ms;
+}
+
+template <int kWarps, int kU, bool kX, bool kContig>
+double time_us(const std::vector<uint8_t*>& copies, const Shape& s, const uint4* x, uint32_t* out,
+               int iters) {
+  const int64_t row_bytes = s.cols / 2, tiles = s.rows / 16;
+  auto calls = [&](int n) {  // a different copy each call: no L2 reuse between calls
+    for (int i = 0; i < n; ++i)
+      read_tiles<kWarps, kU, kX, kContig>
+          <<<tiles, 32 * kWarps>>>(copies[i % copies.size()], row_bytes, x, out);
+  };
+  calls(3);
+  return 1e3 * elapsed_ms([&] { calls(iters); }) / iters;
 }
 
 double copy_gbps() {
@@ -105,16 +114,11 @@ double copy_gbps() {
   void *p, *q;
   CHECK(cudaMalloc(&p, n));
   CHECK(cudaMalloc(&q, n));
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) CHECK(cudaMemcpyAsync(q, p, n, cudaMemcpyDeviceToDevice));
-  CHECK(cudaEventRecord(a));
-  for (int i = 0; i < 10; ++i) CHECK(cudaMemcpyAsync(q, p, n, cudaMemcpyDeviceToDevice));
-  CHECK(cudaEventRecord(b));
-  CHECK(cudaEventSynchronize(b));
-  float ms = 0;
-  CHECK(cudaEventElapsedTime(&ms, a, b));
+  auto copies = [&](int k) {
+    for (int i = 0; i < k; ++i) CHECK(cudaMemcpyAsync(q, p, n, cudaMemcpyDeviceToDevice));
+  };
+  copies(3);
+  const double ms = elapsed_ms([&] { copies(10); });
   CHECK(cudaFree(p));
   CHECK(cudaFree(q));
   return 2.0 * 10 * n / (ms / 1e3) / 1e9;  // read + written, as torch's copy_ is counted
