@@ -8,8 +8,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "fused_cuda.hpp"
@@ -57,6 +59,19 @@ struct alignas(sizeof(T) * N) Pack {
 template <class T, int N>
 __device__ inline Pack<T, N> load_pack(const T* p) {
   return *reinterpret_cast<const Pack<T, N>*>(p);
+}
+
+// load_pack through L2 only (ld.global.cg): for data this kernel wrote. A plain load from a
+// __restrict__ pointer may compile to the read-only path (ld.global.nc), which PTX defines only
+// for memory that no thread writes while the kernel runs.
+template <class T, int N>
+__device__ inline Pack<T, N> load_pack_written(const T* p) {
+  static_assert(sizeof(Pack<T, N>) == 8 || sizeof(Pack<T, N>) == 16, "8- or 16-byte vectors");
+  using V = std::conditional_t<sizeof(Pack<T, N>) == 8, uint2, uint4>;
+  const V v = __ldcg(reinterpret_cast<const V*>(p));
+  Pack<T, N> out;
+  memcpy(&out, &v, sizeof(v));
+  return out;
 }
 
 template <class T, int N>

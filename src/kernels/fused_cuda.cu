@@ -97,7 +97,8 @@ __device__ float row_sum_squares(const T* __restrict__ xr, const T* __restrict__
 //   [delta != nullptr]  s = T(x + delta) is written to `sum` and normalised
 //   normed = T(s * rsqrt(sum(s^2) * factor + eps)),  out = T(weight * normed)
 // factor is PyTorch's mean factor, float(rows) / float(rows * h). In the vector form each thread
-// normalises the vectors it summed (and wrote), so it re-reads only its own writes.
+// normalises the vectors it summed (and wrote), so it re-reads only its own writes, through L2
+// (load_pack_written: not the read-only path, which the __restrict__ pointers would allow).
 template <class T, bool VEC>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta,
                                 T* __restrict__ sum, const T* __restrict__ weight,
@@ -123,14 +124,17 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ d
   if constexpr (VEC) {
 #pragma unroll 4
     for (int64_t v = threadIdx.x; v * 4 < h; v += width) {
-      const Pack<T, 4> sv = load_pack<T, 4>(src + v * 4), wv = load_pack<T, 4>(weight + v * 4);
+      const Pack<T, 4> sv =
+          delta ? load_pack_written<T, 4>(src + v * 4) : load_pack<T, 4>(src + v * 4);
+      const Pack<T, 4> wv = load_pack<T, 4>(weight + v * 4);
       Pack<T, 4> o;
 #pragma unroll
       for (int k = 0; k < 4; ++k) o.e[k] = scale(sv.e[k], wv.e[k]);
       store_pack<T, 4>(out + r * h + v * 4, o);
     }
   } else {
-    for (int64_t i = threadIdx.x; i < h; i += width) out[r * h + i] = scale(src[i], weight[i]);
+    for (int64_t i = threadIdx.x; i < h; i += width)
+      out[r * h + i] = scale(delta ? __ldcg(src + i) : src[i], weight[i]);
   }
 }
 
