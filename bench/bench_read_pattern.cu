@@ -11,20 +11,11 @@
 //   (4-bit codes: 16 bytes = 32 weights), and with x: 4 x 16 bytes of a bf16 activation row
 // Contiguous variant: the same number of 16-byte loads per warp, but lane l of the warp reads
 // bytes 512 k + 16 l of the tile's 16-row block (each load one whole 512-byte run).
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <cstdio>
 #include <vector>
 
-#define CHECK(x)                                                    \
-  do {                                                              \
-    cudaError_t e_ = (x);                                           \
-    if (e_ != cudaSuccess) {                                        \
-      std::fprintf(stderr, "%s: %s\n", #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                 \
-    }                                                               \
-  } while (0)
+#include "cuda_bench.cuh"
 
 __device__ inline uint32_t fold(uint4 v) {
   return v.x ^ v.y ^ v.z ^ v.w;
@@ -77,24 +68,6 @@ struct Shape {
   const char* name;
   int64_t rows, cols;  // weight [rows, cols], 4-bit codes: cols / 2 bytes a row
 };
-
-// Milliseconds of the work f queues, between two events on the default stream.
-template <class F>
-double elapsed_ms(F&& f) {
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  CHECK(cudaEventRecord(a));
-  f();
-  CHECK(cudaEventRecord(b));
-  CHECK(cudaEventSynchronize(b));
-  CHECK(cudaGetLastError());
-  float ms = 0;
-  CHECK(cudaEventElapsedTime(&ms, a, b));
-  CHECK(cudaEventDestroy(a));
-  CHECK(cudaEventDestroy(b));
-  return ms;
-}
 
 template <int kWarps, int kU, bool kX, bool kContig>
 double time_us(const std::vector<uint8_t*>& copies, const Shape& s, const uint4* x, uint32_t* out,
