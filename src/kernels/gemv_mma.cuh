@@ -29,6 +29,12 @@
 // Numerics as the SIMT kernel's: each weight is decoded in fp32 (code value x scale) and rounded
 // once to the activations' dtype, exactly the weight the dequantize-then-GEMM path hands to cuBLAS;
 // the tensor cores multiply exactly and accumulate in fp32, bias added in fp32, one rounding.
+// Except for 4-bit integer codes in groups of 128 (int4_g128, int4_g128_asym: one group per row
+// per segment), which factor the scale out (kFactor, factored_segment): the MMAs take the exact
+// integers code - zero and the segment's fp32 sum is multiplied by the group's scale, so no
+// weight is rounded at all (closer to the format's values than the rounded path, and with less
+// than half of its decoding instructions: per 8 weights of a row 4 LOP3, 3 SHF, 4 HADD2 and 2
+// x permutes, against 8 PRMT, 8 FADD, 8 FMUL and 4 F2FP).
 #pragma once
 
 #include <algorithm>
@@ -71,8 +77,24 @@ __device__ inline void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t 
   }
 }
 
-// Where one thread works: its rows and the product's shape.
-template <class T, class D, int kNT>
+// a - b on two packed T halves (exact where the callers use it: small integers).
+template <class T>
+__device__ inline uint32_t sub2(uint32_t a, uint32_t b) {
+  using T2 = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, __nv_bfloat162, __half2>;
+  const T2 r = __hsub2(*reinterpret_cast<const T2*>(&a), *reinterpret_cast<const T2*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// Decoders whose segments may take factored_segment: 4-bit integer codes, groups tiling the rows
+// and integer zero points (uint8 or symmetric; validated to the code range at load). The launcher
+// adds group % 128 == 0, so that a segment's 128 columns of a row share one scale and zero.
+template <class D>
+struct Factorable : std::false_type {};
+template <>
+struct Factorable<DecodeIntGroup<4, true, false>> : std::true_type {};
+
+// Where one thread works: its rows and the product's shape. kFactor: factored_segment.
+template <class T, class D, int kNT, bool kFactor>
 struct Lane {
   const D& d;
   const T* x;
@@ -113,25 +135,79 @@ struct Lane {
       if (kChecked && s0 + su * stride >= count) break;  // warp-uniform: mma.sync needs the warp
       // Past the last column: zero weights and zero x (A x B = 0 whatever the decoders give).
       const bool ok = !kChecked || (s0 + su * stride) * kSegChunks + 4 * t < per_row;
+      if constexpr (kFactor)
+        factored_segment(lo[su], hi[su], xv[su]);
+      else
+        rounded_segment(lo[su], hi[su], xv[su], ok);
+    }
+  }
+
+  // One segment, each weight decoded in fp32 and rounded to T (the diagram's slots).
+  template <class Quad>
+  __device__ void rounded_segment(const Quad& lo, const Quad& hi, const uint4 (&xv)[kNT][4],
+                                  bool ok) {
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        float vl[8], vh[8];
-        d.decode(D::chunk(lo[su], u), vl);
-        d.decode(D::chunk(hi[su], u), vh);
+    for (int u = 0; u < 4; ++u) {
+      float vl[8], vh[8];
+      d.decode(D::chunk(lo, u), vl);
+      d.decode(D::chunk(hi, u), vh);
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
-                                 ok ? pack2<T>(vh[4 * h], vh[4 * h + 1]) : 0u,
-                                 ok ? pack2<T>(vl[4 * h + 2], vl[4 * h + 3]) : 0u,
-                                 ok ? pack2<T>(vh[4 * h + 2], vh[4 * h + 3]) : 0u};
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t a[4] = {ok ? pack2<T>(vl[4 * h], vl[4 * h + 1]) : 0u,
+                               ok ? pack2<T>(vh[4 * h], vh[4 * h + 1]) : 0u,
+                               ok ? pack2<T>(vl[4 * h + 2], vl[4 * h + 3]) : 0u,
+                               ok ? pack2<T>(vh[4 * h + 2], vh[4 * h + 3]) : 0u};
 #pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            const uint4& xw = xv[su][j][u];
-            mma16816<T>(acc[j], a, h == 0 ? xw.x : xw.z, h == 0 ? xw.y : xw.w);
-          }
+        for (int j = 0; j < kNT; ++j) {
+          const uint4& xw = xv[j][u];
+          mma16816<T>(acc[j], a, h == 0 ? xw.x : xw.z, h == 0 ? xw.y : xw.w);
         }
       }
     }
+  }
+
+  // One segment of 4-bit integer codes inside one group per row: the MMAs sum (code - zero) x
+  // exactly in fp32 (part), then acc += part x scale, per row. A chunk's codes pair up as
+  // columns (p, p + 4), the nibbles one shift apart by 16 bits, and x is paired to match:
+  //   word w (chunk):  bits 4j+3 .. 4j = code j, j = 0..7
+  //   pair p:          (w >> 4p) & 0x000F000F | magic -> T halves (M + code p, M + code p+4)
+  //                    minus (M + zero, M + zero): code - zero, exact (|.| <= 15; M = 128 in
+  //                    bf16, 1024 in fp16, whose spacing there is 1)
+  //   x pairs:         (x_p, x_p+4) = PRMT of the chunk's words (x0 x1 | x2 x3 | x4 x5 | x6 x7)
+  //   MMA h:           k slots (2t, 2t + 1) <- pair 2h; (2t + 8, 2t + 9) <- pair 2h + 1
+  // Rows or columns past the end hold Quad{}: code 0, zero 0, so A = 0.
+  template <class Quad>
+  __device__ void factored_segment(const Quad& lo, const Quad& hi, const uint4 (&xv)[kNT][4]) {
+    constexpr uint32_t magic = std::is_same_v<T, __nv_bfloat16> ? 0x43004300u : 0x64006400u;
+    // The zero point's integer from its decoder form 2^23 + zero (0 for Quad{}).
+    const uint32_t zl = magic | (__float_as_uint(lo.sz.zero) & 0xFFu) * 0x00010001u,
+                   zh = magic | (__float_as_uint(hi.sz.zero) & 0xFFu) * 0x00010001u;
+    float part[kNT][4] = {};
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      uint32_t al[4], ah[4];
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        al[p] = sub2<T>(((lo.w[u] >> (4 * p)) & 0x000F000Fu) | magic, zl);
+        ah[p] = sub2<T>(((hi.w[u] >> (4 * p)) & 0x000F000Fu) | magic, zh);
+      }
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        const uint4& xw = xv[j][u];
+        const uint32_t xp[4] = {__byte_perm(xw.x, xw.z, 0x5410), __byte_perm(xw.x, xw.z, 0x7632),
+                                __byte_perm(xw.y, xw.w, 0x5410), __byte_perm(xw.y, xw.w, 0x7632)};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const uint32_t a[4] = {al[2 * h], ah[2 * h], al[2 * h + 1], ah[2 * h + 1]};
+          mma16816<T>(part[j], a, xp[2 * h], xp[2 * h + 1]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        acc[j][i] = fmaf(part[j][i], i < 2 ? lo.sz.scale : hi.sz.scale, acc[j][i]);
   }
 };
 
@@ -177,7 +253,7 @@ __device__ inline void prefetch_tile(const TileCodes& c, int64_t lo0, int64_t hi
 // == 0), gate rows 8 b .. 8 b + 7 as the MMA's rows g and their up rows half + 8 b + g as rows
 // g + 8, so that each thread holds a gate value and its up value: y [m, half] = silu(gate) * up,
 // each rounded to T first (kernels::silu_mul's formula on the rounded outputs, value for value).
-template <class T, class D, int kNT, int kWarps, bool kSwiGLU>
+template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kFactor>
 __global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
            int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
@@ -192,20 +268,20 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t r_lo = lo0 + g, r_hi = hi0 + g;
   float acc[kNT][4] = {};
-  Lane<T, D, kNT> work{d,
-                       x,
-                       m,
-                       g,
-                       t,
-                       r_lo,
-                       r_hi,
-                       r_lo * per_row,
-                       r_hi * per_row,
-                       r_lo < rows,
-                       r_hi < rows,
-                       per_row,
-                       int64_t(per_row) * 8,
-                       acc};
+  Lane<T, D, kNT, kFactor> work{d,
+                                x,
+                                m,
+                                g,
+                                t,
+                                r_lo,
+                                r_hi,
+                                r_lo * per_row,
+                                r_hi * per_row,
+                                r_lo < rows,
+                                r_hi < rows,
+                                per_row,
+                                int64_t(per_row) * 8,
+                                acc};
   // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time while they are
   // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
   const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
@@ -267,10 +343,16 @@ void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T
   const TileCodes codes = tile_codes(w, tiles);
   auto go = [&](auto nt, auto warps) {
     constexpr int NT = decltype(nt)::value, W = decltype(warps)::value;
-    launch_chained("gemv_packed (tensor cores)",
-                   swiglu ? kernel<T, D, NT, W, true> : kernel<T, D, NT, W, false>,
-                   static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows, per_row,
-                   table, codes);
+    auto run = [&](auto factor) {
+      constexpr bool F = decltype(factor)::value;
+      launch_chained("gemv_packed (tensor cores)",
+                     swiglu ? kernel<T, D, NT, W, true, F> : kernel<T, D, NT, W, false, F>,
+                     static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows, per_row,
+                     table, codes);
+    };
+    if constexpr (Factorable<D>::value)
+      if (w.group % (kSegChunks * 8) == 0) return run(std::true_type{});  // one group a segment
+    run(std::false_type{});
   };
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;

@@ -112,11 +112,11 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
   // 4-warp blocks once there are 4 per SM (8,448 rows on 132 SMs): [8963, 224] takes the latter,
   // with a partial last tile and a partial last column segment (224 = 128 + 96).
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
-      {1, 8},      {7, 64},    {33, 96},   {5, 200},    {5, 224},
-      {256, 1536}, {96, 4104}, {96, 4128}, {8963, 200}, {8963, 224}};
-  for (const char* name : {"nf4", "nf4_b32", "fp4", "int4_g128", "int4_g32_asym", "int3_g64",
-                           "int3_g128_asym", "int2_g64", "int8", "fp8_e4m3", "fp8_e4m3_tensor",
-                           "fp8_e5m2", "fp8_e4m3_noscale", "int4_g64_fz"}) {
+      {1, 8},     {7, 64},    {33, 96},   {5, 200},    {5, 224},    {256, 1536},
+      {96, 4104}, {96, 4128}, {96, 4096}, {8963, 200}, {8963, 224}, {8963, 384}};
+  for (const char* name : {"nf4", "nf4_b32", "fp4", "int4_g128", "int4_g128_asym", "int4_g32_asym",
+                           "int3_g64", "int3_g128_asym", "int2_g64", "int8", "fp8_e4m3",
+                           "fp8_e4m3_tensor", "fp8_e5m2", "fp8_e4m3_noscale", "int4_g64_fz"}) {
     for (const auto& [out, in] : shapes) {
       const auto spec = f::FormatSpec::parse(name);
       const at::Tensor w = at::randn({out, in}) * 0.05;
@@ -125,8 +125,13 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
       const f::PackedWeight g = p.to(c10::kCUDA);
       for (auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
         const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(dtype);
-        // The weights the GEMM path would use: dequantized, rounded once to dtype.
-        const at::Tensor wq = f::dequantize(p).to(dtype).to(at::kDouble);  // [out, in]
+        // The weights the GEMM path would use: dequantized, rounded once to dtype. Except 4-bit
+        // integer codes in groups of 128 that tile the rows, in bf16/fp16: those products take
+        // the format's exact values (code - zero) x scale, rounding no weight (gemv_mma.cuh).
+        const bool exact = dtype != at::kFloat && spec.format == f::Format::INT4 &&
+                           spec.group == 128 && !spec.float_zero && in % 128 == 0;
+        const at::Tensor wq = exact ? f::dequantize(p).to(at::kDouble)  // [out, in]
+                                    : f::dequantize(p).to(dtype).to(at::kDouble);
         // fp32 rows take the SIMT kernel (at most 4), bf16/fp16 the tensor cores (at most 16:
         // one or two 8-row tiles of the MMA's n, padded with copies of the last row).
         const std::vector<int64_t> counts = dtype == at::kFloat
