@@ -10,7 +10,9 @@
 //   load_quad(idx, r)       chunks idx .. idx + 3 (idx % 4 == 0: 32 weights, 4 b bytes that
 //                           are 16-byte aligned when the codes are, in one block or group since
 //                           these are >= 32 weights) as b 32-bit words and one scale,
-//   chunk(quad, u)          chunk idx + u of a quad as load(idx + u) gives it.
+//   chunk(quad, u)          chunk idx + u of a quad as load(idx + u) gives it,
+//   load_split(idx)         (nf4/fp4) chunks idx, idx + 1, idx + 8, idx + 9 as a quad, for the
+//                           factored GEMV's split layout (gemv_factored.cuh).
 // The 4-bit formats' 16 code values are read from shared memory (code_values, load_table).
 #pragma once
 
@@ -97,10 +99,20 @@ struct Decode4bit {
   struct Quad {
     uint32_t w[4];
     float a;
+    float a2;  // load_split: the absmax of chunks 2 and 3
   };
   __device__ Quad load_quad(int64_t idx, uint32_t) const {
     const uint4 q = reinterpret_cast<const uint4*>(codes)[idx / 4];
-    return {{q.x, q.y, q.z, q.w}, absmax[(idx * 8) >> block_shift]};
+    return {{q.x, q.y, q.z, q.w}, absmax[(idx * 8) >> block_shift], 0.f};
+  }
+  // Chunks idx, idx + 1 and idx + 8, idx + 9 (idx even: two 8-byte loads), the split layout of
+  // the factored GEMV (gemv_factored.cuh), with the absmax of each pair.
+  __device__ Quad load_split(int64_t idx) const {
+    const auto* src = reinterpret_cast<const uint2*>(codes);
+    const uint2 a = src[idx / 2], b = src[idx / 2 + 4];
+    return {{a.x, a.y, b.x, b.y},
+            absmax[(idx * 8) >> block_shift],
+            absmax[((idx + 8) * 8) >> block_shift]};
   }
   __device__ static Raw chunk(const Quad& q, int u) { return {q.w[u], q.a}; }
   //   w:     byte k = [c(2k) : 4 | c(2k+1) : 4]          (bits 8k+7 .. 8k)

@@ -14,6 +14,8 @@
 //                 16b + g + 8 (one 16-byte load per row for the 4-bit formats: the 4 threads of
 //                 a row read 64 adjacent bytes), and the same chunks of x row g (and g + 8 with
 //                 16 rows); needs cols % 32 == 0 (whole quads) and 16-byte aligned codes
+//                 (factored nf4/fp4 take chunks 2t, 2t + 1, 8 + 2t, 8 + 2t + 1 instead, in two
+//                 8-byte loads per row: gemv_factored.cuh, "split layout")
 //   chunk c:      its 8 columns are two MMAs' k slots of thread t:
 //                   MMA h (h = 0, 1): columns 8c + 4h + {0, 1} -> k slots 2t, 2t + 1   (a0, a1, b0)
 //                                     columns 8c + 4h + {2, 3} -> k slots 2t + 8, 2t + 9 (a2, a3,
@@ -29,18 +31,17 @@
 // Numerics as the SIMT kernel's: each weight is decoded in fp32 (code value x scale) and rounded
 // once to the activations' dtype, exactly the weight the dequantize-then-GEMM path hands to cuBLAS;
 // the tensor cores multiply exactly and accumulate in fp32, bias added in fp32, one rounding.
-// Except for 4-bit integer codes in groups of 128 (int4_g128, int4_g128_asym: one group per row
-// per segment), which factor the scale out (kFactor, factored_segment): the MMAs take the exact
-// integers code - zero and the segment's fp32 sum is multiplied by the group's scale, so no
-// weight is rounded at all (closer to the format's values than the rounded path, and with less
-// than half of its decoding instructions: per 8 weights of a row 4 LOP3, 3 SHF, 4 HADD2 and 2
-// x permutes, against 8 PRMT, 8 FADD, 8 FMUL and 4 F2FP).
+// Except where a scale holds for all the columns of an MMA (int4 in groups of 128, nf4/fp4 in
+// blocks of 64 or more): those factor the scale out (kFactor, gemv_factored.cuh), the MMAs take
+// the code values (int4: exact integers code - zero; nf4/fp4: the code value rounded to T) and
+// each partial sum is multiplied by its scale, with less than half the decoding instructions.
 #pragma once
 
 #include <algorithm>
 #include <type_traits>
 
 #include "decode_cuda.cuh"
+#include "gemv_factored.cuh"
 
 namespace kldq::kernels::cuda {
 namespace mma {
@@ -77,22 +78,6 @@ __device__ inline void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t 
   }
 }
 
-// a - b on two packed T halves (exact where the callers use it: small integers).
-template <class T>
-__device__ inline uint32_t sub2(uint32_t a, uint32_t b) {
-  using T2 = std::conditional_t<std::is_same_v<T, __nv_bfloat16>, __nv_bfloat162, __half2>;
-  const T2 r = __hsub2(*reinterpret_cast<const T2*>(&a), *reinterpret_cast<const T2*>(&b));
-  return *reinterpret_cast<const uint32_t*>(&r);
-}
-
-// Decoders whose segments may take factored_segment: 4-bit integer codes, groups tiling the rows
-// and integer zero points (uint8 or symmetric; validated to the code range at load). The launcher
-// adds group % 128 == 0, so that a segment's 128 columns of a row share one scale and zero.
-template <class D>
-struct Factorable : std::false_type {};
-template <>
-struct Factorable<DecodeIntGroup<4, true, false>> : std::true_type {};
-
 // Where one thread works: its rows and the product's shape. kFactor: factored_segment.
 template <class T, class D, int kNT, bool kFactor>
 struct Lane {
@@ -105,6 +90,26 @@ struct Lane {
   uint32_t per_row;
   int64_t cols;
   float (&acc)[kNT][4];
+  const CodePlanes& planes;  // nf4/fp4 code values in T, for their factored segments
+  static constexpr bool kSplit = kFactor && kSplitLayout<D>;
+
+  __device__ Lane(const D& d, const T* x, int m, int g, int t, int64_t r_lo, int64_t r_hi,
+                  int64_t rows, uint32_t per_row, float (&acc)[kNT][4], const CodePlanes& planes)
+      : d(d),
+        x(x),
+        m(m),
+        g(g),
+        t(t),
+        r_lo(r_lo),
+        r_hi(r_hi),
+        base_lo(r_lo * per_row),
+        base_hi(r_hi * per_row),
+        ok_lo(r_lo < rows),
+        ok_hi(r_hi < rows),
+        per_row(per_row),
+        cols(int64_t(per_row) * 8),
+        acc(acc),
+        planes(planes) {}
 
   // Segments s0, s0 + stride, ... (kU of them) into acc. kChecked: any of them may be past the
   // last segment, hold chunks past the last column or rows past the last row (the tail); else
@@ -116,18 +121,20 @@ struct Lane {
     uint4 xv[kU][kNT][4];  // x row 8j + g, the same 4 chunks (8 elements of T each)
 #pragma unroll
     for (int su = 0; su < kU; ++su) {
-      const uint32_t c = (s0 + su * stride) * kSegChunks + 4 * t;
+      const uint32_t c0 = (s0 + su * stride) * kSegChunks, c = c0 + 4 * t;
+      // (The split layout takes whole segments only: the tail's columns need no check.)
       const bool ok = !kChecked || (s0 + su * stride < count && c < per_row);
-      lo[su] = !kChecked || (ok && ok_lo) ? d.load_quad(base_lo + c, uint32_t(r_lo)) : Quad{};
-      hi[su] = !kChecked || (ok && ok_hi) ? d.load_quad(base_hi + c, uint32_t(r_hi)) : Quad{};
+      lo[su] = !kChecked || (ok && ok_lo) ? load(base_lo, c0, r_lo) : Quad{};
+      hi[su] = !kChecked || (ok && ok_hi) ? load(base_hi, c0, r_hi) : Quad{};
 #pragma unroll
       for (int j = 0; j < kNT; ++j) {
         // Rows past m read row m - 1: the MMA's output columns are independent and those past
         // m are not written, so no zero fill (and no predicate) in the bulk.
         const int b = min(8 * j + g, m - 1);
-        const uint4* src = reinterpret_cast<const uint4*>(x + b * cols) + c;
+        const uint4* src = reinterpret_cast<const uint4*>(x + b * cols) + c0;
 #pragma unroll
-        for (int u = 0; u < 4; ++u) xv[su][j][u] = ok ? src[u] : make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < 4; ++u)
+          xv[su][j][u] = ok ? src[chunk_of<kSplit>(t, u)] : make_uint4(0, 0, 0, 0);
       }
     }
 #pragma unroll
@@ -140,6 +147,14 @@ struct Lane {
       else
         rounded_segment(lo[su], hi[su], xv[su], ok);
     }
+  }
+
+  // The thread's 4 chunks of the segment whose first chunk is c0, of the row starting at `base`.
+  __device__ typename D::Quad load(int64_t base, uint32_t c0, int64_t r) const {
+    if constexpr (kSplit)
+      return d.load_split(base + c0 + 2 * t);
+    else
+      return d.load_quad(base + c0 + 4 * t, uint32_t(r));
   }
 
   // One segment, each weight decoded in fp32 and rounded to T (the diagram's slots).
@@ -166,48 +181,44 @@ struct Lane {
     }
   }
 
-  // One segment of 4-bit integer codes inside one group per row: the MMAs sum (code - zero) x
-  // exactly in fp32 (part), then acc += part x scale, per row. A chunk's codes pair up as
-  // columns (p, p + 4), the nibbles one shift apart by 16 bits, and x is paired to match:
-  //   word w (chunk):  bits 4j+3 .. 4j = code j, j = 0..7
-  //   pair p:          (w >> 4p) & 0x000F000F | magic -> T halves (M + code p, M + code p+4)
-  //                    minus (M + zero, M + zero): code - zero, exact (|.| <= 15; M = 128 in
-  //                    bf16, 1024 in fp16, whose spacing there is 1)
-  //   x pairs:         (x_p, x_p+4) = PRMT of the chunk's words (x0 x1 | x2 x3 | x4 x5 | x6 x7)
-  //   MMA h:           k slots (2t, 2t + 1) <- pair 2h; (2t + 8, 2t + 9) <- pair 2h + 1
-  // Rows or columns past the end hold Quad{}: code 0, zero 0, so A = 0.
+  // One segment with the scales factored out (gemv_factored.cuh): the MMAs sum code value x
+  // x in fp32 per scale (part; nf4/fp4: columns 0..63 and 64..127 of the segment, one absmax
+  // block each), then acc += part x scale, per row. Pairs and slots as in the rounded path, MMA
+  // h taking pairs 2h and 2h + 1; int4 pairs columns (p, p + 4) and x is paired to match. Rows or
+  // columns past the end hold Quad{}: scale 0 (int4: also A = 0; x is 0 past the columns).
   template <class Quad>
   __device__ void factored_segment(const Quad& lo, const Quad& hi, const uint4 (&xv)[kNT][4]) {
-    constexpr uint32_t magic = std::is_same_v<T, __nv_bfloat16> ? 0x43004300u : 0x64006400u;
-    // The zero point's integer from its decoder form 2^23 + zero (0 for Quad{}).
-    const uint32_t zl = magic | (__float_as_uint(lo.sz.zero) & 0xFFu) * 0x00010001u,
-                   zh = magic | (__float_as_uint(hi.sz.zero) & 0xFFu) * 0x00010001u;
-    float part[kNT][4] = {};
+    constexpr int kParts = kSplit ? 2 : 1;
+    float part[kParts][kNT][4] = {};
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       uint32_t al[4], ah[4];
-#pragma unroll
-      for (int p = 0; p < 4; ++p) {
-        al[p] = sub2<T>(((lo.w[u] >> (4 * p)) & 0x000F000Fu) | magic, zl);
-        ah[p] = sub2<T>(((hi.w[u] >> (4 * p)) & 0x000F000Fu) | magic, zh);
+      if constexpr (kSplit) {
+        float4_pairs(planes, lo.w[u], al);
+        float4_pairs(planes, hi.w[u], ah);
+      } else {
+        int4_pairs<T>(lo.w[u], int4_zero_pair<T>(lo.sz.zero), al);
+        int4_pairs<T>(hi.w[u], int4_zero_pair<T>(hi.sz.zero), ah);
       }
 #pragma unroll
       for (int j = 0; j < kNT; ++j) {
         const uint4& xw = xv[j][u];
-        const uint32_t xp[4] = {__byte_perm(xw.x, xw.z, 0x5410), __byte_perm(xw.x, xw.z, 0x7632),
-                                __byte_perm(xw.y, xw.w, 0x5410), __byte_perm(xw.y, xw.w, 0x7632)};
+        uint32_t xb[4] = {xw.x, xw.y, xw.z, xw.w};
+        if constexpr (!kSplit) int4_x_pairs(xw, xb);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const uint32_t a[4] = {al[2 * h], ah[2 * h], al[2 * h + 1], ah[2 * h + 1]};
-          mma16816<T>(part[j], a, xp[2 * h], xp[2 * h + 1]);
+          mma16816<T>(part[kSplit ? u / 2 : 0][j], a, xb[2 * h], xb[2 * h + 1]);
         }
       }
     }
 #pragma unroll
-    for (int j = 0; j < kNT; ++j)
+    for (int q = 0; q < kParts; ++q)
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        acc[j][i] = fmaf(part[j][i], i < 2 ? lo.sz.scale : hi.sz.scale, acc[j][i]);
+      for (int j = 0; j < kNT; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          acc[j][i] = fmaf(part[q][j][i], segment_scale<kSplit>(i < 2 ? lo : hi, q), acc[j][i]);
   }
 };
 
@@ -215,14 +226,17 @@ struct Lane {
 // so occupancy): 2 with one tile of x rows, 1 with two (whose x registers double) and for the
 // 4-bit integer codes, whose decoding needs more registers. Measured on an H100 at one x row
 // (kldq_bench_dequant variants, 2026-12-06): int4_g128 reads 10-35 % faster with 1 on Qwen2.5-7B's
-// fused q/k/v, o, gate/up and down shapes; nf4 within 2 % either way.
+// fused q/k/v, o, gate/up and down shapes; nf4 within 2 % either way. Factored segments take 1:
+// with 2, factored nf4's 16-warp blocks need 74 registers a thread, one block per SM instead of
+// two, and 7B decode at batch 1 ran 8 % slower than rounded nf4 (273 against 296 tokens/s; with
+// 1, 303: H100, 2026-12-07).
 template <class D>
 struct Int4Codes : std::false_type {};
 template <int kBits, bool kFlat, bool kFz>
 struct Int4Codes<DecodeIntGroup<kBits, kFlat, kFz>> : std::bool_constant<kBits == 4> {};
-template <class D, int kNT>
+template <class D, int kNT, bool kFactor>
 constexpr int segment_unroll() {
-  return kNT == 2 || Int4Codes<D>::value ? 1 : 2;
+  return kFactor || kNT == 2 || Int4Codes<D>::value ? 1 : 2;
 }
 
 // The codes of a tile's rows that prefetch_tile moves to L2 before the chain wait: row r's
@@ -257,7 +271,7 @@ template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kFactor>
 __global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
            int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
-  constexpr int kUnroll = segment_unroll<D, kNT>();
+  constexpr int kUnroll = segment_unroll<D, kNT, kFactor>();
   __shared__ float partial[kWarps][32][4 * kNT];
   const int64_t half = rows / 2, lo0 = int64_t(blockIdx.x) * (kSwiGLU ? 8 : 16),
                 hi0 = kSwiGLU ? half + lo0 : lo0 + 8;
@@ -268,20 +282,9 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t r_lo = lo0 + g, r_hi = hi0 + g;
   float acc[kNT][4] = {};
-  Lane<T, D, kNT, kFactor> work{d,
-                                x,
-                                m,
-                                g,
-                                t,
-                                r_lo,
-                                r_hi,
-                                r_lo * per_row,
-                                r_hi * per_row,
-                                r_lo < rows,
-                                r_hi < rows,
-                                per_row,
-                                int64_t(per_row) * 8,
-                                acc};
+  CodePlanes planes{};  // registers, filled for factored nf4/fp4 only
+  if constexpr (kFactor && kSplitLayout<D>) planes = code_planes<T>(table);
+  Lane<T, D, kNT, kFactor> work(d, x, m, g, t, r_lo, r_hi, rows, per_row, acc, planes);
   // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time while they are
   // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
   const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
@@ -351,7 +354,7 @@ void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T
                      table, codes);
     };
     if constexpr (Factorable<D>::value)
-      if (w.group % (kSegChunks * 8) == 0) return run(std::true_type{});  // one group a segment
+      if (factored_applies<D>(w)) return run(std::true_type{});
     run(std::false_type{});
   };
   using I1 = std::integral_constant<int, 1>;

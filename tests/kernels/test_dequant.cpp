@@ -1,7 +1,8 @@
 // CUDA dequantization kernels against the CPU reference dequantizer, bit for bit: every format,
 // odd shapes (172 columns, single rows, sizes that are not multiples of 8), the vector and the
 // scalar paths, fp32/fp16/bf16 outputs; the fused dequantize + GEMV against a float64 product of
-// the dequantized weights; and QLinear on CUDA (both paths) against a dense GEMM.
+// the weights it multiplies (factored_weights); and QLinear on CUDA (both paths) against a dense
+// GEMM.
 #include <ATen/ATen.h>
 
 #include "kldq/formats/packed.hpp"
@@ -20,6 +21,30 @@ bool same_bits(const at::Tensor& a, const at::Tensor& b) {
   if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return false;
   const auto as_int = a.element_size() == 4 ? at::kInt : at::kShort;
   return at::equal(a.contiguous().view(as_int), b.contiguous().view(as_int));
+}
+
+// The weights the fused GEMV multiplies x by, in float64 (the format's rules, stated here apart
+// from the kernels): bf16/fp16 products of 4-bit integer codes in groups of 128 that tile the
+// rows take the format's exact values (code - zero) x scale; those of nf4/fp4 in blocks of 64
+// (or more) over rows of whole 128-column segments take the code value rounded to dtype times
+// the fp32 absmax, unrounded; every other product the dequantized weight rounded to dtype.
+at::Tensor factored_weights(const f::PackedWeight& p, at::ScalarType dtype) {
+  const f::FormatSpec& spec = p.spec;
+  const bool tc = dtype != at::kFloat;
+  if (tc && spec.format == f::Format::INT4 && spec.group == 128 && !spec.float_zero &&
+      p.in % 128 == 0)
+    return f::dequantize(p).to(at::kDouble);
+  const bool float4 = spec.format == f::Format::NF4 || spec.format == f::Format::FP4;
+  if (tc && float4 && spec.group % 64 == 0 && p.in % 128 == 0) {
+    f::PackedWeight unit = p;  // absmax 1: dequantize gives the code values themselves
+    unit.scales = at::ones_like(p.scales);
+    const at::Tensor codes = f::dequantize(unit).to(dtype).to(at::kDouble).flatten();
+    // Blocks run over the flattened weight; the last may be partial.
+    const at::Tensor absmax =
+        p.scales.to(at::kDouble).repeat_interleave(spec.group).narrow(0, 0, codes.numel());
+    return (codes * absmax).view({p.out, p.in});
+  }
+  return f::dequantize(p).to(dtype).to(at::kDouble);
 }
 
 }  // namespace
@@ -73,7 +98,9 @@ TEST_CASE("QLinear on CUDA equals a dense GEMM on the dequantized weight", "[cud
     REQUIRE(kldq::kernels::gemv_applies(layer.packed(), step, b));
     const at::Tensor got = layer.forward(step).to(at::kFloat),
                      want = at::linear(step, wd, b).to(at::kFloat);
-    // Same bf16 weights and inputs, fp32 sums in another order: within bf16 rounding.
+    // Same bf16 weights (int8, fp8; int4_g128 and nf4 here take the factored products, whose
+    // weights are within bf16 rounding of these) and inputs, fp32 sums in another order:
+    // within bf16 rounding.
     CHECK((got - want).abs().max().item<float>() <= 0x1p-7 * want.abs().max().item<float>());
   }
 }
@@ -114,9 +141,10 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
   const std::vector<std::pair<int64_t, int64_t>> shapes = {
       {1, 8},     {7, 64},    {33, 96},   {5, 200},    {5, 224},    {256, 1536},
       {96, 4104}, {96, 4128}, {96, 4096}, {8963, 200}, {8963, 224}, {8963, 384}};
-  for (const char* name : {"nf4", "nf4_b32", "fp4", "int4_g128", "int4_g128_asym", "int4_g32_asym",
-                           "int3_g64", "int3_g128_asym", "int2_g64", "int8", "fp8_e4m3",
-                           "fp8_e4m3_tensor", "fp8_e5m2", "fp8_e4m3_noscale", "int4_g64_fz"}) {
+  for (const char* name :
+       {"nf4", "nf4_b32", "nf4_b256", "fp4", "int4_g128", "int4_g128_asym", "int4_g32_asym",
+        "int3_g64", "int3_g128_asym", "int2_g64", "int8", "fp8_e4m3", "fp8_e4m3_tensor", "fp8_e5m2",
+        "fp8_e4m3_noscale", "int4_g64_fz"}) {
     for (const auto& [out, in] : shapes) {
       const auto spec = f::FormatSpec::parse(name);
       const at::Tensor w = at::randn({out, in}) * 0.05;
@@ -125,13 +153,9 @@ TEST_CASE("Fused dequantize + GEMV on CUDA equals a float64 product of the dequa
       const f::PackedWeight g = p.to(c10::kCUDA);
       for (auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
         const auto opts = at::TensorOptions().device(c10::kCUDA).dtype(dtype);
-        // The weights the GEMM path would use: dequantized, rounded once to dtype. Except 4-bit
-        // integer codes in groups of 128 that tile the rows, in bf16/fp16: those products take
-        // the format's exact values (code - zero) x scale, rounding no weight (gemv_mma.cuh).
-        const bool exact = dtype != at::kFloat && spec.format == f::Format::INT4 &&
-                           spec.group == 128 && !spec.float_zero && in % 128 == 0;
-        const at::Tensor wq = exact ? f::dequantize(p).to(at::kDouble)  // [out, in]
-                                    : f::dequantize(p).to(dtype).to(at::kDouble);
+        // The weights the GEMM path would use: dequantized, rounded once to dtype; or those of
+        // the factored products (bf16/fp16, gemv_factored.cuh).
+        const at::Tensor wq = factored_weights(p, dtype);  // [out, in] float64
         // fp32 rows take the SIMT kernel (at most 4), bf16/fp16 the tensor cores (at most 16:
         // one or two 8-row tiles of the MMA's n, padded with copies of the last row).
         const std::vector<int64_t> counts = dtype == at::kFloat
@@ -174,12 +198,13 @@ TEST_CASE("The fused GEMV's SwiGLU epilogue equals silu_mul of the fused GEMV", 
   KLDQ_SKIP_NO_CUDA();
   at::manual_seed(15);
   // Rows [gate; up] of 2 i: block b holds gate rows 8b.. and their up rows; with 2 i = 8960 the
-  // 4-warp blocks, with 2 i = 1024 the 16-warp ones. The oracle: the plain product's outputs
-  // (checked above against a float64 product) through silu_mul (checked against transformers'
-  // formula in test_fused.cpp), value for value.
+  // 4-warp blocks, with 2 i = 1024 the 16-warp ones; widths of 256 and 384 take the factored
+  // products of nf4 and int4_g128. The oracle: the plain product's outputs (checked above
+  // against a float64 product) through silu_mul (checked against transformers' formula in
+  // test_fused.cpp), value for value.
   for (const char* name : {"nf4", "int4_g128", "int4_g32_asym", "int8", "fp8_e4m3"}) {
-    for (const auto& [out, in] :
-         std::vector<std::pair<int64_t, int64_t>>{{1024, 96}, {8960, 224}}) {
+    for (const auto& [out, in] : std::vector<std::pair<int64_t, int64_t>>{
+             {1024, 96}, {8960, 224}, {1024, 256}, {8960, 384}}) {
       const at::Tensor w = at::randn({out, in}) * 0.05;
       const f::PackedWeight g = f::quantize_rtn(w, f::FormatSpec::parse(name)).to(c10::kCUDA);
       for (auto dtype : {at::kHalf, at::kBFloat16}) {

@@ -18,9 +18,12 @@ at::Tensor dequantize(const formats::PackedWeight& p, at::ScalarType dtype);
 // Fused dequantize + matmul for a few rows of activations (decode steps): x [..., p.in] with at
 // most 16 rows (bf16/fp16, on the tensor cores) or 4 (fp32) -> [..., p.out] in x's dtype, bias
 // [p.out] added when defined; each weight is read once (src/kernels/gemv_cuda.cu), no dequantized
-// copy. The weights are the ones dequantize_into gives in x's dtype; only the fp32 summation order
-// differs from a GEMM's. gemv_applies: CUDA tensors on one device, fp32/fp16/bf16, a packed (not
-// dense) format, p.in % 8 == 0, contiguous and aligned tensors; gemv checks it.
+// copy. The weights are the ones dequantize_into gives in x's dtype (only the fp32 summation
+// order differs from a GEMM's), except in bf16/fp16 for int4 in groups of 128 (the exact
+// (code - zero) x scale) and nf4/fp4 in blocks of 64+ with p.in % 128 == 0 (the code value in
+// x's dtype times the fp32 absmax): docs/FORMATS.md, "Fused dequantize + GEMV". gemv_applies: CUDA
+// tensors on one device, fp32/fp16/bf16, a packed (not dense) format, p.in % 8 == 0, contiguous and
+// aligned tensors; gemv checks it.
 bool gemv_applies(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias);
 at::Tensor gemv(const formats::PackedWeight& p, const at::Tensor& x, const at::Tensor& bias);
 // The SwiGLU of a fused gate/up weight p (rows [gate; up]) in the same kernel: x [..., p.in] ->
