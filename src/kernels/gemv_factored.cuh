@@ -125,21 +125,24 @@ __device__ inline void float4_pairs(const CodePlanes& p, uint32_t w, uint32_t (&
   lookup4(p, w >> 16, prmt(w, w4, 0xBFAEu), a[2], a[3]);
 }
 
+// M in both halves of a T pair, as bits: 128 in bf16, 1024 in fp16, where the spacing is 1, so
+// that M | code (code < 128) is the T value M + code.
+template <class T>
+constexpr uint32_t kPairMagic = std::is_same_v<T, __nv_bfloat16> ? 0x43004300u : 0x64006400u;
+
 // A chunk word of 8 int4 codes (code j at bits 4j .. 4j + 3) as 4 T pairs of code - zero: pair
-// p = columns (p, p + 4), the nibbles 16 bits apart: (w >> 4p) & 0x000F000F | magic gives the
-// halves M + code (M = 128 in bf16, 1024 in fp16, where the spacing is 1), minus z = M + zero.
+// p = columns (p, p + 4), the nibbles 16 bits apart: (w >> 4p) & 0x000F000F | kPairMagic gives
+// the halves M + code, minus z = M + zero.
 template <class T>
 __device__ inline void int4_pairs(uint32_t w, uint32_t z, uint32_t (&a)[4]) {
-  constexpr uint32_t magic = std::is_same_v<T, __nv_bfloat16> ? 0x43004300u : 0x64006400u;
 #pragma unroll
-  for (int p = 0; p < 4; ++p) a[p] = sub2<T>(((w >> (4 * p)) & 0x000F000Fu) | magic, z);
+  for (int p = 0; p < 4; ++p) a[p] = sub2<T>(((w >> (4 * p)) & 0x000F000Fu) | kPairMagic<T>, z);
 }
 
 // M + zero in both halves, from the decoder's 2^23 + zero (0 for Quad{}, the zero fill).
 template <class T>
 __device__ inline uint32_t int4_zero_pair(float zero) {
-  constexpr uint32_t magic = std::is_same_v<T, __nv_bfloat16> ? 0x43004300u : 0x64006400u;
-  return magic | (__float_as_uint(zero) & 0xFFu) * 0x00010001u;
+  return kPairMagic<T> | (__float_as_uint(zero) & 0xFFu) * 0x00010001u;
 }
 
 // x pairs for int4_pairs' column pairs (p, p + 4) from a chunk's words (x0 x1 | x2 x3 | x4 x5 |
