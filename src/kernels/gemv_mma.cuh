@@ -229,14 +229,17 @@ struct Lane {
 // fused q/k/v, o, gate/up and down shapes; nf4 within 2 % either way. Factored segments take 1:
 // with 2, factored nf4's 16-warp blocks need 74 registers a thread, one block per SM instead of
 // two, and 7B decode at batch 1 ran 8 % slower than rounded nf4 (273 against 296 tokens/s; with
-// 1, 303: H100, 2026-12-07).
+// 1, 303: H100, 2026-12-07); factored_unroll says where they take 2.
 template <class D>
 struct Int4Codes : std::false_type {};
 template <int kBits, bool kFlat, bool kFz>
 struct Int4Codes<DecodeIntGroup<kBits, kFlat, kFz>> : std::bool_constant<kBits == 4> {};
-template <class D, int kNT, bool kFactor>
+// kFactor: 0 rounded weights, else factored with kFactor segments in flight (the launcher's
+// choice, factored_unroll).
+template <class D, int kNT, int kFactor>
 constexpr int segment_unroll() {
-  return kFactor || kNT == 2 || Int4Codes<D>::value ? 1 : 2;
+  if constexpr (kFactor > 0) return kFactor;
+  return kNT == 2 || Int4Codes<D>::value ? 1 : 2;
 }
 
 // The codes of a tile's rows that prefetch_tile moves to L2 before the chain wait: row r's
@@ -267,7 +270,7 @@ __device__ inline void prefetch_tile(const TileCodes& c, int64_t lo0, int64_t hi
 // == 0), gate rows 8 b .. 8 b + 7 as the MMA's rows g and their up rows half + 8 b + g as rows
 // g + 8, so that each thread holds a gate value and its up value: y [m, half] = silu(gate) * up,
 // each rounded to T first (kernels::silu_mul's formula on the rounded outputs, value for value).
-template <class T, class D, int kNT, int kWarps, bool kSwiGLU, bool kFactor>
+template <class T, class D, int kNT, int kWarps, bool kSwiGLU, int kFactor>
 __global__ void __launch_bounds__(32 * kWarps)
     kernel(D d, const T* __restrict__ x, int m, const T* __restrict__ bias, T* __restrict__ y,
            int64_t rows, uint32_t per_row, CodeTable table, TileCodes tile) {
@@ -283,8 +286,8 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int64_t r_lo = lo0 + g, r_hi = hi0 + g;
   float acc[kNT][4] = {};
   CodePlanes planes{};  // registers, filled for factored nf4/fp4 only
-  if constexpr (kFactor && kSplitLayout<D>) planes = code_planes<T>(table);
-  Lane<T, D, kNT, kFactor> work(d, x, m, g, t, r_lo, r_hi, rows, per_row, acc, planes);
+  if constexpr (kFactor > 0 && kSplitLayout<D>) planes = code_planes<T>(table);
+  Lane<T, D, kNT, (kFactor > 0)> work(d, x, m, g, t, r_lo, r_hi, rows, per_row, acc, planes);
   // Warp `warp` takes segments warp, warp + kWarps, ...: first kUnroll at a time while they are
   // whole (whole tile of rows, all 16 chunks inside the row), then the rest one at a time.
   const uint32_t segments = (per_row + kSegChunks - 1) / kSegChunks, whole = per_row / kSegChunks;
@@ -332,6 +335,19 @@ inline TileCodes tile_codes(const PackedView& w, int64_t tiles) {
   return {w.codes, row_bytes, static_cast<uint32_t>(share)};
 }
 
+// Segments in flight for factored nf4/fp4 at one x tile: two where the extra registers (72-78
+// against 58-72 a thread) cost no occupancy that the grid needs, or a warp has few segments to
+// run, whose load latencies a second segment in flight then hides: no more tiles than SMs (one
+// block per SM), or 4-warp blocks with at most 4 segments a warp (rows of <= 2,048 columns). One
+// elsewhere: 16-warp blocks of more tiles than SMs then fit one block per SM instead of two.
+// Measured on an H100 (2026-12-07, decode at batch 1, docs/GPU.md): qwen2.5-1.5b (every product
+// two) 694-716 tokens/s against 663-685 with one; at 7B two in its 4-warp blocks (28 segments a
+// row) 294-297 against 302 with one, two everywhere 273.
+inline int factored_unroll(int warps, int64_t tiles, uint32_t segments) {
+  if (tiles <= int64_t(sm_count())) return 2;
+  return warps == 4 && segments <= 4 * 4 ? 2 : 1;
+}
+
 // y[m, rows] = x[m, cols] . W^T (+ bias) for 1 <= m <= 16, T bf16 or fp16, cols % 32 == 0 and
 // codes and x 16-byte aligned (gemv_applies checks). Blocks
 // of 4 warps when there are enough 16-row tiles to fill the SMs several times, else 16 warps
@@ -347,15 +363,20 @@ void launch(const D& d, const PackedView& w, const T* x, int m, const T* bias, T
   auto go = [&](auto nt, auto warps) {
     constexpr int NT = decltype(nt)::value, W = decltype(warps)::value;
     auto run = [&](auto factor) {
-      constexpr bool F = decltype(factor)::value;
+      constexpr int F = decltype(factor)::value;
       launch_chained("gemv_packed (tensor cores)",
                      swiglu ? kernel<T, D, NT, W, true, F> : kernel<T, D, NT, W, false, F>,
                      static_cast<unsigned>(tiles), 32 * W, 0, s, d, x, m, bias, y, w.rows, per_row,
                      table, codes);
     };
     if constexpr (Factorable<D>::value)
-      if (factored_applies<D>(w)) return run(std::true_type{});
-    run(std::false_type{});
+      if (factored_applies<D>(w)) {
+        if constexpr (kSplitLayout<D> && NT == 1)
+          if (factored_unroll(W, tiles, (per_row + kSegChunks - 1) / kSegChunks) == 2)
+            return run(std::integral_constant<int, 2>{});
+        return run(std::integral_constant<int, 1>{});
+      }
+    run(std::integral_constant<int, 0>{});
   };
   using I1 = std::integral_constant<int, 1>;
   using I2 = std::integral_constant<int, 2>;
