@@ -14,7 +14,19 @@
 namespace kldq::kernels::cuda {
 namespace {
 
-// One thread per rotation pair (i, i + d/2) of one head of one token.
+// One rotate-half RoPE pair (x[i], x[i + d/2]) = (l, h) with its cos/sin entries, in
+// transformers' rounding order (each product rounded to T, then their sum):
+//   o_lo = T(T(l * c_lo) + T(-h * s_lo)),  o_hi = T(T(h * c_hi) + T(l * s_hi))
+template <class T>
+__device__ inline void rotate_pair(float l, float h, float c_lo, float c_hi, float s_lo, float s_hi,
+                                   T& o_lo, T& o_hi) {
+  o_lo = Conv<T>::from_float(
+      __fadd_rn(round_to<T>(__fmul_rn(l, c_lo)), round_to<T>(__fmul_rn(-h, s_lo))));
+  o_hi = Conv<T>::from_float(
+      __fadd_rn(round_to<T>(__fmul_rn(h, c_hi)), round_to<T>(__fmul_rn(l, s_hi))));
+}
+
+// One thread per rotation pair (i, i + d/2) of one head of one token (rotate_pair).
 //   out[i]       = T(T(x[i] * cos[i])             + T(-x[i + d/2] * sin[i]))
 //   out[i + d/2] = T(T(x[i + d/2] * cos[i + d/2]) + T( x[i]       * sin[i + d/2]))
 template <class T>
@@ -34,15 +46,9 @@ __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cos,
     const T* xr = x + b * sb + t * st + head * sn;
     T* outr = out + ((b * T_ + t) * n + head) * d;
     const int64_t row = b * cb + t * d;  // the token's cos/sin row
-    const float lo = Conv<T>::to_float(xr[i]), hi = Conv<T>::to_float(xr[i + half]);
-    const float c_lo = Conv<T>::to_float(cos[row + i]),
-                c_hi = Conv<T>::to_float(cos[row + i + half]);
-    const float s_lo = Conv<T>::to_float(sin[row + i]),
-                s_hi = Conv<T>::to_float(sin[row + i + half]);
-    outr[i] = Conv<T>::from_float(
-        __fadd_rn(round_to<T>(__fmul_rn(lo, c_lo)), round_to<T>(__fmul_rn(-hi, s_lo))));
-    outr[i + half] = Conv<T>::from_float(
-        __fadd_rn(round_to<T>(__fmul_rn(hi, c_hi)), round_to<T>(__fmul_rn(lo, s_hi))));
+    auto f = [](T v) { return Conv<T>::to_float(v); };
+    rotate_pair<T>(f(xr[i]), f(xr[i + half]), f(cos[row + i]), f(cos[row + i + half]),
+                   f(sin[row + i]), f(sin[row + i + half]), outr[i], outr[i + half]);
   }
 }
 
@@ -56,13 +62,9 @@ __device__ inline void rotate_pack(const T* xr, const T* cos, const T* sin, T* o
   Pack<T, N> o_lo, o_hi;
 #pragma unroll
   for (int k = 0; k < N; ++k) {
-    const float l = Conv<T>::to_float(lo.e[k]), h = Conv<T>::to_float(hi.e[k]);
-    o_lo.e[k] =
-        Conv<T>::from_float(__fadd_rn(round_to<T>(__fmul_rn(l, Conv<T>::to_float(c_lo.e[k]))),
-                                      round_to<T>(__fmul_rn(-h, Conv<T>::to_float(s_lo.e[k])))));
-    o_hi.e[k] =
-        Conv<T>::from_float(__fadd_rn(round_to<T>(__fmul_rn(h, Conv<T>::to_float(c_hi.e[k]))),
-                                      round_to<T>(__fmul_rn(l, Conv<T>::to_float(s_hi.e[k])))));
+    auto f = [](T v) { return Conv<T>::to_float(v); };
+    rotate_pair<T>(f(lo.e[k]), f(hi.e[k]), f(c_lo.e[k]), f(c_hi.e[k]), f(s_lo.e[k]), f(s_hi.e[k]),
+                   o_lo.e[k], o_hi.e[k]);
   }
   store_pack<T, N>(out + i, o_lo);
   store_pack<T, N>(out + i + half, o_hi);
