@@ -49,6 +49,18 @@ at::Tensor left_padded(const std::vector<std::vector<int64_t>>& prompts, int64_t
   return ids;
 }
 
+// One call's times and counts added to s (replays: steps timed in `replay`, 0 for none).
+void add_stats(GenerateStats& s, const std::vector<std::vector<int64_t>>& prompts,
+               const std::vector<std::vector<int64_t>>& out, double prefill, double decode,
+               double replay, int64_t replays) {
+  s.prefill_s += prefill;
+  s.decode_s += decode;
+  if (replays > 0) s.replay_s += replay, s.replay_steps += replays;
+  for (size_t b = 0; b < out.size(); ++b)
+    s.prompt_tokens += static_cast<int64_t>(prompts[b].size()),
+        s.new_tokens += static_cast<int64_t>(out[b].size());
+}
+
 }  // namespace
 
 at::Tensor choose_tokens(const at::Tensor& logits, const Sampling& s, at::Generator& gen) {
@@ -97,10 +109,20 @@ std::vector<std::vector<int64_t>> generate(const model::Decoder& m,
   // [B, V] logits of each row's last prompt token
   at::Tensor logits = m.head(m.run_cached(ids, cache).narrow(1, longest - 1, 1)).select(1, 0);
   model::DecodeGraph steps(m, cache, o.cuda_graph);
-  auto t1 = t0;
+  auto t1 = t0, t_replays = t0;
+  // Greedy after the prompt's token: each step's tokens go to the host while the next step already
+  // runs (DecodeGraph::greedy; a step past the last row's stop runs on, unread). The first step
+  // (eager, then captured) and sampled ones start once the host has chosen their tokens.
+  const bool greedy = o.sampling.temperature <= 0;
+  int64_t replays = 0;  // steps after the first replayed one (step 2), for the steady-state rate
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    const at::Tensor next = choose_tokens(logits, o.sampling, gen ? *gen : own);  // [B] CPU
+    const bool more = step + 1 < o.max_new_tokens, pipelined = greedy && step > 0;
+    at::Tensor started;  // pipelined: the logits of the step already running
+    const at::Tensor next = greedy ? steps.greedy(logits, more && pipelined, started)
+                                   : choose_tokens(logits, o.sampling, gen ? *gen : own);  // [B]
     if (step == 0) t1 = Clock::now();
+    if (step == 2 && steps.captured()) t_replays = Clock::now();
+    if (step > 2 && steps.captured()) ++replays;
     const int64_t* n = next.data_ptr<int64_t>();
     bool all_done = true;
     for (size_t b = 0; b < out.size(); ++b) {
@@ -110,16 +132,13 @@ std::vector<std::vector<int64_t>> generate(const model::Decoder& m,
       done[b] = std::find(o.stop.begin(), o.stop.end(), n[b]) != o.stop.end();
       all_done = all_done && done[b];
     }
-    if (all_done || step + 1 == o.max_new_tokens) break;
-    logits = steps.step(next);  // finished rows run on, unread
+    if (all_done || !more) break;
+    logits = pipelined ? started : steps.step(next);  // finished rows run on, unread
   }
   if (stats) {
     const auto t2 = Clock::now();
-    stats->prefill_s += std::chrono::duration<double>(t1 - t0).count();
-    stats->decode_s += std::chrono::duration<double>(t2 - t1).count();
-    for (size_t b = 0; b < out.size(); ++b)
-      stats->prompt_tokens += static_cast<int64_t>(prompts[b].size()),
-          stats->new_tokens += static_cast<int64_t>(out[b].size());
+    auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+    add_stats(*stats, prompts, out, secs(t0, t1), secs(t1, t2), secs(t_replays, t2), replays);
   }
   return out;
 }

@@ -16,6 +16,7 @@
 #include "kldq/core/log.hpp"
 
 #if KLDQ_WITH_CUDA_BUILD
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -104,6 +105,26 @@ at::Tensor DecodeGraph::step(const at::Tensor& next) {
 #else
   return eager(ids);  // unreachable: enabled_ is false without CUDA
 #endif
+}
+
+at::Tensor DecodeGraph::greedy(const at::Tensor& logits, bool more, at::Tensor& next) {
+  const at::Tensor ids = logits.argmax(-1);  // [B] on the logits' device
+#if KLDQ_WITH_CUDA_BUILD
+  if (ids.is_cuda()) {
+    // Into pinned memory, ordered before the step on the stream: the event completes when the
+    // ids are on the host, not when the step is done.
+    at::Tensor host = at::empty(ids.sizes(), ids.options().device(at::kCPU).pinned_memory(true));
+    host.copy_(ids, /*non_blocking=*/true);
+    at::cuda::CUDAEvent copied;
+    copied.record(c10::cuda::getCurrentCUDAStream(ids.device().index()));
+    if (more) next = step(ids);  // argmax ids are inside the vocabulary: no host check needed
+    copied.synchronize();
+    return host;
+  }
+#endif
+  at::Tensor host = ids.to(at::kCPU);
+  if (more) next = step(host);
+  return host;
 }
 
 at::Tensor DecodeGraph::eager(const at::Tensor& ids) {

@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "kldq/core/device.hpp"
+#include "kldq/eval/generate.hpp"
 #include "kldq/kernels/fused.hpp"
 #include "kldq/model/decode_graph.hpp"
 #include "kldq/model/decoder.hpp"
@@ -223,5 +224,41 @@ TEST_CASE("chained kernel launches give the plain launches' decode steps bit for
       CHECK(at::equal(plain[t], chained[t]));
       CHECK(at::equal(plain[t], eager[t]));
     }
+  }
+}
+
+TEST_CASE("pipelined greedy generation on CUDA gives the tokens of steps chosen one at a time",
+          "[cuda][model]") {
+  KLDQ_SKIP_NO_CUDA();
+  at::InferenceMode guard;
+  const kldq::model::Decoder m = wiki_in("nf4");  // packed layers: the fused products
+  const std::vector<std::vector<int64_t>> prompts{{10, 200, 33, 7, 99, 5}, {99, 3}, {7}};
+  const int64_t N = 20, longest = 6;
+  // The oracle: each step starts only once the host holds its tokens (argmax read back first).
+  std::vector<int64_t> pad;
+  at::Tensor ids = at::zeros({3, longest}, at::kLong);
+  for (int64_t b = 0; b < 3; ++b) {
+    const auto& p = prompts[size_t(b)];
+    pad.push_back(longest - int64_t(p.size()));
+    ids[b].narrow(0, pad.back(), int64_t(p.size())).copy_(at::tensor(p, at::kLong));
+  }
+  kldq::model::Decoder::KvCache c = m.new_cache(pad, longest + N - 1);
+  at::Tensor logits = m.head(m.run_cached(ids, c).narrow(1, longest - 1, 1)).select(1, 0);
+  kldq::model::DecodeGraph g(m, c, true);
+  std::vector<std::vector<int64_t>> want(3);
+  for (int64_t step = 0; step < N; ++step) {
+    const at::Tensor next = logits.argmax(-1).cpu();
+    for (int64_t b = 0; b < 3; ++b) want[size_t(b)].push_back(next[b].item<int64_t>());
+    if (step + 1 < N) logits = g.step(next);
+  }
+  for (bool graph : {true, false}) {
+    INFO("CUDA graph " << graph);
+    kldq::eval::GenerateOptions o;
+    o.max_new_tokens = N;
+    o.cuda_graph = graph;
+    kldq::eval::GenerateStats s;
+    CHECK(kldq::eval::generate(m, prompts, o, {}, &s) == want);
+    // steps 3 .. N - 1 follow the first replayed one (step 2)
+    CHECK(s.replay_steps == (graph ? N - 3 : 0));
   }
 }

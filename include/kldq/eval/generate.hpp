@@ -32,6 +32,10 @@ struct GenerateOptions {
 struct GenerateStats {
   double prefill_s = 0, decode_s = 0;
   int64_t prompt_tokens = 0, new_tokens = 0;  // real (unpadded) prompt tokens; tokens emitted
+  // The steady state: the time of the steps after the first replayed one (a CUDA graph
+  // captured: no eager step, no capture), and their number (0 without a graph).
+  double replay_s = 0;
+  int64_t replay_steps = 0;
 };
 
 // New tokens per prompt (each prompt a non-empty list of ids), up to and including the first

@@ -33,6 +33,12 @@ class DecodeGraph {
   // [B, V] (compute dtype, on the device; valid until the next step). ConfigError when the
   // cache is full.
   at::Tensor step(const at::Tensor& next);
+  // Greedy decoding: the tokens of `logits` [B, V] (argmax on their device, the first index on
+  // ties, as torch.argmax) as [B] int64 host ids and, when `more`, the step that appends them
+  // already started, its logits in `next`. On CUDA the ids' copy to the host is ordered before
+  // that step, so the host reads them while the device runs it: consecutive steps follow each
+  // other on the device without waiting for the host.
+  at::Tensor greedy(const at::Tensor& logits, bool more, at::Tensor& next);
   // Whether steps replay a captured graph (false until the second step, and when unsupported).
   bool captured() const;
 
