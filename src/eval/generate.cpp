@@ -110,13 +110,14 @@ std::vector<std::vector<int64_t>> generate(const model::Decoder& m,
   at::Tensor logits = m.head(m.run_cached(ids, cache).narrow(1, longest - 1, 1)).select(1, 0);
   model::DecodeGraph steps(m, cache, o.cuda_graph);
   auto t1 = t0, t_replays = t0;
-  // Greedy after the prompt's token: each step's tokens go to the host while the next step already
-  // runs (DecodeGraph::greedy; a step past the last row's stop runs on, unread). The first step
-  // (eager, then captured) and sampled ones start once the host has chosen their tokens.
+  // Greedy on CUDA after the prompt's token: each step's tokens go to the host while the next step
+  // already runs (DecodeGraph::greedy; a step past the last row's stop runs on, unread). The first
+  // step (eager, then captured), sampled ones and CPU ones start once the host has the tokens.
   const bool greedy = o.sampling.temperature <= 0;
   int64_t replays = 0;  // steps after the first replayed one (step 2), for the steady-state rate
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    const bool more = step + 1 < o.max_new_tokens, pipelined = greedy && step > 0;
+    const bool more = step + 1 < o.max_new_tokens,
+               pipelined = greedy && step > 0 && m.device().is_cuda();
     at::Tensor started;  // pipelined: the logits of the step already running
     const at::Tensor next = greedy ? steps.greedy(logits, more && pipelined, started)
                                    : choose_tokens(logits, o.sampling, gen ? *gen : own);  // [B]
@@ -135,6 +136,7 @@ std::vector<std::vector<int64_t>> generate(const model::Decoder& m,
     if (all_done || !more) break;
     logits = pipelined ? started : steps.step(next);  // finished rows run on, unread
   }
+  steps.finish();  // a step started before the last row stopped: its time is decode time
   if (stats) {
     const auto t2 = Clock::now();
     auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };

@@ -335,14 +335,14 @@ inline TileCodes tile_codes(const PackedView& w, int64_t tiles) {
   return {w.codes, row_bytes, static_cast<uint32_t>(share)};
 }
 
-// Segments in flight for factored nf4/fp4 at one x tile: two where the extra registers (72-78
-// against 58-72 a thread) cost no occupancy that the grid needs, or a warp has few segments to
-// run, whose load latencies a second segment in flight then hides: no more tiles than SMs (one
-// block per SM), or 4-warp blocks with at most 4 segments a warp (rows of <= 2,048 columns). One
-// elsewhere: 16-warp blocks of more tiles than SMs then fit one block per SM instead of two.
-// Measured on an H100 (2026-12-07, decode at batch 1, docs/GPU.md): qwen2.5-1.5b (every product
-// two) 694-716 tokens/s against 663-685 with one; at 7B two in its 4-warp blocks (28 segments a
-// row) 294-297 against 302 with one, two everywhere 273.
+// Segments in flight for factored nf4/fp4 at one x tile (<= 8 rows; 16 rows take one): two where
+// the extra registers (72-78 against 58-72 a thread) cost no occupancy that the grid needs, or a
+// warp has few segments to run, whose load latencies a second segment in flight then hides: no more
+// tiles than SMs (one block per SM), or 4-warp blocks with at most 4 segments a warp (rows of <=
+// 2,048 columns). One elsewhere: 16-warp blocks of more tiles than SMs then fit one block per SM
+// instead of two. Measured on an H100 (2026-12-07, decode at batch 1, docs/GPU.md): qwen2.5-1.5b
+// (every product two) 694-716 tokens/s against 663-685 with one; at 7B two in its 4-warp blocks (28
+// segments a row) 294-297 against 302 with one, two everywhere 273.
 inline int factored_unroll(int warps, int64_t tiles, uint32_t segments) {
   if (tiles <= int64_t(sm_count())) return 2;
   return warps == 4 && segments <= 4 * 4 ? 2 : 1;

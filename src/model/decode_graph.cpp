@@ -35,7 +35,20 @@ struct DecodeGraph::Graph {
 DecodeGraph::DecodeGraph(const Decoder& m, Decoder::KvCache& cache, bool enabled)
     : m_(m), cache_(cache), enabled_(enabled && supported(m)) {}
 
-DecodeGraph::~DecodeGraph() = default;
+DecodeGraph::~DecodeGraph() {
+  try {
+    finish();
+  } catch (...) {  // a destructor does not throw; a device error surfaces at the next call
+  }
+}
+
+void DecodeGraph::finish() {
+#if KLDQ_WITH_CUDA_BUILD
+  if (running_ && m_.device().is_cuda())
+    c10::cuda::getCurrentCUDAStream(m_.device().index()).synchronize();
+#endif
+  running_ = false;
+}
 
 bool DecodeGraph::supported(const Decoder& m) {
 #if KLDQ_WITH_CUDA_BUILD
@@ -118,11 +131,12 @@ at::Tensor DecodeGraph::greedy(const at::Tensor& logits, bool more, at::Tensor& 
     at::cuda::CUDAEvent copied;
     copied.record(c10::cuda::getCurrentCUDAStream(ids.device().index()));
     if (more) next = step(ids);  // argmax ids are inside the vocabulary: no host check needed
-    copied.synchronize();
+    copied.synchronize();        // the previous step is done: only the new one may be running
+    running_ = more;
     return host;
   }
 #endif
-  at::Tensor host = ids.to(at::kCPU);
+  at::Tensor host = ids.to(at::kCPU);  // (the step below then runs after the copy)
   if (more) next = step(host);
   return host;
 }

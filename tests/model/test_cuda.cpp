@@ -251,6 +251,15 @@ TEST_CASE("pipelined greedy generation on CUDA gives the tokens of steps chosen 
     for (int64_t b = 0; b < 3; ++b) want[size_t(b)].push_back(next[b].item<int64_t>());
     if (step + 1 < N) logits = g.step(next);
   }
+  // A stop id ends its row after it; once every row has stopped, the step already started is
+  // waited for, unread. Two new tokens: only the eager (captured) step runs.
+  const int64_t stop = want[0][3];
+  std::vector<std::vector<int64_t>> stopped = want, two = want;
+  for (size_t b = 0; b < 3; ++b) {
+    const auto at = std::find(want[b].begin(), want[b].end(), stop);
+    stopped[b].assign(want[b].begin(), at == want[b].end() ? want[b].end() : at + 1);
+    two[b].resize(2);
+  }
   for (bool graph : {true, false}) {
     INFO("CUDA graph " << graph);
     kldq::eval::GenerateOptions o;
@@ -260,5 +269,10 @@ TEST_CASE("pipelined greedy generation on CUDA gives the tokens of steps chosen 
     CHECK(kldq::eval::generate(m, prompts, o, {}, &s) == want);
     // steps 3 .. N - 1 follow the first replayed one (step 2)
     CHECK(s.replay_steps == (graph ? N - 3 : 0));
+    o.stop = {stop};
+    CHECK(kldq::eval::generate(m, prompts, o) == stopped);
+    o.stop.clear();
+    o.max_new_tokens = 2;
+    CHECK(kldq::eval::generate(m, prompts, o) == two);
   }
 }

@@ -27,8 +27,9 @@ struct GenerateOptions {
                               // (model/decode_graph.hpp); false: every step launched eagerly
 };
 
-// Wall time of the two phases (the first token's choice ends the prefill; each later step reads
-// its token back to the host, so the times include the device's work).
+// Wall time of the two phases (the first token's choice ends the prefill; each later step's
+// tokens are read back to the host, so the times include the device's work; a greedy step
+// already running when the last row stops is waited for within decode_s).
 struct GenerateStats {
   double prefill_s = 0, decode_s = 0;
   int64_t prompt_tokens = 0, new_tokens = 0;  // real (unpadded) prompt tokens; tokens emitted

@@ -26,7 +26,9 @@ void check_speed_protocol(const model::ModelConfig& c, const SpeedProtocol& p,
 // Device bytes of the largest batch's cache and prefill.
 uint64_t speed_working(const model::ModelConfig& c, const SpeedProtocol& p, c10::ScalarType dtype);
 // Runs the protocol on `m` (a short warm-up first, untimed) and returns
-// {"prompt", "new_tokens", "b<N>": {"prefill_tokens_per_second", "decode_tokens_per_second"}};
+// {"prompt", "new_tokens", "b<N>": {"prefill_tokens_per_second", "decode_tokens_per_second",
+// "prefill_s", "decode_s"}}, "b<N>" also with "replayed_step_ms" and
+// "replayed_decode_tokens_per_second" when the steps replayed a CUDA graph;
 // `summary` gets one line per batch.
 nlohmann::json measure_speed(const model::Decoder& m, const SpeedProtocol& p, std::string& summary);
 

@@ -24,7 +24,7 @@ class DecodeGraph {
   // extended only through step() and `m` runs nothing else: the graph reads memory `m` owns
   // and may replace when used otherwise (its RoPE table, the packed layers' workspace).
   DecodeGraph(const Decoder& m, Decoder::KvCache& cache, bool enabled = true);
-  ~DecodeGraph();
+  ~DecodeGraph();  // finish()
   DecodeGraph(const DecodeGraph&) = delete;
   DecodeGraph& operator=(const DecodeGraph&) = delete;
   // Whether steps of m can be captured: CUDA, every block resident, no observer.
@@ -39,6 +39,9 @@ class DecodeGraph {
   // that step, so the host reads them while the device runs it: consecutive steps follow each
   // other on the device without waiting for the host.
   at::Tensor greedy(const at::Tensor& logits, bool more, at::Tensor& next);
+  // Waits for a step that greedy() started and nobody read (the last row stopped first); the
+  // destructor calls it too, so no step runs on the graph's tensors once they are freed.
+  void finish();
   // Whether steps replay a captured graph (false until the second step, and when unsupported).
   bool captured() const;
 
@@ -50,6 +53,7 @@ class DecodeGraph {
   Decoder::KvCache& cache_;
   bool enabled_;
   std::unique_ptr<Graph> graph_;
+  bool running_ = false;  // greedy() started a step that no later greedy() waited for
 };
 
 }  // namespace kldq::model
