@@ -119,8 +119,8 @@ std::vector<std::vector<int64_t>> generate(const model::Decoder& m,
     const bool more = step + 1 < o.max_new_tokens,
                pipelined = greedy && step > 0 && m.device().is_cuda();
     at::Tensor started;  // pipelined: the logits of the step already running
-    const at::Tensor next = greedy ? steps.greedy(logits, more && pipelined, started)
-                                   : choose_tokens(logits, o.sampling, gen ? *gen : own);  // [B]
+    const at::Tensor next = pipelined ? steps.greedy(logits, more, started)
+                                      : choose_tokens(logits, o.sampling, gen ? *gen : own);  // [B]
     if (step == 0) t1 = Clock::now();
     if (step == 2 && steps.captured()) t_replays = Clock::now();
     if (step > 2 && steps.captured()) ++replays;

@@ -18,8 +18,11 @@ namespace {
 // transformers' rounding order (each product rounded to T, then their sum):
 //   o_lo = T(T(l * c_lo) + T(-h * s_lo)),  o_hi = T(T(h * c_hi) + T(l * s_hi))
 template <class T>
-__device__ inline void rotate_pair(float l, float h, float c_lo, float c_hi, float s_lo, float s_hi,
-                                   T& o_lo, T& o_hi) {
+__device__ inline void rotate_pair(T x_lo, T x_hi, T cos_lo, T cos_hi, T sin_lo, T sin_hi, T& o_lo,
+                                   T& o_hi) {
+  auto f = [](T v) { return Conv<T>::to_float(v); };
+  const float l = f(x_lo), h = f(x_hi), c_lo = f(cos_lo), c_hi = f(cos_hi), s_lo = f(sin_lo),
+              s_hi = f(sin_hi);
   o_lo = Conv<T>::from_float(
       __fadd_rn(round_to<T>(__fmul_rn(l, c_lo)), round_to<T>(__fmul_rn(-h, s_lo))));
   o_hi = Conv<T>::from_float(
@@ -46,9 +49,8 @@ __global__ void rope_kernel(const T* __restrict__ x, const T* __restrict__ cos,
     const T* xr = x + b * sb + t * st + head * sn;
     T* outr = out + ((b * T_ + t) * n + head) * d;
     const int64_t row = b * cb + t * d;  // the token's cos/sin row
-    auto f = [](T v) { return Conv<T>::to_float(v); };
-    rotate_pair<T>(f(xr[i]), f(xr[i + half]), f(cos[row + i]), f(cos[row + i + half]),
-                   f(sin[row + i]), f(sin[row + i + half]), outr[i], outr[i + half]);
+    rotate_pair<T>(xr[i], xr[i + half], cos[row + i], cos[row + i + half], sin[row + i],
+                   sin[row + i + half], outr[i], outr[i + half]);
   }
 }
 
@@ -62,9 +64,8 @@ __device__ inline void rotate_pack(const T* xr, const T* cos, const T* sin, T* o
   Pack<T, N> o_lo, o_hi;
 #pragma unroll
   for (int k = 0; k < N; ++k) {
-    auto f = [](T v) { return Conv<T>::to_float(v); };
-    rotate_pair<T>(f(lo.e[k]), f(hi.e[k]), f(c_lo.e[k]), f(c_hi.e[k]), f(s_lo.e[k]), f(s_hi.e[k]),
-                   o_lo.e[k], o_hi.e[k]);
+    rotate_pair<T>(lo.e[k], hi.e[k], c_lo.e[k], c_hi.e[k], s_lo.e[k], s_hi.e[k], o_lo.e[k],
+                   o_hi.e[k]);
   }
   store_pack<T, N>(out + i, o_lo);
   store_pack<T, N>(out + i + half, o_hi);
