@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -83,7 +84,70 @@ void check_step_inputs(at::Device device, at::ScalarType dtype) {
   }
 }
 
+// decode_attention on CUDA against rope_append (the caches, bit for bit) and attention in fp64 on
+// the host from the same rotated q and caches (the output, to an ulp of the dtype): row b padded
+// by 3 b % 8 at column c (c = 5 makes the columns of rows with pad 6 and 7 pad columns, which see
+// only themselves), q, k and v as strided views of one fused projection.
+void check_decode_attention(at::ScalarType dtype, int64_t B, int64_t nkv, int64_t G, int64_t C,
+                            int64_t c) {
+  INFO("dtype " << c10::toString(dtype) << " B " << B << " nkv " << nkv << " G " << G << " C " << C
+                << " c " << c);
+  const int64_t nq = nkv * G, d = 128;
+  const auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
+  const at::Tensor qkv = at::randn({B, 1, (nq + 2 * nkv) * d}, opts);
+  const at::Tensor q = qkv.narrow(2, 0, nq * d).view({B, 1, nq, d});
+  const at::Tensor k = qkv.narrow(2, nq * d, nkv * d).view({B, 1, nkv, d});
+  const at::Tensor v = qkv.narrow(2, (nq + nkv) * d, nkv * d).view({B, 1, nkv, d});
+  const at::Tensor kc0 = at::randn({B, nkv, C, d}, opts), vc0 = at::randn({B, nkv, C, d}, opts);
+  const at::Tensor ang = at::rand({C, d}, opts.dtype(at::kFloat)) * 6;
+  const at::Tensor cols = at::full({1}, c, opts.dtype(at::kLong));
+  const at::Tensor pad = (at::arange(B, at::kLong) * 3 % 8).to(at::kCUDA);
+  const auto in =
+      kldq::kernels::step_inputs(cols, pad, ang.cos().to(dtype), ang.sin().to(dtype), C, true);
+  at::Tensor kc1 = kc0.clone(), vc1 = vc0.clone(), kc2 = kc0.clone(), vc2 = vc0.clone();
+  const at::Tensor qr = kldq::kernels::rope_append(q, k, v, in.cos, in.sin, kc1, vc1, cols);
+  const at::Tensor out =
+      kldq::kernels::decode_attention(q, k, v, in.cos, in.sin, kc2, vc2, cols, pad);
+  REQUIRE(out.defined());
+  CHECK(at::equal(kc2, kc1));
+  CHECK(at::equal(vc2, vc1));
+  // fp64 attention: [B, nq, 1, d] over [B, nq, C, d] (kv heads repeated), mask from step_inputs
+  const auto f64 = [](const at::Tensor& t) { return t.cpu().to(at::kDouble); };
+  const at::Tensor keys = f64(kc1).repeat_interleave(G, 1), vals = f64(vc1).repeat_interleave(G, 1);
+  const at::Tensor sc =
+      at::matmul(f64(qr).transpose(1, 2), keys.transpose(2, 3)) / std::sqrt(128.0);
+  const at::Tensor want =
+      at::matmul(at::softmax(sc + f64(in.mask), -1), vals).transpose(1, 2).reshape({B, 1, nq * d});
+  // Within an ulp of the dtype at the value's magnitude, plus 1e-5 for the fp32 sums over up to
+  // 5000 columns (far below an ulp of a 16-bit type at these outputs' magnitudes, about 0.05).
+  const double eps = dtype == at::kBFloat16 ? 1.0 / 128 : dtype == at::kHalf ? 1.0 / 1024 : 0.0;
+  CHECK(((f64(out) - want).abs() - want.abs() * eps).max().item<double>() <= 1e-5);
+  // Deterministic, and the split counters are back at zero: a second call gives the same bits.
+  CHECK(at::equal(
+      kldq::kernels::decode_attention(q, k, v, in.cos, in.sin, kc0.clone(), vc0.clone(), cols, pad),
+      out));
+}
+
 }  // namespace
+
+TEST_CASE("a decode step's attention kernel equals RoPE, the append and attention in fp64",
+          "[cuda][kernels]") {
+  KLDQ_SKIP_NO_CUDA();
+  at::manual_seed(5);
+  // One split (C = 20), several (C = 384: a 1.5B decode benchmark's cache; C = 5000), each of
+  // one tile of 128 columns; group sizes of Llama-2 (1), Llama-3.2-3B (3), Mistral (4), Qwen2.5-
+  // 14B (5), 1.5B (6), 7B (7) and 3B (8). Then tiles after the first (the running softmax's
+  // rescaling), in one split (320 row and kv head pairs: more than two blocks a multiprocessor
+  // on any GPU of up to 160) and in each of several (33 pairs, C = 4000: 4 to 8 splits of 500 to
+  // 1,000 columns on GPUs of 66 to 132 multiprocessors).
+  for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
+    for (int64_t G : {1, 3, 4, 5, 6, 7, 8})
+      for (auto [C, c] : {std::pair<int64_t, int64_t>{20, 5}, {20, 19}, {384, 200}, {5000, 4999}})
+        check_decode_attention(dtype, 3, 2, G, C, c);
+    check_decode_attention(dtype, 40, 8, 1, 1000, 999);
+    check_decode_attention(dtype, 11, 3, 2, 4000, 3500);
+  }
+}
 
 TEST_CASE("a cache step's RoPE rows and mask follow their definition", "[kernels]") {
   for (auto dtype : {at::kFloat, at::kBFloat16}) check_step_inputs(at::kCPU, dtype);
@@ -209,6 +273,13 @@ TEST_CASE("fused kernels fall back to the reference composition on CPU", "[kerne
   CHECK(kc[1][0][4][1].item<double>() == Approx(2 * want).epsilon(1e-5));
   CHECK(vc[1][0][4][5].item<double>() == Approx(3 * x[1][2][0][5].item<double>()).epsilon(1e-6));
   CHECK(kc.narrow(2, 0, 2).abs().sum().item<double>() == 0);
+  // decode_attention is CUDA only: undefined on the CPU (the caller composes rope_append + SDPA).
+  CHECK_FALSE(
+      kldq::kernels::decode_attention(x.narrow(1, 0, 1), x.narrow(1, 0, 1), x.narrow(1, 0, 1),
+                                      cos.narrow(0, 0, 1).expand({2, 1, 8}).contiguous(),
+                                      sin.narrow(0, 0, 1).expand({2, 1, 8}).contiguous(), kc, vc,
+                                      at::arange(1, at::kLong), at::zeros({2}, at::kLong))
+          .defined());
   const at::Tensor w = at::rand({8}, at::kFloat);
   const at::Tensor row = x[0][0][0];
   const double rstd = 1.0 / std::sqrt(row.pow(2).mean().item<double>() + 1e-5);

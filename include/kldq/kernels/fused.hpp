@@ -59,6 +59,17 @@ struct StepInputs {
 StepInputs step_inputs(const at::Tensor& cols, const at::Tensor& pad, const at::Tensor& cos,
                        const at::Tensor& sin, int64_t K, bool with_mask);
 
+// A decode step's attention (T = 1) in one CUDA kernel: rope_append's RoPE and cache append,
+// then the rotated q attends over each row's visible columns (pad <= k <= col; a pad column
+// only itself), as SDPA with step_inputs' mask does, to about an ulp of the dtype (fp32 scores
+// and softmax, the output rounded once). q [B, 1, nq, d], k, v [B, 1, nkv, d] (unit stride on
+// d), cos/sin [B, 1, d], caches [B, nkv, C, d] contiguous, cols [1] and pad [B] int64 on their
+// device -> [B, 1, nq d]. Undefined where the kernel does not take the operands (not CUDA,
+// d != 128, nq / nkv > 8, KLDQ_DECODE_ATTENTION=0): the caller composes rope_append and SDPA.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& kc,
+                            const at::Tensor& vc, const at::Tensor& cols, const at::Tensor& pad);
+
 // SwiGLU on a fused gate|up projection: gate_up: [..., 2I] contiguous -> [..., I] =
 // T(T(silu(gate)) * up).
 at::Tensor silu_mul(const at::Tensor& gate_up);
