@@ -47,9 +47,8 @@ fi
 # (--no-cuda-graph) at batch 1 for comparison, transformers' generate (hf_decode.py) and the copy
 # bandwidth, all in this job; then each rate as a fraction of the bandwidth limit: bytes read per
 # step (the weights a step reads: linear layers, norms and the LM head, not the embedding table
-# unless tied; plus the K/V cache's filled columns, which the decode attention kernel reads: on
-# average prompt + new / 2 over the timed steps) per second against the copy's bytes read +
-# written per second.
+# unless tied; plus the whole K/V cache, which attention reads over every capacity column) per
+# second against the copy's bytes read + written per second.
 "$PY" - <<'PYEOF' | tee -a "$OUT/generate.log" "$OUT/bench.jsonl"
 import json, torch
 x = torch.empty(2**30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
@@ -95,7 +94,7 @@ for shape in shapes:
         except (OSError, ValueError):
             continue
         sp = j["speed"]
-        cols = sp["prompt"] + sp["new_tokens"] / 2  # filled columns, mean over the steps
+        cols = sp["prompt"] + sp["new_tokens"]
         w = j["weight_bytes"] - (0 if c.get("tie_word_embeddings") else V * H * 2)
         for b in (1, 16):
             tps = sp[f"b{b}"]["decode_tokens_per_second"]

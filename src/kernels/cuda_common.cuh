@@ -49,21 +49,6 @@ __device__ inline T silu_times(float g, float u) {
   return Conv<T>::from_float(__fmul_rn(s, u));
 }
 
-// One rotate-half RoPE pair (x[i], x[i + d/2]) = (l, h) with its cos/sin entries, in
-// transformers' rounding order (each product rounded to T, then their sum):
-//   o_lo = T(T(l * c_lo) + T(-h * s_lo)),  o_hi = T(T(h * c_hi) + T(l * s_hi))
-template <class T>
-__device__ inline void rotate_pair(T x_lo, T x_hi, T cos_lo, T cos_hi, T sin_lo, T sin_hi, T& o_lo,
-                                   T& o_hi) {
-  auto f = [](T v) { return Conv<T>::to_float(v); };
-  const float l = f(x_lo), h = f(x_hi), c_lo = f(cos_lo), c_hi = f(cos_hi), s_lo = f(sin_lo),
-              s_hi = f(sin_hi);
-  o_lo = Conv<T>::from_float(
-      __fadd_rn(round_to<T>(__fmul_rn(l, c_lo)), round_to<T>(__fmul_rn(-h, s_lo))));
-  o_hi = Conv<T>::from_float(
-      __fadd_rn(round_to<T>(__fmul_rn(h, c_hi)), round_to<T>(__fmul_rn(l, s_hi))));
-}
-
 // N elements of T moved as one aligned load or store (8 or 16 bytes): the memory-bound kernels
 // read and write whole vectors, not 2-byte scalars. Callers check alignment (aligned() below).
 template <class T, int N>

@@ -6,12 +6,7 @@
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 
-#include <cmath>
-#include <cstdlib>
-#include <limits>
-#include <mutex>
 #include <optional>
-#include <string>
 
 #include "kldq/build_config.hpp"
 #include "kldq/core/error.hpp"
@@ -19,7 +14,6 @@
 #if KLDQ_WITH_CUDA_BUILD
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime.h>
 
 #include "fused_cuda.hpp"
 #include "torch_cuda.hpp"
@@ -195,9 +189,7 @@ std::optional<cuda::RopeAppend> rope_append_args(const at::Tensor& q, const at::
 }  // namespace
 #endif
 
-namespace {
-
-void check_rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+at::Tensor rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& kc,
                        const at::Tensor& vc, const at::Tensor& cols) {
   check(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && kc.dim() == 4 &&
@@ -209,14 +201,6 @@ void check_rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tenso
             cos.size(-2) == q.size(1) && cos.size(-1) == q.size(3),
         "rope_append: q [B, T, nq, d], k and v [B, T, nkv, d], caches [B, nkv, C, d], cols [T], "
         "cos/sin [T, d] or [B, T, d]");
-}
-
-}  // namespace
-
-at::Tensor rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& kc,
-                       const at::Tensor& vc, const at::Tensor& cols) {
-  check_rope_append(q, k, v, cos, sin, kc, vc, cols);
 #if KLDQ_WITH_CUDA_BUILD
   if (auto a = rope_append_args(q, k, v, cos, sin, kc, vc, cols)) {
     const c10::cuda::CUDAGuard guard(q.device());
@@ -233,139 +217,6 @@ at::Tensor rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   kc.index_copy_(2, cols, rope(k, cos, sin).transpose(1, 2));
   vc.index_copy_(2, cols, v.transpose(1, 2));
   return out;
-}
-
-namespace {
-
-StepInputs step_inputs_reference(const at::Tensor& cols, const at::Tensor& pad,
-                                 const at::Tensor& cos, const at::Tensor& sin, int64_t K,
-                                 bool with_mask) {
-  const int64_t B = pad.size(0), T = cols.size(0), d = cos.size(1);
-  const at::Tensor p = pad.view({B, 1, 1}), c = cols.view({1, T, 1});  // [B, 1, 1], [1, T, 1]
-  const at::Tensor pos = (c - p).clamp_min(0).flatten();               // [B T]
-  StepInputs r{
-      cos.index_select(0, pos).view({B, T, d}), sin.index_select(0, pos).view({B, T, d}), {}};
-  if (with_mask) {
-    const at::Tensor keys = at::arange(K, cols.options()).view({1, 1, K});  // [1, 1, K]
-    const at::Tensor real = (keys >= p).logical_and(keys <= c);             // [B, T, K]
-    const at::Tensor self_pad = (c < p).logical_and(keys == c);             // [B, T, K]
-    const at::Tensor unseen = real.logical_or(self_pad).logical_not().unsqueeze(1);
-    r.mask = at::zeros({B, 1, T, K}, cos.options())
-                 .masked_fill_(unseen, -std::numeric_limits<double>::infinity());
-  }
-  return r;
-}
-
-}  // namespace
-
-StepInputs step_inputs(const at::Tensor& cols, const at::Tensor& pad, const at::Tensor& cos,
-                       const at::Tensor& sin, int64_t K, bool with_mask) {
-  check(cols.dim() == 1 && pad.dim() == 1 && cols.scalar_type() == at::kLong &&
-            pad.scalar_type() == at::kLong && cos.dim() == 2 && sin.sizes() == cos.sizes() &&
-            K >= 0 && cols.device() == cos.device(),
-        "step_inputs: cols [T] and pad [B] int64 on the device of tables cos/sin [len, d]");
-  check_like(cols, pad, "step_inputs");
-  check_like(cos, sin, "step_inputs");
-#if KLDQ_WITH_CUDA_BUILD
-  if (use_cuda(cos) && !records_grad({&cos, &sin})) {
-    const c10::cuda::CUDAGuard guard(cos.device());
-    const int64_t B = pad.size(0), T = cols.size(0), d = cos.size(1);
-    const at::Tensor c = cols.contiguous(), p = pad.contiguous();
-    const at::Tensor ct = cos.contiguous(), st = sin.contiguous();
-    StepInputs r{at::empty({B, T, d}, ct.options()), at::empty({B, T, d}, ct.options()),
-                 with_mask ? at::empty({B, 1, T, K}, ct.options()) : at::Tensor()};
-    cuda::step_inputs(cuda_dtype(ct.scalar_type()),
-                      {c.data_ptr<int64_t>(), p.data_ptr<int64_t>(), ct.data_ptr(), st.data_ptr(),
-                       r.cos.data_ptr(), r.sin.data_ptr(), with_mask ? r.mask.data_ptr() : nullptr,
-                       B, T, d, K, ct.size(0)},
-                      stream_of(ct));
-    return r;
-  }
-#endif
-  return step_inputs_reference(cols, pad, cos, sin, K, with_mask);
-}
-
-#if KLDQ_WITH_CUDA_BUILD
-namespace {
-
-// decode_attention's counters, one per (row, kv head), zero between launches (the kernel sets
-// them back): allocated once per device and kept (a CUDA graph holds their address). One set
-// per device, so decode steps of one device run on one stream at a time (as kldq runs them:
-// concurrent launches on two streams would mix their counts). Allocated outside any capture:
-// a DecodeGraph's eager first step does it; a first call inside a capture gets none and runs
-// one split, which sums in another order than later eager steps would.
-constexpr int64_t kCounters = 4096;
-int* attention_counters(const at::Tensor& x) {
-  static std::mutex lock;
-  static int* per_device[64] = {};
-  const int dev = x.device().index();
-  if (dev < 0 || dev >= 64) return nullptr;
-  const std::lock_guard<std::mutex> hold(lock);
-  if (!per_device[dev]) {
-    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(static_cast<cudaStream_t>(stream_of(x)), &st) != cudaSuccess ||
-        st != cudaStreamCaptureStatusNone) {
-      (void)cudaGetLastError();
-      return nullptr;
-    }
-    // Never freed: a tensor made here outlives the process's CUDA context teardown order.
-    auto* keep = new at::Tensor(at::zeros({kCounters}, x.options().dtype(at::kInt)));
-    per_device[dev] = keep->data_ptr<int>();
-  }
-  return per_device[dev];
-}
-
-// KLDQ_DECODE_ATTENTION=0 takes rope_append and SDPA instead (the A/B switch of the benchmarks).
-bool decode_attention_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("KLDQ_DECODE_ATTENTION");
-    return !(v && std::string(v) == "0");
-  }();
-  return on;
-}
-
-}  // namespace
-#endif
-
-at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& kc,
-                            const at::Tensor& vc, const at::Tensor& cols, const at::Tensor& pad) {
-  check_rope_append(q, k, v, cos, sin, kc, vc, cols);
-  check(q.size(1) == 1 && cos.dim() == 3 && pad.dim() == 1 && pad.size(0) == q.size(0),
-        "decode_attention: one token a row, cos/sin [B, 1, d], pad [B]");
-#if KLDQ_WITH_CUDA_BUILD
-  auto a = rope_append_args(q, k, v, cos, sin, kc, vc, cols);
-  if (!a || !decode_attention_on() || !pad.is_cuda() || pad.device() != q.device() ||
-      pad.scalar_type() != at::kLong || !pad.is_contiguous())
-    return {};
-  const c10::cuda::CUDAGuard guard(q.device());
-  const int64_t B = q.size(0), nq = q.size(2), nkv = k.size(2), d = q.size(3);
-  cuda::DecodeAttention da{
-      a->q,        a->k,
-      a->v,        a->cos,
-      a->sin,      a->kc,
-      a->vc,       nullptr,
-      a->cols,     pad.data_ptr<int64_t>(),
-      B,           nq,
-      nkv,         d,
-      a->capacity, static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)))};
-  const auto t = cuda_dtype(q.scalar_type());
-  if (!cuda::decode_attention_fits(t, da)) return {};
-  int splits = cuda::decode_attention_splits(da);
-  int* count = B * nkv <= kCounters ? attention_counters(q) : nullptr;
-  if (!count) splits = 1;
-  at::Tensor out = at::empty({B, 1, nq * d}, q.options());
-  da.out = out.data_ptr();
-  at::Tensor ws;  // partial sums of the splits: [B, nkv, splits, G, d + 2] fp32
-  if (splits > 1)
-    ws = at::empty({B * nkv * splits * (nq / nkv) * (d + 2)}, q.options().dtype(at::kFloat));
-  cuda::decode_attention(t, da, splits, splits > 1 ? ws.data_ptr<float>() : nullptr, count,
-                         stream_of(q));
-  return out;
-#else
-  (void)q, (void)k, (void)v, (void)cos, (void)sin, (void)kc, (void)vc, (void)cols, (void)pad;
-  return {};
-#endif
 }
 
 at::Tensor silu_mul(const at::Tensor& gate_up) {

@@ -43,36 +43,6 @@ struct RopeAppend {
 bool rope_append_fits(Dtype t, const RopeAppend& a);
 void rope_append(Dtype t, const RopeAppend& a, void* stream);
 
-// A KV-cache step's RoPE rows and mask (kernels::step_inputs): cols [T], pad [B] int64 on the
-// device; tables cos/sin [len, d]; outputs cos_out/sin_out [B, T, d] and mask [B, 1, T, K]
-// (nullptr: none), all contiguous. Traps on a position past the table.
-struct StepInputs {
-  const int64_t *cols, *pad;
-  const void *cos, *sin;
-  void *cos_out, *sin_out, *mask;
-  int64_t B, T, d, K, len;
-};
-void step_inputs(Dtype t, const StepInputs& a, void* stream);
-
-// A decode step's attention (kernels::decode_attention, attention_cuda.cu): q [B, nq, d],
-// k, v [B, nkv, d] (heads contiguous rows of d at x + b sb), cos/sin [B, d] contiguous, caches
-// kc, vc [B, nkv, capacity, d] contiguous, out [B, nq d], cols [1] and pad [B] int64 on the
-// device. `splits` blocks per (row, kv head) (decode_attention_splits); with more than one, ws
-// holds B nkv splits nq / nkv (d + 2) floats and count B nkv ints, zero before the launch (and
-// after it: the kernel sets them back).
-struct DecodeAttention {
-  RopeAppend::Source q, k, v;
-  const void *cos, *sin;
-  void *kc, *vc, *out;
-  const int64_t *cols, *pad;
-  int64_t B, nq, nkv, d, capacity;
-  float scale;
-};
-bool decode_attention_fits(Dtype t, const DecodeAttention& a);
-int decode_attention_splits(const DecodeAttention& a);
-void decode_attention(Dtype t, const DecodeAttention& a, int splits, float* ws, int* count,
-                      void* stream);
-
 // gate, up: rows of i values, row r at gate + r rs and up + r rs -> out: [rows, i] contiguous.
 void silu_mul(Dtype t, const void* gate, const void* up, void* out, int64_t rows, int64_t i,
               int64_t rs, void* stream);

@@ -86,16 +86,10 @@ at::Tensor Decoder::attend(int i, const at::Tensor& h, KvCache* cache,
   if (cache && cache->mask.defined()) {
     // A step over the cache: RoPE and the append at the step's columns in one pass (a device
     // index, so a CUDA graph replays the step at the next column), then attention over all
-    // capacity columns, masked (fixed shapes from step to step: decoder_cache.cpp). One token
-    // a row on CUDA: all of it in one kernel (kernels::decode_attention).
-    q = q.view({B, T, nq, d}), k = k.view({B, T, nkv, d}), v = v.view({B, T, nkv, d});
-    if (T == 1)
-      out = kernels::decode_attention(q, k, v, cos, sin, cache->k[i], cache->v[i], cache->cols,
-                                      cache->pad_rows.view({B}));
-    if (!out.defined()) {
-      q = kernels::rope_append(q, k, v, cos, sin, cache->k[i], cache->v[i], cache->cols);
-      out = attention_sdpa(q.transpose(1, 2), cache->k[i], cache->v[i], cache->mask);
-    }
+    // capacity columns, masked (fixed shapes from step to step: decoder_cache.cpp).
+    q = kernels::rope_append(q.view({B, T, nq, d}), k.view({B, T, nkv, d}), v.view({B, T, nkv, d}),
+                             cos, sin, cache->k[i], cache->v[i], cache->cols);
+    out = attention_sdpa(q.transpose(1, 2), cache->k[i], cache->v[i], cache->mask);
   } else {
     // [B, T, n, d] -> rope -> [B, n, T, d] for SDPA
     q = kernels::rope(q.view({B, T, nq, d}), cos, sin).transpose(1, 2);

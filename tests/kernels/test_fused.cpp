@@ -3,11 +3,6 @@
 // the fp32 reduction order moves a value across a rounding boundary.
 #include <ATen/ATen.h>
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
-#include <vector>
-
 #include "kldq/kernels/fused.hpp"
 #include "support/catch.hpp"
 
@@ -34,129 +29,7 @@ double max_ulps(const at::Tensor& a, const at::Tensor& b) {
   return ((af - bf).abs() / (bf.abs().clamp_min(1e-3) * eps)).max().item<double>();
 }
 
-// step_inputs from its definition, element by element on the host: rows b left-padded by pad[b],
-// columns cols[t]; cos/sin rows at max(col - pad, 0); mask 0 where pad <= k <= col or (col < pad
-// and k == col), else -inf.
-kldq::kernels::StepInputs want_step_inputs(const std::vector<int64_t>& cols,
-                                           const std::vector<int64_t>& pad, const at::Tensor& cos,
-                                           const at::Tensor& sin, int64_t K) {
-  const auto B = static_cast<int64_t>(pad.size()), T = static_cast<int64_t>(cols.size());
-  const int64_t d = cos.size(1);
-  const at::Tensor c = cos.cpu(), s = sin.cpu();
-  kldq::kernels::StepInputs r{at::empty({B, T, d}, c.options()), at::empty({B, T, d}, c.options()),
-                              at::empty({B, 1, T, K}, at::kFloat)};
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t col = cols[t], p = pad[b], pos = std::max<int64_t>(col - p, 0);
-      r.cos[b][t].copy_(c[pos]);
-      r.sin[b][t].copy_(s[pos]);
-      for (int64_t k = 0; k < K; ++k) {
-        const bool seen = (p <= k && k <= col) || (col < p && k == col);
-        r.mask[b][0][t][k] = seen ? 0.0 : -std::numeric_limits<double>::infinity();
-      }
-    }
-  r.mask = r.mask.to(c.scalar_type());
-  return r;
-}
-
-// step_inputs on `device` against want_step_inputs: a decode step (T = 1) and a padded prefill
-// (T = 5 from column 0, so rows with pad 3 and 6 have pad columns), K = 12 or 40.
-void check_step_inputs(at::Device device, at::ScalarType dtype) {
-  const std::vector<int64_t> pad{0, 3, 6};
-  for (const std::vector<int64_t>& cols :
-       {std::vector<int64_t>{9}, std::vector<int64_t>{0, 1, 2, 3, 4}}) {
-    for (int64_t K : {12, 40}) {
-      INFO("dtype " << c10::toString(dtype) << " T " << cols.size() << " K " << K);
-      const auto opts = at::TensorOptions().dtype(dtype).device(device);
-      const at::Tensor cos = at::randn({K, 128}, opts), sin = at::randn({K, 128}, opts);
-      const auto ids = [&](const std::vector<int64_t>& v) {
-        return at::tensor(v, at::kLong).to(device);
-      };
-      for (bool with_mask : {true, false}) {
-        const auto got = kldq::kernels::step_inputs(ids(cols), ids(pad), cos, sin, K, with_mask);
-        const auto want = want_step_inputs(cols, pad, cos, sin, K);
-        CHECK(at::equal(got.cos.cpu(), want.cos));
-        CHECK(at::equal(got.sin.cpu(), want.sin));
-        CHECK(got.mask.defined() == with_mask);
-        if (with_mask) CHECK(at::equal(got.mask.cpu(), want.mask));
-      }
-    }
-  }
-}
-
-// decode_attention on CUDA against rope_append (the caches, bit for bit) and attention in fp64 on
-// the host from the same rotated q and caches (the output, to an ulp of the dtype): row b padded
-// by 3 b % 8 at column c (c = 5 makes the columns of rows with pad 6 and 7 pad columns, which see
-// only themselves), q, k and v as strided views of one fused projection.
-void check_decode_attention(at::ScalarType dtype, int64_t B, int64_t nkv, int64_t G, int64_t C,
-                            int64_t c) {
-  INFO("dtype " << c10::toString(dtype) << " B " << B << " nkv " << nkv << " G " << G << " C " << C
-                << " c " << c);
-  const int64_t nq = nkv * G, d = 128;
-  const auto opts = at::TensorOptions().dtype(dtype).device(at::kCUDA);
-  const at::Tensor qkv = at::randn({B, 1, (nq + 2 * nkv) * d}, opts);
-  const at::Tensor q = qkv.narrow(2, 0, nq * d).view({B, 1, nq, d});
-  const at::Tensor k = qkv.narrow(2, nq * d, nkv * d).view({B, 1, nkv, d});
-  const at::Tensor v = qkv.narrow(2, (nq + nkv) * d, nkv * d).view({B, 1, nkv, d});
-  const at::Tensor kc0 = at::randn({B, nkv, C, d}, opts), vc0 = at::randn({B, nkv, C, d}, opts);
-  const at::Tensor ang = at::rand({C, d}, opts.dtype(at::kFloat)) * 6;
-  const at::Tensor cols = at::full({1}, c, opts.dtype(at::kLong));
-  const at::Tensor pad = (at::arange(B, at::kLong) * 3 % 8).to(at::kCUDA);
-  const auto in =
-      kldq::kernels::step_inputs(cols, pad, ang.cos().to(dtype), ang.sin().to(dtype), C, true);
-  at::Tensor kc1 = kc0.clone(), vc1 = vc0.clone(), kc2 = kc0.clone(), vc2 = vc0.clone();
-  const at::Tensor qr = kldq::kernels::rope_append(q, k, v, in.cos, in.sin, kc1, vc1, cols);
-  const at::Tensor out =
-      kldq::kernels::decode_attention(q, k, v, in.cos, in.sin, kc2, vc2, cols, pad);
-  REQUIRE(out.defined());
-  CHECK(at::equal(kc2, kc1));
-  CHECK(at::equal(vc2, vc1));
-  // fp64 attention: [B, nq, 1, d] over [B, nq, C, d] (kv heads repeated), mask from step_inputs
-  const auto f64 = [](const at::Tensor& t) { return t.cpu().to(at::kDouble); };
-  const at::Tensor keys = f64(kc1).repeat_interleave(G, 1), vals = f64(vc1).repeat_interleave(G, 1);
-  const at::Tensor sc =
-      at::matmul(f64(qr).transpose(1, 2), keys.transpose(2, 3)) / std::sqrt(128.0);
-  const at::Tensor want =
-      at::matmul(at::softmax(sc + f64(in.mask), -1), vals).transpose(1, 2).reshape({B, 1, nq * d});
-  // Within an ulp of the dtype at the value's magnitude, plus 1e-5 for the fp32 sums over up to
-  // 5000 columns (far below an ulp of a 16-bit type at these outputs' magnitudes, about 0.05).
-  const double eps = dtype == at::kBFloat16 ? 1.0 / 128 : dtype == at::kHalf ? 1.0 / 1024 : 0.0;
-  CHECK(((f64(out) - want).abs() - want.abs() * eps).max().item<double>() <= 1e-5);
-  // Deterministic, and the split counters are back at zero: a second call gives the same bits.
-  CHECK(at::equal(
-      kldq::kernels::decode_attention(q, k, v, in.cos, in.sin, kc0.clone(), vc0.clone(), cols, pad),
-      out));
-}
-
 }  // namespace
-
-TEST_CASE("a decode step's attention kernel equals RoPE, the append and attention in fp64",
-          "[cuda][kernels]") {
-  KLDQ_SKIP_NO_CUDA();
-  at::manual_seed(5);
-  // One split (C = 20), several (C = 384: a 1.5B decode benchmark's cache; C = 5000), each of
-  // one tile of 128 columns; group sizes of Llama-2 (1), Llama-3.2-3B (3), Mistral (4), Qwen2.5-
-  // 14B (5), 1.5B (6), 7B (7) and 3B (8). Then tiles after the first (the running softmax's
-  // rescaling), in one split (320 row and kv head pairs: more than two blocks a multiprocessor
-  // on any GPU of up to 160) and in each of several (33 pairs, C = 4000: 4 to 8 splits of 500 to
-  // 1,000 columns on GPUs of 66 to 132 multiprocessors).
-  for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) {
-    for (int64_t G : {1, 3, 4, 5, 6, 7, 8})
-      for (auto [C, c] : {std::pair<int64_t, int64_t>{20, 5}, {20, 19}, {384, 200}, {5000, 4999}})
-        check_decode_attention(dtype, 3, 2, G, C, c);
-    check_decode_attention(dtype, 40, 8, 1, 1000, 999);
-    check_decode_attention(dtype, 11, 3, 2, 4000, 3500);
-  }
-}
-
-TEST_CASE("a cache step's RoPE rows and mask follow their definition", "[kernels]") {
-  for (auto dtype : {at::kFloat, at::kBFloat16}) check_step_inputs(at::kCPU, dtype);
-}
-
-TEST_CASE("a cache step's RoPE rows and mask on CUDA equal their definition", "[cuda][kernels]") {
-  KLDQ_SKIP_NO_CUDA();
-  for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) check_step_inputs(at::kCUDA, dtype);
-}
 
 TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]") {
   KLDQ_SKIP_NO_CUDA();
@@ -273,13 +146,6 @@ TEST_CASE("fused kernels fall back to the reference composition on CPU", "[kerne
   CHECK(kc[1][0][4][1].item<double>() == Approx(2 * want).epsilon(1e-5));
   CHECK(vc[1][0][4][5].item<double>() == Approx(3 * x[1][2][0][5].item<double>()).epsilon(1e-6));
   CHECK(kc.narrow(2, 0, 2).abs().sum().item<double>() == 0);
-  // decode_attention is CUDA only: undefined on the CPU (the caller composes rope_append + SDPA).
-  CHECK_FALSE(
-      kldq::kernels::decode_attention(x.narrow(1, 0, 1), x.narrow(1, 0, 1), x.narrow(1, 0, 1),
-                                      cos.narrow(0, 0, 1).expand({2, 1, 8}).contiguous(),
-                                      sin.narrow(0, 0, 1).expand({2, 1, 8}).contiguous(), kc, vc,
-                                      at::arange(1, at::kLong), at::zeros({2}, at::kLong))
-          .defined());
   const at::Tensor w = at::rand({8}, at::kFloat);
   const at::Tensor row = x[0][0][0];
   const double rstd = 1.0 / std::sqrt(row.pow(2).mean().item<double>() + 1e-5);
