@@ -6,6 +6,7 @@
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 
+#include <limits>
 #include <optional>
 
 #include "kldq/build_config.hpp"
@@ -217,6 +218,56 @@ at::Tensor rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   kc.index_copy_(2, cols, rope(k, cos, sin).transpose(1, 2));
   vc.index_copy_(2, cols, v.transpose(1, 2));
   return out;
+}
+
+namespace {
+
+StepInputs step_inputs_reference(const at::Tensor& cols, const at::Tensor& pad,
+                                 const at::Tensor& cos, const at::Tensor& sin, int64_t K,
+                                 bool with_mask) {
+  const int64_t B = pad.size(0), T = cols.size(0), d = cos.size(1);
+  const at::Tensor p = pad.view({B, 1, 1}), c = cols.view({1, T, 1});  // [B, 1, 1], [1, T, 1]
+  const at::Tensor pos = (c - p).clamp_min(0).flatten();               // [B T]
+  StepInputs r{
+      cos.index_select(0, pos).view({B, T, d}), sin.index_select(0, pos).view({B, T, d}), {}};
+  if (with_mask) {
+    const at::Tensor keys = at::arange(K, cols.options()).view({1, 1, K});  // [1, 1, K]
+    const at::Tensor real = (keys >= p).logical_and(keys <= c);             // [B, T, K]
+    const at::Tensor self_pad = (c < p).logical_and(keys == c);             // [B, T, K]
+    const at::Tensor unseen = real.logical_or(self_pad).logical_not().unsqueeze(1);
+    r.mask = at::zeros({B, 1, T, K}, cos.options())
+                 .masked_fill_(unseen, -std::numeric_limits<double>::infinity());
+  }
+  return r;
+}
+
+}  // namespace
+
+StepInputs step_inputs(const at::Tensor& cols, const at::Tensor& pad, const at::Tensor& cos,
+                       const at::Tensor& sin, int64_t K, bool with_mask) {
+  check(cols.dim() == 1 && pad.dim() == 1 && cols.scalar_type() == at::kLong &&
+            pad.scalar_type() == at::kLong && cos.dim() == 2 && sin.sizes() == cos.sizes() &&
+            K >= 0 && cols.device() == cos.device(),
+        "step_inputs: cols [T] and pad [B] int64 on the device of tables cos/sin [len, d]");
+  check_like(cols, pad, "step_inputs");
+  check_like(cos, sin, "step_inputs");
+#if KLDQ_WITH_CUDA_BUILD
+  if (use_cuda(cos) && !records_grad({&cos, &sin})) {
+    const c10::cuda::CUDAGuard guard(cos.device());
+    const int64_t B = pad.size(0), T = cols.size(0), d = cos.size(1);
+    const at::Tensor c = cols.contiguous(), p = pad.contiguous();
+    const at::Tensor ct = cos.contiguous(), st = sin.contiguous();
+    StepInputs r{at::empty({B, T, d}, ct.options()), at::empty({B, T, d}, ct.options()),
+                 with_mask ? at::empty({B, 1, T, K}, ct.options()) : at::Tensor()};
+    cuda::step_inputs(cuda_dtype(ct.scalar_type()),
+                      {c.data_ptr<int64_t>(), p.data_ptr<int64_t>(), ct.data_ptr(), st.data_ptr(),
+                       r.cos.data_ptr(), r.sin.data_ptr(), with_mask ? r.mask.data_ptr() : nullptr,
+                       B, T, d, K, ct.size(0)},
+                      stream_of(ct));
+    return r;
+  }
+#endif
+  return step_inputs_reference(cols, pad, cos, sin, K, with_mask);
 }
 
 at::Tensor silu_mul(const at::Tensor& gate_up) {

@@ -43,6 +43,17 @@ struct RopeAppend {
 bool rope_append_fits(Dtype t, const RopeAppend& a);
 void rope_append(Dtype t, const RopeAppend& a, void* stream);
 
+// A KV-cache step's RoPE rows and mask (kernels::step_inputs): cols [T], pad [B] int64 on the
+// device; tables cos/sin [len, d]; outputs cos_out/sin_out [B, T, d] and mask [B, 1, T, K]
+// (nullptr: none), all contiguous. Traps on a position past the table.
+struct StepInputs {
+  const int64_t *cols, *pad;
+  const void *cos, *sin;
+  void *cos_out, *sin_out, *mask;
+  int64_t B, T, d, K, len;
+};
+void step_inputs(Dtype t, const StepInputs& a, void* stream);
+
 // gate, up: rows of i values, row r at gate + r rs and up + r rs -> out: [rows, i] contiguous.
 void silu_mul(Dtype t, const void* gate, const void* up, void* out, int64_t rows, int64_t i,
               int64_t rs, void* stream);

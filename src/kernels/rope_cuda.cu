@@ -1,11 +1,12 @@
 // CUDA kernels of rotate-half RoPE, alone or with a step's K/V cache append, in transformers'
 // rounding order (fused_cuda.cu's header says how): rope for the uncached forward, a first
 // unpadded prefill and continuations of a shared prefix; rope_append for every other pass through
-// a KV cache (decode steps, padded prefills).
+// a KV cache (decode steps, padded prefills); step_inputs, the RoPE rows and mask of such a step.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <stdexcept>
 
 #include "cuda_common.cuh"
@@ -140,6 +141,32 @@ __global__ void rope_append_kernel(RopeSource<T> q, RopeSource<T> k, RopeSource<
   }
 }
 
+// A KV-cache step's per-row inputs (kernels::step_inputs), one block per (row b, token t):
+//   pos                = max(cols[t] - pad[b], 0)
+//   cos_out[b, t, :]   = cos[pos, :], sin_out likewise (copies: the table's own values)
+//   mask[b, 0, t, k]   = 0 where key k is visible to column c = cols[t]: pad[b] <= k <= c, or
+//                        k == c for a pad column (c < pad[b]); -inf elsewhere
+template <class T>
+__global__ void step_inputs_kernel(const int64_t* __restrict__ cols,
+                                   const int64_t* __restrict__ pad, const T* __restrict__ cos,
+                                   const T* __restrict__ sin, T* __restrict__ cos_out,
+                                   T* __restrict__ sin_out, T* __restrict__ mask, uint32_t T_,
+                                   uint32_t d, int64_t K, int64_t len) {
+  chain_release();  // launched chained (cuda_common.cuh): wait before any memory access
+  chain_wait();
+  const int64_t row = blockIdx.x, t = row % T_, c = cols[t], p = pad[row / T_];
+  const int64_t pos = c > p ? c - p : 0;
+  if (pos >= len) __trap();  // a position past the table: never read there
+  for (uint32_t i = threadIdx.x; i < d; i += blockDim.x) {
+    cos_out[row * d + i] = cos[pos * d + i];
+    sin_out[row * d + i] = sin[pos * d + i];
+  }
+  if (!mask) return;
+  const T seen = Conv<T>::from_float(0.0f), unseen = Conv<T>::from_float(-INFINITY);
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x)
+    mask[row * K + k] = (k >= p && k <= c) || (c < p && k == c) ? seen : unseen;
+}
+
 }  // namespace
 
 void rope(Dtype t, const void* x, const void* cos, const void* sin, void* out, int64_t B, int64_t T,
@@ -194,6 +221,20 @@ void rope_append(Dtype t, const RopeAppend& a, void* stream) {
                    static_cast<const E*>(a.sin), a.cb, static_cast<E*>(a.q_out),
                    static_cast<E*>(a.kc), static_cast<E*>(a.vc), a.cols, uint32_t(a.T),
                    uint32_t(a.nq), uint32_t(a.nkv), uint32_t(a.d), a.capacity, items);
+  });
+}
+
+void step_inputs(Dtype t, const StepInputs& a, void* stream) {
+  const int64_t rows = a.B * a.T;
+  if (rows == 0) return;
+  if (rows >= (int64_t{1} << 31)) throw std::runtime_error("step_inputs: too many rows");
+  dispatch(t, [&](auto tag) {
+    using E = decltype(tag);
+    launch_chained("step_inputs", step_inputs_kernel<E>, dim3(uint32_t(rows)), 128, 0,
+                   static_cast<cudaStream_t>(stream), a.cols, a.pad, static_cast<const E*>(a.cos),
+                   static_cast<const E*>(a.sin), static_cast<E*>(a.cos_out),
+                   static_cast<E*>(a.sin_out), static_cast<E*>(a.mask), uint32_t(a.T),
+                   uint32_t(a.d), a.K, a.len);
   });
 }
 

@@ -1,7 +1,8 @@
 // DecodeGraph: eager first step, one capture, replays (model/decode_graph.hpp).
 //
 // What the graph holds, fixed at capture:
-//   ids   [B, 1] int64   the step's input: step() copies the next tokens here before a replay
+//   ids   [B, 1] int64   the step's input: step() copies the next tokens here before a replay;
+//                        the replay itself ends by writing its logits' argmax here (greedy())
 //   col   [1] int64      the column the step writes: the graph itself adds 1 after each step
 //   out   [B, V]         the logits the replay writes
 // plus every intermediate of the step in the graph's private memory pool. The cache tensors
@@ -77,9 +78,7 @@ at::Tensor DecodeGraph::step(const at::Tensor& next) {
 #if KLDQ_WITH_CUDA_BUILD
   if (graph_) {
     graph_->ids.copy_(ids);
-    graph_->graph.replay();
-    ++cache_.len;
-    return graph_->out;
+    return replay();
   }
   // First step: eager, on the stream that then captures, so every lazily created resource
   // (cuBLAS workspaces, attention plans, the RoPE table) exists before the capture.
@@ -96,6 +95,10 @@ at::Tensor DecodeGraph::step(const at::Tensor& next) {
       g->graph.capture_begin();
       g->out = m_.head(m_.cached_step(g->ids, cache_, g->col)).select(1, 0);
       g->col.add_(1);
+      // The greedy tokens, into the next replay's input (no copy between replays when greedy()
+      // takes them; step() overwrites them with any other choice). One small kernel a step.
+      at::Tensor chosen = g->ids.view({B});  // [B] int64, a view of ids
+      at::argmax_out(chosen, g->out, -1);
       g->graph.capture_end();
     } catch (const std::exception& e) {
       // The stream leaves capture mode, then one clear error: a half-captured graph leaves the
@@ -120,8 +123,19 @@ at::Tensor DecodeGraph::step(const at::Tensor& next) {
 #endif
 }
 
+at::Tensor DecodeGraph::replay() {
+#if KLDQ_WITH_CUDA_BUILD
+  cache_.check_room(1);
+  graph_->graph.replay();
+  ++cache_.len;
+#endif
+  return graph_->out;
+}
+
 at::Tensor DecodeGraph::greedy(const at::Tensor& logits, bool more, at::Tensor& next) {
-  const at::Tensor ids = logits.argmax(-1);  // [B] on the logits' device
+  // A replay's logits have their argmax already in the graph's input (capture, above).
+  const bool chosen = graph_ && logits.is_same(graph_->out);
+  const at::Tensor ids = chosen ? graph_->ids.view({-1}) : logits.argmax(-1);  // [B], device
 #if KLDQ_WITH_CUDA_BUILD
   if (ids.is_cuda()) {
     // Into pinned memory, ordered before the step on the stream: the event completes when the
@@ -130,8 +144,9 @@ at::Tensor DecodeGraph::greedy(const at::Tensor& logits, bool more, at::Tensor& 
     host.copy_(ids, /*non_blocking=*/true);
     at::cuda::CUDAEvent copied;
     copied.record(c10::cuda::getCurrentCUDAStream(ids.device().index()));
-    if (more) next = step(ids);  // argmax ids are inside the vocabulary: no host check needed
-    copied.synchronize();        // the previous step is done: only the new one may be running
+    // argmax ids are inside the vocabulary: no host check needed
+    if (more) next = chosen ? replay() : step(ids);
+    copied.synchronize();  // the previous step is done: only the new one may be running
     running_ = more;
     return host;
   }

@@ -16,9 +16,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <limits>
 
 #include "kldq/core/error.hpp"
+#include "kldq/kernels/fused.hpp"
 #include "kldq/model/decoder.hpp"
 
 namespace kldq::model {
@@ -72,25 +72,17 @@ at::Tensor Decoder::run_cached(const at::Tensor& ids, KvCache& cache) const {
 at::Tensor Decoder::cached_step(const at::Tensor& ids, KvCache& cache, const at::Tensor& cols,
                                 bool fresh) const {
   // Device work only (no host copy, no sync), so a CUDA graph can capture it (decode_graph.cpp).
-  const int64_t B = ids.size(0), T = ids.size(1), K = cache.capacity;
-  // Positions [B, T]: column - pad, clamped at 0 on pad columns; RoPE rows gathered from the
-  // same fp32-computed table the uncached forward uses (so position p rotates identically).
-  const at::Tensor pos = (cols.view({1, T}) - cache.pad_rows).clamp_min(0);  // [B, T]
+  const int64_t B = ids.size(0), K = cache.capacity;
+  // RoPE rows at each row's positions (column - pad, clamped at 0 on pad columns), gathered from
+  // the same fp32-computed table the uncached forward uses (so position p rotates identically),
+  // and the additive mask [B, 1, T, K] (what SDPA makes of a boolean mask), once per step rather
+  // than converted by SDPA in every block: kernels::step_inputs says which keys each column sees.
   const RopeTable& r = rope(K);  // built once for the cache's span
-  cache.cos = r.cos.index_select(0, pos.flatten()).view({B, T, config_.head_dim});
-  cache.sin = r.sin.index_select(0, pos.flatten()).view({B, T, config_.head_dim});
-  // Mask [B, 1, T, K]: key k visible to query column c iff k <= c and (k >= pad, or c is
-  // itself a pad column and k == c). Additive (0 or -inf in the compute dtype, what SDPA makes
-  // of a boolean mask), built once per step rather than converted by SDPA in every block.
-  if (!fresh) {
-    const at::Tensor keys = at::arange(K, cols.options()).view({1, 1, K});  // [1, 1, K]
-    const at::Tensor q = cols.view({1, T, 1}), p = cache.pad_rows.view({B, 1, 1});
-    const at::Tensor real = (keys >= p).logical_and(keys <= q);  // [B, T, K]
-    const at::Tensor self_pad = (q < p).logical_and(keys == q);  // [B, T, K]
-    const at::Tensor unseen = real.logical_or(self_pad).logical_not().unsqueeze(1);
-    cache.mask = at::zeros({B, 1, T, K}, at::TensorOptions().dtype(dtype_).device(device_))
-                     .masked_fill_(unseen, -std::numeric_limits<double>::infinity());
-  }
+  kernels::StepInputs in =
+      kernels::step_inputs(cols, cache.pad_rows.view({B}), r.cos, r.sin, K, !fresh);
+  cache.cos = std::move(in.cos);
+  cache.sin = std::move(in.sin);
+  if (!fresh) cache.mask = std::move(in.mask);
   cache.cols = cols;
 
   at::Tensor hidden = chain_blocks(embed(ids), &cache, nullptr);

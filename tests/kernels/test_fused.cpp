@@ -3,6 +3,10 @@
 // the fp32 reduction order moves a value across a rounding boundary.
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <limits>
+#include <vector>
+
 #include "kldq/kernels/fused.hpp"
 #include "support/catch.hpp"
 
@@ -29,7 +33,66 @@ double max_ulps(const at::Tensor& a, const at::Tensor& b) {
   return ((af - bf).abs() / (bf.abs().clamp_min(1e-3) * eps)).max().item<double>();
 }
 
+// step_inputs from its definition, element by element on the host: rows b left-padded by pad[b],
+// columns cols[t]; cos/sin rows at max(col - pad, 0); mask 0 where pad <= k <= col or (col < pad
+// and k == col), else -inf.
+kldq::kernels::StepInputs want_step_inputs(const std::vector<int64_t>& cols,
+                                           const std::vector<int64_t>& pad, const at::Tensor& cos,
+                                           const at::Tensor& sin, int64_t K) {
+  const auto B = static_cast<int64_t>(pad.size()), T = static_cast<int64_t>(cols.size());
+  const int64_t d = cos.size(1);
+  const at::Tensor c = cos.cpu(), s = sin.cpu();
+  kldq::kernels::StepInputs r{at::empty({B, T, d}, c.options()), at::empty({B, T, d}, c.options()),
+                              at::empty({B, 1, T, K}, at::kFloat)};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t col = cols[t], p = pad[b], pos = std::max<int64_t>(col - p, 0);
+      r.cos[b][t].copy_(c[pos]);
+      r.sin[b][t].copy_(s[pos]);
+      for (int64_t k = 0; k < K; ++k) {
+        const bool seen = (p <= k && k <= col) || (col < p && k == col);
+        r.mask[b][0][t][k] = seen ? 0.0 : -std::numeric_limits<double>::infinity();
+      }
+    }
+  r.mask = r.mask.to(c.scalar_type());
+  return r;
+}
+
+// step_inputs on `device` against want_step_inputs: a decode step (T = 1) and a padded prefill
+// (T = 5 from column 0, so rows with pad 3 and 6 have pad columns), K = 12 or 40.
+void check_step_inputs(at::Device device, at::ScalarType dtype) {
+  const std::vector<int64_t> pad{0, 3, 6};
+  for (const std::vector<int64_t>& cols :
+       {std::vector<int64_t>{9}, std::vector<int64_t>{0, 1, 2, 3, 4}}) {
+    for (int64_t K : {12, 40}) {
+      INFO("dtype " << c10::toString(dtype) << " T " << cols.size() << " K " << K);
+      const auto opts = at::TensorOptions().dtype(dtype).device(device);
+      const at::Tensor cos = at::randn({K, 128}, opts), sin = at::randn({K, 128}, opts);
+      const auto ids = [&](const std::vector<int64_t>& v) {
+        return at::tensor(v, at::kLong).to(device);
+      };
+      for (bool with_mask : {true, false}) {
+        const auto got = kldq::kernels::step_inputs(ids(cols), ids(pad), cos, sin, K, with_mask);
+        const auto want = want_step_inputs(cols, pad, cos, sin, K);
+        CHECK(at::equal(got.cos.cpu(), want.cos));
+        CHECK(at::equal(got.sin.cpu(), want.sin));
+        CHECK(got.mask.defined() == with_mask);
+        if (with_mask) CHECK(at::equal(got.mask.cpu(), want.mask));
+      }
+    }
+  }
+}
+
 }  // namespace
+
+TEST_CASE("a cache step's RoPE rows and mask follow their definition", "[kernels]") {
+  for (auto dtype : {at::kFloat, at::kBFloat16}) check_step_inputs(at::kCPU, dtype);
+}
+
+TEST_CASE("a cache step's RoPE rows and mask on CUDA equal their definition", "[cuda][kernels]") {
+  KLDQ_SKIP_NO_CUDA();
+  for (auto dtype : {at::kBFloat16, at::kHalf, at::kFloat}) check_step_inputs(at::kCUDA, dtype);
+}
 
 TEST_CASE("fused kernels match transformers' formulas on CUDA", "[cuda][kernels]") {
   KLDQ_SKIP_NO_CUDA();

@@ -46,6 +46,19 @@ at::Tensor rope_append(const at::Tensor& q, const at::Tensor& k, const at::Tenso
                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& kc,
                        const at::Tensor& vc, const at::Tensor& cols);
 
+// A KV-cache step's RoPE rows and attention mask, for B rows left-padded by pad [B] at the
+// columns cols [T] (both int64 on the tables' device): cos/sin [B, T, d] are the tables' rows
+// at position max(col - pad, 0); mask [B, 1, T, K] (undefined unless with_mask) is additive in
+// the tables' dtype: 0 where key k is visible to column c (pad <= k <= c, or k == c where c is
+// itself a pad column, c < pad, so that the row's softmax stays finite), -inf elsewhere. Tables
+// [len, d] contiguous; every position < len (the CUDA kernel traps otherwise). One kernel on
+// CUDA instead of fifteen.
+struct StepInputs {
+  at::Tensor cos, sin, mask;
+};
+StepInputs step_inputs(const at::Tensor& cols, const at::Tensor& pad, const at::Tensor& cos,
+                       const at::Tensor& sin, int64_t K, bool with_mask);
+
 // SwiGLU on a fused gate|up projection: gate_up: [..., 2I] contiguous -> [..., I] =
 // T(T(silu(gate)) * up).
 at::Tensor silu_mul(const at::Tensor& gate_up);

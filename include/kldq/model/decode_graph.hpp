@@ -37,7 +37,9 @@ class DecodeGraph {
   // ties, as torch.argmax) as [B] int64 host ids and, when `more`, the step that appends them
   // already started, its logits in `next`. On CUDA the ids' copy to the host is ordered before
   // that step, so the host reads them while the device runs it: consecutive steps follow each
-  // other on the device without waiting for the host.
+  // other on the device without waiting for the host. Given a replay's own logits, the tokens
+  // are the argmax that the replay already wrote into the graph's input, and the next replay
+  // starts with no kernel or copy in between.
   at::Tensor greedy(const at::Tensor& logits, bool more, at::Tensor& next);
   // Waits for a step that greedy() started and nobody read (the last row stopped first); the
   // destructor calls it too, so no step runs on the graph's tensors once they are freed.
@@ -49,6 +51,8 @@ class DecodeGraph {
   struct Graph;  // the CUDA graph and its static tensors (decode_graph.cpp)
   // ids [B, 1] through run_cached -> the step's logits [B, V].
   at::Tensor eager(const at::Tensor& ids);
+  // One replay of the captured step on the ids already in its input -> its logits [B, V].
+  at::Tensor replay();
   const Decoder& m_;
   Decoder::KvCache& cache_;
   bool enabled_;
