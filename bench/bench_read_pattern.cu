@@ -82,21 +82,6 @@ double time_us(const std::vector<uint8_t*>& copies, const Shape& s, const uint4*
   return 1e3 * elapsed_ms([&] { calls(iters); }) / iters;
 }
 
-double copy_gbps() {
-  const size_t n = size_t(1) << 30;
-  void *p, *q;
-  CHECK(cudaMalloc(&p, n));
-  CHECK(cudaMalloc(&q, n));
-  auto copies = [&](int k) {
-    for (int i = 0; i < k; ++i) CHECK(cudaMemcpyAsync(q, p, n, cudaMemcpyDeviceToDevice));
-  };
-  copies(3);
-  const double ms = elapsed_ms([&] { copies(10); });
-  CHECK(cudaFree(p));
-  CHECK(cudaFree(q));
-  return 2.0 * 10 * n / (ms / 1e3) / 1e9;  // read + written, as torch's copy_ is counted
-}
-
 template <int kWarps>
 void run_shape(const Shape& s, const uint4* x, uint32_t* out, double copy) {
   const int64_t bytes = s.rows * s.cols / 2;

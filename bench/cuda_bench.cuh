@@ -1,5 +1,6 @@
-// Shared pieces of the standalone CUDA benchmarks (bench_read_pattern.cu, bench_launch_floor.cu):
-// an error check that exits with the call's text, and event timing on a stream.
+// Shared pieces of the standalone CUDA benchmarks (bench_read_pattern.cu, bench_launch_floor.cu,
+// bench_step_bound.cu):
+// an error check that exits with the call's text, event timing on a stream, the copy bandwidth.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -32,4 +33,21 @@ double elapsed_ms(F&& f, cudaStream_t s = nullptr) {
   CHECK(cudaEventDestroy(a));
   CHECK(cudaEventDestroy(b));
   return ms;
+}
+
+// The device-to-device copy's rate in GB/s, bytes read + written (as torch's copy_ is counted
+// in scripts/gpu/generate_check.sh): the bandwidth limit the benchmarks' shares are taken of.
+inline double copy_gbps() {
+  const size_t n = size_t(1) << 30;
+  void *p, *q;
+  CHECK(cudaMalloc(&p, n));
+  CHECK(cudaMalloc(&q, n));
+  auto copies = [&](int k) {
+    for (int i = 0; i < k; ++i) CHECK(cudaMemcpyAsync(q, p, n, cudaMemcpyDeviceToDevice));
+  };
+  copies(3);
+  const double ms = elapsed_ms([&] { copies(10); });
+  CHECK(cudaFree(p));
+  CHECK(cudaFree(q));
+  return 2.0 * 10 * n / (ms / 1e3) / 1e9;
 }

@@ -16,15 +16,7 @@ fail=0
 [ -d "$SHARED" ] && export KLDQ_SHARED_DATA="$SHARED"
 
 log "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
-TORCH_PREFIX="$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
-log "torch $("$PY" -c 'import torch; print(torch.__version__)')"
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKLDQ_CUDA=ON \
-    -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DKLDQ_PYTHON="$PY" >"$OUT/configure.log" 2>&1 \
-    || { log "configure failed"; tail -30 "$OUT/configure.log"; exit 1; }
-fi
-cmake --build "$BUILD" -j"$(nproc)" >"$OUT/build.log" 2>&1 || { log "build failed"; grep -m20 -A5 error "$OUT/build.log"; exit 1; }
-log "build ok"
+build_gpu || exit 1
 
 ctest --test-dir "$BUILD" ${KLDQ_CTEST_ARGS:-} --output-on-failure >"$OUT/ctest.log" 2>&1 || fail=1
 log "ctest (cpu + cuda): $(tail -3 "$OUT/ctest.log" | head -1)"

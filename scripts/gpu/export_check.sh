@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU-machine check of kldq export: builds (scripts/gpu/check.sh's configure), runs the CUDA tests,
+# GPU-machine check of kldq export: builds (env.sh's build_gpu), runs the CUDA tests,
 # then on a synthesized qwen2.5-1.5b exports a mixed plan to compressed-tensors and GGUF (timed)
 # and evaluates the compressed-tensors export against the model on the GPU beside kldq's own
 # checkpoint of the same plan: the two evaluations must agree exactly. Logs to $OUT.
@@ -9,11 +9,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 BUILD="$ROOT/build-gpu"
 M=/tmp/kldq-models
 K="$BUILD/kldq"
-TORCH_PREFIX="$("$PY" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
-[ -f "$BUILD/CMakeCache.txt" ] || cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DKLDQ_CUDA=ON -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" -DKLDQ_PYTHON="$PY" >"$OUT/configure.log" 2>&1
-cmake --build "$BUILD" -j"$(nproc)" >"$OUT/build.log" 2>&1 || { log "build failed"; grep -m20 -A5 error "$OUT/build.log"; exit 1; }
-log "build ok"
+build_gpu || exit 1
 "$BUILD/tests/kldq_tests" "[cuda]" >"$OUT/cuda-tests.log" 2>&1
 log "cuda tests: $(tail -2 "$OUT/cuda-tests.log" | head -1)"
 mkdir -p "$M"
