@@ -5,11 +5,11 @@
 
 #include <cstdint>
 #include <fstream>
-#include <sstream>
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
 #include "kldq/eval/stats.hpp"
+#include "kldq/io/json_util.hpp"
 
 namespace kldq::eval {
 namespace {
@@ -47,13 +47,9 @@ std::vector<MmluPrediction> read_predictions(const std::filesystem::path& path,
 
 std::vector<MmluPrediction> parse_predictions(const std::string& text, const std::string& where,
                                               std::string* protocol) {
-  std::istringstream in(text);
   std::vector<MmluPrediction> out;
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.empty()) continue;
+  const auto row = [&](const nlohmann::json& j, const std::string& at) {
     try {
-      const auto j = nlohmann::json::parse(line);
       MmluPrediction p;
       p.subject = j.at("subject").get<std::string>();
       p.index = j.at("index").get<int64_t>();
@@ -69,9 +65,11 @@ std::vector<MmluPrediction> parse_predictions(const std::string& text, const std
         throw IoError(fmt::format("protocol {} differs from the first row's {}", proto, *protocol));
       out.push_back(std::move(p));
     } catch (const std::exception& e) {
-      throw IoError(fmt::format("{}:{}: not a kldq prediction row ({})", where, n, e.what()));
+      throw IoError(fmt::format("{}: not a kldq prediction row ({})", at, e.what()));
     }
-  }
+  };
+  // Lines parsed with nesting bounded (an IoError naming the file and line when malformed).
+  io::for_each_jsonl_row(text, where, false, row);
   return out;
 }
 

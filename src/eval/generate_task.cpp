@@ -5,8 +5,6 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
-#include <sstream>
-
 #include "kldq/core/batches.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
@@ -34,13 +32,8 @@ struct Prompt {
 // --prompts: one prompt per line, {"prompt": "..."}, a JSON string, or {"ids": [...]}; blank
 // lines skipped.
 std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab) {
-  std::istringstream in(read_input_file(path, kMaxDocumentBytes, /*config=*/true));
   std::vector<Prompt> out;
-  std::string line;
-  for (size_t n = 1; std::getline(in, line); ++n) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = fmt::format("{}:{}", path, n);
-    const nlohmann::json j = io::parse_json(line, where, /*config=*/true);
+  const auto row = [&](const nlohmann::json& j, const std::string& where) {
     if (j.is_string()) {
       out.push_back({j.get<std::string>(), {}});
     } else if (j.is_object() && j.contains("prompt") && j["prompt"].is_string()) {
@@ -61,7 +54,9 @@ std::vector<Prompt> read_prompts(const std::string& path, int64_t vocab) {
       throw ConfigError(fmt::format("{}: an empty prompt", where));
     if (out.size() > kMaxPrompts)
       throw ConfigError(fmt::format("{}: more than {} prompts", path, kMaxPrompts));
-  }
+  };
+  io::for_each_jsonl_row(read_input_file(path, kMaxDocumentBytes, /*config=*/true), path,
+                         /*config=*/true, row);
   if (out.empty()) throw ConfigError(fmt::format("{}: no prompts", path));
   return out;
 }

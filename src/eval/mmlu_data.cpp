@@ -2,13 +2,13 @@
 #include <fmt/format.h>
 
 #include <fstream>
-#include <sstream>
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
 #include "kldq/eval/mmlu.hpp"
 #include "kldq/io/csv.hpp"
 #include "kldq/io/document.hpp"
+#include "kldq/io/json_util.hpp"
 
 namespace kldq::eval {
 namespace {
@@ -59,20 +59,12 @@ void read_csv_split(const fs::path& dir, const std::string& suffix,
 }
 
 MmluData read_jsonl(const fs::path& path) {
-  std::istringstream in(read_input_file(path, kMaxDataBytes, false));
   MmluData d;
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.empty() || line == "\r") continue;
+  // Lines parsed with nesting bounded (an IoError naming the file and line when malformed).
+  const auto item = [&](const nlohmann::json& row, const std::string& where) {
     const auto bad = [&](const std::string& why) {
-      return IoError(fmt::format("{}:{}: {}", path.string(), n, why));
+      return IoError(fmt::format("{}: {}", where, why));
     };
-    nlohmann::json row;
-    try {
-      row = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw bad(fmt::format("invalid JSON ({})", e.what()));
-    }
     if (!row.is_object() || !row.contains("question") || !row["question"].is_string() ||
         !row.contains("subject") || !row["subject"].is_string())
       throw bad("expected an object with string \"question\" and \"subject\"");
@@ -101,7 +93,8 @@ MmluData read_jsonl(const fs::path& path) {
     auto& items = (split == "dev" ? d.dev : d.test)[it.subject];
     it.index = static_cast<int64_t>(items.size());
     items.push_back(std::move(it));
-  }
+  };
+  io::for_each_jsonl_row(read_input_file(path, kMaxDataBytes, false), path.string(), false, item);
   return d;
 }
 

@@ -2,8 +2,6 @@
 // reference) and flips per task against a reference's predictions (docs/PROTOCOLS.md, "Flips").
 #include <fmt/format.h>
 
-#include <sstream>
-
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
 #include "kldq/eval/flips.hpp"
@@ -29,15 +27,10 @@ std::string task_predictions_jsonl(const Task& task, const std::vector<TaskPredi
 
 std::vector<TaskPrediction> read_task_predictions(const std::filesystem::path& path,
                                                   const std::string& task) {
-  std::istringstream in(read_input_file(path, kMaxDataBytes, /*config=*/true));
   std::vector<TaskPrediction> out;
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.empty()) continue;
-    // Parsed with nesting bounded (an IoError naming the file and line when malformed).
-    const auto j = io::parse_json(line, fmt::format("{}:{}", path.string(), n), false);
+  const auto row = [&](const nlohmann::json& j, const std::string& where) {
     try {
-      if (j.at("task").get<std::string>() != task) continue;
+      if (j.at("task").get<std::string>() != task) return;
       TaskPrediction p;
       p.index = j.at("index").get<int64_t>();
       p.gold = j.at("gold").get<int>(), p.pred = j.at("pred").get<int>();
@@ -49,10 +42,12 @@ std::vector<TaskPrediction> read_task_predictions(const std::filesystem::path& p
         if (v < 0 || v >= k) throw IoError(fmt::format("choice {} of {}", v, k));
       out.push_back(std::move(p));
     } catch (const std::exception& e) {
-      throw IoError(
-          fmt::format("{}:{}: not a kldq task prediction row ({})", path.string(), n, e.what()));
+      throw IoError(fmt::format("{}: not a kldq task prediction row ({})", where, e.what()));
     }
-  }
+  };
+  // Lines parsed with nesting bounded (an IoError naming the file and line when malformed).
+  io::for_each_jsonl_row(read_input_file(path, kMaxDataBytes, /*config=*/true), path.string(),
+                         false, row);
   return out;
 }
 

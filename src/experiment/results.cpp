@@ -7,7 +7,6 @@
 #include <cmath>
 #include <fstream>
 #include <map>
-#include <sstream>
 
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
@@ -76,20 +75,17 @@ std::vector<nlohmann::json> read_runs(const fs::path& file) {
   std::vector<nlohmann::json> out;
   std::error_code ec;
   if (!fs::exists(file, ec)) return out;
-  std::istringstream in(read_input_file(file, kMaxDataBytes, false));
-  std::string line;
-  for (int64_t n = 1; std::getline(in, line); ++n) {
-    if (line.empty()) continue;
-    const nlohmann::json j = io::parse_json(line, fmt::format("{}:{}", file.string(), n), false);
+  const auto record = [&](const nlohmann::json& j, const std::string& where) {
     if (!j.is_object() || !j.contains("point") || !j["point"].is_number_integer() ||
         !j.contains("model_id") || !j["model_id"].is_string() ||
         (j.contains("eval_key") && !j["eval_key"].is_string()))
       throw IoError(fmt::format(
-          "{}:{}: not a run record (a JSON object with an integer point and string model_id and "
+          "{}: not a run record (a JSON object with an integer point and string model_id and "
           "eval_key)",
-          file.string(), n));
+          where));
     out.push_back(j);
-  }
+  };
+  io::for_each_jsonl_row(read_input_file(file, kMaxDataBytes, false), file.string(), false, record);
   return out;
 }
 

@@ -1,11 +1,14 @@
 // The typed document reader (io::Doc): its one error format, presence against null, bounds and
-// the error type of each kind of document; messages written out by hand.
+// the error type of each kind of document; the JSON Lines row reader every JSONL input shares.
+// Messages written out by hand.
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "kldq/core/error.hpp"
 #include "kldq/io/document.hpp"
+#include "kldq/io/json_util.hpp"
 #include "support/catch.hpp"
 
 using kldq::io::Doc;
@@ -81,4 +84,27 @@ TEST_CASE("Doc throws IoError for data documents and ConfigError for configurati
   const json j = {{"k", 1}};
   CHECK_THROWS_AS(Doc(j, "t.json", DocKind::DATA)["m"], kldq::IoError);
   CHECK_THROWS_AS(Doc(j, "c.json", DocKind::CONFIG)["m"], kldq::ConfigError);
+}
+
+TEST_CASE("JSON Lines rows: blank lines skipped but counted, each error names its line", "[io]") {
+  std::vector<std::string> seen;
+  const auto keep = [&](const json& j, const std::string& where) {
+    seen.push_back(where + "=" + j.dump());
+  };
+  kldq::io::for_each_jsonl_row("{\"a\":1}\r\n\r\n  \t\n[2]\n\"x\"", "r.jsonl", false, keep);
+  CHECK(seen ==
+        std::vector<std::string>{"r.jsonl:1={\"a\":1}", "r.jsonl:4=[2]", "r.jsonl:5=\"x\""});
+  // A malformed line: the error type the caller chose, naming the file and line, and no later
+  // row is handed on.
+  seen.clear();
+  CHECK_THROWS_AS(kldq::io::for_each_jsonl_row("1\n\n{oops\n2", "p.jsonl", false, keep),
+                  kldq::IoError);
+  CHECK(seen == std::vector<std::string>{"p.jsonl:1=1"});
+  CHECK_THROWS_WITH(kldq::io::for_each_jsonl_row("1\n\n{oops\n2", "p.jsonl", true, keep),
+                    HasText("p.jsonl:3: invalid JSON"));
+  CHECK_THROWS_AS(kldq::io::for_each_jsonl_row("{oops", "p.jsonl", true, keep), kldq::ConfigError);
+  // Nesting is bounded as for whole documents (parse_json).
+  CHECK_THROWS_WITH(kldq::io::for_each_jsonl_row(std::string(200, '[') + std::string(200, ']'),
+                                                 "d.jsonl", false, keep),
+                    HasText("d.jsonl:1: JSON nested deeper than 128 levels"));
 }
