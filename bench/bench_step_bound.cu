@@ -8,10 +8,11 @@
 //       the products and the attention). "_after": a stage reads its bytes after its chain wait
 //       (its activations' dependency); "_before": it reads its weights before the wait (the most
 //       any kernel can overlap with its predecessors: as if it staged its whole share of the
-//       weights in shared memory while they run).
+//       weights in shared memory while they run); "_prefetch": it moves up to 16 MB of them into
+//       L2 before the wait and reads them after it (what kldq's products do, gemv_mma.cuh).
 //   persistent5: one resident grid for the whole step, the 5 stages a layer separated by grid
-//       barriers; "_prefetch": each block moves its share of the next stage's bytes into L2
-//       before it waits at the barrier (a megakernel's overlap of loads with dependencies).
+//       barriers; "_prefetch": each block moves its share of the next stage's bytes (up to
+//       16 MB) into L2 before it waits at the barrier.
 //   stream: one kernel reading all the step's bytes, no dependencies (the copy-like floor).
 //
 // Prints one JSON line per (model, format, variant): us per step and the share of the bandwidth
@@ -35,17 +36,20 @@ __device__ inline uint32_t fold(uint4 v) {
   return v.x ^ v.y ^ v.z ^ v.w;
 }
 
-// Elements first, first + stride, ... of p[0, n) (16-byte loads, four in flight), folded.
+// Elements first, first + stride, ... of p[0, n), folded: four independent 16-byte loads in
+// flight at every step, the last step's predicated, so that a stage ends after one round of load
+// latency (a serial remainder loop would add up to three, which a real kernel need not pay).
 __device__ uint32_t read_share(const uint4* __restrict__ p, int64_t n, int64_t first,
                                int64_t stride) {
   uint32_t acc = 0;
-  int64_t i = first;
-  for (; i + 3 * stride < n; i += 4 * stride) {
-    const uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride), c = __ldcs(p + i + 2 * stride),
-                d = __ldcs(p + i + 3 * stride);
-    acc ^= fold(a) ^ fold(b) ^ fold(c) ^ fold(d);
+  for (int64_t i = first; i < n; i += 4 * stride) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      v[u] = i + u * stride < n ? __ldcs(p + i + u * stride) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc ^= fold(v[u]);
   }
-  for (; i < n; i += stride) acc ^= fold(__ldcs(p + i));
   return acc;
 }
 
@@ -59,16 +63,30 @@ __device__ void write_block(uint32_t acc, uint32_t* out) {
   if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
 
-template <bool kBefore>
+// The leading min(lines, kPrefetchLines) 128-byte lines of p, first, first + stride, ..., into
+// L2: at most 16 MB a stage, kldq's budget (gemv_mma.cuh), so that a large stage (the LM head)
+// does not evict its own prefetched lines.
+constexpr int64_t kPrefetchLines = (int64_t(16) << 20) / 128;
+__device__ void prefetch_l2(const uint4* p, int64_t n, int64_t first, int64_t stride) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  const int64_t lines = min((n + 7) / 8, kPrefetchLines);
+  for (int64_t line = first; line < lines; line += stride)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(bytes + line * 128));
+}
+
+enum class Reads { AFTER, BEFORE, PREFETCH };
+
+template <Reads kReads>
 __global__ void __launch_bounds__(kThreads)
     stage(const uint4* __restrict__ w, int64_t n, const uint32_t* in, uint32_t* out) {
   kc::chain_release();
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x,
                 stride = int64_t(gridDim.x) * blockDim.x;
-  uint32_t acc = kBefore ? read_share(w, n, first, stride) : 0;
+  uint32_t acc = kReads == Reads::BEFORE ? read_share(w, n, first, stride) : 0;
+  if (kReads == Reads::PREFETCH) prefetch_l2(w, n, first, stride);
   kc::chain_wait();
   acc ^= in[0];
-  if (!kBefore) acc ^= read_share(w, n, first, stride);
+  if (kReads != Reads::BEFORE) acc ^= read_share(w, n, first, stride);
   write_block(acc, out);
 }
 
@@ -97,8 +115,6 @@ struct Stage {
   bool tiny;          // one block's work (a norm, RoPE): block 0 alone
 };
 
-constexpr int64_t kPrefetchLines = (int64_t(24) << 20) / 128;
-
 template <bool kPrefetch>
 __global__ void __launch_bounds__(kThreads)
     persistent(const uint4* __restrict__ base, const Stage* stages, int n_stages, unsigned* bar,
@@ -112,14 +128,8 @@ __global__ void __launch_bounds__(kThreads)
       acc ^= read_share(base + st.offset, st.n, first, stride);
     else if (blockIdx.x == 0)
       acc ^= read_share(base + st.offset, st.n, threadIdx.x, blockDim.x);
-    if (kPrefetch && s + 1 < n_stages && !stages[s + 1].tiny) {
-      // the next stage's leading kPrefetchLines 128-byte lines: all of it up to 24 MB (half the
-      // H100's L2), so that a large stage (the LM head) does not evict its own prefetched lines
-      const char* next = reinterpret_cast<const char*>(base + stages[s + 1].offset);
-      const int64_t lines = min((stages[s + 1].n + 7) / 8, kPrefetchLines);
-      for (int64_t line = first; line < lines; line += stride)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(next + line * 128));
-    }
+    if (kPrefetch && s + 1 < n_stages && !stages[s + 1].tiny)
+      prefetch_l2(base + stages[s + 1].offset, stages[s + 1].n, first, stride);
     grid_barrier(bar);
   }
   write_block(acc, out);
@@ -200,14 +210,14 @@ int wide_grid(int64_t n, int sms) {
 }
 
 // A CUDA graph of one chained kernel per stage, replayed: ms per step.
-template <bool kBefore>
+template <Reads kReads>
 double kernels_ms(const uint4* base, const std::vector<Stage>& st, uint32_t* io[2], int sms) {
   cudaStream_t s;
   CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   cudaGraph_t g;
   CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
   for (size_t k = 0; k < st.size(); ++k)
-    kc::launch_chained("stage", stage<kBefore>, st[k].tiny ? 1 : wide_grid(st[k].n, sms), kThreads,
+    kc::launch_chained("stage", stage<kReads>, st[k].tiny ? 1 : wide_grid(st[k].n, sms), kThreads,
                        0, s, base + st[k].offset, st[k].n, io[k % 2], io[1 - k % 2]);
   CHECK(cudaStreamEndCapture(s, &g));
   cudaGraphExec_t e;
@@ -276,10 +286,12 @@ void run(const Model& m, const Format& f, double copy, int sms) {
         m.name, f.name, variant, n * 16 / 1e6, ms * 1e3, n * 16 / (ms / 1e3) / 1e9 / copy);
     std::fflush(stdout);
   };
-  report("kernels8_after", n8, kernels_ms<false>(base, s8, io, sms));
-  report("kernels8_before", n8, kernels_ms<true>(base, s8, io, sms));
-  report("kernels5_after", n5, kernels_ms<false>(base, s5, io, sms));
-  report("kernels5_before", n5, kernels_ms<true>(base, s5, io, sms));
+  report("kernels8_after", n8, kernels_ms<Reads::AFTER>(base, s8, io, sms));
+  report("kernels8_before", n8, kernels_ms<Reads::BEFORE>(base, s8, io, sms));
+  report("kernels8_prefetch", n8, kernels_ms<Reads::PREFETCH>(base, s8, io, sms));
+  report("kernels5_after", n5, kernels_ms<Reads::AFTER>(base, s5, io, sms));
+  report("kernels5_before", n5, kernels_ms<Reads::BEFORE>(base, s5, io, sms));
+  report("kernels5_prefetch", n5, kernels_ms<Reads::PREFETCH>(base, s5, io, sms));
   for (int bps : {1, 2, 4}) {
     char name[64];
     std::snprintf(name, sizeof name, "persistent5_%dx", bps);
