@@ -9,6 +9,7 @@
 #include "common.hpp"
 #include "kldq/core/error.hpp"
 #include "kldq/core/fs.hpp"
+#include "kldq/io/json_util.hpp"
 #include "kldq/io/tokenizer/tokenizer.hpp"
 
 namespace kldq::cli {
@@ -83,12 +84,8 @@ int run_tokenize(const TokenizeOptions& o) {
       std::cout << dump(tok->decode(parse_ids(line, where, tok->size()), !o.keep_special)) << "\n";
       continue;
     }
-    nlohmann::json row;
-    try {
-      row = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception& e) {
-      throw ConfigError(fmt::format("{}: not valid JSON ({})", where, e.what()));
-    }
+    // nesting bounded as every JSON input's (a ConfigError naming the line when malformed)
+    const nlohmann::json row = io::parse_json(line, where, /*config=*/true);
     if (!row.is_object() || !row.contains("text") || !row["text"].is_string())
       throw ConfigError(fmt::format("{}: expected an object with a string field \"text\"", where));
     std::cout << dump(describe(*tok, o, row["text"].get<std::string>())) << "\n";

@@ -18,7 +18,8 @@ std::string read_corpus(const std::filesystem::path& path) {
   std::string text;
   bool first = true;
   for_each_jsonl_row(
-      all, path.string(), false, [&](const nlohmann::json& row, const std::string& where) {
+      std::move(all), path.string(), false,
+      [&](const nlohmann::json& row, const std::string& where) {
         if (!row.is_object() || !row.contains("text") || !row["text"].is_string())
           throw IoError(fmt::format("{}: expected an object with a string \"text\"", where));
         if (!first) text += "\n\n";

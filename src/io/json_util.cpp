@@ -43,9 +43,9 @@ nlohmann::json read_json_file(const std::filesystem::path& path, bool config) {
   return parse_json(read_input_file(path, kMaxDocumentBytes, config), path.string(), config);
 }
 
-void for_each_jsonl_row(const std::string& text, const std::string& source, bool config,
+void for_each_jsonl_row(std::string text, const std::string& source, bool config,
                         const std::function<void(const nlohmann::json&, const std::string&)>& row) {
-  std::istringstream in(text);
+  std::istringstream in(std::move(text));  // a data file may be 1 GiB: moved, not copied
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;

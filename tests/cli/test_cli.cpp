@@ -195,6 +195,11 @@ TEST_CASE("kldq tokenize: ids, tokens, counts, JSONL, decode, errors", "[cli][to
   const auto bad = run_kldq("tokenize --jsonl" + m + (dir / "bad.jsonl").string());
   CHECK(bad.rc == 2);
   CHECK_THAT(bad.err, HasText("bad.jsonl:2"));
+  // a hostile row: nesting bounded as in every JSON input (exit 2, naming the line)
+  kldq::test::write_text(dir / "deep.jsonl", "\n" + std::string(500, '[') + std::string(500, ']'));
+  const auto deep = run_kldq("tokenize --jsonl" + m + (dir / "deep.jsonl").string());
+  CHECK(deep.rc == 2);
+  CHECK_THAT(deep.err, HasText("deep.jsonl:2: JSON nested deeper than 128 levels"));
   kldq::test::write_text(dir / "latin1.txt", "caf\xe9!");
   const auto lat = run_kldq("tokenize --tokens" + m + (dir / "latin1.txt").string());
   CHECK(lat.rc == 0);

@@ -24,7 +24,7 @@ nlohmann::json read_json_file(const std::filesystem::path& path, bool config = f
 // Each line of a JSON Lines `text` that is not blank (whitespace only, so CRLF files read too),
 // parsed by parse_json with where = "<source>:<line number>" and handed to row(j, where) in
 // order: a malformed line is an error naming it, and row names it in its own errors.
-void for_each_jsonl_row(const std::string& text, const std::string& source, bool config,
+void for_each_jsonl_row(std::string text, const std::string& source, bool config,
                         const std::function<void(const nlohmann::json&, const std::string&)>& row);
 
 // Writes `text` to `path` through a temporary file and a rename (no partial output).
