@@ -1,6 +1,6 @@
 // Shared pieces of the standalone CUDA benchmarks (bench_read_pattern.cu, bench_launch_floor.cu,
-// bench_step_bound.cu):
-// an error check that exits with the call's text, event timing on a stream, the copy bandwidth.
+// bench_step_bound.cu): an error check that exits with the call's text, event timing on a
+// stream, the copy bandwidth.
 #pragma once
 
 #include <cuda_runtime.h>
