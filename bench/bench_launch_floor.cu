@@ -35,26 +35,12 @@ __global__ void step(const uint4* __restrict__ in, uint4* __restrict__ out) {
 double us_per_kernel(int grid, int block, bool work, bool chained, uint4* a, uint4* b) {
   const int n_kernels = 256, reps = 50;
   kc::set_chaining(chained);
-  cudaStream_t s;
-  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  cudaGraph_t g;
-  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int k = 0; k < n_kernels; ++k)
-    kc::launch_chained("step", work ? step<true> : step<false>, grid, block, 0, s, k % 2 ? b : a,
-                       k % 2 ? a : b);
-  CHECK(cudaStreamEndCapture(s, &g));
-  cudaGraphExec_t e;
-  CHECK(cudaGraphInstantiate(&e, g, 0));
-  for (int i = 0; i < 5; ++i) CHECK(cudaGraphLaunch(e, s));
-  const double ms = elapsed_ms(
-      [&] {
-        for (int i = 0; i < reps; ++i) CHECK(cudaGraphLaunch(e, s));
-      },
-      s);
-  CHECK(cudaGraphExecDestroy(e));
-  CHECK(cudaGraphDestroy(g));
-  CHECK(cudaStreamDestroy(s));
-  return 1e3 * ms / (double(reps) * n_kernels);
+  const auto capture = [&](cudaStream_t s) {
+    for (int k = 0; k < n_kernels; ++k)
+      kc::launch_chained("step", work ? step<true> : step<false>, grid, block, 0, s, k % 2 ? b : a,
+                         k % 2 ? a : b);
+  };
+  return 1e3 * graph_replay_ms(capture, 5, reps) / n_kernels;
 }
 
 int main() {

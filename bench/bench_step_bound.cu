@@ -212,27 +212,12 @@ int wide_grid(int64_t n, int sms) {
 // A CUDA graph of one chained kernel per stage, replayed: ms per step.
 template <Reads kReads>
 double kernels_ms(const uint4* base, const std::vector<Stage>& st, uint32_t* io[2], int sms) {
-  cudaStream_t s;
-  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  cudaGraph_t g;
-  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (size_t k = 0; k < st.size(); ++k)
-    kc::launch_chained("stage", stage<kReads>, st[k].tiny ? 1 : wide_grid(st[k].n, sms), kThreads,
-                       0, s, base + st[k].offset, st[k].n, io[k % 2], io[1 - k % 2]);
-  CHECK(cudaStreamEndCapture(s, &g));
-  cudaGraphExec_t e;
-  CHECK(cudaGraphInstantiate(&e, g, 0));
-  const int reps = 20;
-  for (int i = 0; i < 3; ++i) CHECK(cudaGraphLaunch(e, s));
-  const double ms = elapsed_ms(
-      [&] {
-        for (int i = 0; i < reps; ++i) CHECK(cudaGraphLaunch(e, s));
-      },
-      s);
-  CHECK(cudaGraphExecDestroy(e));
-  CHECK(cudaGraphDestroy(g));
-  CHECK(cudaStreamDestroy(s));
-  return ms / reps;
+  const auto capture = [&](cudaStream_t s) {
+    for (size_t k = 0; k < st.size(); ++k)
+      kc::launch_chained("stage", stage<kReads>, st[k].tiny ? 1 : wide_grid(st[k].n, sms), kThreads,
+                         0, s, base + st[k].offset, st[k].n, io[k % 2], io[1 - k % 2]);
+  };
+  return graph_replay_ms(capture, 3, 20);
 }
 
 // One cooperative launch per step, blocks_per_sm x SMs resident blocks: ms per step.

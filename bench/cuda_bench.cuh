@@ -1,6 +1,6 @@
 // Shared pieces of the standalone CUDA benchmarks (bench_read_pattern.cu, bench_launch_floor.cu,
 // bench_step_bound.cu): an error check that exits with the call's text, event timing on a
-// stream, the copy bandwidth.
+// stream, a captured graph's replay time, the copy bandwidth.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -33,6 +33,30 @@ double elapsed_ms(F&& f, cudaStream_t s = nullptr) {
   CHECK(cudaEventDestroy(a));
   CHECK(cudaEventDestroy(b));
   return ms;
+}
+
+// Milliseconds per replay of the CUDA graph that capture(s) records on a stream s of its own:
+// `warmup` replays first, then `reps` timed ones.
+template <class F>
+double graph_replay_ms(F&& capture, int warmup, int reps) {
+  cudaStream_t s;
+  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaGraph_t g;
+  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  capture(s);
+  CHECK(cudaStreamEndCapture(s, &g));
+  cudaGraphExec_t e;
+  CHECK(cudaGraphInstantiate(&e, g, 0));
+  for (int i = 0; i < warmup; ++i) CHECK(cudaGraphLaunch(e, s));
+  const double ms = elapsed_ms(
+      [&] {
+        for (int i = 0; i < reps; ++i) CHECK(cudaGraphLaunch(e, s));
+      },
+      s);
+  CHECK(cudaGraphExecDestroy(e));
+  CHECK(cudaGraphDestroy(g));
+  CHECK(cudaStreamDestroy(s));
+  return ms / reps;
 }
 
 // The device-to-device copy's rate in GB/s, bytes read + written (as torch's copy_ is counted
